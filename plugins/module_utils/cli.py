@@ -1,0 +1,3 @@
+def main():
+    from .errors import EXIT_OK
+    print("hello", EXIT_OK)
