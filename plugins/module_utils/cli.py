@@ -1,3 +1,303 @@
-def main():
-    from .errors import EXIT_OK
-    print("hello", EXIT_OK)
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune).
+
+Settings come from the seed's variables in the environment and an env file
+(``--env-file``, default /etc/quankey/backup.env when it exists); the
+environment wins. Exit codes are documented in docs/CLI.md and errors.py.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+
+from . import catalog
+from . import config
+from . import health
+from . import pipeline
+from .errors import BackupError, EXIT_INTERNAL, EXIT_OK
+
+LOG = logging.getLogger("quankey_backup")
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class _Progress:
+    """A progress line (bytes, rate) on a terminal; nothing otherwise."""
+
+    def __init__(self, label, stream):
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.time()
+        self.last = 0.0
+        self.done = 0
+
+    def __call__(self, done, total=None):
+        self.done = done
+        now = time.time()
+        if not self.enabled or now - self.last < 0.5:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6)
+        share = " of %s (%d%%)" % (health._size(total), 100 * done // total) if total else ""
+        self.stream.write("\r%s: %s%s, %s/s   " % (self.label, health._size(done), share, health._size(rate)))
+        self.stream.flush()
+
+    def close(self):
+        """End the progress line."""
+        if self.enabled and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="quankey-backup",
+        description="Encrypted, verified PostgreSQL backups to S3. Settings: the seed's variables "
+                    "(DB_HOST, DB_NAME, S3_BUCKET, BACKUP_ENCRYPTION_KEY, ...) from the environment or --env-file.")
+    parser.add_argument("--env-file", help="read settings from this file (default %s when it exists)" % config.DEFAULT_ENV_FILE)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    backup = commands.add_parser("backup", help="take one backup now")
+    backup.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    listing = commands.add_parser("list", help="list backups, newest first")
+    _add_scope(listing)
+    listing.add_argument("--all", action="store_true", help="every host and database in the bucket")
+    listing.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
+    listing.add_argument("--details", action="store_true", help="read each shown backup's metadata too")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    restore = commands.add_parser("restore", help="restore a backup into a new database")
+    _add_selection(restore)
+    restore.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
+    restore.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
+    restore.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
+    restore.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    verify = commands.add_parser("verify", help="download, check and decrypt a backup without restoring it")
+    _add_selection(verify)
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    check = commands.add_parser("health", help="check the backups' health (exit 0 ok, 1 warning, 2 critical)")
+    check.add_argument("--json", action="store_true", help="print JSON (also OUTPUT_JSON=true)")
+    check.add_argument("--max-age-hours", type=float, help="latest older than this is critical (36)")
+    check.add_argument("--min-size-bytes", type=int, help="latest smaller than this is a warning (1 MiB)")
+    check.add_argument("--schedule", help="daily, 12-hour, 6-hour or hours between backups (BACKUP_SCHEDULE, daily)")
+    check.add_argument("--window-days", type=float, help="window of the frequency rule (7)")
+
+    prune = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    prune.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _add_scope(parser):
+    parser.add_argument("--host", help="the host whose backups to use (default this host, BACKUP_HOST_ID)")
+    parser.add_argument("--db", help="the database whose backups to use (default DB_NAME)")
+
+
+def _add_selection(parser):
+    _add_scope(parser)
+    parser.add_argument("--backup", help="latest (default), or a backup name such as quankey_backup_20250809_030000 "
+                                         "(also BACKUP_FILE)")
+    parser.add_argument("--before", help="the latest backup taken before this time (ISO 8601 or 20250809_030000)")
+
+
+def load_environment(env_file, environ):
+    """The settings' variables: the env file (explicit, or the default when present), then the environment."""
+    values = {}
+    path = env_file or environ.get("QUANKEY_ENV_FILE")
+    if not path and os.path.exists(config.DEFAULT_ENV_FILE):
+        path = config.DEFAULT_ENV_FILE
+    if path:
+        values, warnings = config.read_env_file(path)
+        for warning in warnings:
+            LOG.warning(warning)
+    for name in config.VARIABLES + ("BACKUP_FILE", "OUTPUT_JSON", "BACKUP_SCHEDULE", "AWS_REGION"):
+        if environ.get(name):
+            values[name] = environ[name]
+    return values
+
+
+def _emit(data, as_json, lines):
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _cmd_backup(args, settings, env):
+    progress = _Progress("backup", sys.stderr)
+    try:
+        result = pipeline.run_backup(settings, progress=progress)
+    finally:
+        progress.close()
+    _emit(result, args.json, [
+        "backup %s: %s stored at s3://%s/%s" % (result["name"], health._size(result["size_bytes"]), result["bucket"],
+                                                result["object_key"]),
+        "  dump %s, %d tables, %s + %s, key %s, sha256 %s, %.1fs" % (
+            health._size(result["dump_bytes"]), result["table_count"], result["compression"], result["encryption"],
+            result["key_id"], result["checksum_sha256"], result["duration_seconds"])])
+    return EXIT_OK
+
+
+def _cmd_list(args, settings, env):
+    records, orphans = pipeline.list_backups(settings, host=args.host, db=args.db, everything=args.all)
+    if args.limit and args.limit > 0:
+        records = records[:args.limit]
+    if args.details:
+        store = pipeline.open_store(settings)
+        for record in records:
+            pipeline.load_metadata(store, record)
+    data = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    lines = ["%-50s %-20s %-10s %12s" % ("NAME", "TIME (UTC)", "HOST", "SIZE")]
+    for record in records:
+        size = health._size(record.object_size) if record.has_object else "MISSING"
+        lines.append("%-50s %-20s %-10s %12s" % (record.basename, record.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 record.host, size))
+    if not records:
+        lines.append("(no backups)")
+    if orphans:
+        lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(orphans))
+    _emit(data, args.json, lines)
+    return EXIT_OK
+
+
+def _selection(args, env):
+    before = catalog.parse_time(args.before, "--before") if args.before else None
+    return {"backup": args.backup or env.get("BACKUP_FILE") or "latest", "before": before, "host": args.host, "db": args.db}
+
+
+def _cmd_restore(args, settings, env):
+    progress = _Progress("restore", sys.stderr)
+    try:
+        result = pipeline.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
+                                      progress=progress, **_selection(args, env))
+    finally:
+        progress.close()
+    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, %.1fs" % (
+        result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
+        result["duration_seconds"])]
+    if result["replaced_db"]:
+        lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
+                     % (result["target_db"], result["replaced_db"], result["replaced_db"]))
+    _emit(result, args.json, lines)
+    return EXIT_OK
+
+
+def _cmd_verify(args, settings, env):
+    progress = _Progress("verify", sys.stderr)
+    try:
+        result = pipeline.run_verify(settings, progress=progress, **_selection(args, env))
+    finally:
+        progress.close()
+    _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, %.1fs" % (
+        result["name"], health._size(result["size_bytes"]), result["table_count"], result["duration_seconds"])])
+    return EXIT_OK
+
+
+def _health_policy(args, env):
+    schedule = args.schedule or env.get("BACKUP_SCHEDULE") or "daily"
+    policy = health.HealthPolicy(interval_hours=health.interval_for_schedule(schedule))
+    if args.max_age_hours is not None:
+        policy.max_age_hours = args.max_age_hours
+    if args.min_size_bytes is not None:
+        policy.min_size_bytes = args.min_size_bytes
+    if args.window_days is not None:
+        policy.window_days = args.window_days
+    return policy
+
+
+def _cmd_health(args, settings, env):
+    report = health.check_health(settings, _health_policy(args, env))
+    as_json = args.json or str(env.get("OUTPUT_JSON", "")).lower() in TRUE_WORDS
+    latest = report["latest"]
+    lines = ["%s: backups of %s on %s in s3://%s" % (report["status"].upper(), report["database"], report["host"],
+                                                     report["bucket"])]
+    if latest:
+        lines.append("latest: %s, %.1f h old, %s" % (latest["name"], latest["age_hours"],
+                                                      health._size(latest.get("size_bytes") or latest["object_size"] or 0)))
+    for finding in report["findings"]:
+        lines.append("  %-8s %-14s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
+    _emit(report, as_json, lines)
+    return report["exit_code"]
+
+
+def _cmd_prune(args, settings, env):
+    result = pipeline.run_prune(settings, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    lines = ["%s %d backup(s) older than %d days, kept %d (at least %d newest good ones always kept)"
+             % (verb, len(result["deleted"]), result["retention_days"], len(result["kept"]), result["min_keep"])]
+    lines += ["  %s %s" % (verb, name) for name in result["deleted"]]
+    if result["orphans_deleted"] or result["uploads_aborted"]:
+        lines.append("  %s %d orphan object(s), %d stale upload(s)" % (verb, len(result["orphans_deleted"]),
+                                                                        len(result["uploads_aborted"])))
+    _emit(result, args.json, lines)
+    return EXIT_OK
+
+
+COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
+            "health": _cmd_health, "prune": _cmd_prune}
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record, datefmt=None):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
+
+
+def _setup_logging(quiet):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(logging.WARNING if quiet else logging.INFO)
+    LOG.propagate = False
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated by signal %d" % signum)
+
+
+def main(argv=None, environ=None):
+    """Entry point; returns (and exits with) the process status."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    environ = os.environ if environ is None else environ
+    try:
+        env = load_environment(args.env_file, environ)
+        settings = config.settings_from_env(env)
+        status = COMMANDS[args.command](args, settings, env)
+    except BackupError as exc:
+        LOG.error("%s: %s", args.command, exc)
+        status = exc.exit_code
+    except KeyboardInterrupt:
+        LOG.error("%s interrupted: nothing was committed, partial uploads were aborted", args.command)
+        status = 130
+    except Exception:  # unexpected: keep the full detail for the bug report
+        LOG.error("%s failed unexpectedly:\n%s", args.command, traceback.format_exc())
+        status = EXIT_INTERNAL
+    if argv is None:
+        sys.exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    main()
+
+

@@ -1,0 +1,280 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What is in the bucket: object names, metadata, selection and retention.
+
+Pure logic: nothing here talks to S3 or PostgreSQL. Names keep the seed's shape,
+per host and database so one bucket serves a fleet and IAM can scope each host::
+
+    <prefix>backups/postgresql/<host>/<db>/<name>_backup_<YYYYmmdd_HHMMSS>.encrypted
+    <prefix>metadata/<host>/<db>/<name>_backup_<YYYYmmdd_HHMMSS>.meta
+
+A backup exists only when its metadata object exists: metadata is written last.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import json
+import re
+
+from .errors import ConfigError, IntegrityError, NotFoundError
+
+TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+OBJECT_SUFFIX = ".encrypted"
+METADATA_SUFFIX = ".meta"
+METADATA_VERSION = 1
+BACKUP_TYPE = "postgresql_full"
+DUMP_FORMAT = "pg_dump_custom"
+UTC = datetime.timezone.utc
+
+_BASENAME_RE = re.compile(r"^(?P<name>.+)_backup_(?P<ts>\d{8}_\d{6})$")
+# Fields the seed's metadata had; every backup we write carries all of them.
+SEED_FIELDS = ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption", "format",
+               "retention_days", "quantum_safe")
+REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_key", "host", "table_count")
+
+
+def utcnow():
+    """The current time, aware, in UTC."""
+    return datetime.datetime.now(UTC)
+
+
+def format_timestamp(when):
+    """A datetime as the seed's ``YYYYmmdd_HHMMSS`` in UTC."""
+    return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text):
+    """The seed's ``YYYYmmdd_HHMMSS`` (UTC) as an aware datetime."""
+    return datetime.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def parse_time(text, what="time"):
+    """Parse a user-given point in time: ISO 8601, a date, or the seed's ``YYYYmmdd_HHMMSS``. Naive means UTC."""
+    value = (text or "").strip()
+    if not value:
+        raise ConfigError("%s is empty: give a time such as 2025-08-09T03:00:00Z or 20250809_030000" % what)
+    try:
+        if _BASENAME_RE.match("x_backup_" + value):
+            return parse_timestamp(value)
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise ConfigError("%s %r is not a time I understand: use ISO 8601 (2025-08-09T03:00:00Z), "
+                          "a date (2025-08-09) or 20250809_030000" % (what, value))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def backup_basename(name, when):
+    """``<name>_backup_<YYYYmmdd_HHMMSS>``."""
+    return "%s_backup_%s" % (name, format_timestamp(when))
+
+
+def object_prefix(prefix, host=None, db=None):
+    """The key prefix of the data objects, narrowed to a host and database when given."""
+    return _scoped(prefix + "backups/postgresql/", host, db)
+
+
+def metadata_prefix(prefix, host=None, db=None):
+    """The key prefix of the metadata objects, narrowed to a host and database when given."""
+    return _scoped(prefix + "metadata/", host, db)
+
+
+def _scoped(base, host, db):
+    if host:
+        base += host + "/"
+        if db:
+            base += db + "/"
+    return base
+
+
+def object_key(prefix, host, db, basename):
+    """The data object's key."""
+    return object_prefix(prefix, host, db) + basename + OBJECT_SUFFIX
+
+
+def metadata_key(prefix, host, db, basename):
+    """The metadata object's key."""
+    return metadata_prefix(prefix, host, db) + basename + METADATA_SUFFIX
+
+
+class BackupRecord:
+    """One backup as the bucket lists it: its keys, its time, and its metadata once loaded."""
+
+    def __init__(self, host, db, basename, metadata_key, object_key, object_size=None, metadata=None):
+        match = _BASENAME_RE.match(basename)
+        self.host = host
+        self.db = db
+        self.basename = basename
+        self.name = match.group("name")
+        self.timestamp = parse_timestamp(match.group("ts"))
+        self.metadata_key = metadata_key
+        self.object_key = object_key
+        self.object_size = object_size
+        self.metadata = metadata
+
+    def __repr__(self):
+        return "BackupRecord(%s/%s/%s)" % (self.host, self.db, self.basename)
+
+    @property
+    def has_object(self):
+        """Whether the listing showed the data object."""
+        return self.object_size is not None
+
+    def summary(self):
+        """A JSON-ready description (metadata fields when loaded)."""
+        data = {
+            "name": self.basename, "host": self.host, "database": self.db,
+            "timestamp": self.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "object_key": self.object_key, "metadata_key": self.metadata_key,
+            "object_size": self.object_size,
+        }
+        if self.metadata:
+            for field in ("size_bytes", "checksum_sha256", "encryption", "compression", "key_id", "table_count",
+                          "duration_seconds", "server_version", "pg_dump_version", "storage_class", "dump_bytes"):
+                if field in self.metadata:
+                    data[field] = self.metadata[field]
+        return data
+
+
+def records_from_listing(prefix, metadata_listing, object_listing):
+    """Join listings of metadata and data objects (dicts with ``key`` and ``size``) into records.
+
+    Returns ``(records newest first, orphan objects)``; an orphan is a data object
+    with no metadata: a backup that never committed, invisible to restore.
+    """
+    meta_base = prefix + "metadata/"
+    obj_base = prefix + "backups/postgresql/"
+    objects = {}
+    for item in object_listing:
+        parts = _split(item["key"], obj_base, OBJECT_SUFFIX)
+        if parts:
+            objects[parts] = item
+    records = []
+    for item in metadata_listing:
+        parts = _split(item["key"], meta_base, METADATA_SUFFIX)
+        if not parts:
+            continue
+        host, db, basename = parts
+        obj = objects.pop(parts, None)
+        records.append(BackupRecord(host, db, basename, item["key"], object_key(prefix, host, db, basename),
+                                    object_size=obj["size"] if obj else None))
+    records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
+    orphans = sorted(objects.values(), key=lambda item: item["key"])
+    return records, orphans
+
+
+def _split(key, base, suffix):
+    if not key.startswith(base) or not key.endswith(suffix):
+        return None
+    parts = key[len(base):-len(suffix)].split("/")
+    if len(parts) != 3 or not all(parts) or not _BASENAME_RE.match(parts[2]):
+        return None
+    return tuple(parts)
+
+
+def build_metadata(settings_view, basename, when, object_key_, size_bytes, checksum, envelope, key_id,
+                   table_count, dump_bytes, duration, server_version, pg_dump_version, database_settings,
+                   encryption_name, quantum_safe):
+    """The metadata document of a committed backup: every seed field plus what restore and health need."""
+    return {
+        "backup_type": BACKUP_TYPE,
+        "database": settings_view["db_name"],
+        "timestamp": format_timestamp(when),
+        "size_bytes": size_bytes,
+        "checksum_sha256": checksum,
+        "encryption": encryption_name,
+        "format": DUMP_FORMAT,
+        "retention_days": settings_view["retention_days"],
+        "quantum_safe": quantum_safe,
+        "metadata_version": METADATA_VERSION,
+        "name": basename,
+        "created_at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": settings_view["host"],
+        "object_key": object_key_,
+        "storage_class": settings_view["storage_class"],
+        "compression": settings_view["compression"],
+        "key_id": key_id,
+        "envelope": envelope,
+        "table_count": table_count,
+        "dump_bytes": dump_bytes,
+        "duration_seconds": round(duration, 3),
+        "server_version": server_version,
+        "pg_dump_version": pg_dump_version,
+        "database_settings": database_settings,
+    }
+
+
+def encode_metadata(metadata):
+    """Canonical JSON bytes of a metadata document."""
+    return (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def decode_metadata(data, key):
+    """Parse and check a metadata object; IntegrityError names the key and the problem."""
+    try:
+        metadata = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError("metadata object %s is not valid JSON (%s): the backup cannot be trusted" % (key, exc))
+    if not isinstance(metadata, dict):
+        raise IntegrityError("metadata object %s is not a JSON object" % key)
+    missing = [field for field in REQUIRED_FIELDS if field not in metadata]
+    if missing:
+        raise IntegrityError("metadata object %s lacks %s: it was not written by quankey-backup or is damaged"
+                             % (key, ", ".join(missing)))
+    if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
+        raise IntegrityError("metadata object %s has an invalid size_bytes or checksum_sha256" % key)
+    return metadata
+
+
+def select_backup(records, backup="latest", before=None):
+    """Pick a record: ``latest``, a name (with or without ``.encrypted``/``.meta``, or a full key), or the latest before a time."""
+    if not records:
+        raise NotFoundError("no backups found: run `quankey-backup list` to see what the bucket holds")
+    candidates = list(records)
+    if before is not None:
+        candidates = [record for record in candidates if record.timestamp < before]
+        if not candidates:
+            raise NotFoundError("no backup was taken before %s (oldest: %s)"
+                                % (before.strftime("%Y-%m-%dT%H:%M:%SZ"), records[-1].basename))
+    wanted = (backup or "latest").strip()
+    if wanted == "latest":
+        return candidates[0]
+    stem = wanted.rsplit("/", 1)[-1]
+    for suffix in (OBJECT_SUFFIX, METADATA_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+    for record in candidates:
+        if wanted in (record.object_key, record.metadata_key) or stem == record.basename:
+            return record
+    raise NotFoundError("backup %r not found%s: run `quankey-backup list` to see the available names"
+                        % (wanted, "" if before is None else " before the given time"))
+
+
+def retention_plan(records, now, retention_days, min_keep, is_good):
+    """Split records (newest first) into ``(keep, delete)``.
+
+    A backup is deleted when it is older than ``retention_days``, except that the
+    newest ``min_keep`` good backups (``is_good(record)`` true) of each host and
+    database are always kept:
+    a host whose backups stopped must not lose its last good ones to cleanup.
+    """
+    cutoff = now - datetime.timedelta(days=retention_days)
+    protected = set()
+    good_per_series = {}
+    for record in records:
+        series = (record.host, record.db)
+        if good_per_series.get(series, 0) < min_keep and is_good(record):
+            good_per_series[series] = good_per_series.get(series, 0) + 1
+            protected.add(id(record))
+    keep, delete = [], []
+    for record in records:
+        if record.timestamp >= cutoff or id(record) in protected:
+            keep.append(record)
+        else:
+            delete.append(record)
+    return keep, delete

@@ -1,0 +1,132 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Streaming compressors: zstd (default, multi-threaded), gzip, none.
+
+Each codec is a pair of small objects with ``update(bytes) -> bytes`` and
+``finalize() -> bytes`` so the pipeline can chain them with the cipher.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import traceback
+import zlib
+
+from .errors import ConfigError, IntegrityError
+
+try:
+    import zstandard
+    HAS_ZSTANDARD = True
+    ZSTANDARD_IMPORT_ERROR = None
+except ImportError:
+    zstandard = None
+    HAS_ZSTANDARD = False
+    ZSTANDARD_IMPORT_ERROR = traceback.format_exc()
+
+COMPRESSIONS = ("zstd", "gzip", "none")
+DEFAULT_COMPRESSION = "zstd"
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 6
+
+
+def _require_zstandard():
+    if not HAS_ZSTANDARD:
+        raise ConfigError("the Python package 'zstandard' is required for zstd compression: "
+                          "pip install zstandard (or choose BACKUP_COMPRESSION=gzip)")
+
+
+def check_compression(name):
+    """Return ``name`` if it is a known compression, else raise ConfigError."""
+    if name not in COMPRESSIONS:
+        raise ConfigError("unknown compression %r: choose one of %s" % (name, ", ".join(COMPRESSIONS)))
+    if name == "zstd":
+        _require_zstandard()
+    return name
+
+
+class _Identity:
+    """Passes bytes through unchanged (compression 'none')."""
+
+    def update(self, data):
+        return bytes(data)
+
+    def finalize(self):
+        return b""
+
+
+class _ZstdCompressor:
+    def __init__(self, threads):
+        _require_zstandard()
+        self._obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).compressobj()
+
+    def update(self, data):
+        return self._obj.compress(data)
+
+    def finalize(self):
+        return self._obj.flush()
+
+
+class _ZstdDecompressor:
+    def __init__(self):
+        _require_zstandard()
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+
+    def update(self, data):
+        try:
+            return self._obj.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError("zstd data is corrupt: %s" % exc, step="decompress")
+
+    def finalize(self):
+        if not self._obj.eof:
+            raise IntegrityError("zstd stream ended before its end marker: the backup is incomplete", step="decompress")
+        return b""
+
+
+class _GzipCompressor:
+    def __init__(self):
+        self._obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+    def update(self, data):
+        return self._obj.compress(data)
+
+    def finalize(self):
+        return self._obj.flush()
+
+
+class _GzipDecompressor:
+    def __init__(self):
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def update(self, data):
+        try:
+            return self._obj.decompress(data)
+        except zlib.error as exc:
+            raise IntegrityError("gzip data is corrupt: %s" % exc, step="decompress")
+
+    def finalize(self):
+        if not self._obj.eof:
+            raise IntegrityError("gzip stream ended before its end marker: the backup is incomplete", step="decompress")
+        return self._obj.flush()
+
+
+def compressor(name, threads=2):
+    """A streaming compressor for ``name`` (zstd uses ``threads`` worker threads)."""
+    check_compression(name)
+    if name == "zstd":
+        return _ZstdCompressor(threads)
+    if name == "gzip":
+        return _GzipCompressor()
+    return _Identity()
+
+
+def decompressor(name):
+    """A streaming decompressor for ``name``; truncated or corrupt input raises IntegrityError."""
+    check_compression(name)
+    if name == "zstd":
+        return _ZstdDecompressor()
+    if name == "gzip":
+        return _GzipDecompressor()
+    return _Identity()

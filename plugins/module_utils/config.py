@@ -1,0 +1,242 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Settings of the engine, read from the seed's environment variables.
+
+The host command reads them from the process environment and an env file
+(``/etc/quankey/backup.env``); the modules build the same :class:`Settings`
+from their options. Validation lives here once, for both.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+import socket
+import stat
+
+from .compression import COMPRESSIONS
+from .errors import ConfigError
+
+DEFAULT_ENV_FILE = "/etc/quankey/backup.env"
+
+STORAGE_CLASSES = (
+    "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+    "REDUCED_REDUNDANCY", "GLACIER", "DEEP_ARCHIVE",
+)
+DEFAULT_STORAGE_CLASS = "STANDARD_IA"
+ENCRYPTIONS = ("aes-256-gcm",)
+DEFAULT_ENCRYPTION = "aes-256-gcm"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+_HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+# Every variable the engine reads; the secret ones are never logged or returned.
+VARIABLES = (
+    "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "PGPASSWORD", "DB_SSLMODE", "DB_MAINTENANCE_DB", "PG_BIN_DIR",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+    "S3_BUCKET", "S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS",
+    "BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
+    "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
+)
+SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY")
+
+
+class Settings:
+    """Everything one backup, restore, listing or health check needs to know.
+
+    Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``)
+    are kept out of ``repr`` and :meth:`describe`.
+    """
+
+    def __init__(self, db_name=None, db_host="localhost", db_port=5432, db_user="postgres", db_password=None,
+                 db_sslmode=None, db_maintenance_db="postgres", pg_bin_dir=None,
+                 bucket=None, prefix="", region=None, endpoint_url=None, access_key=None, secret_key=None,
+                 session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
+                 encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
+                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings"):
+        self.db_name = db_name
+        self.db_host = db_host or "localhost"
+        self.db_port = db_port
+        self.db_user = db_user or "postgres"
+        self.db_password = db_password
+        self.db_sslmode = db_sslmode or None
+        self.db_maintenance_db = db_maintenance_db or "postgres"
+        self.pg_bin_dir = pg_bin_dir or None
+        self.bucket = bucket
+        self.prefix = normalize_prefix(prefix)
+        self.region = region or None
+        self.endpoint_url = endpoint_url or None
+        self.access_key = access_key or None
+        self.secret_key = secret_key or None
+        self.session_token = session_token or None
+        self.storage_class = storage_class or DEFAULT_STORAGE_CLASS
+        self.encryption_key = encryption_key
+        self.encryption = encryption or DEFAULT_ENCRYPTION
+        self.compression = compression or "zstd"
+        self.backup_name = backup_name or None
+        self.host_id = host_id or None
+        self.retention_days = retention_days
+        self.min_keep = min_keep
+        self.source = source
+        self.validate()
+
+    def __repr__(self):
+        return "Settings(%s)" % ", ".join("%s=%r" % item for item in sorted(self.describe().items()))
+
+    @property
+    def name(self):
+        """The backup name stem: BACKUP_NAME, else the database name."""
+        return self.backup_name or self.db_name
+
+    @property
+    def host(self):
+        """This host's id in object keys: BACKUP_HOST_ID, else the short host name."""
+        return self.host_id or default_host_id()
+
+    def describe(self):
+        """The settings without secrets, for logs and module results."""
+        return {
+            "db_host": self.db_host, "db_port": self.db_port, "db_name": self.db_name, "db_user": self.db_user,
+            "bucket": self.bucket, "prefix": self.prefix, "region": self.region, "endpoint_url": self.endpoint_url,
+            "storage_class": self.storage_class, "encryption": self.encryption, "compression": self.compression,
+            "name": self.name, "host": self.host, "retention_days": self.retention_days, "min_keep": self.min_keep,
+        }
+
+    def validate(self):
+        """Check every value that can be checked without a network; raise ConfigError naming the setting."""
+        self.db_port = _whole_number("DB_PORT", self.db_port, 1, 65535)
+        self.retention_days = _whole_number("BACKUP_RETENTION_DAYS", self.retention_days, 1, 36500)
+        self.min_keep = _whole_number("BACKUP_MIN_KEEP", self.min_keep, 1, 100000)
+        if self.storage_class not in STORAGE_CLASSES:
+            raise ConfigError("S3_STORAGE_CLASS %r is not an S3 storage class: choose one of %s"
+                              % (self.storage_class, ", ".join(STORAGE_CLASSES)))
+        if self.encryption not in ENCRYPTIONS:
+            raise ConfigError("BACKUP_ENCRYPTION %r is not supported: choose one of %s" % (self.encryption, ", ".join(ENCRYPTIONS)))
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError("BACKUP_COMPRESSION %r is not supported: choose one of %s" % (self.compression, ", ".join(COMPRESSIONS)))
+        if self.db_sslmode and self.db_sslmode not in SSL_MODES:
+            raise ConfigError("DB_SSLMODE %r is not a libpq sslmode: choose one of %s" % (self.db_sslmode, ", ".join(SSL_MODES)))
+        if self.host_id and not _HOST_ID_RE.match(self.host_id):
+            raise ConfigError("BACKUP_HOST_ID %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
+                              % (self.host_id,))
+        if self.backup_name and not _NAME_RE.match(self.backup_name):
+            raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
+                              % (self.backup_name,))
+        if self.db_name is not None and ("/" in self.db_name or not self.db_name.strip()):
+            raise ConfigError("DB_NAME %r is not usable in S3 keys: it may not be empty or contain '/'" % (self.db_name,))
+
+    def require(self, *fields):
+        """Raise ConfigError for the first of ``fields`` (attribute names) that is not set."""
+        for field in fields:
+            if getattr(self, field) in (None, ""):
+                variable = _FIELD_VARIABLES.get(field, field)
+                hint = _FIELD_HINTS.get(field, "set it in %s or the environment" % DEFAULT_ENV_FILE)
+                raise ConfigError("%s is not set: %s" % (variable, hint))
+
+    def pg_environment(self):
+        """libpq environment for the client programs (the password travels here, never in argv)."""
+        env = {"PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "quankey-backup"}
+        if self.db_password:
+            env["PGPASSWORD"] = self.db_password
+        if self.db_sslmode:
+            env["PGSSLMODE"] = self.db_sslmode
+        return env
+
+
+_FIELD_VARIABLES = {
+    "db_name": "DB_NAME", "db_host": "DB_HOST", "db_user": "DB_USER", "bucket": "S3_BUCKET",
+    "encryption_key": "BACKUP_ENCRYPTION_KEY", "access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+}
+_FIELD_HINTS = {
+    "db_name": "set DB_NAME to the database to back up (e.g. DB_NAME=quankey_prod in %s)" % DEFAULT_ENV_FILE,
+    "bucket": "set S3_BUCKET to the backup bucket (e.g. S3_BUCKET=quankey-backups-prod in %s)" % DEFAULT_ENV_FILE,
+    "encryption_key": "generate one with `openssl rand -base64 32` and add BACKUP_ENCRYPTION_KEY=... to %s" % DEFAULT_ENV_FILE,
+}
+
+
+def normalize_prefix(prefix):
+    """'' stays ''; 'a/b' and '/a/b/' become 'a/b/'."""
+    prefix = (prefix or "").strip().strip("/")
+    return prefix + "/" if prefix else ""
+
+
+def default_host_id():
+    """The short host name, made safe for S3 keys."""
+    name = socket.gethostname().split(".")[0] or "localhost"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+def _whole_number(variable, value, minimum, maximum):
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ConfigError("%s must be a whole number, got %r" % (variable, value))
+    if not minimum <= number <= maximum:
+        raise ConfigError("%s must be between %d and %d, got %d" % (variable, minimum, maximum, number))
+    return number
+
+
+def _unquote(value):
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in ("'", '"'):
+        inner = value[1:-1]
+        if value[0] == '"':
+            inner = inner.replace('\\"', '"').replace("\\\\", "\\")
+        return inner
+    if " #" in value:
+        value = value.split(" #", 1)[0].rstrip()
+    return value
+
+
+def parse_env_text(text, origin="env file"):
+    """Parse KEY=VALUE lines (``export`` allowed, '#' comments, single or double quotes)."""
+    values = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _ENV_LINE_RE.match(line)
+        if not match:
+            raise ConfigError("%s line %d is not KEY=VALUE: fix or remove that line" % (origin, number))
+        values[match.group(1)] = _unquote(match.group(2))
+    return values
+
+
+def read_env_file(path):
+    """Read an env file; returns (values, warnings). A group/world-readable file is a warning."""
+    warnings = []
+    try:
+        info = os.stat(path)
+        with open(path, "r") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError("env file %s does not exist: create it (mode 0600) with the backup settings, "
+                          "or pass --env-file" % path)
+    except PermissionError:
+        raise ConfigError("cannot read env file %s (permission denied): run as the backup user or root" % path)
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append("env file %s is mode %04o and holds secrets: chmod 0600 %s"
+                        % (path, stat.S_IMODE(info.st_mode), path))
+    return parse_env_text(text, origin=path), warnings
+
+
+def settings_from_env(env):
+    """Build :class:`Settings` from a mapping of the seed's variable names."""
+    def get(name, default=None):
+        value = env.get(name)
+        return default if value in (None, "") else value
+
+    return Settings(
+        db_name=get("DB_NAME"), db_host=get("DB_HOST", "localhost"), db_port=get("DB_PORT", 5432),
+        db_user=get("DB_USER", "postgres"), db_password=get("PGPASSWORD"), db_sslmode=get("DB_SSLMODE"),
+        db_maintenance_db=get("DB_MAINTENANCE_DB", "postgres"), pg_bin_dir=get("PG_BIN_DIR"),
+        bucket=get("S3_BUCKET"), prefix=get("S3_PREFIX", ""), region=get("AWS_DEFAULT_REGION", get("AWS_REGION")),
+        endpoint_url=get("S3_ENDPOINT_URL"), access_key=get("AWS_ACCESS_KEY_ID"), secret_key=get("AWS_SECRET_ACCESS_KEY"),
+        session_token=get("AWS_SESSION_TOKEN"), storage_class=get("S3_STORAGE_CLASS", DEFAULT_STORAGE_CLASS),
+        encryption_key=get("BACKUP_ENCRYPTION_KEY"), encryption=get("BACKUP_ENCRYPTION", DEFAULT_ENCRYPTION),
+        compression=get("BACKUP_COMPRESSION", "zstd"), backup_name=get("BACKUP_NAME"), host_id=get("BACKUP_HOST_ID"),
+        retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
+    )

@@ -1,0 +1,198 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Will the backups restore, and will their owner know at once when they won't?
+
+The seed's alert rules (age over 36 h, size under 1 MiB, S3 access, encryption
+failures, low frequency) and a few more, each a finding with a severity.
+:func:`assess` is pure; :func:`check_health` gathers what it needs from S3 with
+a listing, a few small metadata reads and one ranged GET of the newest object.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+
+from . import catalog
+from . import crypto
+from .errors import BackupError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
+
+OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
+_RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
+EXIT_CODES = {OK: EXIT_OK, WARNING: EXIT_HEALTH_WARNING, CRITICAL: EXIT_HEALTH_CRITICAL}
+SCHEDULE_INTERVAL_HOURS = {"daily": 24, "12-hour": 12, "6-hour": 6}
+METADATA_LOOKBACK = 8
+
+
+class HealthPolicy:
+    """Thresholds of the rules (defaults are the seed's)."""
+
+    def __init__(self, max_age_hours=36, min_size_bytes=1024 * 1024, interval_hours=24, window_days=7,
+                 size_drop_ratio=0.5, orphan_grace_hours=24):
+        self.max_age_hours = float(max_age_hours)
+        self.min_size_bytes = int(min_size_bytes)
+        self.interval_hours = float(interval_hours)
+        self.window_days = float(window_days)
+        self.size_drop_ratio = float(size_drop_ratio)
+        self.orphan_grace_hours = float(orphan_grace_hours)
+
+
+def interval_for_schedule(schedule):
+    """Hours between backups for a preset (daily, 12-hour, 6-hour) or a number of hours."""
+    if schedule in SCHEDULE_INTERVAL_HOURS:
+        return SCHEDULE_INTERVAL_HOURS[schedule]
+    try:
+        hours = float(schedule)
+    except (TypeError, ValueError):
+        from .errors import ConfigError
+        raise ConfigError("BACKUP_SCHEDULE %r is not a preset (%s) or a number of hours"
+                          % (schedule, ", ".join(SCHEDULE_INTERVAL_HOURS)))
+    return hours
+
+
+def _finding(rule, severity, message):
+    return {"rule": rule, "severity": severity, "message": message}
+
+
+def _hours(delta):
+    return delta.total_seconds() / 3600.0
+
+
+def _size(num):
+    value = float(num)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+        value /= 1024.0
+    return "%d B" % num
+
+
+def assess(records, orphans, now, policy, header_error=None, metadata_errors=None):
+    """Findings for one host and database. ``records`` newest first, with metadata loaded on the newest few.
+
+    ``header_error``: what the ranged read of the newest object's header found wrong (None when fine).
+    ``metadata_errors``: {basename: message} for metadata that would not parse.
+    """
+    findings = []
+    metadata_errors = metadata_errors or {}
+    if not records:
+        findings.append(_finding("no_backups", CRITICAL, "no backups found: the first backup has not run, or writes "
+                                 "fail (see /var/log/quankey/backup.log)"))
+        return findings
+    latest = records[0]
+    age = _hours(now - latest.timestamp)
+    if age > policy.max_age_hours:
+        findings.append(_finding("age", CRITICAL, "latest backup %s is %.1f h old (limit %g h): backups have stopped"
+                                 % (latest.basename, age, policy.max_age_hours)))
+    if latest.basename in metadata_errors:
+        findings.append(_finding("metadata", CRITICAL, "latest backup's metadata is unreadable: %s"
+                                 % metadata_errors[latest.basename]))
+    if not latest.has_object:
+        findings.append(_finding("missing_object", CRITICAL, "latest backup %s has metadata but no object: it cannot be "
+                                 "restored" % latest.basename))
+    metadata = latest.metadata or {}
+    size = metadata.get("size_bytes", latest.object_size)
+    if latest.has_object and metadata and latest.object_size != metadata.get("size_bytes"):
+        findings.append(_finding("size_mismatch", CRITICAL, "latest object is %d bytes, its metadata says %s: it was "
+                                 "replaced or cut short" % (latest.object_size, metadata.get("size_bytes"))))
+    if size is not None and size < policy.min_size_bytes:
+        findings.append(_finding("min_size", WARNING, "latest backup is %s, under the %s minimum: is the database "
+                                 "empty or the dump incomplete?" % (_size(size), _size(policy.min_size_bytes))))
+    if metadata and metadata.get("encryption") != crypto.ENCRYPTION_NAME:
+        findings.append(_finding("encryption", CRITICAL, "latest backup is recorded with encryption %r, not %s"
+                                 % (metadata.get("encryption"), crypto.ENCRYPTION_NAME)))
+    if header_error:
+        findings.append(_finding("encryption", CRITICAL, "latest object failed the encryption check: %s" % header_error))
+    findings.extend(_frequency(records, now, policy))
+    findings.extend(_size_drop(records, policy))
+    grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
+    stale = [item for item in orphans if item["last_modified"] < grace]
+    if stale:
+        findings.append(_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups), oldest %s: "
+                                 "run `quankey-backup prune`" % (len(stale), stale[0]["key"])))
+    return findings
+
+
+def _frequency(records, now, policy):
+    window_start = max(now - datetime.timedelta(days=policy.window_days), records[-1].timestamp)
+    span = _hours(now - window_start)
+    expected = int(span // policy.interval_hours)
+    taken = sum(1 for record in records if record.timestamp >= window_start)
+    if expected >= 2 and taken < expected - 1:
+        return [_finding("frequency", WARNING, "%d backups in the last %.0f h, the schedule implies %d (one every %g h): "
+                         "runs are being missed" % (taken, span, expected, policy.interval_hours))]
+    return []
+
+
+def _size_drop(records, policy):
+    sizes = [record.metadata["size_bytes"] for record in records[:METADATA_LOOKBACK] if record.metadata]
+    if len(sizes) < 3:
+        return []
+    previous = sorted(sizes[1:])
+    median = previous[len(previous) // 2]
+    if median and sizes[0] < median * policy.size_drop_ratio:
+        return [_finding("size_drop", WARNING, "latest backup is %s, %.0f%% smaller than the usual %s: did data go missing?"
+                         % (_size(sizes[0]), 100 - 100.0 * sizes[0] / median, _size(median)))]
+    return []
+
+
+def overall_status(findings):
+    """ok, warning or critical: the worst finding."""
+    worst = max([_RANK[item["severity"]] for item in findings] or [0])
+    return {0: OK, 1: WARNING, 2: CRITICAL}[worst]
+
+
+def check_health(settings, policy=None, store=None, now=None, list_backups=None, load_metadata=None):
+    """Gather and assess; returns the report dict (status, exit_code, findings, latest, counts). Never raises BackupError."""
+    from . import pipeline
+    policy = policy or HealthPolicy()
+    now = now or catalog.utcnow()
+    list_backups = list_backups or pipeline.list_backups
+    load_metadata = load_metadata or pipeline.load_metadata
+    report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
+              "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0}
+    try:
+        settings.require("db_name", "bucket")
+        store = store or pipeline.open_store(settings)
+        records, orphans = list_backups(settings, store)
+    except BackupError as exc:
+        rule = "s3_access" if isinstance(exc, StorageError) else "config"
+        findings = [_finding(rule, CRITICAL, str(exc))]
+        return _finish(report, findings)
+    metadata_errors = {}
+    header_error = None
+    try:
+        for record in records[:METADATA_LOOKBACK]:
+            try:
+                load_metadata(store, record)
+            except IntegrityError as exc:
+                metadata_errors[record.basename] = str(exc)
+        if records and records[0].has_object:
+            header_error = _header_problem(store, records[0])
+    except StorageError as exc:
+        return _finish(report, [_finding("s3_access", CRITICAL, str(exc))])
+    findings = assess(records, orphans, now, policy, header_error, metadata_errors)
+    report["backups"] = len(records)
+    if records:
+        latest = records[0].summary()
+        latest["age_hours"] = round(_hours(now - records[0].timestamp), 2)
+        report["latest"] = latest
+    return _finish(report, findings)
+
+
+def _header_problem(store, record):
+    try:
+        crypto.read_header(store.get_range(record.object_key, 0, crypto.HEADER_SIZE))
+    except IntegrityError as exc:
+        return exc.message
+    return None
+
+
+def _finish(report, findings):
+    status = overall_status(findings)
+    report["status"] = status
+    report["exit_code"] = EXIT_CODES[status]
+    report["findings"] = findings
+    return report

@@ -1,0 +1,168 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Names, metadata, selection and retention: pure logic of the catalog."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import json
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import catalog
+from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError, NotFoundError
+
+UTC = datetime.timezone.utc
+
+
+def _when(day, hour=3):
+    return datetime.datetime(2025, 8, day, hour, 0, 0, tzinfo=UTC)
+
+
+def _records(days, host="db1", db="quankey_prod", prefix="", with_objects=True):
+    meta = []
+    objs = []
+    for day in days:
+        base = catalog.backup_basename("quankey", _when(day))
+        meta.append({"key": catalog.metadata_key(prefix, host, db, base), "size": 400})
+        if with_objects:
+            objs.append({"key": catalog.object_key(prefix, host, db, base), "size": 2 * 1024 * 1024})
+    return catalog.records_from_listing(prefix, meta, objs)[0]
+
+
+def test_names_keep_the_seed_shape_per_host_and_db():
+    base = catalog.backup_basename("quankey", _when(9))
+    assert base == "quankey_backup_20250809_030000"
+    assert catalog.object_key("", "db1", "quankey_prod", base) == \
+        "backups/postgresql/db1/quankey_prod/quankey_backup_20250809_030000.encrypted"
+    assert catalog.metadata_key("team/", "db1", "quankey_prod", base) == \
+        "team/metadata/db1/quankey_prod/quankey_backup_20250809_030000.meta"
+
+
+def test_timestamp_is_utc_whatever_the_input_zone():
+    cest = datetime.timezone(datetime.timedelta(hours=2))
+    assert catalog.format_timestamp(datetime.datetime(2025, 8, 9, 5, 0, 0, tzinfo=cest)) == "20250809_030000"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("20250809_030000", _when(9)),
+    ("2025-08-09T03:00:00Z", _when(9)),
+    ("2025-08-09 03:00", _when(9)),
+    ("2025-08-09T05:00:00+02:00", _when(9)),
+    ("2025-08-09", _when(9, 0)),
+])
+def test_parse_time_accepts_what_people_type(text, expected):
+    assert catalog.parse_time(text) == expected
+
+
+def test_parse_time_says_what_it_accepts():
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        catalog.parse_time("yesterday-ish", "--before")
+
+
+def test_listing_joins_metadata_and_objects_newest_first_and_reports_orphans():
+    meta = [{"key": "metadata/db1/d/q_backup_20250801_030000.meta", "size": 1},
+            {"key": "metadata/db1/d/q_backup_20250803_030000.meta", "size": 1},
+            {"key": "metadata/db1/d/not-a-backup.txt", "size": 1}]
+    objs = [{"key": "backups/postgresql/db1/d/q_backup_20250801_030000.encrypted", "size": 10},
+            {"key": "backups/postgresql/db1/d/q_backup_20250802_030000.encrypted", "size": 20}]
+    records, orphans = catalog.records_from_listing("", meta, objs)
+    assert [r.basename for r in records] == ["q_backup_20250803_030000", "q_backup_20250801_030000"]
+    assert records[0].has_object is False
+    assert records[1].object_size == 10
+    assert [o["key"] for o in orphans] == ["backups/postgresql/db1/d/q_backup_20250802_030000.encrypted"]
+
+
+def test_select_latest_by_name_and_before():
+    records = _records([1, 5, 3])
+    assert catalog.select_backup(records).basename == "quankey_backup_20250805_030000"
+    for spelled in ("quankey_backup_20250803_030000", "quankey_backup_20250803_030000.encrypted",
+                    "quankey_backup_20250803_030000.meta", records[1].object_key):
+        assert catalog.select_backup(records, spelled).basename == "quankey_backup_20250803_030000"
+    assert catalog.select_backup(records, before=_when(5)).basename == "quankey_backup_20250803_030000"
+    assert catalog.select_backup(records, before=_when(4, 12)).basename == "quankey_backup_20250803_030000"
+
+
+def test_select_failures_are_specific():
+    records = _records([1, 2])
+    with pytest.raises(NotFoundError, match="no backups found"):
+        catalog.select_backup([])
+    with pytest.raises(NotFoundError, match="not found"):
+        catalog.select_backup(records, "quankey_backup_20990101_000000")
+    with pytest.raises(NotFoundError, match="before 2025-07-01"):
+        catalog.select_backup(records, before=datetime.datetime(2025, 7, 1, tzinfo=UTC))
+
+
+def test_retention_deletes_only_old_backups():
+    records = _records(range(1, 21))
+    now = _when(20, 12)
+    keep, delete = catalog.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
+    assert len(delete) == 13  # days 1..13 at 03:00 are before the Aug 13 12:00 cutoff
+    assert all(r.timestamp < now - datetime.timedelta(days=7) for r in delete)
+    assert min(r.timestamp for r in keep) >= now - datetime.timedelta(days=7)
+
+
+def test_retention_never_deletes_the_newest_good_backups_of_a_stopped_host():
+    records = _records([1, 2, 3, 4, 5])
+    now = _when(30)  # backups stopped weeks ago: all are past retention
+    keep, delete = catalog.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
+    assert [r.basename[-15:-7] for r in keep] == ["20250805", "20250804", "20250803"]
+    assert len(delete) == 2
+
+
+def test_retention_skips_bad_backups_when_counting_the_ones_to_keep():
+    records = _records([1, 2, 3, 4, 5])
+    bad = {records[0].basename, records[1].basename}
+    keep, delete = catalog.retention_plan(records, _when(30), 7, 3, is_good=lambda r: r.basename not in bad)
+    kept = {r.basename for r in keep}
+    assert kept == {records[2].basename, records[3].basename, records[4].basename}
+    assert {r.basename for r in delete} == bad
+
+
+def test_retention_counts_min_keep_per_host_and_database():
+    records = sorted(_records([1, 2, 3], host="a") + _records([1, 2, 3], host="b"),
+                     key=lambda r: r.timestamp, reverse=True)
+    keep, delete = catalog.retention_plan(records, _when(30), 7, 2, is_good=lambda r: True)
+    assert sorted((r.host, r.basename[-15:-7]) for r in keep) == [
+        ("a", "20250802"), ("a", "20250803"), ("b", "20250802"), ("b", "20250803")]
+    assert len(delete) == 2
+
+
+def _metadata():
+    view = {"db_name": "quankey_prod", "retention_days": 30, "host": "db1", "storage_class": "STANDARD_IA",
+            "compression": "zstd"}
+    return catalog.build_metadata(view, "quankey_backup_20250809_030000", _when(9), "backups/postgresql/x.encrypted",
+                                  1234, "a" * 64, {"type": "t"}, "qk1-0011223344556677", 7, 5000, 1.23456,
+                                  "15.18", "15.18", {"encoding": "UTF8"}, "aes-256-gcm", True)
+
+
+def test_metadata_keeps_every_seed_field_and_round_trips():
+    metadata = _metadata()
+    for field in catalog.SEED_FIELDS:
+        assert field in metadata
+    assert metadata["backup_type"] == "postgresql_full"
+    assert metadata["format"] == "pg_dump_custom"
+    assert metadata["timestamp"] == "20250809_030000"
+    assert metadata["duration_seconds"] == 1.235
+    raw = catalog.encode_metadata(metadata)
+    assert catalog.decode_metadata(raw, "k") == json.loads(raw.decode())
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b"not json", "not valid JSON"),
+    (b"[1]", "not a JSON object"),
+    (b'{"backup_type": "postgresql_full"}', "lacks"),
+])
+def test_bad_metadata_is_named(raw, match):
+    with pytest.raises(IntegrityError, match=match):
+        catalog.decode_metadata(raw, "metadata/db1/d/x.meta")
+
+
+def test_metadata_with_a_malformed_checksum_is_rejected():
+    metadata = _metadata()
+    metadata["checksum_sha256"] = "abc"
+    with pytest.raises(IntegrityError, match="checksum_sha256"):
+        catalog.decode_metadata(catalog.encode_metadata(metadata), "k")

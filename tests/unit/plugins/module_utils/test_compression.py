@@ -1,0 +1,49 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Streaming codecs round-trip and refuse truncated input."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import compression
+from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError
+
+DATA = (b"PGDMP" + b"row,text,more text\n" * 50000 + os.urandom(300000)) * 2
+
+
+def _pack(name, data, step=65536):
+    packer = compression.compressor(name)
+    out = b"".join(packer.update(data[i:i + step]) for i in range(0, len(data), step))
+    return out + packer.finalize()
+
+
+def _unpack(name, data, step=70000):
+    unpacker = compression.decompressor(name)
+    out = b"".join(unpacker.update(data[i:i + step]) for i in range(0, len(data), step))
+    return out + unpacker.finalize()
+
+
+@pytest.mark.parametrize("name", compression.COMPRESSIONS)
+def test_round_trip(name):
+    packed = _pack(name, DATA)
+    assert _unpack(name, packed) == DATA
+    if name != "none":
+        assert len(packed) < len(DATA) * 0.5
+
+
+@pytest.mark.parametrize("name", ["zstd", "gzip"])
+def test_truncated_stream_is_refused(name):
+    packed = _pack(name, DATA)
+    with pytest.raises(IntegrityError, match="ended before its end marker"):
+        _unpack(name, packed[:len(packed) // 2])
+
+
+def test_unknown_compression_is_a_config_error():
+    with pytest.raises(ConfigError, match="choose one of zstd, gzip, none"):
+        compression.compressor("lz4")

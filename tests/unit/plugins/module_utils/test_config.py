@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Settings from the seed's variables and env files."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError
+
+SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I="
+
+
+def test_seed_variables_map_to_settings_with_defaults():
+    settings = config.settings_from_env({"DB_NAME": "quankey_prod", "S3_BUCKET": "b", "PGPASSWORD": "pw",
+                                         "BACKUP_ENCRYPTION_KEY": SECRET, "S3_PREFIX": "/team/"})
+    assert settings.db_host == "localhost"
+    assert settings.db_port == 5432
+    assert settings.retention_days == 30
+    assert settings.min_keep == 3
+    assert settings.storage_class == "STANDARD_IA"
+    assert settings.compression == "zstd"
+    assert settings.encryption == "aes-256-gcm"
+    assert settings.prefix == "team/"
+    assert settings.name == "quankey_prod"
+    assert settings.pg_environment()["PGPASSWORD"] == "pw"
+
+
+def test_secrets_stay_out_of_repr_and_describe():
+    settings = config.settings_from_env({"DB_NAME": "d", "PGPASSWORD": "pw-value-1", "AWS_SECRET_ACCESS_KEY": "aws-value-2",
+                                         "BACKUP_ENCRYPTION_KEY": SECRET, "AWS_SESSION_TOKEN": "tok-value-3"})
+    text = repr(settings) + repr(settings.describe())
+    for secret in ("pw-value-1", "aws-value-2", SECRET, "tok-value-3"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("variable,value,match", [
+    ("DB_PORT", "fivefour", "DB_PORT must be a whole number"),
+    ("DB_PORT", "70000", "between 1 and 65535"),
+    ("BACKUP_RETENTION_DAYS", "0", "BACKUP_RETENTION_DAYS must be between"),
+    ("BACKUP_MIN_KEEP", "x", "BACKUP_MIN_KEEP must be a whole number"),
+    ("S3_STORAGE_CLASS", "CHEAP", "not an S3 storage class"),
+    ("BACKUP_COMPRESSION", "lz4", "BACKUP_COMPRESSION 'lz4' is not supported"),
+    ("BACKUP_ENCRYPTION", "rot13", "BACKUP_ENCRYPTION 'rot13' is not supported"),
+    ("BACKUP_HOST_ID", "db 1/x", "BACKUP_HOST_ID"),
+    ("DB_NAME", "a/b", "DB_NAME"),
+    ("DB_SSLMODE", "always", "DB_SSLMODE"),
+])
+def test_invalid_values_name_the_variable(variable, value, match):
+    with pytest.raises(ConfigError, match=match):
+        config.settings_from_env({variable: value})
+
+
+def test_require_names_the_variable_and_the_fix():
+    settings = config.settings_from_env({"DB_NAME": "d"})
+    with pytest.raises(ConfigError, match=r"BACKUP_ENCRYPTION_KEY is not set: generate one with `openssl rand -base64 32`"):
+        settings.require("encryption_key")
+    with pytest.raises(ConfigError, match="S3_BUCKET is not set"):
+        settings.require("bucket")
+
+
+def test_env_text_parsing_handles_export_quotes_and_comments():
+    values = config.parse_env_text("# comment\nexport DB_NAME=quankey_prod\nPGPASSWORD='p a#ss'\n"
+                                   "S3_BUCKET=\"b\\\"q\"\nDB_HOST=h # trailing\n\n")
+    assert values == {"DB_NAME": "quankey_prod", "PGPASSWORD": "p a#ss", "S3_BUCKET": 'b"q', "DB_HOST": "h"}
+
+
+def test_env_text_errors_give_the_line_number_not_the_content():
+    with pytest.raises(ConfigError, match="line 2 is not KEY=VALUE") as info:
+        config.parse_env_text("A=1\nthis is the secret\n", origin="/etc/quankey/backup.env")
+    assert "secret" not in str(info.value)
+
+
+def test_env_file_mode_is_checked(tmp_path):
+    path = tmp_path / "backup.env"
+    path.write_text("DB_NAME=d\n")
+    os.chmod(str(path), 0o644)
+    values, warnings = config.read_env_file(str(path))
+    assert values == {"DB_NAME": "d"}
+    assert warnings and "chmod 0600" in warnings[0]
+    os.chmod(str(path), 0o600)
+    assert config.read_env_file(str(path))[1] == []
+
+
+def test_missing_env_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.read_env_file(str(tmp_path / "nope.env"))
