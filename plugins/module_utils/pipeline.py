@@ -196,41 +196,72 @@ def master_keys(settings):
 
 # --------------------------------------------------------------------------- backup
 
-def run_backup(settings, progress=None, store=None, now=None):
-    """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure."""
-    progress = progress or _NoProgress()
+class BackupPlan:
+    """What a backup will do, found by checking everything it needs first (also check mode's answer)."""
+
+    def __init__(self, settings, pg, store, server_version, dump_version, when, db_size, db_settings):
+        self.settings = settings
+        self.pg = pg
+        self.store = store
+        self.server_version = server_version
+        self.dump_version = dump_version
+        self.when = when
+        self.basename = catalog.backup_basename(settings.name, when)
+        self.object_key = catalog.object_key(settings.prefix, settings.host, settings.db_name, self.basename)
+        self.metadata_key = catalog.metadata_key(settings.prefix, settings.host, settings.db_name, self.basename)
+        self.db_size = db_size
+        self.db_settings = db_settings
+
+    def describe(self):
+        """The plan as a JSON-ready dict (no secrets)."""
+        return {"name": self.basename, "bucket": self.store.bucket, "object_key": self.object_key,
+                "metadata_key": self.metadata_key, "database": self.settings.db_name, "host": self.settings.host,
+                "database_size_bytes": self.db_size, "server_version": _format_server_version(self.server_version),
+                "pg_dump_version": self.dump_version, "compression": self.settings.compression,
+                "encryption": crypto.ENCRYPTION_NAME, "storage_class": self.settings.storage_class,
+                "key_id": crypto.key_id(master_keys(self.settings))}
+
+
+def plan_backup(settings, store=None, now=None):
+    """Check configuration, PostgreSQL (login, pg_dump version) and the bucket; change nothing."""
     settings.require("db_name", "bucket", "encryption_key")
     check_compression(settings.compression)
-    master = master_keys(settings)
-    started = time.time()
+    master_keys(settings)
     pg = PgClient(settings)
     server_version = pg.server_version_num(settings.db_name)
     dump_version = pg.check_client_version(server_version, "pg_dump")
     store = store or open_store(settings)
     store.check_bucket()
+    plan = BackupPlan(settings, pg, store, server_version, dump_version, now or catalog.utcnow(),
+                      pg.database_size(settings.db_name), pg.database_settings(settings.db_name))
+    if store.exists(plan.metadata_key) or store.exists(plan.object_key):
+        raise RefusedError("a backup named %s already exists in %s: wait a second and run again"
+                           % (plan.basename, store.url()))
+    return plan
 
-    when = now or catalog.utcnow()
-    basename = catalog.backup_basename(settings.name, when)
-    obj_key = catalog.object_key(settings.prefix, settings.host, settings.db_name, basename)
-    meta_key = catalog.metadata_key(settings.prefix, settings.host, settings.db_name, basename)
-    if store.exists(meta_key) or store.exists(obj_key):
-        raise RefusedError("a backup named %s already exists in %s: wait a second and run again" % (basename, store.url()))
-    db_size = pg.database_size(settings.db_name)
-    db_settings = pg.database_settings(settings.db_name)
-    LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where, db_size,
-             store.url(obj_key))
+
+def run_backup(settings, progress=None, store=None, now=None):
+    """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure."""
+    progress = progress or _NoProgress()
+    started = time.time()
+    plan = plan_backup(settings, store, now)
+    master = master_keys(settings)
+    pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
+    obj_key, meta_key = plan.object_key, plan.metadata_key
+    LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
+             plan.db_size, store.url(obj_key))
 
     data_key = crypto.new_data_key()
     envelope = crypto.wrap_data_key(master, data_key)
-    stream = _BackupStream(pg, settings, store, obj_key, data_key, db_size, progress)
+    stream = _BackupStream(pg, settings, store, obj_key, data_key, plan.db_size, progress)
     stored = stream.run()
     duration = time.time() - started
     view = settings.describe()
     view["db_name"] = settings.db_name
     metadata = catalog.build_metadata(
         view, basename, when, obj_key, stored["size_bytes"], stored["sha256"], envelope, crypto.key_id(master),
-        stored["table_count"], stored["dump_bytes"], duration, _format_server_version(server_version), dump_version,
-        db_settings, crypto.ENCRYPTION_NAME, True)
+        stored["table_count"], stored["dump_bytes"], duration, _format_server_version(plan.server_version),
+        plan.dump_version, plan.db_settings, crypto.ENCRYPTION_NAME, True)
     try:
         store.put_bytes(meta_key, catalog.encode_metadata(metadata))
     except BaseException:
