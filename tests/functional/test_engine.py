@@ -1,0 +1,389 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The engine end to end on real services: PostgreSQL (initdb, password auth) and S3 (moto_server).
+
+Driven as users drive it: the installed ``quankey-backup`` command with the seed's
+variables, boto3 and psql to look at the results.
+"""
+
+import base64
+import datetime
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import config, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils.postgres import PgClient
+import sampledb
+from sampledb import CANARY, table_digests
+
+CLI = str(Path(sys.executable).parent / "quankey-backup")
+UTC = datetime.timezone.utc
+
+
+def _new_name(stem):
+    return "%s_%s" % (stem, uuid.uuid4().hex[:8])
+
+
+def run_cli(env, *args, check=None):
+    """Run the installed host command with exactly ``env`` (plus PATH); returns CompletedProcess with text."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
+    full_env.update(env)
+    proc = subprocess.run([CLI] + list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300, check=False)
+    if check is not None:
+        assert proc.returncode == check, "exit %d, wanted %d\nstdout: %s\nstderr: %s" % (
+            proc.returncode, check, proc.stdout, proc.stderr)
+    return proc
+
+
+def databases(pg, like):
+    return pg.psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE '%s'"
+                   % like).strip()
+
+
+@pytest.fixture(scope="module")
+def source(testbed):
+    """A source database with mixed types, schemas, partitions and a view."""
+    name = _new_name("shop")
+    testbed.pg.create_database(name)
+    sampledb.fill(testbed.pg, name)
+    return name
+
+
+@pytest.fixture
+def env(testbed, source):
+    """The seed's variables for the source database, each test under its own S3 prefix."""
+    values = testbed.backup_env(source)
+    values["S3_PREFIX"] = _new_name("t")
+    values["BACKUP_HOST_ID"] = "db1"
+    return values
+
+
+@pytest.fixture
+def s3(testbed):
+    return testbed.moto.client()
+
+
+def _settings(env):
+    return config.settings_from_env(env)
+
+
+def _meta_keys(s3, bucket, prefix):
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/metadata/").get("Contents", [])]
+
+
+def _all_keys(s3, bucket, prefix):
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])]
+
+
+def _open_uploads(s3, bucket, prefix):
+    return s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
+
+
+def _backup(env):
+    return json.loads(run_cli(env, "backup", "--json", check=0).stdout)
+
+
+def test_backup_restore_round_trip_is_identical_and_stored_encrypted(testbed, source, env, s3):
+    result = _backup(env)
+    bucket = env["S3_BUCKET"]
+    assert result["object_key"] == "%s/backups/postgresql/db1/%s/%s.encrypted" % (env["S3_PREFIX"], source, result["name"])
+    assert result["metadata_key"] == "%s/metadata/db1/%s/%s.meta" % (env["S3_PREFIX"], source, result["name"])
+    assert result["table_count"] == sampledb.TABLE_COUNT  # the partitioned parent counts too
+
+    stored = s3.get_object(Bucket=bucket, Key=result["object_key"])["Body"].read()
+    assert len(stored) == result["size_bytes"]
+    assert b"PGDMP" not in stored
+    assert CANARY.encode() not in stored and b"customers" not in stored
+    assert s3.head_object(Bucket=bucket, Key=result["object_key"])["StorageClass"] == "STANDARD_IA"
+
+    metadata = json.loads(s3.get_object(Bucket=bucket, Key=result["metadata_key"])["Body"].read())
+    for field in ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption", "format",
+                  "retention_days", "quantum_safe", "compression", "key_id", "server_version", "pg_dump_version",
+                  "table_count", "host", "duration_seconds"):
+        assert field in metadata, field
+    assert metadata["database"] == source and metadata["encryption"] == "aes-256-gcm"
+    assert metadata["compression"] == "zstd" and metadata["host"] == "db1"
+    assert metadata["size_bytes"] == len(stored)
+    import hashlib
+    assert metadata["checksum_sha256"] == hashlib.sha256(stored).hexdigest()
+
+    listed = json.loads(run_cli(env, "list", "--json", check=0).stdout)
+    assert [item["name"] for item in listed["backups"]] == [result["name"]]
+
+    verified = json.loads(run_cli(env, "verify", "--json", check=0).stdout)
+    assert verified["checksum_ok"] and verified["table_count"] == result["table_count"]
+
+    target = _new_name("restored")
+    restored = json.loads(run_cli(env, "restore", "--target-db", target, "--json", check=0).stdout)
+    assert restored["target_db"] == target and restored["table_count"] == result["table_count"]
+    assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
+    assert testbed.pg.psql("SELECT count(*) FROM rich", db=target).strip() == \
+        testbed.pg.psql("SELECT count(*) FROM rich", db=source).strip()
+    assert databases(testbed.pg, target + "__%") == ""  # no staging database left
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_other_compressions_round_trip(testbed, source, env, compression):
+    env["BACKUP_COMPRESSION"] = compression
+    result = _backup(env)
+    metadata_compression = json.loads(run_cli(env, "list", "--json", "--details", check=0).stdout)["backups"][0]
+    assert metadata_compression["compression"] == compression
+    target = _new_name("restored_" + compression)
+    run_cli(env, "restore", "--backup", result["name"], "--target-db", target, check=0)
+    assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
+
+
+def test_restore_selects_by_name_seed_variable_and_time(testbed, source, env):
+    settings = _settings(env)
+    old = pipeline.run_backup(settings, now=datetime.datetime(2025, 8, 9, 3, 0, 0, tzinfo=UTC))
+    new = pipeline.run_backup(settings, now=datetime.datetime(2025, 8, 10, 3, 0, 0, tzinfo=UTC))
+    assert old["name"].endswith("_backup_20250809_030000")
+
+    target = _new_name("by_time")
+    out = json.loads(run_cli(env, "restore", "--before", "2025-08-10T00:00:00Z", "--target-db", target, "--json",
+                             check=0).stdout)
+    assert out["name"] == old["name"]
+
+    seed_env = dict(env, BACKUP_FILE=new["name"] + ".encrypted")
+    target = _new_name("by_seed_name")
+    out = json.loads(run_cli(seed_env, "restore", "--target-db", target, "--json", check=0).stdout)
+    assert out["name"] == new["name"]
+
+    proc = run_cli(env, "restore", "--backup", "nope_backup_20200101_000000", check=7)
+    assert "not found" in proc.stderr and "quankey-backup list" in proc.stderr
+
+
+def test_existing_target_is_refused_and_force_keeps_the_old_one(testbed, source, env):
+    _backup(env)
+    target = _new_name("live")
+    testbed.pg.create_database(target)
+    testbed.pg.psql("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)", db=target)
+
+    proc = run_cli(env, "restore", "--target-db", target, check=8)
+    assert "already exists" in proc.stderr and "--force" in proc.stderr
+    assert testbed.pg.psql("SELECT x FROM precious", db=target).strip() == "42"
+
+    out = json.loads(run_cli(env, "restore", "--target-db", target, "--force", "--json", check=0).stdout)
+    assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
+    assert out["replaced_db"].startswith(target + "__replaced_")
+    assert testbed.pg.psql("SELECT x FROM precious", db=out["replaced_db"]).strip() == "42"
+
+
+def _rewrite(s3, bucket, key, data):
+    s3.put_object(Bucket=bucket, Key=key, Body=data, StorageClass="STANDARD_IA")
+
+
+def _fix_metadata(s3, bucket, key, data):
+    """Make the metadata agree with tampered data (an attacker who can write the bucket)."""
+    import hashlib
+    meta_key = key.replace("/backups/postgresql/", "/metadata/").replace(".encrypted", ".meta")
+    metadata = json.loads(s3.get_object(Bucket=bucket, Key=meta_key)["Body"].read())
+    metadata["size_bytes"] = len(data)
+    metadata["checksum_sha256"] = hashlib.sha256(data).hexdigest()
+    s3.put_object(Bucket=bucket, Key=meta_key, Body=json.dumps(metadata).encode())
+
+
+@pytest.mark.parametrize("damage,fix_metadata,reason", [
+    ("flip", False, "SHA-256|authentication failed"),
+    ("flip", True, "authentication failed at segment"),
+    ("truncate", False, "metadata says"),
+    ("truncate", True, "truncated"),
+])
+def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, source, env, s3, damage, fix_metadata, reason):
+    result = _backup(env)
+    bucket, key = env["S3_BUCKET"], result["object_key"]
+    data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        cut = 56 + (1024 * 1024 + 16)  # exactly after the first whole segment
+        data = data[:cut]
+    _rewrite(s3, bucket, key, bytes(data))
+    if fix_metadata:
+        _fix_metadata(s3, bucket, key, bytes(data))
+
+    target = _new_name("damaged")
+    proc = run_cli(env, "restore", "--target-db", target, check=6)
+    import re
+    assert re.search(reason, proc.stderr), proc.stderr
+    assert databases(testbed.pg, target + "%") == ""
+    run_cli(env, "verify", check=6)
+
+
+def test_wrong_key_is_named_and_creates_nothing(testbed, source, env):
+    result = _backup(env)
+    wrong = dict(env, BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode())
+    target = _new_name("wrongkey")
+    proc = run_cli(wrong, "restore", "--target-db", target, check=6)
+    assert result["key_id"] in proc.stderr and "BACKUP_ENCRYPTION_KEY" in proc.stderr
+    assert databases(testbed.pg, target + "%") == ""
+
+
+def _fake_bin(tmp_path, pg_dump_script):
+    """A PG_BIN_DIR whose pg_dump is a script; the other programs are the real ones."""
+    real = PgClient(_settings({"DB_NAME": "x"})).bin_dir
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for program in ("psql", "pg_restore"):
+        (fake / program).symlink_to(os.path.join(real, program))
+    script = fake / "pg_dump"
+    script.write_text("#!/bin/sh\n" + pg_dump_script.replace("REAL", real))
+    script.chmod(0o755)
+    return str(fake)
+
+
+def test_pg_dump_killed_mid_stream_leaves_no_metadata_and_no_upload(testbed, source, env, s3, tmp_path):
+    # pg_dump is killed after 12 MB: more than one 8 MiB part has gone up by then
+    env["PG_BIN_DIR"] = _fake_bin(tmp_path, 'case "$1" in --version) exec REAL/pg_dump --version;; esac\n'
+                                            'REAL/pg_dump "$@" | head -c 12000000\nkill -9 $$\n')
+    env["BACKUP_COMPRESSION"] = "none"
+    testbed.pg.psql("INSERT INTO blobs SELECT g, decode(string_agg(md5(random()::text || g || i), ''), 'hex') "
+                    "FROM generate_series(100001, 100400) g, generate_series(1, 1024) i GROUP BY g", db=source)
+    try:
+        proc = run_cli(env, "backup", check=4)
+    finally:
+        testbed.pg.psql("DELETE FROM blobs WHERE id > 100000", db=source)
+    assert "pg_dump was killed by signal 9" in proc.stderr
+    assert _all_keys(s3, env["S3_BUCKET"], env["S3_PREFIX"]) == []
+    assert _open_uploads(s3, env["S3_BUCKET"], env["S3_PREFIX"]) == []
+
+
+def test_wrong_password_fails_before_anything_is_written(testbed, env, s3):
+    proc = run_cli(dict(env, PGPASSWORD="not-the-password"), "backup", check=4)
+    assert "rejected the password" in proc.stderr and "PGPASSWORD" in proc.stderr
+    assert _all_keys(s3, env["S3_BUCKET"], env["S3_PREFIX"]) == []
+    assert _open_uploads(s3, env["S3_BUCKET"], env["S3_PREFIX"]) == []
+
+
+def test_old_pg_dump_is_refused_plainly(env, tmp_path):
+    env["PG_BIN_DIR"] = _fake_bin(tmp_path, 'echo "pg_dump (PostgreSQL) 12.22"\n')
+    proc = run_cli(env, "backup", check=3)
+    assert "pg_dump 12.22 cannot dump a PostgreSQL 15 server: install postgresql-client-15" in proc.stderr
+
+
+@pytest.mark.parametrize("change,code,words", [
+    ({"BACKUP_ENCRYPTION_KEY": ""}, 3, "BACKUP_ENCRYPTION_KEY is not set: generate one with `openssl rand -base64 32`"),
+    ({"BACKUP_ENCRYPTION_KEY": "not base64 at all!"}, 3, "base64"),
+    ({"BACKUP_ENCRYPTION_KEY": base64.b64encode(b"short").decode()}, 3, "32"),
+    ({"DB_PORT": "1"}, 4, "connection refused"),
+    ({"DB_NAME": "no_such_db"}, 4, "database 'no_such_db' does not exist"),
+    ({"S3_BUCKET": "no-such-bucket-here"}, 5, "bucket 'no-such-bucket-here' does not exist"),
+    ({"S3_ENDPOINT_URL": "http://127.0.0.1:9"}, 5, "cannot reach the S3 endpoint http://127.0.0.1:9"),
+    ({"BACKUP_COMPRESSION": "lz4"}, 3, "BACKUP_COMPRESSION 'lz4' is not supported"),
+])
+def test_bad_input_gets_one_clear_line(testbed, env, s3, change, code, words):
+    proc = run_cli(dict(env, **change), "backup", check=code)
+    assert words in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert _all_keys(s3, env["S3_BUCKET"], env["S3_PREFIX"]) == []
+
+
+def test_access_denied_names_the_prefix_and_the_policy(testbed, source, tmp_path):
+    from testbed import MotoServer
+    with MotoServer(initial_no_auth_action_count=4) as iam_s3:
+        admin = iam_s3.client("s3")
+        admin.create_bucket(Bucket="locked")
+        iam = iam_s3.client("iam")
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="list-only", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": ["arn:aws:s3:::locked"]}]}))
+        keys = iam.create_access_key(UserName="reader")["AccessKey"]
+        env = testbed.backup_env(source)
+        env.update(S3_BUCKET="locked", S3_ENDPOINT_URL=iam_s3.endpoint_url, AWS_ACCESS_KEY_ID=keys["AccessKeyId"],
+                   AWS_SECRET_ACCESS_KEY=keys["SecretAccessKey"], BACKUP_HOST_ID="db1")
+        proc = run_cli(env, "backup", check=5)
+    assert "S3 access denied for s3://locked/" in proc.stderr and "IAM policy" in proc.stderr
+    assert keys["SecretAccessKey"] not in proc.stderr
+
+
+def test_secrets_never_reach_logs_output_or_argv(testbed, source, env):
+    secrets_ = [env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"], env["BACKUP_ENCRYPTION_KEY"]]
+    runs = [run_cli(env, "backup", check=0), run_cli(env, "list", check=0), run_cli(env, "health", "--json", check=0),
+            run_cli(env, "restore", "--target-db", _new_name("secrets"), check=0),
+            run_cli(dict(env, PGPASSWORD=env["PGPASSWORD"] + "x"), "backup", check=4),
+            run_cli(dict(env, BACKUP_ENCRYPTION_KEY=env["BACKUP_ENCRYPTION_KEY"][:-4]), "backup", check=3)]
+    for proc in runs:
+        for secret in secrets_:
+            assert secret not in proc.stdout and secret not in proc.stderr
+    pg = PgClient(_settings(env))
+    for argv in (pg.dump_argv(source), pg.restore_argv(source), pg.connection_args(source)):
+        assert env["PGPASSWORD"] not in " ".join(argv)
+
+
+def test_env_file_is_read_and_its_mode_checked(testbed, source, env, tmp_path):
+    from testbed import write_env_file
+    path = tmp_path / "backup.env"
+    write_env_file(str(path), env)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    proc = run_cli({}, "--env-file", str(path), "list", check=0)
+    assert "chmod" not in proc.stderr
+    path.chmod(0o644)
+    proc = run_cli({}, "--env-file", str(path), "list", check=0)
+    assert "chmod 0600" in proc.stderr
+
+
+def test_health_ok_then_critical_when_the_newest_backup_is_old(testbed, source, env):
+    _backup(env)
+    report = json.loads(run_cli(dict(env, OUTPUT_JSON="true"), "health", check=0).stdout)
+    assert report["status"] == "ok" and report["latest"]["age_hours"] < 1
+
+    stale = dict(env, S3_PREFIX=_new_name("stale"))
+    pipeline.run_backup(_settings(stale), now=catalog_now() - datetime.timedelta(days=3))
+    proc = run_cli(stale, "health", "--json", check=2)
+    report = json.loads(proc.stdout)
+    assert report["status"] == "critical"
+    assert [f["rule"] for f in report["findings"] if f["severity"] == "critical"] == ["age"]
+    human = run_cli(stale, "health", check=2).stdout
+    assert human.startswith("CRITICAL") and "backups have stopped" in human
+
+
+def test_health_is_critical_when_s3_is_unreachable(env):
+    proc = run_cli(dict(env, S3_ENDPOINT_URL="http://127.0.0.1:9"), "health", "--json", check=2)
+    report = json.loads(proc.stdout)
+    assert [f["rule"] for f in report["findings"]] == ["s3_access"]
+
+
+def test_health_catches_a_plaintext_object(testbed, source, env, s3):
+    result = _backup(env)
+    dump = subprocess.run(PgClient(_settings(env)).dump_argv(source), env=dict(os.environ, PGPASSWORD=env["PGPASSWORD"]),
+                          stdout=subprocess.PIPE, check=True).stdout
+    _rewrite(s3, env["S3_BUCKET"], result["object_key"], dump)
+    _fix_metadata(s3, env["S3_BUCKET"], result["object_key"], dump)
+    report = json.loads(run_cli(env, "health", "--json", check=2).stdout)
+    assert any(f["rule"] == "encryption" and "plaintext" in f["message"] for f in report["findings"])
+
+
+def catalog_now():
+    return datetime.datetime.now(UTC)
+
+
+def test_prune_keeps_the_newest_good_backups_of_a_stopped_host(testbed, source, env, s3):
+    settings = _settings(env)
+    base = catalog_now() - datetime.timedelta(days=60)
+    names = [pipeline.run_backup(settings, now=base + datetime.timedelta(days=day))["name"] for day in range(5)]
+    env.update(BACKUP_RETENTION_DAYS="7", BACKUP_MIN_KEEP="3")
+
+    dry = json.loads(run_cli(env, "prune", "--dry-run", "--json", check=0).stdout)
+    assert sorted(dry["deleted"]) == sorted(names[:2])
+    assert len(_meta_keys(s3, env["S3_BUCKET"], env["S3_PREFIX"])) == 5
+
+    done = json.loads(run_cli(env, "prune", "--json", check=0).stdout)
+    assert sorted(done["deleted"]) == sorted(names[:2]) and sorted(done["kept"]) == sorted(names[2:])
+    keys = _all_keys(s3, env["S3_BUCKET"], env["S3_PREFIX"])
+    assert len(keys) == 6 and not any(name in key for key in keys for name in names[:2])
+
+    fresh = _backup(env)["name"]
+    done = json.loads(run_cli(env, "prune", "--json", check=0).stdout)
+    assert sorted(done["kept"]) == sorted([fresh] + names[3:])
+    assert sorted(done["deleted"]) == [names[2]]
