@@ -1,0 +1,70 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # PostgreSQL connection options; argument spec: module_utils/ansible_common.py postgres_argument_spec()
+    DOCUMENTATION = r"""
+options:
+  login_host:
+    description:
+      - Host name or IP address of the PostgreSQL server.
+      - If not set, the environment variable E(DB_HOST) is used.
+    type: str
+    default: localhost
+  login_port:
+    description:
+      - TCP port of the PostgreSQL server.
+      - If not set, the environment variable E(DB_PORT) is used.
+    type: int
+    default: 5432
+  login_user:
+    description:
+      - PostgreSQL role to log in as. It needs to read every table of O(db) for a backup, and to create
+        databases for a restore.
+      - If not set, the environment variable E(DB_USER) is used.
+    type: str
+    default: postgres
+  login_password:
+    description:
+      - Password of O(login_user). It reaches the PostgreSQL client programs through their environment,
+        never their command line.
+      - If not set, the environment variable E(PGPASSWORD) is used.
+      - This value is a secret and is never logged.
+    type: str
+  login_unix_socket:
+    description:
+      - Directory of the server's Unix domain socket. When set, it is used instead of O(login_host).
+    type: path
+  db:
+    description:
+      - Name of the database whose backups the task takes, restores or checks. Together with O(host_id) it
+        names the series of backups in the bucket.
+      - If not set, the environment variable E(DB_NAME) is used.
+    type: str
+  ssl_mode:
+    description:
+      - How to use SSL/TLS with the server (libpq's C(sslmode)).
+      - If not set, the environment variable E(DB_SSLMODE) is used.
+    type: str
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+    default: prefer
+  maintenance_db:
+    description:
+      - Database to connect to for server-wide work, such as creating the database a restore goes into.
+      - If not set, the environment variable E(DB_MAINTENANCE_DB) is used.
+    type: str
+    default: postgres
+  pg_bin_dir:
+    description:
+      - Directory of the PostgreSQL client programs (C(psql), C(pg_dump), C(pg_restore)).
+      - By default the newest C(/usr/lib/postgresql/<version>/bin) is used, else the programs on the search
+        path. The client must be at least as new as the server.
+      - If not set, the environment variable E(PG_BIN_DIR) is used.
+    type: path
+"""
