@@ -1,0 +1,57 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only questions about the bucket, for the modules and the host command alike.
+
+:func:`find_backups` is the listing with its filters (host, database, since,
+limit, details); :func:`preview_restore` says what a restore would do and proves
+the backup would restore (checksum, decryption, archive) without touching
+PostgreSQL. Neither writes anything anywhere.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from . import pipeline
+
+
+def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None):
+    """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
+
+    Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
+    with it, that host's backups of ``db`` (default ``settings.db_name``).
+    ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
+    (> 0) the newest that many, and ``details`` reads each kept backup's
+    metadata. Listings are paginated, so any number of objects works.
+    """
+    store = store or pipeline.open_store(settings)
+    records, orphans = pipeline.list_backups(settings, store=store, host=host, db=db, everything=not host)
+    if since is not None:
+        records = [record for record in records if record.timestamp >= since]
+    if limit and limit > 0:
+        records = records[:limit]
+    if details:
+        for record in records:
+            pipeline.load_metadata(store, record)
+    return {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+
+
+def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
+                    progress=None):
+    """What :func:`pipeline.run_restore` would restore, and where, after a full verification of it.
+
+    Returns ``(plan, verification)``: ``plan`` names the backup, its source and
+    the target database; ``verification`` is :func:`pipeline.run_verify`'s result
+    (download, SHA-256, decryption, decompression, archive parse). Raises
+    BackupError exactly where the restore would (selection, key, integrity).
+    """
+    store = store or pipeline.open_store(settings)
+    record = pipeline.select(settings, store, backup, before, host, db)
+    verification = pipeline.run_verify(settings, backup=record.basename, host=record.host, db=record.db,
+                                       store=store, progress=progress)
+    plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
+            "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
+            "target_db": target_db or pipeline.default_target(record),
+            "expected_table_count": record.metadata.get("table_count")}
+    return plan, verification

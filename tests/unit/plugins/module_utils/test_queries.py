@@ -1,0 +1,133 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only queries: the filtered listing (on an in-process S3) and the restore preview."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, pipeline, queries
+
+moto = pytest.importorskip("moto")
+boto3 = pytest.importorskip("boto3")
+
+UTC = datetime.timezone.utc
+BUCKET = "backups"
+T0 = datetime.datetime(2025, 8, 1, 3, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def _put_backup(client, host, db, when, size=100, metadata=True, object_=True):
+    base = catalog.backup_basename(db, when)
+    if object_:
+        client.put_object(Bucket=BUCKET, Key=catalog.object_key("", host, db, base), Body=b"x" * size)
+    if metadata:
+        doc = {"backup_type": "postgresql_full", "database": db, "timestamp": catalog.format_timestamp(when),
+               "size_bytes": size, "checksum_sha256": "ab" * 32, "encryption": "aes-256-gcm", "format": "pg_dump_custom",
+               "retention_days": 30, "quantum_safe": True, "compression": "zstd", "key_id": "qk1-0123456789abcdef",
+               "envelope": {}, "object_key": catalog.object_key("", host, db, base), "host": host, "table_count": 3}
+        client.put_object(Bucket=BUCKET, Key=catalog.metadata_key("", host, db, base), Body=catalog.encode_metadata(doc))
+    return base
+
+
+def _settings(**kwargs):
+    return config.Settings(bucket=BUCKET, **kwargs)
+
+
+def _names(found):
+    return [item["name"] for item in found["backups"]]
+
+
+def test_lists_every_host_newest_first_with_orphans(s3):
+    old = _put_backup(s3, "db1", "app", T0)
+    new = _put_backup(s3, "db2", "app", T0 + datetime.timedelta(days=1))
+    other = _put_backup(s3, "db1", "crm", T0 + datetime.timedelta(hours=1))
+    _put_backup(s3, "db1", "app", T0 + datetime.timedelta(days=2), metadata=False)  # uncommitted
+    found = queries.find_backups(_settings())
+    assert _names(found) == [new, other, old]
+    assert found["orphans"] == ["backups/postgresql/db1/app/app_backup_20250803_030000.encrypted"]
+    assert "checksum_sha256" not in found["backups"][0]
+
+
+def test_filters_by_host_db_since_and_limit(s3):
+    names = [_put_backup(s3, "db1", "app", T0 + datetime.timedelta(days=day)) for day in range(5)]
+    _put_backup(s3, "db2", "app", T0 + datetime.timedelta(days=9))
+    _put_backup(s3, "db1", "crm", T0 + datetime.timedelta(days=9))
+    assert _names(queries.find_backups(_settings(), host="db1", db="app")) == names[::-1]
+    assert _names(queries.find_backups(_settings(), db="app")) == ["app_backup_20250810_030000"] + names[::-1]
+    since = T0 + datetime.timedelta(days=3)
+    assert _names(queries.find_backups(_settings(), host="db1", db="app", since=since)) == [names[4], names[3]]
+    assert _names(queries.find_backups(_settings(), host="db1", db="app", limit=2)) == [names[4], names[3]]
+
+
+def test_details_read_the_metadata(s3):
+    _put_backup(s3, "db1", "app", T0, size=321)
+    backup = queries.find_backups(_settings(), details=True)["backups"][0]
+    assert (backup["size_bytes"], backup["checksum_sha256"], backup["key_id"], backup["table_count"]) == (
+        321, "ab" * 32, "qk1-0123456789abcdef", 3)
+    assert backup["object_size"] == 321
+
+
+def test_listings_are_paginated(s3):
+    """More than one page (1,000 keys) of metadata and objects: every backup is found."""
+    for number in range(1105):
+        _put_backup(s3, "db1", "app", T0 + datetime.timedelta(minutes=number))
+    found = queries.find_backups(_settings(), host="db1", db="app")
+    assert len(found["backups"]) == 1105 and found["orphans"] == []
+    assert found["backups"][0]["name"] == catalog.backup_basename("app", T0 + datetime.timedelta(minutes=1104))
+
+
+class _Record:
+    host, db, basename = "db1", "app", "app_backup_20250801_030000"
+    object_key = "backups/postgresql/db1/app/app_backup_20250801_030000.encrypted"
+    metadata_key = "metadata/db1/app/app_backup_20250801_030000.meta"
+    timestamp = T0
+    metadata = {"timestamp": "20250801_030000", "table_count": 3}
+
+
+def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
+    calls = {}
+
+    def select(settings, store, backup, before, host, db):
+        calls["select"] = (backup, before, host, db)
+        return _Record()
+
+    def run_verify(settings, **kwargs):
+        calls["verify"] = kwargs
+        return {"checksum_ok": True, "table_count": 3}
+
+    monkeypatch.setattr(pipeline, "select", select)
+    monkeypatch.setattr(pipeline, "run_verify", run_verify)
+    store = object()
+    plan, verification = queries.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
+                                                 store=store)
+    assert calls["select"] == ("latest", T0, None, "app")
+    assert calls["verify"] == {"backup": "app_backup_20250801_030000", "host": "db1", "db": "app", "store": store,
+                               "progress": None}
+    assert plan == {"name": "app_backup_20250801_030000", "object_key": _Record.object_key,
+                    "metadata_key": _Record.metadata_key, "source_host": "db1", "source_db": "app",
+                    "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
+                    "expected_table_count": 3}
+    assert verification == {"checksum_ok": True, "table_count": 3}
+
+
+def test_preview_restore_keeps_a_given_target(monkeypatch):
+    monkeypatch.setattr(pipeline, "select", lambda *args: _Record())
+    monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: {})
+    plan, _verification = queries.preview_restore(_settings(), target_db="incident", store=object())
+    assert plan["target_db"] == "incident"
