@@ -1,7 +1,7 @@
 """Shared fixtures for functional tests: real PostgreSQL and S3 from tests/testbed.py.
 
 ``pg_cluster`` and ``moto`` start once per test session (per xdist worker); ``testbed`` gives each
-test its own bucket on them, so tests do not see each other's backups.
+test module its own bucket (and encryption key) on them, so modules do not see each other's backups.
 """
 
 import sys
@@ -29,8 +29,8 @@ def moto():
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def testbed(pg_cluster, moto):  # pylint: disable=redefined-outer-name
-    """A Testbed on the shared services with a fresh bucket (and encryption key) for this test."""
+    """A Testbed on the shared services with a fresh bucket (and encryption key) for this test module."""
     with Testbed(bucket=f"quankey-test-{uuid.uuid4().hex[:16]}", pg=pg_cluster, moto=moto) as bed:
         yield bed

@@ -1,0 +1,50 @@
+# Developer and CI entry points. `make test` is what CI runs (through .ci/run).
+#   make setup          bootstrap this machine: .venv, PostgreSQL, zstd, openssl (scripts/bootstrap.sh)
+#   make test           every step in TEST_STEPS, in order
+#   make test-unit      unit tests only
+#   make test-functional  functional tests (real PostgreSQL and S3 from tests/testbed.py)
+#   make demo           the end-to-end demo (scripts/demo.py)
+#   make clean          remove build/ (make distclean also removes .venv)
+
+PYTHON := .venv/bin/python
+
+# The steps of `make test`, run in this order; add a step by adding its target here.
+TEST_STEPS := test-unit test-functional
+
+.PHONY: setup test test-unit test-functional demo clean distclean
+.NOTPARALLEL:
+
+setup:
+	@echo "+ scripts/bootstrap.sh"
+	@scripts/bootstrap.sh
+
+test: setup $(TEST_STEPS)
+
+# run_pytest DIR: pytest -q DIR. Its exit 5 ("no tests collected") counts as success only while
+# DIR has no test files yet; once tests exist, collecting none is a failure.
+define run_pytest
+	@echo "+ $(PYTHON) -m pytest -q $(1)"
+	@$(PYTHON) -m pytest -q $(1); status=$$?; \
+	if [ $$status -eq 5 ] && [ -z "$$(find $(1) -name 'test_*.py' -o -name '*_test.py' | head -n 1)" ]; then \
+		echo "(no tests in $(1) yet)"; status=0; \
+	fi; \
+	exit $$status
+endef
+
+test-unit: setup
+	$(call run_pytest,tests/unit)
+
+test-functional: setup
+	$(call run_pytest,tests/functional)
+
+demo: setup
+	@echo "+ $(PYTHON) scripts/demo.py"
+	@$(PYTHON) scripts/demo.py
+
+clean:
+	@echo "+ rm -rf build"
+	@rm -rf build
+
+distclean: clean
+	@echo "+ rm -rf .venv"
+	@rm -rf .venv
