@@ -1,0 +1,260 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: backup_health
+short_description: Check that the backups of a PostgreSQL database are recent, complete and readable
+version_added: 0.1.0
+description:
+  - Applies the backup alert rules to one host's backups of one database and returns each problem as a
+    finding with a severity, and the overall status V(ok), V(warning) or V(critical).
+  - Critical when there are no backups, the latest is older than O(max_age_hours), the bucket cannot be
+    read, or the latest backup's metadata, object or encryption header is missing or wrong. A warning when
+    the latest is smaller than O(min_size_bytes) or much smaller than the ones before it, when fewer
+    backups were taken over O(window_days) than O(schedule) implies, or when uncommitted objects linger.
+  - Reads the bucket only (a listing, a few metadata objects and the first bytes of the latest object);
+    never connects to PostgreSQL and never needs the encryption key.
+  - This is the same engine as the C(quankey-backup health) command.
+options:
+  max_age_hours:
+    description:
+      - The latest backup older than this many hours is critical.
+    type: float
+    default: 36
+  min_size_bytes:
+    description:
+      - The latest backup smaller than this many bytes is a warning (an empty database or a cut dump).
+    type: int
+    default: 1048576
+  schedule:
+    description:
+      - How often backups are meant to run, V(daily), V(12-hour), V(6-hour), or a number of hours between
+        backups such as V(8). Fewer backups than this implies over O(window_days) is a warning.
+      - If not set, the environment variable E(BACKUP_SCHEDULE) is used.
+    type: str
+    default: daily
+  window_days:
+    description:
+      - Days looked back by the frequency rule.
+    type: float
+    default: 7
+  fail_on:
+    description:
+      - The status at which the task fails. V(critical) fails on a critical status only, V(warning) on a
+        warning or worse, V(never) only reports.
+      - The result (status, findings) is returned in either case.
+    type: str
+    choices: [critical, warning, never]
+    default: critical
+extends_documentation_fragment:
+  - quankey.backup.postgres
+  - quankey.backup.s3
+  - quankey.backup.encryption
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module only reads; it does the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+notes:
+  - The series checked is O(host_id) (default this host's short name) and O(db). Of the PostgreSQL options
+    only O(db) is used; the others, and O(encryption_key), are accepted so that C(module_defaults) for
+    C(group/quankey.backup.all) can set them once for every module.
+seealso:
+  - module: quankey.backup.backup_info
+  - module: quankey.backup.pg_encrypted_backup
+author:
+  - quankey.backup developers (@quankey)
+"""
+
+EXAMPLES = r"""
+- name: Fail the play when the backups of quankey_prod on this host are critical
+  quankey.backup.backup_health:
+    db: quankey_prod
+    bucket: quankey-backups-prod
+    host_id: "{{ inventory_hostname_short }}"
+
+- name: Report on backups taken every 6 hours, failing on warnings too
+  quankey.backup.backup_health:
+    db: quankey_prod
+    bucket: quankey-backups-prod
+    host_id: db1
+    schedule: 6-hour
+    max_age_hours: 8
+    fail_on: warning
+  register: health
+
+- name: Only report, then list what was found
+  quankey.backup.backup_health:
+    db: quankey_prod
+    bucket: quankey-backups-prod
+    fail_on: never
+  register: health
+
+- name: Show the findings
+  ansible.builtin.debug:
+    msg: "{{ item.severity }} {{ item.rule }}: {{ item.message }}"
+  loop: "{{ health.findings }}"
+"""
+
+RETURN = r"""
+status:
+  description: The worst severity found, V(ok), V(warning) or V(critical).
+  returned: always
+  type: str
+  sample: critical
+exit_code:
+  description: The exit status the C(quankey-backup health) command gives, 0 ok, 1 warning, 2 critical.
+  returned: always
+  type: int
+  sample: 2
+findings:
+  description: Each problem found, in the order the rules run; empty when all is well.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    rule:
+      description: The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups).
+      returned: always
+      type: str
+      sample: age
+    severity:
+      description: V(warning) or V(critical).
+      returned: always
+      type: str
+      sample: critical
+    message:
+      description: What is wrong and what to do.
+      returned: always
+      type: str
+      sample: "latest backup quankey_prod_backup_20250806_030000 is 72.0 h old (limit 36 h): backups have stopped"
+latest:
+  description:
+    - The latest backup, or null when there is none, with the fields of RV(quankey.backup.backup_info#module:backups).
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Name of the backup.
+      returned: always
+      type: str
+      sample: quankey_prod_backup_20250809_030000
+    timestamp:
+      description: Time of the backup (UTC), ISO 8601.
+      returned: always
+      type: str
+      sample: '2025-08-09T03:00:00Z'
+    age_hours:
+      description: Hours since the backup was taken.
+      returned: always
+      type: float
+      sample: 7.25
+    object_size:
+      description: Size of the object in the listing, null when the object is missing.
+      returned: always
+      type: int
+      sample: 294551233
+    size_bytes:
+      description: Size recorded in the metadata.
+      returned: when the metadata was read
+      type: int
+      sample: 294551233
+backups:
+  description: Number of backups of this host and database.
+  returned: always
+  type: int
+  sample: 14
+host:
+  description: The host id checked.
+  returned: always
+  type: str
+  sample: db1
+database:
+  description: The database checked.
+  returned: always
+  type: str
+  sample: quankey_prod
+bucket:
+  description: The bucket checked.
+  returned: always
+  type: str
+  sample: quankey-backups-prod
+checked_at:
+  description: Time of the check (UTC), ISO 8601.
+  returned: always
+  type: str
+  sample: '2025-08-09T10:15:00Z'
+error:
+  description: What kind of failure stopped the module, when it was not a health status.
+  returned: failure
+  type: dict
+  contains:
+    type:
+      description: The engine's error class.
+      returned: failure
+      type: str
+      sample: ConfigError
+    step:
+      description: The step that failed, when known.
+      returned: failure
+      type: str
+      sample: null
+    exit_code:
+      description: The exit status the C(quankey-backup) command gives for this failure.
+      returned: failure
+      type: int
+      sample: 3
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
+from ansible_collections.quankey.backup.plugins.module_utils import health
+
+DEFAULTS = ansible_common.HEALTH_DEFAULTS
+# fail_on -> the statuses that fail the task
+FAILING_STATUSES = {"critical": (health.CRITICAL,), "warning": (health.WARNING, health.CRITICAL), "never": ()}
+
+
+def argument_spec():
+    """The module's options: the shared groups plus the thresholds of the rules."""
+    return ansible_common.common_argument_spec(
+        max_age_hours=dict(type="float", default=DEFAULTS["max_age_hours"]),
+        min_size_bytes=dict(type="int", default=DEFAULTS["min_size_bytes"]),
+        schedule=dict(type="str", default="daily", fallback=(env_fallback, ["BACKUP_SCHEDULE"])),
+        window_days=dict(type="float", default=DEFAULTS["window_days"]),
+        fail_on=dict(type="str", choices=list(FAILING_STATUSES), default="critical"),
+    )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    ansible_common.require_libraries(module, "boto3")
+    params = module.params
+
+    with ansible_common.engine_errors(module, "health check"):
+        settings = ansible_common.settings_from_params(params)
+        policy = health.HealthPolicy(max_age_hours=params["max_age_hours"], min_size_bytes=params["min_size_bytes"],
+                                     interval_hours=health.interval_for_schedule(params["schedule"]),
+                                     window_days=params["window_days"])
+        report = health.check_health(settings, policy)
+    if report["status"] in FAILING_STATUSES[params["fail_on"]]:
+        problems = "; ".join(finding["message"] for finding in report["findings"] if finding["severity"] != health.INFO)
+        summary = "backups of %s on %s are %s: %s" % (report["database"], report["host"], report["status"], problems)
+        module.fail_json(msg=summary, changed=False, **report)
+    module.exit_json(changed=False, **report)
+
+
+if __name__ == "__main__":
+    main()

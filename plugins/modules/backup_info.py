@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: backup_info
+short_description: List the PostgreSQL backups in an S3 bucket, newest first
+version_added: 0.1.0
+description:
+  - Lists committed backups (those whose metadata object exists) with their keys, times and sizes, newest
+    first, optionally with the details from each backup's metadata.
+  - Without O(host) every host in the bucket is listed; O(db) narrows the list to one database.
+  - S3 listings are paginated, so buckets with any number of objects work.
+  - Also returns the keys of uncommitted objects (data without metadata, left by a failed backup).
+  - This is the same engine as the C(quankey-backup list) command.
+options:
+  host:
+    description:
+      - Only backups of this host id. Without it, backups of every host are listed.
+    type: str
+  since:
+    description:
+      - Only backups taken at or after this time, for example V(2025-08-01), V(2025-08-01T12:00:00Z) or
+        V(20250801_120000). A time without a zone is UTC.
+    type: str
+  limit:
+    description:
+      - Return at most this many backups (the newest). V(0) returns all.
+    type: int
+    default: 0
+  details:
+    description:
+      - Also read each returned backup's metadata (checksum, compression, key id, table count, versions).
+        One small read per backup.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - quankey.backup.postgres
+  - quankey.backup.s3
+  - quankey.backup.encryption
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module only reads; it does the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+notes:
+  - O(db) filters the list. The other PostgreSQL options, O(host_id) and O(encryption_key) are not used;
+    they are accepted so that C(module_defaults) for C(group/quankey.backup.all) can set them once for
+    every module.
+seealso:
+  - module: quankey.backup.backup_health
+  - module: quankey.backup.s3_backup_restore
+author:
+  - quankey.backup developers (@quankey)
+"""
+
+EXAMPLES = r"""
+- name: List every backup in the bucket
+  quankey.backup.backup_info:
+    bucket: quankey-backups-prod
+  register: all_backups
+
+- name: The three newest backups of quankey_prod on db1, with their metadata
+  quankey.backup.backup_info:
+    bucket: quankey-backups-prod
+    host: db1
+    db: quankey_prod
+    limit: 3
+    details: true
+  register: recent
+
+- name: Show their names and checksums
+  ansible.builtin.debug:
+    msg: "{{ item.name }} {{ item.checksum_sha256 }}"
+  loop: "{{ recent.backups }}"
+
+- name: Backups taken since the start of the month
+  quankey.backup.backup_info:
+    bucket: quankey-backups-prod
+    since: "2025-08-01"
+  register: this_month
+"""
+
+RETURN = r"""
+backups:
+  description: The backups, newest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the backup.
+      returned: always
+      type: str
+      sample: quankey_prod_backup_20250809_030000
+    host:
+      description: Host id the backup was taken on.
+      returned: always
+      type: str
+      sample: db1
+    database:
+      description: Database backed up.
+      returned: always
+      type: str
+      sample: quankey_prod
+    timestamp:
+      description: Time of the backup (UTC), ISO 8601.
+      returned: always
+      type: str
+      sample: '2025-08-09T03:00:00Z'
+    object_key:
+      description: Key of the backup object.
+      returned: always
+      type: str
+      sample: backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.encrypted
+    metadata_key:
+      description: Key of the metadata object.
+      returned: always
+      type: str
+      sample: metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta
+    object_size:
+      description: Size of the object in the listing; null when the object is missing (the backup cannot be restored).
+      returned: always
+      type: int
+      sample: 294551233
+    size_bytes:
+      description: Size recorded in the metadata.
+      returned: when O(details=true)
+      type: int
+      sample: 294551233
+    checksum_sha256:
+      description: SHA-256 of the object recorded in the metadata.
+      returned: when O(details=true)
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    compression:
+      description: Compression of the dump.
+      returned: when O(details=true)
+      type: str
+      sample: zstd
+    encryption:
+      description: Cipher of the stream.
+      returned: when O(details=true)
+      type: str
+      sample: aes-256-gcm
+    key_id:
+      description: Id of the master key that made the backup.
+      returned: when O(details=true)
+      type: str
+      sample: qk1-3f2a9c0d1e4b5a69
+    table_count:
+      description: Tables in the backup.
+      returned: when O(details=true)
+      type: int
+      sample: 42
+    dump_bytes:
+      description: Size of the uncompressed C(pg_dump) archive.
+      returned: when O(details=true)
+      type: int
+      sample: 690114560
+    duration_seconds:
+      description: How long the backup took.
+      returned: when O(details=true)
+      type: float
+      sample: 9.512
+    server_version:
+      description: PostgreSQL server version at backup time.
+      returned: when O(details=true)
+      type: str
+      sample: '15.8'
+    pg_dump_version:
+      description: Version of the C(pg_dump) that made the backup.
+      returned: when O(details=true)
+      type: str
+      sample: '15.8'
+    storage_class:
+      description: S3 storage class requested for the object.
+      returned: when O(details=true)
+      type: str
+      sample: STANDARD_IA
+orphans:
+  description: Keys of objects without metadata (uncommitted backups, invisible to restore).
+  returned: always
+  type: list
+  elements: str
+  sample: [backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250808_030000.encrypted]
+error:
+  description: What kind of failure stopped the module, for playbooks that branch on it.
+  returned: failure
+  type: dict
+  contains:
+    type:
+      description: The engine's error class.
+      returned: failure
+      type: str
+      sample: StorageError
+    step:
+      description: The step that failed, when known.
+      returned: failure
+      type: str
+      sample: null
+    exit_code:
+      description: The exit status the C(quankey-backup) command gives for this failure.
+      returned: failure
+      type: int
+      sample: 5
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
+from ansible_collections.quankey.backup.plugins.module_utils import catalog
+from ansible_collections.quankey.backup.plugins.module_utils import queries
+
+
+def argument_spec():
+    """The module's options: the shared groups plus the filters."""
+    return ansible_common.common_argument_spec(
+        host=dict(type="str"),
+        since=dict(type="str"),
+        limit=dict(type="int", default=0),
+        details=dict(type="bool", default=False),
+    )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    ansible_common.require_libraries(module, "boto3")
+    params = module.params
+
+    with ansible_common.engine_errors(module, "listing"):
+        settings = ansible_common.settings_from_params(params)
+        since = catalog.parse_time(params["since"], "since") if params["since"] else None
+        found = queries.find_backups(settings, host=params["host"], db=params["db"], since=since,
+                                     limit=params["limit"], details=params["details"])
+    module.exit_json(changed=False, **found)
+
+
+if __name__ == "__main__":
+    main()

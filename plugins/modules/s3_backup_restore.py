@@ -1,0 +1,333 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: s3_backup_restore
+short_description: Restore a PostgreSQL backup from S3 into a new database, verified
+version_added: 0.1.0
+description:
+  - Selects a backup (the latest, one by name, or the latest before a time), downloads it, checks its
+    SHA-256 against the metadata, decrypts, decompresses and restores it with C(pg_restore) into a staging
+    database, checks the table count, and only then renames the staging database to O(target_db).
+  - An existing database is never replaced unless O(force=true); the replaced database is then kept,
+    renamed C(<target_db>__replaced_<time>), never dropped. On any failure the staging database is
+    dropped and the target is left as it was.
+  - This is the same engine as the C(quankey-backup restore) command.
+options:
+  encryption_key:
+    required: true
+  backup:
+    description:
+      - Which backup to restore, V(latest) or a backup name such as V(quankey_prod_backup_20250809_030000)
+        (an object or metadata key works too).
+    type: str
+    default: latest
+  before:
+    description:
+      - Restore the latest backup taken before this time, for example V(2025-08-09T03:00:00Z),
+        V(2025-08-09) or V(20250809_030000). A time without a zone is UTC.
+    type: str
+  target_db:
+    description:
+      - Database to restore into. Defaults to C(<source_db>_restored_<YYYYmmdd_HHMMSS>) of the backup.
+    type: str
+  force:
+    description:
+      - Replace O(target_db) when it exists. The old database is kept, renamed, not dropped.
+      - Refused while the old database has active connections.
+    type: bool
+    default: false
+  source_host:
+    description:
+      - Host id whose backups to restore from. Defaults to O(host_id), that is this host's.
+    type: str
+  source_db:
+    description:
+      - Database whose backups to restore from. Defaults to O(db).
+    type: str
+  no_owner:
+    description:
+      - Skip restoring ownership and privileges (C(pg_restore --no-owner --no-privileges)), for a server that
+        lacks the roles of the source.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - quankey.backup.postgres
+  - quankey.backup.s3
+  - quankey.backup.encryption
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Selects, downloads and fully verifies the backup (checksum, decryption with the given key,
+        decompression, archive table of contents) and reports what would be restored where. It does not
+        connect to PostgreSQL and creates nothing.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+requirements:
+  - zstandard >= 0.21 (for backups compressed with zstd)
+  - PostgreSQL client programs (C(pg_restore), C(psql)) at least as new as the server
+notes:
+  - One of O(db) and O(source_db) is required (O(db) may come from E(DB_NAME)).
+  - Every run restores, so the task always reports a change; run it again with the same O(target_db) and it
+    is refused unless O(force=true).
+seealso:
+  - module: quankey.backup.pg_encrypted_backup
+  - module: quankey.backup.backup_info
+author:
+  - quankey.backup developers (@quankey)
+"""
+
+EXAMPLES = r"""
+- name: Restore the latest backup of quankey_prod into a new database
+  quankey.backup.s3_backup_restore:
+    db: quankey_prod
+    target_db: quankey_prod_check
+    login_password: "{{ vault_pg_password }}"
+    bucket: quankey-backups-prod
+    encryption_key: "{{ vault_backup_encryption_key }}"
+  register: restored
+
+- name: Prove last night's backup of db1 restores, without touching PostgreSQL
+  quankey.backup.s3_backup_restore:
+    source_host: db1
+    source_db: quankey_prod
+    before: "2025-08-09T06:00:00Z"
+    bucket: quankey-backups-prod
+    encryption_key: "{{ vault_backup_encryption_key }}"
+  check_mode: true
+  register: verified
+
+- name: Incident - replace the damaged database with a named backup (the old one is kept, renamed)
+  quankey.backup.s3_backup_restore:
+    db: quankey_prod
+    backup: quankey_prod_backup_20250809_030000
+    target_db: quankey_prod
+    force: true
+    login_password: "{{ vault_pg_password }}"
+    bucket: quankey-backups-prod
+    encryption_key: "{{ vault_backup_encryption_key }}"
+"""
+
+RETURN = r"""
+restore:
+  description:
+    - The restore done, or in check mode the restore that would be done.
+  returned: success
+  type: dict
+  contains:
+    name:
+      description: Name of the backup restored.
+      returned: always
+      type: str
+      sample: quankey_prod_backup_20250809_030000
+    object_key:
+      description: Key of the backup object.
+      returned: always
+      type: str
+      sample: backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.encrypted
+    metadata_key:
+      description: Key of the backup's metadata object.
+      returned: in check mode
+      type: str
+      sample: metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta
+    target_db:
+      description: The database restored into.
+      returned: always
+      type: str
+      sample: quankey_prod_restored_20250809_030000
+    source_host:
+      description: Host id of the backup.
+      returned: always
+      type: str
+      sample: db1
+    source_db:
+      description: Database the backup was taken of.
+      returned: always
+      type: str
+      sample: quankey_prod
+    timestamp:
+      description: Time of the backup (UTC), C(YYYYmmdd_HHMMSS).
+      returned: always
+      type: str
+      sample: '20250809_030000'
+    expected_table_count:
+      description: Tables the backup's metadata records.
+      returned: always
+      type: int
+      sample: 42
+    replaced_db:
+      description: New name of the database that O(force=true) replaced, or null.
+      returned: when not in check mode
+      type: str
+      sample: quankey_prod__replaced_20250810_101500
+    table_count:
+      description: Tables in the restored database.
+      returned: when not in check mode
+      type: int
+      sample: 42
+    table_count_ok:
+      description: Whether the table count matches the metadata (a mismatch fails the task).
+      returned: when not in check mode
+      type: bool
+      sample: true
+    checksum_ok:
+      description: Whether the SHA-256 of the downloaded object matched the metadata (a mismatch fails the task).
+      returned: when not in check mode
+      type: bool
+      sample: true
+    decryption_ok:
+      description: Whether every encrypted segment authenticated (a failure fails the task).
+      returned: when not in check mode
+      type: bool
+      sample: true
+    checksum_sha256:
+      description: SHA-256 of the downloaded object.
+      returned: when not in check mode
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    size_bytes:
+      description: Bytes downloaded.
+      returned: when not in check mode
+      type: int
+      sample: 294551233
+    dump_bytes:
+      description: Bytes of C(pg_dump) archive fed to C(pg_restore).
+      returned: when not in check mode
+      type: int
+      sample: 690114560
+    database_settings:
+      description: V(exact) when the database was created with the source's encoding and locale, else V(server default).
+      returned: when not in check mode
+      type: str
+      sample: exact
+    duration_seconds:
+      description: How long the restore took.
+      returned: when not in check mode
+      type: float
+      sample: 12.25
+verification:
+  description:
+    - The full verification of the backup that check mode did instead of restoring.
+  returned: in check mode
+  type: dict
+  contains:
+    name:
+      description: Name of the backup verified.
+      returned: always
+      type: str
+      sample: quankey_prod_backup_20250809_030000
+    checksum_ok:
+      description: The SHA-256 of the object matched its metadata.
+      returned: always
+      type: bool
+      sample: true
+    decryption_ok:
+      description: Every segment decrypted and authenticated with the given key.
+      returned: always
+      type: bool
+      sample: true
+    checksum_sha256:
+      description: SHA-256 of the object.
+      returned: always
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    table_count:
+      description: Tables in the archive's table of contents (equal to the metadata's, else the task fails).
+      returned: always
+      type: int
+      sample: 42
+    key_id:
+      description: Id of the master key that made the backup.
+      returned: always
+      type: str
+      sample: qk1-3f2a9c0d1e4b5a69
+    size_bytes:
+      description: Bytes downloaded.
+      returned: always
+      type: int
+      sample: 294551233
+    dump_bytes:
+      description: Bytes of the decrypted, decompressed archive.
+      returned: always
+      type: int
+      sample: 690114560
+    duration_seconds:
+      description: How long the verification took.
+      returned: always
+      type: float
+      sample: 7.5
+error:
+  description: What kind of failure stopped the module, for playbooks that branch on it.
+  returned: failure
+  type: dict
+  contains:
+    type:
+      description: The engine's error class, for example V(RefusedError) for an existing target or V(WrongKeyError).
+      returned: failure
+      type: str
+      sample: WrongKeyError
+    step:
+      description: The step that failed, when known.
+      returned: failure
+      type: str
+      sample: decrypt
+    exit_code:
+      description: The exit status the C(quankey-backup) command gives for this failure.
+      returned: failure
+      type: int
+      sample: 6
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
+from ansible_collections.quankey.backup.plugins.module_utils import catalog
+from ansible_collections.quankey.backup.plugins.module_utils import pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import queries
+
+
+def argument_spec():
+    """The module's options: the shared groups plus the backup selection and the target."""
+    return ansible_common.common_argument_spec(
+        encryption_key=dict(required=True),
+        backup=dict(type="str", default="latest"),
+        before=dict(type="str"),
+        target_db=dict(type="str"),
+        force=dict(type="bool", default=False),
+        source_host=dict(type="str"),
+        source_db=dict(type="str"),
+        no_owner=dict(type="bool", default=False),
+    )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), required_one_of=[("db", "source_db")],
+                           supports_check_mode=True)
+    ansible_common.require_libraries(module, "boto3", "cryptography")
+    params = module.params
+
+    with ansible_common.engine_errors(module, "restore"):
+        settings = ansible_common.settings_from_params(params)
+        before = catalog.parse_time(params["before"], "before") if params["before"] else None
+        selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"])
+        if module.check_mode:
+            restore, verification = queries.preview_restore(settings, target_db=params["target_db"], **selection)
+            result = dict(restore=restore, verification=verification)
+        else:
+            result = dict(restore=pipeline.run_restore(settings, target_db=params["target_db"], force=params["force"],
+                                                       no_owner=params["no_owner"], **selection))
+    module.exit_json(changed=True, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""s3_backup_restore: selection options, check mode as a full verification, refusals and key errors."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+
+from ansible_collections.quankey.backup.plugins.module_utils import pipeline, queries
+from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError, WrongKeyError
+from ansible_collections.quankey.backup.plugins.modules import s3_backup_restore as module
+
+KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+ARGS = {"db": "quankey_prod", "bucket": "backups", "encryption_key": KEY}
+RESTORED = {"name": "quankey_prod_backup_20250809_030000", "target_db": "quankey_prod_restored_20250809_030000",
+            "replaced_db": None, "table_count": 3, "expected_table_count": 3, "checksum_ok": True}
+
+
+def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    result = run_module(module, ARGS)
+    assert restore.settings.db_name == "quankey_prod"
+    assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
+                              "force": False, "no_owner": False}
+    assert result["changed"] is True
+    assert result["restore"] == RESTORED
+    assert "verification" not in result
+
+
+def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    run_module(module, dict(ARGS, backup="quankey_prod_backup_20250809_030000", before="2025-08-10T00:00:00+02:00",
+                            target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other"))
+    assert restore.kwargs == {
+        "backup": "quankey_prod_backup_20250809_030000",
+        "before": datetime.datetime(2025, 8, 9, 22, 0, 0, tzinfo=datetime.timezone.utc),
+        "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True}
+
+
+def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    run_module(module, {"source_db": "other", "bucket": "b", "encryption_key": KEY})
+    assert restore.kwargs["db"] == "other"
+    assert restore.settings.db_name is None
+
+
+def test_one_of_db_and_source_db_is_required(run_module):
+    result = run_module(module, {"bucket": "b", "encryption_key": KEY})
+    assert result["failed"] is True
+    assert result["msg"] == "one of the following is required: db, source_db"
+
+
+def test_a_bad_time_fails_with_the_engine_message(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    result = run_module(module, dict(ARGS, before="last tuesday"))
+    assert result["failed"] is True
+    assert result["msg"].startswith("before 'last tuesday' is not a time I understand")
+    assert restore.calls == []
+
+
+def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    plan = {"name": "quankey_prod_backup_20250809_030000", "target_db": "quankey_prod_restored_20250809_030000"}
+    verification = {"checksum_ok": True, "decryption_ok": True, "table_count": 3}
+    preview = recorder(result=(plan, verification))
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(queries, "preview_restore", preview)
+    result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
+    assert restore.calls == []
+    assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t"}
+    assert result["changed"] is True
+    assert result["restore"] == plan
+    assert result["verification"] == verification
+
+
+def test_an_existing_target_is_refused_with_the_engine_words(run_module, recorder, monkeypatch):
+    error = RefusedError("database 'quankey_prod' already exists on localhost:5432: restore under another name with "
+                         "--target-db, or pass --force to replace it (the old one is kept, renamed)")
+    monkeypatch.setattr(pipeline, "run_restore", recorder(error=error))
+    result = run_module(module, dict(ARGS, target_db="quankey_prod"))
+    assert result["failed"] is True
+    assert result["msg"] == str(error)
+    assert result["error"] == {"type": "RefusedError", "step": None, "exit_code": 8}
+    assert "exception" not in result
+
+
+def test_a_wrong_key_names_both_key_ids(run_module, recorder, monkeypatch):
+    error = WrongKeyError("this backup's data key is wrapped with key qk1-aaaaaaaaaaaaaaaa; the key given is "
+                          "qk1-bbbbbbbbbbbbbbbb: set BACKUP_ENCRYPTION_KEY to the key that made this backup", step="decrypt")
+    monkeypatch.setattr(queries, "preview_restore", recorder(error=error))
+    result = run_module(module, ARGS, check_mode=True)
+    assert result["failed"] is True
+    assert result["msg"].startswith("decrypt failed: this backup's data key is wrapped with key qk1-aaaaaaaaaaaaaaaa")
+    assert result["error"]["type"] == "WrongKeyError"
+
+
+def test_the_encryption_key_is_required(run_module):
+    result = run_module(module, {"db": "d", "bucket": "b"})
+    assert result["failed"] is True
+    assert result["msg"] == "missing required arguments: encryption_key"
