@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Look at and rearrange the test bucket behind the modules' back (integration tests only).
+
+    python s3_tool.py list  --host H           JSON: every object of host H with key, size and storage class
+    python s3_tool.py purge --host H           delete every key and open upload of host H
+    python s3_tool.py age   --host H --db D --hours N
+        make the newest backup of H/D N hours older, honestly: its object and metadata move to the keys
+        of the earlier time and the metadata's own times and keys are rewritten; the old keys are deleted
+
+Deliberately independent of the engine (plain boto3 and the documented key layout), so it checks the
+modules rather than repeating them. Reads S3_BUCKET, S3_ENDPOINT_URL and AWS_* from the environment.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+
+import boto3
+
+NAME_RE = re.compile(r"^(?P<stem>.+)_backup_(?P<ts>\d{8}_\d{6})$")
+TS_FORMAT = "%Y%m%d_%H%M%S"
+
+
+def _client():
+    return boto3.client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
+                        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+def _prefixes(host, db=None):
+    tail = host + "/" + (db + "/" if db else "")
+    return ["backups/postgresql/" + tail, "metadata/" + tail]
+
+
+def _list(client, bucket, prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def list_objects(client, bucket, args):
+    found = []
+    for prefix in _prefixes(args.host):
+        for item in _list(client, bucket, prefix):
+            head = client.head_object(Bucket=bucket, Key=item["Key"])
+            found.append({"key": item["Key"], "size": item["Size"], "storage_class": head.get("StorageClass", "STANDARD")})
+    return {"objects": sorted(found, key=lambda item: item["key"])}
+
+
+def purge(client, bucket, args):
+    deleted = 0
+    for prefix in _prefixes(args.host):
+        for item in list(_list(client, bucket, prefix)):
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+            deleted += 1
+        for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    return {"deleted": deleted}
+
+
+def age(client, bucket, args):
+    object_prefix, metadata_prefix = _prefixes(args.host, args.db)
+    metadata_keys = sorted(item["Key"] for item in _list(client, bucket, metadata_prefix))
+    if not metadata_keys:
+        raise SystemExit("no backups under %s" % metadata_prefix)
+    old_meta_key = metadata_keys[-1]  # names end in a sortable timestamp
+    old_name = old_meta_key[len(metadata_prefix):-len(".meta")]
+    match = NAME_RE.match(old_name)
+    when = datetime.datetime.strptime(match.group("ts"), TS_FORMAT) - datetime.timedelta(hours=args.hours)
+    new_name = "%s_backup_%s" % (match.group("stem"), when.strftime(TS_FORMAT))
+    old_object_key = object_prefix + old_name + ".encrypted"
+    new_object_key = object_prefix + new_name + ".encrypted"
+    new_meta_key = metadata_prefix + new_name + ".meta"
+
+    metadata = json.loads(client.get_object(Bucket=bucket, Key=old_meta_key)["Body"].read())
+    metadata.update(name=new_name, timestamp=when.strftime(TS_FORMAT), created_at=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    object_key=new_object_key)
+    head = client.head_object(Bucket=bucket, Key=old_object_key)
+    client.copy_object(Bucket=bucket, Key=new_object_key, CopySource={"Bucket": bucket, "Key": old_object_key},
+                       StorageClass=head.get("StorageClass", "STANDARD"))
+    client.put_object(Bucket=bucket, Key=new_meta_key, ContentType="application/json",
+                      Body=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    client.delete_object(Bucket=bucket, Key=old_meta_key)  # uncommit the new-looking copy first
+    client.delete_object(Bucket=bucket, Key=old_object_key)
+    return {"from": old_name, "to": new_name}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="s3_tool.py")
+    parser.add_argument("command", choices=["list", "purge", "age"])
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--db")
+    parser.add_argument("--hours", type=float, default=72)
+    args = parser.parse_args(argv)
+    if args.command == "age" and not args.db:
+        parser.error("age needs --db")
+    bucket = os.environ["S3_BUCKET"]
+    result = {"list": list_objects, "purge": purge, "age": age}[args.command](_client(), bucket, args)
+    json.dump(result, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
