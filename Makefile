@@ -9,7 +9,7 @@
 PYTHON := .venv/bin/python
 
 # The steps of `make test`, run in this order; add a step by adding its target here.
-TEST_STEPS := test-unit test-functional
+TEST_STEPS := test-unit test-functional demo
 
 .PHONY: setup test test-unit test-functional demo clean distclean
 .NOTPARALLEL:
