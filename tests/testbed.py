@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Real services for tests, the demo and benchmarks: a throwaway PostgreSQL cluster and an S3 endpoint.
 
 ``PostgresCluster`` runs ``initdb`` + ``pg_ctl`` in a temporary directory with password (SCRAM) auth

@@ -134,10 +134,9 @@ def load_environment(env_file, environ):
 
 def _emit(data, as_json, lines):
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        for line in lines:
-            print(line)
+        sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def _cmd_backup(args, settings, env):
@@ -226,11 +225,11 @@ def _cmd_health(args, settings, env):
     report = health.check_health(settings, _health_policy(args, env))
     as_json = args.json or str(env.get("OUTPUT_JSON", "")).lower() in TRUE_WORDS
     latest = report["latest"]
-    lines = ["%s: backups of %s on %s in s3://%s" % (report["status"].upper(), report["database"], report["host"],
-                                                     report["bucket"])]
+    lines = ["%s: backups of %s on %s in s3://%s"
+             % (report["status"].upper(), report["database"], report["host"], report["bucket"])]
     if latest:
-        lines.append("latest: %s, %.1f h old, %s" % (latest["name"], latest["age_hours"],
-                                                      health._size(latest.get("size_bytes") or latest["object_size"] or 0)))
+        size = health._size(latest.get("size_bytes") or latest["object_size"] or 0)
+        lines.append("latest: %s, %.1f h old, %s" % (latest["name"], latest["age_hours"], size))
     for finding in report["findings"]:
         lines.append("  %-8s %-14s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
     _emit(report, as_json, lines)
@@ -244,8 +243,8 @@ def _cmd_prune(args, settings, env):
              % (verb, len(result["deleted"]), result["retention_days"], len(result["kept"]), result["min_keep"])]
     lines += ["  %s %s" % (verb, name) for name in result["deleted"]]
     if result["orphans_deleted"] or result["uploads_aborted"]:
-        lines.append("  %s %d orphan object(s), %d stale upload(s)" % (verb, len(result["orphans_deleted"]),
-                                                                        len(result["uploads_aborted"])))
+        lines.append("  %s %d orphan object(s), %d stale upload(s)"
+                     % (verb, len(result["orphans_deleted"]), len(result["uploads_aborted"])))
     _emit(result, args.json, lines)
     return EXIT_OK
 
@@ -293,11 +292,9 @@ def main(argv=None, environ=None):
         LOG.error("%s failed unexpectedly:\n%s", args.command, traceback.format_exc())
         status = EXIT_INTERNAL
     if argv is None:
-        sys.exit(status)
+        raise SystemExit(status)
     return status
 
 
 if __name__ == "__main__":
     main()
-
-

@@ -52,7 +52,8 @@ class _Child:
 
     def __init__(self, argv, env, stdin=None, stdout=None, name=None):
         self.name = name or os.path.basename(argv[0])
-        self.proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        # Popen, not AnsibleModule.run_command: the engine streams through pipes and also runs without Ansible
+        self.proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)  # pylint: disable=ansible-bad-function
         self._stderr = collections.deque(maxlen=50)
         self._reader = threading.Thread(target=self._drain, name="%s-stderr" % self.name)
         self._reader.daemon = True
@@ -393,7 +394,7 @@ def select(settings, store, backup="latest", before=None, host=None, db=None):
     settings_db = db or settings.db_name
     if not settings_db:
         settings.require("db_name")
-    records, _ = list_backups(settings, store, host=host, db=settings_db)
+    records, _orphans = list_backups(settings, store, host=host, db=settings_db)
     record = catalog.select_backup(records, backup, before)
     load_metadata(store, record)
     if not record.has_object:

@@ -138,8 +138,9 @@ class PgClient:
         database = database or self.settings.db_maintenance_db
         argv = [self.tool("psql"), "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1"]
         argv += self.connection_args(database) + ["-c", sql]
-        proc = subprocess.run(argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, check=False)
+        # subprocess, not AnsibleModule.run_command: the engine also runs without Ansible (the host command)
+        proc = subprocess.run(argv, env=self.environment(), stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise PostgresError(explain_client_error(proc.stderr.decode("utf-8", "replace"), self.where,
                                                      self.settings.db_user, database), step=step)
@@ -154,8 +155,8 @@ class PgClient:
     def client_version(self, name="pg_dump"):
         """(major, minor) of a client program."""
         try:
-            out = subprocess.run([self.tool(name), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 check=False).stdout.decode("utf-8", "replace")
+            out = subprocess.run([self.tool(name), "--version"],  # pylint: disable=ansible-bad-function
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False).stdout.decode("utf-8", "replace")
         except OSError as exc:
             raise ConfigError("cannot run %s: %s" % (self.tool(name), exc))
         return parse_client_version(out)

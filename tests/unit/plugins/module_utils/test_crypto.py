@@ -227,7 +227,7 @@ def test_format_doc_has_no_stray_hex():
 def test_ref_encrypt_matches_module_for_many_sizes():
     rng = random.Random(7)
     for size in [0, 1, 15, 16, S - 1, S, S + 1, 2 * S, 2 * S + 17, 5 * S]:
-        plaintext = bytes(rng.getrandbits(8) for _ in range(size))
+        plaintext = bytes(rng.getrandbits(8) for _byte in range(size))
         assert encrypt(plaintext, salt=STREAM_SALT) == ref_encrypt(DK, STREAM_SALT, 10, plaintext)
 
 
@@ -240,7 +240,7 @@ def test_round_trip_random_chunking(size):
     one_shot = encrypt(plaintext, salt=STREAM_SALT)
     expected_segments = max(1, -(-size // S))
     assert len(one_shot) == crypto.HEADER_SIZE + expected_segments * crypto.TAG_SIZE + size
-    for _ in range(20):
+    for _attempt in range(20):
         chunked = encrypt(plaintext, salt=STREAM_SALT, chunks=random_chunks(rng, size, 3 * S))
         assert chunked == one_shot
         dec = crypto.StreamDecryptor(DK)
