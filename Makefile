@@ -3,15 +3,17 @@
 #   make test           every step in TEST_STEPS, in order
 #   make test-unit      unit tests only
 #   make test-functional  functional tests (real PostgreSQL and S3 from tests/testbed.py)
+#   make test-ansible   ansible-test sanity and units on Python 3.12 (scripts/ansible-test.sh)
+#   make test-integration  the modules' integration targets on the real test bed (tests/integration/run.sh)
 #   make demo           the end-to-end demo (scripts/demo.py)
 #   make clean          remove build/ (make distclean also removes .venv)
 
 PYTHON := .venv/bin/python
 
 # The steps of `make test`, run in this order; add a step by adding its target here.
-TEST_STEPS := test-unit test-functional demo
+TEST_STEPS := test-unit test-functional demo test-ansible test-integration
 
-.PHONY: setup test test-unit test-functional demo clean distclean
+.PHONY: setup test test-unit test-functional test-ansible test-integration demo clean distclean
 .NOTPARALLEL:
 
 setup:
@@ -36,6 +38,14 @@ test-unit: setup
 
 test-functional: setup
 	$(call run_pytest,tests/functional)
+
+test-ansible: setup
+	@echo "+ scripts/ansible-test.sh"
+	@scripts/ansible-test.sh
+
+test-integration: setup
+	@echo "+ tests/integration/run.sh"
+	@PYTHON=$(PYTHON) tests/integration/run.sh
 
 demo: setup
 	@echo "+ $(PYTHON) scripts/demo.py"

@@ -7,7 +7,7 @@
 #   tests/integration/run.sh backup_health ...  only these (setup_testbed comes with each)
 #
 # Options for ansible-playbook can follow `--`, e.g. `tests/integration/run.sh -- -vvv`.
-# Set PYTHON=/path/to/venv/bin/python to choose the venv (default .venv, else /tmp/venvtest):
+# Set PYTHON=/path/to/venv/bin/python to choose the venv (default .venv, made by scripts/bootstrap.sh):
 # it needs ansible-core, boto3, cryptography, zstandard and moto[server].
 set -euo pipefail
 
@@ -19,7 +19,7 @@ die() { echo "integration: $*" >&2; exit 1; }
 
 pick_python() {
     local c
-    for c in "${PYTHON:-}" "$ROOT/.venv/bin/python" /tmp/venvtest/bin/python; do
+    for c in "${PYTHON:-}" "$ROOT/.venv/bin/python"; do
         if [[ -n $c && -x $c ]] && "$c" -c 'import ansible, boto3, cryptography, zstandard, moto' 2>/dev/null; then
             echo "$c"; return
         fi
