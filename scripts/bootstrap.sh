@@ -7,6 +7,7 @@
 #     so Python and Ansible import the checkout as the quankey.backup collection.
 # Set PYTHON=/path/to/python3.12+ to choose the interpreter.
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
@@ -84,9 +85,12 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing system packages, install them as root: apt-get install ${missing[*]}"
     echo "bootstrap: installing ${missing[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    log=$(mktemp /tmp/quankey-bootstrap-apt.XXXXXX)
+    if ! { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; } </dev/null >"$log" 2>&1; then
+        tail -n 25 "$log" >&2
+        die "apt-get install ${missing[*]} failed (full log: $log)"
+    fi
+    rm -f "$log"
     summary+=("installed ${missing[*]}")
 fi
 pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
