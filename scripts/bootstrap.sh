@@ -33,10 +33,10 @@ find_python() {
     for c in python3.13 python3.12; do
         command -v "$c" >/dev/null 2>&1 && candidates+=("$(command -v "$c")")
     done
-    # newest first: pyenv's builds, then the system's
-    while IFS= read -r c; do candidates+=("$c"); done < <(
-        { ls -d "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV
-          ls -d /usr/bin/python3.1[2-9] 2>/dev/null | sort -rV; } || true)
+    local pattern
+    for pattern in "$HOME/.pyenv/versions/3.1[2-9]*/bin/python" "/usr/bin/python3.1[2-9]"; do  # pyenv's, then the system's
+        while IFS= read -r c; do candidates+=("$c"); done < <(compgen -G "$pattern" | sort -rV)  # newest first
+    done
     for c in "${candidates[@]}"; do
         if python_ok "$c"; then echo "$c"; return; fi
     done
@@ -93,7 +93,7 @@ if ((${#missing[@]})); then
     rm -f "$log"
     summary+=("installed ${missing[*]}")
 fi
-pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+pg_bindir=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1 || true)
 [[ -x $pg_bindir/initdb ]] || die "PostgreSQL server binaries still missing after install (no /usr/lib/postgresql/*/bin/initdb)"
 summary+=("PostgreSQL $(basename "$(dirname "$pg_bindir")")")
 
