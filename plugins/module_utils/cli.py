@@ -25,6 +25,7 @@ from . import catalog
 from . import config
 from . import health
 from . import pipeline
+from . import queries
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK
 
 LOG = logging.getLogger("quankey_backup")
@@ -76,6 +77,7 @@ def _parser():
     listing = commands.add_parser("list", help="list backups, newest first")
     _add_scope(listing)
     listing.add_argument("--all", action="store_true", help="every host and database in the bucket")
+    listing.add_argument("--since", help="only backups taken at or after this time (ISO 8601 or 20250809_030000)")
     listing.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
     listing.add_argument("--details", action="store_true", help="read each shown backup's metadata too")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -155,23 +157,19 @@ def _cmd_backup(args, settings, env):
 
 
 def _cmd_list(args, settings, env):
-    records, orphans = pipeline.list_backups(settings, host=args.host, db=args.db, everything=args.all)
-    if args.limit and args.limit > 0:
-        records = records[:args.limit]
-    if args.details:
-        store = pipeline.open_store(settings)
-        for record in records:
-            pipeline.load_metadata(store, record)
-    data = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    host = args.host or (None if args.all else settings.host)
+    since = catalog.parse_time(args.since, "--since") if args.since else None
+    data = queries.find_backups(settings, host=host, db=args.db or (None if args.all else settings.db_name), since=since,
+                                limit=args.limit, details=args.details)
     lines = ["%-50s %-20s %-10s %12s" % ("NAME", "TIME (UTC)", "HOST", "SIZE")]
-    for record in records:
-        size = health._size(record.object_size) if record.has_object else "MISSING"
-        lines.append("%-50s %-20s %-10s %12s" % (record.basename, record.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
-                                                 record.host, size))
-    if not records:
+    for item in data["backups"]:
+        size = health._size(item["object_size"]) if item["object_size"] is not None else "MISSING"
+        lines.append("%-50s %-20s %-10s %12s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
+                                                 item["host"], size))
+    if not data["backups"]:
         lines.append("(no backups)")
-    if orphans:
-        lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(orphans))
+    if data["orphans"]:
+        lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(data["orphans"]))
     _emit(data, args.json, lines)
     return EXIT_OK
 
