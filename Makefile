@@ -8,7 +8,8 @@
 #   make demo           the end-to-end demo (scripts/demo.py)
 #   make clean          remove build/ (make distclean also removes .venv)
 
-PYTHON := .venv/bin/python
+# absolute, as some steps run it from other directories
+PYTHON := $(CURDIR)/.venv/bin/python
 
 # The steps of `make test`, run in this order; add a step by adding its target here.
 TEST_STEPS := test-unit test-functional demo test-ansible test-integration
