@@ -46,7 +46,7 @@ test-ansible: setup
 
 test-integration: setup
 	@echo "+ tests/integration/run.sh"
-	@PYTHON=$(PYTHON) tests/integration/run.sh
+	@PYTHON=$(abspath $(PYTHON)) tests/integration/run.sh
 
 demo: setup
 	@echo "+ $(PYTHON) scripts/demo.py"

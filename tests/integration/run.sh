@@ -21,7 +21,7 @@ pick_python() {
     local c
     for c in "${PYTHON:-}" "$ROOT/.venv/bin/python"; do
         if [[ -n $c && -x $c ]] && "$c" -c 'import ansible, boto3, cryptography, zstandard, moto' 2>/dev/null; then
-            echo "$c"; return
+            echo "$(cd "$(dirname "$c")" && pwd)/$(basename "$c")"; return  # absolute: it becomes the module interpreter
         fi
     done
     die "no Python with ansible-core, boto3, cryptography, zstandard and moto: run scripts/bootstrap.sh or set PYTHON"
