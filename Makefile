@@ -6,6 +6,8 @@
 #   make test-ansible   ansible-test sanity and units on Python 3.12 (scripts/ansible-test.sh)
 #   make test-integration  the modules' integration targets on the real test bed (tests/integration/run.sh)
 #   make demo           the end-to-end demo (scripts/demo.py)
+#   make bench          benchmarks on a ~1 GB database (minutes): docs/benchmarks.md, bench/results/
+#   make bench-smoke    the same on a tiny database, < 1 minute, output in build/bench/smoke (CI)
 #   make clean          remove build/ (make distclean also removes .venv)
 
 # absolute, as some steps run it from other directories
@@ -14,7 +16,7 @@ PYTHON := $(CURDIR)/.venv/bin/python
 # The steps of `make test`, run in this order; add a step by adding its target here.
 TEST_STEPS := test-unit test-functional demo test-ansible test-integration
 
-.PHONY: setup test test-unit test-functional test-ansible test-integration demo clean distclean
+.PHONY: setup test test-unit test-functional test-ansible test-integration demo bench bench-smoke bench-deps clean distclean
 .NOTPARALLEL:
 
 setup:
@@ -51,6 +53,23 @@ test-integration: setup
 demo: setup
 	@echo "+ $(PYTHON) scripts/demo.py"
 	@$(PYTHON) scripts/demo.py
+
+# Benchmarks (bench/run.py): not part of `make test`; their extra packages stay out of requirements-dev.txt.
+bench-deps: setup
+	@if [ "$$(cat .venv/.bench-stamp 2>/dev/null)" != "$$(sha256sum < bench/requirements.txt)" ]; then \
+		echo "+ $(PYTHON) -m pip install -r bench/requirements.txt"; \
+		$(PYTHON) -m pip install --disable-pip-version-check --no-input -q -r bench/requirements.txt >.venv/bench-pip.log 2>&1 \
+			|| { tail -n 20 .venv/bench-pip.log; exit 1; }; \
+		sha256sum < bench/requirements.txt >.venv/.bench-stamp; \
+	fi
+
+bench: bench-deps
+	@echo "+ $(PYTHON) bench/run.py"
+	@$(PYTHON) bench/run.py
+
+bench-smoke: bench-deps
+	@echo "+ $(PYTHON) bench/run.py --smoke"
+	@$(PYTHON) bench/run.py --smoke
 
 clean:
 	@echo "+ rm -rf build"
