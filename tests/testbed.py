@@ -159,7 +159,6 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
         """Create and start the cluster (no-op when running); returns self."""
         if self.tmpdir is not None:
             return self
-        _LIVE.append(self)
         try:
             self._make_dirs()
             self._initdb()
@@ -219,6 +218,7 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
             if not _world_traversable(tempfile.gettempdir()):
                 base = "/tmp"  # the postgres user must reach the cluster's directory
         self.tmpdir = Path(tempfile.mkdtemp(prefix="quankey-pg-", dir=base))
+        _LIVE.append(self)
         self.datadir = self.tmpdir / "data"
         self.socket_dir = self.tmpdir / "sock"
         self.logfile = self.tmpdir / "postgres.log"
@@ -327,9 +327,9 @@ class MotoServer:  # pylint: disable=too-many-instance-attributes  # its attribu
         """Start moto_server and wait until it answers HTTP (no-op when running); returns self."""
         if self.tmpdir is not None:
             return self
-        _LIVE.append(self)
         try:
             self.tmpdir = Path(tempfile.mkdtemp(prefix="quankey-moto-"))
+            _LIVE.append(self)
             self.log_path = self.tmpdir / "moto_server.log"
             self.port = self.port or free_port()
             self.endpoint_url = f"http://{self.host}:{self.port}"

@@ -3,9 +3,11 @@
 import base64
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,5 +129,35 @@ def test_cli_run_passes_env_and_exit_status(tmp_path):
     assert done.returncode == 7, done.stderr
     db_port, db_name, endpoint, bucket = report.read_text(encoding="utf-8").split()
     assert (db_name, bucket) == ("cli_db", "quankey-backups-test")
+    assert not port_is_open(int(db_port))
+    assert not port_is_open(int(endpoint.rsplit(":", 1)[1]))
+
+
+def test_services_left_running_are_stopped_at_exit():
+    """A script that starts services and dies of an exception leaves no server and no temp dir."""
+    script = (f"import sys; sys.path.insert(0, {str(TESTBED_CLI.parent)!r}); import testbed;"
+              "c = testbed.PostgresCluster().start(); m = testbed.MotoServer().start();"
+              "print(c.port, c.tmpdir, m.port, m.tmpdir, flush=True); raise RuntimeError('boom')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "RuntimeError: boom" in done.stderr, done.stderr
+    pg_port, pg_dir, moto_port, moto_dir = done.stdout.split()
+    assert not port_is_open(int(pg_port)) and not port_is_open(int(moto_port))
+    assert not Path(pg_dir).exists() and not Path(moto_dir).exists()
+
+
+def test_cli_ctrl_c_tears_everything_down(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) while CMD runs: exit 130, nothing left running."""
+    report = tmp_path / "seen"
+    command = f"import os, time; open({str(report)!r}, 'w').write(os.environ['DB_PORT'] + ' ' + os.environ['S3_ENDPOINT_URL']); time.sleep(60)"
+    # a caught signal is reset to default across exec: this undoes a SIGINT ignored by whoever started pytest
+    launcher = "import os, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); os.execv(sys.executable, sys.argv[1:])"
+    with subprocess.Popen([sys.executable, "-c", launcher, sys.executable, str(TESTBED_CLI), "run", "--", sys.executable, "-c", command],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True) as cli:
+        deadline = time.monotonic() + 60
+        while not (report.exists() and report.read_text(encoding="utf-8")) and time.monotonic() < deadline and cli.poll() is None:
+            time.sleep(0.1)
+        os.killpg(cli.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        assert cli.wait(timeout=60) == 130
+    db_port, endpoint = report.read_text(encoding="utf-8").split()
     assert not port_is_open(int(db_port))
     assert not port_is_open(int(endpoint.rsplit(":", 1)[1]))
