@@ -123,7 +123,8 @@ def settings_from_params(params):
             values[field] = params[option]
     if params.get("login_unix_socket"):
         values["db_host"] = params["login_unix_socket"]  # libpq takes a socket directory as the host
-    return config.Settings(source="module options", **values)
+    labels = dict((field, "the %s option" % option) for option, field in _SETTING_OF_OPTION.items())
+    return config.Settings(source="module options", labels=labels, **values)
 
 
 def require_libraries(module, *names):

@@ -118,12 +118,18 @@ def _add_selection(parser):
     parser.add_argument("--before", help="the latest backup taken before this time (ISO 8601 or 20250809_030000)")
 
 
-def load_environment(env_file, environ):
-    """The settings' variables: the env file (explicit, or the default when present), then the environment."""
-    values = {}
+def env_file_path(env_file, environ):
+    """The env file to read: --env-file, else $QUANKEY_ENV_FILE, else the default when it exists (or None)."""
     path = env_file or environ.get("QUANKEY_ENV_FILE")
     if not path and os.path.exists(config.DEFAULT_ENV_FILE):
         path = config.DEFAULT_ENV_FILE
+    return path
+
+
+def load_environment(env_file, environ):
+    """The settings' variables: the env file (see :func:`env_file_path`), then the environment, which wins."""
+    values = {}
+    path = env_file_path(env_file, environ)
     if path:
         values, warnings = config.read_env_file(path)
         for warning in warnings:
@@ -278,7 +284,7 @@ def main(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     try:
         env = load_environment(args.env_file, environ)
-        settings = config.settings_from_env(env)
+        settings = config.settings_from_env(env, origin=env_file_path(args.env_file, environ))
         status = COMMANDS[args.command](args, settings, env)
     except BackupError as exc:
         LOG.error("%s: %s", args.command, exc)

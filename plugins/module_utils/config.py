@@ -58,7 +58,7 @@ class Settings:
                  bucket=None, prefix="", region=None, endpoint_url=None, access_key=None, secret_key=None,
                  session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
-                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings"):
+                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -83,6 +83,7 @@ class Settings:
         self.retention_days = retention_days
         self.min_keep = min_keep
         self.source = source
+        self._labels = dict(labels or {})
         self.validate()
 
     def __repr__(self):
@@ -130,13 +131,18 @@ class Settings:
         if self.db_name is not None and ("/" in self.db_name or not self.db_name.strip()):
             raise ConfigError("DB_NAME %r is not usable in S3 keys: it may not be empty or contain '/'" % (self.db_name,))
 
+    def label(self, field):
+        """How the user set ``field``, for messages: 'PGPASSWORD in /etc/quankey/backup.env' or 'the login_password option'."""
+        if field in self._labels:
+            return self._labels[field]
+        return FIELD_VARIABLES.get(field, field)
+
     def require(self, *fields):
         """Raise ConfigError for the first of ``fields`` (attribute names) that is not set."""
         for field in fields:
             if getattr(self, field) in (None, ""):
-                variable = _FIELD_VARIABLES.get(field, field)
-                hint = _FIELD_HINTS.get(field, "set it in %s or the environment" % DEFAULT_ENV_FILE)
-                raise ConfigError("%s is not set: %s" % (variable, hint))
+                hint = _FIELD_HINTS.get(field, "set it")
+                raise ConfigError("%s is not set: %s" % (self.label(field), hint))
 
     def pg_environment(self):
         """libpq environment for the client programs (the password travels here, never in argv)."""
@@ -148,14 +154,20 @@ class Settings:
         return env
 
 
-_FIELD_VARIABLES = {
-    "db_name": "DB_NAME", "db_host": "DB_HOST", "db_user": "DB_USER", "bucket": "S3_BUCKET",
-    "encryption_key": "BACKUP_ENCRYPTION_KEY", "access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+# Each setting's variable; messages name it (or the module option it came from, see Settings.label).
+FIELD_VARIABLES = {
+    "db_name": "DB_NAME", "db_host": "DB_HOST", "db_port": "DB_PORT", "db_user": "DB_USER", "db_password": "PGPASSWORD",
+    "db_sslmode": "DB_SSLMODE", "pg_bin_dir": "PG_BIN_DIR", "bucket": "S3_BUCKET", "prefix": "S3_PREFIX",
+    "region": "AWS_DEFAULT_REGION", "endpoint_url": "S3_ENDPOINT_URL", "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN", "storage_class": "S3_STORAGE_CLASS",
+    "encryption_key": "BACKUP_ENCRYPTION_KEY", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
+    "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
+    "min_keep": "BACKUP_MIN_KEEP",
 }
 _FIELD_HINTS = {
-    "db_name": "set DB_NAME to the database to back up (e.g. DB_NAME=quankey_prod in %s)" % DEFAULT_ENV_FILE,
-    "bucket": "set S3_BUCKET to the backup bucket (e.g. S3_BUCKET=quankey-backups-prod in %s)" % DEFAULT_ENV_FILE,
-    "encryption_key": "generate one with `openssl rand -base64 32` and add BACKUP_ENCRYPTION_KEY=... to %s" % DEFAULT_ENV_FILE,
+    "db_name": "name the database to back up (e.g. DB_NAME=quankey_prod)",
+    "bucket": "name the backup bucket (e.g. S3_BUCKET=quankey-backups-prod)",
+    "encryption_key": "generate one with `openssl rand -base64 32` and set it",
 }
 
 
@@ -223,8 +235,8 @@ def read_env_file(path):
     return parse_env_text(text, origin=path), warnings
 
 
-def settings_from_env(env):
-    """Build :class:`Settings` from a mapping of the seed's variable names."""
+def settings_from_env(env, origin=None):
+    """Build :class:`Settings` from a mapping of the seed's variable names (``origin``: the env file they came from)."""
     def get(name, default=None):
         value = env.get(name)
         return default if value in (None, "") else value
@@ -239,4 +251,5 @@ def settings_from_env(env):
         encryption_key=get("BACKUP_ENCRYPTION_KEY"), encryption=get("BACKUP_ENCRYPTION", DEFAULT_ENCRYPTION),
         compression=get("BACKUP_COMPRESSION", "zstd"), backup_name=get("BACKUP_NAME"), host_id=get("BACKUP_HOST_ID"),
         retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
+        labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )

@@ -78,7 +78,7 @@ _COMMITMENT_INFO = b"quankey-backup/v1 commitment"
 _WRAPPED_KEY_SIZE = KEY_SIZE + TAG_SIZE
 _KEY_ID_RE = re.compile(r"\Aqk1-[0-9a-f]{16}\Z")
 _HEADER_PREFIX = struct.Struct(">4sBBBB")  # magic, version, suite, log2 segment size, reserved
-_MASTER_KEY_HINT = "generate one with `openssl rand -base64 32` and add it to /etc/quankey/backup.env"
+_MASTER_KEY_HINT = "generate one with `openssl rand -base64 32` and set it (e.g. in /etc/quankey/backup.env)"
 _CRYPTOGRAPHY_MISSING = "the Python package 'cryptography' is required: pip install cryptography"
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -316,7 +316,7 @@ def _as_keyring(master_keys: MasterKeys) -> List[bytes]:
     return [_check_key(key, "master key") for key in keys]
 
 
-def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any]) -> bytes:
+def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any], name: str = MASTER_KEY_NAME) -> bytes:
     """Recover a backup's data key from its envelope with one master key or a keyring (list of keys).
 
     The key whose id matches the envelope is tried first, then the others.
@@ -342,7 +342,7 @@ def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any]) -> bytes:
     else:
         given = "the keys given are %s" % ", ".join(tried)
     raise WrongKeyError("this backup's data key is wrapped with key %s; %s: set %s to the key that made this backup"
-                        % (wanted, given, MASTER_KEY_NAME))
+                        % (wanted, given, name))
 
 
 # --------------------------------------------------------------------------- data object

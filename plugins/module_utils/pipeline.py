@@ -192,7 +192,7 @@ def open_store(settings):
 def master_keys(settings):
     """The master key(s) for encrypting and opening data keys."""
     settings.require("encryption_key")
-    return crypto.parse_master_key(settings.encryption_key)
+    return crypto.parse_master_key(settings.encryption_key, settings.label("encryption_key"))
 
 
 # --------------------------------------------------------------------------- backup
@@ -363,7 +363,7 @@ class _BackupStream:
 
 def _explain_dump(pg, child):
     from .postgres import explain_client_error
-    return explain_client_error(child.stderr_text(), pg.where, pg.settings.db_user, pg.settings.db_name)
+    return explain_client_error(child.stderr_text(), pg.where, pg.settings.db_user, pg.settings.db_name, pg.settings.label)
 
 
 # --------------------------------------------------------------------------- listing
@@ -482,7 +482,7 @@ def _open_data_key(settings, record):
     if metadata.get("encryption") != crypto.ENCRYPTION_NAME:
         raise IntegrityError("backup %s uses encryption %r, which this version cannot read"
                              % (record.basename, metadata.get("encryption")), step="decrypt")
-    return _step("decrypt", crypto.unwrap_data_key, master_keys(settings), metadata["envelope"])
+    return _step("decrypt", crypto.unwrap_data_key, master_keys(settings), metadata["envelope"], settings.label("encryption_key"))
 
 
 def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None):

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 
+from .config import FIELD_VARIABLES
 from .errors import ConfigError, PostgresError
 
 PG_LIB_GLOB = "/usr/lib/postgresql/*/bin"
@@ -79,27 +80,28 @@ def find_bin_dir(preferred=None):
                       "or set PG_BIN_DIR")
 
 
-def explain_client_error(stderr, where, user, database):
-    """One line for a libpq/psql failure, naming the likely fix."""
+def explain_client_error(stderr, where, user, database, label=None):
+    """One line for a libpq/psql failure, naming the likely fix (``label(field)`` names where a setting is set)."""
+    label = label or (lambda field: FIELD_VARIABLES[field])
     text = (stderr or "").strip()
     lowered = text.lower()
     if "password authentication failed" in lowered:
-        return "PostgreSQL rejected the password for user %r at %s: check PGPASSWORD in /etc/quankey/backup.env" % (user, where)
+        return "PostgreSQL rejected the password for user %r at %s: check %s" % (user, where, label("db_password"))
     if "no password supplied" in lowered or "fe_sendauth" in lowered:
-        return "PostgreSQL at %s wants a password for user %r and none was given: set PGPASSWORD" % (where, user)
+        return "PostgreSQL at %s wants a password for user %r and none was given: set %s" % (where, user, label("db_password"))
     if "connection refused" in lowered or "could not connect" in lowered or "no such file or directory" in lowered:
         return ("PostgreSQL connection failed at %s (connection refused): is the server running? "
                 "check with `pg_isready -h %s`" % (where, where.replace(":", " -p ")))
     if "timeout expired" in lowered or "timed out" in lowered:
-        return "PostgreSQL connection to %s timed out: check DB_HOST, DB_PORT and firewalls" % where
+        return "PostgreSQL connection to %s timed out: check %s, %s and firewalls" % (where, label("db_host"), label("db_port"))
     if "could not translate host name" in lowered:
-        return "PostgreSQL host in %s does not resolve: check DB_HOST" % where
+        return "PostgreSQL host in %s does not resolve: check %s" % (where, label("db_host"))
     match = re.search(r'database "([^"]+)" does not exist', text)
     if match:
-        return "database %r does not exist on %s: check DB_NAME" % (match.group(1), where)
+        return "database %r does not exist on %s: check %s" % (match.group(1), where, label("db_name"))
     match = re.search(r'role "([^"]+)" does not exist', text)
     if match:
-        return "PostgreSQL role %r does not exist on %s: check DB_USER" % (match.group(1), where)
+        return "PostgreSQL role %r does not exist on %s: check %s" % (match.group(1), where, label("db_user"))
     if "no pg_hba.conf entry" in lowered:
         return "PostgreSQL at %s refuses user %r from this host (no pg_hba.conf entry): allow it in pg_hba.conf" % (where, user)
     if "permission denied to create database" in lowered:
@@ -143,7 +145,7 @@ class PgClient:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise PostgresError(explain_client_error(proc.stderr.decode("utf-8", "replace"), self.where,
-                                                     self.settings.db_user, database), step=step)
+                                                     self.settings.db_user, database, self.settings.label), step=step)
         lines = proc.stdout.decode("utf-8", "replace").splitlines()
         return [line.split("\x1f") for line in lines if line != ""]
 

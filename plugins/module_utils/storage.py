@@ -16,6 +16,7 @@ __metaclass__ = type
 import threading
 import traceback
 
+from .config import FIELD_VARIABLES
 from .errors import ConfigError, NotFoundError, StorageError
 
 try:
@@ -68,26 +69,33 @@ def _error_code(exc):
     return code
 
 
-def translate_error(exc, action, bucket, key=None, endpoint=None):
-    """A StorageError/NotFoundError for a botocore exception, naming what, where and what to check."""
+def _variable(field):
+    return FIELD_VARIABLES[field]
+
+
+def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variable):
+    """A StorageError/NotFoundError for a botocore exception, naming what, where and what to check.
+
+    ``label(field)`` says where the user sets a setting (a variable, or a module option).
+    """
     where = "s3://%s/%s" % (bucket, key or "")
     via = " via %s" % endpoint if endpoint else ""
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return StorageError("no AWS credentials found for %s: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" % where)
+        return StorageError("no AWS credentials found for %s: set %s and %s" % (where, label("access_key"), label("secret_key")))
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
-        return StorageError("cannot reach the S3 endpoint %s (%s %s): check S3_ENDPOINT_URL, the network and that the "
-                            "store is up" % (endpoint or "of AWS", action, where))
+        return StorageError("cannot reach the S3 endpoint %s (%s %s): check %s, the network and that the store is up"
+                            % (endpoint or "of AWS", action, where, label("endpoint_url")))
     if isinstance(exc, botocore.exceptions.ReadTimeoutError):
         return StorageError("S3 endpoint%s timed out during %s of %s: retry, and check the network" % (via, action, where))
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _error_code(exc)
         if code == "NoSuchBucket" or (code in ("404", "NotFound") and action == "HeadBucket"):
-            return StorageError("bucket %r does not exist%s: create it or fix S3_BUCKET" % (bucket, via))
+            return StorageError("bucket %r does not exist%s: create it or fix %s" % (bucket, via, label("bucket")))
         if code in _MISSING_CODES:
             return NotFoundError("no object at %s%s" % (where, via))
         if code in _CREDENTIAL_CODES:
-            return StorageError("S3 rejected the credentials (%s) for %s %s: check AWS_ACCESS_KEY_ID and "
-                                "AWS_SECRET_ACCESS_KEY in /etc/quankey/backup.env" % (code, action, where))
+            return StorageError("S3 rejected the credentials (%s) for %s %s: check %s and %s"
+                                % (code, action, where, label("access_key"), label("secret_key")))
         if code in _ACCESS_CODES:
             return StorageError("S3 access denied for %s (%s): check the IAM policy for this host's prefix" % (where, action))
         if code == "EntityTooSmall":
@@ -102,7 +110,7 @@ class S3Store:
     """One bucket of an S3-compatible store."""
 
     def __init__(self, bucket, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
-                 storage_class="STANDARD_IA", max_attempts=4, connect_timeout=10, read_timeout=120):
+                 storage_class="STANDARD_IA", max_attempts=4, connect_timeout=10, read_timeout=120, label=_variable):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")
         if not bucket:
@@ -110,6 +118,7 @@ class S3Store:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.storage_class = storage_class
+        self.label = label
         config = botocore.config.Config(
             retries={"max_attempts": max_attempts, "mode": "standard"},
             connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -125,7 +134,7 @@ class S3Store:
         """The store a :class:`~.config.Settings` points at."""
         return cls(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url,
                    access_key=settings.access_key, secret_key=settings.secret_key,
-                   session_token=settings.session_token, storage_class=settings.storage_class)
+                   session_token=settings.session_token, storage_class=settings.storage_class, label=settings.label)
 
     def url(self, key=""):
         """``s3://bucket/key`` for messages."""
@@ -136,7 +145,7 @@ class S3Store:
             return func(**kwargs)
         except Exception as exc:  # translated below; anything else is re-raised as is
             if botocore is not None and isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
-                raise translate_error(exc, action, self.bucket, key, self.endpoint_url)
+                raise translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label)
             raise
 
     def check_bucket(self):
@@ -152,7 +161,7 @@ class S3Store:
                     yield {"key": item["Key"], "size": item["Size"], "last_modified": item["LastModified"],
                            "storage_class": item.get("StorageClass", "STANDARD")}
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "ListObjectsV2", self.bucket, prefix, self.endpoint_url)
+            raise translate_error(exc, "ListObjectsV2", self.bucket, prefix, self.endpoint_url, self.label)
 
     def head(self, key):
         """Object attributes, or None when there is no such object."""
@@ -180,7 +189,7 @@ class S3Store:
         try:
             return read(*args)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "GetObject", self.bucket, key, self.endpoint_url)
+            raise translate_error(exc, "GetObject", self.bucket, key, self.endpoint_url, self.label)
 
     def iter_object(self, key, chunk_size=READ_CHUNK):
         """Stream an object in chunks; yields bytes. Size is checked by the caller."""
@@ -216,7 +225,7 @@ class S3Store:
                 for item in page.get("Uploads", []):
                     yield {"key": item["Key"], "upload_id": item["UploadId"], "initiated": item["Initiated"]}
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "ListMultipartUploads", self.bucket, prefix, self.endpoint_url)
+            raise translate_error(exc, "ListMultipartUploads", self.bucket, prefix, self.endpoint_url, self.label)
 
     def abort_multipart(self, key, upload_id):
         """Abort one multipart upload (its parts are discarded by the store)."""

@@ -91,3 +91,12 @@ def test_env_file_mode_is_checked(tmp_path):
 def test_missing_env_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.read_env_file(str(tmp_path / "nope.env"))
+
+
+def test_messages_name_the_setting_where_the_user_set_it():
+    from_file = config.settings_from_env({"DB_NAME": "d"}, origin="/etc/quankey/backup.env")
+    assert from_file.label("db_password") == "PGPASSWORD in /etc/quankey/backup.env"
+    assert config.settings_from_env({"DB_NAME": "d"}).label("db_password") == "PGPASSWORD"
+    from_module = config.Settings(db_name="d", labels={"encryption_key": "the encryption_key option"})
+    with pytest.raises(ConfigError, match="^the encryption_key option is not set: generate one"):
+        from_module.require("encryption_key")

@@ -583,7 +583,7 @@ def test_parse_master_key_not_set(value):
     with pytest.raises(ConfigError) as info:
         crypto.parse_master_key(value)
     assert str(info.value) == ("BACKUP_ENCRYPTION_KEY is not set: generate one with `openssl rand -base64 32` "
-                               "and add it to /etc/quankey/backup.env")
+                               "and set it (e.g. in /etc/quankey/backup.env)")
 
 
 def check_secret_free(error, value):

@@ -65,3 +65,9 @@ def test_client_errors_become_one_helpful_line(stderr, match):
     message = postgres.explain_client_error(stderr, "127.0.0.1:5432", "q", "d")
     assert re.search(match, message), message
     assert "\n" not in message
+
+
+def test_client_errors_name_a_module_option_when_the_value_came_from_one():
+    message = postgres.explain_client_error("FATAL:  password authentication failed for user \"q\"", "h:5432", "q", "d",
+                                            label=lambda field: {"db_password": "the login_password option"}[field])
+    assert message.endswith("check the login_password option")
