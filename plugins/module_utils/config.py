@@ -193,15 +193,43 @@ def _whole_number(variable, value, minimum, maximum):
     return number
 
 
-def _unquote(value):
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in ("'", '"'):
-        inner = value[1:-1]
-        if value[0] == '"':
-            inner = inner.replace('\\"', '"').replace("\\\\", "\\")
-        return inner
-    if " #" in value:
-        value = value.split(" #", 1)[0].rstrip()
-    return value
+def _shell_value(raw):
+    """A value as the shell would read it: 'single', "double" (with \\ escapes), \\x, and a trailing ' # comment'.
+
+    Raises ValueError (without the value: it may be a secret) for what the shell would not take as one word.
+    """
+    out = []
+    index, size = 0, len(raw)
+    while index < size:
+        char = raw[index]
+        if char == "'":
+            end = raw.find("'", index + 1)
+            if end < 0:
+                raise ValueError("an unterminated single quote")
+            out.append(raw[index + 1:end])
+            index = end + 1
+        elif char == '"':
+            index += 1
+            while index < size and raw[index] != '"':
+                if raw[index] == "\\" and index + 1 < size and raw[index + 1] in '"\\$`':
+                    index += 1
+                out.append(raw[index])
+                index += 1
+            if index >= size:
+                raise ValueError("an unterminated double quote")
+            index += 1
+        elif char == "\\" and index + 1 < size:
+            out.append(raw[index + 1])
+            index += 2
+        elif char.isspace():
+            rest = raw[index:].strip()
+            if rest and not rest.startswith("#"):
+                raise ValueError("an unquoted space (quote the value)")
+            break
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 def parse_env_text(text, origin="env file"):
@@ -213,7 +241,10 @@ def parse_env_text(text, origin="env file"):
         match = _ENV_LINE_RE.match(line)
         if not match:
             raise ConfigError("%s line %d is not KEY=VALUE: fix or remove that line" % (origin, number))
-        values[match.group(1)] = _unquote(match.group(2))
+        try:
+            values[match.group(1)] = _shell_value(match.group(2))
+        except ValueError as exc:
+            raise ConfigError("%s line %d (%s) has %s: fix that line" % (origin, number, match.group(1), exc))
     return values
 
 

@@ -100,3 +100,25 @@ def test_messages_name_the_setting_where_the_user_set_it():
     from_module = config.Settings(db_name="d", labels={"encryption_key": "the encryption_key option"})
     with pytest.raises(ConfigError, match="^the encryption_key option is not set: generate one"):
         from_module.require("encryption_key")
+
+
+@pytest.mark.parametrize("line,value", [
+    ("A='it'\\''s'", "it's"),             # what tests/testbed.py's write_env_file writes for a quote
+    ("A=abc#def", "abc#def"),             # '#' inside a word is not a comment, as in the shell
+    ("A=abc\\ def", "abc def"),
+    ('A="a \\$b \\\\ c"', "a $b \\ c"),
+    ("A=", ""),
+])
+def test_env_values_are_read_as_the_shell_reads_them(line, value):
+    assert config.parse_env_text(line)["A"] == value
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("PGPASSWORD='s3cr3t", "unterminated single quote"),
+    ('PGPASSWORD="s3cr3t', "unterminated double quote"),
+    ("PGPASSWORD=s3cr3t more", "unquoted space"),
+])
+def test_env_value_errors_name_the_line_and_variable_not_the_value(line, problem):
+    with pytest.raises(ConfigError, match="line 1 \\(PGPASSWORD\\) has an? %s" % problem) as info:
+        config.parse_env_text(line, origin="backup.env")
+    assert "s3cr3t" not in str(info.value)
