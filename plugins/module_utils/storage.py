@@ -246,7 +246,8 @@ class MultipartUpload:
         self.key = key
         self.base_part_size = base_part_size
         self.bytes_written = 0
-        self._buffer = bytearray()
+        self._buffer = None  # the part being filled: a bytearray of the part's size, sent as is when full
+        self._filled = 0
         self._parts = {}
         self._error = None
         self._lock = threading.Lock()
@@ -271,15 +272,24 @@ class MultipartUpload:
         return part_size_for(self._next_part, self.base_part_size)
 
     def write(self, data):
-        """Queue bytes; full parts are sent in the background (blocks while too many are in flight)."""
+        """Queue bytes; full parts are sent in the background (blocks while too many are in flight).
+
+        Each byte is copied once, into a buffer of the part's size that becomes the part's body
+        (no slicing copies: they cost CPU and a transient part's worth of memory each).
+        """
         self._raise_if_failed()
-        self._buffer += data
-        self.bytes_written += len(data)
-        while len(self._buffer) >= self._current_part_size():
-            size = self._current_part_size()
-            part = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._send(part)
+        view = memoryview(data).cast("B")
+        self.bytes_written += len(view)
+        while len(view):
+            if self._buffer is None:
+                self._buffer = bytearray(self._current_part_size())
+            take = min(len(view), len(self._buffer) - self._filled)
+            self._buffer[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == len(self._buffer):
+                part, self._buffer, self._filled = self._buffer, None, 0
+                self._send(part)
 
     def _send(self, body):
         if self._next_part > MAX_PARTS:
@@ -322,9 +332,10 @@ class MultipartUpload:
 
     def complete(self):
         """Send the last part, complete the upload, and return the stored object's size."""
-        if self._buffer or self._next_part == 1:
-            part = bytes(self._buffer)
-            self._buffer = bytearray()
+        if self._filled or self._next_part == 1:
+            part = self._buffer[:self._filled] if self._buffer is not None else bytearray()
+            self._buffer = None
+            self._filled = 0
             self._send(part)
         self._join()
         self._raise_if_failed()

@@ -62,3 +62,81 @@ def test_errors_say_what_where_and_what_to_check(exc, kind, match):
 def test_head_bucket_404_means_missing_bucket():
     error = storage.translate_error(_client_error("404", 404, "HeadBucket"), "HeadBucket", "b")
     assert "does not exist" in str(error)
+
+
+class _FakeClient:
+    """Records what a MultipartUpload sends (no network)."""
+
+    def __init__(self):
+        self.parts = {}
+        self.bodies = []
+        self.completed = None
+        self.aborted = False
+
+    def create_multipart_upload(self, **kwargs):
+        return {"UploadId": "u1"}
+
+    def upload_part(self, Body, PartNumber, **kwargs):  # noqa: N803  # boto3's argument names
+        self.bodies.append(Body)
+        self.parts[PartNumber] = bytes(Body)
+        return {"ETag": '"%d"' % PartNumber}
+
+    def complete_multipart_upload(self, MultipartUpload, **kwargs):  # noqa: N803
+        self.completed = [part["PartNumber"] for part in MultipartUpload["Parts"]]
+
+    def abort_multipart_upload(self, **kwargs):
+        self.aborted = True
+
+
+class _FakeStore:
+    bucket = "b"
+    storage_class = "STANDARD_IA"
+
+    def __init__(self):
+        self.client = _FakeClient()
+
+    def _call(self, action, key, func, **kwargs):
+        return func(**kwargs)
+
+    def url(self, key=""):
+        return "s3://b/" + key
+
+    def head(self, key):
+        return {"ContentLength": sum(len(part) for part in self.client.parts.values())}
+
+
+@pytest.mark.parametrize("sizes", [[3, 5, 7, 1, 20, 2], [16], [8, 8], [1] * 17, [40]])
+def test_multipart_upload_cuts_exact_parts_in_order(sizes):
+    store = _FakeStore()
+    upload = storage.MultipartUpload(store, "k", 8, 2)
+    stream = bytes(range(256))
+    data, pos = [], 0
+    for size in sizes:
+        chunk = stream[pos:pos + size]
+        data.append(chunk)
+        upload.write(chunk)
+        pos += size
+    assert upload.complete() == pos
+    sent = store.client.parts
+    assert b"".join(sent[number] for number in sorted(sent)) == b"".join(data)
+    assert all(len(sent[number]) == 8 for number in sorted(sent)[:-1])
+    assert 0 < len(sent[max(sent)]) <= 8
+    assert store.client.completed == sorted(sent)
+
+
+def test_multipart_upload_of_nothing_sends_one_empty_part():
+    store = _FakeStore()
+    upload = storage.MultipartUpload(store, "k", 8, 2)
+    assert upload.complete() == 0
+    assert store.client.parts == {1: b""}
+
+
+def test_multipart_upload_never_changes_a_part_after_sending_it():
+    """A retried request must send the same bytes: the part buffer is not reused."""
+    store = _FakeStore()
+    upload = storage.MultipartUpload(store, "k", 8, 2)
+    for _ in range(5):
+        upload.write(b"abcdef")
+        upload.write(memoryview(b"xyz"))
+    upload.complete()
+    assert [bytes(body) for body in store.client.bodies] == [store.client.parts[n] for n in sorted(store.client.parts)]
