@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Streaming compressors: zstd (default, multi-threaded), gzip, none.
+"""Streaming compressors: zstd (default), gzip, none.
 
 Each codec is a pair of small objects with ``update(bytes) -> bytes`` and
 ``finalize() -> bytes`` so the pipeline can chain them with the cipher.
@@ -27,7 +27,12 @@ except ImportError:
 
 COMPRESSIONS = ("zstd", "gzip", "none")
 DEFAULT_COMPRESSION = "zstd"
+# One thread (the calling one) by default: measured with `make bench` (docs/benchmarks.md) on
+# a 2-core host, zstd's two worker threads held 60-90 MB of job buffers (the backup's peak RSS
+# went from ~205 to ~105 MB without them) and saved ~0.5 s of ~11 s on a 1 GB database, as
+# PostgreSQL, pg_dump and the upload already keep both cores busy.
 ZSTD_LEVEL = 3
+ZSTD_THREADS = 0
 GZIP_LEVEL = 6
 
 
@@ -112,8 +117,8 @@ class _GzipDecompressor:
         return self._obj.flush()
 
 
-def compressor(name, threads=2):
-    """A streaming compressor for ``name`` (zstd uses ``threads`` worker threads)."""
+def compressor(name, threads=ZSTD_THREADS):
+    """A streaming compressor for ``name`` (zstd uses ``threads`` worker threads; 0: in the calling thread)."""
     check_compression(name)
     if name == "zstd":
         return _ZstdCompressor(threads)

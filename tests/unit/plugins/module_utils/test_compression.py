@@ -47,3 +47,17 @@ def test_truncated_stream_is_refused(name):
 def test_unknown_compression_is_a_config_error():
     with pytest.raises(ConfigError, match="choose one of zstd, gzip, none"):
         compression.compressor("lz4")
+
+
+def test_zstd_with_worker_threads_round_trips():
+    packer = compression.compressor("zstd", threads=2)
+    packed = b"".join(packer.update(DATA[i:i + 65536]) for i in range(0, len(DATA), 65536)) + packer.finalize()
+    assert _unpack("zstd", packed) == DATA
+
+
+def test_backups_compressed_with_worker_threads_still_decompress():
+    """Backups taken with the former default (two worker threads) stay readable."""
+    zstandard = pytest.importorskip("zstandard")
+    old = zstandard.ZstdCompressor(level=3, threads=2).compressobj()
+    packed = b"".join(old.compress(DATA[i:i + 65536]) for i in range(0, len(DATA), 65536)) + old.flush()
+    assert _unpack("zstd", packed) == DATA
