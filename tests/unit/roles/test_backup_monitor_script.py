@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup_monitor role's check script: status file, Prometheus metrics, alerts."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import stat
+import types
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "roles", "backup_monitor", "files",
+                      "quankey-backup-monitor.py")
+CHECKED_AT = 1754712000  # 2025-08-09T04:00:00Z
+
+
+def _load_script():
+    module = types.ModuleType("quankey_backup_monitor")
+    module.__file__ = SCRIPT
+    with open(SCRIPT) as handle:
+        exec(compile(handle.read(), SCRIPT, "exec"), module.__dict__)  # pylint: disable=exec-used
+    return module
+
+
+monitor = _load_script()
+
+
+def _report(database, status, latest=True, check_up=True):
+    report = {"host": "db1", "database": database, "status": status, "check_up": check_up, "backups": 3,
+              "findings": [] if status == "ok" else [{"rule": "age", "severity": status, "message": "too old"}],
+              "latest": None}
+    if latest:
+        report["latest"] = {"name": database + "_backup_20250809_030000", "timestamp": "2025-08-09T03:00:00Z",
+                            "size_bytes": 2048, "object_size": 2048}
+    return report
+
+
+def test_metrics_carry_status_timestamp_size_and_age_per_database():
+    text = monitor.render_metrics([_report("app", "ok"), _report("other", "warning", latest=False)], CHECKED_AT, "db1")
+    lines = text.splitlines()
+    assert 'quankey_backup_status{host="db1",database="app"} 0' in lines
+    assert 'quankey_backup_status{host="db1",database="other"} 1' in lines
+    assert 'quankey_backup_last_success_timestamp_seconds{host="db1",database="app"} 1754708400' in lines
+    assert 'quankey_backup_last_size_bytes{host="db1",database="app"} 2048' in lines
+    assert 'quankey_backup_age_seconds{host="db1",database="app"} 3600' in lines
+    # no backup: no timestamp, size or age sample for that series (absent, not zero)
+    assert not any('database="other"' in line for line in lines if line.startswith("quankey_backup_last_"))
+    assert "# TYPE quankey_backup_status gauge" in lines
+
+
+def test_label_values_are_escaped():
+    report = _report('we"ird\\db', "ok")
+    assert 'database="we\\"ird\\\\db"' in monitor.render_metrics([report], CHECKED_AT, "db1")
+
+
+def test_the_worst_status_wins():
+    status = monitor.summarize([_report("a", "ok"), _report("b", "critical"), _report("c", "warning")], CHECKED_AT)
+    assert (status["status"], status["exit_code"]) == ("critical", 2)
+    assert status["checked_at"] == "2025-08-09T04:00:00Z"
+
+
+def test_a_check_that_cannot_run_is_critical(tmp_path):
+    config = {"command": str(tmp_path / "missing"), "env_file": "/nonexistent", "host": "db1"}
+    report = monitor.check_database(config, "app")
+    assert report["status"] == "critical" and report["check_up"] is False
+    assert "could not run" in report["findings"][0]["message"]
+
+
+def test_a_command_that_prints_no_json_is_critical(tmp_path):
+    fake = tmp_path / "quankey-backup"
+    fake.write_text("#!/bin/sh\necho 'ERROR health: boom' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    report = monitor.check_database({"command": str(fake), "env_file": "/x", "host": "db1"}, "app")
+    assert report["status"] == "critical"
+    assert "exit 3: ERROR health: boom" in report["findings"][0]["message"]
+
+
+@pytest.mark.parametrize("status, alert_on, runs", [
+    ("ok", "warning", False), ("warning", "warning", True), ("warning", "critical", False), ("critical", "critical", True)])
+def test_the_alert_runs_from_its_level_on(tmp_path, status, alert_on, runs):
+    out = tmp_path / "alert.txt"
+    config = {"alert_command": 'echo "$QUANKEY_BACKUP_STATUS|$QUANKEY_BACKUP_SUMMARY" > %s; cat >> %s' % (out, out),
+              "alert_on": alert_on}
+    summary = monitor.summarize([_report("app", status)], CHECKED_AT)
+    result = monitor.run_alert(config, summary, "/var/lib/quankey-backup/health.json")
+    assert (result == 0) == runs and out.exists() == runs
+    if runs:
+        first, rest = out.read_text().split("\n", 1)
+        assert first == "%s|db1/app %s: too old" % (status, status)
+        assert json.loads(rest)["status"] == status
+
+
+def test_main_writes_both_files_atomically_and_exits_with_the_status(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "quankey-backup"
+    fake.write_text("#!/bin/sh\n[ \"$DB_NAME\" = app ] || exit 9\necho '%s'\nexit 1\n" % json.dumps(_report("app", "warning")))
+    fake.chmod(0o755)
+    config = {"command": str(fake), "env_file": "/x", "host": "db1", "databases": ["app"],
+              "status_file": str(tmp_path / "health.json"), "textfile": str(tmp_path / "quankey_backup.prom")}
+    (tmp_path / "monitor.json").write_text(json.dumps(config))
+    assert monitor.main(["--config", str(tmp_path / "monitor.json")]) == 1
+    assert json.loads((tmp_path / "health.json").read_text())["status"] == "warning"
+    assert 'quankey_backup_status{host="db1",database="app"} 1' in (tmp_path / "quankey_backup.prom").read_text()
+    assert stat.S_IMODE(os.stat(str(tmp_path / "quankey_backup.prom")).st_mode) == 0o644
+    assert sorted(os.listdir(str(tmp_path))) == ["health.json", "monitor.json", "quankey-backup", "quankey_backup.prom"]
+    assert "db1/app: warning (age)" in capsys.readouterr().out

@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_backup's env file template: quankey-backup and the shell (the seed sources the file) read every
+value back exactly, whatever characters a password or key holds."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import subprocess
+
+import jinja2
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import config
+
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "roles", "pg_backup", "templates")
+NASTY = "it's \"quoted\" $HOME `id` \\ # not a comment; a=b"
+
+
+def _render(**overrides):
+    values = {
+        "ansible_managed": "Ansible managed", "inventory_hostname": "db1", "pg_backup_user": "quankey-backup",
+        "pg_backup_databases": ["quankey_prod", "other"], "pg_backup_db_host": "localhost", "pg_backup_db_port": 5432,
+        "pg_backup_db_user": "quankey", "pg_backup_db_password": NASTY, "pg_backup_db_sslmode": "",
+        "_pg_backup_client_version": "15", "_pg_backup_own_prefixes": ["backups/postgresql/db1/", "metadata/db1/"],
+        "pg_backup_iam_policy_path": "/etc/quankey/iam-policy.json", "pg_backup_aws_access_key_id": "AKIAEXAMPLE",
+        "pg_backup_aws_secret_access_key": "se'cr\"et$", "pg_backup_s3_region": "eu-central-1",
+        "pg_backup_s3_bucket": "quankey-backups-prod", "pg_backup_s3_prefix": "prod", "pg_backup_s3_endpoint_url": "",
+        "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
+        "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
+        "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
+        "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
+    }
+    values.update(overrides)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
+                                     keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return environment.get_template("backup.env.j2").render(**values)
+
+
+def test_the_engine_reads_back_every_value():
+    values = config.parse_env_text(_render())
+    assert values["PGPASSWORD"] == NASTY
+    assert values["AWS_SECRET_ACCESS_KEY"] == "se'cr\"et$"
+    assert values["AWS_SESSION_TOKEN"] == "to ken"
+    assert values["DB_NAME"] == "quankey_prod" and values["DB_PORT"] == "5432"
+    assert values["PG_BIN_DIR"] == "/usr/lib/postgresql/15/bin"
+    assert values["BACKUP_NAME"] == "quankey" and values["S3_PREFIX"] == "prod"
+    assert "DB_SSLMODE" not in values and "S3_ENDPOINT_URL" not in values
+    settings = config.settings_from_env(values)
+    assert (settings.db_name, settings.bucket, settings.host, settings.prefix) == (
+        "quankey_prod", "quankey-backups-prod", "db1", "prod/")
+
+
+def test_the_shell_reads_back_the_same_values(tmp_path):
+    env_file = tmp_path / "backup.env"
+    env_file.write_text(_render())
+    out = subprocess.run(["sh", "-c", 'set -a; . "$1"; printf "%s\\0%s" "$PGPASSWORD" "$AWS_SECRET_ACCESS_KEY"', "sh",
+                          str(env_file)], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.split("\0") == [NASTY, "se'cr\"et$"]
+
+
+@pytest.mark.parametrize("optional, variable", [("pg_backup_db_sslmode", "DB_SSLMODE"),
+                                                ("pg_backup_s3_endpoint_url", "S3_ENDPOINT_URL")])
+def test_optional_settings_appear_only_when_set(optional, variable):
+    assert config.parse_env_text(_render(**{optional: "require"}))[variable] == "require"
