@@ -96,7 +96,7 @@ $$;
 """.format(words=", ".join("'%s'" % word for word in WORDS), nwords=len(WORDS))
 
 # Rows of each table per "unit"; a batch inserts many units. About 1 KiB of rows+indexes per
-# unit in the first three tables, ~0.3 KiB of incompressible bytea (2-12 KiB every 25 units).
+# unit in the first three tables, ~0.2 KiB of incompressible bytea (2-12 KiB every 35 units).
 MAIN_BATCH_SQL = """
 INSERT INTO accounts (email, full_name, created, last_login, balance, status, profile)
 SELECT 'user' || g || '.' || substr(md5(random()::text), 1, 6) || '@' || (ARRAY['example.com','mail.test','corp.example'])[1 + g % 3],
@@ -144,7 +144,7 @@ SELECT account_id, name, mime, sha256(content), content FROM (
     FROM generate_series(1, {attachments}) g) rows;
 """
 
-UNIT_BYTES = 1300  # on-disk bytes per unit, roughly (measured on PostgreSQL 15); only sizes the batches
+UNIT_BYTES = 800  # on-disk bytes per unit, roughly (measured on PostgreSQL 15); only sizes the batches
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)i?[bB]?\s*$")
 
 
@@ -192,7 +192,7 @@ def grow(run, target_bytes, log=print, batches=16):
         step = int(max(200, min(units, left_units * 1.05)))
         span = max(1, int(run("SELECT coalesce(max(id), 0) FROM accounts") or 0) + step // 10)
         main_sql = MAIN_BATCH_SQL.format(accounts=step // 10, orders=step // 2, events=step, account_span=span)
-        blob_sql = BLOB_BATCH_SQL.format(attachments=max(1, step // 25), account_span=span)
+        blob_sql = BLOB_BATCH_SQL.format(attachments=max(1, step // 35), account_span=span)
         errors = []
 
         def insert(sql):

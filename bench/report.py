@@ -11,6 +11,7 @@ LABELS = {
         "a": "(a) pg_dump -Fc -Z0 > /dev/null",
         "b": "(b) seed: pg_dump -Fc | gzip | openssl | aws s3 cp",
         "c": "(c) quankey-backup backup",
+        "c-zstd2": "(c') the same engine with zstd level 2 (proposal)",
         "d": "(d) pgBackRest full backup, S3 repo",
         "d-posix": "(d) pgBackRest full backup, posix repo",
         "upload": "upload alone (engine multipart, c's size)",
@@ -63,6 +64,11 @@ def summarize(results):
         ratios["restore c/%s" % other] = _ratio(wall(restore, "c"), wall(restore, other))
     for other in ("b", "d", "d-posix"):
         ratios["stored c/%s" % other] = _ratio(stored("c"), stored(other))
+    for variant in sorted(m for m in backup if m.startswith("c-")):
+        for other in ("a", "b", "c"):
+            ratios["backup %s/%s" % (variant, other)] = _ratio(wall(backup, variant), wall(backup, other))
+        ratios["stored %s/b" % variant] = _ratio(stored(variant), stored("b"))
+        ratios["stored %s/c" % variant] = _ratio(stored(variant), stored("c"))
     summary["ratios"] = ratios
 
     checks = {}
@@ -118,9 +124,11 @@ def _fmt(value, unit="s"):
 
 
 def rows(summary, kind):
-    """Table rows (label, wall, client cpu, server cpu, s3 cpu, peak rss, stored) for one kind."""
+    """Table rows (label, wall, client cpu, server cpu, s3 cpu, other cpu, peak rss, stored) for one kind."""
     out = []
-    for method, label in LABELS[kind].items():
+    labels = dict(LABELS[kind])
+    labels.update((method, method) for method in summary[kind] if method not in labels)
+    for method, label in labels.items():
         row = summary[kind].get(method)
         if not row:
             continue
@@ -178,7 +186,7 @@ def chart(summary, path):
               "upload": "#90caf9", "download": "#90caf9"}
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [3, 3, 2]})
     for axis, kind in zip(axes[:2], ("backup", "restore")):
-        methods = [m for m in LABELS[kind] if m in summary[kind]]
+        methods = [m for m in LABELS[kind] if m in summary[kind] and not m.startswith("c-")]
         walls = [summary[kind][m]["wall_s"] for m in methods]
         bars = axis.barh(range(len(methods)), walls, color=[colors.get(m, "#777") for m in methods])
         axis.set_yticks(range(len(methods)))
@@ -287,6 +295,17 @@ def markdown(results, summary, chart_path, out_path):
                     lines.append("| %s | %s | %.2f | %.0f | %.0f (%s) |" % (key, label, row["wall_s"], row["peak_rss_bytes"] / MB,
                                                                          row["peak_proc_rss_bytes"] / MB, row["peak_proc"]))
         lines.append("")
+    disturbed = results.get("disturbed", [])
+    lines += ["## Foreign load", "",
+              "Other processes on this shared machine (other engineers' jobs) take CPU too: the `other CPU` "
+              "column is what the whole machine spent meanwhile on anything but the measured command, "
+              "PostgreSQL and the S3 server (it includes the bench's own 50 ms sampler). Before each "
+              "measurement the bench waits up to %.0f s for an idle machine, and a measurement during which "
+              "other processes took more than %.0f%% of the machine is taken again (at most %d times). "
+              "Measurements taken again: %d%s." % (
+                  config.get("quiet_wait", 0), config.get("max_foreign_load", 0.1) * 100, config.get("retries", 0),
+                  len(disturbed), (" (" + ", ".join("%s %s %.0f%%" % (d["kind"], d["method"], d["foreign_load"] * 100)
+                                                    for d in disturbed) + ")") if disturbed else ""), ""]
     lines += ["## Fleet", "", "Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % results["fleet"], ""]
     lines += ["## How it was measured", "",
               "- wall: from fork to exit of the command (`bench/measure.py`).",
