@@ -537,13 +537,21 @@ def machine_info(bench):
 
 
 def fleet_status():
-    playbook = ROOT / "playbooks" / "setup-backups.yml"
-    scenarios = list((ROOT / "molecule").glob("*/molecule.yml")) if (ROOT / "molecule").is_dir() else []
-    if playbook.exists() and scenarios:
-        return "available (playbooks/setup-backups.yml and Molecule scenarios exist) but not yet timed by this bench"
-    missing = [name for name, there in (("playbooks/setup-backups.yml", playbook.exists()),
-                                        ("a Molecule scenario", bool(scenarios))) if not there]
-    return "pending: %s not in the tree yet" % " and ".join(missing)
+    """Whether the fleet timing can run: playbooks/setup-backups.yml and a Molecule scenario committed (landed)."""
+    def landed(pattern):
+        done = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", pattern], capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:  # not a git checkout: judge by the files present
+            return bool(list(ROOT.glob(pattern)))
+        return bool(done.stdout.strip())
+
+    playbook = landed("playbooks/setup-backups.yml")
+    scenario = landed("molecule/*/molecule.yml")
+    if playbook and scenario:
+        return "possible now (playbooks/setup-backups.yml and a Molecule scenario have landed) but not yet timed by this bench"
+    missing = [name for name, there in (("playbooks/setup-backups.yml", playbook), ("a Molecule scenario", scenario))
+               if not there]
+    return "pending: %s not landed yet (another engineer's roles/Molecule work)" % " and ".join(missing)
 
 
 def main(argv=None):
