@@ -218,7 +218,8 @@ def chart(summary, path):
     axis.set_yticks(range(len(names)))
     axis.set_yticklabels(names, fontsize=8)
     axis.invert_yaxis()
-    axis.set_xlabel("peak RSS of the process tree, MB (200 MB target dashed)")
+    axis.set_xlabel("peak RSS, MB (process tree; dashed: 200)")
+    axis.set_xlim(0, max(values + [RSS_LIMIT / MB]) * 1.1)
     axis.set_title("memory")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -272,6 +273,21 @@ def markdown(results, summary, chart_path, out_path):
             lines += ["%s only lays the files down; starting that cluster (WAL replay from the repository "
                       "until consistent, then accepting connections) took a further %.1f s (median), not "
                       "included above." % (LABELS["restore"][method], row["start_recovery_s"]), ""]
+    lines += ["## Where the time goes", "",
+              "Everything shares %d cores, so a run cannot take less wall time than its CPU seconds divided by "
+              "the cores (the floor). The S3 server's CPU would not be spent on a database host talking to real "
+              "S3: the last column is the floor without it." % machine["cores"], "",
+              "| method | wall s | CPU s (client + PostgreSQL + S3 server) | floor s | floor without S3 server s |",
+              "|---|---|---|---|---|"]
+    for kind in ("backup", "restore"):
+        for method in ("a", "b", "c", "c-zstd2", "d", "d-posix"):
+            row = summary[kind].get(method)
+            if row:
+                cpu = row["client_cpu_s"] + row["server_cpu_s"] + row["s3_cpu_s"]
+                lines.append("| %s %s | %.1f | %.1f + %.1f + %.1f = %.1f | %.1f | %.1f |" % (
+                    kind, method, row["wall_s"], row["client_cpu_s"], row["server_cpu_s"], row["s3_cpu_s"], cpu,
+                    cpu / machine["cores"], (cpu - row["s3_cpu_s"]) / machine["cores"]))
+    lines.append("")
     lines += ["## Ratios", "", "| ratio | value |", "|---|---|"]
     for name, value in summary["ratios"].items():
         if value is not None:

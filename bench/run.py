@@ -557,6 +557,8 @@ def fleet_status():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition, output to build/bench/smoke/")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: redo the table, chart and markdown from the results dir's results.json")
     parser.add_argument("--size", type=datagen.parse_size, default=None, help="database size on disk (default 1G)")
     parser.add_argument("--flat-size", type=datagen.parse_size, default=None,
                         help="second, larger size for the memory-flatness runs (default 2.5G; 0 to skip)")
@@ -591,6 +593,8 @@ def main(argv=None):
             setattr(args, key, value)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        return render(json.loads((results_dir / "results.json").read_text(encoding="utf-8")), results_dir, args.out)
     started = time.time()
     command = "bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     work = tempfile.mkdtemp(prefix="quankey-bench-", dir="/tmp")
@@ -618,12 +622,18 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     json_path = results_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    render(results, results_dir, args.out)
+    log("done in %.0fs: %s, %s" % (time.time() - started, args.out, json_path))
+    return 0
+
+
+def render(results, results_dir, out):
+    """The stdout table, the chart and the markdown report from a run's results."""
     summary = report.summarize(results)
     print(report.table(summary))
-    chart = report.chart(summary, results_dir / "benchmarks.png")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report.markdown(results, summary, chart, Path(args.out)), encoding="utf-8")
-    log("done in %.0fs: %s, %s%s" % (time.time() - started, args.out, json_path, ", %s" % chart if chart else ""))
+    chart = report.chart(summary, Path(results_dir) / "benchmarks.png")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(report.markdown(results, summary, chart, Path(out)), encoding="utf-8")
     return 0
 
 
