@@ -40,17 +40,20 @@ VARIABLES = (
     "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "PGPASSWORD", "DB_SSLMODE", "DB_MAINTENANCE_DB", "PG_BIN_DIR",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "S3_BUCKET", "S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS",
-    "BACKUP_ENCRYPTION_KEY", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
+    "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
     "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
 )
-SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY")
+SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
+                    "BACKUP_DECRYPTION_KEYS")
 
 
 class Settings:
     """Everything one backup, restore, listing or health check needs to know.
 
-    Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``)
-    are kept out of ``repr`` and :meth:`describe`.
+    Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``,
+    ``decryption_keys``) are kept out of ``repr`` and :meth:`describe`. ``encryption_key``
+    is the active key; ``decryption_keys`` (a string of keys or a list) and the file
+    ``keyring_file`` hold older keys still accepted to open backups (keys.py).
     """
 
     def __init__(self, db_name=None, db_host="localhost", db_port=5432, db_user="postgres", db_password=None,
@@ -58,7 +61,8 @@ class Settings:
                  bucket=None, prefix="", region=None, endpoint_url=None, access_key=None, secret_key=None,
                  session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
-                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None):
+                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
+                 decryption_keys=None, keyring_file=None):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -76,6 +80,8 @@ class Settings:
         self.session_token = session_token or None
         self.storage_class = storage_class or DEFAULT_STORAGE_CLASS
         self.encryption_key = encryption_key
+        self.decryption_keys = decryption_keys or None
+        self.keyring_file = keyring_file or None
         self.encryption = encryption or DEFAULT_ENCRYPTION
         self.compression = compression or "zstd"
         self.backup_name = backup_name or None
@@ -160,7 +166,8 @@ FIELD_VARIABLES = {
     "db_sslmode": "DB_SSLMODE", "pg_bin_dir": "PG_BIN_DIR", "bucket": "S3_BUCKET", "prefix": "S3_PREFIX",
     "region": "AWS_DEFAULT_REGION", "endpoint_url": "S3_ENDPOINT_URL", "access_key": "AWS_ACCESS_KEY_ID",
     "secret_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN", "storage_class": "S3_STORAGE_CLASS",
-    "encryption_key": "BACKUP_ENCRYPTION_KEY", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
+    "encryption_key": "BACKUP_ENCRYPTION_KEY", "decryption_keys": "BACKUP_DECRYPTION_KEYS",
+    "keyring_file": "BACKUP_KEYRING_FILE", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
     "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
     "min_keep": "BACKUP_MIN_KEEP",
 }
@@ -282,5 +289,6 @@ def settings_from_env(env, origin=None):
         encryption_key=get("BACKUP_ENCRYPTION_KEY"), encryption=get("BACKUP_ENCRYPTION", DEFAULT_ENCRYPTION),
         compression=get("BACKUP_COMPRESSION", "zstd"), backup_name=get("BACKUP_NAME"), host_id=get("BACKUP_HOST_ID"),
         retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
+        decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
         labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )

@@ -29,6 +29,7 @@ import time
 
 from . import catalog
 from . import crypto
+from . import keys
 from .compression import check_compression, compressor, decompressor
 from .errors import BackupError, IntegrityError, PostgresError, RefusedError, ChecksumMismatchError
 from .postgres import PgClient, count_toc_tables
@@ -482,7 +483,8 @@ def _open_data_key(settings, record):
     if metadata.get("encryption") != crypto.ENCRYPTION_NAME:
         raise IntegrityError("backup %s uses encryption %r, which this version cannot read"
                              % (record.basename, metadata.get("encryption")), step="decrypt")
-    return _step("decrypt", crypto.unwrap_data_key, master_keys(settings), metadata["envelope"], settings.label("encryption_key"))
+    ring = keys.keyring(settings)  # the active key and the older ones still accepted (BACKUP_DECRYPTION_KEYS, keyring file)
+    return _step("decrypt", crypto.unwrap_data_key, ring.keys, metadata["envelope"], keys.opening_keys_label(settings))
 
 
 def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None):

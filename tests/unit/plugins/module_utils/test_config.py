@@ -122,3 +122,14 @@ def test_env_value_errors_name_the_line_and_variable_not_the_value(line, problem
     with pytest.raises(ConfigError, match="line 1 \\(PGPASSWORD\\) has an? %s" % problem) as info:
         config.parse_env_text(line, origin="backup.env")
     assert "s3cr3t" not in str(info.value)
+
+
+def test_keyring_variables_map_to_settings_and_stay_secret():
+    old = "b2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQtb2xkLW9sZC0="
+    settings = config.settings_from_env({"BACKUP_ENCRYPTION_KEY": SECRET, "BACKUP_DECRYPTION_KEYS": old,
+                                         "BACKUP_KEYRING_FILE": "/etc/quankey/keyring"}, origin="/etc/quankey/backup.env")
+    assert (settings.decryption_keys, settings.keyring_file) == (old, "/etc/quankey/keyring")
+    assert settings.label("decryption_keys") == "BACKUP_DECRYPTION_KEYS in /etc/quankey/backup.env"
+    assert settings.label("keyring_file") == "BACKUP_KEYRING_FILE in /etc/quankey/backup.env"
+    assert old not in repr(settings) + repr(settings.describe())
+    assert "BACKUP_DECRYPTION_KEYS" in config.SECRET_VARIABLES and "BACKUP_KEYRING_FILE" in config.VARIABLES

@@ -1,0 +1,172 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The keyring and rekey's pure parts: keys from settings and files, re-wrapping one envelope."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import os
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, keys
+from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConfigError, IntegrityError, TamperedError,
+                                                                            WrongKeyError)
+
+OLD = bytes(range(32))
+NEW = bytes(range(100, 132))
+OTHER = bytes(range(200, 232))
+
+
+def b64(key):
+    return base64.b64encode(key).decode("ascii")
+
+
+def settings(**env):
+    return config.settings_from_env(env)
+
+
+def _metadata(master, data_key=None):
+    data_key = data_key or os.urandom(32)
+    return {"encryption": crypto.ENCRYPTION_NAME, "key_id": crypto.key_id(master),
+            "envelope": crypto.wrap_data_key(master, data_key), "size_bytes": 1, "untouched": "yes"}, data_key
+
+
+@pytest.mark.parametrize("value, count", [
+    (None, 0), ("", 0), ("a", 1), ("a,b", 2), ("a, b", 2), ("a b\tc\nd", 4), (" ,a,, b, ", 2), (["a", "b,c"], 3),
+])
+def test_split_keys_takes_commas_and_whitespace_strings_and_lists(value, count):
+    assert len(keys.split_keys(value)) == count
+
+
+def test_keyring_is_the_active_key_first_then_the_old_ones_deduplicated():
+    listed = "%s, %s %s" % (b64(OLD), b64(NEW), b64(OLD))
+    ring = keys.keyring(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_DECRYPTION_KEYS=listed))
+    assert ring.active == NEW and ring.active_id == crypto.key_id(NEW)
+    assert ring.ids == [crypto.key_id(NEW), crypto.key_id(OLD)]
+    assert ring.keys == [NEW, OLD]
+    assert crypto.key_id(OLD) in ring and crypto.key_id(OTHER) not in ring
+    assert b64(NEW) not in repr(ring) and b64(OLD) not in repr(ring) and crypto.key_id(OLD) in repr(ring)
+
+
+def test_decryption_keys_alone_open_but_rekey_needs_an_active_key():
+    only_old = settings(BACKUP_DECRYPTION_KEYS=b64(OLD))
+    ring = keys.keyring(only_old)
+    assert ring.active is None and ring.ids == [crypto.key_id(OLD)]
+    with pytest.raises(ConfigError, match="BACKUP_ENCRYPTION_KEY is not set"):
+        keys.keyring(only_old, require_active=True)
+
+
+def test_no_key_at_all_names_the_active_key():
+    assert not keys.configured(settings())
+    with pytest.raises(ConfigError, match="BACKUP_ENCRYPTION_KEY is not set"):
+        keys.keyring(settings())
+
+
+def test_a_bad_decryption_key_is_named_by_position_never_by_value():
+    bad = b64(b"short")
+    with pytest.raises(ConfigError) as info:
+        keys.keyring(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_DECRYPTION_KEYS="%s,%s" % (b64(OLD), bad)))
+    assert "BACKUP_DECRYPTION_KEYS (key 2 of 2) decodes to 5 bytes instead of 32" in str(info.value)
+    assert bad not in str(info.value)
+
+
+def test_module_lists_of_keys_work_too():
+    ring = keys.keyring(config.Settings(encryption_key=b64(NEW), decryption_keys=[b64(OLD), b64(OTHER)]))
+    assert ring.keys == [NEW, OLD, OTHER]
+
+
+def _keyring_file(tmp_path, text, mode=0o600):
+    path = tmp_path / "keyring"
+    path.write_text(text)
+    os.chmod(str(path), mode)
+    return str(path)
+
+
+def test_keyring_file_one_key_per_line_with_comments(tmp_path):
+    path = _keyring_file(tmp_path, "# keys retired in 2025\n%s\n\n  %s   # the 2024 key\n" % (b64(OLD), b64(OTHER)))
+    ring = keys.keyring(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_KEYRING_FILE=path))
+    assert ring.keys == [NEW, OLD, OTHER]
+    assert keys.configured(settings(BACKUP_KEYRING_FILE=path))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o004])
+def test_keyring_file_readable_by_others_is_refused_in_one_line(tmp_path, mode):
+    path = _keyring_file(tmp_path, b64(OLD) + "\n", mode)
+    with pytest.raises(ConfigError) as info:
+        keys.read_keyring_file(path)
+    message = str(info.value)
+    assert path in message and "chmod 0600 %s" % path in message and "%04o" % mode in message
+    assert "\n" not in message and b64(OLD) not in message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_keyring_file_owner_only_is_accepted(tmp_path, mode):
+    assert keys.read_keyring_file(_keyring_file(tmp_path, b64(OLD), mode)) == [OLD]
+
+
+def test_keyring_file_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        keys.read_keyring_file(str(tmp_path / "missing"))
+    path = _keyring_file(tmp_path, "%s\nnot-a-key!\n" % b64(OLD))
+    with pytest.raises(ConfigError, match="keyring file %s line 2 is not valid base64" % path):
+        keys.read_keyring_file(path)
+
+
+def test_wrong_key_errors_name_the_keyring_settings_when_set():
+    assert keys.opening_keys_label(settings(BACKUP_ENCRYPTION_KEY=b64(NEW))) == "BACKUP_ENCRYPTION_KEY"
+    assert keys.opening_keys_label(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_DECRYPTION_KEYS=b64(OLD))) == \
+        "BACKUP_ENCRYPTION_KEY or BACKUP_DECRYPTION_KEYS"
+
+
+def test_rekey_metadata_rewraps_only_the_envelope_and_key_id():
+    metadata, data_key = _metadata(OLD)
+    ring = keys.Keyring(NEW, [OLD])
+    updated, opened, old_id = keys.rekey_metadata(metadata, ring, "BACKUP_DECRYPTION_KEYS")
+    assert opened == data_key and old_id == crypto.key_id(OLD)
+    assert updated["key_id"] == crypto.key_id(NEW) and updated["envelope"]["key_id"] == crypto.key_id(NEW)
+    assert dict(updated, envelope=None, key_id=None) == dict(metadata, envelope=None, key_id=None)
+    assert metadata["key_id"] == crypto.key_id(OLD)  # the input is not modified
+    assert crypto.unwrap_data_key(NEW, updated["envelope"]) == data_key
+    with pytest.raises(WrongKeyError):
+        crypto.unwrap_data_key(OLD, updated["envelope"])
+
+
+def test_rekey_metadata_leaves_a_backup_on_the_active_key_alone():
+    metadata, data_key = _metadata(NEW)
+    updated, opened, old_id = keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "x")
+    assert updated is None and opened == data_key and old_id == crypto.key_id(NEW)
+
+
+def test_rekey_metadata_fixes_a_stale_key_id_field():
+    metadata, _data_key = _metadata(NEW)
+    metadata["key_id"] = crypto.key_id(OLD)
+    updated, _opened, _old = keys.rekey_metadata(metadata, keys.Keyring(NEW), "x")
+    assert updated["key_id"] == crypto.key_id(NEW)
+
+
+def test_rekey_metadata_fails_closed():
+    metadata, _data_key = _metadata(OTHER)
+    with pytest.raises(WrongKeyError, match="wrapped with key %s" % crypto.key_id(OTHER)):
+        keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "BACKUP_DECRYPTION_KEYS")
+    metadata, _data_key = _metadata(OLD)
+    metadata["envelope"]["wrapped_key"] = b64(os.urandom(48))
+    with pytest.raises(TamperedError):
+        keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "x")
+    with pytest.raises(IntegrityError, match="cannot rekey"):
+        keys.rekey_metadata(dict(metadata, encryption="aes-256-cbc"), keys.Keyring(NEW, [OLD]), "x")
+
+
+def test_check_data_key_uses_the_key_commitment_of_the_header():
+    data_key = os.urandom(32)
+    header = crypto.StreamEncryptor(data_key).finalize()[:crypto.HEADER_SIZE]
+    keys.check_data_key(header, data_key)
+    with pytest.raises(WrongKeyError, match="key commitment"):
+        keys.check_data_key(header, os.urandom(32))
+    with pytest.raises(IntegrityError, match="plaintext pg_dump"):
+        keys.check_data_key(b"PGDMP" + bytes(51), data_key)
+    with pytest.raises(IntegrityError, match="shorter"):
+        keys.check_data_key(header[:20], data_key)
