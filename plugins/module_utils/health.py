@@ -6,7 +6,9 @@
 The seed's alert rules (age over 36 h, size under 1 MiB, S3 access, encryption
 failures, low frequency) and a few more, each a finding with a severity.
 :func:`assess` is pure; :func:`check_health` gathers what it needs from S3 with
-a listing, a few small metadata reads and one ranged GET of the newest object.
+a listing, a few small metadata reads and a ranged GET of the header of each of
+those backups' objects (never a download). Keys are used only for their ids: a
+recent backup wrapped with a key this host's keyring lacks is a warning.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -17,7 +19,8 @@ import datetime
 
 from . import catalog
 from . import crypto
-from .errors import BackupError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
+from . import keys
+from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
@@ -69,14 +72,19 @@ def _size(num):
     return "%d B" % num
 
 
-def assess(records, orphans, now, policy, header_error=None, metadata_errors=None):
+def assess(records, orphans, now, policy, header_error=None, metadata_errors=None, header_errors=None,
+           keyring_ids=None, keyring_error=None):
     """Findings for one host and database. ``records`` newest first, with metadata loaded on the newest few.
 
     ``header_error``: what the ranged read of the newest object's header found wrong (None when fine).
     ``metadata_errors``: {basename: message} for metadata that would not parse.
+    ``header_errors``: {basename: message} for recent objects whose header is wrong (the newest's too).
+    ``keyring_ids``: key ids of this host's keyring, None when no key is configured (key ids are then
+    not checked); ``keyring_error``: why the configured keys could not be read.
     """
     findings = []
     metadata_errors = metadata_errors or {}
+    header_errors = dict(header_errors or {})
     if not records:
         findings.append(_finding("no_backups", CRITICAL, "no backups found: the first backup has not run, or writes "
                                  "fail (see /var/log/quankey/backup.log)"))
@@ -104,7 +112,8 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
         findings.append(_finding("encryption", CRITICAL, "latest backup is recorded with encryption %r, not %s"
                                  % (metadata.get("encryption"), crypto.ENCRYPTION_NAME)))
     if header_error:
-        findings.append(_finding("encryption", CRITICAL, "latest object failed the encryption check: %s" % header_error))
+        header_errors[latest.basename] = header_error
+    findings.extend(_encryption(records, header_errors, keyring_ids, keyring_error))
     findings.extend(_frequency(records, now, policy))
     findings.extend(_size_drop(records, policy))
     grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
@@ -113,6 +122,44 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
         findings.append(_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups), oldest %s: "
                                  "run `quankey-backup prune`" % (len(stale), stale[0]["key"])))
     return findings
+
+
+def _encryption(records, header_errors, keyring_ids, keyring_error):
+    """The encryption rule over the newest few backups: each object's header, and each data key's wrapping key id."""
+    findings = []
+    for record in records[:METADATA_LOOKBACK]:
+        problem = header_errors.get(record.basename)
+        if problem:
+            what = "latest object" if record is records[0] else "backup %s" % record.basename
+            findings.append(_finding("encryption", CRITICAL, "%s failed the encryption check: %s" % (what, problem)))
+    if keyring_error:
+        findings.append(_finding("encryption", WARNING, "the backups' key ids were not checked: %s" % keyring_error))
+    if keyring_ids is None:
+        return findings
+    unknown = {}
+    checked = 0
+    for record in records[:METADATA_LOOKBACK]:
+        kid = wrapping_key_id(record.metadata)
+        if kid is None:
+            continue
+        checked += 1
+        if kid not in keyring_ids:
+            unknown.setdefault(kid, []).append(record.basename)
+    for kid, names in sorted(unknown.items(), key=lambda item: -len(item[1])):
+        more = " (and %d more of the newest %d)" % (len(names) - 1, checked) if len(names) > 1 else ""
+        findings.append(_finding("encryption", WARNING, "backup %s%s is wrapped with key %s, which this host's keyring "
+                                 "does not hold: it cannot be restored here (add that key to BACKUP_DECRYPTION_KEYS "
+                                 "or the keyring file, or rekey it where the key is held)" % (names[0], more, kid)))
+    return findings
+
+
+def wrapping_key_id(metadata):
+    """The id of the key that wrapped a backup's data key (the envelope's, else the metadata's), or None."""
+    if not metadata or metadata.get("encryption") != crypto.ENCRYPTION_NAME:
+        return None
+    envelope = metadata.get("envelope")
+    kid = envelope.get("key_id") if isinstance(envelope, dict) else None
+    return kid or metadata.get("key_id")
 
 
 def _frequency(records, now, policy):
@@ -152,7 +199,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     list_backups = list_backups or pipeline.list_backups
     load_metadata = load_metadata or pipeline.load_metadata
     report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
-              "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0}
+              "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": []}
     try:
         settings.require("db_name", "bucket")
         store = store or pipeline.open_store(settings)
@@ -162,19 +209,24 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
         findings = [_finding(rule, CRITICAL, str(exc))]
         return _finish(report, findings)
     metadata_errors = {}
-    header_error = None
+    header_errors = {}
     try:
         for record in records[:METADATA_LOOKBACK]:
             try:
                 load_metadata(store, record)
             except IntegrityError as exc:
                 metadata_errors[record.basename] = str(exc)
-        if records and records[0].has_object:
-            header_error = _header_problem(store, records[0])
+        for record in records[:METADATA_LOOKBACK]:
+            problem = _header_problem(store, record) if record.has_object else None
+            if problem:
+                header_errors[record.basename] = problem
     except StorageError as exc:
         return _finish(report, [_finding("s3_access", CRITICAL, str(exc))])
-    findings = assess(records, orphans, now, policy, header_error, metadata_errors)
+    keyring_ids, keyring_error = _keyring_ids(settings)
+    findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
+                      keyring_ids=keyring_ids, keyring_error=keyring_error)
     report["backups"] = len(records)
+    report["keyring_key_ids"] = keyring_ids or []
     if records:
         latest = records[0].summary()
         latest["age_hours"] = round(_hours(now - records[0].timestamp), 2)
@@ -182,7 +234,19 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     return _finish(report, findings)
 
 
+def _keyring_ids(settings):
+    """(key ids of the keyring, None) when keys are configured, (None, why) when they cannot be read, else (None, None)."""
+    if not keys.configured(settings):
+        return None, None
+    try:
+        return keys.keyring(settings).ids, None
+    except ConfigError as exc:
+        return None, str(exc)
+
+
 def _header_problem(store, record):
+    if record.object_size == 0:  # a ranged GET of an empty object is an error, not an empty answer
+        return "the object is empty"
     try:
         crypto.read_header(store.get_range(record.object_key, 0, crypto.HEADER_SIZE))
     except IntegrityError as exc:

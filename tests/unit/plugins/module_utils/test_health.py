@@ -7,11 +7,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import datetime
+import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, health
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -116,3 +118,100 @@ def test_unknown_schedule_is_a_config_error():
 
 def test_exit_codes_follow_monitoring_conventions():
     assert health.EXIT_CODES == {"ok": 0, "warning": 1, "critical": 2}
+
+
+def _with_key_ids(records, *kids):
+    for record, kid in zip(records, kids):
+        record.metadata.update(key_id=kid, envelope={"key_id": kid})
+    return records
+
+
+KID_NEW, KID_OLD, KID_LOST = "qk1-1111111111111111", "qk1-2222222222222222", "qk1-3333333333333333"
+
+
+def test_every_recent_object_header_is_checked():
+    records = _series([2, 26, 50])
+    findings = health.assess(records, [], NOW, health.HealthPolicy(),
+                             header_errors={records[1].basename: "the object is a plaintext pg_dump archive"})
+    assert [(f["rule"], f["severity"], f["message"]) for f in findings] == [
+        ("encryption", "critical", "backup %s failed the encryption check: the object is a plaintext pg_dump archive"
+         % records[1].basename)]
+
+
+def test_key_ids_are_not_checked_without_keys():
+    records = _with_key_ids(_series([2, 26]), KID_LOST, KID_LOST)
+    assert health.assess(records, [], NOW, health.HealthPolicy(), keyring_ids=None) == []
+
+
+def test_key_ids_the_keyring_holds_are_fine():
+    records = _with_key_ids(_series([2, 26]), KID_NEW, KID_OLD)
+    assert health.assess(records, [], NOW, health.HealthPolicy(), keyring_ids=[KID_NEW, KID_OLD]) == []
+
+
+def test_an_unknown_key_id_is_a_warning_naming_the_backup_and_the_key():
+    records = _with_key_ids(_series([2, 26, 50]), KID_NEW, KID_LOST, KID_LOST)
+    findings = health.assess(records, [], NOW, health.HealthPolicy(), keyring_ids=[KID_NEW])
+    assert _rules(findings) == [("encryption", "warning")]
+    message = findings[0]["message"]
+    assert message.startswith("backup %s (and 1 more of the newest 3) is wrapped with key %s, which this host's keyring "
+                              "does not hold: it cannot be restored here" % (records[1].basename, KID_LOST))
+    assert health.overall_status(findings) == "warning"
+
+
+def test_the_envelope_key_id_is_the_one_that_counts():
+    records = _with_key_ids(_series([2]), KID_NEW)
+    records[0].metadata["envelope"]["key_id"] = KID_LOST
+    findings = health.assess(records, [], NOW, health.HealthPolicy(), keyring_ids=[KID_NEW])
+    assert KID_LOST in findings[0]["message"]
+
+
+def test_unreadable_keys_are_a_warning():
+    findings = health.assess(_series([2, 26]), [], NOW, health.HealthPolicy(),
+                             keyring_error="keyring file /k is mode 0644 and holds keys: chmod 0600 /k")
+    assert _rules(findings) == [("encryption", "warning")]
+    assert "chmod 0600 /k" in findings[0]["message"]
+
+
+class _Store:
+    """Answers ranged reads with a header per object key."""
+
+    def __init__(self, headers):
+        self.headers = headers
+        self.ranges = []
+
+    def get_range(self, key, start, length):
+        self.ranges.append((key, start, length))
+        return self.headers[key][start:start + length]
+
+
+def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids():
+    active, old = os.urandom(32), os.urandom(32)
+    records = _series([2 + 24 * i for i in range(10)], size=2 * MIB)
+    good = crypto.StreamEncryptor(os.urandom(32)).finalize()[:crypto.HEADER_SIZE]
+    headers = dict((record.object_key, good) for record in records)
+    headers[records[2].object_key] = b"PGDMP" + bytes(60)
+    store = _Store(headers)
+    kids = [crypto.key_id(active)] * 2 + [crypto.key_id(old)] * 8
+    env = {"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1", "BACKUP_ENCRYPTION_KEY": base64.b64encode(active).decode()}
+    settings = config.settings_from_env(env)
+
+    def loader(store_, record):
+        record.metadata.update(key_id=kids[records.index(record)], envelope={"key_id": kids[records.index(record)]})
+        return record.metadata
+
+    report = health.check_health(settings, store=store, now=NOW, list_backups=lambda s, st: (records, []),
+                                 load_metadata=loader)
+    assert [key for key, _start, _length in store.ranges] == [r.object_key for r in records[:health.METADATA_LOOKBACK]]
+    assert all((start, length) == (0, crypto.HEADER_SIZE) for _key, start, length in store.ranges)
+    assert report["keyring_key_ids"] == [crypto.key_id(active)]
+    assert sorted((f["rule"], f["severity"]) for f in report["findings"]) == [("encryption", "critical"),
+                                                                              ("encryption", "warning")]
+    critical = [f["message"] for f in report["findings"] if f["severity"] == "critical"][0]
+    assert records[2].basename in critical and "plaintext" in critical
+    warning = [f["message"] for f in report["findings"] if f["severity"] == "warning"][0]
+    assert crypto.key_id(old) in warning and "(and 5 more of the newest 8)" in warning
+
+    with_old = config.settings_from_env(dict(env, BACKUP_DECRYPTION_KEYS=base64.b64encode(old).decode()))
+    report = health.check_health(with_old, store=_Store(headers), now=NOW, list_backups=lambda s, st: (records, []),
+                                 load_metadata=loader)
+    assert [f["severity"] for f in report["findings"]] == ["critical"]
