@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune).
+"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune, rekey).
 
 Settings come from the seed's variables in the environment and an env file
 (``--env-file``, default /etc/quankey/backup.env when it exists); the
@@ -24,6 +24,7 @@ import traceback
 from . import catalog
 from . import config
 from . import health
+from . import keys
 from . import pipeline
 from . import queries
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK
@@ -103,6 +104,12 @@ def _parser():
     prune = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     prune.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    rekey = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY (rewrites metadata only)")
+    _add_scope(rekey)
+    rekey.add_argument("--all", action="store_true", help="every host and database in the bucket")
+    rekey.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    rekey.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -253,8 +260,27 @@ def _cmd_prune(args, settings, env):
     return EXIT_OK
 
 
+def _cmd_rekey(args, settings, env):
+    host = args.host or (None if args.all else settings.host)
+    result = keys.run_rekey(settings, host=host, db=args.db or (None if args.all else settings.db_name),
+                            everything=not host, dry_run=args.dry_run)
+    changed = result["would_rekey"] if args.dry_run else result["rekeyed"]
+    lines = ["%s %d backup(s) to key %s (keyring: %s); %d already on it, %d failed"
+             % ("would rekey" if args.dry_run else "rekeyed", changed, result["active_key_id"],
+                ", ".join(result["keyring_key_ids"]), result["unchanged"], result["failed"])]
+    for item in result["backups"]:
+        if item["status"] == keys.FAILED:
+            lines.append("  FAILED      %s" % item["error"])
+        elif item["status"] != keys.UNCHANGED:
+            lines.append("  %-11s %s: key %s -> %s" % (item["status"], item["name"], item["from_key_id"], item["to_key_id"]))
+    if not result["backups"]:
+        lines.append("(no backups)")
+    _emit(result, args.json, lines)
+    return result["exit_code"]
+
+
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
-            "health": _cmd_health, "prune": _cmd_prune}
+            "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey}
 
 
 class _UTCFormatter(logging.Formatter):

@@ -63,6 +63,9 @@ def test_no_progress_line_when_not_a_terminal():
     ["health", "--json", "--max-age-hours", "12", "--schedule", "6-hour"],
     ["prune", "--dry-run"],
     ["verify", "--host", "db2", "--db", "quankey_prod"],
+    ["rekey", "--dry-run", "--json"],
+    ["rekey", "--host", "db2", "--db", "quankey_prod"],
+    ["rekey", "--all"],
 ])
 def test_documented_options_parse(argv):
     args = cli._parser().parse_args(argv)
