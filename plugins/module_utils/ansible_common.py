@@ -30,6 +30,7 @@ from . import compression
 from . import config
 from . import crypto
 from . import health
+from . import keys
 from . import storage
 from .errors import BackupError
 
@@ -45,7 +46,8 @@ _SETTING_OF_OPTION = {
     "db": "db_name", "ssl_mode": "db_sslmode", "maintenance_db": "db_maintenance_db", "pg_bin_dir": "pg_bin_dir",
     "bucket": "bucket", "prefix": "prefix", "host_id": "host_id", "region": "region", "endpoint_url": "endpoint_url",
     "access_key": "access_key", "secret_key": "secret_key", "session_token": "session_token",
-    "encryption_key": "encryption_key", "encryption": "encryption", "compression": "compression",
+    "encryption_key": "encryption_key", "decryption_keys": "decryption_keys", "keyring_file": "keyring_file",
+    "encryption": "encryption", "compression": "compression",
     "storage_class": "storage_class", "name": "backup_name", "retention_days": "retention_days",
 }
 
@@ -95,9 +97,11 @@ def s3_argument_spec():
 
 
 def encryption_argument_spec():
-    """The master key (documented by the quankey.backup.encryption doc fragment)."""
+    """The active key and the keyring (documented by the quankey.backup.encryption doc fragment)."""
     return dict(
         encryption_key=dict(type="str", no_log=True, fallback=_env(crypto.MASTER_KEY_NAME)),
+        decryption_keys=dict(type="list", elements="str", no_log=True, fallback=_env(keys.DECRYPTION_KEYS_NAME)),
+        keyring_file=dict(type="path", no_log=False, fallback=_env(keys.KEYRING_FILE_NAME)),
     )
 
 

@@ -15,11 +15,14 @@ description:
   - Applies the backup alert rules to one host's backups of one database and returns each problem as a
     finding with a severity, and the overall status V(ok), V(warning) or V(critical).
   - Critical when there are no backups, the latest is older than O(max_age_hours), the bucket cannot be
-    read, or the latest backup's metadata, object or encryption header is missing or wrong. A warning when
+    read, the latest backup's metadata or object is missing or wrong, or the encryption header of one of the
+    newest backups' objects is not a known format (or is a plaintext C(pg_dump) archive). A warning when
     the latest is smaller than O(min_size_bytes) or much smaller than the ones before it, when fewer
-    backups were taken over O(window_days) than O(schedule) implies, or when uncommitted objects linger.
-  - Reads the bucket only (a listing, a few metadata objects and the first bytes of the latest object);
-    never connects to PostgreSQL and never needs the encryption key.
+    backups were taken over O(window_days) than O(schedule) implies, when uncommitted objects linger, or
+    when one of the newest backups is wrapped with a key the keyring given does not hold.
+  - Reads the bucket only (a listing, a few metadata objects and the first bytes of their objects);
+    never connects to PostgreSQL and never decrypts. The keys (O(encryption_key), O(decryption_keys),
+    O(keyring_file)) are only used for their key ids; when none is given, key ids are not checked.
   - This is the same engine as the C(quankey-backup health) command.
 options:
   max_age_hours:
@@ -68,8 +71,8 @@ attributes:
     platforms: posix
 notes:
   - The series checked is O(host_id) (default this host's short name) and O(db). Of the PostgreSQL options
-    only O(db) is used; the others, and O(encryption_key), are accepted so that C(module_defaults) for
-    C(group/quankey.backup.all) can set them once for every module.
+    only O(db) is used; the others are accepted so that C(module_defaults) for C(group/quankey.backup.all)
+    can set them once for every module.
 seealso:
   - module: quankey.backup.backup_info
   - module: quankey.backup.pg_encrypted_backup
@@ -125,7 +128,7 @@ findings:
   elements: dict
   contains:
     rule:
-      description: The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups).
+      description: The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups), V(encryption).
       returned: always
       type: str
       sample: age
@@ -170,6 +173,12 @@ latest:
       returned: when the metadata was read
       type: int
       sample: 294551233
+keyring_key_ids:
+  description: Ids of the keys given, against which the newest backups' key ids were checked; empty when none.
+  returned: always
+  type: list
+  elements: str
+  sample: [qk1-3f2a9c0d1e4b5a69]
 backups:
   description: Number of backups of this host and database.
   returned: always

@@ -54,7 +54,7 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - O(db) filters the list. The other PostgreSQL options, O(host_id) and O(encryption_key) are not used;
+  - O(db) filters the list. The other PostgreSQL options, O(host_id) and the encryption options are not used;
     they are accepted so that C(module_defaults) for C(group/quankey.backup.all) can set them once for
     every module.
 seealso:

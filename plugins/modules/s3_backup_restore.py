@@ -107,6 +107,17 @@ EXAMPLES = r"""
   check_mode: true
   register: verified
 
+- name: Restore a backup taken before the last key rotation (the old key is still in the keyring)
+  quankey.backup.s3_backup_restore:
+    db: quankey_prod
+    before: "2025-06-01"
+    target_db: quankey_prod_may
+    login_password: "{{ vault_pg_password }}"
+    bucket: quankey-backups-prod
+    encryption_key: "{{ vault_backup_encryption_key }}"
+    decryption_keys:
+      - "{{ vault_backup_encryption_key_2024 }}"
+
 - name: Incident - replace the damaged database with a named backup (the old one is kept, renamed)
   quankey.backup.s3_backup_restore:
     db: quankey_prod

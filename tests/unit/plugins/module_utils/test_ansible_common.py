@@ -130,6 +130,14 @@ def test_settings_from_params_maps_each_option():
     assert settings.source == "module options"
 
 
+def test_settings_from_params_maps_the_keyring_options():
+    settings = ansible_common.settings_from_params({"encryption_key": "k", "decryption_keys": ["a", "b"],
+                                                    "keyring_file": "/etc/quankey/keyring"})
+    assert (settings.decryption_keys, settings.keyring_file) == (["a", "b"], "/etc/quankey/keyring")
+    assert settings.label("decryption_keys") == "the decryption_keys option"
+    assert settings.label("keyring_file") == "the keyring_file option"
+
+
 def test_settings_from_params_keeps_engine_defaults_for_unset_options():
     settings = ansible_common.settings_from_params({"bucket": "b", "retention_days": None, "db": None})
     assert (settings.retention_days, settings.compression, settings.db_host, settings.db_name) == (30, "zstd",

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.modules import backup_health, backup_info, pg_encrypted_backup
-from ansible_collections.quankey.backup.plugins.modules import s3_backup_restore
+from ansible_collections.quankey.backup.plugins.modules import backup_health, backup_info, backup_rekey
+from ansible_collections.quankey.backup.plugins.modules import pg_encrypted_backup, s3_backup_restore
 
 MODULES = {"pg_encrypted_backup": pg_encrypted_backup, "s3_backup_restore": s3_backup_restore,
-           "backup_health": backup_health, "backup_info": backup_info}
+           "backup_health": backup_health, "backup_info": backup_info, "backup_rekey": backup_rekey}
 
 
 def _accepted(module):
