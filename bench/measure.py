@@ -17,6 +17,7 @@ so a run disturbed by foreign load can be seen as such.
 
 import os
 import resource
+import signal
 import subprocess
 import threading
 import time
@@ -131,7 +132,8 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
     if shell:
         argv = ["bash", "-c", argv]
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                            stdout=out if stdout_path else subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn)
+                            stdout=out if stdout_path else subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn,
+                            start_new_session=True)  # its own process group: killed whole if we are interrupted
     peak = {"tree": 0, "proc": 0, "name": ""}
     finished = threading.Event()
 
@@ -148,7 +150,16 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _pid, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        finished.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+        except OSError:
+            pass
+        raise
     wall = time.monotonic() - started
     busy = machine_busy_seconds() - busy
     finished.set()

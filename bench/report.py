@@ -313,15 +313,17 @@ def markdown(results, summary, chart_path, out_path):
         lines.append("")
     disturbed = results.get("disturbed", [])
     lines += ["## Foreign load", "",
-              "Other processes on this shared machine (other engineers' jobs) take CPU too: the `other CPU` "
-              "column is what the whole machine spent meanwhile on anything but the measured command, "
-              "PostgreSQL and the S3 server (it includes the bench's own 50 ms sampler). Before each "
-              "measurement the bench waits up to %.0f s for an idle machine, and a measurement during which "
-              "other processes took more than %.0f%% of the machine is taken again (at most %d times). "
-              "Measurements taken again: %d%s." % (
-                  config.get("quiet_wait", 0), config.get("max_foreign_load", 0.1) * 100, config.get("retries", 0),
-                  len(disturbed), (" (" + ", ".join("%s %s %.0f%%" % (d["kind"], d["method"], d["foreign_load"] * 100)
-                                                    for d in disturbed) + ")") if disturbed else ""), ""]
+              "Other processes on this shared machine (other engineers' jobs) take CPU too. The bench runs at "
+              "niceness %s (PostgreSQL, moto and every measured command inherit it) so that they disturb it "
+              "less. The `other CPU` column is what the whole machine spent meanwhile on anything but the "
+              "measured command, PostgreSQL and the S3 server (it includes the bench's own 50 ms sampler). "
+              "Before each measurement the bench waits up to %.0f s for an idle machine, and a measurement "
+              "during which other processes took more than %.0f%% of the machine is taken again (at most %d "
+              "times). Measurements taken again: %d%s." % (
+                  config.get("nice", 0), config.get("quiet_wait", 0), config.get("max_foreign_load", 0.1) * 100,
+                  config.get("retries", 0), len(disturbed),
+                  (" (" + ", ".join("%s %s %.0f%%" % (d["kind"], d["method"], d["foreign_load"] * 100)
+                                    for d in disturbed) + ")") if disturbed else ""), ""]
     lines += ["## Fleet", "", "Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % results["fleet"], ""]
     lines += ["## How it was measured", "",
               "- wall: from fork to exit of the command (`bench/measure.py`).",
