@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Look at and rearrange the test bucket behind the modules' back (integration tests only).
 
-    python s3_tool.py list  --host H           JSON: every object of host H with key, size and storage class
+    python s3_tool.py list  --host H           JSON: every object of host H with key, size, storage class and ETag
     python s3_tool.py purge --host H           delete every key and open upload of host H
     python s3_tool.py age   --host H --db D --hours N
         make the newest backup of H/D N hours older, honestly: its object and metadata move to the keys
@@ -50,7 +50,8 @@ def list_objects(client, bucket, args):
     for prefix in _prefixes(args.host):
         for item in _list(client, bucket, prefix):
             head = client.head_object(Bucket=bucket, Key=item["Key"])
-            found.append({"key": item["Key"], "size": item["Size"], "storage_class": head.get("StorageClass", "STANDARD")})
+            found.append({"key": item["Key"], "size": item["Size"], "storage_class": head.get("StorageClass", "STANDARD"),
+                          "etag": head["ETag"]})
     return {"objects": sorted(found, key=lambda item: item["key"])}
 
 
