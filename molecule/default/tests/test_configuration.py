@@ -1,0 +1,137 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What setup-backups.yml leaves on each host: files, modes, owners, cron entries, policy, runbook."""
+
+import hashlib
+import json
+
+from conftest import read_env_file
+
+PRESETS = {"daily": "0 3 * * *", "12-hour": "0 3,15 * * *", "6-hour": "0 3,9,15,21 * * *"}
+RUNNER = "/usr/local/sbin/quankey-backup-run"
+USER = "quankey-backup"
+
+
+def _key_prefix(host_vars):
+    prefix = host_vars.get("pg_backup_s3_prefix", "").strip().strip("/")
+    return prefix + "/" if prefix else ""
+
+
+def test_env_file_is_0600_and_owned_by_the_backup_user(host):
+    env_file = host.file("/etc/quankey/backup.env")
+    assert env_file.is_file
+    assert env_file.mode == 0o600
+    assert (env_file.user, env_file.group) == (USER, USER)
+
+
+def test_env_file_holds_the_seed_variables_and_this_hosts_credentials(host, hostname, services):
+    env = read_env_file(host)
+    mine = services["hosts"][hostname]
+    assert env["DB_NAME"] == mine["databases"][0]
+    assert env["PGPASSWORD"] == services["postgres"]["password"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (mine["access_key"], mine["secret_key"])
+    assert env["BACKUP_ENCRYPTION_KEY"] == services["encryption_key"]
+    assert env["S3_BUCKET"] == services["s3"]["bucket"]
+    assert env["BACKUP_HOST_ID"] == hostname
+    assert env["PG_BIN_DIR"] == "/usr/lib/postgresql/15/bin"
+    for name in ("DB_HOST", "DB_PORT", "DB_USER", "BACKUP_RETENTION_DAYS", "S3_ENDPOINT_URL", "BACKUP_SCHEDULE"):
+        assert env[name], name
+
+
+def test_the_engine_and_the_matching_postgresql_client_are_installed(host):
+    assert host.file("/usr/local/bin/quankey-backup").linked_to == "/opt/quankey-backup/venv/bin/quankey-backup"
+    assert host.run("quankey-backup --help").rc == 0
+    assert host.package("postgresql-client-15").is_installed
+    assert host.check_output("/usr/lib/postgresql/15/bin/pg_dump --version").startswith("pg_dump (PostgreSQL) 15.")
+    # the same engine files as the collection's (installed from them)
+    installed = host.check_output("/opt/quankey-backup/venv/bin/python -c "
+                                  "'import quankey_backup.cli as m; print(m.__file__)'")
+    assert installed.startswith("/opt/quankey-backup/venv/lib/python3")
+
+
+def test_cron_runs_the_schedule_preset_or_expression_under_the_backup_user(host, hostname, host_vars):
+    schedule = host_vars["pg_backup_schedule"]
+    entry = [line for line in host.file("/etc/cron.d/quankey-backup").content_string.splitlines()
+             if not line.startswith("#Ansible")]
+    assert len(entry) == 1
+    line = entry[0]
+    job = " %s %s >> /var/log/quankey/backup.log 2>&1" % (USER, RUNNER)
+    if schedule == "custom":
+        # disabled in this scenario: kept, commented out
+        assert line == "#" + host_vars["pg_backup_cron_expression"] + job
+        return
+    minute, rest = PRESETS[schedule].split(" ", 1)
+    splay = host_vars.get("pg_backup_splay_minutes", 0)
+    if splay:  # fixed per host: derived from its inventory name
+        minute = str(int(hashlib.sha1(hostname.encode()).hexdigest()[:8], 16) % (splay + 1))
+    assert line == "%s %s%s" % (minute, rest, job)
+
+
+def test_the_runner_locks_then_backs_up_and_prunes_each_database(host, hostname, services):
+    runner = host.file(RUNNER)
+    assert runner.mode == 0o755 and runner.user == "root"
+    text = runner.content_string
+    assert "flock -n 9" in text and "/var/lib/quankey-backup/backup.lock" in text
+    for db in services["hosts"][hostname]["databases"]:
+        assert db in text
+    assert host.file("/var/lib/quankey-backup/backup.lock").user == USER
+
+
+def test_log_directory_and_logrotate(host):
+    log_dir = host.file("/var/log/quankey")
+    assert log_dir.is_directory and log_dir.mode == 0o750 and log_dir.user == USER
+    assert host.file("/var/log/quankey/backup.log").user == USER
+    rotate = host.file("/etc/logrotate.d/quankey-backup")
+    assert "/var/log/quankey/*.log" in rotate.content_string
+    assert "su quankey-backup quankey-backup" in rotate.content_string
+    assert host.package("logrotate").is_installed
+    # logrotate's own parser accepts it (debug mode: rotates nothing)
+    check = host.run("logrotate -d /etc/logrotate.d/quankey-backup")
+    assert check.rc == 0, check.stderr
+
+
+def test_iam_policy_allows_only_this_hosts_prefixes(host, hostname, host_vars, services):
+    policy = json.loads(host.file("/etc/quankey/iam-policy.json").content_string)
+    bucket_arn = "arn:aws:s3:::" + services["s3"]["bucket"]
+    own = [_key_prefix(host_vars) + "backups/postgresql/%s/" % hostname, _key_prefix(host_vars) + "metadata/%s/" % hostname]
+    statements = dict((item["Sid"], item) for item in policy["Statement"])
+    assert policy["Version"] == "2012-10-17"
+    listing = statements["ListOwnPrefixes"]
+    assert (listing["Action"], listing["Resource"]) == ("s3:ListBucket", bucket_arn)
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix + "*" for prefix in own]}}
+    objects = statements["ReadWriteOwnObjects"]
+    assert sorted(objects["Action"]) == ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert objects["Resource"] == ["%s/%s*" % (bucket_arn, prefix) for prefix in own]
+    # nothing else reaches objects: the other statements are bucket-level only
+    assert all(item["Resource"] == bucket_arn for sid, item in statements.items() if sid != "ReadWriteOwnObjects")
+    assert all(item["Effect"] == "Allow" for item in policy["Statement"])
+
+
+def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, services):
+    runbook = host.file("/etc/quankey/RESTORE.md")
+    assert runbook.mode == 0o644
+    text = runbook.content_string
+    assert text.startswith("# Restore runbook: %s\n" % hostname)
+    assert "s3://%s/%sbackups/postgresql/%s/" % (services["s3"]["bucket"], _key_prefix(host_vars), hostname) in text
+    for db in services["hosts"][hostname]["databases"]:
+        assert "quankey-backup list --db %s --details" % db in text
+        assert "quankey-backup verify --db %s --backup latest" % db in text
+        assert "quankey-backup restore --db %s --backup latest --target-db %s_restored" % (db, db) in text
+        assert "quankey-backup restore --db %s --backup latest --target-db %s --force" % (db, db) in text
+    assert host_vars.get("restore_runbook_app_stop_command", "pm2 stop quankey") in text
+    assert host_vars.get("restore_runbook_app_start_command", "pm2 start quankey") in text
+    stem = host_vars.get("pg_backup_name", services["hosts"][hostname]["databases"][0])
+    assert "--backup %s_backup_20250809_030000" % stem in text
+    assert services["postgres"]["password"] not in text and services["encryption_key"] not in text
+
+
+def test_monitor_is_scheduled_and_configured(host, hostname, services):
+    cron = host.file("/etc/cron.d/quankey-backup-monitor").content_string
+    assert ("*/30 * * * * %s /usr/bin/python3 /usr/local/sbin/quankey-backup-monitor --config /etc/quankey/monitor.json"
+            " >> /var/log/quankey/monitor.log 2>&1") % USER in cron
+    config_file = host.file("/etc/quankey/monitor.json")
+    assert config_file.mode == 0o640 and config_file.group == USER
+    config = json.loads(config_file.content_string)
+    assert config["databases"] == services["hosts"][hostname]["databases"]
+    assert config["textfile"] == "/var/lib/prometheus/node-exporter/quankey_backup.prom"
