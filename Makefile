@@ -5,6 +5,8 @@
 #   make test-functional  functional tests (real PostgreSQL and S3 from tests/testbed.py)
 #   make test-ansible   ansible-test sanity and units on Python 3.12 (scripts/ansible-test.sh)
 #   make test-integration  the modules' integration targets on the real test bed (tests/integration/run.sh)
+#   make lint           ansible-lint (production profile) on roles/ and playbooks/
+#   make test-molecule  the fleet roles on chroot test hosts, as root: molecule/ (docs/ROLES.md, "Testing")
 #   make demo           the end-to-end demo (scripts/demo.py)
 #   make bench          benchmarks on a ~1 GB database (minutes): docs/benchmarks.md, bench/results/
 #   make bench-smoke    the same on a tiny database, < 1 minute, output in build/bench/smoke (CI)
@@ -14,9 +16,9 @@
 PYTHON := $(CURDIR)/.venv/bin/python
 
 # The steps of `make test`, run in this order; add a step by adding its target here.
-TEST_STEPS := test-unit test-functional demo test-ansible test-integration
+TEST_STEPS := test-unit test-functional demo test-ansible test-integration lint test-molecule
 
-.PHONY: setup test test-unit test-functional test-ansible test-integration demo bench bench-smoke bench-deps clean distclean
+.PHONY: setup test test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
 .NOTPARALLEL:
 
 setup:
@@ -49,6 +51,18 @@ test-ansible: setup
 test-integration: setup
 	@echo "+ tests/integration/run.sh"
 	@PYTHON=$(abspath $(PYTHON)) tests/integration/run.sh
+
+# ansible-lint and Molecule find ansible-playbook, pytest and friends on PATH; their caches and Molecule's
+# scenario state go to build/molecule (base image and wheelhouse too, built on the first run).
+MOLECULE_ENV := PATH="$(CURDIR)/.venv/bin:$$PATH" ANSIBLE_HOME="$(CURDIR)/build/molecule/ansible-home"
+
+lint: setup
+	@echo "+ ansible-lint --offline --profile production roles playbooks"
+	@$(MOLECULE_ENV) .venv/bin/ansible-lint --offline --profile production roles playbooks
+
+test-molecule: setup
+	@echo "+ molecule -c molecule/shared/base.yml test --all"
+	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test --all
 
 demo: setup
 	@echo "+ $(PYTHON) scripts/demo.py"
