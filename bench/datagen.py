@@ -99,7 +99,7 @@ $$;
 # unit in the first three tables, ~0.2 KiB of incompressible bytea (2-12 KiB every 35 units).
 MAIN_BATCH_SQL = """
 INSERT INTO accounts (email, full_name, created, last_login, balance, status, profile)
-SELECT 'user' || g || '.' || substr(md5(random()::text), 1, 6) || '@' || (ARRAY['example.com','mail.test','corp.example'])[1 + g % 3],
+SELECT 'user' || ({account_base} + g) || '.' || substr(md5(random()::text), 1, 6) || '@' || (ARRAY['example.com','mail.test','corp.example'])[1 + g % 3],
        initcap(bench_words(2)),
        timestamptz '2019-01-01' + random() * interval '2000 days',
        CASE WHEN random() < 0.8 THEN now() - random() * interval '90 days' END,
@@ -190,8 +190,10 @@ def grow(run, target_bytes, log=print, batches=16):
     while size < target_bytes:
         left_units = (target_bytes - size) // UNIT_BYTES
         step = int(max(200, min(units, left_units * 1.05)))
-        span = max(1, int(run("SELECT coalesce(max(id), 0) FROM accounts") or 0) + step // 10)
-        main_sql = MAIN_BATCH_SQL.format(accounts=step // 10, orders=step // 2, events=step, account_span=span)
+        base = int(run("SELECT coalesce(max(id), 0) FROM accounts") or 0)
+        span = max(1, base + step // 10)
+        main_sql = MAIN_BATCH_SQL.format(accounts=step // 10, orders=step // 2, events=step, account_span=span,
+                                         account_base=base)
         blob_sql = BLOB_BATCH_SQL.format(attachments=max(1, step // 35), account_span=span)
         errors = []
 
