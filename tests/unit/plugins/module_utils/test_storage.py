@@ -135,7 +135,7 @@ def test_multipart_upload_never_changes_a_part_after_sending_it():
     """A retried request must send the same bytes: the part buffer is not reused."""
     store = _FakeStore()
     upload = storage.MultipartUpload(store, "k", 8, 2)
-    for _ in range(5):
+    for _round in range(5):
         upload.write(b"abcdef")
         upload.write(memoryview(b"xyz"))
     upload.complete()
