@@ -34,3 +34,9 @@ def testbed(pg_cluster, moto):  # pylint: disable=redefined-outer-name
     """A Testbed on the shared services with a fresh bucket (and encryption key) for this test module."""
     with Testbed(bucket=f"quankey-test-{uuid.uuid4().hex[:16]}", pg=pg_cluster, moto=moto) as bed:
         yield bed
+
+
+@pytest.fixture
+def s3(testbed):  # pylint: disable=redefined-outer-name
+    """A boto3 S3 client of the test bed's endpoint, to look at what the command stored."""
+    return testbed.moto.client()

@@ -13,35 +13,16 @@ import json
 import os
 import stat
 import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config, pipeline
 from ansible_collections.quankey.backup.plugins.module_utils.postgres import PgClient
 import sampledb
+from hostcommand import new_name, run_cli
 from sampledb import CANARY, table_digests
 
-CLI = str(Path(sys.executable).parent / "quankey-backup")
 UTC = datetime.timezone.utc
-
-
-def _new_name(stem):
-    return "%s_%s" % (stem, uuid.uuid4().hex[:8])
-
-
-def run_cli(env, *args, check=None):
-    """Run the installed host command with exactly ``env`` (plus PATH); returns CompletedProcess with text."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
-    full_env.update(env)
-    proc = subprocess.run([CLI] + list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300, check=False)
-    if check is not None:
-        assert proc.returncode == check, "exit %d, wanted %d\nstdout: %s\nstderr: %s" % (
-            proc.returncode, check, proc.stdout, proc.stderr)
-    return proc
 
 
 def databases(pg, like):
@@ -52,7 +33,7 @@ def databases(pg, like):
 @pytest.fixture(scope="module")
 def source(testbed):
     """A source database with mixed types, schemas, partitions and a view."""
-    name = _new_name("shop")
+    name = new_name("shop")
     testbed.pg.create_database(name)
     sampledb.fill(testbed.pg, name)
     return name
@@ -62,14 +43,9 @@ def source(testbed):
 def env(testbed, source):
     """The seed's variables for the source database, each test under its own S3 prefix."""
     values = testbed.backup_env(source)
-    values["S3_PREFIX"] = _new_name("t")
+    values["S3_PREFIX"] = new_name("t")
     values["BACKUP_HOST_ID"] = "db1"
     return values
-
-
-@pytest.fixture
-def s3(testbed):
-    return testbed.moto.client()
 
 
 def _settings(env):
@@ -122,7 +98,7 @@ def test_backup_restore_round_trip_is_identical_and_stored_encrypted(testbed, so
     verified = json.loads(run_cli(env, "verify", "--json", check=0).stdout)
     assert verified["checksum_ok"] and verified["table_count"] == result["table_count"]
 
-    target = _new_name("restored")
+    target = new_name("restored")
     restored = json.loads(run_cli(env, "restore", "--target-db", target, "--json", check=0).stdout)
     assert restored["target_db"] == target and restored["table_count"] == result["table_count"]
     assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
@@ -137,7 +113,7 @@ def test_other_compressions_round_trip(testbed, source, env, compression):
     result = _backup(env)
     metadata_compression = json.loads(run_cli(env, "list", "--json", "--details", check=0).stdout)["backups"][0]
     assert metadata_compression["compression"] == compression
-    target = _new_name("restored_" + compression)
+    target = new_name("restored_" + compression)
     run_cli(env, "restore", "--backup", result["name"], "--target-db", target, check=0)
     assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
 
@@ -148,13 +124,13 @@ def test_restore_selects_by_name_seed_variable_and_time(testbed, source, env):
     new = pipeline.run_backup(settings, now=datetime.datetime(2025, 8, 10, 3, 0, 0, tzinfo=UTC))
     assert old["name"].endswith("_backup_20250809_030000")
 
-    target = _new_name("by_time")
+    target = new_name("by_time")
     out = json.loads(run_cli(env, "restore", "--before", "2025-08-10T00:00:00Z", "--target-db", target, "--json",
                              check=0).stdout)
     assert out["name"] == old["name"]
 
     seed_env = dict(env, BACKUP_FILE=new["name"] + ".encrypted")
-    target = _new_name("by_seed_name")
+    target = new_name("by_seed_name")
     out = json.loads(run_cli(seed_env, "restore", "--target-db", target, "--json", check=0).stdout)
     assert out["name"] == new["name"]
 
@@ -164,7 +140,7 @@ def test_restore_selects_by_name_seed_variable_and_time(testbed, source, env):
 
 def test_existing_target_is_refused_and_force_keeps_the_old_one(testbed, source, env):
     _backup(env)
-    target = _new_name("live")
+    target = new_name("live")
     testbed.pg.create_database(target)
     testbed.pg.psql("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)", db=target)
 
@@ -211,7 +187,7 @@ def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, so
     if fix_metadata:
         _fix_metadata(s3, bucket, key, bytes(data))
 
-    target = _new_name("damaged")
+    target = new_name("damaged")
     proc = run_cli(env, "restore", "--target-db", target, check=6)
     import re
     assert re.search(reason, proc.stderr), proc.stderr
@@ -222,7 +198,7 @@ def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, so
 def test_wrong_key_is_named_and_creates_nothing(testbed, source, env):
     result = _backup(env)
     wrong = dict(env, BACKUP_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode())
-    target = _new_name("wrongkey")
+    target = new_name("wrongkey")
     proc = run_cli(wrong, "restore", "--target-db", target, check=6)
     assert result["key_id"] in proc.stderr and "BACKUP_ENCRYPTION_KEY" in proc.stderr
     assert databases(testbed.pg, target + "%") == ""
@@ -310,7 +286,7 @@ def test_access_denied_names_the_prefix_and_the_policy(testbed, source, tmp_path
 def test_secrets_never_reach_logs_output_or_argv(testbed, source, env):
     secrets_ = [env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"], env["BACKUP_ENCRYPTION_KEY"]]
     runs = [run_cli(env, "backup", check=0), run_cli(env, "list", check=0), run_cli(env, "health", "--json", check=0),
-            run_cli(env, "restore", "--target-db", _new_name("secrets"), check=0),
+            run_cli(env, "restore", "--target-db", new_name("secrets"), check=0),
             run_cli(dict(env, PGPASSWORD=env["PGPASSWORD"] + "x"), "backup", check=4),
             run_cli(dict(env, BACKUP_ENCRYPTION_KEY=env["BACKUP_ENCRYPTION_KEY"][:-4]), "backup", check=3)]
     for proc in runs:
@@ -338,7 +314,7 @@ def test_health_ok_then_critical_when_the_newest_backup_is_old(testbed, source, 
     report = json.loads(run_cli(dict(env, OUTPUT_JSON="true"), "health", check=0).stdout)
     assert report["status"] == "ok" and report["latest"]["age_hours"] < 1
 
-    stale = dict(env, S3_PREFIX=_new_name("stale"))
+    stale = dict(env, S3_PREFIX=new_name("stale"))
     pipeline.run_backup(_settings(stale), now=catalog_now() - datetime.timedelta(days=3))
     proc = run_cli(stale, "health", "--json", check=2)
     report = json.loads(proc.stdout)

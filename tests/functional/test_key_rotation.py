@@ -7,22 +7,14 @@ the installed ``quankey-backup`` command, boto3 to look at the objects."""
 import base64
 import json
 import os
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import crypto
 import sampledb
+from hostcommand import new_name, run_cli
 from sampledb import table_digests
 
-CLI = str(Path(sys.executable).parent / "quankey-backup")
-
-
-def _new_name(stem):
-    return "%s_%s" % (stem, uuid.uuid4().hex[:8])
 
 
 def new_key():
@@ -33,21 +25,9 @@ def kid(key_b64):
     return crypto.key_id(base64.b64decode(key_b64))
 
 
-def run_cli(env, *args, check=None):
-    """Run the installed host command with exactly ``env`` (plus PATH); returns CompletedProcess with text."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
-    full_env.update(env)
-    proc = subprocess.run([CLI] + list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300, check=False)
-    if check is not None:
-        assert proc.returncode == check, "exit %d, wanted %d\nstdout: %s\nstderr: %s" % (
-            proc.returncode, check, proc.stdout, proc.stderr)
-    return proc
-
-
 @pytest.fixture(scope="module")
 def source(testbed):
-    name = _new_name("keys")
+    name = new_name("keys")
     testbed.pg.create_database(name)
     sampledb.fill(testbed.pg, name)
     return name
@@ -57,18 +37,13 @@ def source(testbed):
 def env(testbed, source):
     """The seed's variables with the old key active, each test under its own S3 prefix."""
     values = testbed.backup_env(source)
-    values.update(S3_PREFIX=_new_name("k"), BACKUP_HOST_ID="db1", BACKUP_ENCRYPTION_KEY=new_key())
+    values.update(S3_PREFIX=new_name("k"), BACKUP_HOST_ID="db1", BACKUP_ENCRYPTION_KEY=new_key())
     return values
-
-
-@pytest.fixture
-def s3(testbed):
-    return testbed.moto.client()
 
 
 def _backup(env):
     """One backup through the command, under a name stem of its own (two in the same second must not collide)."""
-    return json.loads(run_cli(dict(env, BACKUP_NAME=_new_name("b")), "backup", "--json", check=0).stdout)
+    return json.loads(run_cli(dict(env, BACKUP_NAME=new_name("b")), "backup", "--json", check=0).stdout)
 
 
 def _rotated(env, new, *old):
@@ -101,7 +76,7 @@ def test_restore_after_rotation_with_only_the_keyring(testbed, source, env):
     after = _backup(rotated)  # new backups are wrapped with the new, active key
     assert after["key_id"] == kid(new)
 
-    target = _new_name("rotated")
+    target = new_name("rotated")
     proc = run_cli(rotated, "restore", "--backup", before["name"], "--target-db", target, "--json", check=0)
     assert json.loads(proc.stdout)["target_db"] == target
     assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
@@ -150,7 +125,7 @@ def test_rekey_rewrites_only_metadata_then_the_old_key_fails_and_the_new_one_wor
     only_new = dict(env, BACKUP_ENCRYPTION_KEY=new)
     for item in taken:
         run_cli(only_new, "verify", "--backup", item["name"], check=0)
-    target = _new_name("rekeyed")
+    target = new_name("rekeyed")
     run_cli(only_new, "restore", "--target-db", target, check=0)
     assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
 
@@ -211,7 +186,7 @@ def test_keyring_file_is_refused_unless_mode_0600(testbed, source, env, tmp_path
     path.chmod(0o644)
     with_file = dict(env, BACKUP_ENCRYPTION_KEY=new, BACKUP_KEYRING_FILE=str(path))
 
-    for command in (["verify"], ["restore", "--target-db", _new_name("refused")], ["rekey"]):
+    for command in (["verify"], ["restore", "--target-db", new_name("refused")], ["rekey"]):
         proc = run_cli(with_file, *command, check=3)
         errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
         assert len(errors) == 1 and "Traceback" not in proc.stderr
