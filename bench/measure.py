@@ -133,7 +133,7 @@ class Result(dict):
 
 
 def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=None, shell=False, check=True,
-        preexec_fn=None):
+        preexec_fn=None, nice=None):
     """Run ``argv`` to completion, sampling its tree; returns a Result. Raises RuntimeError if it fails and ``check``."""
     server = CpuMeter(servers or [])
     s3 = CpuMeter(s3_servers or [])
@@ -152,8 +152,21 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
     peak = {"tree": 0, "proc": 0, "name": ""}
     finished = threading.Event()
 
+    boosted = set()
+
+    def boost_servers():
+        # PostgreSQL backends call setsid(): each is its own scheduler autogroup, which the server's
+        # niceness does not reach; give every new one the bench's niceness as soon as it is seen
+        for root in servers or []:
+            for member in tree(root):
+                if member not in boosted:
+                    boosted.add(member)
+                    boost(member, nice)
+
     def sample():
         while not finished.is_set():
+            if nice:
+                boost_servers()
             total = 0
             for member in tree(proc.pid):
                 size = rss_bytes(member)

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -100,7 +101,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         """Favour our sessions (this one, PostgreSQL's, moto's, the TLS terminator's) over other jobs."""
         if not self.args.nice or os.geteuid() != 0:
             return
-        pids = [os.getpid(), self.postmaster_pid()] + self.s3_servers()
+        pids = [self.postmaster_pid()] + self.s3_servers()
+        if os.getsid(0) == os.getpid():  # our own session (see main): its autogroup is ours alone
+            pids.append(os.getpid())
         done = [measure.boost(pid, self.args.nice) for pid in pids]
         if not all(done):
             self.results["notes"].append("could not set the scheduler autogroup niceness of every service")
@@ -117,7 +120,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
 
     def measure(self, argv, **kwargs):
         kwargs.setdefault("env", self.env)
-        return measure.run(argv, servers=self.servers(), s3_servers=self.s3_servers(), **kwargs)
+        nice = self.args.nice if os.geteuid() == 0 else None
+        return measure.run(argv, servers=self.servers(), s3_servers=self.s3_servers(), nice=nice, **kwargs)
 
     def tool(self, name):
         return os.path.join(self.bindir, name)
@@ -573,6 +577,18 @@ def _stop(signum, _frame):
     raise Stopped("signal %d" % signum)
 
 
+def _stop_with_parent():
+    """SIGTERM ourselves when the process that started us goes away (e.g. `make bench` interrupted)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv=None):
     # Ctrl-C and SIGTERM must unwind through the `with Testbed` (a background job starts with SIGINT ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -620,6 +636,11 @@ def main(argv=None):
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     if args.nice and os.geteuid() == 0 and not args.render:
+        try:
+            os.setsid()  # a session (scheduler autogroup) of our own, to raise without raising our caller's
+            _stop_with_parent()  # the terminal's Ctrl-C no longer reaches us: follow make/the shell instead
+        except OSError:
+            pass  # already a process group leader: we stay in the caller's autogroup, unraised
         os.nice(args.nice)  # inherited by PostgreSQL, moto and every measured command
     if args.render:
         return render(json.loads((results_dir / "results.json").read_text(encoding="utf-8")), results_dir, args.out)
