@@ -226,7 +226,7 @@ def describe(run):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--db", required=True, help="database to fill (created when missing)")
     parser.add_argument("--size", type=parse_size, default=parse_size("1G"), help="size on disk to reach (default 1G)")
     parser.add_argument("--psql", default="psql", help="psql program (default: psql on PATH)")

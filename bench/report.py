@@ -56,8 +56,13 @@ def summarize(results):
     summary = {kind: {method: _summarize_runs(runs) for method, runs in results[kind].items()}
                for kind in ("backup", "restore", "flat")}
     backup, restore, flat = summary["backup"], summary["restore"], summary["flat"]
-    wall = lambda table, method: table.get(method, {}).get("wall_s")  # noqa: E731
-    stored = lambda method: backup.get(method, {}).get("stored_bytes")  # noqa: E731
+
+    def wall(table, method):
+        return table.get(method, {}).get("wall_s")
+
+    def stored(method):
+        return backup.get(method, {}).get("stored_bytes")
+
     ratios = {}
     for other in ("a", "b", "d", "d-posix"):
         ratios["backup c/%s" % other] = _ratio(wall(backup, "c"), wall(backup, other))
@@ -109,8 +114,8 @@ def summarize(results):
     if wall(restore, "download"):
         bound = 1.3 * wall(restore, "a") + wall(restore, "download")
         check("restore vs limit", "(c) <= 1.3x (a) + download alone", wall(restore, "c") <= bound,
-              "%.1fs vs 1.3 x %.1fs + %.1fs = %.1fs" % (wall(restore, "c"), wall(restore, "a"),
-                                                         wall(restore, "download"), bound))
+              "%.1fs vs 1.3 x %.1fs + %.1fs = %.1fs"
+              % (wall(restore, "c"), wall(restore, "a"), wall(restore, "download"), bound))
     summary["checks"] = checks
     return summary
 
@@ -194,12 +199,12 @@ def chart(summary, path):
         axis.invert_yaxis()
         axis.set_xlabel("wall time, seconds (median)")
         axis.set_title(kind)
-        for bar, method in zip(bars, methods):
+        for patch, method in zip(bars, methods):
             row = summary[kind][method]
             note = "%.1fs" % row["wall_s"]
             if kind == "backup" and row.get("stored_bytes"):
                 note += ", %.0f MB stored" % (row["stored_bytes"] / MB)
-            axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + note, va="center", fontsize=8)
+            axis.text(patch.get_width(), patch.get_y() + patch.get_height() / 2, " " + note, va="center", fontsize=8)
         axis.set_xlim(0, max(walls) * 1.45)
     axis = axes[2]
     names, values = [], []
@@ -308,8 +313,8 @@ def markdown(results, summary, chart_path, out_path):
             if small and large:
                 for label, row in (("%.0f MB" % (dataset["database_bytes"] / MB), small),
                                    ("%.0f MB" % (flat["database_bytes"] / MB), large)):
-                    lines.append("| %s | %s | %.2f | %.0f | %.0f (%s) |" % (key, label, row["wall_s"], row["peak_rss_bytes"] / MB,
-                                                                         row["peak_proc_rss_bytes"] / MB, row["peak_proc"]))
+                    lines.append("| %s | %s | %.2f | %.0f | %.0f (%s) |" % (
+                        key, label, row["wall_s"], row["peak_rss_bytes"] / MB, row["peak_proc_rss_bytes"] / MB, row["peak_proc"]))
         lines.append("")
     disturbed = results.get("disturbed", [])
     lines += ["## Foreign load", "",

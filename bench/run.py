@@ -11,7 +11,6 @@ so drift hits all alike; medians are reported. See docs/benchmarks.md for what e
 """
 
 import argparse
-import base64
 import datetime
 import json
 import os
@@ -248,7 +247,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             [socat, "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,nodelay,cert=%s,key=%s,verify=0" % (port, cert, key),
              "TCP:127.0.0.1:%d,nodelay" % self.bed.moto.port], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(50):
+        for _attempt in range(50):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
@@ -278,7 +277,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         time.sleep(0.3)
 
     def make_dataset(self, size):
-        run = lambda sql: self.pg.psql(sql, db=DB).strip()  # noqa: E731
+        def run(sql):
+            return self.pg.psql(sql, db=DB).strip()
+
         started = time.time()
         info = datagen.grow(run, size, log=log)
         info["seconds"] = round(time.time() - started, 1)
@@ -300,7 +301,9 @@ name=quankey_backup_$(date -u +%Y%m%d_%H%M%S)
   | aws --endpoint-url "$S3_ENDPOINT_URL" s3 cp - "s3://$S3_BUCKET/seed/backups/postgresql/$name.encrypted" \
         --storage-class STANDARD_IA --only-show-errors
 wait
-printf '{"backup_type": "postgresql_full", "database": "%s", "timestamp": "%s", "size_bytes": %s, "checksum_sha256": "%s", "encryption": "aes-256-cbc", "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": true}\n' \
+fmt='{"backup_type": "postgresql_full", "database": "%s", "timestamp": "%s", "size_bytes": %s, "checksum_sha256": "%s", '
+fmt="$fmt"'"encryption": "aes-256-cbc", "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": true}\n'
+printf "$fmt" \
   "$PGDATABASE" "${name#quankey_backup_}" "$(cat "$W/size")" "$(cat "$W/sum")" > "$W/$name.meta"
 aws --endpoint-url "$S3_ENDPOINT_URL" s3 cp "$W/$name.meta" "s3://$S3_BUCKET/seed/metadata/$name.meta" --only-show-errors
 echo "$name" > "$W/last"
@@ -340,7 +343,10 @@ echo "$name" > "$W/last"
         last = info["backup"][-1]
         label = last["label"]
         start, stop = last["archive"]["start"], last["archive"]["stop"]
-        in_range = lambda key: start <= key.rsplit("/", 1)[-1][:24] <= stop  # noqa: E731
+
+        def in_range(key):
+            return start <= key.rsplit("/", 1)[-1][:24] <= stop
+
         if method == "d":
             backup_bytes = self.prefix_bytes("pgbackrest/backup/%s/%s/" % (STANZA, label))
             wal_bytes = self.prefix_bytes("pgbackrest/archive/%s/" % STANZA, in_range)
@@ -594,7 +600,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition, output to build/bench/smoke/")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: redo the table, chart and markdown from the results dir's results.json")

@@ -16,7 +16,6 @@ from hostcommand import new_name, run_cli
 from sampledb import table_digests
 
 
-
 def new_key():
     return base64.b64encode(os.urandom(32)).decode("ascii")
 
