@@ -5,6 +5,7 @@
 
 import hashlib
 import json
+import os
 
 from conftest import read_env_file
 
@@ -44,10 +45,17 @@ def test_the_engine_and_the_matching_postgresql_client_are_installed(host):
     assert host.run("quankey-backup --help").rc == 0
     assert host.package("postgresql-client-15").is_installed
     assert host.check_output("/usr/lib/postgresql/15/bin/pg_dump --version").startswith("pg_dump (PostgreSQL) 15.")
-    # the same engine files as the collection's (installed from them)
-    installed = host.check_output("/opt/quankey-backup/venv/bin/python -c "
-                                  "'import quankey_backup.cli as m; print(m.__file__)'")
-    assert installed.startswith("/opt/quankey-backup/venv/lib/python3")
+    # the very engine files of the collection under test (create.yml's snapshot of the checkout)
+    package = os.path.dirname(host.check_output("/opt/quankey-backup/venv/bin/python -c "
+                                                "'import quankey_backup.cli as m; print(m.__file__)'"))
+    assert package.startswith("/opt/quankey-backup/venv/lib/python3")
+    engine = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "collections", "ansible_collections", "quankey",
+                          "backup", "plugins", "module_utils")
+    sources = sorted(name for name in os.listdir(engine) if name.endswith(".py"))
+    assert "cli.py" in sources and "pipeline.py" in sources
+    for name in sources:
+        with open(os.path.join(engine, name), "rb") as handle:
+            assert host.file(os.path.join(package, name)).sha256sum == hashlib.sha256(handle.read()).hexdigest(), name
 
 
 def test_cron_runs_the_schedule_preset_or_expression_under_the_backup_user(host, hostname, host_vars):

@@ -57,6 +57,14 @@ def test_restore_replaces_with_the_application_stopped_and_reports_the_verificat
         postgres.psql('DROP DATABASE "%s"' % name)
 
 
+def test_restore_takes_the_latest_backup_before_a_time_into_a_new_database(postgres):
+    postgres.psql("DROP DATABASE IF EXISTS app_db2_before")
+    status, out = playbook("restore.yml", "-l", "db2", "-e", "before=2999-01-01T00:00:00Z", "-e", "target_db=app_db2_before")
+    assert status == 0, out
+    assert "backup: the latest taken before 2999-01-01T00:00:00Z" in out and "into app_db2_before on db2" in out
+    postgres.psql("DROP DATABASE app_db2_before")
+
+
 def test_restore_refuses_more_than_one_host():
     status, out = playbook("restore.yml", "-e", "confirm=yes")
     assert status != 0 and "Restore one host at a time" in out
