@@ -233,7 +233,7 @@ def plan_backup(settings, store=None, now=None):
     server_version = pg.server_version_num(settings.db_name)
     dump_version = pg.check_client_version(server_version, "pg_dump")
     store = store or open_store(settings)
-    store.check_bucket()
+    store.check_bucket(catalog.object_prefix(settings.prefix, settings.host, settings.db_name))
     plan = BackupPlan(settings, pg, store, server_version, dump_version, now or catalog.utcnow(),
                       pg.database_size(settings.db_name), pg.database_settings(settings.db_name))
     if store.exists(plan.metadata_key) or store.exists(plan.object_key):

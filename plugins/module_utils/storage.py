@@ -148,9 +148,14 @@ class S3Store:
                 raise translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label)
             raise
 
-    def check_bucket(self):
-        """Fail early and clearly if the bucket is missing, unreachable or not ours to use."""
-        self._call("HeadBucket", None, self.client.head_bucket, Bucket=self.bucket)
+    def check_bucket(self, prefix=""):
+        """Fail early and clearly if the bucket is missing, unreachable or ``prefix`` is not ours to list.
+
+        A one-key listing under ``prefix``, not HeadBucket: AWS authorizes HeadBucket as
+        s3:ListBucket on the whole bucket, which a least-privilege policy (ListBucket only
+        under this host's prefixes) denies.
+        """
+        self._call("ListObjectsV2", prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
 
     def list_objects(self, prefix):
         """Every object under ``prefix`` as dicts (key, size, last_modified, storage_class), paginated."""
