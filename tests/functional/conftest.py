@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: `import testbed` works in every test
 
 from testbed import MotoServer, PostgresCluster, Testbed  # noqa: E402  pylint: disable=wrong-import-position
+import sampledb  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +41,12 @@ def testbed(pg_cluster, moto):  # pylint: disable=redefined-outer-name
 def s3(testbed):  # pylint: disable=redefined-outer-name
     """A boto3 S3 client of the test bed's endpoint, to look at what the command stored."""
     return testbed.moto.client()
+
+
+@pytest.fixture(scope="module")
+def source(testbed):  # pylint: disable=redefined-outer-name
+    """A sample database (tests/sampledb.py: mixed types, schemas, partitions, a view) for this test module."""
+    name = "shop_%s" % uuid.uuid4().hex[:8]
+    testbed.pg.create_database(name)
+    sampledb.fill(testbed.pg, name)
+    return name

@@ -30,15 +30,6 @@ def databases(pg, like):
                    % like).strip()
 
 
-@pytest.fixture(scope="module")
-def source(testbed):
-    """A source database with mixed types, schemas, partitions and a view."""
-    name = new_name("shop")
-    testbed.pg.create_database(name)
-    sampledb.fill(testbed.pg, name)
-    return name
-
-
 @pytest.fixture
 def env(testbed, source):
     """The seed's variables for the source database, each test under its own S3 prefix."""

@@ -11,7 +11,6 @@ import os
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import crypto
-import sampledb
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
 
@@ -22,14 +21,6 @@ def new_key():
 
 def kid(key_b64):
     return crypto.key_id(base64.b64decode(key_b64))
-
-
-@pytest.fixture(scope="module")
-def source(testbed):
-    name = new_name("keys")
-    testbed.pg.create_database(name)
-    sampledb.fill(testbed.pg, name)
-    return name
 
 
 @pytest.fixture
