@@ -223,7 +223,7 @@ def chart(summary, path):
     axis.set_yticks(range(len(names)))
     axis.set_yticklabels(names, fontsize=8)
     axis.invert_yaxis()
-    axis.set_xlabel("peak RSS, MB (process tree; dashed: 200)")
+    axis.set_xlabel("peak RSS of the tree, MB")
     axis.set_xlim(0, max(values + [RSS_LIMIT / MB]) * 1.1)
     axis.set_title("memory")
     fig.tight_layout()
@@ -321,7 +321,9 @@ def markdown(results, summary, chart_path, out_path):
               "Other processes on this shared machine (other engineers' jobs) take CPU too. The bench runs at "
               "niceness %s (PostgreSQL, moto and every measured command inherit it) so that they disturb it "
               "less. The `other CPU` column is what the whole machine spent meanwhile on anything but the "
-              "measured command, PostgreSQL and the S3 server (it includes the bench's own 50 ms sampler). "
+              "measured command, PostgreSQL and the S3 server: other users' jobs, but also kernel threads "
+              "working for the run (writeback of a restored database's files) and the bench's own 50 ms "
+              "sampler, so it is not all disturbance. "
               "Before each measurement the bench waits up to %.0f s for an idle machine, and a measurement "
               "during which other processes took more than %.0f%% of the machine is taken again (at most %d "
               "times). Measurements taken again: %d%s." % (
@@ -329,7 +331,20 @@ def markdown(results, summary, chart_path, out_path):
                   config.get("retries", 0), len(disturbed),
                   (" (" + ", ".join("%s %s %.0f%%" % (d["kind"], d["method"], d["foreign_load"] * 100)
                                     for d in disturbed) + ")") if disturbed else ""), ""]
-    lines += ["## Fleet", "", "Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % results["fleet"], ""]
+    lines += ["## Fleet", ""]
+    fleet = results.get("fleet")
+    if isinstance(fleet, dict):
+        first, second = fleet["first_run_changed"], fleet["second_run_changed"]
+        lines += ["`playbooks/setup-backups.yml` on %d Molecule-style hosts (chroot overlays of one Debian 12 base, "
+                  "`bench/fleet.py` with the machinery of `molecule/shared`; PostgreSQL and the IAM-enforcing S3 "
+                  "endpoint on this machine), `forks: 8`:" % fleet["hosts"], "",
+                  "| run | wall s | changed tasks per host |", "|---|---|---|",
+                  "| first | %.1f | %s |" % (fleet["first_run_s"], ", ".join("%s %d" % item for item in sorted(first.items()))),
+                  "| second (no change expected) | %.1f | %s |" % (
+                      fleet["second_run_s"], ", ".join("%s %d" % item for item in sorted(second.items()))), "",
+                  "Creating the hosts and services took %.1f s (not included)." % fleet["create_s"], ""]
+    else:
+        lines += ["Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % fleet, ""]
     lines += ["## How it was measured", "",
               "- wall: from fork to exit of the command (`bench/measure.py`).",
               "- client CPU: user + system time from `wait4()` of the command, which includes every descendant "

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import datagen  # noqa: E402  pylint: disable=wrong-import-position
+import fleet  # noqa: E402  pylint: disable=wrong-import-position
 import measure  # noqa: E402  pylint: disable=wrong-import-position
 import report  # noqa: E402  pylint: disable=wrong-import-position
 from testbed import Testbed, free_port  # noqa: E402  pylint: disable=wrong-import-position
@@ -602,6 +603,11 @@ def main(argv=None):
         signal.signal(signum, _stop)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition, output to build/bench/smoke/")
+    parser.add_argument("--fleet-hosts", type=int, default=8,
+                        help="hosts for the fleet timing of playbooks/setup-backups.yml (default 8; 0 to skip; never "
+                             "in --smoke)")
+    parser.add_argument("--fleet-only", action="store_true",
+                        help="only the fleet timing, added to the results dir's results.json, then --render")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: redo the table, chart and markdown from the results dir's results.json")
     parser.add_argument("--size", type=datagen.parse_size, default=None, help="database size on disk (default 1G)")
@@ -648,8 +654,13 @@ def main(argv=None):
         except OSError:
             pass  # already a process group leader: we stay in the caller's autogroup, unraised
         os.nice(args.nice)  # inherited by PostgreSQL, moto and every measured command
-    if args.render:
-        return render(json.loads((results_dir / "results.json").read_text(encoding="utf-8")), results_dir, args.out)
+    if args.render or args.fleet_only:
+        results = json.loads((results_dir / "results.json").read_text(encoding="utf-8"))
+        if args.fleet_only:
+            results["fleet"] = time_fleet(args)
+            (results_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
+        return render(results, results_dir, args.out)
     started = time.time()
     command = "bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     work = tempfile.mkdtemp(prefix="quankey-bench-", dir="/tmp")
@@ -675,11 +686,27 @@ def main(argv=None):
                 bench.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["fleet"] = time_fleet(args)
     json_path = results_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     render(results, results_dir, args.out)
     log("done in %.0fs: %s, %s" % (time.time() - started, args.out, json_path))
     return 0
+
+
+def time_fleet(args):
+    """The fleet timing when it can run (see bench/fleet.py), else why not."""
+    if args.smoke or not args.fleet_hosts:
+        return "not measured in this run (--smoke or --fleet-hosts 0)"
+    if not fleet.landed():
+        return fleet_status()
+    if os.geteuid() != 0:
+        return "not measured: the chroot test hosts need root"
+    try:
+        return fleet.run_fleet(args.fleet_hosts, log=log)
+    except RuntimeError as error:
+        log(str(error))
+        return "failed: %s" % str(error).splitlines()[0]
 
 
 def render(results, results_dir, out):
