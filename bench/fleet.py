@@ -11,6 +11,7 @@ the second should change nothing.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -22,10 +23,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINKED = ("molecule/shared", "playbooks", "roles", "plugins", "meta", "galaxy.yml", "pyproject.toml",
-          "requirements.txt", "build")
+UNLINKED = (".git", "molecule")  # everything else of the checkout is linked into the scratch project
 SCENARIO = "bench-fleet"
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# a PLAY RECAP line, as Molecule shows it (boxed with "│", maybe colored)
+RECAP = re.compile(r"^[\s\u2502]*(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def scenario_yaml(hosts):
@@ -48,10 +50,10 @@ def run_fleet(hosts=8, log=print):
     """Create N hosts, time two converges, destroy; returns a dict of timings and change counts."""
     project = Path(tempfile.mkdtemp(prefix="quankey-bench-fleet-", dir="/tmp"))
     (project / "molecule" / SCENARIO).mkdir(parents=True)
-    for name in LINKED:
-        target = project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(ROOT / name, target)
+    os.symlink(ROOT / "molecule" / "shared", project / "molecule" / "shared")
+    for entry in ROOT.iterdir():
+        if entry.name not in UNLINKED:
+            os.symlink(entry, project / entry.name)
     (project / "molecule" / SCENARIO / "molecule.yml").write_text(scenario_yaml(hosts), encoding="utf-8")
     env = dict(os.environ, PATH="%s:%s" % (ROOT / ".venv" / "bin", os.environ.get("PATH", "")),
                ANSIBLE_HOME=str(ROOT / "build" / "molecule" / "ansible-home"))
@@ -65,7 +67,7 @@ def run_fleet(hosts=8, log=print):
         if done.returncode != 0:
             output = (done.stdout + done.stderr)[-3000:]
             raise RuntimeError("molecule %s failed (%d): %s" % (action, done.returncode, output))
-        recap = RECAP.findall(done.stdout + done.stderr)
+        recap = RECAP.findall(ANSI.sub("", done.stdout + done.stderr))
         log("fleet: molecule %s: %.1fs" % (action, seconds))
         return seconds, recap
 
@@ -81,6 +83,13 @@ def run_fleet(hosts=8, log=print):
             step("destroy")
         finally:
             shutil.rmtree(project, ignore_errors=True)
+            # destroy.yml empties the hosts' directory (named after the project path); remove it when empty
+            hosts_dir = Path("/tmp/quankey-molecule-%s" % hashlib.sha1(str(project).encode()).hexdigest()[:8])
+            for directory in (hosts_dir / SCENARIO, hosts_dir):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass
     return result
 
 
