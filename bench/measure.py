@@ -150,6 +150,7 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
                             stdout=out if stdout_path else subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn,
                             process_group=0)  # its own group (killed whole if we are interrupted), our session
     peak = {"tree": 0, "proc": 0, "name": ""}
+    seen = {}  # process name -> [first, last] seconds it was seen running, from the start
     finished = threading.Event()
 
     boosted = set()
@@ -168,9 +169,12 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
             if nice:
                 boost_servers()
             total = 0
+            now = time.monotonic() - started
             for member in tree(proc.pid):
                 size = rss_bytes(member)
                 total += size
+                name = comm(member)
+                seen.setdefault(name, [now, now])[1] = now
                 if size > peak["proc"]:
                     peak["proc"], peak["name"] = size, comm(member)
             peak["tree"] = max(peak["tree"], total)
@@ -203,7 +207,8 @@ def run(argv, env=None, cwd=None, servers=None, s3_servers=None, stdout_path=Non
     os.unlink(err_path)
     result = Result(wall_s=wall, client_cpu_s=usage.ru_utime + usage.ru_stime, server_cpu_s=server_cpu, s3_cpu_s=s3_cpu,
                     peak_rss_bytes=peak["tree"], peak_proc_rss_bytes=peak["proc"], peak_proc=peak["name"],
-                    max_single_rss_bytes=usage.ru_maxrss * 1024, status=proc.returncode, stderr=stderr[-4000:])
+                    status=proc.returncode, stderr=stderr[-4000:])
+    result["seen"] = {name: [round(first, 2), round(last, 2)] for name, (first, last) in seen.items()}
     # CPU the machine spent on anything else meanwhile (other users' jobs; also this sampler)
     result["other_cpu_s"] = max(0.0, busy - result["client_cpu_s"] - server_cpu - s3_cpu)
     if check and proc.returncode != 0:

@@ -450,8 +450,14 @@ rm -f "$W/restore.encrypted"
                   "with open(%r, 'rb') as f:\n"
                   "    for chunk in iter(lambda: f.read(1 << 20), b''):\n"
                   "        up.write(chunk)\n"
-                  "print(up.complete())\n" % (size * 2, str(path)))
-        result = self.measure([sys.executable, "-c", script])
+                  "import time\n"
+                  "started = time.monotonic()\n"
+                  "up.complete()\n"
+                  "print(time.monotonic() - started)\n" % (size * 2, str(path)))
+        out_path = self.work / "upload-alone.out"
+        result = self.measure([sys.executable, "-c", script], stdout_path=str(out_path))
+        # the last request (CompleteMultipartUpload + HEAD): the store assembling the object
+        result["complete_s"] = float(out_path.read_text(encoding="utf-8").strip())
         path.unlink()
         self.delete_prefix("upload-alone/")
         return result
@@ -503,10 +509,10 @@ rm -f "$W/restore.encrypted"
         """The same backup and restore on the database grown to ``size``: peak RSS must not grow."""
         log("growing the dataset to %.0f MB for the memory-flatness runs" % (size / 1e6))
         self.results["flat_dataset"] = self.make_dataset(size)
-        dump = subprocess.run([self.tool("pg_dump"), "-Fc", "-Z0", "-d", DB], env=self.env, stdout=subprocess.PIPE,
-                              check=True).stdout
-        self.results["flat_dataset"]["dump_bytes"] = len(dump)
-        del dump
+        with subprocess.Popen([self.tool("pg_dump"), "-Fc", "-Z0", "-d", DB], env=self.env,
+                              stdout=subprocess.PIPE) as dump:  # counted as it streams: never held in memory
+            size = sum(len(chunk) for chunk in iter(lambda: dump.stdout.read(1 << 20), b""))
+        self.results["flat_dataset"]["dump_bytes"] = size
         for rep in range(self.args.flat_repeat):
             log("flatness, repetition %d/%d" % (rep + 1, self.args.flat_repeat))
             self.measured("flat", "backup a", self.backup_limit)
