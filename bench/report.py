@@ -350,7 +350,9 @@ def markdown(results, summary, chart_path, out_path):
                   "| first | %.1f | %s |" % (fleet["first_run_s"], ", ".join("%s %d" % item for item in sorted(first.items()))),
                   "| second (no change expected) | %.1f | %s |" % (
                       fleet["second_run_s"], ", ".join("%s %d" % item for item in sorted(second.items()))), "",
-                  "Creating the hosts and services took %.1f s (not included)." % fleet["create_s"], ""]
+                  "Creating the hosts and services took %.1f s (not included). `make bench` runs this "
+                  "(`bench/fleet.py --hosts 8`) after the measurements once the playbook and Molecule have "
+                  "landed; `bench/run.py --fleet-only` adds it to an existing results.json." % fleet["create_s"], ""]
     else:
         lines += ["Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % fleet, ""]
     lines += ["## How it was measured", "",
