@@ -38,6 +38,46 @@ options:
       - It must be readable by its owner only (mode 0600 or stricter); otherwise it is refused.
       - If not set, the environment variable E(BACKUP_KEYRING_FILE) is used.
     type: path
+  encryption:
+    description:
+      - How new backups are encrypted (and what P(quankey.backup.backup_rekey#module) re-wraps data keys to).
+      - V(aes-256-gcm) encrypts each backup with AES-256-GCM under a fresh data key wrapped by O(encryption_key).
+      - V(hybrid-pq) encrypts the same way but seals the data key to the public keys in O(recipients) with a hybrid
+        X25519 + ML-KEM-768 key exchange, so the database host holds no key that opens past backups; restoring needs
+        the private key in O(identity_file). It needs O(signing_key) when no O(encryption_key) is set, and
+        cryptography 48 or later (with OpenSSL 3.5 or later, as in its wheels) on the host.
+      - V(aes-256-cbc) writes the seed's format (OpenSSL C(enc -aes-256-cbc -pbkdf2) with the text of
+        O(encryption_key) as passphrase), which the stock C(openssl) command decrypts. It is not authenticated;
+        use it only where that compatibility is needed.
+      - Restores read all three (and the seed's own backups) whatever this is set to.
+      - If not set, the environment variable E(BACKUP_ENCRYPTION) is used.
+    type: str
+    choices: [aes-256-gcm, hybrid-pq, aes-256-cbc]
+    default: aes-256-gcm
+  recipients:
+    description:
+      - Public keys (C(qkpq1-pub-...)) printed by C(quankey-backup keygen), that O(encryption=hybrid-pq) seals each
+        backup's data key to; any one of their private keys restores it.
+      - If not set, the environment variable E(BACKUP_RECIPIENTS) is used (keys separated by commas or spaces).
+    type: list
+    elements: str
+  identity_file:
+    description:
+      - The private key file made by C(quankey-backup keygen), which opens backups sealed to its public key
+        (O(encryption=hybrid-pq)). Keep it where restores run, not on the database hosts.
+      - It must be readable by its owner only (mode 0600 or stricter); otherwise it is refused.
+      - If not set, the environment variable E(BACKUP_IDENTITY_FILE) is used.
+    type: path
+  signing_key:
+    description:
+      - Base64 of 32 random bytes (C(openssl rand -base64 32)) that signs each backup's metadata (HMAC-SHA256), so
+        that someone who can write to the bucket cannot swap an object and its checksum unnoticed.
+      - When not set, a key derived from O(encryption_key) signs, and the keys derived from every master key
+        verify. Hosts that hold no master key (O(encryption=hybrid-pq)) need it, and so do the restore and health
+        checks of their backups.
+      - If not set, the environment variable E(BACKUP_SIGNING_KEY) is used.
+      - This value is a secret and is never logged.
+    type: str
 requirements:
-  - cryptography >= 41
+  - cryptography >= 41 (for O(encryption=hybrid-pq), 48 or later built with OpenSSL 3.5 or later, as its wheels are)
 """

@@ -47,7 +47,8 @@ _SETTING_OF_OPTION = {
     "bucket": "bucket", "prefix": "prefix", "host_id": "host_id", "region": "region", "endpoint_url": "endpoint_url",
     "access_key": "access_key", "secret_key": "secret_key", "session_token": "session_token",
     "encryption_key": "encryption_key", "decryption_keys": "decryption_keys", "keyring_file": "keyring_file",
-    "encryption": "encryption", "compression": "compression",
+    "encryption": "encryption", "compression": "compression", "recipients": "recipients",
+    "identity_file": "identity_file", "signing_key": "signing_key",
     "storage_class": "storage_class", "name": "backup_name", "retention_days": "retention_days",
 }
 
@@ -97,11 +98,16 @@ def s3_argument_spec():
 
 
 def encryption_argument_spec():
-    """The active key and the keyring (documented by the quankey.backup.encryption doc fragment)."""
+    """The keys: active key, keyring, mode, recipients, identity, signing key (the quankey.backup.encryption doc fragment)."""
     return dict(
         encryption_key=dict(type="str", no_log=True, fallback=_env(crypto.MASTER_KEY_NAME)),
         decryption_keys=dict(type="list", elements="str", no_log=True, fallback=_env(keys.DECRYPTION_KEYS_NAME)),
         keyring_file=dict(type="path", no_log=False, fallback=_env(keys.KEYRING_FILE_NAME)),
+        encryption=dict(type="str", choices=list(config.ENCRYPTIONS), default=SETTINGS_DEFAULTS["encryption"],
+                        fallback=_env("BACKUP_ENCRYPTION")),
+        recipients=dict(type="list", elements="str", no_log=False, fallback=_env("BACKUP_RECIPIENTS")),
+        identity_file=dict(type="path", no_log=False, fallback=_env("BACKUP_IDENTITY_FILE")),
+        signing_key=dict(type="str", no_log=True, fallback=_env("BACKUP_SIGNING_KEY")),
     )
 
 

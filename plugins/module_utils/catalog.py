@@ -10,6 +10,12 @@ per host and database so one bucket serves a fleet and IAM can scope each host::
     <prefix>metadata/<host>/<db>/<name>_backup_<YYYYmmdd_HHMMSS>.meta
 
 A backup exists only when its metadata object exists: metadata is written last.
+
+Backups made by the seed's scripts use the seed's flat layout (no host or
+database level) and its smaller metadata; they are listed as ``layout: seed``::
+
+    <prefix>backups/postgresql/<name>_backup_<YYYYmmdd_HHMMSS>.encrypted
+    <prefix>metadata/<name>_backup_<YYYYmmdd_HHMMSS>.meta
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,7 +31,8 @@ from .errors import ConfigError, IntegrityError, NotFoundError
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 OBJECT_SUFFIX = ".encrypted"
 METADATA_SUFFIX = ".meta"
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: signed (signing.py)
+SEED_LAYOUT = "seed"
 BACKUP_TYPE = "postgresql_full"
 DUMP_FORMAT = "pg_dump_custom"
 UTC = datetime.timezone.utc
@@ -105,8 +112,9 @@ def metadata_key(prefix, host, db, basename):
 class BackupRecord:
     """One backup as the bucket lists it: its keys, its time, and its metadata once loaded."""
 
-    def __init__(self, host, db, basename, metadata_key, object_key, object_size=None, metadata=None):
+    def __init__(self, host, db, basename, metadata_key, object_key, object_size=None, metadata=None, layout=None):
         match = _BASENAME_RE.match(basename)
+        self.layout = layout
         self.host = host
         self.db = db
         self.basename = basename
@@ -116,9 +124,16 @@ class BackupRecord:
         self.object_key = object_key
         self.object_size = object_size
         self.metadata = metadata
+        self.signature = None  # the metadata signature's outcome, once checked (keys.KeyContext.check_signature)
+        self.signature_problem = None
 
     def __repr__(self):
         return "BackupRecord(%s/%s/%s)" % (self.host, self.db, self.basename)
+
+    @property
+    def seed(self):
+        """Whether this backup was made by the seed's scripts (flat layout, seed metadata)."""
+        return self.layout == SEED_LAYOUT
 
     @property
     def has_object(self):
@@ -133,6 +148,8 @@ class BackupRecord:
             "object_key": self.object_key, "metadata_key": self.metadata_key,
             "object_size": self.object_size,
         }
+        if self.seed:
+            data["layout"] = SEED_LAYOUT
         if self.metadata:
             for field in ("size_bytes", "checksum_sha256", "encryption", "compression", "key_id", "table_count",
                           "duration_seconds", "server_version", "pg_dump_version", "storage_class", "dump_bytes"):
@@ -145,7 +162,9 @@ def records_from_listing(prefix, metadata_listing, object_listing):
     """Join listings of metadata and data objects (dicts with ``key`` and ``size``) into records.
 
     Returns ``(records newest first, orphan objects)``; an orphan is a data object
-    with no metadata: a backup that never committed, invisible to restore.
+    with no metadata: a backup that never committed, invisible to restore. Keys of
+    the seed's flat layout become records with ``layout`` seed, no host, and the
+    database unknown until their metadata is read.
     """
     meta_base = prefix + "metadata/"
     obj_base = prefix + "backups/postgresql/"
@@ -161,6 +180,10 @@ def records_from_listing(prefix, metadata_listing, object_listing):
             continue
         host, db, basename = parts
         obj = objects.pop(parts, None)
+        if host is None:
+            records.append(BackupRecord(None, None, basename, item["key"], seed_object_key(prefix, basename),
+                                        object_size=obj["size"] if obj else None, layout=SEED_LAYOUT))
+            continue
         records.append(BackupRecord(host, db, basename, item["key"], object_key(prefix, host, db, basename),
                                     object_size=obj["size"] if obj else None))
     records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
@@ -168,10 +191,18 @@ def records_from_listing(prefix, metadata_listing, object_listing):
     return records, orphans
 
 
+def seed_object_key(prefix, basename):
+    """The data object's key in the seed's flat layout."""
+    return prefix + "backups/postgresql/" + basename + OBJECT_SUFFIX
+
+
 def _split(key, base, suffix):
+    """(host, db, basename) of a key; (None, None, basename) in the seed's flat layout; None if not a backup's key."""
     if not key.startswith(base) or not key.endswith(suffix):
         return None
     parts = key[len(base):-len(suffix)].split("/")
+    if len(parts) == 1 and _BASENAME_RE.match(parts[0]):
+        return (None, None, parts[0])
     if len(parts) != 3 or not all(parts) or not _BASENAME_RE.match(parts[2]):
         return None
     return tuple(parts)
@@ -214,14 +245,21 @@ def encode_metadata(metadata):
     return (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def decode_metadata(data, key):
-    """Parse and check a metadata object; IntegrityError names the key and the problem."""
+def decode_metadata(data, key, seed=False, object_key_=None):
+    """Parse and check a metadata object; IntegrityError names the key and the problem.
+
+    ``seed``: a ``.meta`` of the seed's flat layout, completed to what restore and
+    health read (``layout`` seed, compression detected at restore, no key id,
+    signature or table count); ``object_key_`` is its data object's key.
+    """
     try:
         metadata = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise IntegrityError("metadata object %s is not valid JSON (%s): the backup cannot be trusted" % (key, exc))
     if not isinstance(metadata, dict):
         raise IntegrityError("metadata object %s is not a JSON object" % key)
+    if seed:
+        return _complete_seed_metadata(metadata, key, object_key_)
     missing = [field for field in REQUIRED_FIELDS if field not in metadata]
     if missing:
         raise IntegrityError("metadata object %s lacks %s: it was not written by quankey-backup or is damaged"
@@ -229,6 +267,27 @@ def decode_metadata(data, key):
     if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
         raise IntegrityError("metadata object %s has an invalid size_bytes or checksum_sha256" % key)
     return metadata
+
+
+SEED_ENVELOPE_TYPE = "openssl-enc-pbkdf2-sha256"  # as openssl_enc.ENVELOPE_TYPE (catalog stays free of crypto)
+
+
+def _complete_seed_metadata(metadata, key, object_key_):
+    """Check the seed's fields and add what the engine reads, without changing what the seed wrote."""
+    missing = [field for field in ("size_bytes", "checksum_sha256", "encryption") if field not in metadata]
+    if missing:
+        raise IntegrityError("seed metadata object %s lacks %s: it was not written by the seed's backup script or is "
+                             "damaged" % (key, ", ".join(missing)))
+    if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
+        raise IntegrityError("seed metadata object %s has an invalid size_bytes or checksum_sha256" % key)
+    if metadata["encryption"] != "aes-256-cbc":
+        raise IntegrityError("seed metadata object %s gives encryption %r: the seed wrote only aes-256-cbc"
+                             % (key, metadata["encryption"]))
+    completed = dict(metadata)
+    completed.update(layout=SEED_LAYOUT, compression="auto", key_id=None, object_key=object_key_, host=None,
+                     table_count=None, envelope={"type": SEED_ENVELOPE_TYPE, "key_id": None, "iterations": 10000,
+                                                 "digest": "sha256", "cipher": "aes-256-cbc"})
+    return completed
 
 
 def select_backup(records, backup="latest", before=None):

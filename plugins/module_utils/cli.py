@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune, rekey).
+"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune, rekey, keygen).
 
 Settings come from the seed's variables in the environment and an env file
 (``--env-file``, default /etc/quankey/backup.env when it exists); the
@@ -88,10 +88,12 @@ def _parser():
     restore.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
     restore.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
     restore.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
+    _add_allow_unsigned(restore)
     restore.add_argument("--json", action="store_true", help="print the result as JSON")
 
     verify = commands.add_parser("verify", help="download, check and decrypt a backup without restoring it")
     _add_selection(verify)
+    _add_allow_unsigned(verify)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
 
     check = commands.add_parser("health", help="check the backups' health (exit 0 ok, 1 warning, 2 critical)")
@@ -105,12 +107,24 @@ def _parser():
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     prune.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    rekey = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY (rewrites metadata only)")
+    rekey = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY, or seal them to "
+                                              "BACKUP_RECIPIENTS with BACKUP_ENCRYPTION=hybrid-pq (rewrites metadata only)")
     _add_scope(rekey)
     rekey.add_argument("--all", action="store_true", help="every host and database in the bucket")
     rekey.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     rekey.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    keygen = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
+                                                "side, the public key for BACKUP_RECIPIENTS")
+    keygen.add_argument("--output", required=True, help="the private key file to create (refused if it exists)")
+    keygen.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
+
+
+def _add_allow_unsigned(parser):
+    parser.add_argument("--allow-unsigned", action="store_true",
+                        help="use a backup whose metadata is unsigned or signed with a key not held here (not an invalid "
+                             "signature: that is always refused)")
 
 
 def _add_scope(parser):
@@ -178,7 +192,7 @@ def _cmd_list(args, settings, env):
     for item in data["backups"]:
         size = health._size(item["object_size"]) if item["object_size"] is not None else "MISSING"
         lines.append("%-50s %-20s %-10s %12s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
-                                                 item["host"], size))
+                                                 item["host"] or "(seed)", size))
     if not data["backups"]:
         lines.append("(no backups)")
     if data["orphans"]:
@@ -196,12 +210,12 @@ def _cmd_restore(args, settings, env):
     progress = _Progress("restore", sys.stderr)
     try:
         result = pipeline.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
-                                      progress=progress, **_selection(args, env))
+                                      progress=progress, allow_unsigned=args.allow_unsigned, **_selection(args, env))
     finally:
         progress.close()
-    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, %.1fs" % (
+    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, %.1fs" % (
         result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
-        result["duration_seconds"])]
+        result["signature"], result["duration_seconds"])]
     if result["replaced_db"]:
         lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
@@ -212,11 +226,13 @@ def _cmd_restore(args, settings, env):
 def _cmd_verify(args, settings, env):
     progress = _Progress("verify", sys.stderr)
     try:
-        result = pipeline.run_verify(settings, progress=progress, **_selection(args, env))
+        result = pipeline.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
+                                     **_selection(args, env))
     finally:
         progress.close()
-    _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, %.1fs" % (
-        result["name"], health._size(result["size_bytes"]), result["table_count"], result["duration_seconds"])])
+    _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
+                              "%.1fs" % (result["name"], health._size(result["size_bytes"]), result["table_count"],
+                                         result["signature"], result["duration_seconds"])])
     return EXIT_OK
 
 
@@ -265,8 +281,8 @@ def _cmd_rekey(args, settings, env):
     result = keys.run_rekey(settings, host=host, db=args.db or (None if args.all else settings.db_name),
                             everything=not host, dry_run=args.dry_run)
     changed = result["would_rekey"] if args.dry_run else result["rekeyed"]
-    lines = ["%s %d backup(s) to key %s (keyring: %s); %d already on it, %d failed"
-             % ("would rekey" if args.dry_run else "rekeyed", changed, result["active_key_id"],
+    lines = ["%s %d backup(s) to %s key %s (keys held: %s); %d already on it, %d failed"
+             % ("would rekey" if args.dry_run else "rekeyed", changed, result["encryption"], result["active_key_id"],
                 ", ".join(result["keyring_key_ids"]), result["unchanged"], result["failed"])]
     for item in result["backups"]:
         if item["status"] == keys.FAILED:
@@ -279,8 +295,19 @@ def _cmd_rekey(args, settings, env):
     return result["exit_code"]
 
 
+def _cmd_keygen(args, settings, env):
+    result = keys.keygen(args.output)
+    _emit(result, args.json, [
+        "wrote the private key %s (mode 0600): keep it, and a copy offline, where restores run (BACKUP_IDENTITY_FILE)"
+        % result["identity_file"],
+        "recipient id: %s" % result["recipient_id"],
+        "public key (BACKUP_RECIPIENTS on the database hosts, with BACKUP_ENCRYPTION=hybrid-pq):",
+        result["public_key"]])
+    return EXIT_OK
+
+
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
-            "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey}
+            "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen}
 
 
 class _UTCFormatter(logging.Formatter):

@@ -127,8 +127,50 @@ def compressor(name, threads=ZSTD_THREADS):
     return _Identity()
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DUMP_MAGIC = b"PGDMP"
+AUTO = "auto"
+
+
+class _Sniffing:
+    """Decompression chosen by the first bytes (the seed's backups: gzip, or a bare pg_dump archive)."""
+
+    def __init__(self):
+        self._head = b""
+        self._inner = None
+
+    def update(self, data):
+        if self._inner is None:
+            self._head += bytes(data)
+            if len(self._head) < len(ZSTD_MAGIC):
+                return b""
+            data, self._head = self._head, b""
+            self._inner = _choose(data)
+        return self._inner.update(data)
+
+    def finalize(self):
+        if self._inner is None:
+            raise IntegrityError("the decrypted stream is only %d bytes: the backup is incomplete" % len(self._head),
+                                 step="decompress")
+        return self._inner.finalize()
+
+
+def _choose(head):
+    if head.startswith(GZIP_MAGIC):
+        return _GzipDecompressor()
+    if head.startswith(ZSTD_MAGIC):
+        return decompressor("zstd")
+    if head.startswith(DUMP_MAGIC):
+        return _Identity()
+    raise IntegrityError("the decrypted stream starts with neither gzip, zstd nor a pg_dump archive: wrong key, or not "
+                         "a database backup", step="decompress")
+
+
 def decompressor(name):
-    """A streaming decompressor for ``name``; truncated or corrupt input raises IntegrityError."""
+    """A streaming decompressor for ``name`` (``auto``: chosen by the first bytes); bad input raises IntegrityError."""
+    if name == AUTO:
+        return _Sniffing()
     check_compression(name)
     if name == "zstd":
         return _ZstdDecompressor()

@@ -27,7 +27,9 @@ STORAGE_CLASSES = (
     "REDUCED_REDUNDANCY", "GLACIER", "DEEP_ARCHIVE",
 )
 DEFAULT_STORAGE_CLASS = "STANDARD_IA"
-ENCRYPTIONS = ("aes-256-gcm",)
+# aes-256-gcm: format v1 with the data key wrapped by the master key; hybrid-pq: format v1 with the data key
+# sealed to public keys (X25519 + ML-KEM-768); aes-256-cbc: the seed's OpenSSL enc format (docs/FORMAT.md).
+ENCRYPTIONS = ("aes-256-gcm", "hybrid-pq", "aes-256-cbc")
 DEFAULT_ENCRYPTION = "aes-256-gcm"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -41,19 +43,22 @@ VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "S3_BUCKET", "S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS",
     "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
+    "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE", "BACKUP_SIGNING_KEY",
     "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
 )
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
-                    "BACKUP_DECRYPTION_KEYS")
+                    "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY")
 
 
 class Settings:
     """Everything one backup, restore, listing or health check needs to know.
 
     Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``,
-    ``decryption_keys``) are kept out of ``repr`` and :meth:`describe`. ``encryption_key``
-    is the active key; ``decryption_keys`` (a string of keys or a list) and the file
-    ``keyring_file`` hold older keys still accepted to open backups (keys.py).
+    ``decryption_keys``, ``signing_key``) are kept out of ``repr`` and :meth:`describe`.
+    ``encryption_key`` is the active key; ``decryption_keys`` (a string of keys or a list)
+    and the file ``keyring_file`` hold older keys still accepted to open backups (keys.py).
+    ``recipients`` (public keys) and ``identity_file`` (their private keys) serve
+    ``encryption="hybrid-pq"``; ``signing_key`` signs metadata (signing.py).
     """
 
     def __init__(self, db_name=None, db_host="localhost", db_port=5432, db_user="postgres", db_password=None,
@@ -62,7 +67,7 @@ class Settings:
                  session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
                  backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
-                 decryption_keys=None, keyring_file=None):
+                 decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -82,6 +87,9 @@ class Settings:
         self.encryption_key = encryption_key
         self.decryption_keys = decryption_keys or None
         self.keyring_file = keyring_file or None
+        self.recipients = recipients or None
+        self.identity_file = identity_file or None
+        self.signing_key = signing_key or None
         self.encryption = encryption or DEFAULT_ENCRYPTION
         self.compression = compression or "zstd"
         self.backup_name = backup_name or None
@@ -168,6 +176,7 @@ FIELD_VARIABLES = {
     "secret_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN", "storage_class": "S3_STORAGE_CLASS",
     "encryption_key": "BACKUP_ENCRYPTION_KEY", "decryption_keys": "BACKUP_DECRYPTION_KEYS",
     "keyring_file": "BACKUP_KEYRING_FILE", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
+    "recipients": "BACKUP_RECIPIENTS", "identity_file": "BACKUP_IDENTITY_FILE", "signing_key": "BACKUP_SIGNING_KEY",
     "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
     "min_keep": "BACKUP_MIN_KEEP",
 }
@@ -175,6 +184,9 @@ _FIELD_HINTS = {
     "db_name": "name the database to back up (e.g. DB_NAME=quankey_prod)",
     "bucket": "name the backup bucket (e.g. S3_BUCKET=quankey-backups-prod)",
     "encryption_key": "generate one with `openssl rand -base64 32` and set it",
+    "recipients": "set it to the public key(s) printed by `quankey-backup keygen` on the restore side",
+    "identity_file": "point it at the private key file made by `quankey-backup keygen` (mode 0600)",
+    "signing_key": "generate one with `openssl rand -base64 32` and set it where backups are made and where they are restored",
 }
 
 
@@ -290,5 +302,6 @@ def settings_from_env(env, origin=None):
         compression=get("BACKUP_COMPRESSION", "zstd"), backup_name=get("BACKUP_NAME"), host_id=get("BACKUP_HOST_ID"),
         retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
         decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
+        recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
         labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )

@@ -61,6 +61,10 @@ class StorageError(BackupError):
     exit_code = EXIT_STORAGE
 
 
+class AccessDeniedError(StorageError):
+    """The store refused this request for these credentials (IAM)."""
+
+
 class IntegrityError(BackupError):
     """Stored bytes are not what was written: tampered, truncated or corrupt."""
 

@@ -7,8 +7,10 @@ The seed's alert rules (age over 36 h, size under 1 MiB, S3 access, encryption
 failures, low frequency) and a few more, each a finding with a severity.
 :func:`assess` is pure; :func:`check_health` gathers what it needs from S3 with
 a listing, a few small metadata reads and a ranged GET of the header of each of
-those backups' objects (never a download). Keys are used only for their ids: a
-recent backup wrapped with a key this host's keyring lacks is a warning.
+those backups' objects (never a download). Keys are used only for their ids
+and to check the metadata signatures: a recent backup wrapped with a key this
+host does not hold is a warning, a metadata signature that does not verify is
+critical ("metadata signature invalid").
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,6 +22,8 @@ import datetime
 from . import catalog
 from . import crypto
 from . import keys
+from . import openssl_enc
+from . import signing
 from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
@@ -27,6 +31,7 @@ _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
 EXIT_CODES = {OK: EXIT_OK, WARNING: EXIT_HEALTH_WARNING, CRITICAL: EXIT_HEALTH_CRITICAL}
 SCHEDULE_INTERVAL_HOURS = {"daily": 24, "12-hour": 12, "6-hour": 6}
 METADATA_LOOKBACK = 8
+KNOWN_ENCRYPTIONS = keys.GCM_ENCRYPTIONS + (openssl_enc.ENCRYPTION_NAME,)
 
 
 class HealthPolicy:
@@ -73,14 +78,15 @@ def _size(num):
 
 
 def assess(records, orphans, now, policy, header_error=None, metadata_errors=None, header_errors=None,
-           keyring_ids=None, keyring_error=None):
+           keyring_ids=None, keyring_error=None, signing_keys=None):
     """Findings for one host and database. ``records`` newest first, with metadata loaded on the newest few.
 
     ``header_error``: what the ranged read of the newest object's header found wrong (None when fine).
     ``metadata_errors``: {basename: message} for metadata that would not parse.
     ``header_errors``: {basename: message} for recent objects whose header is wrong (the newest's too).
-    ``keyring_ids``: key ids of this host's keyring, None when no key is configured (key ids are then
-    not checked); ``keyring_error``: why the configured keys could not be read.
+    ``keyring_ids``: ids of the keys this host holds (master keys, identities, recipients), None when
+    none is configured (key ids are then not checked); ``keyring_error``: why the keys could not be read.
+    ``signing_keys``: {key id: key} to check metadata signatures with, None when there are none here.
     """
     findings = []
     metadata_errors = metadata_errors or {}
@@ -108,12 +114,13 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
     if size is not None and size < policy.min_size_bytes:
         findings.append(_finding("min_size", WARNING, "latest backup is %s, under the %s minimum: is the database "
                                  "empty or the dump incomplete?" % (_size(size), _size(policy.min_size_bytes))))
-    if metadata and metadata.get("encryption") != crypto.ENCRYPTION_NAME:
-        findings.append(_finding("encryption", CRITICAL, "latest backup is recorded with encryption %r, not %s"
-                                 % (metadata.get("encryption"), crypto.ENCRYPTION_NAME)))
+    if metadata and metadata.get("encryption") not in KNOWN_ENCRYPTIONS:
+        findings.append(_finding("encryption", CRITICAL, "latest backup is recorded with encryption %r, not one of %s"
+                                 % (metadata.get("encryption"), ", ".join(KNOWN_ENCRYPTIONS))))
     if header_error:
         header_errors[latest.basename] = header_error
     findings.extend(_encryption(records, header_errors, keyring_ids, keyring_error))
+    findings.extend(_signatures(records, signing_keys))
     findings.extend(_frequency(records, now, policy))
     findings.extend(_size_drop(records, policy))
     grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
@@ -139,27 +146,49 @@ def _encryption(records, header_errors, keyring_ids, keyring_error):
     unknown = {}
     checked = 0
     for record in records[:METADATA_LOOKBACK]:
-        kid = wrapping_key_id(record.metadata)
-        if kid is None:
+        ids = keys.wrapping_ids(record.metadata) if record.metadata else []
+        if not ids:
             continue
         checked += 1
-        if kid not in keyring_ids:
-            unknown.setdefault(kid, []).append(record.basename)
+        if not any(kid in keyring_ids for kid in ids):
+            unknown.setdefault(", ".join(ids), []).append(record.basename)
     for kid, names in sorted(unknown.items(), key=lambda item: -len(item[1])):
         more = " (and %d more of the newest %d)" % (len(names) - 1, checked) if len(names) > 1 else ""
-        findings.append(_finding("encryption", WARNING, "backup %s%s is wrapped with key %s, which this host's keyring "
-                                 "does not hold: it cannot be restored here (add that key to BACKUP_DECRYPTION_KEYS "
-                                 "or the keyring file, or rekey it where the key is held)" % (names[0], more, kid)))
+        findings.append(_finding("encryption", WARNING, "backup %s%s is wrapped with key %s, which this host does "
+                                 "not hold: it cannot be restored here (add that key to BACKUP_DECRYPTION_KEYS or the "
+                                 "keyring file, or BACKUP_IDENTITY_FILE for hybrid-pq recipients, or rekey it where the "
+                                 "key is held)" % (names[0], more, kid)))
+    return findings
+
+
+def _signatures(records, signing_keys):
+    """The metadata signature rule over the newest few backups (the seed's backups never had signatures)."""
+    if signing_keys is None:
+        return []
+    findings = []
+    for record in records[:METADATA_LOOKBACK]:
+        if not record.metadata or record.seed:
+            continue
+        outcome, kid = signing.verify_metadata(record.metadata, signing_keys)
+        if outcome == signing.VALID:
+            try:
+                signing.check_binding(record.metadata, record.basename, record.object_key)
+            except IntegrityError as exc:
+                findings.append(_finding("metadata_signature", CRITICAL, exc.message))
+            continue
+        if outcome == signing.UNKNOWN_KEY and kid in keys.wrapping_ids(record.metadata):
+            continue  # the same missing key is the encryption rule's finding
+        fix = "set BACKUP_SIGNING_KEY to the signing key of the hosts that made it, or add the master key %s" % kid
+        message = signing.describe_failure(outcome, kid, record.basename, fix)
+        findings.append(_finding("metadata_signature", CRITICAL if outcome == signing.INVALID else WARNING, message))
     return findings
 
 
 def wrapping_key_id(metadata):
     """The id of the key that wrapped a backup's data key (the envelope's, else the metadata's), or None."""
-    if not metadata or metadata.get("encryption") != crypto.ENCRYPTION_NAME:
+    if not metadata or metadata.get("encryption") not in keys.GCM_ENCRYPTIONS:
         return None
-    envelope = metadata.get("envelope")
-    kid = envelope.get("key_id") if isinstance(envelope, dict) else None
-    return kid or metadata.get("key_id")
+    return keys.wrapping_key_id(metadata)
 
 
 def _frequency(records, now, policy):
@@ -222,9 +251,12 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                 header_errors[record.basename] = problem
     except StorageError as exc:
         return _finish(report, [_finding("s3_access", CRITICAL, str(exc))])
-    keyring_ids, keyring_error = _keyring_ids(settings)
+    keyring_ids, keyring_error, signing_keys = _held_keys(settings)
     findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
-                      keyring_ids=keyring_ids, keyring_error=keyring_error)
+                      keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys)
+    if signing_keys is None and any(record.metadata and not record.seed for record in records[:METADATA_LOOKBACK]):
+        findings.append(_finding("metadata_signature", INFO, "metadata signatures not checked: no signing key or master "
+                                 "key is set here (BACKUP_SIGNING_KEY or BACKUP_ENCRYPTION_KEY)"))
     report["backups"] = len(records)
     report["keyring_key_ids"] = keyring_ids or []
     if records:
@@ -234,21 +266,37 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     return _finish(report, findings)
 
 
-def _keyring_ids(settings):
-    """(key ids of the keyring, None) when keys are configured, (None, why) when they cannot be read, else (None, None)."""
-    if not keys.configured(settings):
-        return None, None
+def _held_keys(settings):
+    """``(key ids held, why they could not be read, signing keys)``; ids and signing keys are None when none is set."""
+    if not (keys.configured(settings) or settings.identity_file or settings.recipients or settings.signing_key):
+        return None, None, None
+    context = keys.KeyContext(settings)
     try:
-        return keys.keyring(settings).ids, None
+        ids = context.known_ids()
     except ConfigError as exc:
-        return None, str(exc)
+        return None, str(exc), None
+    try:
+        by_id = context.signing_keys()[2]
+    except ConfigError as exc:
+        return ids, str(exc), None
+    return ids, None, by_id or None
 
 
 def _header_problem(store, record):
+    """What is wrong with the first bytes of a backup's object for the encryption its metadata records, or None."""
     if record.object_size == 0:  # a ranged GET of an empty object is an error, not an empty answer
         return "the object is empty"
+    encryption = (record.metadata or {}).get("encryption")
+    head = store.get_range(record.object_key, 0, min(crypto.HEADER_SIZE, record.object_size or crypto.HEADER_SIZE))
+    if encryption == openssl_enc.ENCRYPTION_NAME:
+        if openssl_enc.looks_like(head):
+            return None
+        if head.startswith(crypto.MAGIC):
+            return "its metadata says aes-256-cbc (OpenSSL enc) but the object is in quankey-backup format v1"
+        return "its metadata says aes-256-cbc but the object does not start with OpenSSL's 'Salted__': %s" % (
+            crypto.describe_foreign(head))
     try:
-        crypto.read_header(store.get_range(record.object_key, 0, crypto.HEADER_SIZE))
+        crypto.read_header(head)
     except IntegrityError as exc:
         return exc.message
     return None

@@ -26,7 +26,10 @@ import stat
 
 from . import catalog
 from . import crypto
-from .errors import BackupError, ConfigError, IntegrityError
+from . import openssl_enc
+from . import recipients
+from . import signing
+from .errors import BackupError, ConfigError, IntegrityError, TamperedError, WrongKeyError
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -37,19 +40,30 @@ KEYRING_FILE_NAME = "BACKUP_KEYRING_FILE"
 REKEYED, WOULD_REKEY, UNCHANGED, FAILED = "rekeyed", "would rekey", "unchanged", "failed"
 
 _SEPARATORS = re.compile(r"[\s,]+")
+# Modes whose data object is format v1 (a data key in an envelope): only these can be rekeyed.
+GCM_ENCRYPTIONS = (crypto.ENCRYPTION_NAME, recipients.ENCRYPTION_NAME)
 
 
 class Keyring:
     """The active key (or None) and every key that opens backups, each known by its key id.
 
-    ``repr`` shows key ids only.
+    ``passphrases`` keeps each key's text as it was set, for the seed's
+    aes-256-cbc backups (OpenSSL ``enc -pass``, which uses the text, not the
+    decoded bytes). ``repr`` shows key ids only.
     """
 
-    def __init__(self, active=None, others=()):
+    def __init__(self, active=None, others=(), texts=None):
         self.active = active
         self._by_id = {}
-        for key in ([active] if active is not None else []) + list(others):
-            self._by_id.setdefault(crypto.key_id(key), key)
+        self.passphrases = []
+        texts = list(texts or [])
+        for number, key in enumerate(([active] if active is not None else []) + list(others)):
+            kid = crypto.key_id(key)
+            self._by_id.setdefault(kid, key)
+            if number < len(texts) and texts[number] is not None:
+                label, text = texts[number]
+                if text not in [known for _kid, _label, known in self.passphrases]:
+                    self.passphrases.append((kid, label, text))
 
     def __repr__(self):
         return "Keyring(active=%s, ids=%s)" % (self.active_id, ",".join(self.ids))
@@ -75,6 +89,10 @@ class Keyring:
         """The keys that open backups, the active key first (for crypto.unwrap_data_key)."""
         return list(self._by_id.values())
 
+    def items(self):
+        """(key id, key) pairs, the active key first."""
+        return list(self._by_id.items())
+
 
 def split_keys(value):
     """The keys in a setting: a string of keys separated by commas and/or whitespace, or a list of such strings."""
@@ -89,27 +107,35 @@ def split_keys(value):
     return keys
 
 
-def parse_keys(value, label=DECRYPTION_KEYS_NAME):
-    """Decode the keys of ``value`` (see :func:`split_keys`); a bad one is named by its position, never its value."""
+def parse_keys(value, label=DECRYPTION_KEYS_NAME, texts=None):
+    """Decode the keys of ``value`` (see :func:`split_keys`); a bad one is named by its position, never its value.
+
+    ``texts``, a list, receives ``(where, text)`` of each key (for aes-256-cbc passphrases).
+    """
     tokens = split_keys(value)
     keys = []
     for number, token in enumerate(tokens, 1):
         where = label if len(tokens) == 1 else "%s (key %d of %d)" % (label, number, len(tokens))
         keys.append(crypto.parse_master_key(token, where))
+        if texts is not None:
+            texts.append((where, token))
     return keys
 
 
-def parse_keyring_text(text, origin):
+def parse_keyring_text(text, origin, texts=None):
     """Keys of a keyring file's text: one base64 key per line; blank lines and '#' comments are ignored."""
     keys = []
     for number, line in enumerate(text.splitlines(), 1):
         token = line.split("#", 1)[0].strip()
         if token:
-            keys.append(crypto.parse_master_key(token, "%s line %d" % (origin, number)))
+            where = "%s line %d" % (origin, number)
+            keys.append(crypto.parse_master_key(token, where))
+            if texts is not None:
+                texts.append((where, token))
     return keys
 
 
-def read_keyring_file(path, label=KEYRING_FILE_NAME):
+def read_keyring_file(path, label=KEYRING_FILE_NAME, texts=None):
     """The keys of a keyring file, refused unless it is mode 0600 or stricter (no access for group or others)."""
     try:
         info = os.stat(path)
@@ -131,11 +157,11 @@ def read_keyring_file(path, label=KEYRING_FILE_NAME):
         raise ConfigError("cannot read keyring file %s (permission denied): run as the backup user or root" % path)
     except UnicodeDecodeError:
         raise ConfigError("keyring file %s is not text: it should hold one base64 key per line" % path)
-    return parse_keyring_text(text, "keyring file %s" % path)
+    return parse_keyring_text(text, "keyring file %s" % path, texts)
 
 
 def configured(settings):
-    """Whether any key is set (active, decryption keys or keyring file)."""
+    """Whether any master key is set (active, decryption keys or keyring file)."""
     return bool(settings.encryption_key or split_keys(settings.decryption_keys) or settings.keyring_file)
 
 
@@ -146,13 +172,15 @@ def keyring(settings, require_active=False):
     is set (or no active key, with ``require_active``).
     """
     active = None
+    texts = []
     if settings.encryption_key not in (None, "") or require_active:
         settings.require("encryption_key")
         active = crypto.parse_master_key(settings.encryption_key, settings.label("encryption_key"))
-    others = parse_keys(settings.decryption_keys, settings.label("decryption_keys"))
+        texts.append((settings.label("encryption_key"), "".join(str(settings.encryption_key).split())))
+    others = parse_keys(settings.decryption_keys, settings.label("decryption_keys"), texts)
     if settings.keyring_file:
-        others += read_keyring_file(settings.keyring_file, settings.label("keyring_file"))
-    ring = Keyring(active, others)
+        others += read_keyring_file(settings.keyring_file, settings.label("keyring_file"), texts)
+    ring = Keyring(active, others, texts)
     if not len(ring):
         settings.require("encryption_key")  # raises: no key at all
     return ring
@@ -167,26 +195,274 @@ def opening_keys_label(settings):
     return "%s or %s" % (label, " or ".join(extra))
 
 
+def keygen(path):
+    """Make a hybrid-pq identity and write it to a new file at ``path``, mode 0600 from the start (never overwritten).
+
+    Returns the file, recipient id and public key (JSON-ready; no secret).
+    """
+    identity = recipients.generate_identity()
+    text = recipients.identity_file_text(identity)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError("%s already exists: keygen never overwrites a private key; choose another --output, or move "
+                          "the old file away if it is truly not needed (backups sealed to it need it to restore)" % path)
+    except OSError as exc:
+        raise ConfigError("cannot create %s: %s" % (path, exc.strerror or exc))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(path)
+        raise
+    return {"identity_file": path, "recipient_id": identity.recipient_id,
+            "public_key": recipients.public_key_text(identity)}
+
+
+# --------------------------------------------------------------------------- everything a host holds
+
+class KeyContext:
+    """Every key of one run, each read once when first needed (so a host that seals to recipients needs no master key).
+
+    - ``ring``: the master keys (active + older), possibly empty;
+    - ``identities``: hybrid-pq private keys (``BACKUP_IDENTITY_FILE``), possibly empty;
+    - ``recipients``: hybrid-pq public keys new backups are sealed to (``BACKUP_RECIPIENTS``);
+    - the signing keys: ``BACKUP_SIGNING_KEY`` and one derived from each master key (signing.py).
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._ring = None
+        self._identities = None
+        self._recipients = None
+        self._signing = None
+
+    def __repr__(self):
+        return "KeyContext(encryption=%s)" % self.settings.encryption
+
+    @property
+    def ring(self):
+        """The master keyring (empty when no master key is set)."""
+        if self._ring is None:
+            self._ring = keyring(self.settings) if configured(self.settings) else Keyring()
+        return self._ring
+
+    @property
+    def identities(self):
+        """The hybrid-pq identities of BACKUP_IDENTITY_FILE (empty when it is not set)."""
+        if self._identities is None:
+            path = self.settings.identity_file
+            self._identities = recipients.read_identity_file(path, self.settings.label("identity_file")) if path else []
+        return self._identities
+
+    @property
+    def recipients(self):
+        """The hybrid-pq recipients new backups are sealed to (empty when BACKUP_RECIPIENTS is not set)."""
+        if self._recipients is None:
+            self._recipients = recipients.parse_recipients(self.settings.recipients, self.settings.label("recipients"))
+        return self._recipients
+
+    def known_ids(self):
+        """Ids of every key that can open (master keys, identities) or was chosen to seal (recipients) here."""
+        ids = list(self.ring.ids)
+        ids += [identity.recipient_id for identity in self.identities]
+        ids += [recipient.recipient_id for recipient in self.recipients]
+        return list(dict.fromkeys(ids))
+
+    # -- sealing and opening data keys
+
+    def require_sealing(self):
+        """Check that new backups can be sealed in the configured mode and their metadata signed; raise ConfigError."""
+        mode = self.settings.encryption
+        if mode == recipients.ENCRYPTION_NAME:
+            recipients.require_mlkem()
+            if not self.recipients:
+                self.settings.require("recipients")
+        else:
+            keyring(self.settings, require_active=True)
+        self.signer()
+
+    def seal(self, data_key):
+        """``(encryption name, envelope, key id, recipient ids or None)`` of a new format-v1 backup's data key."""
+        if self.settings.encryption == recipients.ENCRYPTION_NAME:
+            self.require_sealing()
+            envelope = recipients.seal_data_key(self.recipients, data_key)
+            ids = [recipient.recipient_id for recipient in self.recipients]
+            return recipients.ENCRYPTION_NAME, envelope, ids[0], ids
+        ring = keyring(self.settings, require_active=True)
+        return crypto.ENCRYPTION_NAME, crypto.wrap_data_key(ring.active, data_key), ring.active_id, None
+
+    def active_key_id(self):
+        """The id new backups are wrapped with (the active key's, or the first recipient's in hybrid-pq mode)."""
+        if self.settings.encryption == recipients.ENCRYPTION_NAME:
+            return self.recipients[0].recipient_id if self.recipients else None
+        return keyring(self.settings, require_active=True).active_id
+
+    def open(self, metadata, basename="backup"):
+        """The data key of a format-v1 backup (aes-256-gcm or hybrid-pq), from the envelope in its metadata.
+
+        Raises WrongKeyError when no key held here opens it, TamperedError when the matching key fails.
+        """
+        envelope = metadata.get("envelope")
+        kind = envelope.get("type") if isinstance(envelope, dict) else None
+        if kind == recipients.ENVELOPE_TYPE:
+            ids = recipients.envelope_recipient_ids(envelope)
+            if not self.identities:
+                raise WrongKeyError("backup %s's data key is sealed to recipient(s) %s (hybrid-pq) and no private key is "
+                                    "set here: restore where the private key made by `quankey-backup keygen` is, "
+                                    "pointing %s at it" % (basename, ", ".join(ids), self.settings.label("identity_file")))
+            return recipients.open_data_key(self.identities, envelope, self.settings.label("identity_file"))
+        if not len(self.ring):
+            self.settings.require("encryption_key")
+        return crypto.unwrap_data_key(self.ring.keys, envelope, opening_keys_label(self.settings))
+
+    def passphrases(self, metadata=None):
+        """``[(label, passphrase bytes)]`` to try on an aes-256-cbc object, the key named in ``metadata`` first."""
+        if not len(self.ring):
+            self.settings.require("encryption_key")
+        wanted = wrapping_key_id(metadata)
+        ordered = sorted(self.ring.passphrases, key=lambda item: item[0] != wanted)
+        return [(label, text.encode("utf-8")) for _kid, label, text in ordered]
+
+    def cbc_passphrase(self):
+        """``(key id, passphrase bytes)`` of the active key, for a new aes-256-cbc backup."""
+        ring = keyring(self.settings, require_active=True)
+        kid, _label, text = ring.passphrases[0]
+        return kid, text.encode("utf-8")
+
+    # -- signing metadata
+
+    def signing_keys(self):
+        """``(active id, active key, {key id: key})``: BACKUP_SIGNING_KEY first, then one derived from each master key."""
+        if self._signing is None:
+            by_id = {}
+            active_id = active = None
+            if self.settings.signing_key:
+                key = crypto.parse_master_key(self.settings.signing_key, self.settings.label("signing_key"))
+                active_id, active = signing.signing_key_id(key), key
+                by_id[active_id] = key
+            for kid, master in self.ring.items():
+                by_id.setdefault(kid, signing.derive_signing_key(master))
+            if active is None and self.ring.active is not None:
+                active_id, active = self.ring.active_id, by_id[self.ring.active_id]
+            self._signing = (active_id, active, by_id)
+        return self._signing
+
+    def signer(self):
+        """``(key id, key)`` that signs new metadata; ConfigError when there is none."""
+        active_id, active, _by_id = self.signing_keys()
+        if active is None:
+            raise ConfigError("no key to sign the backup's metadata with: set %s (base64 of 32 random bytes, "
+                              "`openssl rand -base64 32`) here and where backups are restored and checked; "
+                              "hybrid-pq hosts hold no master key to derive one from" % self.settings.label("signing_key"))
+        return active_id, active
+
+    def sign(self, metadata):
+        """``metadata`` with its signature made by the active signing key."""
+        kid, key = self.signer()
+        return signing.sign_metadata(metadata, kid, key)
+
+    def check_signature(self, metadata, basename, object_key):
+        """``(outcome as text, problem or None)`` of a backup's metadata signature; an invalid one raises TamperedError.
+
+        The problem (unsigned, or signed with a key not held here) is left to the caller, which
+        raises it after trying the keys: a wrong-key error says more than an unverifiable signature.
+        Seed metadata (``layout: seed``) never had a signature: 'unsigned (seed backup)', no problem.
+        """
+        if metadata.get("layout") == catalog.SEED_LAYOUT:
+            return "unsigned (seed backup)", None
+        _active_id, _active, by_id = self.signing_keys()
+        outcome, kid = signing.verify_metadata(metadata, by_id)
+        if outcome == signing.VALID:
+            signing.check_binding(metadata, basename, object_key)
+            return "valid (key %s)" % kid, None
+        fix = ("set %s to the signing key of the hosts that made it, or add the master key %s to %s"
+               % (self.settings.label("signing_key"), kid, self.settings.label("decryption_keys")))
+        message = signing.describe_failure(outcome, kid, basename, fix)
+        if outcome == signing.INVALID:
+            raise TamperedError(message)
+        return "not verified (%s)" % outcome, message
+
+    def verify(self, metadata, basename, object_key, allow_unsigned=False):
+        """:meth:`check_signature`, raising its problem as IntegrityError unless ``allow_unsigned``; returns the outcome."""
+        outcome, problem = self.check_signature(metadata, basename, object_key)
+        require_signature(problem, allow_unsigned)
+        return outcome
+
+
+def require_signature(problem, allow_unsigned):
+    """Raise IntegrityError for a signature problem (see KeyContext.check_signature) unless unsigned metadata is allowed."""
+    if problem is None:
+        return
+    if allow_unsigned:
+        LOG.warning("%s; going on because unsigned metadata is allowed", problem)
+        return
+    raise IntegrityError("%s; to use it anyway, allow unsigned metadata (--allow-unsigned, or allow_unsigned: true)"
+                         % problem, step="verify metadata")
+
+
+def wrapping_key_id(metadata):
+    """The id of the key that wrapped (or, for aes-256-cbc, encrypted) a backup's data: the envelope's, else the metadata's."""
+    if not isinstance(metadata, dict):
+        return None
+    envelope = metadata.get("envelope")
+    kid = envelope.get("key_id") if isinstance(envelope, dict) else None
+    return kid or metadata.get("key_id")
+
+
+def wrapping_ids(metadata):
+    """Every id a backup's data key is wrapped or sealed with (recipient ids for hybrid-pq), [] when unknown."""
+    envelope = metadata.get("envelope") if isinstance(metadata, dict) else None
+    if isinstance(envelope, dict) and envelope.get("type") == recipients.ENVELOPE_TYPE:
+        try:
+            return recipients.envelope_recipient_ids(envelope)
+        except IntegrityError:
+            return []
+    kid = wrapping_key_id(metadata)
+    return [kid] if kid else []
+
+
 # --------------------------------------------------------------------------- rekey
 
-def rekey_metadata(metadata, ring, name, basename="backup"):
-    """Re-wrap one backup's data key with the active key.
+def rekey_metadata(metadata, context, basename="backup"):
+    """Re-wrap one backup's data key for the configured mode (active key, or recipients) and re-sign its metadata.
 
-    Returns ``(new metadata or None when already wrapped with the active key, data key, old key id)``.
-    Raises IntegrityError (WrongKeyError, TamperedError) when the keyring cannot open it.
+    Returns ``(new metadata, data key, old ids as text)``, or ``(None, None, old ids)`` when nothing would change.
+    Raises IntegrityError (WrongKeyError, TamperedError) when the keys held cannot open it or
+    its metadata signature does not verify.
     """
-    if metadata.get("encryption") != crypto.ENCRYPTION_NAME:
-        raise IntegrityError("backup %s uses encryption %r, which this version cannot rekey"
-                             % (basename, metadata.get("encryption")))
-    envelope = metadata.get("envelope")
-    data_key = crypto.unwrap_data_key(ring.keys, envelope, name)
-    old_id = envelope["key_id"]
-    if old_id == ring.active_id and metadata.get("key_id") == ring.active_id:
-        return None, data_key, old_id
+    encryption = metadata.get("encryption")
+    if encryption == openssl_enc.ENCRYPTION_NAME:
+        raise IntegrityError("backup %s is aes-256-cbc (OpenSSL enc): its data is encrypted with the passphrase itself, "
+                             "so a new key needs a new backup, not a rekey; keep its key in %s until it expires"
+                             % (basename, context.settings.label("decryption_keys")))
+    if encryption not in GCM_ENCRYPTIONS:
+        raise IntegrityError("backup %s uses encryption %r, which this version cannot rekey" % (basename, encryption))
+    old_ids = ", ".join(wrapping_ids(metadata))
+    if _on_target(metadata, context):
+        return None, None, old_ids  # nothing to open: a recipients-only host can tell too
+    data_key = context.open(metadata, basename)
+    name, envelope, kid, ids = context.seal(data_key)
     updated = dict(metadata)
-    updated["envelope"] = crypto.wrap_data_key(ring.active, data_key)
-    updated["key_id"] = ring.active_id
-    return updated, data_key, old_id
+    updated.update(encryption=name, envelope=envelope, key_id=kid)
+    updated.pop("recipient_ids", None)
+    if ids is not None:
+        updated["recipient_ids"] = ids
+    return context.sign(updated), data_key, old_ids
+
+
+def _on_target(metadata, context):
+    """Whether a backup is already wrapped for the configured mode and signed by the active signing key."""
+    if context.settings.encryption == recipients.ENCRYPTION_NAME:
+        target = sorted(recipient.recipient_id for recipient in context.recipients)
+        wrapped = sorted(wrapping_ids(metadata)) == target and metadata.get("key_id") == context.active_key_id()
+    else:
+        kid = context.active_key_id()
+        wrapped = wrapping_ids(metadata) == [kid] and metadata.get("key_id") == kid
+    return (wrapped and metadata.get("encryption") == context.settings.encryption
+            and signing.signature_key_id(metadata) == context.signer()[0])
 
 
 def check_data_key(header, data_key, basename="backup"):
@@ -198,28 +474,35 @@ def check_data_key(header, data_key, basename="backup"):
 
 
 def run_rekey(settings, host=None, db=None, everything=False, dry_run=False, store=None):
-    """Re-wrap the data keys of backups not wrapped with the active key; only metadata objects are rewritten.
+    """Re-wrap the data keys of backups not wrapped for the configured mode; only metadata objects are rewritten.
 
-    Scope as ``quankey-backup list``: ``host`` (default this host) and ``db``
-    (default DB_NAME), or with ``everything`` the whole bucket (narrowed to ``db``
-    when given). Each backup is checked before its metadata is rewritten: the
-    keyring must open its data key and that key must match the data object's key
+    The target is the active key (aes-256-gcm) or the recipients (hybrid-pq); the
+    metadata is re-signed with the active signing key. Scope as ``quankey-backup
+    list``: ``host`` (default this host) and ``db`` (default DB_NAME), or with
+    ``everything`` the whole bucket (narrowed to ``db`` when given). Each backup is
+    checked before its metadata is rewritten: its signature must verify, the keys
+    held must open its data key, and that key must match the data object's key
     commitment (a ranged read of its header). A backup that fails is reported and
     the others go on (fail closed per backup). Returns a JSON-ready summary.
     """
     from . import pipeline
-    ring = keyring(settings, require_active=True)
-    name = settings.label("decryption_keys")  # where the key that made a backup goes, in a wrong-key error
+    if settings.encryption not in GCM_ENCRYPTIONS:
+        raise ConfigError("%s is %s: rekey re-wraps data keys, which aes-256-cbc backups do not have; set it to %s"
+                          % (settings.label("encryption"), settings.encryption, " or ".join(GCM_ENCRYPTIONS)))
+    context = KeyContext(settings)
+    context.require_sealing()
+    target = context.active_key_id()
     store = store or pipeline.open_store(settings)
-    records, _orphans = pipeline.list_backups(settings, store, host=host, db=db, everything=everything)
+    records, _orphans = pipeline.list_backups(settings, store, host=host, db=db, everything=everything, seed=False)
     results = []
     for record in records:
-        results.append(_rekey_one(store, record, ring, name, dry_run))
+        results.append(_rekey_one(store, record, context, target, dry_run))
     counts = dict((outcome, sum(1 for item in results if item["status"] == outcome))
                   for outcome in (REKEYED, WOULD_REKEY, UNCHANGED, FAILED))
     failed = [item for item in results if item["status"] == FAILED]
     return {
-        "active_key_id": ring.active_id, "keyring_key_ids": ring.ids, "dry_run": dry_run, "bucket": store.bucket,
+        "active_key_id": target, "encryption": settings.encryption, "keyring_key_ids": context.known_ids(),
+        "signing_key_id": context.signer()[0], "dry_run": dry_run, "bucket": store.bucket,
         "backups": results, "rekeyed": counts[REKEYED], "would_rekey": counts[WOULD_REKEY],
         "unchanged": counts[UNCHANGED], "failed": counts[FAILED],
         "changed": bool(counts[REKEYED] or counts[WOULD_REKEY]),
@@ -227,16 +510,17 @@ def run_rekey(settings, host=None, db=None, everything=False, dry_run=False, sto
     }
 
 
-def _rekey_one(store, record, ring, name, dry_run):
+def _rekey_one(store, record, context, target, dry_run):
     """Rekey one backup (or say what would change); never raises BackupError."""
     from . import pipeline
     item = {"name": record.basename, "host": record.host, "database": record.db, "metadata_key": record.metadata_key,
-            "from_key_id": None, "to_key_id": ring.active_id, "status": FAILED}
+            "from_key_id": None, "to_key_id": target, "status": FAILED}
     try:
         metadata = pipeline.load_metadata(store, record)
-        envelope = metadata.get("envelope")
-        item["from_key_id"] = envelope.get("key_id") if isinstance(envelope, dict) else None
-        updated, data_key, old_id = rekey_metadata(metadata, ring, name, record.basename)
+        item["from_key_id"] = wrapping_key_id(metadata)
+        _outcome, problem = context.check_signature(metadata, record.basename, record.object_key)
+        updated, data_key, old_ids = rekey_metadata(metadata, context, record.basename)
+        require_signature(problem, allow_unsigned=False)  # never re-sign what could not be verified
         if updated is None:
             item["status"] = UNCHANGED
             return item
@@ -249,8 +533,8 @@ def _rekey_one(store, record, ring, name, dry_run):
             return item
         store.put_bytes(record.metadata_key, catalog.encode_metadata(updated))
         item["status"] = REKEYED
-        LOG.info("rekeyed %s: data key re-wrapped from key %s to key %s (metadata %s rewritten, data object untouched)",
-                 record.basename, old_id, ring.active_id, record.metadata_key)
+        LOG.info("rekeyed %s: data key re-wrapped from %s to %s and metadata re-signed (metadata %s rewritten, "
+                 "data object untouched)", record.basename, old_ids, updated["key_id"], record.metadata_key)
     except BackupError as exc:
         item["status"] = FAILED
         item["error"] = "%s: %s" % (record.basename, exc)

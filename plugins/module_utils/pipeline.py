@@ -19,6 +19,7 @@ __metaclass__ = type
 
 import collections
 import datetime
+import functools
 import hashlib
 import logging
 import os
@@ -30,8 +31,9 @@ import time
 from . import catalog
 from . import crypto
 from . import keys
+from . import openssl_enc
 from .compression import check_compression, compressor, decompressor
-from .errors import BackupError, IntegrityError, PostgresError, RefusedError, ChecksumMismatchError
+from .errors import AccessDeniedError, BackupError, IntegrityError, PostgresError, RefusedError, ChecksumMismatchError
 from .postgres import PgClient, count_toc_tables
 from .storage import S3Store, choose_part_size, READ_CHUNK
 
@@ -190,19 +192,14 @@ def open_store(settings):
     return S3Store.from_settings(settings)
 
 
-def master_keys(settings):
-    """The master key(s) for encrypting and opening data keys."""
-    settings.require("encryption_key")
-    return crypto.parse_master_key(settings.encryption_key, settings.label("encryption_key"))
-
-
 # --------------------------------------------------------------------------- backup
 
 class BackupPlan:
     """What a backup will do, found by checking everything it needs first (also check mode's answer)."""
 
-    def __init__(self, settings, pg, store, server_version, dump_version, when, db_size, db_settings):
+    def __init__(self, settings, pg, store, server_version, dump_version, when, db_size, db_settings, context):
         self.settings = settings
+        self.context = context
         self.pg = pg
         self.store = store
         self.server_version = server_version
@@ -220,22 +217,23 @@ class BackupPlan:
                 "metadata_key": self.metadata_key, "database": self.settings.db_name, "host": self.settings.host,
                 "database_size_bytes": self.db_size, "server_version": _format_server_version(self.server_version),
                 "pg_dump_version": self.dump_version, "compression": self.settings.compression,
-                "encryption": crypto.ENCRYPTION_NAME, "storage_class": self.settings.storage_class,
-                "key_id": crypto.key_id(master_keys(self.settings))}
+                "encryption": self.settings.encryption, "storage_class": self.settings.storage_class,
+                "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0]}
 
 
 def plan_backup(settings, store=None, now=None):
-    """Check configuration, PostgreSQL (login, pg_dump version) and the bucket; change nothing."""
-    settings.require("db_name", "bucket", "encryption_key")
+    """Check configuration, keys, PostgreSQL (login, pg_dump version) and the bucket; change nothing."""
+    settings.require("db_name", "bucket")
     check_compression(settings.compression)
-    master_keys(settings)
+    context = keys.KeyContext(settings)
+    context.require_sealing()
     pg = PgClient(settings)
     server_version = pg.server_version_num(settings.db_name)
     dump_version = pg.check_client_version(server_version, "pg_dump")
     store = store or open_store(settings)
     store.check_bucket(catalog.object_prefix(settings.prefix, settings.host, settings.db_name))
     plan = BackupPlan(settings, pg, store, server_version, dump_version, now or catalog.utcnow(),
-                      pg.database_size(settings.db_name), pg.database_settings(settings.db_name))
+                      pg.database_size(settings.db_name), pg.database_settings(settings.db_name), context)
     if store.exists(plan.metadata_key) or store.exists(plan.object_key):
         raise RefusedError("a backup named %s already exists in %s: wait a second and run again"
                            % (plan.basename, store.url()))
@@ -247,24 +245,26 @@ def run_backup(settings, progress=None, store=None, now=None):
     progress = progress or _NoProgress()
     started = time.time()
     plan = plan_backup(settings, store, now)
-    master = master_keys(settings)
+    context = plan.context
     pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
     obj_key, meta_key = plan.object_key, plan.metadata_key
     LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
              plan.db_size, store.url(obj_key))
 
-    data_key = crypto.new_data_key()
-    envelope = crypto.wrap_data_key(master, data_key)
-    stream = _BackupStream(pg, settings, store, obj_key, data_key, plan.db_size, progress)
+    encryption, envelope, kid, recipient_ids, encryptor = _new_encryptor(settings, context)
+    stream = _BackupStream(pg, settings, store, obj_key, encryptor, plan.db_size, progress)
     stored = stream.run()
     duration = time.time() - started
     view = settings.describe()
     view["db_name"] = settings.db_name
     metadata = catalog.build_metadata(
-        view, basename, when, obj_key, stored["size_bytes"], stored["sha256"], envelope, crypto.key_id(master),
+        view, basename, when, obj_key, stored["size_bytes"], stored["sha256"], envelope, kid,
         stored["table_count"], stored["dump_bytes"], duration, _format_server_version(plan.server_version),
-        plan.dump_version, plan.db_settings, crypto.ENCRYPTION_NAME, True)
+        plan.dump_version, plan.db_settings, encryption, True)
+    if recipient_ids:
+        metadata["recipient_ids"] = recipient_ids
     try:
+        metadata = context.sign(metadata)
         store.put_bytes(meta_key, catalog.encode_metadata(metadata))
     except BaseException:
         _delete_quietly(store, obj_key)
@@ -276,9 +276,21 @@ def run_backup(settings, progress=None, store=None, now=None):
         "size_bytes": stored["size_bytes"], "dump_bytes": stored["dump_bytes"], "checksum_sha256": stored["sha256"],
         "table_count": stored["table_count"], "timestamp": metadata["timestamp"], "created_at": metadata["created_at"],
         "duration_seconds": metadata["duration_seconds"], "compression": settings.compression,
-        "encryption": crypto.ENCRYPTION_NAME, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
-        "host": settings.host, "database": settings.db_name,
+        "encryption": encryption, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
+        "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
+        "signing_key_id": metadata["signature"]["key_id"],
     }
+
+
+def _new_encryptor(settings, context):
+    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup."""
+    if settings.encryption == openssl_enc.ENCRYPTION_NAME:
+        kid, passphrase = context.cbc_passphrase()
+        return (openssl_enc.ENCRYPTION_NAME, openssl_enc.passphrase_envelope(kid), kid, None,
+                openssl_enc.CbcEncryptor(passphrase))
+    data_key = crypto.new_data_key()
+    encryption, envelope, kid, recipient_ids = context.seal(data_key)
+    return encryption, envelope, kid, recipient_ids, crypto.StreamEncryptor(data_key)
 
 
 def _format_server_version(num):
@@ -295,12 +307,12 @@ def _delete_quietly(store, key):
 class _BackupStream:
     """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object."""
 
-    def __init__(self, pg, settings, store, key, data_key, db_size, progress):
+    def __init__(self, pg, settings, store, key, encryptor, db_size, progress):
         self.pg = pg
         self.settings = settings
         self.store = store
         self.key = key
-        self.data_key = data_key
+        self.encryptor = encryptor
         self.db_size = db_size
         self.progress = progress
 
@@ -334,7 +346,7 @@ class _BackupStream:
 
     def _pump(self, dump, toc, upload):
         pack = compressor(self.settings.compression)
-        seal = crypto.StreamEncryptor(self.data_key)
+        seal = self.encryptor
         digest = hashlib.sha256()
         dump_bytes = stored = 0
         head = b""
@@ -369,8 +381,13 @@ def _explain_dump(pg, child):
 
 # --------------------------------------------------------------------------- listing
 
-def list_backups(settings, store=None, host=None, db=None, everything=False):
-    """Backups newest first (and orphan objects) for a host and database; ``everything`` lists the whole bucket."""
+def list_backups(settings, store=None, host=None, db=None, everything=False, seed=True):
+    """Backups newest first (and orphan objects) for a host and database; ``everything`` lists the whole bucket.
+
+    With ``seed``, backups of the seed's flat layout are included in every host's
+    scope when their metadata names the database (they predate hosts); a host whose
+    IAM policy does not allow listing that layout simply does not see them.
+    """
     store = store or open_store(settings)
     if not everything:
         host = host or settings.host
@@ -378,26 +395,65 @@ def list_backups(settings, store=None, host=None, db=None, everything=False):
     meta = list(store.list_objects(catalog.metadata_prefix(settings.prefix, host, db if host else None)))
     objs = list(store.list_objects(catalog.object_prefix(settings.prefix, host, db if host else None)))
     records, orphans = catalog.records_from_listing(settings.prefix, meta, objs)
-    if db and not host:
+    if host and seed:
+        records = records + _seed_records(settings, store)
+        records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
+    if not seed:
+        records = [record for record in records if not record.seed]
+        orphans = [item for item in orphans if "/" in item["key"][len(catalog.object_prefix(settings.prefix)):]]
+    for record in records:
+        if record.seed:
+            _resolve_seed_database(store, record)
+    if db:
         records = [record for record in records if record.db == db]
     return records, orphans
+
+
+def _seed_records(settings, store):
+    """Records of the seed's flat layout (directly under metadata/ and backups/postgresql/), [] when not allowed to list."""
+    try:
+        meta = list(store.list_objects(catalog.metadata_prefix(settings.prefix), delimiter="/"))
+        if not meta:
+            return []
+        objs = list(store.list_objects(catalog.object_prefix(settings.prefix), delimiter="/"))
+    except AccessDeniedError as exc:
+        LOG.debug("backups of the seed's layout not listed: %s", exc)
+        return []
+    records, _orphans = catalog.records_from_listing(settings.prefix, meta, objs)
+    return [record for record in records if record.seed]
+
+
+def _resolve_seed_database(store, record):
+    """A seed backup's database comes from its metadata; unreadable metadata leaves it unknown (and is logged)."""
+    try:
+        record.db = load_metadata(store, record).get("database")
+    except IntegrityError as exc:
+        LOG.warning("seed backup %s is skipped: %s", record.basename, exc)
 
 
 def load_metadata(store, record):
     """Fetch, parse and attach a record's metadata."""
     if record.metadata is None:
-        record.metadata = catalog.decode_metadata(store.get_bytes(record.metadata_key), record.metadata_key)
+        record.metadata = catalog.decode_metadata(store.get_bytes(record.metadata_key), record.metadata_key,
+                                                  seed=record.seed, object_key_=record.object_key)
     return record.metadata
 
 
-def select(settings, store, backup="latest", before=None, host=None, db=None):
-    """The record a restore or verify should use, with metadata loaded."""
+def select(settings, store, backup="latest", before=None, host=None, db=None, context=None, allow_unsigned=False):
+    """The record a restore or verify should use, with metadata loaded and its signature checked (``record.signature``).
+
+    An invalid signature raises here; an unsigned or unverifiable one (``record.signature_problem``) is
+    raised by :func:`_decryptor_factory` once the keys were tried, unless ``allow_unsigned``.
+    """
     settings_db = db or settings.db_name
     if not settings_db:
         settings.require("db_name")
     records, _orphans = list_backups(settings, store, host=host, db=settings_db)
     record = catalog.select_backup(records, backup, before)
     load_metadata(store, record)
+    context = context or keys.KeyContext(settings)
+    record.signature, record.signature_problem = _step("verify metadata", context.check_signature, record.metadata,
+                                                       record.basename, record.object_key)
     if not record.has_object:
         raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with --backup"
                              % (record.basename, store.url(record.object_key)), step="select")
@@ -412,50 +468,75 @@ def select(settings, store, backup="latest", before=None, host=None, db=None):
 class _RestoreStream:
     """download -> hash -> decrypt -> decompress -> a sink (pg_restore, or pg_restore -f /dev/null to verify)."""
 
-    def __init__(self, store, record, data_key, progress):
+    def __init__(self, store, record, new_decryptor, progress):
         self.store = store
         self.record = record
-        self.data_key = data_key
+        self.new_decryptor = new_decryptor
         self.progress = progress
 
     def run(self, sink, toc=None):
         """Stream the object into ``sink`` (a _Child reading stdin) and ``toc`` if given; returns counts, or raises."""
         metadata = self.record.metadata
         digest = hashlib.sha256()
-        opener = crypto.StreamDecryptor(self.data_key)
+        opener = self.new_decryptor()
         unpack = decompressor(metadata["compression"])
-        downloaded = produced = 0
+        self.downloaded = produced = 0
         sink_open = True
-        for chunk in _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK)):
-            downloaded += len(chunk)
-            digest.update(chunk)
-            plain = unpack.update(_step("decrypt", opener.update, chunk))
-            if plain:
-                produced += len(plain)
-                if toc is not None:
-                    toc.feed(plain)
-                sink_open = sink_open and _write(sink, plain)
-                if not sink_open:
-                    break
-            self.progress(downloaded, metadata["size_bytes"])
+        chunks = _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
+        try:
+            for chunk in chunks:
+                self.downloaded += len(chunk)
+                digest.update(chunk)
+                plain = unpack.update(_step("decrypt", opener.update, chunk))
+                if plain:
+                    produced += len(plain)
+                    if toc is not None:
+                        toc.feed(plain)
+                    sink_open = sink_open and _write(sink, plain)
+                    if not sink_open:
+                        break
+                self.progress(self.downloaded, metadata["size_bytes"])
+            if sink_open:
+                self._check_object(digest)
+                plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
+        except IntegrityError:
+            if metadata.get("encryption") == openssl_enc.ENCRYPTION_NAME:  # not authenticated: see _drain_and_check
+                self._drain_and_check(chunks, digest)
+            raise
+        downloaded = self.downloaded
         if sink_open:
-            plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
             produced += len(plain)
             if toc is not None:
                 toc.feed(plain)
             sink_open = _write(sink, plain)
-            if downloaded != metadata["size_bytes"]:
-                raise IntegrityError("downloaded %d bytes of %s, metadata says %d"
-                                     % (downloaded, self.record.object_key, metadata["size_bytes"]), step="download")
-            if digest.hexdigest() != metadata["checksum_sha256"]:
-                raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
-                                            % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
-                                            step="verify checksum")
             if metadata.get("dump_bytes") is not None and produced != metadata["dump_bytes"]:
                 raise IntegrityError("the archive is %d bytes but was %d when taken" % (produced, metadata["dump_bytes"]),
                                      step="decompress")
         return {"downloaded_bytes": downloaded, "dump_bytes": produced, "sink_open": sink_open,
                 "sha256": digest.hexdigest() if sink_open else None}
+
+    def _check_object(self, digest):
+        """Raise unless the whole object was read and its SHA-256 is the metadata's."""
+        metadata = self.record.metadata
+        if self.downloaded != metadata["size_bytes"]:
+            raise IntegrityError("downloaded %d bytes of %s, metadata says %d"
+                                 % (self.downloaded, self.record.object_key, metadata["size_bytes"]), step="download")
+        if digest.hexdigest() != metadata["checksum_sha256"]:
+            raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
+                                        % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
+                                        step="verify checksum")
+
+    def _drain_and_check(self, chunks, digest):
+        """After a decryption or decompression failure: hash the rest of the object and raise a checksum mismatch if any.
+
+        The seed's aes-256-cbc is not authenticated, so a modified object first shows as corrupt gzip or
+        a wrong-looking block; the signed checksum says what really happened.
+        """
+        for chunk in chunks:
+            self.downloaded += len(chunk)
+            digest.update(chunk)
+        if self.downloaded == self.record.metadata["size_bytes"]:
+            self._check_object(digest)
 
 
 def _step(name, func, *args):
@@ -478,21 +559,42 @@ def _write(child, data):
         return False
 
 
-def _open_data_key(settings, record):
+def _decryptor_factory(context, store, record):
+    """A function that makes a fresh decryptor of this backup's object, once the keys held are known to open it.
+
+    Format v1 (aes-256-gcm, hybrid-pq): the data key is opened from the envelope.
+    aes-256-cbc (OpenSSL enc, the seed's): the passphrase is found with a ranged
+    read of the object's first bytes. Either way before any download or database.
+    """
     metadata = record.metadata
-    if metadata.get("encryption") != crypto.ENCRYPTION_NAME:
-        raise IntegrityError("backup %s uses encryption %r, which this version cannot read"
-                             % (record.basename, metadata.get("encryption")), step="decrypt")
-    ring = keys.keyring(settings)  # the active key and the older ones still accepted (BACKUP_DECRYPTION_KEYS, keyring file)
-    return _step("decrypt", crypto.unwrap_data_key, ring.keys, metadata["envelope"], keys.opening_keys_label(settings))
+    encryption = metadata.get("encryption")
+    if encryption in keys.GCM_ENCRYPTIONS:
+        data_key = _step("decrypt", context.open, metadata, record.basename)
+        return functools.partial(crypto.StreamDecryptor, data_key)
+    if encryption == openssl_enc.ENCRYPTION_NAME:
+        iterations = _step("decrypt", openssl_enc.parse_envelope, metadata["envelope"])
+        phrases = _step("decrypt", context.passphrases, metadata)
+        probe = openssl_enc.CbcDecryptor(phrases, iterations, openssl_enc.plausible_dump_start)
+        head = store.get_range(record.object_key, 0, openssl_enc.PROBE_SIZE) if record.object_size else b""
+        _step("decrypt", probe.update, head)
+        if probe.passphrase_label is None:
+            raise IntegrityError("backup %s's object is %d bytes, too short for an aes-256-cbc backup"
+                                 % (record.basename, record.object_size or 0), step="decrypt")
+        chosen = [item for item in phrases if item[0] == probe.passphrase_label]
+        return functools.partial(openssl_enc.CbcDecryptor, chosen, iterations, openssl_enc.plausible_dump_start)
+    raise IntegrityError("backup %s uses encryption %r, which this version cannot read"
+                         % (record.basename, encryption), step="decrypt")
 
 
-def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None):
+def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None,
+               allow_unsigned=False):
     """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database."""
     progress = progress or _NoProgress()
     store = store or open_store(settings)
-    record = select(settings, store, backup, before, host, db)
-    data_key = _open_data_key(settings, record)
+    context = keys.KeyContext(settings)
+    record = select(settings, store, backup, before, host, db, context, allow_unsigned)
+    new_decryptor = _decryptor_factory(context, store, record)
+    keys.require_signature(record.signature_problem, allow_unsigned)
     pg = PgClient(settings)
     sink = toc = None
     started = time.time()
@@ -500,7 +602,7 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
         sink = _Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
                       stdout=subprocess.DEVNULL, name="pg_restore")
         toc = _TocReader(pg)
-        counts = _RestoreStream(store, record, data_key, progress).run(sink, toc)
+        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink, toc)
         status = sink.wait()
         if status != 0 or not counts["sink_open"]:
             raise IntegrityError("the archive does not parse (%s: %s)" % (sink.describe_exit(status), sink.stderr_text()),
@@ -517,7 +619,9 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
     return {"name": record.basename, "object_key": record.object_key, "size_bytes": counts["downloaded_bytes"],
             "dump_bytes": counts["dump_bytes"], "checksum_sha256": counts["sha256"], "checksum_ok": True,
             "decryption_ok": True, "table_count": tables, "key_id": record.metadata.get("key_id"),
-            "timestamp": record.metadata["timestamp"], "duration_seconds": round(time.time() - started, 3)}
+            "encryption": record.metadata.get("encryption"), "signature": record.signature,
+            "layout": record.layout or "host", "timestamp": record.metadata["timestamp"],
+            "duration_seconds": round(time.time() - started, 3)}
 
 
 def default_target(record):
@@ -532,7 +636,7 @@ def _side_name(target, tag, unique):
 
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
-                no_owner=False, progress=None, store=None):
+                no_owner=False, progress=None, store=None, allow_unsigned=False):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
@@ -542,8 +646,10 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     """
     progress = progress or _NoProgress()
     store = store or open_store(settings)
-    record = select(settings, store, backup, before, host, db)
-    data_key = _open_data_key(settings, record)
+    context = keys.KeyContext(settings)
+    record = select(settings, store, backup, before, host, db, context, allow_unsigned)
+    new_decryptor = _decryptor_factory(context, store, record)
+    keys.require_signature(record.signature_problem, allow_unsigned)
     target = target_db or default_target(record)
     if len(target.encode("utf-8")) > _PG_NAME_LIMIT:
         raise RefusedError("target database name %r is longer than PostgreSQL's 63 bytes: choose a shorter --target-db" % target)
@@ -563,7 +669,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     started = time.time()
     created = pg.create_database(staging, record.metadata.get("database_settings"))
     try:
-        counts, tables = _restore_into(pg, store, record, data_key, staging, no_owner, progress)
+        counts, tables = _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress)
         replaced = None
         if exists:
             if pg.active_connections(target):
@@ -584,15 +690,17 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "size_bytes": counts["downloaded_bytes"], "dump_bytes": counts["dump_bytes"],
             "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "table_count_ok": True,
             "database_settings": created, "timestamp": record.metadata["timestamp"],
-            "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db}
+            "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
+            "encryption": record.metadata.get("encryption"), "signature": record.signature,
+            "layout": record.layout or "host"}
 
 
-def _restore_into(pg, store, record, data_key, staging, no_owner, progress):
+def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress):
     sink = None
     try:
         sink = _Child(pg.restore_argv(staging, no_owner=no_owner), pg.environment(), stdin=subprocess.PIPE,
                       stdout=subprocess.DEVNULL, name="pg_restore")
-        counts = _RestoreStream(store, record, data_key, progress).run(sink)
+        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink)
         status = sink.wait()
         if status != 0 or not counts["sink_open"]:
             raise PostgresError("%s: %s" % (sink.describe_exit(status), _last_line(sink.stderr_text())), step="pg_restore")
@@ -626,7 +734,7 @@ def run_prune(settings, dry_run=False, store=None, now=None):
     store = store or open_store(settings)
     settings.require("db_name")
     now = now or catalog.utcnow()
-    records, orphans = list_backups(settings, store)
+    records, orphans = list_backups(settings, store, seed=False)  # the seed's layout is not ours to prune
 
     def is_good(record):
         if not record.has_object:

@@ -38,7 +38,7 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
 
 
 def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
-                    progress=None):
+                    progress=None, allow_unsigned=False):
     """What :func:`pipeline.run_restore` would restore, and where, after a full verification of it.
 
     Returns ``(plan, verification)``: ``plan`` names the backup, its source and
@@ -47,9 +47,9 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     BackupError exactly where the restore would (selection, key, integrity).
     """
     store = store or pipeline.open_store(settings)
-    record = pipeline.select(settings, store, backup, before, host, db)
+    record = pipeline.select(settings, store, backup, before, host, db, allow_unsigned=allow_unsigned)
     verification = pipeline.run_verify(settings, backup=record.basename, host=record.host, db=record.db,
-                                       store=store, progress=progress)
+                                       store=store, progress=progress, allow_unsigned=allow_unsigned)
     plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
             "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
             "target_db": target_db or pipeline.default_target(record),

@@ -17,7 +17,7 @@ import threading
 import traceback
 
 from .config import FIELD_VARIABLES
-from .errors import ConfigError, NotFoundError, StorageError
+from .errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
 
 try:
     import boto3
@@ -97,7 +97,7 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
             return StorageError("S3 rejected the credentials (%s) for %s %s: check %s and %s"
                                 % (code, action, where, label("access_key"), label("secret_key")))
         if code in _ACCESS_CODES:
-            return StorageError("S3 access denied for %s (%s): check the IAM policy for this host's prefix" % (where, action))
+            return AccessDeniedError("S3 access denied for %s (%s): check the IAM policy for this host's prefix" % (where, action))
         if code == "EntityTooSmall":
             return StorageError("S3 rejected a multipart part as too small during %s of %s" % (action, where))
         return StorageError("S3 %s of %s failed%s: %s" % (action, where, via, code or exc))
@@ -157,11 +157,15 @@ class S3Store:
         """
         self._call("ListObjectsV2", prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
 
-    def list_objects(self, prefix):
-        """Every object under ``prefix`` as dicts (key, size, last_modified, storage_class), paginated."""
+    def list_objects(self, prefix, delimiter=None):
+        """Every object under ``prefix`` as dicts (key, size, last_modified, storage_class), paginated.
+
+        With ``delimiter`` ("/"), only the objects directly under ``prefix``.
+        """
         paginator = self.client.get_paginator("list_objects_v2")
+        extra = {"Delimiter": delimiter} if delimiter else {}
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
                 for item in page.get("Contents", []):
                     yield {"key": item["Key"], "size": item["Size"], "last_modified": item["LastModified"],
                            "storage_class": item.get("StorageClass", "STANDARD")}

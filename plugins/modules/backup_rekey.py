@@ -9,13 +9,18 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: backup_rekey
-short_description: Re-wrap the data keys of existing backups with a new master key, without re-uploading them
+short_description: Re-wrap the data keys of existing backups to a new key or to recipients, without re-uploading them
 version_added: 0.1.0
 description:
-  - For each backup whose data key is not wrapped with the active key O(encryption_key), opens the data key with
-    the keyring (O(encryption_key), O(decryption_keys) and O(keyring_file)), wraps it again with the active key
-    and rewrites only the backup's metadata object (its C(key_id) and C(envelope)). The data objects are never
-    read beyond their first bytes and never written.
+  - For each backup whose data key is not wrapped with the active key O(encryption_key) (or, with
+    O(encryption=hybrid-pq), not sealed to exactly O(recipients)), opens the data key with the keys given
+    (O(encryption_key), O(decryption_keys), O(keyring_file), O(identity_file)), wraps it again for the target
+    and rewrites only the backup's metadata object (its C(key_id), C(envelope) and signature). The data objects
+    are never read beyond their first bytes and never written.
+  - Each backup's metadata signature must verify before it is rewritten; the new metadata is signed with
+    O(signing_key), or with the key derived from O(encryption_key).
+  - V(aes-256-cbc) backups cannot be rekeyed (their data is encrypted with the passphrase itself) and are
+    reported as failed; keep their key in O(decryption_keys) until they expire.
   - Before rewriting a backup's metadata it checks that the data key it opened belongs to that backup's data
     object (the key commitment in the object's header, read with a ranged GET).
   - Fails closed per backup. A backup the keyring cannot open, or whose object is missing, is reported in
@@ -24,8 +29,6 @@ description:
     does not protect copies of old metadata (see C(docs/KEYS.md) of the collection).
   - This is the same engine as the C(quankey-backup rekey) command.
 options:
-  encryption_key:
-    required: true
   host:
     description:
       - The host id whose backups to rekey. Defaults to O(host_id), that is this host's.
@@ -93,12 +96,22 @@ EXAMPLES = r"""
 
 RETURN = r"""
 active_key_id:
-  description: Id of the active key, which the rekeyed backups are now wrapped with.
+  description: Id of the active key (of the first recipient with O(encryption=hybrid-pq)), which the rekeyed backups are now wrapped with.
+  returned: success
+  type: str
+  sample: qk1-3f2a9c0d1e4b5a69
+encryption:
+  description: The target, O(encryption).
+  returned: success
+  type: str
+  sample: aes-256-gcm
+signing_key_id:
+  description: Id of the key the rewritten metadata is signed with.
   returned: success
   type: str
   sample: qk1-3f2a9c0d1e4b5a69
 keyring_key_ids:
-  description: Ids of the keys tried to open the backups, the active key's first.
+  description: Ids of the keys held (master keys, the active key's first, then identities and recipients).
   returned: success
   type: list
   elements: str
@@ -220,7 +233,6 @@ from ansible_collections.quankey.backup.plugins.module_utils import keys
 def argument_spec():
     """The module's options: the shared groups plus which backups to rekey."""
     return ansible_common.common_argument_spec(
-        encryption_key=dict(required=True),
         host=dict(type="str"),
         all_hosts=dict(type="bool", default=False),
     )

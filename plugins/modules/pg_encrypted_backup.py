@@ -25,8 +25,6 @@ description:
 options:
   db:
     required: true
-  encryption_key:
-    required: true
   name:
     description:
       - Stem of the backup's name, C(<name>_backup_<YYYYmmdd_HHMMSS>). Defaults to O(db).
@@ -35,19 +33,12 @@ options:
     type: str
   compression:
     description:
-      - How to compress the dump before encrypting it. V(zstd) is fast and multi-threaded, V(gzip) is
-        for compatibility.
+      - How to compress the dump before encrypting it. V(zstd) (level 3, in one thread) is fast and small,
+        V(gzip) is for compatibility (the seed's restore script and C(gunzip)).
       - If not set, the environment variable E(BACKUP_COMPRESSION) is used.
     type: str
     choices: [zstd, gzip, none]
     default: zstd
-  encryption:
-    description:
-      - The cipher of the backup stream.
-      - If not set, the environment variable E(BACKUP_ENCRYPTION) is used.
-    type: str
-    choices: [aes-256-gcm]
-    default: aes-256-gcm
   storage_class:
     description:
       - S3 storage class of the backup object.
@@ -172,12 +163,25 @@ backup:
       type: str
       sample: zstd
     encryption:
-      description: Cipher of the stream.
+      description: How the backup is encrypted, O(encryption).
       returned: always
       type: str
       sample: aes-256-gcm
     key_id:
-      description: Non-secret id of the master key that wraps the backup's data key.
+      description:
+        - Non-secret id of the master key that wraps the backup's data key (of the first recipient with
+          V(hybrid-pq); of the passphrase with V(aes-256-cbc)).
+      returned: always
+      type: str
+      sample: qk1-3f2a9c0d1e4b5a69
+    recipient_ids:
+      description: Ids of the recipients the data key is sealed to (V(hybrid-pq) only, else null).
+      returned: when not in check mode
+      type: list
+      elements: str
+      sample: [qkr-5b1f0e6a7c2d9e84]
+    signing_key_id:
+      description: Id of the key that signs the backup's metadata (C(qks-...), or the master key's id).
       returned: always
       type: str
       sample: qk1-3f2a9c0d1e4b5a69
@@ -272,12 +276,9 @@ def argument_spec():
     """The module's options: the shared groups plus what only a backup needs."""
     return ansible_common.common_argument_spec(
         db=dict(required=True),
-        encryption_key=dict(required=True),
         name=dict(type="str", fallback=(env_fallback, ["BACKUP_NAME"])),
         compression=dict(type="str", choices=list(compression.COMPRESSIONS), default=compression.DEFAULT_COMPRESSION,
                          fallback=(env_fallback, ["BACKUP_COMPRESSION"])),
-        encryption=dict(type="str", choices=list(config.ENCRYPTIONS), default=config.DEFAULT_ENCRYPTION,
-                        fallback=(env_fallback, ["BACKUP_ENCRYPTION"])),
         storage_class=dict(type="str", choices=list(config.STORAGE_CLASSES), default=config.DEFAULT_STORAGE_CLASS,
                            fallback=(env_fallback, ["S3_STORAGE_CLASS"])),
         retention_days=dict(type="int", default=DEFAULTS["retention_days"],

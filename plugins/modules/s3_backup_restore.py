@@ -18,10 +18,13 @@ description:
   - An existing database is never replaced unless O(force=true); the replaced database is then kept,
     renamed C(<target_db>__replaced_<time>), never dropped. On any failure the staging database is
     dropped and the target is left as it was.
+  - Before anything is downloaded, the backup's metadata signature is checked (see O(signing_key)); an invalid
+    signature ("metadata signature invalid") always fails the task, an unsigned one unless O(allow_unsigned=true).
+  - Reads every format, whatever O(encryption) says - V(aes-256-gcm) (needs the master key that made the backup),
+    V(hybrid-pq) (needs O(identity_file)), V(aes-256-cbc) - and the backups the seed's scripts made
+    (C(backups/postgresql/<name>.encrypted) with C(metadata/<name>.meta)), whose metadata names the database.
   - This is the same engine as the C(quankey-backup restore) command.
 options:
-  encryption_key:
-    required: true
   backup:
     description:
       - Which backup to restore, V(latest) or a backup name such as V(quankey_prod_backup_20250809_030000)
@@ -55,6 +58,13 @@ options:
     description:
       - Skip restoring ownership and privileges (C(pg_restore --no-owner --no-privileges)), for a server that
         lacks the roles of the source.
+    type: bool
+    default: false
+  allow_unsigned:
+    description:
+      - Restore a backup whose metadata is not signed, or is signed with a key not given here. Without signature
+        checking, someone who can write to the bucket could have swapped the object and its checksum.
+      - An invalid signature is refused even so. The seed's backups never had signatures and need no such consent.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -226,6 +236,21 @@ restore:
       returned: when not in check mode
       type: float
       sample: 12.25
+    encryption:
+      description: How the backup was encrypted.
+      returned: when not in check mode
+      type: str
+      sample: hybrid-pq
+    signature:
+      description: The outcome of the metadata signature check.
+      returned: when not in check mode
+      type: str
+      sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    layout:
+      description: V(host) for this collection's backups, V(seed) for those the seed's scripts made.
+      returned: when not in check mode
+      type: str
+      sample: host
 verification:
   description:
     - The full verification of the backup that check mode did instead of restoring.
@@ -277,6 +302,21 @@ verification:
       returned: always
       type: float
       sample: 7.5
+    encryption:
+      description: How the backup was encrypted.
+      returned: always
+      type: str
+      sample: aes-256-gcm
+    signature:
+      description: The outcome of the metadata signature check.
+      returned: always
+      type: str
+      sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    layout:
+      description: V(host) for this collection's backups, V(seed) for those the seed's scripts made.
+      returned: always
+      type: str
+      sample: seed
 error:
   description: What kind of failure stopped the module, for playbooks that branch on it.
   returned: failure
@@ -310,7 +350,6 @@ from ansible_collections.quankey.backup.plugins.module_utils import queries
 def argument_spec():
     """The module's options: the shared groups plus the backup selection and the target."""
     return ansible_common.common_argument_spec(
-        encryption_key=dict(required=True),
         backup=dict(type="str", default="latest"),
         before=dict(type="str"),
         target_db=dict(type="str"),
@@ -318,6 +357,7 @@ def argument_spec():
         source_host=dict(type="str"),
         source_db=dict(type="str"),
         no_owner=dict(type="bool", default=False),
+        allow_unsigned=dict(type="bool", default=False),
     )
 
 
@@ -330,7 +370,8 @@ def main():
     with ansible_common.engine_errors(module, "restore"):
         settings = ansible_common.settings_from_params(params)
         before = catalog.parse_time(params["before"], "before") if params["before"] else None
-        selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"])
+        selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
+                         allow_unsigned=params["allow_unsigned"])
         if module.check_mode:
             restore, verification = queries.preview_restore(settings, target_db=params["target_db"], **selection)
             result = dict(restore=restore, verification=verification)

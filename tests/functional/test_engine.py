@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, pipeline, signing
 from ansible_collections.quankey.backup.plugins.module_utils.postgres import PgClient
 import sampledb
 from hostcommand import new_name, run_cli
@@ -149,21 +149,27 @@ def _rewrite(s3, bucket, key, data):
     s3.put_object(Bucket=bucket, Key=key, Body=data, StorageClass="STANDARD_IA")
 
 
-def _fix_metadata(s3, bucket, key, data):
-    """Make the metadata agree with tampered data (an attacker who can write the bucket)."""
+def _fix_metadata(s3, bucket, key, data, master_key=None):
+    """Make the metadata agree with tampered data: an attacker who can write the bucket, or with ``master_key``
+    (base64), one who also holds the key that signs metadata (to test the layers beneath the signature)."""
     import hashlib
     meta_key = key.replace("/backups/postgresql/", "/metadata/").replace(".encrypted", ".meta")
     metadata = json.loads(s3.get_object(Bucket=bucket, Key=meta_key)["Body"].read())
     metadata["size_bytes"] = len(data)
     metadata["checksum_sha256"] = hashlib.sha256(data).hexdigest()
+    if master_key:
+        master = base64.b64decode(master_key)
+        metadata = signing.sign_metadata(metadata, crypto.key_id(master), signing.derive_signing_key(master))
     s3.put_object(Bucket=bucket, Key=meta_key, Body=json.dumps(metadata).encode())
 
 
 @pytest.mark.parametrize("damage,fix_metadata,reason", [
     ("flip", False, "SHA-256|authentication failed"),
-    ("flip", True, "authentication failed at segment"),
+    ("flip", "forged", "metadata signature invalid for backup"),
+    ("flip", "re-signed", "authentication failed at segment"),
     ("truncate", False, "metadata says"),
-    ("truncate", True, "truncated"),
+    ("truncate", "forged", "metadata signature invalid for backup"),
+    ("truncate", "re-signed", "truncated"),
 ])
 def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, source, env, s3, damage, fix_metadata, reason):
     result = _backup(env)
@@ -176,7 +182,7 @@ def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, so
         data = data[:cut]
     _rewrite(s3, bucket, key, bytes(data))
     if fix_metadata:
-        _fix_metadata(s3, bucket, key, bytes(data))
+        _fix_metadata(s3, bucket, key, bytes(data), env["BACKUP_ENCRYPTION_KEY"] if fix_metadata == "re-signed" else None)
 
     target = new_name("damaged")
     proc = run_cli(env, "restore", "--target-db", target, check=6)
@@ -326,7 +332,7 @@ def test_health_catches_a_plaintext_object(testbed, source, env, s3):
     dump = subprocess.run(PgClient(_settings(env)).dump_argv(source), env=dict(os.environ, PGPASSWORD=env["PGPASSWORD"]),
                           stdout=subprocess.PIPE, check=True).stdout
     _rewrite(s3, env["S3_BUCKET"], result["object_key"], dump)
-    _fix_metadata(s3, env["S3_BUCKET"], result["object_key"], dump)
+    _fix_metadata(s3, env["S3_BUCKET"], result["object_key"], dump, env["BACKUP_ENCRYPTION_KEY"])
     report = json.loads(run_cli(env, "health", "--json", check=2).stdout)
     assert any(f["rule"] == "encryption" and "plaintext" in f["message"] for f in report["findings"])
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto
+from ansible_collections.quankey.backup.plugins.module_utils import crypto, signing
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
 
@@ -93,7 +93,7 @@ def test_rekey_rewrites_only_metadata_then_the_old_key_fails_and_the_new_one_wor
     assert {(item["from_key_id"], item["to_key_id"], item["status"]) for item in plan["backups"]} == {
         (kid(old_key), kid(new), "would rekey")}
     human = run_cli(rotated, "rekey", "--dry-run", check=0).stdout
-    assert human.startswith("would rekey 2 backup(s) to key %s" % kid(new))
+    assert human.startswith("would rekey 2 backup(s) to aes-256-gcm key %s" % kid(new))
     for key, document in metadata.items():
         assert _metadata(s3, bucket, key) == document  # the dry run changed nothing
     run_cli(env, "verify", check=0)
@@ -108,7 +108,9 @@ def test_rekey_rewrites_only_metadata_then_the_old_key_fails_and_the_new_one_wor
         rewritten = _metadata(s3, bucket, key)
         assert rewritten["key_id"] == kid(new) and rewritten["envelope"]["key_id"] == kid(new)
         assert rewritten["envelope"] != document["envelope"]
-        assert dict(rewritten, key_id=None, envelope=None) == dict(document, key_id=None, envelope=None)
+        assert rewritten["signature"]["key_id"] == kid(new) and document["signature"]["key_id"] == kid(old_key)
+        cleared = dict(key_id=None, envelope=None, signature=None)
+        assert dict(rewritten, **cleared) == dict(document, **cleared)
 
     wrong = run_cli(env, "verify", check=6)  # the old key alone
     assert "wrapped with key %s; the key given is %s" % (kid(new), kid(old_key)) in wrong.stderr
@@ -143,16 +145,24 @@ def test_rekey_fails_closed_per_backup_and_goes_on(testbed, source, env, s3):
     assert len(errors) == 1 and unknown["name"] in errors[0] and "Traceback" not in proc.stderr
 
 
-def test_rekey_of_a_swapped_envelope_is_refused(testbed, source, env, s3):
-    """An envelope the keyring opens but whose data key does not belong to the object is not re-wrapped."""
+@pytest.mark.parametrize("attacker, reason", [
+    ("writes the bucket", "metadata signature invalid for backup"),
+    ("also holds the signing key", "key commitment"),
+])
+def test_rekey_of_a_swapped_envelope_is_refused(testbed, source, env, s3, attacker, reason):
+    """An envelope swapped in from another backup is not re-wrapped: the signature catches it, and beneath it the
+    key commitment (the keyring opens the envelope, but its data key does not belong to the object)."""
     bucket, old_key = env["S3_BUCKET"], env["BACKUP_ENCRYPTION_KEY"]
     first, second = _backup(env), _backup(env)
     swapped = _metadata(s3, bucket, second["metadata_key"])
     swapped["envelope"] = _metadata(s3, bucket, first["metadata_key"])["envelope"]
+    if attacker == "also holds the signing key":
+        master = base64.b64decode(old_key)
+        swapped = signing.sign_metadata(swapped, kid(old_key), signing.derive_signing_key(master))
     s3.put_object(Bucket=bucket, Key=second["metadata_key"], Body=json.dumps(swapped).encode())
     proc = run_cli(_rotated(env, new_key(), old_key), "rekey", "--json", check=6)
     status = dict((item["name"], item) for item in json.loads(proc.stdout)["backups"])
-    assert status[second["name"]]["status"] == "failed" and "key commitment" in status[second["name"]]["error"]
+    assert status[second["name"]]["status"] == "failed" and reason in status[second["name"]]["error"]
     assert status[first["name"]]["status"] == "rekeyed"
     assert _metadata(s3, bucket, second["metadata_key"]) == swapped
 
@@ -203,7 +213,7 @@ def test_health_warns_when_a_recent_backup_is_wrapped_with_a_key_it_does_not_hol
     report = json.loads(proc.stdout)
     assert [(f["rule"], f["severity"]) for f in report["findings"]] == [("encryption", "warning")]
     assert report["findings"][0]["message"].startswith(
-        "backup %s is wrapped with key %s, which this host's keyring does not hold: it cannot be restored here"
+        "backup %s is wrapped with key %s, which this host does not hold: it cannot be restored here"
         % (taken["name"], kid(old_key)))
     human = run_cli(only_new, "health", check=1).stdout
     assert human.startswith("WARNING") and kid(old_key) in human

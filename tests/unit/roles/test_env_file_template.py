@@ -33,6 +33,7 @@ def _render(**overrides):
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
+        "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
     }
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
@@ -66,3 +67,17 @@ def test_the_shell_reads_back_the_same_values(tmp_path):
                                                 ("pg_backup_s3_endpoint_url", "S3_ENDPOINT_URL")])
 def test_optional_settings_appear_only_when_set(optional, variable):
     assert config.parse_env_text(_render(**{optional: "require"}))[variable] == "require"
+
+
+def test_recipient_mode_writes_the_public_keys_and_the_signing_key_and_no_master_key():
+    publics = ["qkpq1-pub-AAAA", "qkpq1-pub-BBBB"]
+    signing_key = "c2lnbmluZy1zaWduaW5nLXNpZ25pbmctc2lnbmluZy0="
+    values = config.parse_env_text(_render(pg_backup_encryption="hybrid-pq", pg_backup_encryption_key="",
+                                           pg_backup_recipients=publics, pg_backup_signing_key=signing_key))
+    assert values["BACKUP_ENCRYPTION"] == "hybrid-pq" and "BACKUP_ENCRYPTION_KEY" not in values
+    assert values["BACKUP_SIGNING_KEY"] == signing_key
+    settings = config.settings_from_env(values)
+    assert (settings.encryption, settings.recipients, settings.signing_key) == ("hybrid-pq", " ".join(publics), signing_key)
+    default = config.parse_env_text(_render())
+    assert default["BACKUP_ENCRYPTION"] == "aes-256-gcm"
+    assert "BACKUP_RECIPIENTS" not in default and "BACKUP_SIGNING_KEY" not in default

@@ -87,7 +87,8 @@ def test_fallbacks_start_with_a_variable_of_the_host_command(fragment, builder):
 
 def test_fragments_require_the_libraries_the_modules_check():
     assert _fragment(s3_fragment)["requirements"] == ["boto3 >= 1.26"]
-    assert _fragment(encryption_fragment)["requirements"] == ["cryptography >= 41"]
+    assert _fragment(encryption_fragment)["requirements"] == [
+        "cryptography >= 41 (for O(encryption=hybrid-pq), 48 or later built with OpenSSL 3.5 or later, as its wheels are)"]
     for requirement in ("boto3", "cryptography"):
         assert requirement in ansible_common._LIBRARIES  # pylint: disable=protected-access
 

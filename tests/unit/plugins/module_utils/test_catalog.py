@@ -166,3 +166,33 @@ def test_metadata_with_a_malformed_checksum_is_rejected():
     metadata["checksum_sha256"] = "abc"
     with pytest.raises(IntegrityError, match="checksum_sha256"):
         catalog.decode_metadata(catalog.encode_metadata(metadata), "k")
+
+
+def test_the_seeds_flat_layout_becomes_seed_records_beside_host_ones():
+    meta = [{"key": "p/metadata/quankey_backup_20250809_030000.meta", "size": 200},
+            {"key": "p/metadata/db1/app/app_backup_20250810_030000.meta", "size": 900},
+            {"key": "p/metadata/notes.txt", "size": 1}]
+    objs = [{"key": "p/backups/postgresql/quankey_backup_20250809_030000.encrypted", "size": 5000},
+            {"key": "p/backups/postgresql/db1/app/app_backup_20250810_030000.encrypted", "size": 7000}]
+    records, orphans = catalog.records_from_listing("p/", meta, objs)
+    assert orphans == []
+    ours, seed = records
+    assert (ours.host, ours.db, ours.seed) == ("db1", "app", False)
+    assert (seed.host, seed.db, seed.seed, seed.layout) == (None, None, True, "seed")
+    assert seed.object_key == "p/backups/postgresql/quankey_backup_20250809_030000.encrypted" and seed.object_size == 5000
+    assert seed.summary()["layout"] == "seed" and "layout" not in ours.summary()
+
+
+def test_seed_metadata_is_completed_and_checked():
+    seed = {"backup_type": "postgresql_full", "database": "quankey_prod", "timestamp": "20250809_030000",
+            "size_bytes": 15728640, "checksum_sha256": "a1" * 32, "encryption": "aes-256-cbc",
+            "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": True}
+    done = catalog.decode_metadata(json.dumps(seed).encode(), "m.meta", seed=True, object_key_="o.encrypted")
+    assert dict((k, done[k]) for k in seed) == seed  # what the seed wrote is kept as it was
+    assert (done["layout"], done["compression"], done["object_key"], done["table_count"]) == ("seed", "auto", "o.encrypted", None)
+    assert done["envelope"]["type"] == "openssl-enc-pbkdf2-sha256" and done["envelope"]["iterations"] == 10000
+    with pytest.raises(IntegrityError, match="seed metadata object m.meta lacks checksum_sha256"):
+        catalog.decode_metadata(json.dumps(dict((k, v) for k, v in seed.items() if k != "checksum_sha256")).encode(),
+                                "m.meta", seed=True)
+    with pytest.raises(IntegrityError, match="the seed wrote only aes-256-cbc"):
+        catalog.decode_metadata(json.dumps(dict(seed, encryption="aes-256-gcm")).encode(), "m.meta", seed=True)

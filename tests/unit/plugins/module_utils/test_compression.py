@@ -61,3 +61,23 @@ def test_backups_compressed_with_worker_threads_still_decompress():
     old = zstandard.ZstdCompressor(level=3, threads=2).compressobj()
     packed = b"".join(old.compress(DATA[i:i + 65536]) for i in range(0, len(DATA), 65536)) + old.flush()
     assert _unpack("zstd", packed) == DATA
+
+
+@pytest.mark.parametrize("name", ["gzip", "zstd", "none"])
+def test_auto_detects_what_the_seed_and_we_wrote_from_the_first_bytes(name):
+    archive = b"PGDMP" + os.urandom(3000) + bytes(5000)
+    pack = compression.compressor(name)
+    packed = pack.update(archive) + pack.finalize()
+    unpack = compression.decompressor("auto")
+    out = b"".join(unpack.update(packed[i:i + 3]) for i in range(0, len(packed), 3)) + unpack.finalize()
+    assert out == archive
+
+
+def test_auto_refuses_what_is_no_backup():
+    unpack = compression.decompressor("auto")
+    with pytest.raises(IntegrityError, match="neither gzip, zstd nor a pg_dump archive"):
+        unpack.update(b"garbage garbage")
+    short = compression.decompressor("auto")
+    short.update(b"\x1f")
+    with pytest.raises(IntegrityError, match="only 1 bytes"):
+        short.finalize()

@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from ansible_collections.quankey.backup.plugins.module_utils import signing
 from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health
 
 UTC = datetime.timezone.utc
@@ -153,8 +154,8 @@ def test_an_unknown_key_id_is_a_warning_naming_the_backup_and_the_key():
     findings = health.assess(records, [], NOW, health.HealthPolicy(), keyring_ids=[KID_NEW])
     assert _rules(findings) == [("encryption", "warning")]
     message = findings[0]["message"]
-    assert message.startswith("backup %s (and 1 more of the newest 3) is wrapped with key %s, which this host's keyring "
-                              "does not hold: it cannot be restored here" % (records[1].basename, KID_LOST))
+    assert message.startswith("backup %s (and 1 more of the newest 3) is wrapped with key %s, which this host does "
+                              "not hold: it cannot be restored here" % (records[1].basename, KID_LOST))
     assert health.overall_status(findings) == "warning"
 
 
@@ -197,6 +198,7 @@ def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids(
 
     def loader(store_, record):
         record.metadata.update(key_id=kids[records.index(record)], envelope={"key_id": kids[records.index(record)]})
+        record.metadata.update(signing.sign_metadata(record.metadata, crypto.key_id(active), signing.derive_signing_key(active)))
         return record.metadata
 
     report = health.check_health(settings, store=store, now=NOW, list_backups=lambda s, st: (records, []),

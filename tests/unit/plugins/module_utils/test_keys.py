@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import base64
+import json
 import os
 
 import pytest
@@ -122,42 +123,94 @@ def test_wrong_key_errors_name_the_keyring_settings_when_set():
         "BACKUP_ENCRYPTION_KEY or BACKUP_DECRYPTION_KEYS"
 
 
-def test_rekey_metadata_rewraps_only_the_envelope_and_key_id():
+def _context(active, *older):
+    return keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(active), BACKUP_DECRYPTION_KEYS=",".join(b64(k) for k in older)))
+
+
+def test_rekey_metadata_rewraps_the_envelope_and_key_id_and_re_signs():
     metadata, data_key = _metadata(OLD)
-    ring = keys.Keyring(NEW, [OLD])
-    updated, opened, old_id = keys.rekey_metadata(metadata, ring, "BACKUP_DECRYPTION_KEYS")
+    metadata = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(OLD))).sign(metadata)
+    context = _context(NEW, OLD)
+    updated, opened, old_id = keys.rekey_metadata(metadata, context)
     assert opened == data_key and old_id == crypto.key_id(OLD)
     assert updated["key_id"] == crypto.key_id(NEW) and updated["envelope"]["key_id"] == crypto.key_id(NEW)
-    assert dict(updated, envelope=None, key_id=None) == dict(metadata, envelope=None, key_id=None)
+    changed = ("envelope", "key_id", "signature")
+    assert dict((k, v) for k, v in updated.items() if k not in changed) == dict((k, v) for k, v in metadata.items() if k not in changed)
     assert metadata["key_id"] == crypto.key_id(OLD)  # the input is not modified
     assert crypto.unwrap_data_key(NEW, updated["envelope"]) == data_key
     with pytest.raises(WrongKeyError):
         crypto.unwrap_data_key(OLD, updated["envelope"])
+    assert updated["signature"]["key_id"] == crypto.key_id(NEW)
+    assert context.verify(updated, "backup", None).startswith("valid")
+    # the old key alone no longer verifies it: the signature moved to the new key
+    with pytest.raises(IntegrityError, match="signed with key %s" % crypto.key_id(NEW)):
+        keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(OLD))).verify(updated, "backup", None)
 
 
-def test_rekey_metadata_leaves_a_backup_on_the_active_key_alone():
+def test_rekey_metadata_leaves_a_backup_on_the_active_key_and_signer_alone():
     metadata, data_key = _metadata(NEW)
-    updated, opened, old_id = keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "x")
-    assert updated is None and opened == data_key and old_id == crypto.key_id(NEW)
+    context = _context(NEW, OLD)
+    updated, opened, old_id = keys.rekey_metadata(context.sign(metadata), context)
+    assert updated is None and opened is None and old_id == crypto.key_id(NEW)
+    # on the active key but signed by another key: re-signed
+    resigned, _opened, _old = keys.rekey_metadata(_context(OLD).sign(metadata), context)
+    assert resigned["signature"]["key_id"] == crypto.key_id(NEW) and resigned["envelope"] != metadata["envelope"]
 
 
 def test_rekey_metadata_fixes_a_stale_key_id_field():
     metadata, _data_key = _metadata(NEW)
     metadata["key_id"] = crypto.key_id(OLD)
-    updated, _opened, _old = keys.rekey_metadata(metadata, keys.Keyring(NEW), "x")
+    updated, _opened, _old = keys.rekey_metadata(metadata, _context(NEW))
     assert updated["key_id"] == crypto.key_id(NEW)
 
 
 def test_rekey_metadata_fails_closed():
     metadata, _data_key = _metadata(OTHER)
     with pytest.raises(WrongKeyError, match="wrapped with key %s" % crypto.key_id(OTHER)):
-        keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "BACKUP_DECRYPTION_KEYS")
+        keys.rekey_metadata(metadata, _context(NEW, OLD))
     metadata, _data_key = _metadata(OLD)
     metadata["envelope"]["wrapped_key"] = b64(os.urandom(48))
     with pytest.raises(TamperedError):
-        keys.rekey_metadata(metadata, keys.Keyring(NEW, [OLD]), "x")
+        keys.rekey_metadata(metadata, _context(NEW, OLD))
+    with pytest.raises(IntegrityError, match="a new key needs a new backup, not a rekey"):
+        keys.rekey_metadata(dict(metadata, encryption="aes-256-cbc"), _context(NEW, OLD))
     with pytest.raises(IntegrityError, match="cannot rekey"):
-        keys.rekey_metadata(dict(metadata, encryption="aes-256-cbc"), keys.Keyring(NEW, [OLD]), "x")
+        keys.rekey_metadata(dict(metadata, encryption="rot13"), _context(NEW, OLD))
+
+
+def test_verify_names_each_signature_outcome():
+    metadata, _data_key = _metadata(NEW)
+    metadata.update(name="db_backup_20250101_000000", object_key="o/db_backup_20250101_000000.encrypted")
+    context = _context(NEW)
+    signed = context.sign(metadata)
+    assert context.verify(signed, metadata["name"], metadata["object_key"]) == "valid (key %s)" % crypto.key_id(NEW)
+    with pytest.raises(TamperedError, match="metadata signature invalid for backup db_backup_20250101_000000"):
+        context.verify(dict(signed, checksum_sha256="0" * 64), metadata["name"], metadata["object_key"])
+    with pytest.raises(TamperedError, match="metadata signature invalid .* copied under this name"):
+        context.verify(signed, "db_backup_20250102_000000", "o/db_backup_20250102_000000.encrypted")
+    with pytest.raises(IntegrityError, match="is not signed.*--allow-unsigned"):
+        context.verify(metadata, metadata["name"], metadata["object_key"])
+    assert context.verify(metadata, metadata["name"], metadata["object_key"], allow_unsigned=True).startswith("not verified")
+    with pytest.raises(IntegrityError, match="signed with key %s, which is not among the keys given" % crypto.key_id(OTHER)):
+        context.verify(_context(OTHER).sign(metadata), metadata["name"], metadata["object_key"])
+    seed = {"layout": "seed", "size_bytes": 1}
+    assert context.verify(seed, "x", None) == "unsigned (seed backup)"
+
+
+def test_an_explicit_signing_key_signs_and_master_derived_keys_still_verify():
+    signer = os.urandom(32)
+    context = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_SIGNING_KEY=b64(signer)))
+    metadata, _data_key = _metadata(NEW)
+    signed = context.sign(metadata)
+    assert signed["signature"]["key_id"].startswith("qks-") and b64(signer) not in json.dumps(signed)
+    assert context.verify(signed, "backup", None).startswith("valid (key qks-")
+    assert context.verify(_context(NEW).sign(metadata), "backup", None) == "valid (key %s)" % crypto.key_id(NEW)
+
+
+def test_a_recipients_only_host_needs_a_signing_key():
+    context = keys.KeyContext(config.Settings(encryption="hybrid-pq", recipients=[]))
+    with pytest.raises(ConfigError, match="no key to sign the backup's metadata with: set BACKUP_SIGNING_KEY"):
+        context.signer()
 
 
 def test_check_data_key_uses_the_key_commitment_of_the_header():

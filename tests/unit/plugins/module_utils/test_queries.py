@@ -103,8 +103,8 @@ class _Record:
 def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
     calls = {}
 
-    def select(settings, store, backup, before, host, db):
-        calls["select"] = (backup, before, host, db)
+    def select(settings, store, backup, before, host, db, allow_unsigned=False):
+        calls["select"] = (backup, before, host, db, allow_unsigned)
         return _Record()
 
     def run_verify(settings, **kwargs):
@@ -116,9 +116,9 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
     store = object()
     plan, verification = queries.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
                                                  store=store)
-    assert calls["select"] == ("latest", T0, None, "app")
+    assert calls["select"] == ("latest", T0, None, "app", False)
     assert calls["verify"] == {"backup": "app_backup_20250801_030000", "host": "db1", "db": "app", "store": store,
-                               "progress": None}
+                               "progress": None, "allow_unsigned": False}
     assert plan == {"name": "app_backup_20250801_030000", "object_key": _Record.object_key,
                     "metadata_key": _Record.metadata_key, "source_host": "db1", "source_db": "app",
                     "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
@@ -127,7 +127,7 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
 
 
 def test_preview_restore_keeps_a_given_target(monkeypatch):
-    monkeypatch.setattr(pipeline, "select", lambda *args: _Record())
+    monkeypatch.setattr(pipeline, "select", lambda *args, **kwargs: _Record())
     monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: {})
     plan, _verification = queries.preview_restore(_settings(), target_db="incident", store=object())
     assert plan["target_db"] == "incident"

@@ -25,7 +25,7 @@ def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatc
     result = run_module(module, ARGS)
     assert restore.settings.db_name == "quankey_prod"
     assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
-                              "force": False, "no_owner": False}
+                              "force": False, "no_owner": False, "allow_unsigned": False}
     assert result["changed"] is True
     assert result["restore"] == RESTORED
     assert "verification" not in result
@@ -35,11 +35,12 @@ def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monke
     restore = recorder(result=RESTORED)
     monkeypatch.setattr(pipeline, "run_restore", restore)
     run_module(module, dict(ARGS, backup="quankey_prod_backup_20250809_030000", before="2025-08-10T00:00:00+02:00",
-                            target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other"))
+                            target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other",
+                            allow_unsigned=True))
     assert restore.kwargs == {
         "backup": "quankey_prod_backup_20250809_030000",
         "before": datetime.datetime(2025, 8, 9, 22, 0, 0, tzinfo=datetime.timezone.utc),
-        "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True}
+        "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True, "allow_unsigned": True}
 
 
 def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
@@ -74,7 +75,8 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     monkeypatch.setattr(queries, "preview_restore", preview)
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
-    assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t"}
+    assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
+                              "allow_unsigned": False}
     assert result["changed"] is True
     assert result["restore"] == plan
     assert result["verification"] == verification
@@ -101,7 +103,9 @@ def test_a_wrong_key_names_both_key_ids(run_module, recorder, monkeypatch):
     assert result["error"]["type"] == "WrongKeyError"
 
 
-def test_the_encryption_key_is_required(run_module):
-    result = run_module(module, {"db": "d", "bucket": "b"})
-    assert result["failed"] is True
-    assert result["msg"] == "missing required arguments: encryption_key"
+def test_no_key_is_required_up_front_as_the_backup_decides_which(run_module, recorder, monkeypatch):
+    # an aes-256-gcm backup needs a master key, a hybrid-pq one the identity file: the engine names the one missing
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    result = run_module(module, {"db": "d", "bucket": "b", "identity_file": "/etc/quankey/identity.key"})
+    assert result["changed"] is True and restore.settings.identity_file == "/etc/quankey/identity.key"

@@ -1,0 +1,438 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The seed's backup encryption: OpenSSL ``enc -aes-256-cbc -salt -pbkdf2`` (specified in docs/FORMAT.md).
+
+The legacy system made backups with::
+
+    pg_dump -Fc | gzip | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY
+
+An object in that format is ``b"Salted__"`` || 8-byte salt || AES-256-CBC
+ciphertext with PKCS#7 padding, where key || IV = PBKDF2-HMAC-SHA256(passphrase,
+salt, iterations, 48 bytes). The passphrase is the *text* of the variable, as
+bytes, never base64-decoded. OpenSSL's defaults (1.1.1 and later) are 10000
+iterations and SHA-256.
+
+CBC is not authenticated: a wrong passphrase is caught by checking that the
+first decrypted block looks like the start of a dump, a bad last block by its
+padding, but a modified middle block decrypts to garbage silently. Whole-object
+integrity comes from the SHA-256 in the backup's metadata, checked separately.
+
+Both streaming classes hold at most a few 16-byte blocks besides the chunk
+being processed. Messages never contain passphrases: only labels (variable
+names), sizes and counts.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
+
+try:
+    from cryptography.hazmat.primitives import hashes, padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+
+ENCRYPTION_NAME = "aes-256-cbc"
+MAGIC = b"Salted__"
+SALT_SIZE = 8
+HEADER_SIZE = 16
+BLOCK_SIZE = 16
+# Bytes a reader needs to choose the passphrase (header and first block): what a ranged probe reads.
+PROBE_SIZE = 32
+KEY_SIZE = 32
+IV_SIZE = 16
+DEFAULT_ITERATIONS = 10000
+MIN_ITERATIONS = 1
+MAX_ITERATIONS = 10000000
+DIGEST = "sha256"
+ENVELOPE_TYPE = "openssl-enc-pbkdf2-sha256"
+KEY_NAME = "BACKUP_ENCRYPTION_KEY"
+
+# Starts of what the seed (and this project) put under the encryption: gzip
+# (magic 1f 8b, method 08 = deflate), zstd frame magic, pg_dump custom archive.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PGDUMP_MAGIC = b"PGDMP"
+
+_QKBK_MAGIC = b"QKBK"
+_BASE64_MAGIC = b"U2FsdGVkX1"  # base64 of b"Salted__": output of `openssl enc -a`
+_CRYPTOGRAPHY_MISSING = "the Python package 'cryptography' is required: pip install cryptography"
+
+BytesLike = Union[bytes, bytearray, memoryview]
+PlaintextCheck = Callable[[bytes], bool]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _require_cryptography() -> None:
+    """Raise ConfigError when the optional ``cryptography`` package is missing."""
+    if not HAS_CRYPTOGRAPHY:
+        raise ConfigError(_CRYPTOGRAPHY_MISSING)
+
+
+def _check_iterations(iterations: Any) -> int:
+    """Return ``iterations`` if it is an int within the allowed range, else raise IntegrityError."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise IntegrityError("PBKDF2 iteration count is a %s, not an integer: expected %d to %d (OpenSSL's default is %d)"
+                             % (type(iterations).__name__, MIN_ITERATIONS, MAX_ITERATIONS, DEFAULT_ITERATIONS))
+    if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
+        raise IntegrityError("PBKDF2 iteration count %d is out of range: expected %d to %d (OpenSSL's default is %d)"
+                             % (iterations, MIN_ITERATIONS, MAX_ITERATIONS, DEFAULT_ITERATIONS))
+    return iterations
+
+
+def _check_passphrase(value: Any) -> bytes:
+    """Return a passphrase as bytes, else raise TypeError or ValueError (a caller bug)."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("passphrase must be bytes, not %s" % type(value).__name__)
+    value = bytes(value)
+    if not value:
+        raise ValueError("passphrase is empty")
+    if b"\x00" in value:
+        raise ValueError("passphrase contains a NUL byte: openssl enc would use only the part before it")
+    return value
+
+
+def _derive(passphrase: bytes, salt: bytes, iterations: int) -> Tuple[bytes, bytes]:
+    """OpenSSL enc -pbkdf2 key derivation: (key, iv) from PBKDF2-HMAC-SHA256 with a 48-byte output."""
+    derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=KEY_SIZE + IV_SIZE, salt=salt, iterations=iterations).derive(passphrase)
+    return derived[:KEY_SIZE], derived[KEY_SIZE:]
+
+
+def _byte_view(data: BytesLike) -> memoryview:
+    """A flat unsigned-byte memoryview of any bytes-like object, without copying."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def looks_like(prefix: BytesLike) -> bool:
+    """True if ``prefix`` (the first bytes of an object, at least 8) starts with ``Salted__``."""
+    return bytes(prefix[:len(MAGIC)]) == MAGIC
+
+
+def plausible_dump_start(data: BytesLike) -> bool:
+    """True if ``data`` starts like a gzip stream, a zstd frame or a pg_dump custom archive."""
+    data = bytes(data[:8])
+    return data.startswith(GZIP_MAGIC) or data.startswith(ZSTD_MAGIC) or data.startswith(PGDUMP_MAGIC)
+
+
+def _not_openssl(prefix: bytes) -> IntegrityError:
+    """Build the error for bytes that do not start with ``Salted__``, naming known formats."""
+    start = "not an aes-256-cbc (OpenSSL enc) object"
+    if prefix.startswith(PGDUMP_MAGIC):
+        return IntegrityError("%s: it is a plaintext pg_dump archive, not encrypted; restore it as is" % start)
+    if prefix.startswith(_QKBK_MAGIC):
+        return IntegrityError("%s: it is in quankey-backup format v1 (QKBK, aes-256-gcm); decrypt it with the format-v1 reader" % start)
+    if prefix.startswith(GZIP_MAGIC[:2]):
+        return IntegrityError("%s: it is a gzip stream, not encrypted; decompress it with gunzip" % start)
+    if prefix.startswith(ZSTD_MAGIC):
+        return IntegrityError("%s: it is a zstd stream, not encrypted; decompress it with zstd -d" % start)
+    if len(prefix) >= len(MAGIC) and _BASE64_MAGIC.startswith(prefix[:len(_BASE64_MAGIC)]):
+        return IntegrityError("%s: it is base64 text (openssl enc -a); decode it with base64 -d first" % start)
+    return IntegrityError("%s: it does not start with %r (was it written with -nosalt, or not by openssl enc?)" % (start, MAGIC))
+
+
+def _short_object(received: bytes) -> IntegrityError:
+    """Error for an object that ends before its header and first block are complete."""
+    if not received:
+        return TruncatedError("aes-256-cbc (OpenSSL enc) object is empty: expected at least %d bytes; the object is incomplete"
+                              % (HEADER_SIZE + BLOCK_SIZE))
+    if not MAGIC.startswith(received[:len(MAGIC)]):
+        return _not_openssl(received)
+    if len(received) < HEADER_SIZE:
+        return TruncatedError("aes-256-cbc (OpenSSL enc) object is truncated inside its %d-byte header (%d bytes): the object is incomplete"
+                              % (HEADER_SIZE, len(received)))
+    return TruncatedError("aes-256-cbc (OpenSSL enc) object has %d bytes of ciphertext after its header, less than one %d-byte block: "
+                          "the object is incomplete" % (len(received) - HEADER_SIZE, BLOCK_SIZE))
+
+
+def _or_list(labels: Sequence[str]) -> str:
+    """``A``, ``A or B``, ``A, B or C``."""
+    if len(labels) == 1:
+        return labels[0]
+    return "%s or %s" % (", ".join(labels[:-1]), labels[-1])
+
+
+# --------------------------------------------------------------------------- envelope
+
+def passphrase_envelope(key_id: str, iterations: int = DEFAULT_ITERATIONS) -> Dict[str, Any]:
+    """The JSON object stored in a backup's metadata for this format. It holds no secret.
+
+    ``key_id`` is a non-secret name of the passphrase, chosen by the caller.
+    """
+    if not isinstance(key_id, str):
+        raise TypeError("key_id must be a str, not %s" % type(key_id).__name__)
+    if not key_id:
+        raise ValueError("key_id is empty")
+    return {
+        "type": ENVELOPE_TYPE,
+        "key_id": key_id,
+        "iterations": _check_iterations(iterations),
+        "digest": DIGEST,
+        "cipher": ENCRYPTION_NAME,
+    }
+
+
+def _envelope_text(envelope: Dict[str, Any], field: str, expected: str) -> None:
+    """Check a required text field that must have one value."""
+    value = envelope.get(field)
+    if value is None:
+        raise IntegrityError("encryption envelope field '%s' is missing" % field)
+    if value != expected:
+        shown = value if isinstance(value, str) and len(value) <= 64 else type(value).__name__
+        raise IntegrityError("encryption envelope field '%s' is %r: this version supports only %r" % (field, shown, expected))
+
+
+def parse_envelope(envelope: Any) -> int:
+    """Validate an envelope made by :func:`passphrase_envelope`; return its iteration count.
+
+    Unknown fields are ignored; a missing, malformed or unsupported field is an IntegrityError naming it.
+    """
+    if not isinstance(envelope, dict):
+        raise IntegrityError("encryption envelope is not a JSON object")
+    _envelope_text(envelope, "type", ENVELOPE_TYPE)
+    _envelope_text(envelope, "cipher", ENCRYPTION_NAME)
+    _envelope_text(envelope, "digest", DIGEST)
+    kid = envelope.get("key_id")
+    if kid is not None and not isinstance(kid, str):
+        raise IntegrityError("encryption envelope field 'key_id' is not a string")
+    if "iterations" not in envelope:
+        raise IntegrityError("encryption envelope field 'iterations' is missing")
+    try:
+        return _check_iterations(envelope["iterations"])
+    except IntegrityError as error:
+        failure = error.message
+    raise IntegrityError("encryption envelope field 'iterations': %s" % failure)
+
+
+# --------------------------------------------------------------------------- streams
+
+class CbcEncryptor:
+    """Encrypt a stream into an OpenSSL ``enc -aes-256-cbc -salt -pbkdf2`` object in constant memory.
+
+    ``update`` returns the ciphertext ready so far (the first output starts with
+    the 16-byte header); ``finalize`` pads the last block and returns the rest.
+    ``_salt`` exists only to reproduce test vectors; never pass it otherwise.
+    """
+
+    def __init__(self, passphrase: BytesLike, iterations: int = DEFAULT_ITERATIONS, _salt: Optional[BytesLike] = None) -> None:
+        _require_cryptography()
+        passphrase = _check_passphrase(passphrase)
+        self.iterations: int = _check_iterations(iterations)
+        if _salt is None:
+            salt = os.urandom(SALT_SIZE)
+        else:
+            salt = bytes(_salt)
+            if len(salt) != SALT_SIZE:
+                raise ValueError("salt must be %d bytes, got %d" % (SALT_SIZE, len(salt)))
+        self.header: bytes = MAGIC + salt
+        self.plaintext_bytes: int = 0
+        self.ciphertext_bytes: int = 0
+        key, iv = _derive(passphrase, salt, self.iterations)
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        self._padder = padding.PKCS7(BLOCK_SIZE * 8).padder()
+        self._header_sent = False
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return "<CbcEncryptor iterations=%d plaintext_bytes=%d finished=%s>" % (self.iterations, self.plaintext_bytes, self._finished)
+
+    def _emit(self, ciphertext: bytes) -> bytes:
+        """Count ciphertext and put the header in front of the first output."""
+        self.ciphertext_bytes += len(ciphertext)
+        if self._header_sent:
+            return ciphertext
+        self._header_sent = True
+        return self.header + ciphertext
+
+    def update(self, data: BytesLike) -> bytes:
+        """Add plaintext; return the header (first call) and every whole block encrypted so far."""
+        if self._finished:
+            raise ValueError("update() called after finalize()")
+        view = _byte_view(data)
+        self.plaintext_bytes += len(view)
+        return self._emit(self._cipher.update(self._padder.update(view)))
+
+    def finalize(self) -> bytes:
+        """Pad (PKCS#7, 1 to 16 bytes) and return the last block(s)."""
+        if self._finished:
+            raise ValueError("finalize() called twice")
+        self._finished = True
+        tail = self._cipher.update(self._padder.finalize()) + self._cipher.finalize()
+        return self._emit(tail)
+
+
+class CbcDecryptor:
+    """Decrypt an OpenSSL ``enc -aes-256-cbc -salt -pbkdf2`` object in constant memory.
+
+    ``passphrases`` is a list of (label, passphrase bytes); labels (e.g. variable
+    names) appear in messages, passphrases never do. Once the header and the
+    first block have arrived, the first block is decrypted with each passphrase
+    in turn and the first whose plaintext passes ``check_plaintext`` is used
+    (its label is then in :attr:`passphrase_label`). ``check_plaintext=None``
+    skips that check and needs exactly one passphrase: a wrong one is then only
+    (unreliably) noticed by the padding at :meth:`finalize`.
+
+    Output is not authenticated (CBC): check the object's SHA-256 against the
+    metadata to know it is intact. Bad padding at the end raises TamperedError.
+    """
+
+    def __init__(self, passphrases: Sequence[Tuple[str, BytesLike]], iterations: int = DEFAULT_ITERATIONS,
+                 check_plaintext: Optional[PlaintextCheck] = plausible_dump_start) -> None:
+        _require_cryptography()
+        self.iterations: int = _check_iterations(iterations)
+        if isinstance(passphrases, (bytes, bytearray, memoryview, str)):
+            raise TypeError("passphrases must be a list of (label, passphrase) pairs")
+        candidates: List[Tuple[str, bytes]] = []
+        for item in passphrases:
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str) or not item[0]:
+                raise TypeError("passphrases must be a list of (label, passphrase) pairs with non-empty str labels")
+            label, value = item
+            if isinstance(value, (bytes, bytearray, memoryview)) and not bytes(value):
+                raise ConfigError("%s is empty: set it to the seed's %s (the passphrase text given to openssl enc)" % (label, KEY_NAME))
+            candidates.append((label, _check_passphrase(value)))
+        if not candidates:
+            raise ConfigError("no passphrase given for this aes-256-cbc (OpenSSL enc) backup: set %s to the seed's %s" % (KEY_NAME, KEY_NAME))
+        if check_plaintext is None and len(candidates) != 1:
+            raise ValueError("check_plaintext=None needs exactly one passphrase: without a check the right one cannot be told apart")
+        if check_plaintext is not None and not callable(check_plaintext):
+            raise TypeError("check_plaintext must be callable or None")
+        self._candidates = candidates
+        self._check = check_plaintext
+        self._derived: Dict[Tuple[bytes, bytes, int], Tuple[bytes, bytes]] = {}
+        self.passphrase_label: Optional[str] = None
+        self.salt: Optional[bytes] = None
+        self.object_bytes: int = 0
+        self.plaintext_bytes: int = 0
+        self._pending = bytearray()
+        self._cipher: Any = None
+        self._unpadder: Any = None
+        self._finished = False
+        self._error: Optional[IntegrityError] = None
+
+    def __repr__(self) -> str:
+        return "<CbcDecryptor iterations=%d passphrase_label=%s object_bytes=%d finished=%s>" % (
+            self.iterations, self.passphrase_label, self.object_bytes, self._finished)
+
+    def _key_iv(self, passphrase: bytes, salt: bytes) -> Tuple[bytes, bytes]:
+        """PBKDF2 for one passphrase, cached per (passphrase, salt, iterations) in this instance only."""
+        cache_key = (passphrase, salt, self.iterations)
+        if cache_key not in self._derived:
+            self._derived[cache_key] = _derive(passphrase, salt, self.iterations)
+        return self._derived[cache_key]
+
+    def _start(self, salt: bytes, first_block: bytes) -> bytes:
+        """Pick the passphrase whose first plaintext block passes the check; return that block's output."""
+        self.salt = salt
+        for label, passphrase in self._candidates:
+            key, iv = self._key_iv(passphrase, salt)
+            cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+            first_plain = cipher.update(first_block)
+            if self._check is None or self._check(first_plain):
+                self.passphrase_label = label
+                self._cipher = cipher
+                self._unpadder = padding.PKCS7(BLOCK_SIZE * 8).unpadder()
+                self._derived.clear()  # the chosen key lives on only inside the cipher context
+                return self._plain(self._unpadder.update(first_plain))
+        self._derived.clear()
+        labels = list(dict.fromkeys(label for label, _value in self._candidates))
+        if self._check is plausible_dump_start:
+            wanted = "the start of a gzip, zstd or pg_dump stream"
+        else:
+            wanted = "accepted by the plaintext check"
+        raise WrongKeyError("none of the keys given decrypts this aes-256-cbc (OpenSSL enc) object: with %s (%d PBKDF2 iterations) its first "
+                            "block is not %s (or the object's start is corrupted): set %s to the seed's %s"
+                            % (", ".join(labels), self.iterations, wanted, _or_list(labels), KEY_NAME))
+
+    def _plain(self, data: bytes) -> bytes:
+        """Count plaintext output."""
+        self.plaintext_bytes += len(data)
+        return data
+
+    def _check_usable(self, what: str) -> None:
+        """Refuse further use after finalize, and repeat the first failure after one."""
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            raise ValueError("%s called after finalize()" % what)
+
+    def update(self, data: BytesLike) -> bytes:
+        """Add object bytes; return the plaintext decrypted so far (all but the last block, held for the padding).
+
+        Once it has raised an IntegrityError, every later call raises it again.
+        """
+        self._check_usable("update()")
+        try:
+            return self._update(data)
+        except IntegrityError as error:
+            self._error = error
+            raise
+
+    def _update(self, data: BytesLike) -> bytes:
+        """The body of update(): collect header and first block, then stream."""
+        view = _byte_view(data)
+        self.object_bytes += len(view)
+        if self._cipher is not None:
+            return self._plain(self._unpadder.update(self._cipher.update(view))) if len(view) else b""
+        pending = self._pending
+        need = HEADER_SIZE + BLOCK_SIZE - len(pending)
+        pending += view[:need]
+        if len(pending) >= len(MAGIC) and not pending.startswith(MAGIC):
+            raise _not_openssl(bytes(pending))
+        if len(pending) < HEADER_SIZE + BLOCK_SIZE:
+            return b""
+        start = bytes(pending)
+        self._pending = bytearray()
+        out = self._start(start[len(MAGIC):HEADER_SIZE], start[HEADER_SIZE:])
+        rest = view[need:]
+        if len(rest):
+            out += self._plain(self._unpadder.update(self._cipher.update(rest)))
+        return out
+
+    def finalize(self) -> bytes:
+        """Check the object's length and the padding of its last block; return the last plaintext bytes.
+
+        Raises TruncatedError if the object is shorter than a header and one
+        block or its ciphertext is not a whole number of blocks, TamperedError
+        if the padding is invalid (corrupted object or wrong passphrase).
+        """
+        self._check_usable("finalize()")
+        self._finished = True
+        try:
+            return self._finalize()
+        except IntegrityError as error:
+            self._error = error
+            raise
+
+    def _finalize(self) -> bytes:
+        """The body of finalize()."""
+        if self._cipher is None:
+            pending, self._pending = bytes(self._pending), bytearray()
+            raise _short_object(pending)
+        ciphertext = self.object_bytes - HEADER_SIZE
+        if ciphertext % BLOCK_SIZE:
+            raise TruncatedError("aes-256-cbc (OpenSSL enc) object has %d bytes of ciphertext, not a whole number of %d-byte blocks: "
+                                 "the object is truncated (or has bytes appended)" % (ciphertext, BLOCK_SIZE))
+        out = self._unpadder.update(self._cipher.finalize())
+        tail = None
+        try:
+            tail = self._unpadder.finalize()
+        except ValueError:
+            pass  # raised below, outside the handler
+        if tail is None:
+            raise TamperedError("aes-256-cbc (OpenSSL enc) object has invalid padding in its last block: it is corrupted, truncated at a "
+                                "block boundary, or was encrypted with another passphrase; compare its SHA-256 with the metadata")
+        return self._plain(out + tail)
