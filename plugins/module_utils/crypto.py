@@ -453,7 +453,54 @@ class StreamEncryptor:
         return b"".join(out)
 
 
-class StreamDecryptor:
+class FailClosedDecryptor:
+    """What the streaming decryptors share: ``update``/``finalize`` around a subclass's ``_update``/``_finalize``.
+
+    After the first IntegrityError every later call raises it again, and nothing
+    is accepted after ``finalize``. Subclasses set ``_error = None`` and
+    ``_finished = False`` in ``__init__``.
+    """
+
+    _error: Optional[IntegrityError] = None
+    _finished: bool = False
+
+    def _update(self, data: BytesLike) -> bytes:
+        raise NotImplementedError
+
+    def _finalize(self) -> bytes:
+        raise NotImplementedError
+
+    def _check_usable(self, what: str) -> None:
+        """Refuse further use after finalize, and repeat the first failure after one."""
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            raise ValueError("%s called after finalize()" % what)
+
+    def update(self, data: BytesLike) -> bytes:
+        """Add object bytes; return the plaintext now known to be good (see the subclass).
+
+        Once it has raised an IntegrityError, every later call raises it again.
+        """
+        self._check_usable("update()")
+        try:
+            return self._update(data)
+        except IntegrityError as error:
+            self._error = error
+            raise
+
+    def finalize(self) -> bytes:
+        """Check the end of the object and return the last plaintext (see the subclass's ``_finalize``)."""
+        self._check_usable("finalize()")
+        self._finished = True
+        try:
+            return self._finalize()
+        except IntegrityError as error:
+            self._error = error
+            raise
+
+
+class StreamDecryptor(FailClosedDecryptor):
     """Decrypt and authenticate a format-v1 data object, holding at most one segment in memory.
 
     A segment is decrypted as non-final only once more bytes follow it; the
@@ -519,25 +566,6 @@ class StreamDecryptor:
             raise self._tampered("the object was modified or corrupted")
         return self._accept(plain)
 
-    def _check_usable(self, what: str) -> None:
-        """Refuse further use after finalize, and repeat the first failure after one."""
-        if self._error is not None:
-            raise self._error
-        if self._finished:
-            raise ValueError("%s called after finalize()" % what)
-
-    def update(self, data: BytesLike) -> bytes:
-        """Add object bytes; return the plaintext of segments now known not to be last.
-
-        Once it has raised an IntegrityError, every later call raises it again.
-        """
-        self._check_usable("update()")
-        try:
-            return self._update(data)
-        except IntegrityError as error:
-            self._error = error
-            raise
-
     def _update(self, data: BytesLike) -> bytes:
         """The body of update(): header first, then whole segments that more bytes follow."""
         view = _byte_view(data)
@@ -568,23 +596,13 @@ class StreamDecryptor:
             pending += view[pos:]
         return b"".join(out)
 
-    def finalize(self) -> bytes:
+    def _finalize(self) -> bytes:
         """Authenticate the held-back bytes as the final segment and return its plaintext.
 
         Raises TruncatedError if the object ends before its final segment,
         TamperedError if the last bytes fail authentication.
         """
-        self._check_usable("finalize()")
-        self._finished = True
-        pending, self._pending = self._pending, bytearray()
-        try:
-            return self._finalize(pending)
-        except IntegrityError as error:
-            self._error = error
-            raise
-
-    def _finalize(self, pending: bytearray) -> bytes:
-        """The body of finalize(): ``pending`` is all that remains of the object."""
+        pending, self._pending = self._pending, bytearray()  # all that remains of the object
         if self.header is None:
             raise _truncated_header(bytes(pending))
         if not pending:  # update() always holds back at least one byte of the last segment

@@ -21,7 +21,6 @@ __metaclass__ = type
 
 import logging
 import os
-import re
 import stat
 
 from . import catalog
@@ -39,7 +38,6 @@ KEYRING_FILE_NAME = "BACKUP_KEYRING_FILE"
 # Rekey outcomes of one backup.
 REKEYED, WOULD_REKEY, UNCHANGED, FAILED = "rekeyed", "would rekey", "unchanged", "failed"
 
-_SEPARATORS = re.compile(r"[\s,]+")
 # Modes whose data object is format v1 (a data key in an envelope): only these can be rekeyed.
 GCM_ENCRYPTIONS = (crypto.ENCRYPTION_NAME, recipients.ENCRYPTION_NAME)
 
@@ -96,15 +94,7 @@ class Keyring:
 
 def split_keys(value):
     """The keys in a setting: a string of keys separated by commas and/or whitespace, or a list of such strings."""
-    if value is None:
-        return []
-    parts = value if isinstance(value, (list, tuple)) else [value]
-    keys = []
-    for part in parts:
-        if part is None:
-            continue
-        keys.extend(token for token in _SEPARATORS.split(str(part)) if token)
-    return keys
+    return recipients.split_tokens(value)  # the same rule as for public keys
 
 
 def parse_keys(value, label=DECRYPTION_KEYS_NAME, texts=None):

@@ -31,6 +31,7 @@ import os
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from . import crypto
 from .errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
 
 try:
@@ -275,7 +276,7 @@ class CbcEncryptor:
         return self._emit(tail)
 
 
-class CbcDecryptor:
+class CbcDecryptor(crypto.FailClosedDecryptor):
     """Decrypt an OpenSSL ``enc -aes-256-cbc -salt -pbkdf2`` object in constant memory.
 
     ``passphrases`` is a list of (label, passphrase bytes); labels (e.g. variable
@@ -362,25 +363,6 @@ class CbcDecryptor:
         self.plaintext_bytes += len(data)
         return data
 
-    def _check_usable(self, what: str) -> None:
-        """Refuse further use after finalize, and repeat the first failure after one."""
-        if self._error is not None:
-            raise self._error
-        if self._finished:
-            raise ValueError("%s called after finalize()" % what)
-
-    def update(self, data: BytesLike) -> bytes:
-        """Add object bytes; return the plaintext decrypted so far (all but the last block, held for the padding).
-
-        Once it has raised an IntegrityError, every later call raises it again.
-        """
-        self._check_usable("update()")
-        try:
-            return self._update(data)
-        except IntegrityError as error:
-            self._error = error
-            raise
-
     def _update(self, data: BytesLike) -> bytes:
         """The body of update(): collect header and first block, then stream."""
         view = _byte_view(data)
@@ -402,23 +384,13 @@ class CbcDecryptor:
             out += self._plain(self._unpadder.update(self._cipher.update(rest)))
         return out
 
-    def finalize(self) -> bytes:
+    def _finalize(self) -> bytes:
         """Check the object's length and the padding of its last block; return the last plaintext bytes.
 
         Raises TruncatedError if the object is shorter than a header and one
         block or its ciphertext is not a whole number of blocks, TamperedError
         if the padding is invalid (corrupted object or wrong passphrase).
         """
-        self._check_usable("finalize()")
-        self._finished = True
-        try:
-            return self._finalize()
-        except IntegrityError as error:
-            self._error = error
-            raise
-
-    def _finalize(self) -> bytes:
-        """The body of finalize()."""
         if self._cipher is None:
             pending, self._pending = bytes(self._pending), bytearray()
             raise _short_object(pending)
