@@ -10,7 +10,8 @@ What runs, on loopback (chroot test hosts share this machine's network):
   create the bucket, an admin user (Action "*") and one IAM user with an access key per test host,
   holding no policy yet: the tests attach exactly the policy the pg_backup role rendered on that host.
 
-FILE holds what the inventory and the tests need (ports, passwords, keys); it is mode 0600.
+FILE holds what the inventory and the tests need (ports, passwords, keys); it is mode 0600. Beside it,
+restore-identity.key: the restore side's hybrid-pq private key (mode 0600) for the host in recipient mode.
 """
 
 import argparse
@@ -98,12 +99,28 @@ def serve(state_path, hosts):
             "s3": {"endpoint_url": moto.endpoint_url, "bucket": BUCKET, "region": moto.region,
                    "admin_access_key": admin_key["AccessKeyId"], "admin_secret_key": admin_key["SecretAccessKey"]},
             "encryption_key": base64.b64encode(os.urandom(32)).decode("ascii"),
+            "hybrid": _restore_side_keys(Path(state_path).parent),
             "hosts": state_hosts,
         }
         _write_private(state_path, state)
         print("services: ready: PostgreSQL %s on port %d, S3 at %s" % (pg.version, pg.port, moto.endpoint_url), flush=True)
         while True:
             signal.pause()
+
+
+def _restore_side_keys(directory):
+    """A hybrid-pq key pair as an operator makes it on the restore side (`quankey-backup keygen`), and a signing key.
+
+    The private key stays on this machine (the controller); hosts in recipient mode get the public key only.
+    """
+    path = directory / "restore-identity.key"
+    if path.exists():
+        path.unlink()
+    made = subprocess.run([str(Path(sys.executable).parent / "quankey-backup"), "keygen", "--output", str(path), "--json"],
+                          stdout=subprocess.PIPE, check=True, universal_newlines=True)
+    keypair = json.loads(made.stdout)
+    return {"identity_file": str(path), "public_key": keypair["public_key"], "recipient_id": keypair["recipient_id"],
+            "signing_key": base64.b64encode(os.urandom(32)).decode("ascii")}
 
 
 def _client(moto, host):

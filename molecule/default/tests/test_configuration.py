@@ -26,13 +26,21 @@ def test_env_file_is_0600_and_owned_by_the_backup_user(host):
     assert (env_file.user, env_file.group) == (USER, USER)
 
 
-def test_env_file_holds_the_seed_variables_and_this_hosts_credentials(host, hostname, services):
+def test_env_file_holds_the_seed_variables_and_this_hosts_credentials(host, hostname, host_vars, services):
     env = read_env_file(host)
     mine = services["hosts"][hostname]
     assert env["DB_NAME"] == mine["databases"][0]
     assert env["PGPASSWORD"] == services["postgres"]["password"]
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (mine["access_key"], mine["secret_key"])
-    assert env["BACKUP_ENCRYPTION_KEY"] == services["encryption_key"]
+    if host_vars.get("pg_backup_encryption") == "hybrid-pq":
+        # recipient mode: the public key and the signing key, and no key that opens a backup
+        assert env["BACKUP_ENCRYPTION"] == "hybrid-pq" and "BACKUP_ENCRYPTION_KEY" not in env
+        assert env["BACKUP_RECIPIENTS"] == services["hybrid"]["public_key"]
+        assert env["BACKUP_SIGNING_KEY"] == services["hybrid"]["signing_key"]
+        assert "BACKUP_IDENTITY_FILE" not in env and "QKPQ1-SECRET" not in host.file("/etc/quankey/backup.env").content_string
+    else:
+        assert env["BACKUP_ENCRYPTION"] == "aes-256-gcm"
+        assert env["BACKUP_ENCRYPTION_KEY"] == services["encryption_key"]
     assert env["S3_BUCKET"] == services["s3"]["bucket"]
     assert env["BACKUP_HOST_ID"] == hostname
     assert env["PG_BIN_DIR"] == "/usr/lib/postgresql/15/bin"
@@ -132,6 +140,7 @@ def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, s
     stem = host_vars.get("pg_backup_name", services["hosts"][hostname]["databases"][0])
     assert "--backup %s_backup_20250809_030000" % stem in text
     assert services["postgres"]["password"] not in text and services["encryption_key"] not in text
+    assert services["hybrid"]["signing_key"] not in text
 
 
 def test_monitor_is_scheduled_and_configured(host, hostname, services):

@@ -5,6 +5,7 @@
 host's own least-privilege keys, and restore brings the data back; the monitor and the runbook work."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -39,21 +40,49 @@ def test_a_scheduled_run_backs_up_every_database(host, hostname, host_vars, serv
         assert "database %s: prune" % db in log
     # the log says what happened and holds no secret
     env = read_env_file(host)
-    for secret in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "BACKUP_ENCRYPTION_KEY"):
+    secrets = [name for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "BACKUP_ENCRYPTION_KEY", "BACKUP_SIGNING_KEY")
+               if name in env]
+    assert len(secrets) == 3  # a master key, or (recipient mode) a signing key
+    for secret in secrets:
         assert env[secret] not in log
 
 
-def test_restore_brings_the_data_back(host, hostname, services, postgres):
+def test_restore_brings_the_data_back(host, hostname, host_vars, services, postgres, instances):
+    identity = None
+    if host_vars.get("pg_backup_encryption") == "hybrid-pq":
+        # the host alone cannot: it holds only the public key
+        db = services["hosts"][hostname]["databases"][0]
+        out = host.run("quankey-backup restore --db %s --backup latest --target-db %s_denied", db, db)
+        assert out.rc == 6, out.stderr
+        assert "sealed to recipient(s) %s" % services["hybrid"]["recipient_id"] in out.stderr
+        # the operator brings the restore side's private key for the restore
+        identity = _bring_identity(instances[hostname], services)
     for db in services["hosts"][hostname]["databases"]:
         target = db + "_verify"
         postgres.psql('DROP DATABASE IF EXISTS "%s"' % target)
-        out = host.run("quankey-backup restore --json --db %s --backup latest --target-db %s", db, target)
+        prefix = "BACKUP_IDENTITY_FILE=%s " % identity if identity else ""
+        out = host.run(prefix + "quankey-backup restore --json --db %s --backup latest --target-db %s", db, target)
         assert out.rc == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["checksum_ok"] and result["decryption_ok"]
         assert result["table_count"] == result["expected_table_count"] == sampledb.TABLE_COUNT
         assert sampledb.table_digests(postgres, target) == sampledb.table_digests(postgres, db)
+        assert result["encryption"] == host_vars.get("pg_backup_encryption", "aes-256-gcm")
+        assert result["signature"].startswith("valid")
         postgres.psql('DROP DATABASE "%s"' % target)
+    if identity:
+        os.unlink(os.path.join(instances[hostname], identity.lstrip("/")))
+
+
+def _bring_identity(root, services):
+    """Copy the private key into the host (a chroot under ``root``), mode 0600; returns its path inside the host."""
+    inside = "/root/restore-identity.key"
+    with open(services["hybrid"]["identity_file"], "rb") as source:
+        data = source.read()
+    fd = os.open(os.path.join(root, inside.lstrip("/")), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as target:
+        target.write(data)
+    return inside
 
 
 def test_the_runbooks_restore_command_works_as_written(hosts, postgres):

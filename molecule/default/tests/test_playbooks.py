@@ -6,10 +6,14 @@ the application stop/start), and health's fleet table."""
 
 import os
 import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+import sampledb  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,3 +83,18 @@ def test_health_ends_with_one_table_of_the_fleet_and_fails_at_the_asked_level(se
             assert "_backup_" in row and ("WARNING" in row or "OK" in row), row
     # the test databases are under the 1 MiB minimum: warnings, so fail_on=warning fails after the table
     assert status != 0 and "Backups at warning or worse" in out
+
+
+def test_restore_on_a_recipient_mode_host_needs_the_private_key_and_leaves_none_behind(hosts, services, postgres):
+    postgres.psql("DROP DATABASE IF EXISTS app_db3_copy")
+    status, out = playbook("restore.yml", "-l", "db3", "-e", "target_db=app_db3_copy")
+    assert status != 0 and "sealed to recipient(s) %s" % services["hybrid"]["recipient_id"] in out, out
+    status, out = playbook("restore.yml", "-l", "db3", "-e", "target_db=app_db3_copy",
+                           "-e", "identity_file=%s" % services["hybrid"]["identity_file"])
+    assert status == 0, out
+    assert "decryption: hybrid-pq, every segment authenticated; metadata signature valid (key qks-" in out
+    assert "QKPQ1-SECRET" not in out
+    assert sampledb.table_digests(postgres, "app_db3_copy") == sampledb.table_digests(postgres, "app_db3")
+    postgres.psql("DROP DATABASE app_db3_copy")
+    leftovers = hosts["db3"].run("find /tmp /var/tmp -name '*.identity'")
+    assert leftovers.stdout.strip() == ""
