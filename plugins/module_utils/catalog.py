@@ -152,7 +152,8 @@ class BackupRecord:
             data["layout"] = SEED_LAYOUT
         if self.metadata:
             for field in ("size_bytes", "checksum_sha256", "encryption", "compression", "key_id", "table_count",
-                          "duration_seconds", "server_version", "pg_dump_version", "storage_class", "dump_bytes"):
+                          "duration_seconds", "server_version", "pg_dump_version", "storage_class", "dump_bytes",
+                          "recipient_ids"):
                 if field in self.metadata:
                     data[field] = self.metadata[field]
         return data

@@ -104,7 +104,7 @@ backups:
       type: str
       sample: quankey_prod_backup_20250809_030000
     host:
-      description: Host id the backup was taken on.
+      description: Host id the backup was taken on; null for the seed's backups (they have no host level).
       returned: always
       type: str
       sample: db1
@@ -149,15 +149,26 @@ backups:
       type: str
       sample: zstd
     encryption:
-      description: Cipher of the stream.
+      description: How the backup is encrypted, V(aes-256-gcm), V(hybrid-pq) or V(aes-256-cbc).
       returned: when O(details=true)
       type: str
       sample: aes-256-gcm
     key_id:
-      description: Id of the master key that made the backup.
+      description: Id of the master key that made the backup (the first recipient's with V(hybrid-pq); null for the seed's).
       returned: when O(details=true)
       type: str
       sample: qk1-3f2a9c0d1e4b5a69
+    recipient_ids:
+      description: The recipients the data key is sealed to.
+      returned: when O(details=true) and the backup is V(hybrid-pq)
+      type: list
+      elements: str
+      sample: [qkr-5b1f0e6a7c2d9e84]
+    layout:
+      description: V(seed) for a backup the seed's scripts made (flat keys, no host); absent otherwise.
+      returned: for the seed's backups
+      type: str
+      sample: seed
     table_count:
       description: Tables in the backup.
       returned: when O(details=true)
