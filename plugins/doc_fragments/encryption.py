@@ -75,6 +75,8 @@ options:
       - When not set, a key derived from O(encryption_key) signs, and the keys derived from every master key
         verify. Hosts that hold no master key (O(encryption=hybrid-pq)) need it, and so do the restore and health
         checks of their backups.
+      - After a rotation, older signing keys may follow the active one, separated by commas or spaces; they
+        still verify the metadata they signed until P(quankey.backup.backup_rekey#module) re-signs it.
       - If not set, the environment variable E(BACKUP_SIGNING_KEY) is used.
       - This value is a secret and is never logged.
     type: str

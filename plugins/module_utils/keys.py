@@ -325,14 +325,19 @@ class KeyContext:
     # -- signing metadata
 
     def signing_keys(self):
-        """``(active id, active key, {key id: key})``: BACKUP_SIGNING_KEY first, then one derived from each master key."""
+        """``(active id, active key, {key id: key})``: BACKUP_SIGNING_KEY first, then one derived from each master key.
+
+        BACKUP_SIGNING_KEY may list older signing keys after the active one (commas or spaces):
+        they still verify metadata they signed, until rekey has re-signed it with the active one.
+        """
         if self._signing is None:
             by_id = {}
             active_id = active = None
-            if self.settings.signing_key:
-                key = crypto.parse_master_key(self.settings.signing_key, self.settings.label("signing_key"))
-                active_id, active = signing.signing_key_id(key), key
-                by_id[active_id] = key
+            for key in parse_keys(self.settings.signing_key, self.settings.label("signing_key")):
+                kid = signing.signing_key_id(key)
+                if active is None:
+                    active_id, active = kid, key
+                by_id.setdefault(kid, key)
             for kid, master in self.ring.items():
                 by_id.setdefault(kid, signing.derive_signing_key(master))
             if active is None and self.ring.active is not None:

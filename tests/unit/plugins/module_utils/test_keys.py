@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, keys
+from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, keys, signing
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConfigError, IntegrityError, TamperedError,
                                                                             WrongKeyError)
 
@@ -223,3 +223,17 @@ def test_check_data_key_uses_the_key_commitment_of_the_header():
         keys.check_data_key(b"PGDMP" + bytes(51), data_key)
     with pytest.raises(IntegrityError, match="shorter"):
         keys.check_data_key(header[:20], data_key)
+
+
+def test_older_signing_keys_after_the_active_one_still_verify():
+    old_signer, new_signer = os.urandom(32), os.urandom(32)
+    metadata, _data_key = _metadata(NEW)
+    signed_before = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(NEW), BACKUP_SIGNING_KEY=b64(old_signer))).sign(metadata)
+    rotated = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(NEW),
+                                       BACKUP_SIGNING_KEY="%s, %s" % (b64(new_signer), b64(old_signer))))
+    assert rotated.signer()[0] == signing.signing_key_id(new_signer)
+    assert rotated.verify(signed_before, "backup", None) == "valid (key %s)" % signing.signing_key_id(old_signer)
+    updated, _opened, _old = keys.rekey_metadata(signed_before, rotated)  # re-signed with the new one
+    assert updated["signature"]["key_id"] == signing.signing_key_id(new_signer)
+    with pytest.raises(ConfigError, match=r"BACKUP_SIGNING_KEY \(key 2 of 2\) is not valid base64"):
+        keys.KeyContext(settings(BACKUP_SIGNING_KEY="%s,not-a-key!" % b64(new_signer))).signer()
