@@ -21,9 +21,9 @@ __metaclass__ = type
 
 import logging
 import os
-import stat
 
 from . import catalog
+from . import config
 from . import crypto
 from . import openssl_enc
 from . import recipients
@@ -127,26 +127,8 @@ def parse_keyring_text(text, origin, texts=None):
 
 def read_keyring_file(path, label=KEYRING_FILE_NAME, texts=None):
     """The keys of a keyring file, refused unless it is mode 0600 or stricter (no access for group or others)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError("keyring file %s (%s) does not exist: create it with one base64 key per line, mode 0600"
-                          % (path, label))
-    except OSError as exc:
-        raise ConfigError("cannot read keyring file %s (%s): %s" % (path, label, exc.strerror or exc))
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError("keyring file %s (%s) is not a regular file" % (path, label))
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("keyring file %s is mode %04o and holds keys: refused until only its owner can read it: "
-                          "chmod 0600 %s" % (path, mode, path))
-    try:
-        with open(path, "r") as handle:
-            text = handle.read()
-    except PermissionError:
-        raise ConfigError("cannot read keyring file %s (permission denied): run as the backup user or root" % path)
-    except UnicodeDecodeError:
-        raise ConfigError("keyring file %s is not text: it should hold one base64 key per line" % path)
+    text = config.read_private_file(path, "keyring file", label, "create it with one base64 key per line, mode 0600",
+                                    "it should hold one base64 key per line")
     return parse_keyring_text(text, "keyring file %s" % path, texts)
 
 

@@ -29,11 +29,11 @@ import datetime
 import hashlib
 import os
 import re
-import stat
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import crypto
+from .config import read_private_file
 from .errors import ConfigError, IntegrityError, TamperedError, WrongKeyError
 
 try:
@@ -405,25 +405,9 @@ def parse_identity_text(text: str, origin: str) -> List[Identity]:
 def read_identity_file(path: str, label: str = IDENTITY_FILE_NAME) -> List[Identity]:
     """The identities of an identity file, refused unless it is mode 0600 or stricter (no access for group or others)."""
     require_mlkem()
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError("identity file %s (%s) does not exist: %s (it writes the file with mode 0600)" % (path, label, _KEYGEN_HINT))
-    except OSError as exc:
-        raise ConfigError("cannot read identity file %s (%s): %s" % (path, label, exc.strerror or exc))
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError("identity file %s (%s) is not a regular file" % (path, label))
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("identity file %s is mode %04o and holds a secret key: refused until only its owner can read it: "
-                          "chmod 0600 %s" % (path, mode, path))
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
-    except PermissionError:
-        raise ConfigError("cannot read identity file %s (permission denied): run as the backup user or root" % path)
-    except UnicodeDecodeError:
-        raise ConfigError("identity file %s is not text: it should hold the %s... line written by `quankey-backup keygen`" % (path, SECRET_KEY_PREFIX))
+    text = read_private_file(path, "identity file", label, "%s (it writes the file with mode 0600)" % _KEYGEN_HINT,
+                             "it should hold the %s... line written by `quankey-backup keygen`" % SECRET_KEY_PREFIX,
+                             holds="a secret key")
     identities = parse_identity_text(text, "identity file %s" % path)
     if not identities:
         raise ConfigError("identity file %s (%s) holds no identity: it should hold the %s... line written by `quankey-backup keygen`"
