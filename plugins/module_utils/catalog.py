@@ -26,6 +26,7 @@ import datetime
 import json
 import re
 
+from . import openssl_enc
 from .errors import ConfigError, IntegrityError, NotFoundError
 
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
@@ -270,9 +271,6 @@ def decode_metadata(data, key, seed=False, object_key_=None):
     return metadata
 
 
-SEED_ENVELOPE_TYPE = "openssl-enc-pbkdf2-sha256"  # as openssl_enc.ENVELOPE_TYPE (catalog stays free of crypto)
-
-
 def _complete_seed_metadata(metadata, key, object_key_):
     """Check the seed's fields and add what the engine reads, without changing what the seed wrote."""
     missing = [field for field in ("size_bytes", "checksum_sha256", "encryption") if field not in metadata]
@@ -281,13 +279,12 @@ def _complete_seed_metadata(metadata, key, object_key_):
                              "damaged" % (key, ", ".join(missing)))
     if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
         raise IntegrityError("seed metadata object %s has an invalid size_bytes or checksum_sha256" % key)
-    if metadata["encryption"] != "aes-256-cbc":
+    if metadata["encryption"] != openssl_enc.ENCRYPTION_NAME:
         raise IntegrityError("seed metadata object %s gives encryption %r: the seed wrote only aes-256-cbc"
                              % (key, metadata["encryption"]))
     completed = dict(metadata)
     completed.update(layout=SEED_LAYOUT, compression="auto", key_id=None, object_key=object_key_, host=None,
-                     table_count=None, envelope={"type": SEED_ENVELOPE_TYPE, "key_id": None, "iterations": 10000,
-                                                 "digest": "sha256", "cipher": "aes-256-cbc"})
+                     table_count=None, envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults
     return completed
 
 

@@ -148,20 +148,14 @@ def _segment_size_log2(segment_size: int) -> int:
     return log2
 
 
-def describe_foreign(prefix: bytes) -> str:
-    """What the first bytes of an object that is not format v1 are, as far as they tell."""
-    if prefix.startswith(b"PGDMP"):
-        return "the object is a plaintext pg_dump archive, not encrypted"
-    if prefix.startswith(b"Salted__"):
-        return "it is in OpenSSL enc format (aes-256-cbc), which its metadata does not record: the object was replaced"
-    if prefix.startswith(MAGIC):
-        return "it is in quankey-backup format v1"
-    return "it does not start with the magic bytes %r" % (MAGIC,)
-
-
 def _not_our_format(prefix: bytes) -> IntegrityError:
     """Build the error for bytes that do not start with MAGIC, naming known foreign formats."""
-    return IntegrityError("not a quankey-backup encrypted object: %s" % describe_foreign(prefix))
+    if prefix.startswith(b"PGDMP"):
+        return IntegrityError("not a quankey-backup encrypted object: the object is a plaintext pg_dump archive, not encrypted")
+    if prefix.startswith(b"Salted__"):
+        return IntegrityError("not a quankey-backup encrypted object: it is in OpenSSL enc format (aes-256-cbc), which its "
+                              "metadata does not record: the object was replaced")
+    return IntegrityError("not a quankey-backup encrypted object: it does not start with the magic bytes %r" % (MAGIC,))
 
 
 def _parse_header(header: bytes) -> Dict[str, Any]:

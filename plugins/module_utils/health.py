@@ -32,6 +32,8 @@ EXIT_CODES = {OK: EXIT_OK, WARNING: EXIT_HEALTH_WARNING, CRITICAL: EXIT_HEALTH_C
 SCHEDULE_INTERVAL_HOURS = {"daily": 24, "12-hour": 12, "6-hour": 6}
 METADATA_LOOKBACK = 8
 KNOWN_ENCRYPTIONS = keys.GCM_ENCRYPTIONS + (openssl_enc.ENCRYPTION_NAME,)
+_SIGNING_FIX = ("set BACKUP_SIGNING_KEY to the signing key of the hosts that made it, or add the master key of that id "
+                "to BACKUP_DECRYPTION_KEYS")
 
 
 class HealthPolicy:
@@ -169,26 +171,12 @@ def _signatures(records, signing_keys):
     for record in records[:METADATA_LOOKBACK]:
         if not record.metadata or record.seed:
             continue
-        outcome, kid = signing.verify_metadata(record.metadata, signing_keys)
-        if outcome == signing.VALID:
-            try:
-                signing.check_binding(record.metadata, record.basename, record.object_key)
-            except IntegrityError as exc:
-                findings.append(_finding("metadata_signature", CRITICAL, exc.message))
-            continue
-        if outcome == signing.UNKNOWN_KEY and kid in keys.wrapping_ids(record.metadata):
-            continue  # the same missing key is the encryption rule's finding
-        fix = "set BACKUP_SIGNING_KEY to the signing key of the hosts that made it, or add the master key %s" % kid
-        message = signing.describe_failure(outcome, kid, record.basename, fix)
-        findings.append(_finding("metadata_signature", CRITICAL if outcome == signing.INVALID else WARNING, message))
+        outcome, kid, problem = signing.check(record.metadata, record.basename, record.object_key, signing_keys,
+                                              _SIGNING_FIX)
+        if outcome == signing.VALID or (outcome == signing.UNKNOWN_KEY and kid in keys.wrapping_ids(record.metadata)):
+            continue  # a missing key that also wraps the data key is the encryption rule's finding
+        findings.append(_finding("metadata_signature", CRITICAL if outcome == signing.INVALID else WARNING, problem))
     return findings
-
-
-def wrapping_key_id(metadata):
-    """The id of the key that wrapped a backup's data key (the envelope's, else the metadata's), or None."""
-    if not metadata or metadata.get("encryption") not in keys.GCM_ENCRYPTIONS:
-        return None
-    return keys.wrapping_key_id(metadata)
 
 
 def _frequency(records, now, policy):
@@ -286,17 +274,13 @@ def _header_problem(store, record):
     """What is wrong with the first bytes of a backup's object for the encryption its metadata records, or None."""
     if record.object_size == 0:  # a ranged GET of an empty object is an error, not an empty answer
         return "the object is empty"
-    encryption = (record.metadata or {}).get("encryption")
+    if (record.metadata or {}).get("encryption") == openssl_enc.ENCRYPTION_NAME:
+        check = openssl_enc.check_header
+    else:
+        check = crypto.read_header
     head = store.get_range(record.object_key, 0, min(crypto.HEADER_SIZE, record.object_size or crypto.HEADER_SIZE))
-    if encryption == openssl_enc.ENCRYPTION_NAME:
-        if openssl_enc.looks_like(head):
-            return None
-        if head.startswith(crypto.MAGIC):
-            return "its metadata says aes-256-cbc (OpenSSL enc) but the object is in quankey-backup format v1"
-        return "its metadata says aes-256-cbc but the object does not start with OpenSSL's 'Salted__': %s" % (
-            crypto.describe_foreign(head))
     try:
-        crypto.read_header(head)
+        check(head)
     except IntegrityError as exc:
         return exc.message
     return None

@@ -236,6 +236,12 @@ class KeyContext:
             self._recipients = recipients.parse_recipients(self.settings.recipients, self.settings.label("recipients"))
         return self._recipients
 
+    def active_ring(self):
+        """The master keyring, which must have an active key (ConfigError naming BACKUP_ENCRYPTION_KEY otherwise)."""
+        if self.ring.active is None:
+            self.settings.require("encryption_key")
+        return self.ring
+
     def known_ids(self):
         """Ids of every key that can open (master keys, identities) or was chosen to seal (recipients) here."""
         ids = list(self.ring.ids)
@@ -253,24 +259,23 @@ class KeyContext:
             if not self.recipients:
                 self.settings.require("recipients")
         else:
-            keyring(self.settings, require_active=True)
+            self.active_ring()
         self.signer()
 
     def seal(self, data_key):
         """``(encryption name, envelope, key id, recipient ids or None)`` of a new format-v1 backup's data key."""
         if self.settings.encryption == recipients.ENCRYPTION_NAME:
-            self.require_sealing()
             envelope = recipients.seal_data_key(self.recipients, data_key)
             ids = [recipient.recipient_id for recipient in self.recipients]
             return recipients.ENCRYPTION_NAME, envelope, ids[0], ids
-        ring = keyring(self.settings, require_active=True)
+        ring = self.active_ring()
         return crypto.ENCRYPTION_NAME, crypto.wrap_data_key(ring.active, data_key), ring.active_id, None
 
     def active_key_id(self):
         """The id new backups are wrapped with (the active key's, or the first recipient's in hybrid-pq mode)."""
         if self.settings.encryption == recipients.ENCRYPTION_NAME:
             return self.recipients[0].recipient_id if self.recipients else None
-        return keyring(self.settings, require_active=True).active_id
+        return self.active_ring().active_id
 
     def open(self, metadata, basename="backup"):
         """The data key of a format-v1 backup (aes-256-gcm or hybrid-pq), from the envelope in its metadata.
@@ -300,7 +305,7 @@ class KeyContext:
 
     def cbc_passphrase(self):
         """``(key id, passphrase bytes)`` of the active key, for a new aes-256-cbc backup."""
-        ring = keyring(self.settings, require_active=True)
+        ring = self.active_ring()
         kid, _label, text = ring.passphrases[0]
         return kid, text.encode("utf-8")
 
@@ -350,17 +355,14 @@ class KeyContext:
         """
         if metadata.get("layout") == catalog.SEED_LAYOUT:
             return "unsigned (seed backup)", None
-        _active_id, _active, by_id = self.signing_keys()
-        outcome, kid = signing.verify_metadata(metadata, by_id)
+        fix = ("set %s to the signing key of the hosts that made it, or add the master key of that id to %s"
+               % (self.settings.label("signing_key"), self.settings.label("decryption_keys")))
+        outcome, kid, problem = signing.check(metadata, basename, object_key, self.signing_keys()[2], fix)
         if outcome == signing.VALID:
-            signing.check_binding(metadata, basename, object_key)
             return "valid (key %s)" % kid, None
-        fix = ("set %s to the signing key of the hosts that made it, or add the master key %s to %s"
-               % (self.settings.label("signing_key"), kid, self.settings.label("decryption_keys")))
-        message = signing.describe_failure(outcome, kid, basename, fix)
         if outcome == signing.INVALID:
-            raise TamperedError(message)
-        return "not verified (%s)" % outcome, message
+            raise TamperedError(problem)
+        return "not verified (%s)" % outcome, problem
 
     def verify(self, metadata, basename, object_key, allow_unsigned=False):
         """:meth:`check_signature`, raising its problem as IntegrityError unless ``allow_unsigned``; returns the outcome."""

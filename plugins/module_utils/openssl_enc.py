@@ -160,6 +160,16 @@ def _short_object(received: bytes) -> IntegrityError:
                           "the object is incomplete" % (len(received) - HEADER_SIZE, BLOCK_SIZE))
 
 
+def check_header(prefix: BytesLike) -> None:
+    """Raise IntegrityError (TruncatedError when too short) unless an object's first bytes start an OpenSSL enc object.
+
+    A check without a key, on a ranged read of the first 16 bytes (health's encryption rule).
+    """
+    prefix = bytes(prefix[:HEADER_SIZE])
+    if len(prefix) < HEADER_SIZE or not looks_like(prefix):
+        raise _short_object(prefix)
+
+
 def _or_list(labels: Sequence[str]) -> str:
     """``A``, ``A or B``, ``A, B or C``."""
     if len(labels) == 1:
@@ -169,14 +179,15 @@ def _or_list(labels: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------- envelope
 
-def passphrase_envelope(key_id: str, iterations: int = DEFAULT_ITERATIONS) -> Dict[str, Any]:
+def passphrase_envelope(key_id: Optional[str], iterations: int = DEFAULT_ITERATIONS) -> Dict[str, Any]:
     """The JSON object stored in a backup's metadata for this format. It holds no secret.
 
-    ``key_id`` is a non-secret name of the passphrase, chosen by the caller.
+    ``key_id`` is a non-secret name of the passphrase, chosen by the caller; None when it is not known
+    (the seed's own backups, whose metadata names no key).
     """
-    if not isinstance(key_id, str):
+    if key_id is not None and not isinstance(key_id, str):
         raise TypeError("key_id must be a str, not %s" % type(key_id).__name__)
-    if not key_id:
+    if key_id == "":
         raise ValueError("key_id is empty")
     return {
         "type": ENVELOPE_TYPE,

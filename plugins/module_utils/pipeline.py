@@ -400,7 +400,6 @@ def list_backups(settings, store=None, host=None, db=None, everything=False, see
         records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
     if not seed:
         records = [record for record in records if not record.seed]
-        orphans = [item for item in orphans if "/" in item["key"][len(catalog.object_prefix(settings.prefix)):]]
     for record in records:
         if record.seed:
             _resolve_seed_database(store, record)
@@ -480,12 +479,12 @@ class _RestoreStream:
         digest = hashlib.sha256()
         opener = self.new_decryptor()
         unpack = decompressor(metadata["compression"])
-        self.downloaded = produced = 0
+        downloaded = produced = 0
         sink_open = True
         chunks = _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
         try:
             for chunk in chunks:
-                self.downloaded += len(chunk)
+                downloaded += len(chunk)
                 digest.update(chunk)
                 plain = unpack.update(_step("decrypt", opener.update, chunk))
                 if plain:
@@ -495,16 +494,20 @@ class _RestoreStream:
                     sink_open = sink_open and _write(sink, plain)
                     if not sink_open:
                         break
-                self.progress(self.downloaded, metadata["size_bytes"])
-            if sink_open:
-                self._check_object(digest)
-                plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
+                self.progress(downloaded, metadata["size_bytes"])
         except IntegrityError:
-            if metadata.get("encryption") == openssl_enc.ENCRYPTION_NAME:  # not authenticated: see _drain_and_check
-                self._drain_and_check(chunks, digest)
+            if metadata.get("encryption") == openssl_enc.ENCRYPTION_NAME:
+                # aes-256-cbc is not authenticated: a modified object first shows as garbled blocks or corrupt
+                # gzip; hash the rest so that the signed checksum says what really happened
+                for chunk in chunks:
+                    downloaded += len(chunk)
+                    digest.update(chunk)
+                if downloaded == metadata["size_bytes"]:
+                    self._check_object(downloaded, digest)
             raise
-        downloaded = self.downloaded
         if sink_open:
+            self._check_object(downloaded, digest)  # before the end of the stream: a mismatch says more than a bad CRC
+            plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
             produced += len(plain)
             if toc is not None:
                 toc.feed(plain)
@@ -515,28 +518,16 @@ class _RestoreStream:
         return {"downloaded_bytes": downloaded, "dump_bytes": produced, "sink_open": sink_open,
                 "sha256": digest.hexdigest() if sink_open else None}
 
-    def _check_object(self, digest):
+    def _check_object(self, downloaded, digest):
         """Raise unless the whole object was read and its SHA-256 is the metadata's."""
         metadata = self.record.metadata
-        if self.downloaded != metadata["size_bytes"]:
+        if downloaded != metadata["size_bytes"]:
             raise IntegrityError("downloaded %d bytes of %s, metadata says %d"
-                                 % (self.downloaded, self.record.object_key, metadata["size_bytes"]), step="download")
+                                 % (downloaded, self.record.object_key, metadata["size_bytes"]), step="download")
         if digest.hexdigest() != metadata["checksum_sha256"]:
             raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
                                         % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
                                         step="verify checksum")
-
-    def _drain_and_check(self, chunks, digest):
-        """After a decryption or decompression failure: hash the rest of the object and raise a checksum mismatch if any.
-
-        The seed's aes-256-cbc is not authenticated, so a modified object first shows as corrupt gzip or
-        a wrong-looking block; the signed checksum says what really happened.
-        """
-        for chunk in chunks:
-            self.downloaded += len(chunk)
-            digest.update(chunk)
-        if self.downloaded == self.record.metadata["size_bytes"]:
-            self._check_object(digest)
 
 
 def _step(name, func, *args):
