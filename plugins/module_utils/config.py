@@ -35,6 +35,11 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ROLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# libpq variables a user may set for the client programs (TLS files, service files): passed through to them,
+# from the environment and from the env file. Every other PG* variable is replaced by what the settings say.
+PG_PASSTHROUGH_PREFIXES = ("PGSSL", "PGSERVICE")
+PG_PASSTHROUGH_NAMES = ("PGSYSCONFDIR",)
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 # Every variable the engine reads; the secret ones are never logged or returned.
@@ -45,6 +50,7 @@ VARIABLES = (
     "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
     "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE", "BACKUP_SIGNING_KEY",
     "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
+    "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED",
 )
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
                     "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY")
@@ -67,7 +73,8 @@ class Settings:
                  session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
                  backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
-                 decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None):
+                 decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None,
+                 restore_role=None, allow_seed=False, pg_passthrough=None):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -90,6 +97,9 @@ class Settings:
         self.recipients = recipients or None
         self.identity_file = identity_file or None
         self.signing_key = signing_key or None
+        self.restore_role = restore_role or None
+        self.allow_seed = allow_seed
+        self.pg_passthrough = dict(pg_passthrough or {})
         self.encryption = encryption or DEFAULT_ENCRYPTION
         self.compression = compression or "zstd"
         self.backup_name = backup_name or None
@@ -120,6 +130,7 @@ class Settings:
             "bucket": self.bucket, "prefix": self.prefix, "region": self.region, "endpoint_url": self.endpoint_url,
             "storage_class": self.storage_class, "encryption": self.encryption, "compression": self.compression,
             "name": self.name, "host": self.host, "retention_days": self.retention_days, "min_keep": self.min_keep,
+            "restore_role": self.restore_role, "allow_seed": self.allow_seed,
         }
 
     def validate(self):
@@ -142,6 +153,14 @@ class Settings:
         if self.backup_name and not _NAME_RE.match(self.backup_name):
             raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
                               % (self.backup_name,))
+        self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
+        if self.restore_role and not _ROLE_RE.match(self.restore_role):
+            raise ConfigError("%s %r is not a usable role name: use letters, digits and '_' (at most 63, not starting "
+                              "with a digit), e.g. quankey_restore" % (self.label("restore_role"), self.restore_role))
+        for name in self.pg_passthrough:
+            if not is_pg_passthrough(name):
+                raise ConfigError("%s is not a libpq variable passed to the PostgreSQL client programs: only %s* and %s "
+                                  "are" % (name, "*, ".join(PG_PASSTHROUGH_PREFIXES), ", ".join(PG_PASSTHROUGH_NAMES)))
         if self.db_name is not None and ("/" in self.db_name or not self.db_name.strip()):
             raise ConfigError("DB_NAME %r is not usable in S3 keys: it may not be empty or contain '/'" % (self.db_name,))
 
@@ -167,6 +186,10 @@ class Settings:
             env["PGSSLMODE"] = self.db_sslmode
         return env
 
+    def pg_user_environment(self):
+        """The user's own libpq variables for the client programs (TLS, service files): PGSSL*, PGSERVICE*, PGSYSCONFDIR."""
+        return dict(self.pg_passthrough)
+
 
 # Each setting's variable; messages name it (or the module option it came from, see Settings.label).
 FIELD_VARIABLES = {
@@ -178,7 +201,7 @@ FIELD_VARIABLES = {
     "keyring_file": "BACKUP_KEYRING_FILE", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
     "recipients": "BACKUP_RECIPIENTS", "identity_file": "BACKUP_IDENTITY_FILE", "signing_key": "BACKUP_SIGNING_KEY",
     "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
-    "min_keep": "BACKUP_MIN_KEEP",
+    "min_keep": "BACKUP_MIN_KEEP", "restore_role": "BACKUP_RESTORE_ROLE", "allow_seed": "BACKUP_ALLOW_SEED",
 }
 _FIELD_HINTS = {
     "db_name": "name the database to back up (e.g. DB_NAME=quankey_prod)",
@@ -200,6 +223,27 @@ def default_host_id():
     """The short host name, made safe for S3 keys."""
     name = socket.gethostname().split(".")[0] or "localhost"
     return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+def is_pg_passthrough(name):
+    """Whether a variable is one of the user's libpq settings that reach the client programs."""
+    return name.startswith(PG_PASSTHROUGH_PREFIXES) or name in PG_PASSTHROUGH_NAMES
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _boolean(label, value):
+    """A yes/no setting: a bool, or true/false, yes/no, on/off, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value if value is not None else "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError("%s must be true or false, got %r" % (label, value))
 
 
 def _whole_number(variable, value, minimum, maximum):
@@ -330,5 +374,7 @@ def settings_from_env(env, origin=None):
         retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
         decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
         recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
+        restore_role=get("BACKUP_RESTORE_ROLE"), allow_seed=get("BACKUP_ALLOW_SEED", False),
+        pg_passthrough=dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and value not in (None, "")),
         labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )
