@@ -32,7 +32,7 @@ from .errors import ConfigError, IntegrityError, NotFoundError
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 OBJECT_SUFFIX = ".encrypted"
 METADATA_SUFFIX = ".meta"
-METADATA_VERSION = 2  # 2: signed (signing.py)
+METADATA_VERSION = 3  # 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2)
 SEED_LAYOUT = "seed"
 BACKUP_TYPE = "postgresql_full"
 DUMP_FORMAT = "pg_dump_custom"
@@ -42,7 +42,11 @@ _BASENAME_RE = re.compile(r"^(?P<name>.+)_backup_(?P<ts>\d{8}_\d{6})$")
 # Fields the seed's metadata had; every backup we write carries all of them.
 SEED_FIELDS = ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption", "format",
                "retention_days", "quantum_safe")
-REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_key", "host", "table_count")
+REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_key", "host", "table_count", "name")
+# Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
+HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
+    "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
+    "server_version", "pg_dump_version", "database_settings"))
 
 
 def utcnow():
@@ -125,8 +129,8 @@ class BackupRecord:
         self.object_key = object_key
         self.object_size = object_size
         self.metadata = metadata
-        self.signature = None  # the metadata signature's outcome, once checked (keys.KeyContext.check_signature)
-        self.signature_problem = None
+        self.metadata_etag = None  # the metadata object's ETag when read (a rewrite is conditional on it)
+        self.verdict = None  # trust.Verdict, once judged
 
     def __repr__(self):
         return "BackupRecord(%s/%s/%s)" % (self.host, self.db, self.basename)
@@ -151,6 +155,9 @@ class BackupRecord:
         }
         if self.seed:
             data["layout"] = SEED_LAYOUT
+        if self.verdict is not None:
+            data["signature"] = self.verdict.describe()
+            data["trusted"] = self.verdict.trusted
         if self.metadata:
             for field in ("size_bytes", "checksum_sha256", "encryption", "compression", "key_id", "table_count",
                           "duration_seconds", "server_version", "pg_dump_version", "storage_class", "dump_bytes",
@@ -248,11 +255,16 @@ def encode_metadata(metadata):
 
 
 def decode_metadata(data, key, seed=False, object_key_=None):
-    """Parse and check a metadata object; IntegrityError names the key and the problem.
+    """Parse and check a metadata object completely; IntegrityError names the key and the problem.
 
-    ``seed``: a ``.meta`` of the seed's flat layout, completed to what restore and
-    health read (``layout`` seed, compression detected at restore, no key id,
-    signature or table count); ``object_key_`` is its data object's key.
+    Host layout (``seed`` false): every field must be one this format defines, with the
+    right type; a document with any other field is refused, whatever it says (trust
+    comes from where a document lives and what signs it, never from a field in it).
+
+    ``seed``: a ``.meta`` of the seed's flat layout (the caller knows that from its key),
+    validated field by field and completed to what restore and health read
+    (compression detected at restore, no key id, signature or table count);
+    ``object_key_`` is its data object's key. Fields the seed did not define are dropped.
     """
     try:
         metadata = json.loads(data.decode("utf-8"))
@@ -262,29 +274,115 @@ def decode_metadata(data, key, seed=False, object_key_=None):
         raise IntegrityError("metadata object %s is not a JSON object" % key)
     if seed:
         return _complete_seed_metadata(metadata, key, object_key_)
+    version = metadata.get("metadata_version", 1)
+    if not _is_int(version) or version < 1:
+        raise IntegrityError("metadata object %s has metadata_version %r: not a version of this format" % (key, version))
+    if version > METADATA_VERSION:
+        raise IntegrityError("metadata object %s has metadata_version %d, newer than this version of quankey-backup "
+                             "reads (%d): upgrade quankey-backup where you restore" % (key, version, METADATA_VERSION))
+    unknown = sorted(field for field in metadata if field not in HOST_FIELDS)
+    if unknown:
+        raise IntegrityError("metadata object %s has field(s) %s, which metadata version %d does not define: it was not "
+                             "written by quankey-backup, or was modified; it is refused"
+                             % (key, ", ".join(repr(field) for field in unknown), version))
     missing = [field for field in REQUIRED_FIELDS if field not in metadata]
     if missing:
         raise IntegrityError("metadata object %s lacks %s: it was not written by quankey-backup or is damaged"
                              % (key, ", ".join(missing)))
-    if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
-        raise IntegrityError("metadata object %s has an invalid size_bytes or checksum_sha256" % key)
+    for field, check in _HOST_FIELD_CHECKS:
+        if field in metadata and not check(metadata[field]):
+            raise IntegrityError("metadata object %s has an invalid %s: it was not written by quankey-backup or is damaged"
+                                 % (key, field))
     return metadata
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value):
+    return _is_int(value) and value >= 0
+
+
+def _is_text(value):
+    return isinstance(value, str) and value != ""
+
+
+def _is_sha256(value):
+    return isinstance(value, str) and re.match(r"\A[0-9a-f]{64}\Z", value) is not None
+
+
+def _is_timestamp(value):
+    if not isinstance(value, str) or not re.match(r"\A\d{8}_\d{6}\Z", value):
+        return False
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        return False
+    return True
+
+
+# Type checks of the host layout's fields (absent optional fields are not checked).
+_HOST_FIELD_CHECKS = (
+    ("backup_type", lambda value: value == BACKUP_TYPE),
+    ("database", _is_text),
+    ("timestamp", _is_timestamp),
+    ("size_bytes", _is_count),
+    ("checksum_sha256", _is_sha256),
+    ("encryption", _is_text),
+    ("format", lambda value: value == DUMP_FORMAT),
+    ("retention_days", _is_int),
+    ("quantum_safe", lambda value: isinstance(value, bool)),
+    ("name", _is_text),
+    ("host", _is_text),
+    ("object_key", _is_text),
+    ("compression", _is_text),
+    ("key_id", lambda value: value is None or _is_text(value)),
+    ("envelope", lambda value: isinstance(value, dict)),
+    ("table_count", lambda value: value is None or _is_count(value)),
+    ("dump_bytes", lambda value: value is None or _is_count(value)),
+    ("recipient_ids", lambda value: isinstance(value, list) and all(_is_text(item) for item in value)),
+    ("signature", lambda value: isinstance(value, dict)),
+    ("database_settings", lambda value: value is None or isinstance(value, dict)),
+)
+
+# The seed's fields, each with its check; the first six are required (the seed's script always wrote all nine).
+_SEED_FIELD_CHECKS = (
+    ("backup_type", lambda value: value == BACKUP_TYPE, "postgresql_full"),
+    ("database", lambda value: _is_text(value) and "/" not in value and "\x00" not in value, "a database name"),
+    ("timestamp", _is_timestamp, "YYYYmmdd_HHMMSS"),
+    ("size_bytes", _is_count, "a byte count"),
+    ("checksum_sha256", _is_sha256, "64 lower-case hex digits"),
+    ("encryption", lambda value: value == openssl_enc.ENCRYPTION_NAME, openssl_enc.ENCRYPTION_NAME),
+    ("format", lambda value: value == DUMP_FORMAT, DUMP_FORMAT),
+    ("retention_days", _is_int, "a whole number of days"),
+    ("quantum_safe", lambda value: isinstance(value, bool), "true or false"),
+)
+_SEED_REQUIRED = ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption")
+
+
 def _complete_seed_metadata(metadata, key, object_key_):
-    """Check the seed's fields and add what the engine reads, without changing what the seed wrote."""
-    missing = [field for field in ("size_bytes", "checksum_sha256", "encryption") if field not in metadata]
+    """Check every seed field (all before anything is restored) and add what the engine reads.
+
+    Only the seed's own fields are kept; anything else in the document is dropped, so
+    nothing in a seed ``.meta`` can change how it is handled.
+    """
+    missing = [field for field in _SEED_REQUIRED if field not in metadata]
     if missing:
         raise IntegrityError("seed metadata object %s lacks %s: it was not written by the seed's backup script or is "
                              "damaged" % (key, ", ".join(missing)))
-    if not isinstance(metadata["size_bytes"], int) or not re.match(r"^[0-9a-f]{64}$", str(metadata["checksum_sha256"])):
-        raise IntegrityError("seed metadata object %s has an invalid size_bytes or checksum_sha256" % key)
-    if metadata["encryption"] != openssl_enc.ENCRYPTION_NAME:
-        raise IntegrityError("seed metadata object %s gives encryption %r: the seed wrote only aes-256-cbc"
-                             % (key, metadata["encryption"]))
-    completed = dict(metadata)
-    completed.update(layout=SEED_LAYOUT, compression="auto", key_id=None, object_key=object_key_, host=None,
-                     table_count=None, envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults
+    for field, check, expected in _SEED_FIELD_CHECKS:
+        if field in metadata and not check(metadata[field]):
+            raise IntegrityError("seed metadata object %s has an invalid %s (%s expected): it was not written by the "
+                                 "seed's backup script or is damaged" % (key, field, expected))
+    basename = key.rsplit("/", 1)[-1][:-len(METADATA_SUFFIX)] if key.endswith(METADATA_SUFFIX) else None
+    match = _BASENAME_RE.match(basename or "")
+    if match and match.group("ts") != metadata["timestamp"]:
+        raise IntegrityError("seed metadata object %s gives timestamp %s but its name says %s: it was modified or "
+                             "belongs to another backup" % (key, metadata["timestamp"], match.group("ts")))
+    completed = dict((field, metadata[field]) for field in SEED_FIELDS if field in metadata)
+    completed.update(compression="auto", key_id=None, object_key=object_key_, host=None, table_count=None,
+                     envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults
     return completed
 
 

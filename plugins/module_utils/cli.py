@@ -27,7 +27,7 @@ from . import health
 from . import keys
 from . import pipeline
 from . import queries
-from .errors import BackupError, EXIT_INTERNAL, EXIT_OK
+from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -88,6 +88,11 @@ def _parser():
     restore.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
     restore.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
     restore.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
+    restore.add_argument("--restore-role", help="the plain role the backup's SQL runs as (BACKUP_RESTORE_ROLE; created "
+                                                "when missing)")
+    restore.add_argument("--as-admin", action="store_true",
+                         help="run the backup's SQL as DB_USER even when its source is not trusted (another host's, the "
+                              "seed's, unsigned): only for a backup you trust as much as that login")
     _add_allow_unsigned(restore)
     restore.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -114,6 +119,11 @@ def _parser():
     rekey.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     rekey.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    role = commands.add_parser("restore-role", help="create BACKUP_RESTORE_ROLE (a plain login role without a password) "
+                                                    "if missing, and check it may run restored SQL")
+    role.add_argument("--check", action="store_true", help="only check: create nothing")
+    role.add_argument("--json", action="store_true", help="print the result as JSON")
+
     keygen = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
                                                 "side, the public key for BACKUP_RECIPIENTS")
     keygen.add_argument("--output", required=True, help="the private key file to create (refused if it exists)")
@@ -125,6 +135,8 @@ def _add_allow_unsigned(parser):
     parser.add_argument("--allow-unsigned", action="store_true",
                         help="use a backup whose metadata is unsigned or signed with a key not held here (not an invalid "
                              "signature: that is always refused)")
+    parser.add_argument("--allow-seed", action="store_true", default=None,
+                        help="also use backups made by the seed's scripts (unsigned; also BACKUP_ALLOW_SEED=true)")
 
 
 def _add_scope(parser):
@@ -188,11 +200,12 @@ def _cmd_list(args, settings, env):
     since = catalog.parse_time(args.since, "--since") if args.since else None
     data = queries.find_backups(settings, host=host, db=args.db or (None if args.all else settings.db_name), since=since,
                                 limit=args.limit, details=args.details)
-    lines = ["%-50s %-20s %-10s %12s" % ("NAME", "TIME (UTC)", "HOST", "SIZE")]
+    lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
     for item in data["backups"]:
         size = health._size(item["object_size"]) if item["object_size"] is not None else "MISSING"
-        lines.append("%-50s %-20s %-10s %12s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
-                                                 item["host"] or "(seed)", size))
+        lines.append("%-50s %-20s %-10s %12s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
+                                                   item["host"] or "(seed)", size,
+                                                   "  " + item["signature"] if "signature" in item else ""))
     if not data["backups"]:
         lines.append("(no backups)")
     if data["orphans"]:
@@ -210,12 +223,15 @@ def _cmd_restore(args, settings, env):
     progress = _Progress("restore", sys.stderr)
     try:
         result = pipeline.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
-                                      progress=progress, allow_unsigned=args.allow_unsigned, **_selection(args, env))
+                                      progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
+                                      as_admin=args.as_admin, restore_role=args.restore_role, **_selection(args, env))
     finally:
         progress.close()
-    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, %.1fs" % (
-        result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
-        result["signature"], result["duration_seconds"])]
+    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, SQL ran as %s, "
+             "%.1fs" % (result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
+                        result["signature"], result["sql_ran_as"], result["duration_seconds"])]
+    if result["owner"]:
+        lines.append("objects are owned by %s" % result["owner"])
     if result["replaced_db"]:
         lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
@@ -227,7 +243,7 @@ def _cmd_verify(args, settings, env):
     progress = _Progress("verify", sys.stderr)
     try:
         result = pipeline.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
-                                     **_selection(args, env))
+                                     allow_seed=args.allow_seed, **_selection(args, env))
     finally:
         progress.close()
     _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
@@ -306,8 +322,18 @@ def _cmd_keygen(args, settings, env):
     return EXIT_OK
 
 
+def _cmd_restore_role(args, settings, env):
+    result = pipeline.prepare_restore_role(settings, check=args.check)
+    state = "created" if result["created"] else ("missing" if not result["exists"] else "present")
+    lines = ["restore role %s on %s: %s" % (result["role"], result["server"], state)]
+    lines += ["  UNSAFE: %s" % risk for risk in result["risks"]]
+    _emit(result, args.json, lines)
+    return EXIT_OK if result["exists"] and not result["risks"] else EXIT_REFUSED
+
+
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
-            "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen}
+            "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen,
+            "restore-role": _cmd_restore_role}
 
 
 class _UTCFormatter(logging.Formatter):

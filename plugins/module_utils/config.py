@@ -210,6 +210,7 @@ _FIELD_HINTS = {
     "recipients": "set it to the public key(s) printed by `quankey-backup keygen` on the restore side",
     "identity_file": "point it at the private key file made by `quankey-backup keygen` (mode 0600)",
     "signing_key": "generate one with `openssl rand -base64 32` and set it where backups are made and where they are restored",
+    "restore_role": "name the plain role restored SQL runs as (e.g. BACKUP_RESTORE_ROLE=quankey_restore)",
 }
 
 

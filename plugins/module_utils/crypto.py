@@ -1,12 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Encryption format version 1 of quankey.backup (specified in docs/FORMAT.md).
+"""Encryption formats version 1 and 2 of quankey.backup (specified in docs/FORMAT.md).
 
 Envelope encryption: every backup gets a fresh random 32-byte data key. The
 data object holds only the encrypted stream (a 56-byte header followed by
 AES-256-GCM segments, the STREAM construction); the data key, wrapped with the
 user's master key (``BACKUP_ENCRYPTION_KEY``), lives in the backup's metadata.
+
+Format version 2 changes only the envelope: the wrap's associated data also
+holds the backup's identity (:func:`backup_binding`: source host id, database
+and backup name), so metadata copied under another backup's name does not
+open. Version 1 envelopes are still read; the data object is the same in both.
 
 The streaming classes keep at most one segment in memory. Plaintext returned by
 :meth:`StreamDecryptor.update` is authenticated segment by segment, but the
@@ -66,18 +71,29 @@ DEFAULT_SEGMENT_SIZE = 1 << DEFAULT_SEGMENT_SIZE_LOG2
 MIN_SEGMENT_SIZE_LOG2 = 10
 MAX_SEGMENT_SIZE_LOG2 = 24
 ENCRYPTION_NAME = "aes-256-gcm"
-ENVELOPE_TYPE = "aes-256-gcm-hkdf-sha256"
+ENVELOPE_TYPE = "aes-256-gcm-hkdf-sha256"  # format version 1: no backup binding
+ENVELOPE_TYPE_V2 = "aes-256-gcm-hkdf-sha256-v2"  # format version 2: the backup's identity in the wrap's aad
 KEY_ID_PREFIX = "qk1-"
 MASTER_KEY_NAME = "BACKUP_ENCRYPTION_KEY"
 
 _KEY_ID_LABEL = b"quankey-backup/v1 key-id\x00"
 _WRAP_INFO = b"quankey-backup/v1 key-wrap"
 _WRAP_AAD_PREFIX = b"quankey-backup/v1 key-wrap\x00"
+_WRAP_INFO_V2 = b"quankey-backup/v2 key-wrap"
+_WRAP_AAD_PREFIX_V2 = b"quankey-backup/v2 key-wrap\x00"
+_BINDING_LABEL = b"quankey-backup/v2 backup\x00"
+_BINDING_PARTS = ("host", "database", "name")
+_BINDING_PART_MAX = 0xFFFF  # the length of each part is a u16
 _PAYLOAD_INFO = b"quankey-backup/v1 payload"
 _COMMITMENT_INFO = b"quankey-backup/v1 commitment"
 _WRAPPED_KEY_SIZE = KEY_SIZE + TAG_SIZE
 _KEY_ID_RE = re.compile(r"\Aqk1-[0-9a-f]{16}\Z")
 _HEADER_PREFIX = struct.Struct(">4sBBBB")  # magic, version, suite, log2 segment size, reserved
+# The envelope types of both modes, by format version (recipients.ENVELOPE_TYPE and ENVELOPE_TYPE_V2 for hybrid-pq;
+# spelled out here because recipients imports this module).
+_HYBRID_PQ_TYPES = {"hybrid-pq-x25519-mlkem768-hkdf-sha256": 1, "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2": 2}
+_MASTER_KEY_TYPES = {ENVELOPE_TYPE: 1, ENVELOPE_TYPE_V2: 2}
+_OPENSSL_ENC_TYPE = "openssl-enc-pbkdf2-sha256"  # openssl_enc.ENVELOPE_TYPE: the passphrase is the key, nothing to bind
 _MASTER_KEY_HINT = "generate one with `openssl rand -base64 32` and set it (e.g. in /etc/quankey/backup.env)"
 _CRYPTOGRAPHY_MISSING = "the Python package 'cryptography' is required: pip install cryptography"
 
@@ -235,30 +251,99 @@ def new_data_key() -> bytes:
     return os.urandom(KEY_SIZE)
 
 
-def _wrap_key(master_key: bytes, salt: bytes) -> bytes:
-    """The key-wrapping key derived from a master key and a wrap salt."""
-    return _hkdf(master_key, salt, _WRAP_INFO)
+def backup_binding(host: str, database: str, name: str) -> bytes:
+    """The backup's identity as bound into format-v2 envelopes (the wrap's and every hybrid-pq slot's aad).
+
+    ``b"quankey-backup/v2 backup\\x00"`` followed by u16be(length) || UTF-8 bytes of the source host id,
+    the database name and the backup name, in that order. Each must be a non-empty str of at most 65535
+    UTF-8 bytes, else TypeError or ValueError (a caller bug). They are the source backup's, as given by
+    where it is stored, not the machine restoring it; the bucket and the prefix are not part of it.
+    """
+    out = [_BINDING_LABEL]
+    for what, value in zip(_BINDING_PARTS, (host, database, name)):
+        if not isinstance(value, str):
+            raise TypeError("backup binding: %s must be a str, not %s" % (what, type(value).__name__))
+        encoded = None
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # raised below, outside the handler
+        if encoded is None:
+            raise ValueError("backup binding: %s is not encodable as UTF-8 (it holds a lone surrogate)" % what)
+        if not encoded:
+            raise ValueError("backup binding: %s is empty" % what)
+        if len(encoded) > _BINDING_PART_MAX:
+            raise ValueError("backup binding: %s is %d UTF-8 bytes, at most %d are allowed" % (what, len(encoded), _BINDING_PART_MAX))
+        out.append(struct.pack(">H", len(encoded)) + encoded)
+    return b"".join(out)
 
 
-def _wrap_aad(kid: str) -> bytes:
-    """Associated data of the key wrap: binds the wrapped key to the wrapping key's id."""
-    return _WRAP_AAD_PREFIX + kid.encode("ascii")
+def _check_binding(binding: Any) -> bytes:
+    """Return ``binding`` as bytes if it is what :func:`backup_binding` makes, else raise TypeError or ValueError (a caller bug)."""
+    if not isinstance(binding, (bytes, bytearray, memoryview)):
+        raise TypeError("binding must be the bytes made by backup_binding(host, database, name), not %s" % type(binding).__name__)
+    binding = bytes(binding)
+    problem = None
+    if not binding.startswith(_BINDING_LABEL):
+        problem = "it does not start with the binding label"
+    else:
+        pos = len(_BINDING_LABEL)
+        for what in _BINDING_PARTS:
+            if len(binding) < pos + 2:
+                problem = "it ends before the length of its %s" % what
+                break
+            size = struct.unpack_from(">H", binding, pos)[0]
+            part = binding[pos + 2:pos + 2 + size]
+            if size == 0 or len(part) != size:
+                problem = "its %s is empty or cut short" % what
+                break
+            try:
+                part.decode("utf-8")
+            except UnicodeDecodeError:
+                problem = "its %s is not UTF-8" % what
+                break
+            pos += 2 + size
+        else:
+            if pos != len(binding):
+                problem = "%d bytes follow the backup name" % (len(binding) - pos)
+    if problem is not None:
+        raise ValueError("binding is not made by backup_binding(host, database, name): %s" % problem)
+    return binding
 
 
-def wrap_data_key(master_key: bytes, data_key: bytes, _salt: Optional[bytes] = None, _nonce: Optional[bytes] = None) -> Dict[str, str]:
+def _wrap_key(master_key: bytes, salt: bytes, version: int = 1) -> bytes:
+    """The key-wrapping key derived from a master key and a wrap salt (format version 1 or 2)."""
+    return _hkdf(master_key, salt, _WRAP_INFO_V2 if version == 2 else _WRAP_INFO)
+
+
+def _wrap_aad(kid: str, binding: Optional[bytes] = None) -> bytes:
+    """Associated data of the key wrap: the wrapping key's id (v1), and the backup's binding (v2, when ``binding`` is given)."""
+    if binding is None:
+        return _WRAP_AAD_PREFIX + kid.encode("ascii")
+    return _WRAP_AAD_PREFIX_V2 + kid.encode("ascii") + binding
+
+
+def wrap_data_key(master_key: bytes, data_key: bytes, binding: Optional[bytes] = None,
+                  _salt: Optional[bytes] = None, _nonce: Optional[bytes] = None) -> Dict[str, str]:
     """Wrap a data key with a master key; return the envelope dict stored in the backup metadata.
 
+    With ``binding`` (from :func:`backup_binding`) the envelope is format version 2
+    (``ENVELOPE_TYPE_V2``): it opens only for that backup. Without it, version 1
+    (``ENVELOPE_TYPE``), kept for test vectors and compatibility; new backups use version 2.
     ``_salt`` and ``_nonce`` exist only to reproduce test vectors; never pass them otherwise.
     """
     _require_cryptography()
     master_key = _check_key(master_key, "master key")
     data_key = _check_key(data_key, "data key")
+    version = 1 if binding is None else 2
+    if binding is not None:
+        binding = _check_binding(binding)
     salt = _random_or_given(_salt, SALT_SIZE, "wrap salt")
     nonce = _random_or_given(_nonce, NONCE_SIZE, "wrap nonce")
     kid = key_id(master_key)
-    wrapped = AESGCM(_wrap_key(master_key, salt)).encrypt(nonce, data_key, _wrap_aad(kid))
+    wrapped = AESGCM(_wrap_key(master_key, salt, version)).encrypt(nonce, data_key, _wrap_aad(kid, binding))
     return {
-        "type": ENVELOPE_TYPE,
+        "type": ENVELOPE_TYPE_V2 if version == 2 else ENVELOPE_TYPE,
         "key_id": kid,
         "salt": _b64(salt),
         "nonce": _b64(nonce),
@@ -285,16 +370,50 @@ def _envelope_field(envelope: Dict[str, Any], field: str, size: int) -> bytes:
     return decoded
 
 
-def _parse_envelope(envelope: Dict[str, Any]) -> Tuple[str, bytes, bytes, bytes]:
-    """Validate an envelope; return (key id, salt, nonce, wrapped key)."""
+def _envelope_type(envelope: Any) -> Any:
+    """The ``type`` of an envelope; IntegrityError if the envelope is not an object or has none."""
     if not isinstance(envelope, dict):
         raise IntegrityError("encryption envelope is not a JSON object")
     kind = envelope.get("type")
     if kind is None:
         raise IntegrityError("encryption envelope field 'type' is missing")
-    if kind != ENVELOPE_TYPE:
-        shown = kind if isinstance(kind, str) and len(kind) <= 64 else type(kind).__name__
-        raise IntegrityError("encryption envelope field 'type' is %r: this version supports only %r" % (shown, ENVELOPE_TYPE))
+    return kind
+
+
+def _shown_type(kind: Any) -> str:
+    """An envelope type as it may appear in a message: the text if short, else the JSON type's name."""
+    return kind if isinstance(kind, str) and len(kind) <= 64 else type(kind).__name__
+
+
+def envelope_version(envelope: Dict[str, Any]) -> int:
+    """Format version (1 or 2) of a master-key or hybrid-pq envelope, from its ``type`` alone.
+
+    Version 1 envelopes are not bound to their backup and are re-wrapped to version 2
+    by ``quankey-backup rekey``. IntegrityError for anything else: not an object, no
+    ``type``, an unknown type, or the OpenSSL enc envelope (which cannot carry a binding).
+    """
+    kind = _envelope_type(envelope)
+    if isinstance(kind, str):
+        if kind in _MASTER_KEY_TYPES:
+            return _MASTER_KEY_TYPES[kind]
+        if kind in _HYBRID_PQ_TYPES:
+            return _HYBRID_PQ_TYPES[kind]
+        if kind == _OPENSSL_ENC_TYPE:
+            raise IntegrityError("encryption envelope field 'type' is %r: an OpenSSL enc (aes-256-cbc) envelope has no "
+                                 "format version and cannot be bound to its backup" % kind)
+    raise IntegrityError("encryption envelope field 'type' is %r: expected a master-key type (%s) or a hybrid-pq type (%s)"
+                         % (_shown_type(kind), ", ".join(sorted(_MASTER_KEY_TYPES)), ", ".join(sorted(_HYBRID_PQ_TYPES))))
+
+
+def _parse_envelope(envelope: Dict[str, Any]) -> Tuple[str, bytes, bytes, bytes]:
+    """Validate a master-key envelope (version 1 or 2); return (key id, salt, nonce, wrapped key)."""
+    kind = _envelope_type(envelope)
+    if isinstance(kind, str) and kind in _HYBRID_PQ_TYPES:
+        raise IntegrityError("encryption envelope field 'type' is %r: this backup's data key is sealed to hybrid-pq recipients, "
+                             "not wrapped with a master key: open it with an identity" % kind)
+    if not isinstance(kind, str) or kind not in _MASTER_KEY_TYPES:
+        raise IntegrityError("encryption envelope field 'type' is %r: this version supports only %r and %r"
+                             % (_shown_type(kind), ENVELOPE_TYPE, ENVELOPE_TYPE_V2))
     kid = envelope.get("key_id")
     if kid is None:
         raise IntegrityError("encryption envelope field 'key_id' is missing")
@@ -317,24 +436,40 @@ def _as_keyring(master_keys: MasterKeys) -> List[bytes]:
     return [_check_key(key, "master key") for key in keys]
 
 
-def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any], name: str = MASTER_KEY_NAME) -> bytes:
+def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any], name: str = MASTER_KEY_NAME,
+                    binding: Optional[bytes] = None) -> bytes:
     """Recover a backup's data key from its envelope with one master key or a keyring (list of keys).
 
-    The key whose id matches the envelope is tried first, then the others.
-    Raises IntegrityError for a malformed envelope, WrongKeyError if no key
-    opens it, and TamperedError if the key with the matching id fails.
+    ``binding`` (from :func:`backup_binding`) is the identity of the backup being read; a
+    version 2 envelope needs it (TypeError without: a caller bug), a version 1 envelope
+    ignores it. The key whose id matches the envelope is tried first, then the others.
+    Raises IntegrityError for a malformed envelope, WrongKeyError if no key opens it, and
+    TamperedError if the key with the matching id fails (for version 2: the metadata
+    belongs to another backup, or was modified).
     """
     _require_cryptography()
     wanted, salt, nonce, wrapped = _parse_envelope(envelope)
+    version = envelope_version(envelope)
+    if binding is not None:
+        binding = _check_binding(binding)
+    if version == 1:
+        binding = None
+    elif binding is None:
+        raise TypeError("a format version 2 envelope (%s) opens only with its backup's binding: "
+                        "pass binding=backup_binding(host, database, name)" % ENVELOPE_TYPE_V2)
     keyring = [(key_id(key), key) for key in _as_keyring(master_keys)]
     keyring.sort(key=lambda item: item[0] != wanted)  # stable: the matching key first
     for kid, key in keyring:
         try:
-            data_key = AESGCM(_wrap_key(key, salt)).decrypt(nonce, wrapped, _wrap_aad(kid))
+            data_key = AESGCM(_wrap_key(key, salt, version)).decrypt(nonce, wrapped, _wrap_aad(kid, binding))
         except InvalidTag:
             continue
         return data_key
     tried = list(dict.fromkeys(kid for kid, _key in keyring))
+    if wanted in tried and version == 2:
+        raise TamperedError("this backup's data key is wrapped with key %s, but with the key given with that id it does not open "
+                            "for this backup: the metadata was copied from another backup (another host, database or name) "
+                            "or modified" % wanted)
     if wanted in tried:
         raise TamperedError("this backup's data key is wrapped with key %s and the key given with that id does not open it: "
                             "the encryption envelope in the metadata was modified or corrupted" % wanted)

@@ -97,3 +97,7 @@ class RefusedError(BackupError):
     """The request would destroy something and was not explicitly forced."""
 
     exit_code = EXIT_REFUSED
+
+
+class ConflictError(RefusedError):
+    """A conditional write lost to another writer: the object was created or changed since it was read."""

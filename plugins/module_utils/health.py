@@ -23,7 +23,7 @@ from . import catalog
 from . import crypto
 from . import keys
 from . import openssl_enc
-from . import signing
+from . import trust
 from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
@@ -80,7 +80,7 @@ def _size(num):
 
 
 def assess(records, orphans, now, policy, header_error=None, metadata_errors=None, header_errors=None,
-           keyring_ids=None, keyring_error=None, signing_keys=None):
+           keyring_ids=None, keyring_error=None, signing_keys=None, signature_fix=_SIGNING_FIX):
     """Findings for one host and database. ``records`` newest first, with metadata loaded on the newest few.
 
     ``header_error``: what the ranged read of the newest object's header found wrong (None when fine).
@@ -88,7 +88,9 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
     ``header_errors``: {basename: message} for recent objects whose header is wrong (the newest's too).
     ``keyring_ids``: ids of the keys this host holds (master keys, identities, recipients), None when
     none is configured (key ids are then not checked); ``keyring_error``: why the keys could not be read.
-    ``signing_keys``: {key id: key} to check metadata signatures with, None when there are none here.
+    ``signing_keys``: {key id: key} to check metadata signatures with, None when there are none here;
+    ``signature_fix``: where to set a missing signing key (in the caller's words). The signature rule
+    is trust.judge's verdict, the one restore obeys.
     """
     findings = []
     metadata_errors = metadata_errors or {}
@@ -102,9 +104,11 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
     if age > policy.max_age_hours:
         findings.append(_finding("age", CRITICAL, "latest backup %s is %.1f h old (limit %g h): backups have stopped"
                                  % (latest.basename, age, policy.max_age_hours)))
-    if latest.basename in metadata_errors:
-        findings.append(_finding("metadata", CRITICAL, "latest backup's metadata is unreadable: %s"
-                                 % metadata_errors[latest.basename]))
+    for record in records[:METADATA_LOOKBACK]:
+        if record.basename in metadata_errors:
+            what = "latest backup's" if record is latest else "backup %s's" % record.basename
+            findings.append(_finding("metadata", CRITICAL, "%s metadata is unreadable or refused: %s"
+                                     % (what, metadata_errors[record.basename])))
     if not latest.has_object:
         findings.append(_finding("missing_object", CRITICAL, "latest backup %s has metadata but no object: it cannot be "
                                  "restored" % latest.basename))
@@ -122,7 +126,7 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
     if header_error:
         header_errors[latest.basename] = header_error
     findings.extend(_encryption(records, header_errors, keyring_ids, keyring_error))
-    findings.extend(_signatures(records, signing_keys))
+    findings.extend(_signatures(records, signing_keys, signature_fix))
     findings.extend(_frequency(records, now, policy))
     findings.extend(_size_drop(records, policy))
     grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
@@ -163,19 +167,25 @@ def _encryption(records, header_errors, keyring_ids, keyring_error):
     return findings
 
 
-def _signatures(records, signing_keys):
-    """The metadata signature rule over the newest few backups (the seed's backups never had signatures)."""
-    if signing_keys is None:
-        return []
+def _signatures(records, signing_keys, signature_fix):
+    """The metadata signature rule over the newest few backups: trust.judge's verdict on each.
+
+    A document that is not its backup's, or whose signature is invalid, is critical; unsigned or
+    signed with a key not held here is a warning (none when that key is also missing for the data
+    key: the encryption rule reports it). The seed's backups are counted only on request
+    (:func:`check_health`) and have no signature to check.
+    """
     findings = []
     for record in records[:METADATA_LOOKBACK]:
         if not record.metadata or record.seed:
             continue
-        outcome, kid, problem = signing.check(record.metadata, record.basename, record.object_key, signing_keys,
-                                              _SIGNING_FIX)
-        if outcome == signing.VALID or (outcome == signing.UNKNOWN_KEY and kid in keys.wrapping_ids(record.metadata)):
+        verdict = record.verdict or trust.judge(record, signing_keys, signature_fix)
+        if verdict.outcome in (trust.VALID, trust.NOT_CHECKED):
+            continue
+        if verdict.outcome == trust.UNKNOWN_KEY and verdict.key_id in keys.wrapping_ids(record.metadata):
             continue  # a missing key that also wraps the data key is the encryption rule's finding
-        findings.append(_finding("metadata_signature", CRITICAL if outcome == signing.INVALID else WARNING, problem))
+        findings.append(_finding("metadata_signature", CRITICAL if verdict.outcome == trust.INVALID else WARNING,
+                                 verdict.problem))
     return findings
 
 
@@ -221,6 +231,9 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
         settings.require("db_name", "bucket")
         store = store or pipeline.open_store(settings)
         records, orphans = list_backups(settings, store)
+        seed_records = [record for record in records if record.seed]
+        if not settings.allow_seed:
+            records = [record for record in records if not record.seed]
     except BackupError as exc:
         rule = "s3_access" if isinstance(exc, StorageError) else "config"
         findings = [_finding(rule, CRITICAL, str(exc))]
@@ -240,8 +253,17 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     except StorageError as exc:
         return _finish(report, [_finding("s3_access", CRITICAL, str(exc))])
     keyring_ids, keyring_error, signing_keys = _held_keys(settings)
+    fix = keys.KeyContext(settings).signature_fix()
+    for record in records[:METADATA_LOOKBACK]:
+        if record.metadata is not None:
+            record.verdict = trust.judge(record, signing_keys, fix)
     findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
-                      keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys)
+                      keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
+                      signature_fix=fix)
+    if seed_records and not settings.allow_seed:
+        findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
+                                 "their metadata is unsigned; adopt them, or set %s=true to count them"
+                                 % (len(seed_records), seed_records[0].basename, settings.label("allow_seed"))))
     if signing_keys is None and any(record.metadata and not record.seed for record in records[:METADATA_LOOKBACK]):
         findings.append(_finding("metadata_signature", INFO, "metadata signatures not checked: no signing key or master "
                                  "key is set here (BACKUP_SIGNING_KEY or BACKUP_ENCRYPTION_KEY)"))
@@ -256,7 +278,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
 
 def _held_keys(settings):
     """``(key ids held, why they could not be read, signing keys)``; ids and signing keys are None when none is set."""
-    if not (keys.configured(settings) or settings.identity_file or settings.recipients or settings.signing_key):
+    if not keys.holds_any_key(settings):
         return None, None, None
     context = keys.KeyContext(settings)
     try:

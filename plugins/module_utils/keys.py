@@ -28,6 +28,7 @@ from . import crypto
 from . import openssl_enc
 from . import recipients
 from . import signing
+from . import trust
 from .errors import BackupError, ConfigError, IntegrityError, TamperedError, WrongKeyError
 
 LOG = logging.getLogger("quankey_backup")
@@ -40,6 +41,8 @@ REKEYED, WOULD_REKEY, UNCHANGED, FAILED = "rekeyed", "would rekey", "unchanged",
 
 # Modes whose data object is format v1 (a data key in an envelope): only these can be rekeyed.
 GCM_ENCRYPTIONS = (crypto.ENCRYPTION_NAME, recipients.ENCRYPTION_NAME)
+# Envelope types of hybrid-pq backups: format version 1, and 2 (the backup's identity bound into each slot).
+HYBRID_PQ_ENVELOPE_TYPES = (recipients.ENVELOPE_TYPE, recipients.ENVELOPE_TYPE_V2)
 
 
 class Keyring:
@@ -135,6 +138,11 @@ def read_keyring_file(path, label=KEYRING_FILE_NAME, texts=None):
 def configured(settings):
     """Whether any master key is set (active, decryption keys or keyring file)."""
     return bool(settings.encryption_key or split_keys(settings.decryption_keys) or settings.keyring_file)
+
+
+def holds_any_key(settings):
+    """Whether any key is configured here: master keys, an identity file, recipients or a signing key."""
+    return bool(configured(settings) or settings.identity_file or settings.recipients or settings.signing_key)
 
 
 def keyring(settings, require_active=False):
@@ -262,14 +270,19 @@ class KeyContext:
             self.active_ring()
         self.signer()
 
-    def seal(self, data_key):
-        """``(encryption name, envelope, key id, recipient ids or None)`` of a new format-v1 backup's data key."""
+    def seal(self, data_key, identity):
+        """``(encryption name, envelope, key id, recipient ids or None)`` of a new backup's data key.
+
+        ``identity`` is the backup's ``(host, database, name)``: it is bound into the wrap (format version 2),
+        so the envelope opens only for the backup stored under that name.
+        """
+        binding = crypto.backup_binding(*identity)
         if self.settings.encryption == recipients.ENCRYPTION_NAME:
-            envelope = recipients.seal_data_key(self.recipients, data_key)
+            envelope = recipients.seal_data_key(self.recipients, data_key, binding=binding)
             ids = [recipient.recipient_id for recipient in self.recipients]
             return recipients.ENCRYPTION_NAME, envelope, ids[0], ids
         ring = self.active_ring()
-        return crypto.ENCRYPTION_NAME, crypto.wrap_data_key(ring.active, data_key), ring.active_id, None
+        return crypto.ENCRYPTION_NAME, crypto.wrap_data_key(ring.active, data_key, binding=binding), ring.active_id, None
 
     def active_key_id(self):
         """The id new backups are wrapped with (the active key's, or the first recipient's in hybrid-pq mode)."""
@@ -277,23 +290,28 @@ class KeyContext:
             return self.recipients[0].recipient_id if self.recipients else None
         return self.active_ring().active_id
 
-    def open(self, metadata, basename="backup"):
-        """The data key of a format-v1 backup (aes-256-gcm or hybrid-pq), from the envelope in its metadata.
+    def open(self, record):
+        """The data key of a format-v1/v2 backup (aes-256-gcm or hybrid-pq), from the envelope in its loaded metadata.
 
+        The backup's identity comes from where it is stored (``record``'s host, database and name), never from
+        the document: a version-2 envelope copied to another backup's place does not open.
         Raises WrongKeyError when no key held here opens it, TamperedError when the matching key fails.
         """
-        envelope = metadata.get("envelope")
+        envelope = record.metadata.get("envelope")
+        binding = identity_binding(record) if envelope_version(record.metadata) == 2 else None
         kind = envelope.get("type") if isinstance(envelope, dict) else None
-        if kind == recipients.ENVELOPE_TYPE:
+        if kind in HYBRID_PQ_ENVELOPE_TYPES:
             ids = recipients.envelope_recipient_ids(envelope)
             if not self.identities:
                 raise WrongKeyError("backup %s's data key is sealed to recipient(s) %s (hybrid-pq) and no private key is "
                                     "set here: restore where the private key made by `quankey-backup keygen` is, "
-                                    "pointing %s at it" % (basename, ", ".join(ids), self.settings.label("identity_file")))
-            return recipients.open_data_key(self.identities, envelope, self.settings.label("identity_file"))
+                                    "pointing %s at it" % (record.basename, ", ".join(ids),
+                                                           self.settings.label("identity_file")))
+            return recipients.open_data_key(self.identities, envelope, self.settings.label("identity_file"),
+                                            binding=binding)
         if not len(self.ring):
             self.settings.require("encryption_key")
-        return crypto.unwrap_data_key(self.ring.keys, envelope, opening_keys_label(self.settings))
+        return crypto.unwrap_data_key(self.ring.keys, envelope, opening_keys_label(self.settings), binding=binding)
 
     def passphrases(self, metadata=None):
         """``[(label, passphrase bytes)]`` to try on an aes-256-cbc object, the key named in ``metadata`` first."""
@@ -346,40 +364,19 @@ class KeyContext:
         kid, key = self.signer()
         return signing.sign_metadata(metadata, kid, key)
 
-    def check_signature(self, metadata, basename, object_key):
-        """``(outcome as text, problem or None)`` of a backup's metadata signature; an invalid one raises TamperedError.
+    def signature_fix(self):
+        """Where to set the key that verifies a backup signed with a key not held here."""
+        return ("set %s to the signing key of the hosts that made it, or add the master key of that id to %s"
+                % (self.settings.label("signing_key"), self.settings.label("decryption_keys")))
 
-        The problem (unsigned, or signed with a key not held here) is left to the caller, which
-        raises it after trying the keys: a wrong-key error says more than an unverifiable signature.
-        Seed metadata (``layout: seed``) never had a signature: 'unsigned (seed backup)', no problem.
-        """
-        if metadata.get("layout") == catalog.SEED_LAYOUT:
-            return "unsigned (seed backup)", None
-        fix = ("set %s to the signing key of the hosts that made it, or add the master key of that id to %s"
-               % (self.settings.label("signing_key"), self.settings.label("decryption_keys")))
-        outcome, kid, problem = signing.check(metadata, basename, object_key, self.signing_keys()[2], fix)
-        if outcome == signing.VALID:
-            return "valid (key %s)" % kid, None
-        if outcome == signing.INVALID:
-            raise TamperedError(problem)
-        return "not verified (%s)" % outcome, problem
-
-    def verify(self, metadata, basename, object_key, allow_unsigned=False):
-        """:meth:`check_signature`, raising its problem as IntegrityError unless ``allow_unsigned``; returns the outcome."""
-        outcome, problem = self.check_signature(metadata, basename, object_key)
-        require_signature(problem, allow_unsigned)
-        return outcome
+    def verdict(self, record):
+        """The one trust verdict (trust.judge) on a record whose metadata is loaded, with the signing keys held here."""
+        return trust.judge(record, self.signing_keys()[2], self.signature_fix())
 
 
-def require_signature(problem, allow_unsigned):
-    """Raise IntegrityError for a signature problem (see KeyContext.check_signature) unless unsigned metadata is allowed."""
-    if problem is None:
-        return
-    if allow_unsigned:
-        LOG.warning("%s; going on because unsigned metadata is allowed", problem)
-        return
-    raise IntegrityError("%s; to use it anyway, allow unsigned metadata (--allow-unsigned, or allow_unsigned: true)"
-                         % problem, step="verify metadata")
+def identity_binding(record):
+    """The bytes that bind a data key to the backup stored at ``record``'s place (host, database, name)."""
+    return crypto.backup_binding(record.host, record.db, record.basename)
 
 
 def wrapping_key_id(metadata):
@@ -394,7 +391,7 @@ def wrapping_key_id(metadata):
 def wrapping_ids(metadata):
     """Every id a backup's data key is wrapped or sealed with (recipient ids for hybrid-pq), [] when unknown."""
     envelope = metadata.get("envelope") if isinstance(metadata, dict) else None
-    if isinstance(envelope, dict) and envelope.get("type") == recipients.ENVELOPE_TYPE:
+    if isinstance(envelope, dict) and envelope.get("type") in HYBRID_PQ_ENVELOPE_TYPES:
         try:
             return recipients.envelope_recipient_ids(envelope)
         except IntegrityError:
@@ -405,13 +402,15 @@ def wrapping_ids(metadata):
 
 # --------------------------------------------------------------------------- rekey
 
-def rekey_metadata(metadata, context, basename="backup"):
+def rekey_metadata(record, context):
     """Re-wrap one backup's data key for the configured mode (active key, or recipients) and re-sign its metadata.
 
+    The new envelope is format version 2, bound to the backup's place (host, database, name); a
+    version-1 envelope is moved to version 2 even when its key is already the target.
     Returns ``(new metadata, data key, old ids as text)``, or ``(None, None, old ids)`` when nothing would change.
-    Raises IntegrityError (WrongKeyError, TamperedError) when the keys held cannot open it or
-    its metadata signature does not verify.
+    Raises IntegrityError (WrongKeyError, TamperedError) when the keys held cannot open it.
     """
+    metadata, basename = record.metadata, record.basename
     encryption = metadata.get("encryption")
     if encryption == openssl_enc.ENCRYPTION_NAME:
         raise IntegrityError("backup %s is aes-256-cbc (OpenSSL enc): its data is encrypted with the passphrase itself, "
@@ -422,25 +421,33 @@ def rekey_metadata(metadata, context, basename="backup"):
     old_ids = ", ".join(wrapping_ids(metadata))
     if _on_target(metadata, context):
         return None, None, old_ids  # nothing to open: a recipients-only host can tell too
-    data_key = context.open(metadata, basename)
-    name, envelope, kid, ids = context.seal(data_key)
+    data_key = context.open(record)
+    name, envelope, kid, ids = context.seal(data_key, (record.host, record.db, basename))
     updated = dict(metadata)
-    updated.update(encryption=name, envelope=envelope, key_id=kid)
+    updated.update(encryption=name, envelope=envelope, key_id=kid, metadata_version=catalog.METADATA_VERSION)
     updated.pop("recipient_ids", None)
     if ids is not None:
         updated["recipient_ids"] = ids
     return context.sign(updated), data_key, old_ids
 
 
+def envelope_version(metadata):
+    """1 or 2: the format version of a backup's envelope (0 when it is not a data-key envelope)."""
+    try:
+        return crypto.envelope_version(metadata.get("envelope"))
+    except IntegrityError:
+        return 0
+
+
 def _on_target(metadata, context):
-    """Whether a backup is already wrapped for the configured mode and signed by the active signing key."""
+    """Whether a backup is already wrapped (format version 2) for the configured mode and signed by the active signing key."""
     if context.settings.encryption == recipients.ENCRYPTION_NAME:
         target = sorted(recipient.recipient_id for recipient in context.recipients)
         wrapped = sorted(wrapping_ids(metadata)) == target and metadata.get("key_id") == context.active_key_id()
     else:
         kid = context.active_key_id()
         wrapped = wrapping_ids(metadata) == [kid] and metadata.get("key_id") == kid
-    return (wrapped and metadata.get("encryption") == context.settings.encryption
+    return (wrapped and envelope_version(metadata) == 2 and metadata.get("encryption") == context.settings.encryption
             and signing.signature_key_id(metadata) == context.signer()[0])
 
 
@@ -497,9 +504,11 @@ def _rekey_one(store, record, context, target, dry_run):
     try:
         metadata = pipeline.load_metadata(store, record)
         item["from_key_id"] = wrapping_key_id(metadata)
-        _outcome, problem = context.check_signature(metadata, record.basename, record.object_key)
-        updated, data_key, old_ids = rekey_metadata(metadata, context, record.basename)
-        require_signature(problem, allow_unsigned=False)  # never re-sign what could not be verified
+        verdict = context.verdict(record)
+        if verdict.outcome == trust.INVALID:
+            trust.require(verdict)  # raises: a document that is not this backup's is never rewritten
+        updated, data_key, old_ids = rekey_metadata(record, context)
+        trust.require(verdict)  # never re-sign what could not be verified (unsigned, or signed with a key not held)
         if updated is None:
             item["status"] = UNCHANGED
             return item
@@ -510,7 +519,8 @@ def _rekey_one(store, record, context, target, dry_run):
         if dry_run:
             item["status"] = WOULD_REKEY
             return item
-        store.put_bytes(record.metadata_key, catalog.encode_metadata(updated))
+        # only if unchanged since read: a concurrent rekey, prune or backup is never overwritten silently
+        store.put_bytes(record.metadata_key, catalog.encode_metadata(updated), if_match=record.metadata_etag)
         item["status"] = REKEYED
         LOG.info("rekeyed %s: data key re-wrapped from %s to %s and metadata re-signed (metadata %s rewritten, "
                  "data object untouched)", record.basename, old_ids, updated["key_id"], record.metadata_key)

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -33,8 +34,10 @@ from . import crypto
 from . import keys
 from . import openssl_enc
 from .compression import check_compression, compressor, decompressor
-from .errors import AccessDeniedError, BackupError, IntegrityError, PostgresError, RefusedError, ChecksumMismatchError
-from .postgres import PgClient, count_toc_tables
+from . import trust
+from .errors import (AccessDeniedError, BackupError, ChecksumMismatchError, ConfigError, ConflictError, IntegrityError,
+                     NotFoundError, PostgresError, RefusedError)
+from .postgres import PgClient, count_toc_tables, toc_owners
 from .storage import S3Store, choose_part_size, READ_CHUNK
 
 LOG = logging.getLogger("quankey_backup")
@@ -42,6 +45,9 @@ CHUNK = 1024 * 1024
 DUMP_MAGIC = b"PGDMP"
 F_SETPIPE_SZ = 1031
 STALE_UPLOAD_HOURS = 24
+RESTORE_LOGIN_MINUTES = 15  # how long a restore role's one-restore password lets it log in (plus download time)
+RESTORE_LOGIN_BYTES_PER_MINUTE = 300 * 1024 * 1024
+SPOOL_MARGIN = 64 * 1024 * 1024  # free space kept beside a downloaded aes-256-cbc object
 _PG_NAME_LIMIT = 63
 
 
@@ -133,15 +139,19 @@ class _TocReader:
         except (BrokenPipeError, ValueError):
             self._open = False
 
-    def table_count(self, step):
-        """The number of TABLE entries in the archive's table of contents."""
+    def listing(self, step):
+        """The archive's table of contents as ``pg_restore --list`` prints it."""
         status = self.child.wait()
         self._reader.join()
         if status != 0:
             raise IntegrityError("the archive's table of contents cannot be read (%s: %s)"
                                  % (self.child.describe_exit(status), self.child.stderr_text() or "no error text"),
                                  step=step)
-        return count_toc_tables(b"".join(self._out).decode("utf-8", "replace"))
+        return b"".join(self._out).decode("utf-8", "replace")
+
+    def table_count(self, step):
+        """The number of TABLE entries in the archive's table of contents."""
+        return count_toc_tables(self.listing(step))
 
     def kill(self):
         """Cleanup after a failure."""
@@ -251,7 +261,8 @@ def run_backup(settings, progress=None, store=None, now=None):
     LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
              plan.db_size, store.url(obj_key))
 
-    encryption, envelope, kid, recipient_ids, encryptor = _new_encryptor(settings, context)
+    identity = (settings.host, settings.db_name, basename)
+    encryption, envelope, kid, recipient_ids, encryptor = _new_encryptor(settings, context, identity)
     stream = _BackupStream(pg, settings, store, obj_key, encryptor, plan.db_size, progress)
     stored = stream.run()
     duration = time.time() - started
@@ -263,12 +274,8 @@ def run_backup(settings, progress=None, store=None, now=None):
         plan.dump_version, plan.db_settings, encryption, True)
     if recipient_ids:
         metadata["recipient_ids"] = recipient_ids
-    try:
-        metadata = context.sign(metadata)
-        store.put_bytes(meta_key, catalog.encode_metadata(metadata))
-    except BaseException:
-        _delete_quietly(store, obj_key)
-        raise
+    metadata = context.sign(metadata)
+    _commit(store, meta_key, obj_key, catalog.encode_metadata(metadata))
     LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs", basename,
              stored["size_bytes"], stored["dump_bytes"], stored["table_count"], duration)
     return {
@@ -282,14 +289,43 @@ def run_backup(settings, progress=None, store=None, now=None):
     }
 
 
-def _new_encryptor(settings, context):
-    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup."""
+def _commit(store, meta_key, obj_key, document):
+    """Write the metadata (the commit marker) only where none is; on failure uncommit: delete the data object.
+
+    A write whose answer was lost may still have been stored: the metadata is read back before
+    anything is deleted, and a backup whose metadata is there, as written, is committed. A write
+    refused because metadata of that name appeared (ConflictError) leaves the data object for
+    prune: with a store without conditional writes it might not be ours alone.
+    """
+    try:
+        store.put_bytes(meta_key, document, if_none_match=True)
+        return
+    except ConflictError:
+        raise
+    except BaseException as failure:
+        try:
+            stored = store.get_bytes(meta_key)
+        except BaseException:  # pylint: disable=broad-except  # the store is still out of reach: uncommit below
+            stored = None
+        if stored == document:
+            LOG.warning("the metadata write of %s failed (%s) but the store holds it as written: the backup is committed",
+                        meta_key, failure)
+            return
+        _delete_quietly(store, obj_key)
+        raise
+
+
+def _new_encryptor(settings, context, identity):
+    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup.
+
+    ``identity`` is ``(host, database, name)``, bound into the data key's wrap (format version 2).
+    """
     if settings.encryption == openssl_enc.ENCRYPTION_NAME:
         kid, passphrase = context.cbc_passphrase()
         return (openssl_enc.ENCRYPTION_NAME, openssl_enc.passphrase_envelope(kid), kid, None,
                 openssl_enc.CbcEncryptor(passphrase))
     data_key = crypto.new_data_key()
-    encryption, envelope, kid, recipient_ids = context.seal(data_key)
+    encryption, envelope, kid, recipient_ids = context.seal(data_key, identity)
     return encryption, envelope, kid, recipient_ids, crypto.StreamEncryptor(data_key)
 
 
@@ -433,26 +469,33 @@ def _resolve_seed_database(store, record):
 def load_metadata(store, record):
     """Fetch, parse and attach a record's metadata."""
     if record.metadata is None:
-        record.metadata = catalog.decode_metadata(store.get_bytes(record.metadata_key), record.metadata_key,
-                                                  seed=record.seed, object_key_=record.object_key)
+        data, etag = store.get_bytes_and_etag(record.metadata_key)
+        record.metadata = catalog.decode_metadata(data, record.metadata_key, seed=record.seed,
+                                                  object_key_=record.object_key)
+        record.metadata_etag = etag
     return record.metadata
 
 
-def select(settings, store, backup="latest", before=None, host=None, db=None, context=None, allow_unsigned=False):
-    """The record a restore or verify should use, with metadata loaded and its signature checked (``record.signature``).
+def select(settings, store, backup="latest", before=None, host=None, db=None, context=None, allow_seed=None):
+    """The record a restore or verify should use, with metadata loaded and judged (``record.verdict``, trust.py).
 
-    An invalid signature raises here; an unsigned or unverifiable one (``record.signature_problem``) is
-    raised by :func:`_decryptor_factory` once the keys were tried, unless ``allow_unsigned``.
+    The seed's backups (flat layout, unsigned) are chosen only with ``allow_seed`` (default: the
+    BACKUP_ALLOW_SEED setting): without it, ``latest`` and ``before`` pass over them and naming one
+    is refused. Metadata that is not this backup's, or whose signature is invalid, raises here; an
+    unsigned or unverifiable one is raised by the caller (:func:`trust.require`) once the keys were
+    tried, unless it allows unsigned metadata.
     """
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
     settings_db = db or settings.db_name
     if not settings_db:
         settings.require("db_name")
     records, _orphans = list_backups(settings, store, host=host, db=settings_db)
-    record = catalog.select_backup(records, backup, before)
+    record = _choose(records, backup, before, allow_seed)
     load_metadata(store, record)
     context = context or keys.KeyContext(settings)
-    record.signature, record.signature_problem = _step("verify metadata", context.check_signature, record.metadata,
-                                                       record.basename, record.object_key)
+    record.verdict = context.verdict(record)
+    if record.verdict.outcome == trust.INVALID:
+        trust.require(record.verdict)  # raises
     if not record.has_object:
         raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with --backup"
                              % (record.basename, store.url(record.object_key)), step="select")
@@ -462,10 +505,43 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, co
     return record
 
 
+def _choose(records, backup, before, allow_seed):
+    """catalog.select_backup, passing over the seed's backups unless they are allowed (and saying so when it matters)."""
+    if allow_seed:
+        return catalog.select_backup(records, backup, before)
+    ours = [record for record in records if not record.seed]
+    seed = [record for record in records if record.seed]
+    try:
+        record = catalog.select_backup(ours, backup, before)
+    except NotFoundError:
+        try:
+            wanted = catalog.select_backup(seed, backup, before) if seed else None
+        except NotFoundError:
+            wanted = None
+        if wanted is None:
+            raise
+        if (backup or "latest").strip() == "latest":
+            raise NotFoundError("no backups of this database in this format%s; %d made by the seed's scripts exist (newest "
+                                "%s), unsigned: to use them, %s, or adopt them"
+                                % ("" if before is None else " before the given time", len(seed), wanted.basename,
+                                   trust.ALLOW_SEED_HINT))
+        raise RefusedError("backup %s was made by the seed's scripts: its metadata is unsigned, so neither its checksum "
+                           "nor the database it names can be trusted against someone who can write to the bucket; to "
+                           "use it, %s, or adopt it" % (wanted.basename, trust.ALLOW_SEED_HINT), step="select")
+    return record
+
+
 # --------------------------------------------------------------------------- restore and verify
 
 class _RestoreStream:
-    """download -> hash -> decrypt -> decompress -> a sink (pg_restore, or pg_restore -f /dev/null to verify)."""
+    """download -> hash -> decrypt -> decompress -> a sink (pg_restore, or pg_restore -f /dev/null to verify).
+
+    Format v1/v2 objects stream straight through: every segment is authenticated before
+    its plaintext moves on. aes-256-cbc (OpenSSL enc) is not authenticated, so its object
+    is first downloaded whole into an anonymous temporary file (ciphertext only: it is
+    the object as stored) and its SHA-256 checked against the signed metadata; only then
+    is it decrypted into the sink. No plaintext reaches PostgreSQL or the disk unchecked.
+    """
 
     def __init__(self, store, record, new_decryptor, progress):
         self.store = store
@@ -475,36 +551,52 @@ class _RestoreStream:
 
     def run(self, sink, toc=None):
         """Stream the object into ``sink`` (a _Child reading stdin) and ``toc`` if given; returns counts, or raises."""
+        if self.record.metadata.get("encryption") != openssl_enc.ENCRYPTION_NAME:
+            return self._stream(_prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK)), sink, toc)
+        with self._checked_copy() as copy:
+            return self._stream(iter(functools.partial(copy.read, READ_CHUNK), b""), sink, toc)
+
+    def _checked_copy(self):
+        """The whole object in an anonymous temporary file (mode 0600, gone when closed), its SHA-256 checked."""
+        size = self.record.metadata["size_bytes"]
+        directory = tempfile.gettempdir()
+        _require_space(directory, size, self.record.basename)
+        copy = tempfile.TemporaryFile(dir=directory)  # pylint: disable=consider-using-with  # the caller closes it
+        try:
+            digest = hashlib.sha256()
+            downloaded = 0
+            for chunk in _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK)):
+                copy.write(chunk)
+                digest.update(chunk)
+                downloaded += len(chunk)
+                self.progress(downloaded, size)
+            self._check_object(downloaded, digest)
+            copy.flush()
+            copy.seek(0)
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
+    def _stream(self, chunks, sink, toc):
         metadata = self.record.metadata
         digest = hashlib.sha256()
         opener = self.new_decryptor()
         unpack = decompressor(metadata["compression"])
         downloaded = produced = 0
         sink_open = True
-        chunks = _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
-        try:
-            for chunk in chunks:
-                downloaded += len(chunk)
-                digest.update(chunk)
-                plain = unpack.update(_step("decrypt", opener.update, chunk))
-                if plain:
-                    produced += len(plain)
-                    if toc is not None:
-                        toc.feed(plain)
-                    sink_open = sink_open and _write(sink, plain)
-                    if not sink_open:
-                        break
-                self.progress(downloaded, metadata["size_bytes"])
-        except IntegrityError:
-            if metadata.get("encryption") == openssl_enc.ENCRYPTION_NAME:
-                # aes-256-cbc is not authenticated: a modified object first shows as garbled blocks or corrupt
-                # gzip; hash the rest so that the signed checksum says what really happened
-                for chunk in chunks:
-                    downloaded += len(chunk)
-                    digest.update(chunk)
-                if downloaded == metadata["size_bytes"]:
-                    self._check_object(downloaded, digest)
-            raise
+        for chunk in chunks:
+            downloaded += len(chunk)
+            digest.update(chunk)
+            plain = unpack.update(_step("decrypt", opener.update, chunk))
+            if plain:
+                produced += len(plain)
+                if toc is not None:
+                    toc.feed(plain)
+                sink_open = sink_open and _write(sink, plain)
+                if not sink_open:
+                    break
+            self.progress(downloaded, metadata["size_bytes"])
         if sink_open:
             self._check_object(downloaded, digest)  # before the end of the stream: a mismatch says more than a bad CRC
             plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
@@ -528,6 +620,20 @@ class _RestoreStream:
             raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
                                         % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
                                         step="verify checksum")
+
+
+def _require_space(directory, size, basename):
+    """Refuse (ConfigError) when ``directory`` cannot hold ``size`` bytes plus a margin."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: the write itself will fail clearly if it must
+    free = info.f_bavail * info.f_frsize
+    if free < size + SPOOL_MARGIN:
+        raise ConfigError("backup %s is aes-256-cbc, which is not authenticated: its %d bytes are downloaded to %s and "
+                          "their SHA-256 checked before anything is decrypted, but only %d bytes are free there: set "
+                          "TMPDIR to a directory with room (only ciphertext is written, and removed at once)"
+                          % (basename, size, directory, free), step="download")
 
 
 def _step(name, func, *args):
@@ -560,7 +666,7 @@ def _decryptor_factory(context, store, record):
     metadata = record.metadata
     encryption = metadata.get("encryption")
     if encryption in keys.GCM_ENCRYPTIONS:
-        data_key = _step("decrypt", context.open, metadata, record.basename)
+        data_key = _step("decrypt", context.open, record)
         return functools.partial(crypto.StreamDecryptor, data_key)
     if encryption == openssl_enc.ENCRYPTION_NAME:
         iterations = _step("decrypt", openssl_enc.parse_envelope, metadata["envelope"])
@@ -578,14 +684,15 @@ def _decryptor_factory(context, store, record):
 
 
 def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None,
-               allow_unsigned=False):
+               allow_unsigned=False, allow_seed=None):
     """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database."""
     progress = progress or _NoProgress()
     store = store or open_store(settings)
     context = keys.KeyContext(settings)
-    record = select(settings, store, backup, before, host, db, context, allow_unsigned)
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    record = select(settings, store, backup, before, host, db, context, allow_seed)
     new_decryptor = _decryptor_factory(context, store, record)
-    keys.require_signature(record.signature_problem, allow_unsigned)
+    trust.require(record.verdict, allow_unsigned, allow_seed)
     pg = PgClient(settings)
     sink = toc = None
     started = time.time()
@@ -610,8 +717,8 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
     return {"name": record.basename, "object_key": record.object_key, "size_bytes": counts["downloaded_bytes"],
             "dump_bytes": counts["dump_bytes"], "checksum_sha256": counts["sha256"], "checksum_ok": True,
             "decryption_ok": True, "table_count": tables, "key_id": record.metadata.get("key_id"),
-            "encryption": record.metadata.get("encryption"), "signature": record.signature,
-            "layout": record.layout or "host", "timestamp": record.metadata["timestamp"],
+            "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
+            "trusted": record.verdict.trusted, "layout": record.layout or "host", "timestamp": record.metadata["timestamp"],
             "duration_seconds": round(time.time() - started, 3)}
 
 
@@ -621,29 +728,44 @@ def default_target(record):
     return record.db[:_PG_NAME_LIMIT - len(suffix)] + suffix
 
 
+def check_target_name(target):
+    """``target`` if PostgreSQL can name a database so, else RefusedError (also check mode's check)."""
+    if not target or len(target.encode("utf-8")) > _PG_NAME_LIMIT:
+        raise RefusedError("target database name %r is empty or longer than PostgreSQL's 63 bytes: choose another "
+                           "--target-db" % target)
+    return target
+
+
 def _side_name(target, tag, unique):
     suffix = "__%s_%s" % (tag, unique)
     return target[:_PG_NAME_LIMIT - len(suffix)] + suffix
 
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
-                no_owner=False, progress=None, store=None, allow_unsigned=False):
+                no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
+                restore_role=None):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
     the checksum and table count match is it renamed to the target. A replaced
     database is kept, renamed, never dropped. On any failure the staging database
     is dropped and the target is as it was.
+
+    The archive's SQL runs as the restore role (``restore_role``, default BACKUP_RESTORE_ROLE):
+    a plain login role, created when missing, that logs in with a password made for this
+    restore only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused.
+    Without a restore role it runs as DB_USER, which is refused for a backup whose source is
+    not trusted (another host's, the seed's, or unsigned) while DB_USER holds privileges such SQL
+    must not have, unless ``as_admin`` says to trust it (see :func:`_sql_runner`).
     """
     progress = progress or _NoProgress()
     store = store or open_store(settings)
     context = keys.KeyContext(settings)
-    record = select(settings, store, backup, before, host, db, context, allow_unsigned)
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    record = select(settings, store, backup, before, host, db, context, allow_seed)
     new_decryptor = _decryptor_factory(context, store, record)
-    keys.require_signature(record.signature_problem, allow_unsigned)
-    target = target_db or default_target(record)
-    if len(target.encode("utf-8")) > _PG_NAME_LIMIT:
-        raise RefusedError("target database name %r is longer than PostgreSQL's 63 bytes: choose a shorter --target-db" % target)
+    trust.require(record.verdict, allow_unsigned, allow_seed)
+    target = check_target_name(target_db or default_target(record))
     pg = PgClient(settings)
     server_version = pg.server_version_num()
     pg.check_client_version(server_version, "pg_restore")
@@ -654,13 +776,20 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     if exists and pg.active_connections(target):
         raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
                            "before replacing it" % (target, pg.active_connections(target)))
+    runner = _sql_runner(settings, pg, record, as_admin, restore_role)
     staging = _side_name(target, "restoring", secrets.token_hex(4))
-    LOG.info("restore %s (%s) into %s on %s via staging database %s", record.basename, store.url(record.object_key),
-             target, pg.where, staging)
+    LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
+             store.url(record.object_key), target, pg.where, staging, runner.name)
     started = time.time()
-    created = pg.create_database(staging, record.metadata.get("database_settings"))
+    runner.create(record.metadata["size_bytes"])
     try:
-        counts, tables = _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress)
+        created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
+    except BaseException:
+        runner.drop()
+        raise
+    try:
+        counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner)
+        owner = runner.settle_ownership(staging, owners, no_owner)
         replaced = None
         if exists:
             if pg.active_connections(target):
@@ -671,6 +800,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
         pg.rename_database(staging, target)
     except BaseException as exc:
         _drop_quietly(pg, staging)
+        runner.drop()
         if isinstance(exc, BackupError):
             exc.message += " (nothing was restored: the staging database was dropped%s)" % (
                 "; %r is untouched" % target if exists else "")
@@ -682,28 +812,197 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "table_count_ok": True,
             "database_settings": created, "timestamp": record.metadata["timestamp"],
             "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
-            "encryption": record.metadata.get("encryption"), "signature": record.signature,
-            "layout": record.layout or "host"}
+            "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
+            "trusted": record.verdict.trusted, "layout": record.layout or "host",
+            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners}
 
 
-def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress):
-    sink = None
+def prepare_restore_role(settings, check=False):
+    """Make sure BACKUP_RESTORE_ROLE exists (unless ``check``) and say whether it may run restored SQL."""
+    settings.require("restore_role")
+    pg = PgClient(settings)
+    role = settings.restore_role
+    if role == pg.user:
+        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
+                          "quankey_restore" % (settings.label("restore_role"), role, settings.label("db_user")))
+    exists = pg.role_exists(role)
+    created = False
+    if not exists and not check:
+        created = pg.create_restore_role(role)
+        exists = True
+    return {"role": role, "server": pg.where, "exists": exists, "created": created, "changed": created,
+            "risks": pg.role_risks(role) if exists else []}
+
+
+def untrusted_source(settings, record):
+    """Why a backup's SQL should not be trusted with DB_USER's privileges (one phrase), or None.
+
+    Another host's backup (its signing key may be held by a host that was broken into), the
+    seed's (unsigned), or one whose metadata was not verified here.
+    """
+    if record.seed:
+        return "was made by the seed's scripts (unsigned)"
+    if record.host != settings.host:
+        return "comes from host %s, not this host (%s)" % (record.host, settings.host)
+    if record.verdict is None or not record.verdict.trusted:
+        return "has metadata that was not verified here (%s)" % (record.verdict.describe() if record.verdict else "unchecked")
+    return None
+
+
+def _sql_runner(settings, pg, record, as_admin, restore_role):
+    """Who runs the archive's SQL (a :class:`_SqlRunner`), after every check that can refuse it."""
+    role = restore_role or settings.restore_role
+    doubt = untrusted_source(settings, record)
+    if as_admin:
+        LOG.warning("the SQL of backup %s runs as %s (--as-admin): it is trusted as completely as that login",
+                    record.basename, pg.user)
+        return _SqlRunner(pg, None, trusted=True)
+    if role:
+        if role == pg.user:
+            raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, "
+                              "e.g. quankey_restore" % (settings.label("restore_role"), role, settings.label("db_user")))
+        if pg.create_restore_role(role):
+            LOG.info("created the restore role %s (a plain login role without a password)", role)
+        risks = pg.role_risks(role)
+        if risks:
+            raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again "
+                               "(ALTER ROLE %s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those "
+                               "memberships) or name another" % (role, settings.label("restore_role"), "; ".join(risks),
+                                                                  role), step="restore role")
+        return _SqlRunner(pg, role, trusted=doubt is None)
+    if doubt:
+        risks = pg.role_risks(pg.user)
+        if risks:
+            raise RefusedError("backup %s %s: its SQL would run as %s, and %s; set %s (e.g. quankey_restore, created on "
+                               "first use) so it runs as a plain role, or pass --as-admin (restore_as_admin: true) to "
+                               "run it as %s anyway, trusting that backup as completely as that login"
+                               % (record.basename, doubt, pg.user, "; ".join(risks), settings.label("restore_role"),
+                                  pg.user), step="restore role")
+    return _SqlRunner(pg, None, trusted=doubt is None)
+
+
+class _SqlRunner:
+    """The login that runs a restored archive's SQL: the admin (``role`` None), or a temporary member of the restore role.
+
+    For each restore a login role of its own (``<restore role>_<hex>``) is made, a member of the
+    restore role with a random password valid RESTORE_LOGIN_MINUTES (only its SCRAM verifier goes
+    to the server), owner of the staging database. Afterwards what it created is handed over
+    (:meth:`settle_ownership`) and it is dropped: nothing outside this restore changes owner, and no
+    login is left behind.
+    """
+
+    def __init__(self, admin, role, trusted):
+        self.admin = admin
+        self.role = role
+        self.trusted = trusted
+        self.login_role = None
+        self._password = None
+        if role is not None:
+            self.login_role = "%s_%s" % (role[:_PG_NAME_LIMIT - 9], secrets.token_hex(4))
+
+    @property
+    def name(self):
+        """The role the SQL runs as (the restore role, through its temporary login)."""
+        return self.role or self.admin.user
+
+    @property
+    def owner(self):
+        """Who owns the staging database while the archive is restored (None: the admin)."""
+        return self.login_role
+
+    def create(self, object_size):
+        """Make the temporary login role, before the staging database it will own.
+
+        pg_restore logs in once it has read the archive's start, which for an aes-256-cbc object comes
+        after the whole download: the password stays valid RESTORE_LOGIN_MINUTES plus a minute per
+        RESTORE_LOGIN_BYTES_PER_MINUTE of the object (the role is dropped as soon as the restore ends).
+        """
+        if self.role is None:
+            return
+        self._password = secrets.token_urlsafe(32)
+        minutes = RESTORE_LOGIN_MINUTES + object_size // RESTORE_LOGIN_BYTES_PER_MINUTE
+        self.admin.create_login_role(self.login_role, self._password,
+                                     catalog.utcnow() + datetime.timedelta(minutes=minutes), self.role)
+
+    def login(self, database):
+        """A PgClient that logs in as the runner, proven able to connect to ``database``."""
+        if self.role is None:
+            return self.admin
+        client = self.admin.as_login(self.login_role, self._password)
+        try:
+            client.scalar("SELECT 1", database, step="restore role login")
+        except PostgresError as exc:
+            raise PostgresError("the restore role's login %s cannot log in to %s with a password: %s; allow password "
+                                "logins of members of %s in pg_hba.conf (e.g. host all +%s 127.0.0.1/32 scram-sha-256), "
+                                "or connect over TCP (DB_HOST)" % (self.login_role, self.admin.where, exc.message,
+                                                                    self.role, self.role), step="restore role login")
+        return client
+
+    def drop(self, database=None):
+        """Drop the temporary login role (after DROP OWNED in ``database`` when it still exists); best effort."""
+        if self.login_role is None:
+            return
+        try:
+            self.admin.drop_role(self.login_role, database)
+        except BackupError as exc:
+            LOG.error("could not drop the restore login role %s (its password has expired; drop it by hand: "
+                      "DROP OWNED BY %s; DROP ROLE %s): %s", self.login_role, self.login_role, self.login_role, exc)
+
+    def settle_ownership(self, staging, owners, no_owner):
+        """Hand what this restore created to its owner-to-be; returns that owner.
+
+        The archive's main owner (most TOC entries) gets everything when it exists here and the backup
+        is trusted, or when it is a plain role (a SECURITY DEFINER function of an untrusted archive
+        must not end up owned by a superuser). With ``no_owner``, a trusted backup's objects go to the
+        admin login instead. Otherwise the restore role keeps them (and that is said).
+        """
+        if self.role is None:
+            return None if not no_owner else self.admin.user
+        main = max(sorted(owners), key=lambda name: owners[name]) if owners else None
+        wanted = self.role
+        if no_owner:
+            wanted = self.admin.user if self.trusted else self.role
+        elif main and self.admin.role_exists(main) and (self.trusted or not self.admin.role_risks(main)):
+            wanted = main
+        elif main:
+            LOG.warning("the restored objects stay owned by the restore role %s: the archive's owner %s %s", self.role,
+                        main, "does not exist here" if not self.admin.role_exists(main) else
+                        "may not own what an untrusted backup created (a function of it would run with its rights)")
+        others = sorted(name for name in owners if name != main)
+        if others and not no_owner and wanted == main:
+            LOG.warning("the archive's objects had several owners (%s): all of them are owned by %s now",
+                        ", ".join([main] + others), wanted)
+        self.admin.reassign_owned(staging, self.login_role, wanted)
+        self.drop(staging)
+        self.login_role = None
+        return wanted
+
+
+def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner):
+    """pg_restore into ``staging`` as the runner; ``(counts, tables, archive owners)``."""
+    sink = toc = None
     try:
-        sink = _Child(pg.restore_argv(staging, no_owner=no_owner), pg.environment(), stdin=subprocess.PIPE,
-                      stdout=subprocess.DEVNULL, name="pg_restore")
-        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink)
+        client = runner.login(staging)
+        argv = client.restore_argv(staging, no_owner=no_owner)
+        if runner.role is not None and not no_owner:
+            argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
+        sink = _Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="pg_restore")
+        toc = _TocReader(pg)
+        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink, toc)
         status = sink.wait()
         if status != 0 or not counts["sink_open"]:
             raise PostgresError("%s: %s" % (sink.describe_exit(status), _last_line(sink.stderr_text())), step="pg_restore")
+        owners = toc_owners(toc.listing(step="pg_restore"))
     except BaseException:
-        if sink is not None:
-            sink.kill()
+        for child in (sink, toc):
+            if child is not None:
+                child.kill()
         raise
     tables = pg.table_count(staging)
     expected = record.metadata.get("table_count")
     if expected is not None and tables != expected:
         raise IntegrityError("restored database has %d tables, the backup had %d" % (tables, expected), step="verify")
-    return counts, tables
+    return counts, tables, owners
 
 
 def _last_line(text):

@@ -4,35 +4,71 @@
 """PostgreSQL through its own client programs (psql, pg_dump, pg_restore).
 
 Programs run as argument lists; the password travels in ``PGPASSWORD`` in the
-child's environment, never in argv. Client failures become one-line
+child's environment, never in argv, and SQL goes to psql on stdin. The child's
+environment is built from an allow-list (:func:`child_environment`): our cloud
+and backup secrets never reach the client programs. A database name reaches
+them only as ``dbname='...'`` (:func:`conninfo_quote`), so libpq never reads
+it as connection options. Client failures become one-line
 :class:`PostgresError` messages that say what to check.
+
+Restores of untrusted archives run as a non-superuser *restore role* that logs in
+with a short-lived random password: :func:`scram_sha256_verifier` turns it into the
+verifier PostgreSQL stores, so only the verifier travels in SQL (and may reach a
+server log); the plaintext travels only in ``PGPASSWORD`` of that role's client.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
+import datetime
 import glob
+import hashlib
+import hmac
 import os
 import re
 import shutil
 import subprocess
 
-from .config import FIELD_VARIABLES
+from .config import FIELD_VARIABLES, is_pg_passthrough
 from .errors import ConfigError, PostgresError
 
 PG_LIB_GLOB = "/usr/lib/postgresql/*/bin"
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _TOC_TABLE_RE = re.compile(r"^\d+; 1259 \d+ TABLE ")  # 1259: pg_class; TABLE DATA entries have 0
+_TOC_ENTRY_RE = re.compile(r"^\d+; \d+ \d+ ")  # "<dump id>; <catalog oid> <object oid> <desc> <schema> <tag> <owner>"
 # Tables a restore should bring back: ordinary and partitioned, outside the system
-# schemas, not owned by an extension (extensions recreate theirs).
+# schemas, not owned by an extension (extensions recreate theirs). Schema-qualified:
+# it runs in restored databases, whose objects an archive chose.
 TABLE_COUNT_SQL = (
-    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
     "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
-    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+    "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
     "AND d.objid = c.oid AND d.deptype = 'e')"
 )
+# psql's startup options for our own queries: a client startup option beats ALTER DATABASE/ROLE ... SET, so
+# objects and settings a restored archive left in a database cannot steer what our catalog queries resolve to.
+QUERY_PGOPTIONS = "-c search_path=pg_catalog"
+
+# What the client programs get from our environment (besides the user's libpq TLS/service variables).
+CHILD_ENVIRONMENT_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+# Predefined roles whose members can reach the server's files or programs, or every table.
+DANGEROUS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files",
+                   "pg_read_all_data", "pg_write_all_data")
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+SCRAM_SALT_BYTES = 16
+
+
+class _SettingsPassword:
+    """Default of child_environment's ``password``: the settings' own password (the admin login's)."""
+
+    def __repr__(self):
+        return "SETTINGS_PASSWORD"
+
+
+SETTINGS_PASSWORD = _SettingsPassword()
 
 
 def quote_ident(name):
@@ -41,13 +77,122 @@ def quote_ident(name):
 
 
 def quote_literal(value):
-    """A SQL string literal."""
-    return "'%s'" % value.replace("'", "''")
+    """A SQL string literal; with a backslash, the E'' form (as PostgreSQL's quote_literal does).
+
+    The E'' form means the same whatever ``standard_conforming_strings`` says, which a database's
+    settings (ALTER DATABASE ... SET) may have changed.
+    """
+    quoted = value.replace("'", "''")
+    if "\\" in quoted:
+        return "E'%s'" % quoted.replace("\\", "\\\\")
+    return "'%s'" % quoted
+
+
+def conninfo_quote(value):
+    """A libpq connection-string value: single-quoted, ``\\`` and ``'`` escaped by a backslash.
+
+    ``"dbname=%s" % conninfo_quote(name)`` is a conninfo whose only keyword is dbname, whatever
+    ``name`` holds ('=', spaces, quotes, backslashes, any UTF-8).
+    """
+    return "'%s'" % value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def child_environment(settings, environ=None, password=SETTINGS_PASSWORD):
+    """The environment of a client program: an allow-list, never our cloud or backup secrets.
+
+    From ``environ`` (default ``os.environ``): PATH, HOME, LANG, LANGUAGE, TZ, TMPDIR, every LC_*, and the
+    user's libpq TLS/service variables (PGSSL*, PGSERVICE*, PGSYSCONFDIR: config.is_pg_passthrough); then the
+    same kinds of variables from the settings (the env file's, which win); then the connection's own
+    (settings.pg_environment(): PGPASSWORD, PGSSLMODE, PGCONNECT_TIMEOUT, PGAPPNAME, which win over all);
+    then LC_MESSAGES=C, so client errors are the English ones explain_client_error reads. An LC_ALL would
+    beat LC_MESSAGES: its value is passed as LANG instead (with no other LC_*, which LC_ALL overrode).
+
+    ``password``: for a client that logs in as another user, that user's password (None: no PGPASSWORD);
+    by default the settings' password (the admin login's).
+    """
+    environ = os.environ if environ is None else environ
+    env = {}
+    for name, value in environ.items():
+        if name in CHILD_ENVIRONMENT_NAMES or name.startswith("LC_"):
+            env[name] = value
+        elif is_pg_passthrough(name) and value != "":
+            env[name] = value
+    if "LC_ALL" in env:
+        env["LANG"] = env.pop("LC_ALL")
+        for name in [name for name in env if name.startswith("LC_")]:
+            del env[name]
+    env.update((name, value) for name, value in settings.pg_user_environment().items()
+               if is_pg_passthrough(name) and value not in (None, ""))
+    env.update(settings.pg_environment())
+    if password is not SETTINGS_PASSWORD:
+        env.pop("PGPASSWORD", None)
+        if password:
+            env["PGPASSWORD"] = password
+    env["LC_MESSAGES"] = "C"
+    return env
+
+
+def scram_sha256_verifier(password, salt=None, iterations=SCRAM_ITERATIONS):
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677).
+
+    ``SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>``, a 16-byte random salt
+    by default. ``ALTER ROLE ... PASSWORD '<verifier>'`` stores it as is, so the plaintext never reaches the
+    server. PostgreSQL applies SASLprep to passwords; for ASCII it changes nothing, and our passwords are
+    random ASCII tokens: anything else is refused (ValueError) rather than risk a verifier that never matches.
+    """
+    if not isinstance(password, str) or not password:
+        raise ValueError("the password must be a non-empty string")
+    try:
+        secret = password.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("the password must be ASCII (no SASLprep is done here)")
+    if salt is None:
+        salt = os.urandom(SCRAM_SALT_BYTES)
+    if not salt or int(iterations) < 1:
+        raise ValueError("the salt must be non-empty and the iteration count positive")
+    iterations = int(iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", secret, salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data):
+        return base64.b64encode(data).decode("ascii")
+
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(salt), b64(stored_key), b64(server_key))
+
+
+def _toc_lines(listing):
+    """The lines of a ``pg_restore --list`` listing: split at newlines only.
+
+    pg_restore turns CR and LF in names into spaces, but other characters str.splitlines() breaks at
+    (U+001C, U+0085, U+2028, ...) may be in an archive's names: an archive must not make up TOC lines.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in listing.split("\n")]
 
 
 def count_toc_tables(listing):
     """How many TABLE entries a ``pg_restore -l`` listing holds."""
-    return sum(1 for line in listing.splitlines() if _TOC_TABLE_RE.match(line))
+    return sum(1 for line in _toc_lines(listing) if _TOC_TABLE_RE.match(line))
+
+
+def toc_owners(listing):
+    """{owner role name: number of TOC entries} of a ``pg_restore --list`` listing.
+
+    An entry line is ``<id>; <catalog oid> <oid> <desc> <schema> <tag> <owner>``; the owner is the last
+    space-separated field. Entries with no owner (EXTENSION, COMMENT ON EXTENSION, BLOBS, ...) end with an
+    empty owner (a trailing space) and are not counted; ';' comment lines are skipped. The names come from
+    the archive, i.e. from whoever made it: an owner whose name holds a space is reported by its last word
+    (descs, schemas and tags hold spaces too, so the text cannot say more).
+    """
+    owners = {}
+    for line in _toc_lines(listing):
+        if not _TOC_ENTRY_RE.match(line):
+            continue
+        owner = line.rsplit(" ", 1)[-1]
+        if owner:
+            owners[owner] = owners.get(owner, 0) + 1
+    return owners
 
 
 def parse_client_version(text):
@@ -106,46 +251,90 @@ def explain_client_error(stderr, where, user, database, label=None):
         return "PostgreSQL at %s refuses user %r from this host (no pg_hba.conf entry): allow it in pg_hba.conf" % (where, user)
     if "permission denied to create database" in lowered:
         return "user %r may not create databases on %s: ALTER ROLE %s CREATEDB, or restore as a user who may" % (user, where, user)
-    first = [line for line in text.splitlines() if line.strip()]
-    detail = first[-1] if first else "no error text"
-    detail = re.sub(r"^(psql|pg_dump|pg_restore): (error: )?", "", detail)
+    lines = [line for line in text.splitlines() if line.strip()]
+    # the error itself, not the "LINE 1: <statement>" and caret lines psql adds after it
+    errors = [line for line in lines if re.search(r"(^|: )(ERROR|FATAL|PANIC|error):", line)]
+    detail = (errors or lines or ["no error text"])[-1]
+    detail = re.sub(r"^(psql:<stdin>:\d+: |(psql|pg_dump|pg_restore): (error: )?)", "", detail)
     return "PostgreSQL error on %s (database %r): %s" % (where, database, detail)
 
 
-class PgClient:
-    """One PostgreSQL server reached with the client programs."""
+def _risks_of(rows):
+    """role_risks' phrases from its query's rows; whatever cannot be read counts as a risk."""
+    risks = []
+    for row in rows:
+        if len(row) != 6 or row[0] not in ("attributes", "member"):
+            risks.append("its roles could not be read")
+            continue
+        kind, role, superuser, createrole, replication, bypassrls = row
+        if kind == "attributes":
+            for value, phrase in ((superuser, "it is a superuser"), (createrole, "it has CREATEROLE"),
+                                  (replication, "it has REPLICATION"), (bypassrls, "it has BYPASSRLS")):
+                if value != "f":
+                    risks.append(phrase)
+        elif role in DANGEROUS_ROLES:
+            risks.append("it is a member of %s" % role)
+        elif superuser == "t":
+            risks.append("it is a member of superuser role %s" % role)
+        else:
+            found = [name for name, value in (("CREATEROLE", createrole), ("BYPASSRLS", bypassrls)) if value == "t"]
+            risks.append("it is a member of %s, which has %s" % (role, " and ".join(found) or "privileges"))
+    return risks
 
-    def __init__(self, settings):
+
+class PgClient:
+    """One PostgreSQL server reached with the client programs, as one login.
+
+    By default the settings' login (``db_user``/``db_password``, the admin); with ``user`` (and its
+    ``password``, None for none) that login instead, on the same host, port and client programs.
+    ``user`` is the login in use.
+    """
+
+    def __init__(self, settings, user=None, password=None):
+        if user is None and password is not None:
+            raise ValueError("a password without a user: name the login it belongs to")
         self.settings = settings
         self.bin_dir = find_bin_dir(settings.pg_bin_dir)
         self.where = "%s:%s" % (settings.db_host, settings.db_port)
+        self._admin = user is None
+        self.user = settings.db_user if self._admin else user
+        self._password = SETTINGS_PASSWORD if self._admin else password
+
+    def as_login(self, user, password):
+        """A client of the same server logging in as ``user`` with ``password`` (which travels in PGPASSWORD only)."""
+        return PgClient(self.settings, user=user, password=password)
+
+    def _label(self, field):
+        if not self._admin and field in ("db_password", "db_user"):
+            return "the password of login %r" % self.user if field == "db_password" else "the login %r" % self.user
+        return self.settings.label(field)
 
     def tool(self, name):
         """Absolute path of a client program."""
         return os.path.join(self.bin_dir, name)
 
     def environment(self):
-        """The child environment: ours minus stray PG* settings, plus the connection's."""
-        env = dict((k, v) for k, v in os.environ.items() if not k.startswith("PG"))
-        env.update(self.settings.pg_environment())
-        env["LC_MESSAGES"] = "C"
-        return env
+        """The child environment (see :func:`child_environment`), with this login's password."""
+        return child_environment(self.settings, os.environ, password=self._password)
 
     def connection_args(self, database):
-        """``-h -p -U -d`` arguments (no password)."""
-        return ["-h", self.settings.db_host, "-p", str(self.settings.db_port), "-U", self.settings.db_user, "-d", database]
+        """``-h -p -U -d`` arguments (no password); the database only ever as ``dbname='<quoted>'``."""
+        return ["-h", self.settings.db_host, "-p", str(self.settings.db_port), "-U", self.user,
+                "-d", "dbname=%s" % conninfo_quote(database)]
 
     def query(self, sql, database=None, step="query"):
-        """Run one SQL statement with psql; rows as lists of strings."""
+        """Run SQL with psql (on its stdin, under search_path=pg_catalog); rows as lists of strings."""
         database = database or self.settings.db_maintenance_db
         argv = [self.tool("psql"), "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1"]
-        argv += self.connection_args(database) + ["-c", sql]
+        argv += self.connection_args(database) + ["-f", "-"]
+        env = self.environment()
+        env["PGOPTIONS"] = QUERY_PGOPTIONS
         # subprocess, not AnsibleModule.run_command: the engine also runs without Ansible (the host command)
-        proc = subprocess.run(argv, env=self.environment(), stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+        proc = subprocess.run(argv, env=env, input=sql.encode("utf-8"),  # pylint: disable=ansible-bad-function
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise PostgresError(explain_client_error(proc.stderr.decode("utf-8", "replace"), self.where,
-                                                     self.settings.db_user, database, self.settings.label), step=step)
+                                                     self.user, database, self._label), step=step)
         lines = proc.stdout.decode("utf-8", "replace").splitlines()
         return [line.split("\x1f") for line in lines if line != ""]
 
@@ -157,8 +346,9 @@ class PgClient:
     def client_version(self, name="pg_dump"):
         """(major, minor) of a client program."""
         try:
-            out = subprocess.run([self.tool(name), "--version"],  # pylint: disable=ansible-bad-function
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False).stdout.decode("utf-8", "replace")
+            out = subprocess.run([self.tool(name), "--version"], env=self.environment(),  # pylint: disable=ansible-bad-function
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 check=False).stdout.decode("utf-8", "replace")
         except OSError as exc:
             raise ConfigError("cannot run %s: %s" % (self.tool(name), exc))
         return parse_client_version(out)
@@ -180,16 +370,16 @@ class PgClient:
 
     def database_exists(self, name):
         """Whether a database of that name exists."""
-        return self.scalar("SELECT 1 FROM pg_database WHERE datname = %s" % quote_literal(name)) == "1"
+        return self.scalar("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s" % quote_literal(name)) == "1"
 
     def database_size(self, name):
         """Size on disk in bytes."""
-        return int(self.scalar("SELECT pg_database_size(%s)" % quote_literal(name)))
+        return int(self.scalar("SELECT pg_catalog.pg_database_size(%s)" % quote_literal(name)))
 
     def database_settings(self, name):
         """Encoding and locale, so a restore can recreate the database alike."""
-        rows = self.query("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
-                          "WHERE datname = %s" % quote_literal(name))
+        rows = self.query("SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate, datctype "
+                          "FROM pg_catalog.pg_database WHERE datname = %s" % quote_literal(name))
         if not rows:
             return {}
         encoding, collate, ctype = rows[0]
@@ -201,13 +391,17 @@ class PgClient:
 
     def active_connections(self, name):
         """Sessions connected to a database, other than ours."""
-        return int(self.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-                               % quote_literal(name)))
+        return int(self.scalar("SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_catalog.pg_backend_pid()" % quote_literal(name)))
 
-    def create_database(self, name, database_settings=None):
-        """CREATE DATABASE from template0, with the source's encoding and locale when the server has them."""
+    def create_database(self, name, database_settings=None, owner=None):
+        """CREATE DATABASE from template0 (owned by ``owner`` when given), with the source's encoding and locale
+        when the server has them: "exact", else the server's defaults: "server default"."""
         settings = database_settings or {}
-        base = "CREATE DATABASE %s TEMPLATE template0" % quote_ident(name)
+        base = "CREATE DATABASE %s" % quote_ident(name)
+        if owner:
+            base += " OWNER %s" % quote_ident(owner)
+        base += " TEMPLATE template0"
         if settings.get("encoding"):
             full = base + " ENCODING %s LC_COLLATE %s LC_CTYPE %s" % (
                 quote_literal(settings["encoding"]), quote_literal(settings.get("lc_collate", "C")),
@@ -228,6 +422,84 @@ class PgClient:
     def rename_database(self, old, new):
         """ALTER DATABASE ... RENAME TO ..."""
         self.query("ALTER DATABASE %s RENAME TO %s" % (quote_ident(old), quote_ident(new)), step="rename database")
+
+    # -- roles (run as the admin login) ------------------------------------------------------------
+
+    def role_exists(self, name):
+        """Whether a role of that name exists."""
+        return self.scalar("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s" % quote_literal(name),
+                           step="restore role") == "1"
+
+    def is_superuser(self, name):
+        """Whether that role is a superuser (False when there is no such role)."""
+        return self.scalar("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = %s" % quote_literal(name),
+                           step="restore role") == "t"
+
+    def role_risks(self, name):
+        """Why this role must not run an archive's SQL, as short phrases; [] when nothing is found.
+
+        Superuser, CREATEROLE, REPLICATION, BYPASSRLS; membership, direct or indirect, in a predefined
+        role that reaches the server's files or programs or every table (DANGEROUS_ROLES), or in a role
+        that is a superuser or has CREATEROLE or BYPASSRLS (a member may SET ROLE to it). A role that
+        does not exist is an error (PostgresError), not "no risk".
+        """
+        literal = quote_literal(name)
+        dangerous = ", ".join(quote_literal(role) for role in DANGEROUS_ROLES)
+        # one row of attributes, then one per risky role it is a member of: kind, role, super, createrole,
+        # replication, bypassrls (booleans as psql prints them: t/f)
+        sql = (
+            "SELECT 'attributes', '', r.rolsuper, r.rolcreaterole, r.rolreplication, r.rolbypassrls "
+            "FROM pg_catalog.pg_roles r WHERE r.rolname = %(name)s "
+            "UNION ALL "
+            "SELECT 'member', g.rolname::text, g.rolsuper, g.rolcreaterole, g.rolreplication, g.rolbypassrls "
+            "FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_roles g ON g.oid <> r.oid "
+            "WHERE r.rolname = %(name)s AND (g.rolname IN (%(dangerous)s) OR g.rolsuper OR g.rolcreaterole "
+            "OR g.rolbypassrls) AND pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')"
+            % {"name": literal, "dangerous": dangerous})
+        rows = self.query(sql, step="restore role")
+        if not any(row[0] == "attributes" for row in rows):
+            raise PostgresError("role %r does not exist on %s" % (name, self.where), step="restore role")
+        return _risks_of(rows)
+
+    def create_restore_role(self, name):
+        """Create ``name`` as a plain role that cannot log in; True if created, False if it existed (unchanged).
+
+        Restores log in as a temporary member of it (:meth:`create_login_role`), so it needs no password.
+        """
+        if self.role_exists(name):
+            return False
+        try:
+            self.query("CREATE ROLE %s NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+                       % quote_ident(name), step="restore role")
+        except PostgresError:
+            if self.role_exists(name):  # made meanwhile by someone else
+                return False
+            raise
+        return True
+
+    def create_login_role(self, name, password, valid_until, member_of):
+        """Create ``name``: a plain login role, a member of ``member_of`` (inheriting its rights), that logs in with
+        ``password`` until ``valid_until``. Only the SCRAM verifier travels in the statement."""
+        if not isinstance(valid_until, datetime.datetime) or valid_until.utcoffset() is None:
+            raise ValueError("valid_until must be a timezone-aware datetime")
+        until = valid_until.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+        self.query("CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+                   "PASSWORD %s VALID UNTIL %s IN ROLE %s"
+                   % (quote_ident(name), quote_literal(scram_sha256_verifier(password)), quote_literal(until),
+                      quote_ident(member_of)), step="restore role")
+
+    def drop_role(self, name, database=None):
+        """DROP ROLE, after DROP OWNED BY in ``database`` (what it still owns there and the rights granted to it)."""
+        if database is not None:
+            self.query("DROP OWNED BY %s" % quote_ident(name), database=database, step="restore role")
+        self.query("DROP ROLE IF EXISTS %s" % quote_ident(name), step="restore role")
+
+    def reassign_owned(self, database, from_role, to_role):
+        """REASSIGN OWNED BY ``from_role`` TO ``to_role`` in ``database`` (and its shared objects)."""
+        self.query("REASSIGN OWNED BY %s TO %s" % (quote_ident(from_role), quote_ident(to_role)), database=database,
+                   step="reassign owned")
+
+    # -- argv of the streaming programs --------------------------------------------------------------
 
     def dump_argv(self, database):
         """pg_dump in custom format, uncompressed (we compress faster, in parallel)."""

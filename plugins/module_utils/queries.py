@@ -13,10 +13,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from . import keys
 from . import pipeline
+from . import trust
 
 
-def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None):
+def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None):
     """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
 
     Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
@@ -32,13 +34,23 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
     if limit and limit > 0:
         records = records[:limit]
     if details:
+        checker = _verdicts(settings, context)
         for record in records:
             pipeline.load_metadata(store, record)
+            record.verdict = checker(record)
     return {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
 
 
+def _verdicts(settings, context=None):
+    """A function giving each record's trust verdict, with the keys held here (none held: 'not checked')."""
+    if not keys.holds_any_key(settings):
+        return lambda record: trust.judge(record, None)
+    context = context or keys.KeyContext(settings)
+    return context.verdict
+
+
 def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
-                    progress=None, allow_unsigned=False):
+                    progress=None, allow_unsigned=False, allow_seed=None):
     """What :func:`pipeline.run_restore` would restore, and where, after a full verification of it.
 
     Returns ``(plan, verification)``: ``plan`` names the backup, its source and
@@ -47,11 +59,13 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     BackupError exactly where the restore would (selection, key, integrity).
     """
     store = store or pipeline.open_store(settings)
-    record = pipeline.select(settings, store, backup, before, host, db, allow_unsigned=allow_unsigned)
+    record = pipeline.select(settings, store, backup, before, host, db, allow_seed=allow_seed)
+    target = pipeline.check_target_name(target_db or pipeline.default_target(record))
     verification = pipeline.run_verify(settings, backup=record.basename, host=record.host, db=record.db,
-                                       store=store, progress=progress, allow_unsigned=allow_unsigned)
+                                       store=store, progress=progress, allow_unsigned=allow_unsigned,
+                                       allow_seed=allow_seed)
     plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
             "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
-            "target_db": target_db or pipeline.default_target(record),
-            "expected_table_count": record.metadata.get("table_count")}
+            "target_db": target, "expected_table_count": record.metadata.get("table_count"),
+            "signature": record.verdict.describe(), "trusted": record.verdict.trusted}
     return plan, verification

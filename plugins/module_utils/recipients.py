@@ -15,6 +15,11 @@ output (bound to the whole transcript, as in X-Wing) wraps the data key with
 AES-256-GCM. The data key stays secret unless both X25519 and ML-KEM-768 are
 broken.
 
+Format version 2 (``ENVELOPE_TYPE_V2``) also binds every slot to the backup's
+identity (:func:`crypto.backup_binding`: source host id, database, backup name),
+so an envelope copied under another backup's name does not open. Version 1
+envelopes are still read.
+
 Pure: no S3, no settings. Messages never contain key material: only recipient
 ids (``qkr-...``), lengths, line numbers, field names and setting labels.
 """
@@ -56,7 +61,8 @@ except ImportError:
     MLKEM768PrivateKey = MLKEM768PublicKey = None
     MLKEM_IMPORT_ERROR = traceback.format_exc()
 
-ENVELOPE_TYPE = "hybrid-pq-x25519-mlkem768-hkdf-sha256"
+ENVELOPE_TYPE = "hybrid-pq-x25519-mlkem768-hkdf-sha256"  # format version 1: no backup binding
+ENVELOPE_TYPE_V2 = "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2"  # format version 2: the backup's identity in every slot's aad
 ENCRYPTION_NAME = "hybrid-pq"
 PUBLIC_KEY_PREFIX = "qkpq1-pub-"
 SECRET_KEY_PREFIX = "QKPQ1-SECRET-"
@@ -84,6 +90,7 @@ WRAPPED_KEY_SIZE = crypto.KEY_SIZE + crypto.TAG_SIZE
 _RECIPIENT_ID_LABEL = b"quankey-backup/v1 hybrid-pq recipient-id\x00"
 _CHECKSUM_LABEL = b"quankey-backup/v1 hybrid-pq public-key\x00"
 _KEK_LABEL = b"quankey-backup/v1 hybrid-pq kek\x00"
+_KEK_LABEL_V2 = b"quankey-backup/v2 hybrid-pq kek\x00"
 _RECIPIENT_ID_RE = re.compile(r"\Aqkr-[0-9a-f]{16}\Z")
 _SEPARATORS = re.compile(r"[\s,]+")
 _KEYGEN_HINT = "make one with `quankey-backup keygen`"
@@ -166,15 +173,19 @@ def _checksum(public_bytes: bytes) -> bytes:
     return hashlib.sha256(_CHECKSUM_LABEL + public_bytes).digest()[:PUBLIC_KEY_CHECKSUM_SIZE]
 
 
-def _kek(ikm: bytes, salt: bytes, rid: str, ephemeral_public: bytes, x25519_public: bytes, kem_ciphertext: bytes) -> bytes:
-    """The key-encryption key of one slot: HKDF over both shared secrets, bound to the whole exchange."""
-    info = _KEK_LABEL + rid.encode("ascii") + ephemeral_public + x25519_public + hashlib.sha256(kem_ciphertext).digest()
+def _kek(ikm: bytes, salt: bytes, rid: str, ephemeral_public: bytes, x25519_public: bytes, kem_ciphertext: bytes,
+         version: int = 1) -> bytes:
+    """The key-encryption key of one slot: HKDF over both shared secrets, bound to the whole exchange (format version 1 or 2)."""
+    label = _KEK_LABEL_V2 if version == 2 else _KEK_LABEL
+    info = label + rid.encode("ascii") + ephemeral_public + x25519_public + hashlib.sha256(kem_ciphertext).digest()
     return crypto._hkdf(ikm, salt, info)  # pylint: disable=protected-access
 
 
-def _wrap_aad(rid: str) -> bytes:
-    """Associated data of a slot's AES-256-GCM: the label and the recipient id."""
-    return _KEK_LABEL + rid.encode("ascii")
+def _wrap_aad(rid: str, binding: Optional[bytes] = None) -> bytes:
+    """Associated data of a slot's AES-256-GCM: label and recipient id, then (v2, when ``binding`` is given) the binding."""
+    if binding is None:
+        return _KEK_LABEL + rid.encode("ascii")
+    return _KEK_LABEL_V2 + rid.encode("ascii") + binding
 
 
 # --------------------------------------------------------------------------- keys
@@ -429,20 +440,29 @@ def _unique(items: Any, kind: type, what: str) -> List[Any]:
     return list(found.values())
 
 
-def seal_data_key(recipients: Union[Recipient, Sequence[Recipient]], data_key: bytes) -> Dict[str, Any]:
-    """Seal a data key to 1 to 16 recipients; return the envelope dict stored in the backup metadata (JSON-ready)."""
+def seal_data_key(recipients: Union[Recipient, Sequence[Recipient]], data_key: bytes,
+                  binding: Optional[bytes] = None) -> Dict[str, Any]:
+    """Seal a data key to 1 to 16 recipients; return the envelope dict stored in the backup metadata (JSON-ready).
+
+    With ``binding`` (from :func:`crypto.backup_binding`) the envelope is format version 2
+    (``ENVELOPE_TYPE_V2``): every slot opens only for that backup. Without it, version 1
+    (``ENVELOPE_TYPE``), kept for compatibility; new backups use version 2.
+    """
     require_mlkem()
     data_key = crypto._check_key(data_key, "data key")  # pylint: disable=protected-access
+    if binding is not None:
+        binding = crypto._check_binding(binding)  # pylint: disable=protected-access
     unique = _unique(recipients, Recipient, "Recipient")
     if not unique:
         raise ConfigError("no %s recipient given: at least one public key (%s...) is needed to seal a backup" % (ENCRYPTION_NAME, PUBLIC_KEY_PREFIX))
     if len(unique) > MAX_RECIPIENTS:
         raise ConfigError("%d %s recipients given: an envelope holds at most %d" % (len(unique), ENCRYPTION_NAME, MAX_RECIPIENTS))
-    return {"type": ENVELOPE_TYPE, "recipients": [_seal_slot(recipient, data_key) for recipient in unique]}
+    return {"type": ENVELOPE_TYPE if binding is None else ENVELOPE_TYPE_V2,
+            "recipients": [_seal_slot(recipient, data_key, binding) for recipient in unique]}
 
 
-def _seal_slot(recipient: Recipient, data_key: bytes) -> Dict[str, str]:
-    """One recipient's slot of the envelope."""
+def _seal_slot(recipient: Recipient, data_key: bytes, binding: Optional[bytes] = None) -> Dict[str, str]:
+    """One recipient's slot of the envelope (format version 2 when ``binding`` is given)."""
     exchanged = None
     try:
         exchanged = recipient.encapsulate()
@@ -455,8 +475,9 @@ def _seal_slot(recipient: Recipient, data_key: bytes) -> Dict[str, str]:
     rid = recipient.recipient_id
     salt = os.urandom(crypto.SALT_SIZE)
     nonce = os.urandom(crypto.NONCE_SIZE)
-    kek = _kek(ikm, salt, rid, ephemeral_public, _raw_public(recipient.x25519_public_key), kem_ciphertext)
-    wrapped = AESGCM(kek).encrypt(nonce, data_key, _wrap_aad(rid))
+    version = 1 if binding is None else 2
+    kek = _kek(ikm, salt, rid, ephemeral_public, _raw_public(recipient.x25519_public_key), kem_ciphertext, version)
+    wrapped = AESGCM(kek).encrypt(nonce, data_key, _wrap_aad(rid, binding))
     b64 = crypto._b64  # pylint: disable=protected-access
     return {
         "recipient_id": rid,
@@ -485,18 +506,19 @@ def _slot_field(slot: Dict[str, Any], index: int, field: str, size: int) -> byte
 
 
 def _parse_envelope(envelope: Any) -> List[Dict[str, Any]]:
-    """Validate a hybrid-pq envelope; return its slots with decoded fields (and ``index``)."""
+    """Validate a hybrid-pq envelope (format version 1 or 2); return its slots with decoded fields (and ``index``)."""
     if not isinstance(envelope, dict):
         raise IntegrityError("encryption envelope is not a JSON object")
     kind = envelope.get("type")
     if kind is None:
         raise IntegrityError("encryption envelope field 'type' is missing")
-    if kind == crypto.ENVELOPE_TYPE:
+    if kind in (crypto.ENVELOPE_TYPE, crypto.ENVELOPE_TYPE_V2):
         raise IntegrityError("encryption envelope field 'type' is %r: this backup's data key is wrapped with a master key, "
                              "not sealed to %s recipients: open it with the master key" % (kind, ENCRYPTION_NAME))
-    if kind != ENVELOPE_TYPE:
+    if kind not in (ENVELOPE_TYPE, ENVELOPE_TYPE_V2):
         shown = kind if isinstance(kind, str) and len(kind) <= 64 else type(kind).__name__
-        raise IntegrityError("encryption envelope field 'type' is %r: this reader expects %r" % (shown, ENVELOPE_TYPE))
+        raise IntegrityError("encryption envelope field 'type' is %r: this reader expects %r or %r"
+                             % (shown, ENVELOPE_TYPE, ENVELOPE_TYPE_V2))
     raw_slots = envelope.get("recipients")
     if raw_slots is None:
         raise IntegrityError("encryption envelope field 'recipients' is missing")
@@ -526,20 +548,22 @@ def _parse_envelope(envelope: Any) -> List[Dict[str, Any]]:
 
 
 def envelope_recipient_ids(envelope: Dict[str, Any]) -> List[str]:
-    """The recipient ids a hybrid-pq envelope is sealed to, in envelope order; IntegrityError if it is malformed."""
+    """The recipient ids a hybrid-pq envelope (version 1 or 2) is sealed to, in envelope order; IntegrityError if it is malformed."""
     return [slot["recipient_id"] for slot in _parse_envelope(envelope)]
 
 
-def _try_open(identity: Identity, slot: Dict[str, Any]) -> Optional[bytes]:
-    """The data key if ``identity`` opens ``slot`` (with its own recipient id as bound data), else None."""
+def _try_open(identity: Identity, slot: Dict[str, Any], binding: Optional[bytes] = None) -> Optional[bytes]:
+    """The data key if ``identity`` opens ``slot`` (bound to its own recipient id, and for version 2 to ``binding``), else None."""
     try:
         ikm = identity.key_exchange(slot["ephemeral_public"], slot["kem_ciphertext"])
     except ValueError:
         return None
     rid = identity.recipient_id
-    kek = _kek(ikm, slot["salt"], rid, slot["ephemeral_public"], _raw_public(identity.recipient.x25519_public_key), slot["kem_ciphertext"])
+    version = 1 if binding is None else 2
+    kek = _kek(ikm, slot["salt"], rid, slot["ephemeral_public"], _raw_public(identity.recipient.x25519_public_key), slot["kem_ciphertext"],
+               version)
     try:
-        return AESGCM(kek).decrypt(slot["nonce"], slot["wrapped_key"], _wrap_aad(rid))
+        return AESGCM(kek).decrypt(slot["nonce"], slot["wrapped_key"], _wrap_aad(rid, binding))
     except InvalidTag:
         return None
 
@@ -549,32 +573,48 @@ def _listing(ids: Sequence[str], one: str, many: str) -> str:
     return "%s %s" % (one if len(ids) == 1 else many, ", ".join(ids))
 
 
-def open_data_key(identities: Union[Identity, Sequence[Identity]], envelope: Dict[str, Any], name: str = IDENTITY_FILE_NAME) -> bytes:
+def open_data_key(identities: Union[Identity, Sequence[Identity]], envelope: Dict[str, Any], name: str = IDENTITY_FILE_NAME,
+                  binding: Optional[bytes] = None) -> bytes:
     """Recover a backup's data key from a hybrid-pq envelope with one identity or several.
 
-    Raises IntegrityError for a malformed envelope, WrongKeyError if no identity
-    given is one of its recipients (``name`` says which setting to fix), and
-    TamperedError if an identity whose id is a recipient does not open its slot.
+    ``binding`` (from :func:`crypto.backup_binding`) is the identity of the backup being
+    read; a version 2 envelope needs it (TypeError without: a caller bug), a version 1
+    envelope ignores it. Raises IntegrityError for a malformed envelope, WrongKeyError if
+    no identity given is one of its recipients (``name`` says which setting to fix), and
+    TamperedError if an identity whose id is a recipient does not open its slot (for
+    version 2: the metadata belongs to another backup, or was modified).
     """
     require_mlkem()
     slots = _parse_envelope(envelope)
+    version = crypto.envelope_version(envelope)
+    if binding is not None:
+        binding = crypto._check_binding(binding)  # pylint: disable=protected-access
+    if version == 1:
+        binding = None
+    elif binding is None:
+        raise TypeError("a format version 2 envelope (%s) opens only with its backup's binding: "
+                        "pass binding=crypto.backup_binding(host, database, name)" % ENVELOPE_TYPE_V2)
     ring = _unique(identities, Identity, "Identity")
     if not ring:
         raise ConfigError("no %s identity given: set %s to the identity file written by `quankey-backup keygen`" % (ENCRYPTION_NAME, name))
     by_id = dict((identity.recipient_id, identity) for identity in ring)
     matched = [slot for slot in slots if slot["recipient_id"] in by_id]
     for slot in matched:
-        data_key = _try_open(by_id[slot["recipient_id"]], slot)
+        data_key = _try_open(by_id[slot["recipient_id"]], slot, binding)
         if data_key is not None:
             return data_key
     if matched:
         ids = [slot["recipient_id"] for slot in matched]
         given = "the identity given with that id does not open it" if len(ids) == 1 else "the identities given with those ids do not open them"
+        if version == 2:
+            raise TamperedError("this backup's data key is sealed to %s and %s for this backup: "
+                                "the metadata was copied from another backup (another host, database or name) or modified"
+                                % (_listing(ids, "recipient", "recipients"), given))
         raise TamperedError("this backup's data key is sealed to %s and %s: the encryption envelope in the metadata was modified or corrupted"
                             % (_listing(ids, "recipient", "recipients"), given))
     for slot in slots:  # none names an identity given: was one of them sealed to it under another id?
         for identity in ring:
-            if _try_open(identity, slot) is not None:
+            if _try_open(identity, slot, binding) is not None:
                 raise TamperedError("encryption envelope field 'recipients[%d].recipient_id' says %s but the slot was sealed to the identity %s given: "
                                     "the encryption envelope in the metadata was modified or corrupted"
                                     % (slot["index"], slot["recipient_id"], identity.recipient_id))

@@ -24,7 +24,6 @@ import hmac
 import json
 
 from . import crypto
-from .errors import TamperedError
 
 SIGNATURE_FIELD = "signature"
 ALGORITHM = "hmac-sha256"
@@ -124,27 +123,3 @@ def describe_failure(outcome, kid, basename, how_to_fix):
                 % (basename, kid, how_to_fix))
     return ("metadata of backup %s is not signed: it was written before metadata signing, or its signature was removed, "
             "so its checksum cannot be trusted against someone who can write to the bucket" % basename)
-
-
-def check(metadata, basename, object_key, signing_keys, how_to_fix):
-    """``(outcome, key id, problem)`` of a backup's metadata: its signature, and that it names this backup.
-
-    ``problem`` is None when VALID, else the one-line message (:func:`describe_failure`); a signed
-    document copied under another backup's name is INVALID. Never raises for what the document holds.
-    """
-    outcome, kid = verify_metadata(metadata, signing_keys)
-    if outcome != VALID:
-        return outcome, kid, describe_failure(outcome, kid, basename, how_to_fix)
-    try:
-        check_binding(metadata, basename, object_key)
-    except TamperedError as exc:
-        return INVALID, kid, exc.message
-    return VALID, kid, None
-
-
-def check_binding(metadata, basename, object_key):
-    """Raise TamperedError unless the (signed) metadata names this backup and object: it was not copied to another name."""
-    if metadata.get("name") not in (None, basename) or metadata.get("object_key") not in (None, object_key):
-        raise TamperedError("metadata signature invalid for backup %s: the metadata is that of %s (object %s), copied "
-                            "under this name: do not trust it; restore another backup with --backup"
-                            % (basename, metadata.get("name"), metadata.get("object_key")))

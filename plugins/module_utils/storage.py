@@ -13,11 +13,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import logging
 import threading
 import traceback
 
 from .config import FIELD_VARIABLES
-from .errors import AccessDeniedError, ConfigError, NotFoundError, StorageError
+from .errors import AccessDeniedError, ConfigError, ConflictError, NotFoundError, StorageError
 
 try:
     import boto3
@@ -31,6 +32,7 @@ except ImportError:
     HAS_BOTO3 = False
     BOTO3_IMPORT_ERROR = traceback.format_exc()
 
+LOG = logging.getLogger("quankey_backup")
 MIB = 1024 * 1024
 MIN_PART_SIZE = 8 * MIB
 MAX_PART_SIZE = 5 * 1024 * MIB
@@ -42,6 +44,14 @@ READ_CHUNK = MIB
 _ACCESS_CODES = ("AccessDenied", "AllAccessDisabled", "403", "Forbidden")
 _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
 _MISSING_CODES = ("NoSuchKey", "404", "NotFound")
+_CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+# Answers of a store that does not implement conditional requests (If-Match / If-None-Match on writes).
+_UNSUPPORTED_CODES = ("NotImplemented", "501")
+
+
+def _unsupported(exc):
+    """Whether a StorageError is the store saying it does not implement a request's conditions."""
+    return any(code in exc.message for code in _UNSUPPORTED_CODES)
 
 
 def choose_part_size(expected_bytes):
@@ -93,6 +103,9 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
             return StorageError("bucket %r does not exist%s: create it or fix %s" % (bucket, via, label("bucket")))
         if code in _MISSING_CODES:
             return NotFoundError("no object at %s%s" % (where, via))
+        if code in _CONFLICT_CODES:
+            return ConflictError("%s of %s was refused because another writer got there first (the object was created "
+                                 "or changed since it was read)%s" % (action, where, via))
         if code in _CREDENTIAL_CODES:
             return StorageError("S3 rejected the credentials (%s) for %s %s: check %s and %s"
                                 % (code, action, where, label("access_key"), label("secret_key")))
@@ -118,6 +131,7 @@ class S3Store:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.storage_class = storage_class
+        self.conditional_writes = True  # until the store answers NotImplemented to one
         self.label = label
         config = botocore.config.Config(
             retries={"max_attempts": max_attempts, "mode": "standard"},
@@ -185,8 +199,12 @@ class S3Store:
 
     def get_bytes(self, key):
         """A small object's content (metadata)."""
+        return self.get_bytes_and_etag(key)[0]
+
+    def get_bytes_and_etag(self, key):
+        """A small object's content and its ETag (for a later write conditional on it being unchanged)."""
         response = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=key)
-        return self._read_body(key, response["Body"].read)
+        return self._read_body(key, response["Body"].read), response.get("ETag")
 
     def get_range(self, key, start, length):
         """``length`` bytes of an object from ``start`` (a header check without a download)."""
@@ -213,10 +231,44 @@ class S3Store:
         finally:
             body.close()
 
-    def put_bytes(self, key, data, content_type="application/json"):
-        """Write a small object in one request (metadata: the commit marker)."""
-        self._call("PutObject", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
-                   ContentType=content_type, StorageClass="STANDARD")
+    def put_bytes(self, key, data, content_type="application/json", if_none_match=False, if_match=None):
+        """Write a small object in one request (metadata: the commit marker).
+
+        ``if_none_match``: create only if no object is there; ``if_match`` (an ETag): replace only the
+        version read. A lost race raises ConflictError. A store that does not implement conditional
+        writes (answers NotImplemented) gets the write without the condition, with a warning
+        (docs/CLI.md lists which stores honour them); ``if_none_match`` then checks first with HEAD.
+        """
+        kwargs = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, StorageClass="STANDARD")
+        condition = {}
+        if if_none_match:
+            condition["IfNoneMatch"] = "*"
+        elif if_match:
+            condition["IfMatch"] = if_match
+        if not condition or not self.conditional_writes:
+            if if_none_match and self.exists(key):
+                raise ConflictError("PutObject of %s was refused: an object is already there (this store does not "
+                                    "take conditional writes, so this was checked first)" % self.url(key))
+            return self._call("PutObject", key, self.client.put_object, **kwargs)
+        try:
+            return self._call("PutObject", key, self.client.put_object, **dict(kwargs, **condition))
+        except NotFoundError:
+            if if_match:  # If-Match on an object that is gone: it was deleted since it was read
+                raise ConflictError("PutObject of %s was refused: the object was deleted since it was read (by a "
+                                    "prune, or by hand)" % self.url(key))
+            raise
+        except StorageError as exc:
+            if not _unsupported(exc):
+                raise
+            self._no_conditional_writes(exc)
+            return self.put_bytes(key, data, content_type, if_none_match, if_match)
+
+    def _no_conditional_writes(self, exc):
+        """Remember that this store refuses conditional writes, and say so once."""
+        self.conditional_writes = False
+        LOG.warning("the S3 store at %s does not implement conditional writes (%s): metadata writes fall back to "
+                    "last-writer-wins, so do not run rekey, prune or backups of one database at the same time",
+                    self.endpoint_url or "AWS", exc)
 
     def delete(self, key):
         """Delete one object."""
@@ -349,9 +401,7 @@ class MultipartUpload:
         self._join()
         self._raise_if_failed()
         parts = [{"PartNumber": number, "ETag": self._parts[number]} for number in sorted(self._parts)]
-        self.store._call("CompleteMultipartUpload", self.key, self.store.client.complete_multipart_upload,
-                         Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
-                         MultipartUpload={"Parts": parts})
+        self._complete(parts)
         self._closed = True
         head = self.store.head(self.key)
         stored = head["ContentLength"] if head else None
@@ -359,6 +409,24 @@ class MultipartUpload:
             raise StorageError("stored object %s has %s bytes but %d were uploaded"
                                % (self.store.url(self.key), stored, self.bytes_written))
         return stored
+
+    def _complete(self, parts):
+        """CompleteMultipartUpload, creating the object only if none is there (else ConflictError; the caller aborts)."""
+        store = self.store
+        kwargs = dict(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        if store.conditional_writes:
+            try:
+                store._call("CompleteMultipartUpload", self.key, store.client.complete_multipart_upload,
+                            IfNoneMatch="*", **kwargs)
+                return
+            except StorageError as exc:
+                if not _unsupported(exc):
+                    raise
+                store._no_conditional_writes(exc)
+        if store.exists(self.key):
+            raise ConflictError("CompleteMultipartUpload of %s was refused: an object is already there (this store "
+                                "does not take conditional writes, so this was checked first)" % store.url(self.key))
+        store._call("CompleteMultipartUpload", self.key, store.client.complete_multipart_upload, **kwargs)
 
     def abort(self):
         """Abort the upload (best effort; waits for parts in flight first)."""

@@ -147,11 +147,12 @@ def test_rekey_fails_closed_per_backup_and_goes_on(testbed, source, env, s3):
 
 @pytest.mark.parametrize("attacker, reason", [
     ("writes the bucket", "metadata signature invalid for backup"),
-    ("also holds the signing key", "key commitment"),
+    ("also holds the signing key", "copied from another backup"),
 ])
 def test_rekey_of_a_swapped_envelope_is_refused(testbed, source, env, s3, attacker, reason):
     """An envelope swapped in from another backup is not re-wrapped: the signature catches it, and beneath it the
-    key commitment (the keyring opens the envelope, but its data key does not belong to the object)."""
+    envelope itself (format version 2 binds the data key's wrap to its backup's host, database and name; the key
+    commitment of the object's header would be the third line)."""
     bucket, old_key = env["S3_BUCKET"], env["BACKUP_ENCRYPTION_KEY"]
     first, second = _backup(env), _backup(env)
     swapped = _metadata(s3, bucket, second["metadata_key"])

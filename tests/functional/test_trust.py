@@ -93,7 +93,7 @@ def test_a_host_with_only_the_public_key_backs_up_but_cannot_restore(testbed, so
     assert (taken["encryption"], taken["key_id"], taken["recipient_ids"]) == ("hybrid-pq", rid, [rid])
     metadata = _metadata(s3, env["S3_BUCKET"], taken["metadata_key"])
     assert metadata["encryption"] == "hybrid-pq" and metadata["quantum_safe"] is True
-    assert metadata["envelope"]["type"] == "hybrid-pq-x25519-mlkem768-hkdf-sha256"
+    assert metadata["envelope"]["type"] == "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2"  # bound to its host, db and name
     assert [slot["recipient_id"] for slot in metadata["envelope"]["recipients"]] == [rid]
     assert metadata["signature"]["key_id"].startswith("qks-")
     header = s3.get_object(Bucket=env["S3_BUCKET"], Key=taken["object_key"], Range="bytes=0-3")["Body"].read()
@@ -214,19 +214,26 @@ def test_the_seeds_backups_are_listed_checked_and_restored(testbed, source, env,
 
     health = _json(run_cli(env, "health", "--json", check=0))
     assert health["status"] == "ok", health["findings"]
+    assert [f["rule"] for f in health["findings"]] == ["seed_backups"]  # seen, said, not counted
 
-    result = _restore_matches(testbed, source, env, "--backup", newer)
+    # unsigned: used only on request, and then its SQL runs as a plain role (the seed is not a trusted source)
+    refused = run_cli(env, "restore", "--backup", newer, "--target-db", new_name("r"), check=8)
+    assert "made by the seed's scripts" in refused.stderr and "--allow-seed" in refused.stderr
+    seed_ok = dict(env, BACKUP_RESTORE_ROLE="quankey_restore")
+    result = _restore_matches(testbed, source, seed_ok, "--backup", newer, "--allow-seed")
     assert (result["layout"], result["encryption"], result["signature"]) == ("seed", "aes-256-cbc",
-                                                                             "unsigned (seed backup)")
+                                                                             "unsigned (made by the seed's scripts)")
     assert result["expected_table_count"] is None and result["checksum_ok"] is True
-    verified = _json(run_cli(env, "verify", "--backup", older, "--json", check=0))
+    assert result["sql_ran_as"] == "quankey_restore" and result["trusted"] is False
+    verified = _json(run_cli(env, "verify", "--backup", older, "--allow-seed", "--json", check=0))
     assert verified["layout"] == "seed"
 
-    wrong = run_cli(dict(env, BACKUP_ENCRYPTION_KEY=new_key()), "verify", "--backup", newer, check=6)
+    wrong = run_cli(dict(env, BACKUP_ENCRYPTION_KEY=new_key()), "verify", "--backup", newer, "--allow-seed", check=6)
     assert "none of the keys given decrypts this aes-256-cbc" in wrong.stderr
     assert "BACKUP_ENCRYPTION_KEY" in wrong.stderr
     # the seed's key kept among the old keys after moving to a new active key still opens them
-    rotated = dict(env, BACKUP_ENCRYPTION_KEY=new_key(), BACKUP_DECRYPTION_KEYS=env["BACKUP_ENCRYPTION_KEY"])
+    rotated = dict(env, BACKUP_ENCRYPTION_KEY=new_key(), BACKUP_DECRYPTION_KEYS=env["BACKUP_ENCRYPTION_KEY"],
+                   BACKUP_ALLOW_SEED="true")
     run_cli(rotated, "verify", "--backup", older, check=0)
 
     # prune leaves the seed's layout alone (not ours; the seed's IAM user may still own it)
@@ -245,7 +252,7 @@ def test_a_seed_object_swapped_under_its_metadata_is_caught(testbed, source, env
     data[len(data) // 2] ^= 0x01  # CBC does not notice a flipped middle byte: the SHA-256 must
     s3.put_object(Bucket=env["S3_BUCKET"], Key=key, Body=bytes(data))
     target = new_name("swapped")
-    proc = run_cli(env, "restore", "--backup", name, "--target-db", target, check=6)
+    proc = run_cli(env, "restore", "--backup", name, "--target-db", target, "--allow-seed", "--as-admin", check=6)
     assert "SHA-256" in proc.stderr and "the object was modified" in proc.stderr
     assert testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target).strip() == "0"
 
@@ -303,7 +310,7 @@ def test_a_swapped_object_and_checksum_are_caught_by_the_signature(testbed, sour
     # a whole genuine metadata document copied under the newer name is caught too
     _put_json(s3, bucket, second["metadata_key"], genuine)
     copied = run_cli(env, "verify", "--backup", second["name"], check=6)
-    assert "copied under this name" in copied.stderr
+    assert "copied from another backup" in copied.stderr
 
 
 def test_unsigned_metadata_needs_consent_and_is_a_health_warning(testbed, source, env, s3):
@@ -315,7 +322,7 @@ def test_unsigned_metadata_needs_consent_and_is_a_health_warning(testbed, source
     refused = run_cli(env, "verify", check=6)
     assert "is not signed" in refused.stderr and "--allow-unsigned" in refused.stderr
     verified = _json(run_cli(env, "verify", "--allow-unsigned", "--json", check=0))
-    assert verified["signature"] == "not verified (unsigned)"
+    assert verified["signature"] == "unsigned" and verified["trusted"] is False
     report = _json(run_cli(env, "health", "--json", check=1))
     assert [(f["rule"], f["severity"]) for f in report["findings"]] == [("metadata_signature", "warning")]
 

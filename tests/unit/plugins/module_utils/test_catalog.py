@@ -183,16 +183,72 @@ def test_the_seeds_flat_layout_becomes_seed_records_beside_host_ones():
     assert seed.summary()["layout"] == "seed" and "layout" not in ours.summary()
 
 
+SEED_META = {"backup_type": "postgresql_full", "database": "quankey_prod", "timestamp": "20250809_030000",
+             "size_bytes": 15728640, "checksum_sha256": "a1" * 32, "encryption": "aes-256-cbc",
+             "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": True}
+SEED_KEY = "metadata/quankey_backup_20250809_030000.meta"
+
+
+def _seed(document, key=SEED_KEY):
+    return catalog.decode_metadata(json.dumps(document).encode(), key, seed=True, object_key_="o.encrypted")
+
+
 def test_seed_metadata_is_completed_and_checked():
-    seed = {"backup_type": "postgresql_full", "database": "quankey_prod", "timestamp": "20250809_030000",
-            "size_bytes": 15728640, "checksum_sha256": "a1" * 32, "encryption": "aes-256-cbc",
-            "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": True}
-    done = catalog.decode_metadata(json.dumps(seed).encode(), "m.meta", seed=True, object_key_="o.encrypted")
-    assert dict((k, done[k]) for k in seed) == seed  # what the seed wrote is kept as it was
-    assert (done["layout"], done["compression"], done["object_key"], done["table_count"]) == ("seed", "auto", "o.encrypted", None)
+    done = _seed(SEED_META)
+    assert dict((k, done[k]) for k in SEED_META) == SEED_META  # what the seed wrote is kept as it was
+    assert (done["compression"], done["object_key"], done["table_count"]) == ("auto", "o.encrypted", None)
+    assert "layout" not in done  # whether a backup is the seed's is known from its key, never from a field
     assert done["envelope"]["type"] == "openssl-enc-pbkdf2-sha256" and done["envelope"]["iterations"] == 10000
-    with pytest.raises(IntegrityError, match="seed metadata object m.meta lacks checksum_sha256"):
-        catalog.decode_metadata(json.dumps(dict((k, v) for k, v in seed.items() if k != "checksum_sha256")).encode(),
-                                "m.meta", seed=True)
-    with pytest.raises(IntegrityError, match="the seed wrote only aes-256-cbc"):
-        catalog.decode_metadata(json.dumps(dict(seed, encryption="aes-256-gcm")).encode(), "m.meta", seed=True)
+    with pytest.raises(IntegrityError, match="seed metadata object .* lacks checksum_sha256"):
+        _seed(dict((k, v) for k, v in SEED_META.items() if k != "checksum_sha256"))
+    with pytest.raises(IntegrityError, match="invalid encryption .aes-256-cbc expected"):
+        _seed(dict(SEED_META, encryption="aes-256-gcm"))
+
+
+@pytest.mark.parametrize("field", ["backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption"])
+def test_a_seed_meta_missing_any_required_field_is_refused_before_anything_is_restored(field):
+    with pytest.raises(IntegrityError, match="lacks %s" % field):
+        _seed(dict((k, v) for k, v in SEED_META.items() if k != field))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("timestamp", "2025-08-09"), ("timestamp", "20251309_030000"), ("size_bytes", "15728640"), ("size_bytes", -1),
+    ("size_bytes", True), ("database", ""), ("database", "a/b"), ("checksum_sha256", "A1" * 32), ("format", "plain"),
+    ("retention_days", "30"), ("quantum_safe", "yes"), ("backup_type", "mysql"),
+])
+def test_a_seed_meta_with_a_malformed_field_is_refused_naming_it(field, value):
+    with pytest.raises(IntegrityError, match="invalid %s" % field):
+        _seed(dict(SEED_META, **{field: value}))
+
+
+def test_a_seed_meta_whose_timestamp_contradicts_its_name_is_refused():
+    with pytest.raises(IntegrityError, match="gives timestamp 20250810_030000 but its name says 20250809_030000"):
+        _seed(dict(SEED_META, timestamp="20250810_030000"))
+
+
+def test_fields_the_seed_did_not_define_are_dropped_so_they_cannot_steer_anything():
+    done = _seed(dict(SEED_META, layout="host", host="db9", signature={"algorithm": "none"}, compression="none"))
+    assert done["host"] is None and done["compression"] == "auto" and "signature" not in done and "layout" not in done
+
+
+@pytest.mark.parametrize("extra", [{"layout": "seed"}, {"trusted": True}, {"allow_unsigned": True}])
+def test_host_layout_metadata_with_a_field_the_format_does_not_define_is_refused(extra):
+    metadata = dict(_metadata(), **extra)
+    with pytest.raises(IntegrityError, match="which metadata version 3 does not define: it was not written by quankey"):
+        catalog.decode_metadata(catalog.encode_metadata(metadata), "metadata/db1/d/x.meta")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("size_bytes", "12"), ("size_bytes", True), ("timestamp", "yesterday"), ("host", ""), ("name", 7),
+    ("envelope", "x"), ("table_count", -1), ("metadata_version", "3"),
+])
+def test_host_layout_metadata_with_a_mistyped_field_is_refused(field, value):
+    metadata = dict(_metadata(), **{field: value})
+    with pytest.raises(IntegrityError, match="invalid %s|metadata_version" % field):
+        catalog.decode_metadata(catalog.encode_metadata(metadata), "metadata/db1/d/x.meta")
+
+
+def test_metadata_from_a_newer_version_says_to_upgrade():
+    metadata = dict(_metadata(), metadata_version=catalog.METADATA_VERSION + 1)
+    with pytest.raises(IntegrityError, match="newer than this version of quankey-backup reads"):
+        catalog.decode_metadata(catalog.encode_metadata(metadata), "k")

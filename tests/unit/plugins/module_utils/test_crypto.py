@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Tests of encryption format v1 (plugins/module_utils/crypto.py, docs/FORMAT.md)."""
+"""Tests of encryption formats v1 and v2 (plugins/module_utils/crypto.py, docs/FORMAT.md)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -47,6 +47,8 @@ S = 1024  # small segment size (log2 10) used by most tests
 SEALED = S + crypto.TAG_SIZE
 OTHER_MK = bytes(range(100, 132))
 THIRD_MK = bytes(range(150, 182))
+HOST, DATABASE, NAME = "db1", "quankey_prod", "quankey_prod_backup_20250809_030000"
+BINDING = crypto.backup_binding(HOST, DATABASE, NAME)
 
 
 # --------------------------------------------------------------------------- independent reference
@@ -66,6 +68,14 @@ def ref_gcm(key, nonce, plaintext, aad):
 
 def ref_key_id(master_key):
     return "qk1-" + hashlib.sha256(b"quankey-backup/v1 key-id\x00" + master_key).hexdigest()[:16]
+
+
+def ref_binding(host, database, name):
+    out = b"quankey-backup/v2 backup\x00"
+    for part in (host, database, name):
+        encoded = part.encode("utf-8")
+        out += len(encoded).to_bytes(2, "big") + encoded
+    return out
 
 
 def ref_encrypt(data_key, salt, log2, plaintext):
@@ -173,6 +183,29 @@ def test_envelope_vector():
     assert crypto.unwrap_data_key(MK, V["envelope"]["json"]) == DK
 
 
+def test_envelope_v2_vector():
+    vec = V["envelope_v2"]
+    assert (vec["binding"]["host"], vec["binding"]["database"], vec["binding"]["name"]) == (HOST, DATABASE, NAME)
+    binding = ref_binding(HOST, DATABASE, NAME)
+    assert binding.hex() == vec["binding"]["hex"]
+    assert crypto.backup_binding(HOST, DATABASE, NAME) == binding
+    envelope = crypto.wrap_data_key(MK, DK, binding, _salt=WRAP_SALT, _nonce=WRAP_NONCE)
+    assert envelope == vec["json"]
+    assert envelope["type"] == crypto.ENVELOPE_TYPE_V2
+    wrap_key = ref_hkdf(MK, WRAP_SALT, b"quankey-backup/v2 key-wrap")
+    assert wrap_key.hex() == vec["wrap_key"]
+    aad = b"quankey-backup/v2 key-wrap\x00" + ref_key_id(MK).encode("ascii") + binding
+    assert aad.hex() == vec["aad_hex"]
+    wrapped = ref_gcm(wrap_key, WRAP_NONCE, DK, aad)
+    assert wrapped.hex() == vec["wrapped_key_hex"]
+    assert base64.b64decode(envelope["wrapped_key"]) == wrapped
+    assert crypto.unwrap_data_key(MK, vec["json"], binding=binding) == DK
+    # the same inputs give the v1 envelope when no binding is given: the versions differ only in the wrap
+    assert crypto.wrap_data_key(MK, DK, _salt=WRAP_SALT, _nonce=WRAP_NONCE) == V["envelope"]["json"]
+    assert {k: v for k, v in vec["json"].items() if k not in ("type", "wrapped_key")} == \
+        {k: v for k, v in V["envelope"]["json"].items() if k not in ("type", "wrapped_key")}
+
+
 def test_stream_key_vectors():
     assert ref_hkdf(DK, STREAM_SALT, b"quankey-backup/v1 payload").hex() == V["stream_keys"]["payload_key"]
     assert ref_hkdf(DK, STREAM_SALT, b"quankey-backup/v1 commitment").hex() == V["stream_keys"]["commitment"]
@@ -215,6 +248,13 @@ def test_format_doc_quotes_exactly_the_vectors():
     assert sorted(found) == sorted(expected), "docs/FORMAT.md and format_v1_vectors.json list different vectors"
     for name, value in expected.items():
         assert found[name] == value, "docs/FORMAT.md disagrees with format_v1_vectors.json on %s" % name
+
+
+def test_format_doc_quotes_the_v2_binding_example():
+    text, found = doc_vectors()
+    assert found["envelope_v2.binding.hex"] == BINDING.hex()
+    assert found["envelope_v2.json.type"] == "aes-256-gcm-hkdf-sha256-v2"
+    assert "\n## Format version 2: the backup's identity in every key wrap\n" in text
 
 
 def test_format_doc_has_no_stray_hex():
@@ -554,6 +594,13 @@ def test_unknown_envelope_type_and_non_object():
         crypto.unwrap_data_key(MK, ["not", "a", "dict"])
 
 
+def test_unwrap_of_a_hybrid_pq_envelope_says_it_is_sealed_to_recipients():
+    for kind in ("hybrid-pq-x25519-mlkem768-hkdf-sha256", "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2"):
+        with pytest.raises(IntegrityError, match="field 'type' is '%s': this backup's data key is sealed to hybrid-pq recipients" % kind) as info:
+            crypto.unwrap_data_key(MK, {"type": kind, "recipients": []}, binding=BINDING)
+        assert not isinstance(info.value, (TamperedError, WrongKeyError))
+
+
 def test_envelope_is_fresh_and_json_serialisable():
     a, b = crypto.wrap_data_key(MK, DK), crypto.wrap_data_key(MK, DK)
     assert a["salt"] != b["salt"] and a["nonce"] != b["nonce"] and a["wrapped_key"] != b["wrapped_key"]
@@ -567,6 +614,242 @@ def test_rotation_rewraps_without_touching_the_object():
     rotated = crypto.wrap_data_key(OTHER_MK, crypto.unwrap_data_key(MK, envelope))
     assert rotated["key_id"] == crypto.key_id(OTHER_MK)
     assert decrypt(blob, data_key=crypto.unwrap_data_key(OTHER_MK, rotated)) == LONG_PLAINTEXT
+
+
+# --------------------------------------------------------------------------- format version 2: the backup's identity
+
+COPIED_WORDS = ("does not open for this backup", "copied from another backup (another host, database or name)", "or modified")
+
+
+def assert_copied_or_modified(error, kid=None):
+    message = str(error)
+    assert type(error) is TamperedError, error
+    for words in COPIED_WORDS:
+        assert words in message, message
+    if kid is not None:
+        assert kid in message
+    for secret in (MK, OTHER_MK, DK):
+        assert secret.hex() not in message and base64.b64encode(secret).decode() not in message
+
+
+def test_names_the_integrator_relies_on():
+    assert crypto.ENVELOPE_TYPE == "aes-256-gcm-hkdf-sha256"
+    assert crypto.ENVELOPE_TYPE_V2 == "aes-256-gcm-hkdf-sha256-v2"
+    assert crypto.FORMAT_VERSION == 1  # the data object's header version: the same in formats 1 and 2
+    assert callable(crypto.backup_binding) and callable(crypto.envelope_version)
+
+
+def test_module_is_python39_syntax():
+    import ast
+    with open(crypto.__file__.replace(".pyc", ".py"), encoding="utf-8") as handle:
+        ast.parse(handle.read(), feature_version=(3, 9))
+
+
+def test_v2_round_trip_with_the_backups_binding():
+    data_key = crypto.new_data_key()
+    envelope = crypto.wrap_data_key(MK, data_key, BINDING)
+    envelope = json.loads(json.dumps(envelope))
+    assert set(envelope) == {"type", "key_id", "salt", "nonce", "wrapped_key"}
+    assert envelope["type"] == crypto.ENVELOPE_TYPE_V2 and envelope["key_id"] == crypto.key_id(MK)
+    assert crypto.unwrap_data_key(MK, envelope, binding=BINDING) == data_key
+    assert crypto.unwrap_data_key([OTHER_MK, MK], envelope, "K", crypto.backup_binding(HOST, DATABASE, NAME)) == data_key
+    assert crypto.unwrap_data_key(MK, envelope, binding=bytearray(BINDING)) == data_key
+    assert crypto.envelope_version(envelope) == 2
+
+
+@pytest.mark.parametrize("changed", [
+    ("db2", DATABASE, NAME),
+    (HOST, "quankey_staging", NAME),
+    (HOST, DATABASE, "quankey_prod_backup_20250810_030000"),
+    ("db1 ", DATABASE, NAME),
+    (HOST, "Quankey_prod", NAME),
+])
+def test_v2_envelope_under_another_host_database_or_name_is_tampering_not_wrong_key(changed):
+    envelope = crypto.wrap_data_key(MK, DK, BINDING)
+    with pytest.raises(TamperedError) as info:
+        crypto.unwrap_data_key(MK, envelope, binding=crypto.backup_binding(*changed))
+    assert_copied_or_modified(info.value, crypto.key_id(MK))
+    with pytest.raises(TamperedError) as info:
+        crypto.unwrap_data_key([THIRD_MK, MK, OTHER_MK], envelope, binding=crypto.backup_binding(*changed))
+    assert_copied_or_modified(info.value, crypto.key_id(MK))
+
+
+def test_metadata_copied_from_another_hosts_backup_does_not_open():
+    """Host A's object and metadata copied under host B's name: B's binding does not open A's data key."""
+    data_key = crypto.new_data_key()
+    from_a = crypto.wrap_data_key(MK, data_key, crypto.backup_binding("host-a", "shop", "shop_backup_20250809_030000"))
+    copied_to_b = json.loads(json.dumps(from_a))
+    with pytest.raises(TamperedError) as info:
+        crypto.unwrap_data_key(MK, copied_to_b, binding=crypto.backup_binding("host-b", "shop", "shop_backup_20250809_030000"))
+    assert_copied_or_modified(info.value)
+    # restoring A's backup anywhere (e.g. a replacement machine) uses A's identity, from where it is stored
+    assert crypto.unwrap_data_key(MK, copied_to_b, binding=crypto.backup_binding("host-a", "shop", "shop_backup_20250809_030000")) == data_key
+
+
+def test_v2_envelope_with_a_key_not_given_is_still_a_wrong_key():
+    envelope = crypto.wrap_data_key(MK, DK, BINDING)
+    with pytest.raises(WrongKeyError) as info:
+        crypto.unwrap_data_key([OTHER_MK, THIRD_MK], envelope, "OLD_KEYS", BINDING)
+    assert str(info.value) == ("this backup's data key is wrapped with key %s; the keys given are %s, %s: set OLD_KEYS to the key that made this backup"
+                               % (crypto.key_id(MK), crypto.key_id(OTHER_MK), crypto.key_id(THIRD_MK)))
+    with pytest.raises(WrongKeyError):  # a wrong key with a wrong binding: the key is what is reported
+        crypto.unwrap_data_key(OTHER_MK, envelope, binding=crypto.backup_binding("x", "y", "z"))
+
+
+@pytest.mark.parametrize("field", ["salt", "nonce", "wrapped_key"])
+def test_modified_v2_envelope_is_tampering(field):
+    envelope = crypto.wrap_data_key(MK, DK, BINDING)
+    data = bytearray(base64.b64decode(envelope[field]))
+    data[-1] ^= 0x80
+    with pytest.raises(TamperedError) as info:
+        crypto.unwrap_data_key(MK, dict(envelope, **{field: base64.b64encode(bytes(data)).decode()}), binding=BINDING)
+    assert_copied_or_modified(info.value, crypto.key_id(MK))
+
+
+def test_relabelling_the_version_does_not_open():
+    v2 = crypto.wrap_data_key(MK, DK, BINDING)
+    downgraded = dict(v2, type=crypto.ENVELOPE_TYPE)  # strip the binding by calling it version 1
+    with pytest.raises(TamperedError, match="modified or corrupted"):
+        crypto.unwrap_data_key(MK, downgraded)
+    with pytest.raises(TamperedError, match="modified or corrupted"):
+        crypto.unwrap_data_key(MK, downgraded, binding=BINDING)
+    upgraded = dict(crypto.wrap_data_key(MK, DK), type=crypto.ENVELOPE_TYPE_V2)
+    with pytest.raises(TamperedError) as info:
+        crypto.unwrap_data_key(MK, upgraded, binding=BINDING)
+    assert_copied_or_modified(info.value)
+
+
+def test_v1_envelope_opens_with_and_without_a_binding():
+    envelope = crypto.wrap_data_key(MK, DK)
+    assert envelope["type"] == crypto.ENVELOPE_TYPE
+    assert crypto.unwrap_data_key(MK, envelope) == DK
+    assert crypto.unwrap_data_key(MK, envelope, binding=BINDING) == DK
+    assert crypto.unwrap_data_key(MK, envelope, binding=crypto.backup_binding("any", "other", "backup")) == DK
+    assert crypto.unwrap_data_key(MK, V["envelope"]["json"], "BACKUP_ENCRYPTION_KEY", BINDING) == DK
+
+
+def test_v2_envelope_without_a_binding_is_a_caller_error():
+    envelope = crypto.wrap_data_key(MK, DK, BINDING)
+    with pytest.raises(TypeError, match="binding=backup_binding"):
+        crypto.unwrap_data_key(MK, envelope)
+    with pytest.raises(TypeError):
+        crypto.unwrap_data_key(MK, V["envelope_v2"]["json"], binding=None)
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("db1/quankey_prod/quankey_prod_backup_20250809_030000", TypeError),
+    (12, TypeError),
+    (b"", ValueError),
+    (b"quankey-backup/v1 backup\x00" + BINDING[len(b"quankey-backup/v2 backup\x00"):], ValueError),
+    (BINDING + b"\x00", ValueError),
+    (BINDING[:-1], ValueError),
+    (b"quankey-backup/v2 backup\x00\x00\x00\x00\x01a\x00\x01b", ValueError),
+    (b"quankey-backup/v2 backup\x00\x00\x01\xff\x00\x01a\x00\x01b", ValueError),
+])
+def test_a_binding_not_made_by_backup_binding_is_a_caller_error(bad, error):
+    with pytest.raises(error):
+        crypto.wrap_data_key(MK, DK, bad)
+    with pytest.raises(error):
+        crypto.unwrap_data_key(MK, V["envelope_v2"]["json"], binding=bad)
+    with pytest.raises(error):
+        crypto.unwrap_data_key(MK, V["envelope"]["json"], binding=bad)
+
+
+def test_wrap_keeps_salt_and_nonce_as_keywords():
+    assert crypto.wrap_data_key(MK, DK, _salt=WRAP_SALT, _nonce=WRAP_NONCE) == V["envelope"]["json"]
+    assert crypto.wrap_data_key(MK, DK, binding=BINDING, _salt=WRAP_SALT, _nonce=WRAP_NONCE) == V["envelope_v2"]["json"]
+    assert crypto.wrap_data_key(MK, DK, None, WRAP_SALT, WRAP_NONCE) == V["envelope"]["json"]
+
+
+def test_binding_bytes_are_the_documented_encoding():
+    assert BINDING == (b"quankey-backup/v2 backup\x00" + b"\x00\x03db1" + b"\x00\x0cquankey_prod"
+                       + b"\x00\x23quankey_prod_backup_20250809_030000")
+    assert BINDING.hex() == V["envelope_v2"]["binding"]["hex"]
+
+
+def test_binding_encoding_is_unambiguous():
+    first = crypto.backup_binding("ab", "c", "d")
+    second = crypto.backup_binding("a", "bc", "d")
+    third = crypto.backup_binding("a", "b", "cd")
+    assert len({first, second, third}) == 3
+    assert first.endswith(b"\x00\x02ab\x00\x01c\x00\x01d") and second.endswith(b"\x00\x01a\x00\x02bc\x00\x01d")
+    assert crypto.backup_binding("a\x00", "b", "c") != crypto.backup_binding("a", "\x00b", "c")
+    envelope = crypto.wrap_data_key(MK, DK, first)
+    with pytest.raises(TamperedError):
+        crypto.unwrap_data_key(MK, envelope, binding=second)
+
+
+def test_binding_of_a_multibyte_database_name_counts_utf8_bytes():
+    binding = crypto.backup_binding("db1", "donn\u00e9es_\u00e9", "donn\u00e9es_\u00e9_backup_20250809_030000")
+    database = "donn\u00e9es_\u00e9".encode("utf-8")
+    assert len(database) == 11 and len("donn\u00e9es_\u00e9") == 9
+    assert binding == ref_binding("db1", "donn\u00e9es_\u00e9", "donn\u00e9es_\u00e9_backup_20250809_030000")
+    assert b"\x00\x0b" + database in binding
+    decomposed = crypto.backup_binding("db1", "donne\u0301es_\u00e9", "donn\u00e9es_\u00e9_backup_20250809_030000")
+    assert decomposed != binding  # no Unicode normalisation: the name's bytes as stored are bound
+    data_key = crypto.new_data_key()
+    envelope = crypto.wrap_data_key(MK, data_key, binding)
+    assert crypto.unwrap_data_key(MK, envelope, binding=binding) == data_key
+    with pytest.raises(TamperedError):
+        crypto.unwrap_data_key(MK, envelope, binding=decomposed)
+
+
+@pytest.mark.parametrize("args, error, words", [
+    (("", DATABASE, NAME), ValueError, "host is empty"),
+    ((HOST, "", NAME), ValueError, "database is empty"),
+    ((HOST, DATABASE, ""), ValueError, "name is empty"),
+    ((None, DATABASE, NAME), TypeError, "host must be a str, not NoneType"),
+    ((HOST, b"quankey_prod", NAME), TypeError, "database must be a str, not bytes"),
+    ((HOST, DATABASE, 20250809), TypeError, "name must be a str, not int"),
+    ((HOST, "x" * 65536, NAME), ValueError, "database is 65536 UTF-8 bytes, at most 65535"),
+    ((HOST, "\u00e9" * 32768, NAME), ValueError, "database is 65536 UTF-8 bytes"),
+    (("\udc80", DATABASE, NAME), ValueError, "host is not encodable as UTF-8"),
+])
+def test_backup_binding_rejects_caller_bugs(args, error, words):
+    with pytest.raises(error, match=re.escape(words)) as info:
+        crypto.backup_binding(*args)
+    assert info.value.__context__ is None
+
+
+def test_backup_binding_takes_parts_of_up_to_65535_bytes():
+    binding = crypto.backup_binding(HOST, "x" * 65535, NAME)
+    assert b"\xff\xff" + b"x" * 65535 in binding
+    envelope = crypto.wrap_data_key(MK, DK, binding)
+    assert crypto.unwrap_data_key(MK, envelope, binding=binding) == DK
+
+
+def test_envelope_version_of_every_known_type():
+    assert crypto.envelope_version(crypto.wrap_data_key(MK, DK)) == 1
+    assert crypto.envelope_version(crypto.wrap_data_key(MK, DK, BINDING)) == 2
+    assert crypto.envelope_version(V["envelope"]["json"]) == 1
+    assert crypto.envelope_version(V["envelope_v2"]["json"]) == 2
+    assert crypto.envelope_version({"type": "hybrid-pq-x25519-mlkem768-hkdf-sha256"}) == 1
+    assert crypto.envelope_version({"type": "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2"}) == 2
+
+
+@pytest.mark.parametrize("envelope, words", [
+    ({"type": "openssl-enc-pbkdf2-sha256"}, "OpenSSL enc (aes-256-cbc) envelope has no format version"),
+    ({"type": "aes-256-gcm-hkdf-sha256-v3"}, "field 'type' is 'aes-256-gcm-hkdf-sha256-v3': expected a master-key type"),
+    ({"type": ["aes-256-gcm-hkdf-sha256"]}, "field 'type' is 'list'"),
+    ({"type": "x" * 100}, "field 'type' is 'str'"),
+    ({}, "field 'type' is missing"),
+    ({"type": None}, "field 'type' is missing"),
+    (["type", "aes-256-gcm-hkdf-sha256"], "not a JSON object"),
+    (None, "not a JSON object"),
+])
+def test_envelope_version_of_anything_else_is_an_integrity_error(envelope, words):
+    with pytest.raises(IntegrityError, match=re.escape(words)) as info:
+        crypto.envelope_version(envelope)
+    assert type(info.value) is IntegrityError
+
+
+def test_rekey_rewraps_a_v1_backup_to_v2_without_touching_the_object():
+    blob = long_object()
+    old = crypto.wrap_data_key(MK, DK)
+    assert crypto.envelope_version(old) == 1
+    new = crypto.wrap_data_key(OTHER_MK, crypto.unwrap_data_key(MK, old, binding=BINDING), BINDING)
+    assert crypto.envelope_version(new) == 2 and new["key_id"] == crypto.key_id(OTHER_MK)
+    assert decrypt(blob, data_key=crypto.unwrap_data_key([MK, OTHER_MK], new, binding=BINDING)) == LONG_PLAINTEXT
 
 
 # --------------------------------------------------------------------------- master key
@@ -632,10 +915,12 @@ def test_reprs_hold_no_key_material():
 def test_missing_cryptography_is_a_config_error(monkeypatch):
     monkeypatch.setattr(crypto, "HAS_CRYPTOGRAPHY", False)
     for call in (lambda: crypto.StreamEncryptor(DK), lambda: crypto.StreamDecryptor(DK),
-                 lambda: crypto.wrap_data_key(MK, DK), lambda: crypto.unwrap_data_key(MK, V["envelope"]["json"])):
+                 lambda: crypto.wrap_data_key(MK, DK), lambda: crypto.unwrap_data_key(MK, V["envelope"]["json"]),
+                 lambda: crypto.wrap_data_key(MK, DK, BINDING), lambda: crypto.unwrap_data_key(MK, V["envelope_v2"]["json"], binding=BINDING)):
         with pytest.raises(ConfigError, match="the Python package 'cryptography' is required: pip install cryptography"):
             call()
     assert crypto.key_id(MK) == V["key_id"]  # needs only hashlib
+    assert crypto.backup_binding(HOST, DATABASE, NAME) == BINDING and crypto.envelope_version(V["envelope_v2"]["json"]) == 2
 
 
 def test_bytes_only_aead_path(monkeypatch):

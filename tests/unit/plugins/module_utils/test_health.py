@@ -29,8 +29,14 @@ def _series(hours_ago, size=20 * MIB, encryption="aes-256-gcm", object_size=None
         objs.append({"key": catalog.object_key("", "db1", "d", base), "size": size if object_size is None else object_size})
     records = catalog.records_from_listing("", meta, objs)[0]
     for record in records:
-        record.metadata = {"size_bytes": size, "encryption": encryption}
+        record.metadata = dict(_names(record), size_bytes=size, encryption=encryption)
     return records
+
+
+def _names(record):
+    """The fields by which a document names the backup stored where it was read (trust.naming_problem)."""
+    return {"host": record.host, "database": record.db, "name": record.basename, "object_key": record.object_key,
+            "timestamp": catalog.format_timestamp(record.timestamp)}
 
 
 def _rules(findings):

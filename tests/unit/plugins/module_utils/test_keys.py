@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, keys, signing
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, keys, signing, trust
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConfigError, IntegrityError, TamperedError,
                                                                             WrongKeyError)
 
@@ -30,10 +30,38 @@ def settings(**env):
     return config.settings_from_env(env)
 
 
-def _metadata(master, data_key=None):
+BASENAME = "db_backup_20250101_000000"
+
+
+def _record(metadata=None, basename=BASENAME, host="db1", db="db"):
+    """A backup as the bucket lists it (its place gives its identity), with ``metadata`` loaded."""
+    record = catalog.BackupRecord(host, db, basename, catalog.metadata_key("", host, db, basename),
+                                  catalog.object_key("", host, db, basename), object_size=1)
+    record.metadata = metadata
+    return record
+
+
+def _metadata(master, data_key=None, version=2, record=None):
+    """Metadata naming the backup at ``record``'s place, its data key wrapped (format ``version``) with ``master``."""
+    record = record or _record()
     data_key = data_key or os.urandom(32)
-    return {"encryption": crypto.ENCRYPTION_NAME, "key_id": crypto.key_id(master),
-            "envelope": crypto.wrap_data_key(master, data_key), "size_bytes": 1, "untouched": "yes"}, data_key
+    binding = keys.identity_binding(record) if version == 2 else None
+    return {"encryption": crypto.ENCRYPTION_NAME, "key_id": crypto.key_id(master), "host": record.host,
+            "database": record.db, "name": record.basename, "object_key": record.object_key,
+            "timestamp": catalog.format_timestamp(record.timestamp),
+            "envelope": crypto.wrap_data_key(master, data_key, binding=binding), "size_bytes": 1}, data_key
+
+
+def _rekey(metadata, context, record=None):
+    record = record or _record()
+    record.metadata = metadata
+    return keys.rekey_metadata(record, context)
+
+
+def _verdict(context, metadata, record=None):
+    record = record or _record()
+    record.metadata = metadata
+    return context.verdict(record)
 
 
 @pytest.mark.parametrize("value, count", [
@@ -131,70 +159,93 @@ def test_rekey_metadata_rewraps_the_envelope_and_key_id_and_re_signs():
     metadata, data_key = _metadata(OLD)
     metadata = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(OLD))).sign(metadata)
     context = _context(NEW, OLD)
-    updated, opened, old_id = keys.rekey_metadata(metadata, context)
+    updated, opened, old_id = _rekey(metadata, context)
     assert opened == data_key and old_id == crypto.key_id(OLD)
     assert updated["key_id"] == crypto.key_id(NEW) and updated["envelope"]["key_id"] == crypto.key_id(NEW)
-    changed = ("envelope", "key_id", "signature")
+    changed = ("envelope", "key_id", "signature", "metadata_version")
     assert dict((k, v) for k, v in updated.items() if k not in changed) == dict((k, v) for k, v in metadata.items() if k not in changed)
     assert metadata["key_id"] == crypto.key_id(OLD)  # the input is not modified
-    assert crypto.unwrap_data_key(NEW, updated["envelope"]) == data_key
+    binding = keys.identity_binding(_record())
+    assert crypto.unwrap_data_key(NEW, updated["envelope"], binding=binding) == data_key
     with pytest.raises(WrongKeyError):
-        crypto.unwrap_data_key(OLD, updated["envelope"])
+        crypto.unwrap_data_key(OLD, updated["envelope"], binding=binding)
     assert updated["signature"]["key_id"] == crypto.key_id(NEW)
-    assert context.verify(updated, "backup", None).startswith("valid")
+    assert _verdict(context, updated).describe().startswith("valid")
     # the old key alone no longer verifies it: the signature moved to the new key
-    with pytest.raises(IntegrityError, match="signed with key %s" % crypto.key_id(NEW)):
-        keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(OLD))).verify(updated, "backup", None)
+    verdict = _verdict(keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(OLD))), updated)
+    assert verdict.outcome == trust.UNKNOWN_KEY and verdict.key_id == crypto.key_id(NEW)
 
 
 def test_rekey_metadata_leaves_a_backup_on_the_active_key_and_signer_alone():
     metadata, data_key = _metadata(NEW)
     context = _context(NEW, OLD)
-    updated, opened, old_id = keys.rekey_metadata(context.sign(metadata), context)
+    updated, opened, old_id = _rekey(context.sign(metadata), context)
     assert updated is None and opened is None and old_id == crypto.key_id(NEW)
     # on the active key but signed by another key: re-signed
-    resigned, _opened, _old = keys.rekey_metadata(_context(OLD).sign(metadata), context)
+    resigned, _opened, _old = _rekey(_context(OLD).sign(metadata), context)
     assert resigned["signature"]["key_id"] == crypto.key_id(NEW) and resigned["envelope"] != metadata["envelope"]
+
+
+def test_rekey_moves_a_version_1_envelope_to_version_2_even_on_the_active_key():
+    metadata, data_key = _metadata(NEW, version=1)
+    context = _context(NEW)
+    updated, opened, _old = _rekey(context.sign(metadata), context)
+    assert opened == data_key and updated["envelope"]["type"] == crypto.ENVELOPE_TYPE_V2
+    assert crypto.unwrap_data_key(NEW, updated["envelope"], binding=keys.identity_binding(_record())) == data_key
+    assert _rekey(updated, context)[0] is None  # now on target
+
+
+def test_a_version_2_envelope_opens_only_at_the_place_it_was_made_for():
+    metadata, data_key = _metadata(NEW)
+    context = _context(NEW)
+    assert context.open(_record(metadata)) == data_key
+    for place in (dict(host="db2"), dict(db="other"), dict(basename="db_backup_20250102_000000")):
+        with pytest.raises(TamperedError, match="copied from another backup"):
+            context.open(_record(metadata, **place))
 
 
 def test_rekey_metadata_fixes_a_stale_key_id_field():
     metadata, _data_key = _metadata(NEW)
     metadata["key_id"] = crypto.key_id(OLD)
-    updated, _opened, _old = keys.rekey_metadata(metadata, _context(NEW))
+    updated, _opened, _old = _rekey(metadata, _context(NEW))
     assert updated["key_id"] == crypto.key_id(NEW)
 
 
 def test_rekey_metadata_fails_closed():
     metadata, _data_key = _metadata(OTHER)
     with pytest.raises(WrongKeyError, match="wrapped with key %s" % crypto.key_id(OTHER)):
-        keys.rekey_metadata(metadata, _context(NEW, OLD))
+        _rekey(metadata, _context(NEW, OLD))
     metadata, _data_key = _metadata(OLD)
     metadata["envelope"]["wrapped_key"] = b64(os.urandom(48))
     with pytest.raises(TamperedError):
-        keys.rekey_metadata(metadata, _context(NEW, OLD))
+        _rekey(metadata, _context(NEW, OLD))
     with pytest.raises(IntegrityError, match="a new key needs a new backup, not a rekey"):
-        keys.rekey_metadata(dict(metadata, encryption="aes-256-cbc"), _context(NEW, OLD))
+        _rekey(dict(metadata, encryption="aes-256-cbc"), _context(NEW, OLD))
     with pytest.raises(IntegrityError, match="cannot rekey"):
-        keys.rekey_metadata(dict(metadata, encryption="rot13"), _context(NEW, OLD))
+        _rekey(dict(metadata, encryption="rot13"), _context(NEW, OLD))
 
 
-def test_verify_names_each_signature_outcome():
+def test_the_verdict_names_each_signature_outcome():
     metadata, _data_key = _metadata(NEW)
-    metadata.update(name="db_backup_20250101_000000", object_key="o/db_backup_20250101_000000.encrypted")
     context = _context(NEW)
     signed = context.sign(metadata)
-    assert context.verify(signed, metadata["name"], metadata["object_key"]) == "valid (key %s)" % crypto.key_id(NEW)
-    with pytest.raises(TamperedError, match="metadata signature invalid for backup db_backup_20250101_000000"):
-        context.verify(dict(signed, checksum_sha256="0" * 64), metadata["name"], metadata["object_key"])
-    with pytest.raises(TamperedError, match="metadata signature invalid .* copied under this name"):
-        context.verify(signed, "db_backup_20250102_000000", "o/db_backup_20250102_000000.encrypted")
-    with pytest.raises(IntegrityError, match="is not signed.*--allow-unsigned"):
-        context.verify(metadata, metadata["name"], metadata["object_key"])
-    assert context.verify(metadata, metadata["name"], metadata["object_key"], allow_unsigned=True).startswith("not verified")
-    with pytest.raises(IntegrityError, match="signed with key %s, which is not among the keys given" % crypto.key_id(OTHER)):
-        context.verify(_context(OTHER).sign(metadata), metadata["name"], metadata["object_key"])
-    seed = {"layout": "seed", "size_bytes": 1}
-    assert context.verify(seed, "x", None) == "unsigned (seed backup)"
+    assert _verdict(context, signed).describe() == "valid (key %s)" % crypto.key_id(NEW)
+    tampered = _verdict(context, dict(signed, checksum_sha256="0" * 64))
+    assert tampered.outcome == trust.INVALID and "metadata signature invalid for backup %s" % BASENAME in tampered.problem
+    copied = _verdict(context, signed, _record(basename="db_backup_20250102_000000"))
+    assert copied.outcome == trust.INVALID and "copied from another backup" in copied.problem
+    unsigned = _verdict(context, metadata)
+    assert unsigned.outcome == trust.UNSIGNED and "is not signed" in unsigned.problem
+    foreign = _verdict(context, _context(OTHER).sign(metadata))
+    assert foreign.outcome == trust.UNKNOWN_KEY and "which is not among the keys given" in foreign.problem
+
+
+def test_a_layout_field_in_a_document_does_not_make_it_a_seed_backup():
+    metadata, _data_key = _metadata(NEW)
+    verdict = _verdict(_context(NEW), dict(metadata, layout="seed"))
+    assert verdict.outcome == trust.UNSIGNED  # judged as what it is: an unsigned document of the host layout
+    with pytest.raises(IntegrityError, match="allow unsigned metadata"):
+        trust.require(verdict)
 
 
 def test_an_explicit_signing_key_signs_and_master_derived_keys_still_verify():
@@ -203,8 +254,8 @@ def test_an_explicit_signing_key_signs_and_master_derived_keys_still_verify():
     metadata, _data_key = _metadata(NEW)
     signed = context.sign(metadata)
     assert signed["signature"]["key_id"].startswith("qks-") and b64(signer) not in json.dumps(signed)
-    assert context.verify(signed, "backup", None).startswith("valid (key qks-")
-    assert context.verify(_context(NEW).sign(metadata), "backup", None) == "valid (key %s)" % crypto.key_id(NEW)
+    assert _verdict(context, signed).describe().startswith("valid (key qks-")
+    assert _verdict(context, _context(NEW).sign(metadata)).describe() == "valid (key %s)" % crypto.key_id(NEW)
 
 
 def test_a_recipients_only_host_needs_a_signing_key():
@@ -232,8 +283,8 @@ def test_older_signing_keys_after_the_active_one_still_verify():
     rotated = keys.KeyContext(settings(BACKUP_ENCRYPTION_KEY=b64(NEW),
                                        BACKUP_SIGNING_KEY="%s, %s" % (b64(new_signer), b64(old_signer))))
     assert rotated.signer()[0] == signing.signing_key_id(new_signer)
-    assert rotated.verify(signed_before, "backup", None) == "valid (key %s)" % signing.signing_key_id(old_signer)
-    updated, _opened, _old = keys.rekey_metadata(signed_before, rotated)  # re-signed with the new one
+    assert _verdict(rotated, signed_before).describe() == "valid (key %s)" % signing.signing_key_id(old_signer)
+    updated, _opened, _old = _rekey(signed_before, rotated)  # re-signed with the new one
     assert updated["signature"]["key_id"] == signing.signing_key_id(new_signer)
     with pytest.raises(ConfigError, match=r"BACKUP_SIGNING_KEY \(key 2 of 2\) is not valid base64"):
         keys.KeyContext(settings(BACKUP_SIGNING_KEY="%s,not-a-key!" % b64(new_signer))).signer()

@@ -11,7 +11,8 @@ import datetime
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, pipeline, queries
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, pipeline, queries, trust
+from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError
 
 moto = pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
@@ -40,7 +41,8 @@ def _put_backup(client, host, db, when, size=100, metadata=True, object_=True):
         doc = {"backup_type": "postgresql_full", "database": db, "timestamp": catalog.format_timestamp(when),
                "size_bytes": size, "checksum_sha256": "ab" * 32, "encryption": "aes-256-gcm", "format": "pg_dump_custom",
                "retention_days": 30, "quantum_safe": True, "compression": "zstd", "key_id": "qk1-0123456789abcdef",
-               "envelope": {}, "object_key": catalog.object_key("", host, db, base), "host": host, "table_count": 3}
+               "envelope": {}, "object_key": catalog.object_key("", host, db, base), "host": host, "table_count": 3,
+               "name": base}
         client.put_object(Bucket=BUCKET, Key=catalog.metadata_key("", host, db, base), Body=catalog.encode_metadata(doc))
     return base
 
@@ -81,6 +83,18 @@ def test_details_read_the_metadata(s3):
     assert (backup["size_bytes"], backup["checksum_sha256"], backup["key_id"], backup["table_count"]) == (
         321, "ab" * 32, "qk1-0123456789abcdef", 3)
     assert backup["object_size"] == 321
+    # the trust verdict restore would give; no key is configured here, so the signature is not checked
+    assert (backup["signature"], backup["trusted"]) == ("not checked (no signing key here)", False)
+
+
+def test_details_flag_a_document_copied_from_another_host_whatever_the_keys(s3):
+    base = _put_backup(s3, "db1", "app", T0)
+    document = s3.get_object(Bucket=BUCKET, Key=catalog.metadata_key("", "db1", "app", base))["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=catalog.object_key("", "db2", "app", base), Body=b"x" * 100)
+    s3.put_object(Bucket=BUCKET, Key=catalog.metadata_key("", "db2", "app", base), Body=document)
+    found = dict((item["host"], item) for item in queries.find_backups(_settings(), details=True)["backups"])
+    assert found["db2"]["signature"] == "invalid" and found["db2"]["trusted"] is False
+    assert found["db1"]["signature"] == "not checked (no signing key here)"
 
 
 def test_listings_are_paginated(s3):
@@ -98,13 +112,14 @@ class _Record:
     metadata_key = "metadata/db1/app/app_backup_20250801_030000.meta"
     timestamp = T0
     metadata = {"timestamp": "20250801_030000", "table_count": 3}
+    verdict = trust.Verdict(trust.VALID, "qk1-0123456789abcdef")
 
 
 def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
     calls = {}
 
-    def select(settings, store, backup, before, host, db, allow_unsigned=False):
-        calls["select"] = (backup, before, host, db, allow_unsigned)
+    def select(settings, store, backup, before, host, db, allow_seed=None):
+        calls["select"] = (backup, before, host, db, allow_seed)
         return _Record()
 
     def run_verify(settings, **kwargs):
@@ -116,13 +131,13 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
     store = object()
     plan, verification = queries.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
                                                  store=store)
-    assert calls["select"] == ("latest", T0, None, "app", False)
+    assert calls["select"] == ("latest", T0, None, "app", None)
     assert calls["verify"] == {"backup": "app_backup_20250801_030000", "host": "db1", "db": "app", "store": store,
-                               "progress": None, "allow_unsigned": False}
+                               "progress": None, "allow_unsigned": False, "allow_seed": None}
     assert plan == {"name": "app_backup_20250801_030000", "object_key": _Record.object_key,
                     "metadata_key": _Record.metadata_key, "source_host": "db1", "source_db": "app",
                     "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
-                    "expected_table_count": 3}
+                    "expected_table_count": 3, "signature": "valid (key qk1-0123456789abcdef)", "trusted": True}
     assert verification == {"checksum_ok": True, "table_count": 3}
 
 
@@ -131,3 +146,10 @@ def test_preview_restore_keeps_a_given_target(monkeypatch):
     monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: {})
     plan, _verification = queries.preview_restore(_settings(), target_db="incident", store=object())
     assert plan["target_db"] == "incident"
+
+
+def test_check_mode_refuses_a_target_name_the_real_run_would_refuse(monkeypatch):
+    monkeypatch.setattr(pipeline, "select", lambda *args, **kwargs: _Record())
+    monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: pytest.fail("verified a doomed restore"))
+    with pytest.raises(RefusedError, match="longer than PostgreSQL's 63 bytes"):
+        queries.preview_restore(_settings(), target_db="é" * 32, store=object())

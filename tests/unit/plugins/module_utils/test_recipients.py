@@ -20,6 +20,7 @@ import re
 
 import pytest
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -42,6 +43,8 @@ with open(VECTORS_PATH, encoding="utf-8") as _f:
 SECRETS = dict((name, bytes.fromhex(item["secret_hex"])) for name, item in V["identities"].items())
 VECTOR = dict((item["name"], item) for item in V["vectors"])
 DK = bytes(range(32, 64))
+HOST, DATABASE, NAME = "db1", "quankey_prod", "quankey_prod_backup_20250809_030000"
+BINDING = crypto.backup_binding(HOST, DATABASE, NAME)
 SLOT_FIELDS = ("ephemeral_public", "kem_ciphertext", "salt", "nonce", "wrapped_key")
 FIELD_SIZES = {"ephemeral_public": 32, "kem_ciphertext": 1088, "salt": 16, "nonce": 12, "wrapped_key": 48}
 
@@ -70,8 +73,20 @@ def ref_public_key_text(public):
     return "qkpq1-pub-" + base64.b64encode(public + checksum).decode("ascii")
 
 
-def ref_open_slot(secret, slot):
-    """Open one envelope slot from the specification; return (data key, intermediate values)."""
+def vector_binding(vector):
+    """The binding bytes of a version 2 vector, built from its parts as docs/FORMAT.md says; None for version 1."""
+    if "binding" not in vector:
+        return None
+    out = b"quankey-backup/v2 backup\x00"
+    for part in ("host", "database", "name"):
+        encoded = vector["binding"][part].encode("utf-8")
+        out += len(encoded).to_bytes(2, "big") + encoded
+    assert out.hex() == vector["binding"]["hex"]
+    return out
+
+
+def ref_open_slot(secret, slot, binding=None):
+    """Open one envelope slot from the specification (version 2 when ``binding`` is given); return (data key, intermediate values)."""
     ephemeral = base64.b64decode(slot["ephemeral_public"])
     ciphertext = base64.b64decode(slot["kem_ciphertext"])
     salt = base64.b64decode(slot["salt"])
@@ -81,11 +96,11 @@ def ref_open_slot(secret, slot):
     x_secret = x_private.exchange(X25519PublicKey.from_public_bytes(ephemeral))
     kem_secret = MLKEM768PrivateKey.from_seed_bytes(secret[32:]).decapsulate(ciphertext)
     rid = ref_recipient_id(ref_public(secret))
-    label = b"quankey-backup/v1 hybrid-pq kek\x00"
+    label = b"quankey-backup/v1 hybrid-pq kek\x00" if binding is None else b"quankey-backup/v2 hybrid-pq kek\x00"
     info = label + rid.encode("ascii") + ephemeral + x_private.public_key().public_bytes_raw() + hashlib.sha256(ciphertext).digest()
     kek = ref_hkdf(kem_secret + x_secret, salt, info)
     dec = Cipher(algorithms.AES(kek), modes.GCM(nonce, wrapped[32:])).decryptor()
-    dec.authenticate_additional_data(label + rid.encode("ascii"))
+    dec.authenticate_additional_data(label + rid.encode("ascii") + (binding or b""))
     data_key = dec.update(wrapped[:32]) + dec.finalize()
     return data_key, {
         "recipient_id": rid,
@@ -141,6 +156,8 @@ def assert_no_secret(text, *idents):
 
 def test_names_the_integrator_relies_on():
     assert recipients.ENVELOPE_TYPE == "hybrid-pq-x25519-mlkem768-hkdf-sha256" == V["envelope_type"]
+    assert recipients.ENVELOPE_TYPE_V2 == "hybrid-pq-x25519-mlkem768-hkdf-sha256-v2" == V["envelope_type_v2"]
+    assert crypto._HYBRID_PQ_TYPES == {recipients.ENVELOPE_TYPE: 1, recipients.ENVELOPE_TYPE_V2: 2}
     assert recipients.ENCRYPTION_NAME == "hybrid-pq"
     assert recipients.PUBLIC_KEY_PREFIX == "qkpq1-pub-"
     assert recipients.RECIPIENT_ID_PREFIX == "qkr-"
@@ -197,19 +214,28 @@ def test_vector_sizes():
     assert re.match(r"\Aqkr-[0-9a-f]{16}\Z", V["identities"]["alice"]["recipient_id"])
 
 
+def test_the_vectors_cover_both_versions():
+    assert sorted(VECTOR) == ["one_recipient", "two_recipients", "two_recipients_v2"]
+    assert [crypto.envelope_version(VECTOR[name]["envelope"]) for name in sorted(VECTOR)] == [1, 1, 2]
+    assert vector_binding(VECTOR["two_recipients_v2"]) == BINDING
+    assert (VECTOR["two_recipients_v2"]["binding"]["host"], VECTOR["two_recipients_v2"]["binding"]["database"],
+            VECTOR["two_recipients_v2"]["binding"]["name"]) == (HOST, DATABASE, NAME)
+
+
 @pytest.mark.parametrize("name", sorted(VECTOR))
 def test_vector_envelopes_open(name):
     vector = VECTOR[name]
     data_key = bytes.fromhex(vector["data_key_hex"])
     envelope = vector["envelope"]
-    assert envelope["type"] == recipients.ENVELOPE_TYPE
+    binding = vector_binding(vector)
+    assert envelope["type"] == (recipients.ENVELOPE_TYPE if binding is None else recipients.ENVELOPE_TYPE_V2)
     assert recipients.envelope_recipient_ids(envelope) == [V["identities"][who]["recipient_id"] for who in vector["opens_with"]]
     for who in vector["opens_with"]:
-        assert recipients.open_data_key(identity(who), envelope, "vector") == data_key
-        assert recipients.open_data_key([identity(other) for other in sorted(SECRETS)], envelope, "vector") == data_key
+        assert recipients.open_data_key(identity(who), envelope, "vector", binding=binding) == data_key
+        assert recipients.open_data_key([identity(other) for other in sorted(SECRETS)], envelope, "vector", binding) == data_key
     for who in vector["does_not_open_with"]:
         with pytest.raises(WrongKeyError):
-            recipients.open_data_key([identity(who)], envelope, "vector")
+            recipients.open_data_key([identity(who)], envelope, "vector", binding=binding)
 
 
 @pytest.mark.parametrize("name", sorted(VECTOR))
@@ -217,10 +243,25 @@ def test_vector_intermediates_match_the_specification(name):
     vector = VECTOR[name]
     assert len(vector["slots"]) == len(vector["envelope"]["recipients"]) == len(vector["opens_with"])
     for who, slot, expected in zip(vector["opens_with"], vector["envelope"]["recipients"], vector["slots"]):
-        data_key, values = ref_open_slot(SECRETS[who], slot)
+        data_key, values = ref_open_slot(SECRETS[who], slot, vector_binding(vector))
         assert data_key.hex() == vector["data_key_hex"]
         assert values == expected
         assert slot["recipient_id"] == expected["recipient_id"]
+
+
+def test_v2_vector_opens_only_for_its_backup():
+    vector = VECTOR["two_recipients_v2"]
+    envelope = vector["envelope"]
+    with pytest.raises(TypeError, match="binding=crypto.backup_binding"):
+        recipients.open_data_key([identity("alice")], envelope, "vector")
+    for who in ("alice", "bob"):
+        with pytest.raises(TamperedError) as info:
+            recipients.open_data_key([identity(who)], envelope, "vector", binding=crypto.backup_binding("db2", DATABASE, NAME))
+        assert_copied_or_modified(info.value, identity(who).recipient_id)
+    # the v1 intermediates of the spec do not open it: the label differs
+    with pytest.raises(InvalidTag):
+        ref_open_slot(SECRETS["alice"], envelope["recipients"][0])
+    assert ref_open_slot(SECRETS["alice"], envelope["recipients"][0], BINDING)[0].hex() == vector["data_key_hex"]
 
 
 def test_two_recipient_vector_opens_with_either_identity():
@@ -632,10 +673,15 @@ def _malformed_cases():
     case(lambda e: ["not", "a", "dict"], "encryption envelope is not a JSON object")
     case(lambda e: e.pop("type") and None, "encryption envelope field 'type' is missing")
     case(lambda e: e.update(type="hybrid-pq-x25519-mlkem1024-hkdf-sha256"),
-         "encryption envelope field 'type' is 'hybrid-pq-x25519-mlkem1024-hkdf-sha256': this reader expects 'hybrid-pq-x25519-mlkem768-hkdf-sha256'")
-    case(lambda e: e.update(type=["x"]), "encryption envelope field 'type' is 'list': this reader expects 'hybrid-pq-x25519-mlkem768-hkdf-sha256'")
+         "encryption envelope field 'type' is 'hybrid-pq-x25519-mlkem1024-hkdf-sha256': this reader expects "
+         "'hybrid-pq-x25519-mlkem768-hkdf-sha256' or 'hybrid-pq-x25519-mlkem768-hkdf-sha256-v2'")
+    case(lambda e: e.update(type=["x"]), "encryption envelope field 'type' is 'list': this reader expects "
+         "'hybrid-pq-x25519-mlkem768-hkdf-sha256' or 'hybrid-pq-x25519-mlkem768-hkdf-sha256-v2'")
     case(lambda e: e.update(type="aes-256-gcm-hkdf-sha256"),
          "encryption envelope field 'type' is 'aes-256-gcm-hkdf-sha256': this backup's data key is wrapped with a master key, "
+         "not sealed to hybrid-pq recipients: open it with the master key")
+    case(lambda e: e.update(type="aes-256-gcm-hkdf-sha256-v2"),
+         "encryption envelope field 'type' is 'aes-256-gcm-hkdf-sha256-v2': this backup's data key is wrapped with a master key, "
          "not sealed to hybrid-pq recipients: open it with the master key")
     case(lambda e: e.pop("recipients") and None, "encryption envelope field 'recipients' is missing")
     case(lambda e: e.update(recipients={"0": slot}), "encryption envelope field 'recipients' is not a list")
@@ -706,3 +752,161 @@ def test_does_not_open_symmetric_envelopes_and_vice_versa():
         recipients.open_data_key([identity("alice")], symmetric, "N")
     with pytest.raises(IntegrityError, match="field 'type'"):
         crypto.unwrap_data_key(master, VECTOR["one_recipient"]["envelope"])
+    symmetric_v2 = crypto.wrap_data_key(master, DK, BINDING)
+    for function, args in [(recipients.open_data_key, ([identity("alice")], symmetric_v2, "N", BINDING)),
+                           (recipients.envelope_recipient_ids, (symmetric_v2,))]:
+        with pytest.raises(IntegrityError, match="is 'aes-256-gcm-hkdf-sha256-v2': this backup's data key is wrapped with a master key") as info:
+            function(*args)
+        assert not isinstance(info.value, (TamperedError, WrongKeyError))
+    with pytest.raises(IntegrityError, match="sealed to hybrid-pq recipients") as info:
+        crypto.unwrap_data_key(master, VECTOR["two_recipients_v2"]["envelope"], binding=BINDING)
+    assert not isinstance(info.value, (TamperedError, WrongKeyError))
+
+
+# --------------------------------------------------------------------------- format version 2: the backup's identity
+
+def assert_copied_or_modified(error, *rids):
+    message = str(error)
+    assert type(error) is TamperedError, error
+    for words in ("not open", "for this backup: the metadata was copied from another backup (another host, database or name) or modified"):
+        assert words in message, message
+    for rid in rids:
+        assert rid in message
+    assert_no_secret(message, identity("alice"), identity("bob"), identity("carol"))
+    assert DK.hex() not in message and b64(DK) not in message
+
+
+def _sealed_v2():
+    alice, bob = identity("alice"), identity("bob")
+    return alice, bob, recipients.seal_data_key([alice.recipient, bob.recipient], DK, BINDING)
+
+
+def test_v2_round_trip_with_two_recipients():
+    alice, bob, envelope = _sealed_v2()
+    envelope = json.loads(json.dumps(envelope))
+    assert set(envelope) == {"type", "recipients"} and envelope["type"] == recipients.ENVELOPE_TYPE_V2
+    assert crypto.envelope_version(envelope) == 2
+    assert recipients.envelope_recipient_ids(envelope) == [alice.recipient_id, bob.recipient_id]
+    for index, who in enumerate((alice, bob)):
+        slot = envelope["recipients"][index]
+        assert set(slot) == {"recipient_id"} | set(SLOT_FIELDS)
+        for field, size in FIELD_SIZES.items():
+            assert len(base64.b64decode(slot[field], validate=True)) == size
+        assert recipients.open_data_key([who], envelope, "N", binding=BINDING) == DK
+        assert recipients.open_data_key(who, envelope, binding=bytearray(BINDING)) == DK
+        assert ref_open_slot(SECRETS["alice" if who is alice else "bob"], slot, BINDING)[0] == DK
+    assert recipients.open_data_key([identity("carol"), bob, alice], envelope, "N", BINDING) == DK
+
+
+@pytest.mark.parametrize("changed", [("db2", DATABASE, NAME), (HOST, "quankey_staging", NAME),
+                                     (HOST, DATABASE, "quankey_prod_backup_20250810_030000")])
+def test_v2_envelope_under_another_host_database_or_name_is_tampering_not_wrong_key(changed):
+    alice, bob, envelope = _sealed_v2()
+    other = crypto.backup_binding(*changed)
+    for who in (alice, bob):
+        with pytest.raises(TamperedError) as info:
+            recipients.open_data_key([who], envelope, "N", binding=other)
+        assert_copied_or_modified(info.value, who.recipient_id)
+    with pytest.raises(TamperedError) as info:
+        recipients.open_data_key([alice, bob], envelope, "N", binding=other)
+    assert_copied_or_modified(info.value, alice.recipient_id, bob.recipient_id)
+    assert "recipients %s, %s and the identities given with those ids do not open them for this backup" % (
+        alice.recipient_id, bob.recipient_id) in str(info.value)
+
+
+def test_metadata_copied_from_another_hosts_backup_does_not_open():
+    alice = identity("alice")
+    from_a = recipients.seal_data_key(alice.recipient, DK, crypto.backup_binding("host-a", "shop", "shop_backup_20250809_030000"))
+    with pytest.raises(TamperedError) as info:
+        recipients.open_data_key(alice, copy.deepcopy(from_a), "N", crypto.backup_binding("host-b", "shop", "shop_backup_20250809_030000"))
+    assert_copied_or_modified(info.value, alice.recipient_id)
+    assert recipients.open_data_key(alice, from_a, "N", crypto.backup_binding("host-a", "shop", "shop_backup_20250809_030000")) == DK
+
+
+def test_v2_stranger_is_still_a_wrong_key():
+    alice, bob, envelope = _sealed_v2()
+    carol = identity("carol")
+    for binding in (BINDING, crypto.backup_binding("x", "y", "z")):
+        with pytest.raises(WrongKeyError) as info:
+            recipients.open_data_key([carol], envelope, "BACKUP_IDENTITY_FILE", binding=binding)
+        assert str(info.value) == ("this backup's data key is sealed to recipients %s, %s; the identity given is %s: "
+                                   "set BACKUP_IDENTITY_FILE to the identity of one of its recipients"
+                                   % (alice.recipient_id, bob.recipient_id, carol.recipient_id))
+
+
+def test_v2_altered_recipient_id_is_detected():
+    alice, bob, envelope = _sealed_v2()
+    damaged = copy.deepcopy(envelope)
+    rid = damaged["recipients"][0]["recipient_id"]
+    damaged["recipients"][0]["recipient_id"] = rid[:-1] + ("0" if rid[-1] != "0" else "1")
+    with pytest.raises(TamperedError) as info:
+        recipients.open_data_key([alice], damaged, "N", binding=BINDING)
+    assert str(info.value) == ("encryption envelope field 'recipients[0].recipient_id' says %s but the slot was sealed to the identity %s given: "
+                               "the encryption envelope in the metadata was modified or corrupted"
+                               % (damaged["recipients"][0]["recipient_id"], alice.recipient_id))
+    assert recipients.open_data_key([bob], damaged, "N", binding=BINDING) == DK
+    # with another backup's binding the altered slot cannot be recognised: no slot names alice, so it is a wrong key
+    with pytest.raises(WrongKeyError):
+        recipients.open_data_key([alice], damaged, "N", binding=crypto.backup_binding("db2", DATABASE, NAME))
+    swapped = copy.deepcopy(envelope)
+    swapped["recipients"][0]["recipient_id"], swapped["recipients"][1]["recipient_id"] = bob.recipient_id, alice.recipient_id
+    for who in (alice, bob):
+        with pytest.raises(TamperedError):
+            recipients.open_data_key([who], swapped, "N", binding=BINDING)
+
+
+@pytest.mark.parametrize("field", SLOT_FIELDS)
+def test_flipped_byte_in_a_v2_slot_is_tampered(field):
+    alice, bob, envelope = _sealed_v2()
+    damaged = copy.deepcopy(envelope)
+    damaged["recipients"][1][field] = flip(damaged["recipients"][1][field], -1)
+    with pytest.raises(TamperedError) as info:
+        recipients.open_data_key([bob], damaged, "N", binding=BINDING)
+    assert_copied_or_modified(info.value, bob.recipient_id)
+    assert recipients.open_data_key([alice], damaged, "N", binding=BINDING) == DK
+
+
+def test_relabelling_the_version_does_not_open():
+    alice, _bob, envelope = _sealed_v2()
+    downgraded = dict(copy.deepcopy(envelope), type=recipients.ENVELOPE_TYPE)
+    with pytest.raises(TamperedError, match="modified or corrupted"):
+        recipients.open_data_key([alice], downgraded, "N")
+    upgraded = dict(recipients.seal_data_key(alice.recipient, DK), type=recipients.ENVELOPE_TYPE_V2)
+    with pytest.raises(TamperedError) as info:
+        recipients.open_data_key([alice], upgraded, "N", binding=BINDING)
+    assert_copied_or_modified(info.value, alice.recipient_id)
+
+
+def test_v1_envelope_opens_with_and_without_a_binding():
+    alice = identity("alice")
+    envelope = recipients.seal_data_key(alice.recipient, DK)
+    assert envelope["type"] == recipients.ENVELOPE_TYPE and crypto.envelope_version(envelope) == 1
+    assert recipients.open_data_key([alice], envelope, "N") == DK
+    assert recipients.open_data_key([alice], envelope, "N", binding=BINDING) == DK
+    assert recipients.open_data_key([alice], envelope, "N", binding=crypto.backup_binding("a", "b", "c")) == DK
+    vector = VECTOR["one_recipient"]
+    assert recipients.open_data_key([alice], vector["envelope"], "N", BINDING) == bytes.fromhex(vector["data_key_hex"])
+
+
+def test_v2_without_a_binding_is_a_caller_error():
+    alice, _bob, envelope = _sealed_v2()
+    with pytest.raises(TypeError, match="binding=crypto.backup_binding"):
+        recipients.open_data_key([alice], envelope, "N")
+    with pytest.raises(TypeError):
+        recipients.open_data_key([alice], envelope, "N", binding="db1/quankey_prod/quankey_prod_backup_20250809_030000")
+    with pytest.raises(ValueError):
+        recipients.open_data_key([alice], envelope, "N", binding=BINDING + b"x")
+
+
+@pytest.mark.parametrize("bad, error", [("db1", TypeError), (b"", ValueError), (BINDING[:-1], ValueError), (12, TypeError)])
+def test_seal_with_a_binding_not_made_by_backup_binding_is_a_caller_error(bad, error):
+    with pytest.raises(error):
+        recipients.seal_data_key(identity("alice").recipient, DK, bad)
+
+
+def test_rekey_reseals_a_v1_backup_to_v2():
+    alice, bob = identity("alice"), identity("bob")
+    old = recipients.seal_data_key(alice.recipient, DK)
+    new = recipients.seal_data_key([alice.recipient, bob.recipient], recipients.open_data_key(alice, old, "N", BINDING), BINDING)
+    assert crypto.envelope_version(old) == 1 and crypto.envelope_version(new) == 2
+    assert recipients.open_data_key(bob, new, "N", BINDING) == DK

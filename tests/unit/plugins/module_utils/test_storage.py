@@ -91,6 +91,7 @@ class _FakeClient:
 class _FakeStore:
     bucket = "b"
     storage_class = "STANDARD_IA"
+    conditional_writes = True
 
     def __init__(self):
         self.client = _FakeClient()
