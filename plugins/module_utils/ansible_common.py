@@ -44,6 +44,7 @@ HEALTH_DEFAULTS = dict((name, parameter.default)
 _SETTING_OF_OPTION = {
     "login_host": "db_host", "login_port": "db_port", "login_user": "db_user", "login_password": "db_password",
     "db": "db_name", "ssl_mode": "db_sslmode", "maintenance_db": "db_maintenance_db", "pg_bin_dir": "pg_bin_dir",
+    "restore_role": "restore_role", "allow_seed": "allow_seed",
     "bucket": "bucket", "prefix": "prefix", "host_id": "host_id", "region": "region", "endpoint_url": "endpoint_url",
     "access_key": "access_key", "secret_key": "secret_key", "session_token": "session_token",
     "encryption_key": "encryption_key", "decryption_keys": "decryption_keys", "keyring_file": "keyring_file",
@@ -77,6 +78,7 @@ def postgres_argument_spec():
         maintenance_db=dict(type="str", default=SETTINGS_DEFAULTS["db_maintenance_db"],
                             fallback=_env("DB_MAINTENANCE_DB")),
         pg_bin_dir=dict(type="path", fallback=_env("PG_BIN_DIR")),
+        restore_role=dict(type="str", fallback=_env("BACKUP_RESTORE_ROLE")),
     )
 
 

@@ -81,6 +81,11 @@ def parse_time(text, what="time"):
     return parsed.astimezone(UTC)
 
 
+def is_basename(text):
+    """Whether ``text`` is a backup's name: ``<name>_backup_<YYYYmmdd_HHMMSS>``."""
+    return bool(_BASENAME_RE.match(text or ""))
+
+
 def backup_basename(name, when):
     """``<name>_backup_<YYYYmmdd_HHMMSS>``."""
     return "%s_backup_%s" % (name, format_timestamp(when))

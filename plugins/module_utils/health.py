@@ -24,7 +24,8 @@ from . import crypto
 from . import keys
 from . import openssl_enc
 from . import trust
-from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError, StorageError
+from .errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
+                     StorageError, WrongKeyError)
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
@@ -246,10 +247,15 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                 load_metadata(store, record)
             except IntegrityError as exc:
                 metadata_errors[record.basename] = str(exc)
+        heads = {}
         for record in records[:METADATA_LOOKBACK]:
-            problem = _header_problem(store, record) if record.has_object else None
+            problem, heads[record.basename] = _header_problem(store, record) if record.has_object else (None, None)
             if problem:
                 header_errors[record.basename] = problem
+        if records and records[0].basename not in header_errors:
+            problem = _data_key_problem(settings, records[0], heads.get(records[0].basename))
+            if problem:
+                header_errors[records[0].basename] = problem
     except StorageError as exc:
         return _finish(report, [_finding("s3_access", CRITICAL, str(exc))])
     keyring_ids, keyring_error, signing_keys = _held_keys(settings)
@@ -293,9 +299,9 @@ def _held_keys(settings):
 
 
 def _header_problem(store, record):
-    """What is wrong with the first bytes of a backup's object for the encryption its metadata records, or None."""
+    """``(what is wrong with the first bytes of a backup's object for its recorded encryption, or None; those bytes)``."""
     if record.object_size == 0:  # a ranged GET of an empty object is an error, not an empty answer
-        return "the object is empty"
+        return "the object is empty", b""
     if (record.metadata or {}).get("encryption") == openssl_enc.ENCRYPTION_NAME:
         check = openssl_enc.check_header
     else:
@@ -304,7 +310,32 @@ def _header_problem(store, record):
     try:
         check(head)
     except IntegrityError as exc:
-        return exc.message
+        return exc.message, head
+    return None, head
+
+
+def _data_key_problem(settings, record, head):
+    """Whether the newest backup's data key, opened with the keys held here, is the one of its object (None: fine).
+
+    The key commitment in the object's header proves it (no download). A backup whose data key
+    no key here opens is left to the key id rule; an envelope that does not open for this
+    backup's place (copied from another backup) or whose key does not fit the object is the
+    problem reported.
+    """
+    metadata = record.metadata or {}
+    if head is None or metadata.get("encryption") not in keys.GCM_ENCRYPTIONS or not (
+            keys.configured(settings) or settings.identity_file):
+        return None
+    try:
+        data_key = keys.KeyContext(settings).open(record)
+    except (WrongKeyError, ConfigError):
+        return None  # no key here opens it: the key id rule says so
+    except IntegrityError as exc:
+        return "its data key does not open: %s" % exc.message
+    try:
+        keys.check_data_key(head, data_key, record.basename)
+    except IntegrityError as exc:
+        return "its data key is not its object's: %s" % exc.message
     return None
 
 

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -37,7 +38,7 @@ from .compression import check_compression, compressor, decompressor
 from . import trust
 from .errors import (AccessDeniedError, BackupError, ChecksumMismatchError, ConfigError, ConflictError, IntegrityError,
                      NotFoundError, PostgresError, RefusedError)
-from .postgres import PgClient, count_toc_tables, toc_owners
+from .postgres import PgClient, count_toc_tables, explain_client_error, failure_detail, toc_owners
 from .storage import S3Store, choose_part_size, READ_CHUNK
 
 LOG = logging.getLogger("quankey_backup")
@@ -45,6 +46,7 @@ CHUNK = 1024 * 1024
 DUMP_MAGIC = b"PGDMP"
 F_SETPIPE_SZ = 1031
 STALE_UPLOAD_HOURS = 24
+NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
 RESTORE_LOGIN_MINUTES = 15  # how long a restore role's one-restore password lets it log in (plus download time)
 RESTORE_LOGIN_BYTES_PER_MINUTE = 300 * 1024 * 1024
 SPOOL_MARGIN = 64 * 1024 * 1024  # free space kept beside a downloaded aes-256-cbc object
@@ -242,12 +244,17 @@ def plan_backup(settings, store=None, now=None):
     dump_version = pg.check_client_version(server_version, "pg_dump")
     store = store or open_store(settings)
     store.check_bucket(catalog.object_prefix(settings.prefix, settings.host, settings.db_name))
-    plan = BackupPlan(settings, pg, store, server_version, dump_version, now or catalog.utcnow(),
-                      pg.database_size(settings.db_name), pg.database_settings(settings.db_name), context)
-    if store.exists(plan.metadata_key) or store.exists(plan.object_key):
-        raise RefusedError("a backup named %s already exists in %s: wait a second and run again"
-                           % (plan.basename, store.url()))
-    return plan
+    size, db_settings = pg.database_size(settings.db_name), pg.database_settings(settings.db_name)
+    for attempt in range(NAME_ATTEMPTS):
+        plan = BackupPlan(settings, pg, store, server_version, dump_version, now or catalog.utcnow(), size, db_settings,
+                          context)
+        if not (store.exists(plan.metadata_key) or store.exists(plan.object_key)):
+            return plan
+        if now is not None or attempt == NAME_ATTEMPTS - 1:
+            break
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)  # names have a resolution of one second: take the next one
+    raise RefusedError("a backup named %s already exists in %s: another backup of this database is running at the "
+                       "same time, or the clock went back; run again" % (plan.basename, store.url()))
 
 
 def run_backup(settings, progress=None, store=None, now=None):
@@ -411,7 +418,6 @@ class _BackupStream:
 
 
 def _explain_dump(pg, child):
-    from .postgres import explain_client_error
     return explain_client_error(child.stderr_text(), pg.where, pg.settings.db_user, pg.settings.db_name, pg.settings.label)
 
 
@@ -490,7 +496,11 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, co
     if not settings_db:
         settings.require("db_name")
     records, _orphans = list_backups(settings, store, host=host, db=settings_db)
-    record = _choose(records, backup, before, allow_seed)
+    try:
+        record = _choose(records, backup, before, allow_seed)
+    except NotFoundError:
+        _refused_seed_meta(settings, store, backup)
+        raise
     load_metadata(store, record)
     context = context or keys.KeyContext(settings)
     record.verdict = context.verdict(record)
@@ -503,6 +513,26 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, co
         raise IntegrityError("backup %s: object is %d bytes but its metadata says %d: the object was replaced or cut short"
                              % (record.basename, record.object_size, record.metadata["size_bytes"]), step="select")
     return record
+
+
+def _refused_seed_meta(settings, store, backup):
+    """When a backup asked for by name is a seed backup whose .meta was refused (so it was not listed), say why."""
+    stem = (backup or "").strip().rsplit("/", 1)[-1]
+    for suffix in (catalog.OBJECT_SUFFIX, catalog.METADATA_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+    if stem == "latest" or not catalog.is_basename(stem):
+        return
+    key = catalog.metadata_prefix(settings.prefix) + stem + catalog.METADATA_SUFFIX
+    try:
+        data = store.get_bytes(key)
+    except NotFoundError:
+        return
+    try:
+        catalog.decode_metadata(data, key, seed=True, object_key_=catalog.seed_object_key(settings.prefix, stem))
+    except IntegrityError as exc:
+        exc.step = "select"
+        raise
 
 
 def _choose(records, backup, before, allow_seed):
@@ -991,7 +1021,8 @@ def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress,
         counts = _RestoreStream(store, record, new_decryptor, progress).run(sink, toc)
         status = sink.wait()
         if status != 0 or not counts["sink_open"]:
-            raise PostgresError("%s: %s" % (sink.describe_exit(status), _last_line(sink.stderr_text())), step="pg_restore")
+            raise PostgresError("%s: %s" % (sink.describe_exit(status), _restore_failure(sink.stderr_text())),
+                                step="pg_restore")
         owners = toc_owners(toc.listing(step="pg_restore"))
     except BaseException:
         for child in (sink, toc):
@@ -1005,9 +1036,17 @@ def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress,
     return counts, tables, owners
 
 
-def _last_line(text):
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no error text"
+def _restore_failure(stderr):
+    """Why pg_restore failed, with the fix for the common causes."""
+    detail = failure_detail(stderr)
+    missing = re.search(r'role "([^"]+)" does not exist', detail)
+    if missing:
+        detail += ("; the archive's objects are owned by or granted to role %s, which this server lacks: create it "
+                   "(CREATE ROLE %s), or restore with --no-owner (no_owner: true) to skip ownership and privileges"
+                   % (missing.group(1), missing.group(1)))
+    elif re.search(r"permission denied|must be (superuser|owner|a member)|must have privileges|privileges of the", detail):
+        detail += "; the backup's SQL needs a privilege that the role it runs as does not have"
+    return detail
 
 
 def _drop_quietly(pg, name):

@@ -251,12 +251,30 @@ def explain_client_error(stderr, where, user, database, label=None):
         return "PostgreSQL at %s refuses user %r from this host (no pg_hba.conf entry): allow it in pg_hba.conf" % (where, user)
     if "permission denied to create database" in lowered:
         return "user %r may not create databases on %s: ALTER ROLE %s CREATEDB, or restore as a user who may" % (user, where, user)
-    lines = [line for line in text.splitlines() if line.strip()]
-    # the error itself, not the "LINE 1: <statement>" and caret lines psql adds after it
+    return "PostgreSQL error on %s (database %r): %s" % (where, database, failure_detail(text))
+
+
+def failure_detail(stderr):
+    """The cause of a client program's failure, from its stderr, in one line.
+
+    Not the last line: pg_dump and pg_restore end with context ("Command was: ..."), and
+    psql echoes the statement ("LINE 1: ..."). The server's own message is preferred
+    ("Error message from server: ..."), else the first error line; the statement that
+    failed is added, shortened, when the programs name it.
+    """
+    lines = [line.strip() for line in (stderr or "").split("\n") if line.strip()]
+    server = [line.split("Error message from server:", 1)[1].strip() for line in lines
+              if "Error message from server:" in line]
     errors = [line for line in lines if re.search(r"(^|: )(ERROR|FATAL|PANIC|error):", line)]
-    detail = (errors or lines or ["no error text"])[-1]
+    detail = (server or errors or lines or ["no error text"])[0]
     detail = re.sub(r"^(psql:<stdin>:\d+: |(psql|pg_dump|pg_restore): (error: )?)", "", detail)
-    return "PostgreSQL error on %s (database %r): %s" % (where, database, detail)
+    detail = re.sub(r"^(could not execute query: )?(ERROR|FATAL):\s+", "", detail)
+    command = [line.split("Command was:", 1)[1].strip() for line in lines
+               if re.match(r"^((pg_dump|pg_restore): detail: )?Command was:", line)]
+    if command:
+        statement = command[0] if len(command[0]) <= 100 else command[0][:97] + "..."
+        detail += " (while running: %s)" % statement
+    return detail
 
 
 def _risks_of(rows):

@@ -16,6 +16,7 @@ __metaclass__ = type
 from . import keys
 from . import pipeline
 from . import trust
+from .errors import IntegrityError
 
 
 def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None):
@@ -36,7 +37,11 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
     if details:
         checker = _verdicts(settings, context)
         for record in records:
-            pipeline.load_metadata(store, record)
+            try:
+                pipeline.load_metadata(store, record)
+            except IntegrityError as exc:  # a refused document is listed as such, not a failed listing
+                record.verdict = trust.Verdict(trust.INVALID, None, exc.message)
+                continue
             record.verdict = checker(record)
     return {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
 

@@ -15,8 +15,10 @@ description:
   - Applies the backup alert rules to one host's backups of one database and returns each problem as a
     finding with a severity, and the overall status V(ok), V(warning) or V(critical).
   - Critical when there are no backups, the latest is older than O(max_age_hours), the bucket cannot be
-    read, the latest backup's metadata or object is missing or wrong, or the encryption header of one of the
-    newest backups' objects is not a known format (or is a plaintext C(pg_dump) archive). A warning when
+    read, the latest backup's metadata or object is missing or wrong, one of the newest backups' metadata is
+    refused (a field the format does not define, or copied from another backup) or has an invalid signature, or
+    the encryption header of one of the newest backups' objects is not a known format (or is a plaintext
+    C(pg_dump) archive). A warning when
     the latest is smaller than O(min_size_bytes) or much smaller than the ones before it, when fewer
     backups were taken over O(window_days) than O(schedule) implies, when uncommitted objects linger, or
     when one of the newest backups is wrapped with a key the keyring given does not hold.
@@ -55,6 +57,16 @@ options:
     type: str
     choices: [critical, warning, never]
     default: critical
+  allow_seed:
+    description:
+      - Count the backups the seed's scripts made (flat layout, C(metadata/<name>.meta)) with this database's, as
+        restores with O(quankey.backup.s3_backup_restore#module:allow_seed=true) would use them. Their metadata is
+        not signed.
+      - Without it they are not counted (a host whose only backups are the seed's has none), and an V(info) finding
+        V(seed_backups) says how many there are.
+      - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
@@ -128,12 +140,14 @@ findings:
   elements: dict
   contains:
     rule:
-      description: The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups), V(encryption).
+      description:
+        - The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups), V(encryption),
+          V(metadata) (a metadata object refused), V(metadata_signature), V(seed_backups).
       returned: always
       type: str
       sample: age
     severity:
-      description: V(warning) or V(critical).
+      description: V(info) (does not change the status), V(warning) or V(critical).
       returned: always
       type: str
       sample: critical
@@ -173,6 +187,16 @@ latest:
       returned: when the metadata was read
       type: int
       sample: 294551233
+    signature:
+      description: The outcome of the metadata signature check, as in RV(quankey.backup.backup_info#module:backups[].signature).
+      returned: when the metadata was read
+      type: str
+      sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    trusted:
+      description: Whether the metadata is signed with a key held here and names the backup stored where it was read.
+      returned: when the metadata was read
+      type: bool
+      sample: true
 keyring_key_ids:
   description: Ids of the keys given, against which the newest backups' key ids were checked; empty when none.
   returned: always
@@ -244,6 +268,7 @@ def argument_spec():
         schedule=dict(type="str", default="daily", fallback=(env_fallback, ["BACKUP_SCHEDULE"])),
         window_days=dict(type="float", default=DEFAULTS["window_days"]),
         fail_on=dict(type="str", choices=list(FAILING_STATUSES), default="critical"),
+        allow_seed=dict(type="bool", default=False, fallback=(env_fallback, ["BACKUP_ALLOW_SEED"])),
     )
 
 

@@ -35,8 +35,10 @@ options:
     default: 0
   details:
     description:
-      - Also read each returned backup's metadata (checksum, compression, key id, table count, versions).
-        One small read per backup.
+      - Also read each returned backup's metadata (checksum, compression, key id, table count, versions) and judge
+        it as a restore would (RV(backups[].signature), RV(backups[].trusted)), with the signing keys given
+        (O(signing_key), and those derived from O(encryption_key), O(decryption_keys) and O(keyring_file)). One
+        small read per backup.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -54,8 +56,9 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - O(db) filters the list. The other PostgreSQL options, O(host_id) and the encryption options are not used;
-    they are accepted so that C(module_defaults) for C(group/quankey.backup.all) can set them once for
+  - O(db) filters the list. Of the encryption options only the signing keys (O(signing_key), O(encryption_key),
+    O(decryption_keys), O(keyring_file)) are used, to check signatures with O(details=true). The other PostgreSQL
+    options and O(host_id) are not used; they are accepted so that C(module_defaults) for C(group/quankey.backup.all) can set them once for
     every module.
 seealso:
   - module: quankey.backup.backup_health
@@ -164,6 +167,23 @@ backups:
       type: list
       elements: str
       sample: [qkr-5b1f0e6a7c2d9e84]
+    signature:
+      description:
+        - The verdict on the backup's metadata, the one a restore obeys. V(valid (key <id>)) when it is signed with a
+          key given here and names the backup stored where it was read; V(invalid) (a bad signature, or metadata
+          copied from another backup; the message says which) and a refused document are never restored;
+          V(unsigned) and V(not verified (signed with key <id>, not held here)) only with
+          O(quankey.backup.s3_backup_restore#module:allow_unsigned=true); V(unsigned (made by the seed's scripts)) only
+          with O(quankey.backup.s3_backup_restore#module:allow_seed=true); V(not checked (no signing key here)) when
+          no key is given.
+      returned: when O(details=true)
+      type: str
+      sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    trusted:
+      description: Whether that verdict is V(valid), that is the backup may be restored without any opt-in.
+      returned: when O(details=true)
+      type: bool
+      sample: true
     layout:
       description: V(seed) for a backup the seed's scripts made (flat keys, no host); absent otherwise.
       returned: for the seed's backups

@@ -20,9 +20,16 @@ description:
     dropped and the target is left as it was.
   - Before anything is downloaded, the backup's metadata signature is checked (see O(signing_key)); an invalid
     signature ("metadata signature invalid") always fails the task, an unsigned one unless O(allow_unsigned=true).
+  - Before anything is downloaded, the metadata must describe the backup stored where it was read (its host, database,
+    name, object key and time); metadata copied from another backup, or with a field the format does not define, is
+    refused as tampering whatever O(allow_unsigned) says.
   - Reads every format, whatever O(encryption) says - V(aes-256-gcm) (needs the master key that made the backup),
-    V(hybrid-pq) (needs O(identity_file)), V(aes-256-cbc) - and the backups the seed's scripts made
-    (C(backups/postgresql/<name>.encrypted) with C(metadata/<name>.meta)), whose metadata names the database.
+    V(hybrid-pq) (needs O(identity_file)), V(aes-256-cbc). The backups the seed's scripts made
+    (C(backups/postgresql/<name>.encrypted) with C(metadata/<name>.meta)) are used only with O(allow_seed=true).
+  - The archive's SQL runs as O(restore_role) when it is set (through a temporary login role made for this restore).
+    Without it, it runs as O(login_user), which is refused for a backup whose source is not trusted (another host's,
+    the seed's, or unsigned) while O(login_user) is a superuser or similarly privileged, unless
+    O(restore_as_admin=true).
   - This is the same engine as the C(quankey-backup restore) command.
 options:
   backup:
@@ -64,7 +71,27 @@ options:
     description:
       - Restore a backup whose metadata is not signed, or is signed with a key not given here. Without signature
         checking, someone who can write to the bucket could have swapped the object and its checksum.
-      - An invalid signature is refused even so. The seed's backups never had signatures and need no such consent.
+      - An invalid signature is refused even so, as is metadata copied from another backup. The seed's backups need
+        O(allow_seed) instead.
+    type: bool
+    default: false
+  allow_seed:
+    description:
+      - Also use the backups the seed's scripts made (flat layout, C(metadata/<name>.meta)). Their metadata is not
+        signed, so neither its checksum nor the database it names can be trusted against someone who can write to
+        the bucket. Without this option V(latest) and O(before) pass over them, and naming one fails.
+      - Their SQL is not trusted either (see O(restore_role)).
+      - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
+    type: bool
+    default: false
+  restore_as_admin:
+    description:
+      - Run the SQL of a backup whose source is not trusted (another host's, the seed's, or unsigned) as O(login_user)
+        when no O(restore_role) is set.
+      - B(Risk:) the backup's SQL then runs with everything O(login_user) may do. For a superuser such as V(postgres)
+        that includes running programs and reading or writing files on the database server (C(COPY ... TO PROGRAM))
+        and changing any role or database. Someone who could write that backup could take over the server. Use it only
+        for a backup you trust as much as that login; otherwise set O(restore_role).
     type: bool
     default: false
 extends_documentation_fragment:
@@ -78,7 +105,8 @@ attributes:
     details:
       - Selects, downloads and fully verifies the backup (checksum, decryption with the given key,
         decompression, archive table of contents) and reports what would be restored where. It does not
-        connect to PostgreSQL and creates nothing.
+        connect to PostgreSQL and creates nothing, so O(restore_role) and O(restore_as_admin) are only
+        checked by a real run.
   diff_mode:
     support: none
   platform:
@@ -127,6 +155,17 @@ EXAMPLES = r"""
     encryption_key: "{{ vault_backup_encryption_key }}"
     decryption_keys:
       - "{{ vault_backup_encryption_key_2024 }}"
+
+- name: Replacement machine - restore db1's backup here, its SQL run by a plain role rather than the superuser
+  quankey.backup.s3_backup_restore:
+    source_host: db1
+    db: quankey_prod
+    target_db: quankey_prod
+    restore_role: quankey_restore
+    login_password: "{{ vault_pg_password }}"
+    bucket: quankey-backups-prod
+    encryption_key: "{{ vault_backup_encryption_key }}"
+  register: restored
 
 - name: Incident - replace the damaged database with a named backup (the old one is kept, renamed)
   quankey.backup.s3_backup_restore:
@@ -242,15 +281,41 @@ restore:
       type: str
       sample: hybrid-pq
     signature:
-      description: The outcome of the metadata signature check.
-      returned: when not in check mode
+      description:
+        - The outcome of the metadata signature check, for example V(valid (key qk1-3f2a9c0d1e4b5a69)), V(unsigned),
+          V(not verified (signed with key ..., not held here)) or V(unsigned (made by the seed's scripts)).
+      returned: always
       type: str
       sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    trusted:
+      description: Whether the metadata is signed with a key held here and names the backup stored where it was read.
+      returned: always
+      type: bool
+      sample: true
     layout:
       description: V(host) for this collection's backups, V(seed) for those the seed's scripts made.
       returned: when not in check mode
       type: str
       sample: host
+    sql_ran_as:
+      description: The role the archive's SQL ran as, O(restore_role) or O(login_user).
+      returned: when not in check mode
+      type: str
+      sample: quankey_restore
+    owner:
+      description:
+        - Who owns the restored objects, when this restore decided it. With O(restore_role), the archive's main owner
+          if that role exists here and may own them (the backup is trusted, or the role is a plain one), else the
+          restore role; with O(no_owner=true), O(login_user) (the restore role for a backup that is not trusted).
+        - Null when the SQL ran as O(login_user) and the archive set the owners.
+      returned: when not in check mode
+      type: str
+      sample: quankey
+    archive_owners:
+      description: The owners named in the archive's table of contents, with how many entries each owns.
+      returned: when not in check mode
+      type: dict
+      sample: {"quankey": 57}
 verification:
   description:
     - The full verification of the backup that check mode did instead of restoring.
@@ -312,6 +377,11 @@ verification:
       returned: always
       type: str
       sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    trusted:
+      description: Whether the metadata is signed with a key held here and names the backup stored where it was read.
+      returned: always
+      type: bool
+      sample: true
     layout:
       description: V(host) for this collection's backups, V(seed) for those the seed's scripts made.
       returned: always
@@ -339,7 +409,7 @@ error:
       sample: 6
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils import catalog
@@ -358,6 +428,8 @@ def argument_spec():
         source_db=dict(type="str"),
         no_owner=dict(type="bool", default=False),
         allow_unsigned=dict(type="bool", default=False),
+        allow_seed=dict(type="bool", default=False, fallback=(env_fallback, ["BACKUP_ALLOW_SEED"])),
+        restore_as_admin=dict(type="bool", default=False),
     )
 
 
@@ -371,13 +443,14 @@ def main():
         settings = ansible_common.settings_from_params(params)
         before = catalog.parse_time(params["before"], "before") if params["before"] else None
         selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
-                         allow_unsigned=params["allow_unsigned"])
+                         allow_unsigned=params["allow_unsigned"], allow_seed=params["allow_seed"])
         if module.check_mode:
             restore, verification = queries.preview_restore(settings, target_db=params["target_db"], **selection)
             result = dict(restore=restore, verification=verification)
         else:
             result = dict(restore=pipeline.run_restore(settings, target_db=params["target_db"], force=params["force"],
-                                                       no_owner=params["no_owner"], **selection))
+                                                       no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
+                                                       **selection))
     module.exit_json(changed=True, **result)
 
 

@@ -12,15 +12,13 @@ import json
 import os
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
+from seedbackup import seed_backup
 
-AWS = str(Path(sys.executable).parent / "aws")
 
 
 def new_key():
@@ -172,28 +170,9 @@ def test_recipient_mode_without_a_signing_key_or_recipients_is_refused_before_an
 
 # --------------------------------------------------------------------------- the seed's aes-256-cbc
 
-SEED_BACKUP = r"""
-set -euo pipefail
-"$PGBIN/pg_dump" -Fc -d "$DB_NAME" \
-  | gzip \
-  | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > "$W/$NAME.encrypted"
-size=$(wc -c < "$W/$NAME.encrypted")
-sum=$(sha256sum "$W/$NAME.encrypted" | cut -d' ' -f1)
-fmt='{"backup_type": "postgresql_full", "database": "%s", "timestamp": "%s", "size_bytes": %s, "checksum_sha256": "%s", '
-fmt="$fmt"'"encryption": "aes-256-cbc", "format": "pg_dump_custom", "retention_days": 30, "quantum_safe": true}\n'
-printf "$fmt" "$DB_NAME" "${NAME#quankey_backup_}" "$size" "$sum" > "$W/$NAME.meta"
-aws --endpoint-url "$S3_ENDPOINT_URL" s3 cp "$W/$NAME.encrypted" "s3://$S3_BUCKET/${S3_PREFIX}backups/postgresql/$NAME.encrypted" --only-show-errors
-aws --endpoint-url "$S3_ENDPOINT_URL" s3 cp "$W/$NAME.meta" "s3://$S3_BUCKET/${S3_PREFIX}metadata/$NAME.meta" --only-show-errors
-"""
-
-
 def _seed_backup(testbed, env, tmp_path, name):
     """A backup made as the seed's scripts made it: pg_dump | gzip | openssl enc, the AWS CLI, a flat layout."""
-    run_env = dict(os.environ, **env)
-    run_env.update(PGBIN=str(testbed.pg.bindir), W=str(tmp_path), NAME=name, PGHOST=env["DB_HOST"],
-                   PGPORT=env["DB_PORT"], PGUSER=env["DB_USER"], S3_PREFIX=env["S3_PREFIX"] + "/",
-                   PATH="%s:%s" % (Path(AWS).parent, os.environ["PATH"]))
-    subprocess.run(["bash", "-c", SEED_BACKUP], env=run_env, check=True)
+    seed_backup(testbed, env, tmp_path, name)
 
 
 def test_the_seeds_backups_are_listed_checked_and_restored(testbed, source, env, s3, tmp_path):

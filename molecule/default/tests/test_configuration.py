@@ -12,6 +12,7 @@ from conftest import read_env_file
 PRESETS = {"daily": "0 3 * * *", "12-hour": "0 3,15 * * *", "6-hour": "0 3,9,15,21 * * *"}
 RUNNER = "/usr/local/sbin/quankey-backup-run"
 USER = "quankey-backup"
+RESTORE_ROLE = "quankey_restore"  # pg_backup_restore_role's default
 
 
 def _key_prefix(host_vars):
@@ -46,6 +47,20 @@ def test_env_file_holds_the_seed_variables_and_this_hosts_credentials(host, host
     assert env["PG_BIN_DIR"] == "/usr/lib/postgresql/15/bin"
     for name in ("DB_HOST", "DB_PORT", "DB_USER", "BACKUP_RETENTION_DAYS", "S3_ENDPOINT_URL", "BACKUP_SCHEDULE"):
         assert env[name], name
+    assert env["BACKUP_RESTORE_ROLE"] == RESTORE_ROLE
+
+
+def test_the_restore_role_is_a_plain_role_that_cannot_log_in(host, postgres):
+    # made by the role (quankey-backup restore-role) on the server this host backs up, which the hosts share
+    row = postgres.psql("SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, "
+                        "(SELECT count(*) FROM pg_auth_members WHERE member = r.oid) FROM pg_roles r "
+                        "WHERE rolname = '%s'" % RESTORE_ROLE).strip()
+    assert row == "f|f|f|f|f|f|0"
+    # and the host's own command finds it there and safe, changing nothing
+    out = host.run("runuser -u %s -- quankey-backup -q restore-role --check --json", USER)
+    assert out.rc == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["role"], report["exists"], report["changed"], report["risks"]) == (RESTORE_ROLE, True, False, [])
 
 
 def test_the_engine_and_the_matching_postgresql_client_are_installed(host):
@@ -139,6 +154,8 @@ def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, s
     assert host_vars.get("restore_runbook_app_start_command", "pm2 start quankey") in text
     stem = host_vars.get("pg_backup_name", services["hosts"][hostname]["databases"][0])
     assert "--backup %s_backup_20250809_030000" % stem in text
+    assert "`%s` (`BACKUP_RESTORE_ROLE` in `/etc/quankey/backup.env`)" % RESTORE_ROLE in text
+    assert "--as-admin" in text and "--allow-seed" in text
     assert services["postgres"]["password"] not in text and services["encryption_key"] not in text
     assert services["hybrid"]["signing_key"] not in text
 

@@ -68,7 +68,10 @@ def test_restore_brings_the_data_back(host, hostname, host_vars, services, postg
         assert result["table_count"] == result["expected_table_count"] == sampledb.TABLE_COUNT
         assert sampledb.table_digests(postgres, target) == sampledb.table_digests(postgres, db)
         assert result["encryption"] == host_vars.get("pg_backup_encryption", "aes-256-gcm")
-        assert result["signature"].startswith("valid")
+        assert result["signature"].startswith("valid") and result["trusted"] is True
+        # the archive's SQL ran as the restore role of the env file, through a login dropped afterwards
+        assert result["sql_ran_as"] == "quankey_restore"
+        assert postgres.psql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'quankey\\_restore\\_%'").strip() == "0"
         postgres.psql('DROP DATABASE "%s"' % target)
     if identity:
         os.unlink(os.path.join(instances[hostname], identity.lstrip("/")))

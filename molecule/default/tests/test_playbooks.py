@@ -53,6 +53,8 @@ def test_restore_replaces_with_the_application_stopped_and_reports_the_verificat
     assert status == 0, out
     assert "into app_db4_copy on db4" in out
     assert "tables: 6 restored, 6 in the backup" in out and "matches the metadata" in out
+    assert "its SQL runs as: the restore role quankey_restore (BACKUP_RESTORE_ROLE)" in out
+    assert "SQL ran as: quankey_restore" in out
     assert "is kept as app_db4_copy__replaced_" in out
     assert hosts["db4"].file("/tmp/app-stopped").exists and hosts["db4"].file("/tmp/app-started").exists
     replaced = postgres.psql("SELECT datname FROM pg_database WHERE datname LIKE 'app_db4_copy%' ORDER BY 1").split()

@@ -139,6 +139,15 @@ def test_settings_from_params_maps_the_keyring_options():
     assert settings.label("keyring_file") == "the keyring_file option"
 
 
+def test_settings_from_params_maps_the_restore_role_and_the_seed_consent():
+    settings = ansible_common.settings_from_params({"restore_role": "quankey_restore", "allow_seed": True})
+    assert (settings.restore_role, settings.allow_seed) == ("quankey_restore", True)
+    assert settings.label("restore_role") == "the restore_role option"
+    assert ansible_common.postgres_argument_spec()["restore_role"]["fallback"][1] == ["BACKUP_RESTORE_ROLE"]
+    with pytest.raises(ConfigError, match="the restore_role option 'quankey restore' is not a usable role name"):
+        ansible_common.settings_from_params({"restore_role": "quankey restore"})
+
+
 def test_settings_from_params_keeps_engine_defaults_for_unset_options():
     settings = ansible_common.settings_from_params({"bucket": "b", "retention_days": None, "db": None})
     assert (settings.retention_days, settings.compression, settings.db_host, settings.db_name) == (30, "zstd",

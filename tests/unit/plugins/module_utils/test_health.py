@@ -14,7 +14,7 @@ import os
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import signing
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health, keys
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -194,16 +194,19 @@ class _Store:
 def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids():
     active, old = os.urandom(32), os.urandom(32)
     records = _series([2 + 24 * i for i in range(10)], size=2 * MIB)
-    good = crypto.StreamEncryptor(os.urandom(32)).finalize()[:crypto.HEADER_SIZE]
-    headers = dict((record.object_key, good) for record in records)
+    data_keys = [os.urandom(32) for _record in records]
+    headers = dict((record.object_key, crypto.StreamEncryptor(data_key).finalize()[:crypto.HEADER_SIZE])
+                   for record, data_key in zip(records, data_keys))
     headers[records[2].object_key] = b"PGDMP" + bytes(60)
     store = _Store(headers)
-    kids = [crypto.key_id(active)] * 2 + [crypto.key_id(old)] * 8
+    masters = [active] * 2 + [old] * 8
     env = {"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1", "BACKUP_ENCRYPTION_KEY": base64.b64encode(active).decode()}
     settings = config.settings_from_env(env)
 
     def loader(store_, record):
-        record.metadata.update(key_id=kids[records.index(record)], envelope={"key_id": kids[records.index(record)]})
+        number = records.index(record)
+        envelope = crypto.wrap_data_key(masters[number], data_keys[number], binding=keys.identity_binding(record))
+        record.metadata.update(key_id=crypto.key_id(masters[number]), encryption="aes-256-gcm", envelope=envelope)
         record.metadata.update(signing.sign_metadata(record.metadata, crypto.key_id(active), signing.derive_signing_key(active)))
         return record.metadata
 
@@ -223,3 +226,28 @@ def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids(
     report = health.check_health(with_old, store=_Store(headers), now=NOW, list_backups=lambda s, st: (records, []),
                                  load_metadata=loader)
     assert [f["severity"] for f in report["findings"]] == ["critical"]
+
+
+def test_the_newest_backups_data_key_must_open_for_its_place_and_fit_its_object():
+    master = os.urandom(32)
+    records = _series([2, 26], size=2 * MIB)
+    data_key = os.urandom(32)
+    headers = dict((record.object_key, crypto.StreamEncryptor(data_key).finalize()[:crypto.HEADER_SIZE]) for record in records)
+    settings = config.settings_from_env({"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1",
+                                         "BACKUP_ENCRYPTION_KEY": base64.b64encode(master).decode()})
+
+    def check(envelope_of):
+        def loader(store_, record):
+            record.metadata.update(key_id=crypto.key_id(master), encryption="aes-256-gcm", envelope=envelope_of(record))
+            return record.metadata
+        report = health.check_health(settings, store=_Store(dict(headers)), now=NOW,
+                                     list_backups=lambda s, st: (records, []), load_metadata=loader)
+        return [f for f in report["findings"] if f["rule"] == "encryption"]
+
+    assert check(lambda record: crypto.wrap_data_key(master, data_key, binding=keys.identity_binding(record))) == []
+    # the newest's envelope is the older backup's (copied within the bucket): its wrap names the other place
+    copied = check(lambda record: crypto.wrap_data_key(master, data_key, binding=keys.identity_binding(records[1])))
+    assert [f["severity"] for f in copied] == ["critical"] and "copied from another backup" in copied[0]["message"]
+    # a data key that opens but is not the object's: the header's key commitment says so
+    other = check(lambda record: crypto.wrap_data_key(master, os.urandom(32), binding=keys.identity_binding(record)))
+    assert [f["severity"] for f in other] == ["critical"] and "key commitment" in other[0]["message"]

@@ -244,7 +244,7 @@ def test_queries_go_to_psql_on_stdin_with_a_pinned_search_path(tmp_path, monkeyp
 
 def test_psql_errors_from_stdin_read_as_before():
     message = postgres.explain_client_error('psql:<stdin>:1: ERROR:  syntax error at or near "x"', "h:5432", "q", "d")
-    assert message == 'PostgreSQL error on h:5432 (database \'d\'): ERROR:  syntax error at or near "x"'
+    assert message == 'PostgreSQL error on h:5432 (database \'d\'): syntax error at or near "x"'
 
 
 # --------------------------------------------------------------------------- SCRAM verifiers
@@ -354,4 +354,39 @@ def test_a_psql_error_is_reported_without_the_statement_lines_psql_echoes():
               "LINE 1: ALTER ROLE \"r\" LOGIN PASSWORD 'SCRAM-SHA-256$4096:abc' VALID\n"
               "                              ^\n")
     message = postgres.explain_client_error(stderr, "h:5432", "q", "d")
-    assert message == 'PostgreSQL error on h:5432 (database \'d\'): ERROR:  syntax error at or near "PASSWORD"'
+    assert message == 'PostgreSQL error on h:5432 (database \'d\'): syntax error at or near "PASSWORD"'
+
+
+# What pg_dump and pg_restore 15 print when they fail: the cause first, context after it.
+PG_DUMP_LOST_SERVER = """pg_dump: error: Dumping the contents of table "customers" failed: PQgetResult() failed.
+pg_dump: detail: Error message from server: server closed the connection unexpectedly
+\tThis probably means the server terminated abnormally
+\tbefore or while processing the request.
+pg_dump: detail: Command was: COPY public.customers (id, email) TO stdout;
+"""
+PG_RESTORE_MISSING_ROLE = """pg_restore: error: could not execute query: ERROR:  role "appowner" does not exist
+Command was: ALTER TABLE public.customers OWNER TO appowner;
+"""
+PG_RESTORE_PROGRAM = """pg_restore: error: could not execute query: ERROR:  permission denied to COPY to or from an external program
+DETAIL:  Only roles with privileges of the "pg_execute_server_program" role may COPY to or from an external program.
+HINT:  Anyone can COPY to stdout or from stdin. psql's \\copy command also works for anyone.
+CONTEXT:  SQL statement "COPY (SELECT 1) TO PROGRAM 'touch /tmp/x'"
+PL/pgSQL function evil(integer) line 3 at EXECUTE
+Command was: CREATE INDEX t_evil ON public.t USING btree (public.evil(a));
+"""
+
+
+@pytest.mark.parametrize("stderr, cause, statement", [
+    (PG_DUMP_LOST_SERVER, "server closed the connection unexpectedly", "COPY public.customers (id, email) TO stdout;"),
+    (PG_RESTORE_MISSING_ROLE, 'role "appowner" does not exist', "ALTER TABLE public.customers OWNER TO appowner;"),
+    (PG_RESTORE_PROGRAM, "permission denied to COPY to or from an external program", "CREATE INDEX t_evil ON"),
+])
+def test_a_failure_is_told_by_its_cause_not_by_the_last_line(stderr, cause, statement):
+    detail = postgres.failure_detail(stderr)
+    assert detail.startswith(cause) and "(while running: %s" % statement in detail
+    assert "\n" not in detail and "ERROR:" not in detail and "pg_restore:" not in detail
+
+
+def test_a_long_statement_is_shortened_in_the_failure():
+    detail = postgres.failure_detail("pg_restore: error: boom\nCommand was: " + "x" * 500)
+    assert detail.startswith("boom (while running: xxx") and detail.endswith("...)") and len(detail) < 140

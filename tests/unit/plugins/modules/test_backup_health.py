@@ -35,6 +35,7 @@ def test_defaults_are_the_seed_rules(run_module, recorder, monkeypatch):
     result = run_module(module, ARGS)
     settings, policy = _args(check)
     assert (settings.db_name, settings.bucket, settings.host) == ("quankey_prod", "backups", "db1")
+    assert settings.allow_seed is False  # the seed's unsigned backups are not counted unless asked
     assert (policy.max_age_hours, policy.min_size_bytes, policy.interval_hours, policy.window_days) == (36, 1048576, 24, 7)
     assert result["changed"] is False
     assert result["status"] == "ok" and result["findings"] == [] and result["latest"] == {"name": "x", "age_hours": 72.0}
@@ -103,3 +104,33 @@ def test_accepts_the_group_options_it_does_not_use(run_module, recorder, monkeyp
                   ssl_mode="require")
     result = run_module(module, dict(ARGS, **shared))
     assert result["status"] == "ok"
+
+
+def test_allow_seed_counts_the_seeds_backups(run_module, recorder, monkeypatch):
+    check = recorder(result=_report("ok", []))
+    monkeypatch.setattr(health, "check_health", check)
+    run_module(module, dict(ARGS, allow_seed=True))
+    settings, _policy = _args(check)
+    assert settings.allow_seed is True
+    assert settings.label("allow_seed") == "the allow_seed option"
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("yes", True), ("1", True), ("false", False), ("no", False)])
+def test_allow_seed_falls_back_to_backup_allow_seed(run_module, recorder, monkeypatch, value, expected):
+    check = recorder(result=_report("ok", []))
+    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setenv("BACKUP_ALLOW_SEED", value)
+    run_module(module, ARGS)
+    assert _args(check)[0].allow_seed is expected
+
+
+def test_a_critical_finding_about_refused_metadata_fails_the_task(run_module, recorder, monkeypatch):
+    refused = {"rule": "metadata", "severity": "critical",
+               "message": "latest backup's metadata is unreadable or refused: metadata object m.meta has field(s) "
+                          "'layout', which metadata version 1 does not define"}
+    seed = {"rule": "seed_backups", "severity": "info", "message": "2 backup(s) made by the seed's scripts are not counted"}
+    monkeypatch.setattr(health, "check_health", recorder(result=_report("critical", [refused, seed])))
+    result = run_module(module, ARGS)
+    assert result["failed"] is True
+    assert "does not define" in result["msg"]
+    assert "seed's scripts" not in result["msg"]  # info findings do not make the summary

@@ -67,3 +67,17 @@ def test_a_bad_since_fails_before_listing(run_module, recorder, monkeypatch):
     result = run_module(module, {"bucket": "backups", "since": "yesterday-ish"})
     assert result["failed"] is True and "since 'yesterday-ish' is not a time I understand" in result["msg"]
     assert find.calls == []
+
+
+def test_details_return_each_backups_verdict_as_the_engine_gives_it(run_module, recorder, monkeypatch):
+    found = {"backups": [
+        {"name": "q_backup_20250809_030000", "signature": "valid (key qk1-3f2a9c0d1e4b5a69)", "trusted": True},
+        {"name": "q_backup_20240101_030000", "layout": "seed", "signature": "unsigned (made by the seed's scripts)",
+         "trusted": False}], "orphans": []}
+    find = recorder(result=found)
+    monkeypatch.setattr(queries, "find_backups", find)
+    result = run_module(module, {"bucket": "backups", "details": True, "signing_key": "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE="})
+    assert find.settings.signing_key == "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE="
+    assert [(item["signature"], item["trusted"]) for item in result["backups"]] == [
+        ("valid (key qk1-3f2a9c0d1e4b5a69)", True), ("unsigned (made by the seed's scripts)", False)]
+    assert "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE=" not in str(result)  # no_log

@@ -10,7 +10,7 @@ __metaclass__ = type
 import datetime
 
 from ansible_collections.quankey.backup.plugins.module_utils import pipeline, queries
-from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError, WrongKeyError
+from ansible_collections.quankey.backup.plugins.module_utils.errors import IntegrityError, RefusedError, WrongKeyError
 from ansible_collections.quankey.backup.plugins.modules import s3_backup_restore as module
 
 KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -25,7 +25,9 @@ def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatc
     result = run_module(module, ARGS)
     assert restore.settings.db_name == "quankey_prod"
     assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
-                              "force": False, "no_owner": False, "allow_unsigned": False}
+                              "force": False, "no_owner": False, "allow_unsigned": False, "allow_seed": False,
+                              "as_admin": False}
+    assert restore.settings.restore_role is None
     assert result["changed"] is True
     assert result["restore"] == RESTORED
     assert "verification" not in result
@@ -36,11 +38,12 @@ def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monke
     monkeypatch.setattr(pipeline, "run_restore", restore)
     run_module(module, dict(ARGS, backup="quankey_prod_backup_20250809_030000", before="2025-08-10T00:00:00+02:00",
                             target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other",
-                            allow_unsigned=True))
+                            allow_unsigned=True, allow_seed=True, restore_as_admin=True))
     assert restore.kwargs == {
         "backup": "quankey_prod_backup_20250809_030000",
         "before": datetime.datetime(2025, 8, 9, 22, 0, 0, tzinfo=datetime.timezone.utc),
-        "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True, "allow_unsigned": True}
+        "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True, "allow_unsigned": True,
+        "allow_seed": True, "as_admin": True}
 
 
 def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
@@ -76,7 +79,7 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
     assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
-                              "allow_unsigned": False}
+                              "allow_unsigned": False, "allow_seed": False}
     assert result["changed"] is True
     assert result["restore"] == plan
     assert result["verification"] == verification
@@ -109,3 +112,61 @@ def test_no_key_is_required_up_front_as_the_backup_decides_which(run_module, rec
     monkeypatch.setattr(pipeline, "run_restore", restore)
     result = run_module(module, {"db": "d", "bucket": "b", "identity_file": "/etc/quankey/identity.key"})
     assert result["changed"] is True and restore.settings.identity_file == "/etc/quankey/identity.key"
+
+
+def test_the_restore_role_reaches_the_engine_through_the_settings(run_module, recorder, monkeypatch):
+    restore = recorder(result=dict(RESTORED, sql_ran_as="quankey_restore", owner="quankey", trusted=False))
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    result = run_module(module, dict(ARGS, source_host="db2", restore_role="quankey_restore"))
+    assert restore.settings.restore_role == "quankey_restore"
+    assert restore.settings.label("restore_role") == "the restore_role option"
+    assert restore.kwargs["as_admin"] is False
+    assert result["restore"]["sql_ran_as"] == "quankey_restore"
+
+
+def test_the_restore_role_and_the_seed_consent_fall_back_to_the_host_commands_variables(run_module, recorder,
+                                                                                         monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setenv("BACKUP_RESTORE_ROLE", "fleet_restore")
+    monkeypatch.setenv("BACKUP_ALLOW_SEED", "true")
+    run_module(module, ARGS)
+    assert restore.settings.restore_role == "fleet_restore"
+    assert restore.kwargs["allow_seed"] is True
+    assert restore.kwargs["as_admin"] is False  # never from the environment: the task must say so
+
+
+def test_check_mode_passes_the_seed_consent_and_returns_the_verdict(run_module, recorder, monkeypatch):
+    plan = {"name": "quankey_backup_20240101_030000", "signature": "unsigned (made by the seed's scripts)",
+            "trusted": False}
+    verification = {"checksum_ok": True, "trusted": False, "layout": "seed"}
+    preview = recorder(result=(plan, verification))
+    monkeypatch.setattr(queries, "preview_restore", preview)
+    result = run_module(module, dict(ARGS, allow_seed=True, restore_as_admin=True), check_mode=True)
+    assert preview.kwargs["allow_seed"] is True
+    assert "as_admin" not in preview.kwargs  # check mode never connects to PostgreSQL
+    assert result["restore"]["trusted"] is False and result["verification"]["layout"] == "seed"
+
+
+def test_an_untrusted_source_without_a_restore_role_is_refused_with_both_ways_out(run_module, recorder, monkeypatch):
+    error = RefusedError("backup quankey_prod_backup_20250809_030000 comes from host db2, not this host (db1): its SQL "
+                         "would run as postgres, and it is a superuser; set the restore_role option (e.g. "
+                         "quankey_restore, created on first use) so it runs as a plain role, or pass --as-admin "
+                         "(restore_as_admin: true) to run it as postgres anyway, trusting that backup as completely as "
+                         "that login", step="restore role")
+    monkeypatch.setattr(pipeline, "run_restore", recorder(error=error))
+    result = run_module(module, dict(ARGS, source_host="db2"))
+    assert result["failed"] is True
+    assert "the restore_role option" in result["msg"] and "restore_as_admin: true" in result["msg"]
+    assert result["error"] == {"type": "RefusedError", "step": "restore role", "exit_code": 8}
+
+
+def test_metadata_with_a_field_the_format_does_not_define_is_refused(run_module, recorder, monkeypatch):
+    error = IntegrityError("metadata object metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta has "
+                           "field(s) 'layout', which metadata version 1 does not define: it was not written by "
+                           "quankey-backup, or was modified; it is refused")
+    monkeypatch.setattr(queries, "preview_restore", recorder(error=error))
+    result = run_module(module, dict(ARGS, allow_unsigned=True, allow_seed=True), check_mode=True)
+    assert result["failed"] is True
+    assert "does not define" in result["msg"]
+    assert result["error"]["exit_code"] == 6
