@@ -31,6 +31,8 @@ DEFAULT_STORAGE_CLASS = "STANDARD_IA"
 # sealed to public keys (X25519 + ML-KEM-768); aes-256-cbc: the seed's OpenSSL enc format (docs/FORMAT.md).
 ENCRYPTIONS = ("aes-256-gcm", "hybrid-pq", "aes-256-cbc")
 DEFAULT_ENCRYPTION = "aes-256-gcm"
+# The plain role a restored archive's SQL runs as unless a restore is explicitly run as DB_USER (--as-admin).
+DEFAULT_RESTORE_ROLE = "quankey_restore"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -74,7 +76,7 @@ class Settings:
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
                  backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
                  decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None,
-                 restore_role=None, allow_seed=False, pg_passthrough=None):
+                 restore_role=DEFAULT_RESTORE_ROLE, allow_seed=False, pg_passthrough=None):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -97,7 +99,7 @@ class Settings:
         self.recipients = recipients or None
         self.identity_file = identity_file or None
         self.signing_key = signing_key or None
-        self.restore_role = restore_role or None
+        self.restore_role = restore_role or DEFAULT_RESTORE_ROLE
         self.allow_seed = allow_seed
         self.pg_passthrough = dict(pg_passthrough or {})
         self.encryption = encryption or DEFAULT_ENCRYPTION
@@ -154,7 +156,7 @@ class Settings:
             raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
                               % (self.backup_name,))
         self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
-        if self.restore_role and not _ROLE_RE.match(self.restore_role):
+        if not _ROLE_RE.match(self.restore_role):
             raise ConfigError("%s %r is not a usable role name: use letters, digits and '_' (at most 63, not starting "
                               "with a digit), e.g. quankey_restore" % (self.label("restore_role"), self.restore_role))
         for name in self.pg_passthrough:
@@ -375,7 +377,7 @@ def settings_from_env(env, origin=None):
         retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
         decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
         recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
-        restore_role=get("BACKUP_RESTORE_ROLE"), allow_seed=get("BACKUP_ALLOW_SEED", False),
+        restore_role=get("BACKUP_RESTORE_ROLE", DEFAULT_RESTORE_ROLE), allow_seed=get("BACKUP_ALLOW_SEED", False),
         pg_passthrough=dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and value not in (None, "")),
         labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )

@@ -31,6 +31,7 @@ import threading
 import time
 
 from . import catalog
+from . import config
 from . import crypto
 from . import keys
 from . import openssl_enc
@@ -781,12 +782,11 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     database is kept, renamed, never dropped. On any failure the staging database
     is dropped and the target is as it was.
 
-    The archive's SQL runs as the restore role (``restore_role``, default BACKUP_RESTORE_ROLE):
-    a plain login role, created when missing, that logs in with a password made for this
-    restore only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused.
-    Without a restore role it runs as DB_USER, which is refused for a backup whose source is
-    not trusted (another host's, the seed's, or unsigned) while DB_USER holds privileges such SQL
-    must not have, unless ``as_admin`` says to trust it (see :func:`_sql_runner`).
+    The archive's SQL runs as the restore role (``restore_role``, default BACKUP_RESTORE_ROLE,
+    quankey_restore): a plain role, created when missing, through a login made for this restore
+    only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused. It runs as
+    DB_USER only with ``as_admin`` (see :func:`_sql_runner`). Ownership is handed back to the
+    archive's owner where that is safe (:meth:`_SqlRunner.settle_ownership`).
     """
     progress = progress or _NoProgress()
     store = store or open_store(settings)
@@ -849,7 +849,6 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
 
 def prepare_restore_role(settings, check=False):
     """Make sure BACKUP_RESTORE_ROLE exists (unless ``check``) and say whether it may run restored SQL."""
-    settings.require("restore_role")
     pg = PgClient(settings)
     role = settings.restore_role
     if role == pg.user:
@@ -880,35 +879,35 @@ def untrusted_source(settings, record):
 
 
 def _sql_runner(settings, pg, record, as_admin, restore_role):
-    """Who runs the archive's SQL (a :class:`_SqlRunner`), after every check that can refuse it."""
-    role = restore_role or settings.restore_role
+    """Who runs the archive's SQL (a :class:`_SqlRunner`), after every check that can refuse it.
+
+    The restore role (``restore_role``, default BACKUP_RESTORE_ROLE, quankey_restore), created when
+    missing and refused when it could leave the database (superuser, server files, ...); DB_USER
+    only with ``as_admin``, the explicit choice to trust the backup as much as that login.
+    """
     doubt = untrusted_source(settings, record)
     if as_admin:
-        LOG.warning("the SQL of backup %s runs as %s (--as-admin): it is trusted as completely as that login",
-                    record.basename, pg.user)
+        if doubt:
+            LOG.warning("backup %s %s, and its SQL runs as %s (--as-admin): it can do whatever that login can",
+                        record.basename, doubt, pg.user)
+        else:
+            LOG.info("the SQL of backup %s runs as %s (--as-admin)", record.basename, pg.user)
         return _SqlRunner(pg, None, trusted=True)
-    if role:
-        if role == pg.user:
-            raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, "
-                              "e.g. quankey_restore" % (settings.label("restore_role"), role, settings.label("db_user")))
-        if pg.create_restore_role(role):
-            LOG.info("created the restore role %s (a plain login role without a password)", role)
-        risks = pg.role_risks(role)
-        if risks:
-            raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again "
-                               "(ALTER ROLE %s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those "
-                               "memberships) or name another" % (role, settings.label("restore_role"), "; ".join(risks),
-                                                                  role), step="restore role")
-        return _SqlRunner(pg, role, trusted=doubt is None)
-    if doubt:
-        risks = pg.role_risks(pg.user)
-        if risks:
-            raise RefusedError("backup %s %s: its SQL would run as %s, and %s; set %s (e.g. quankey_restore, created on "
-                               "first use) so it runs as a plain role, or pass --as-admin (restore_as_admin: true) to "
-                               "run it as %s anyway, trusting that backup as completely as that login"
-                               % (record.basename, doubt, pg.user, "; ".join(risks), settings.label("restore_role"),
-                                  pg.user), step="restore role")
-    return _SqlRunner(pg, None, trusted=doubt is None)
+    role = restore_role or settings.restore_role
+    if role == pg.user:
+        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
+                          "%s; to run the backup's SQL as %s, pass --as-admin (restore_as_admin: true)"
+                          % (settings.label("restore_role"), role, settings.label("db_user"),
+                             config.DEFAULT_RESTORE_ROLE, role))
+    if pg.create_restore_role(role):
+        LOG.info("created the restore role %s (a plain role that cannot log in; each restore logs in as a temporary "
+                 "member of it)", role)
+    risks = pg.role_risks(role)
+    if risks:
+        raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE "
+                           "%s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name "
+                           "another" % (role, settings.label("restore_role"), "; ".join(risks), role), step="restore role")
+    return _SqlRunner(pg, role, trusted=doubt is None)
 
 
 class _SqlRunner:

@@ -124,7 +124,11 @@ def test_client_programs_get_no_cloud_or_backup_secrets_and_do_get_the_users_tls
         assert child["PGSSLROOTCERT"] == "/etc/quankey/root.crt"  # the env file wins over the environment
         assert child["PGSERVICEFILE"] == str(tmp_path / "pg_service.conf")
         assert child["PGSSLCERT"] == "/etc/quankey/client.crt"
-        assert child["PGPASSWORD"] == testbed.pg.password
+        login = argv[argv.index("-U") + 1] if "-U" in argv else None
+        if login and login.startswith("quankey_restore_"):  # the restore's own login: its own one-restore password
+            assert child["PGPASSWORD"] not in (testbed.pg.password, "")
+        else:
+            assert child["PGPASSWORD"] == testbed.pg.password
         assert child["LC_MESSAGES"] == "C" and "LC_ALL" not in child
         assert child["PATH"] == os.environ.get("PATH", "/usr/bin:/bin")
 

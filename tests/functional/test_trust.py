@@ -198,8 +198,7 @@ def test_the_seeds_backups_are_listed_checked_and_restored(testbed, source, env,
     # unsigned: used only on request, and then its SQL runs as a plain role (the seed is not a trusted source)
     refused = run_cli(env, "restore", "--backup", newer, "--target-db", new_name("r"), check=8)
     assert "made by the seed's scripts" in refused.stderr and "--allow-seed" in refused.stderr
-    seed_ok = dict(env, BACKUP_RESTORE_ROLE="quankey_restore")
-    result = _restore_matches(testbed, source, seed_ok, "--backup", newer, "--allow-seed")
+    result = _restore_matches(testbed, source, env, "--backup", newer, "--allow-seed")
     assert (result["layout"], result["encryption"], result["signature"]) == ("seed", "aes-256-cbc",
                                                                              "unsigned (made by the seed's scripts)")
     assert result["expected_table_count"] is None and result["checksum_ok"] is True
