@@ -16,9 +16,9 @@ AWS = str(Path(sys.executable).parent / "aws")
 
 SEED_BACKUP = r"""
 set -euo pipefail
-"$PGBIN/pg_dump" -Fc -d "$DB_NAME" \
-  | gzip \
-  | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > "$W/$NAME.encrypted"
+"$PGBIN/pg_dump" $DUMP_OPTIONS -d "$DB_NAME" \
+  | $COMPRESS \
+  | openssl enc -aes-256-cbc -salt $ENC_OPTIONS -pass env:SEED_PASS > "$W/$NAME.encrypted"
 size=$(wc -c < "$W/$NAME.encrypted")
 sum=$(sha256sum "$W/$NAME.encrypted" | cut -d' ' -f1)
 fmt='{"backup_type": "postgresql_full", "database": "%s", "timestamp": "%s", "size_bytes": %s, "checksum_sha256": "%s", '
@@ -29,12 +29,19 @@ aws --endpoint-url "$S3_ENDPOINT_URL" s3 cp "$W/$NAME.meta" "s3://$S3_BUCKET/${S
 """
 
 
-def seed_backup(testbed, env, workdir, name):
-    """Make backup ``name`` (``<stem>_backup_<YYYYmmdd_HHMMSS>``) of env's DB_NAME the seed's way, under env's S3_PREFIX."""
+def seed_backup(testbed, env, workdir, name, dump_options="-Fc", compress="gzip", enc_options="-pbkdf2", passphrase=None):
+    """Make backup ``name`` (``<stem>_backup_<YYYYmmdd_HHMMSS>``) of env's DB_NAME the seed's way, under env's S3_PREFIX.
+
+    The seed's script: ``pg_dump -Fc | gzip | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY``.
+    Plausible variants: ``dump_options`` "" (plain SQL), ``compress`` "cat" or "zstd -q", ``enc_options`` "" (no
+    -pbkdf2: EVP_BytesToKey sha256), "-md md5", "-pbkdf2 -iter 100000"; ``passphrase`` (default env's
+    BACKUP_ENCRYPTION_KEY) is the text given to openssl.
+    """
     run_env = dict(os.environ, **env)
     run_env.update(PGBIN=str(testbed.pg.bindir), W=str(workdir), NAME=name, PGHOST=env["DB_HOST"],
                    PGPORT=env["DB_PORT"], PGUSER=env["DB_USER"], S3_PREFIX=env["S3_PREFIX"] + "/",
-                   PATH="%s:%s" % (Path(AWS).parent, os.environ["PATH"]))
+                   PATH="%s:%s" % (Path(AWS).parent, os.environ["PATH"]), DUMP_OPTIONS=dump_options, COMPRESS=compress,
+                   ENC_OPTIONS=enc_options, SEED_PASS=passphrase if passphrase is not None else env["BACKUP_ENCRYPTION_KEY"])
     subprocess.run(["bash", "-c", SEED_BACKUP], env=run_env, check=True)
 
 

@@ -36,6 +36,7 @@ METADATA_VERSION = 3  # 2: signed (signing.py); 3: data key wrapped with the bac
 SEED_LAYOUT = "seed"
 BACKUP_TYPE = "postgresql_full"
 DUMP_FORMAT = "pg_dump_custom"
+PLAIN_DUMP_FORMAT = "pg_dump_plain"  # a plain-SQL dump (an adopted seed backup made without -Fc), restored with psql
 UTC = datetime.timezone.utc
 
 _BASENAME_RE = re.compile(r"^(?P<name>.+)_backup_(?P<ts>\d{8}_\d{6})$")
@@ -136,6 +137,7 @@ class BackupRecord:
         self.metadata = metadata
         self.metadata_etag = None  # the metadata object's ETag when read (a rewrite is conditional on it)
         self.verdict = None  # trust.Verdict, once judged
+        self.kdf = None  # aes-256-cbc: how its key was derived and from which passphrase, once found (no secret)
 
     def __repr__(self):
         return "BackupRecord(%s/%s/%s)" % (self.host, self.db, self.basename)
@@ -160,6 +162,8 @@ class BackupRecord:
         }
         if self.seed:
             data["layout"] = SEED_LAYOUT
+        if self.kdf is not None:
+            data["kdf"] = self.kdf
         if self.verdict is not None:
             data["signature"] = self.verdict.describe()
             data["trusted"] = self.verdict.trusted
@@ -335,7 +339,7 @@ _HOST_FIELD_CHECKS = (
     ("size_bytes", _is_count),
     ("checksum_sha256", _is_sha256),
     ("encryption", _is_text),
-    ("format", lambda value: value == DUMP_FORMAT),
+    ("format", lambda value: value in (DUMP_FORMAT, PLAIN_DUMP_FORMAT)),
     ("retention_days", _is_int),
     ("quantum_safe", lambda value: isinstance(value, bool)),
     ("name", _is_text),
@@ -359,7 +363,9 @@ _SEED_FIELD_CHECKS = (
     ("size_bytes", _is_count, "a byte count"),
     ("checksum_sha256", _is_sha256, "64 lower-case hex digits"),
     ("encryption", lambda value: value == openssl_enc.ENCRYPTION_NAME, openssl_enc.ENCRYPTION_NAME),
-    ("format", lambda value: value == DUMP_FORMAT, DUMP_FORMAT),
+    # what the seed's script wrote, not what the object holds (a plain-SQL variant may still say pg_dump_custom):
+    # the payload is told from its first bytes
+    ("format", lambda value: _is_text(value) and len(value) <= 64, "a format name"),
     ("retention_days", _is_int, "a whole number of days"),
     ("quantum_safe", lambda value: isinstance(value, bool), "true or false"),
 )

@@ -130,6 +130,9 @@ def compressor(name, threads=ZSTD_THREADS):
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DUMP_MAGIC = b"PGDMP"
+# Starts of a plain-SQL dump (pg_dump without -Fc): its header comment, its first SET when written without
+# comments, or the \restrict line pg_dump 15.14+ puts near the top.
+SQL_STARTS = (b"--\n-- PostgreSQL database dump", b"SET statement_timeout", b"SET ", b"\\restrict ")
 AUTO = "auto"
 
 
@@ -161,10 +164,10 @@ def _choose(head):
         return _GzipDecompressor()
     if head.startswith(ZSTD_MAGIC):
         return decompressor("zstd")
-    if head.startswith(DUMP_MAGIC):
+    if head.startswith(DUMP_MAGIC) or any(head.startswith(start[:len(head)]) for start in SQL_STARTS):
         return _Identity()
-    raise IntegrityError("the decrypted stream starts with neither gzip, zstd nor a pg_dump archive: wrong key, or not "
-                         "a database backup", step="decompress")
+    raise IntegrityError("the decrypted stream starts with neither gzip, zstd, a pg_dump archive nor SQL: wrong key, or "
+                         "not a database backup", step="decompress")
 
 
 def decompressor(name):

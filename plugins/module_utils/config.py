@@ -17,6 +17,7 @@ import re
 import socket
 import stat
 
+from . import openssl_enc
 from .compression import COMPRESSIONS
 from .errors import ConfigError
 
@@ -33,6 +34,8 @@ ENCRYPTIONS = ("aes-256-gcm", "hybrid-pq", "aes-256-cbc")
 DEFAULT_ENCRYPTION = "aes-256-gcm"
 # The plain role a restored archive's SQL runs as unless a restore is explicitly run as DB_USER (--as-admin).
 DEFAULT_RESTORE_ROLE = "quankey_restore"
+# Seconds a failing S3 request is retried (connection lost, timeout, 5xx, throttling) before the command gives up.
+DEFAULT_RETRY_WINDOW = 300
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,10 +55,11 @@ VARIABLES = (
     "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
     "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE", "BACKUP_SIGNING_KEY",
     "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
-    "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED",
+    "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED", "BACKUP_SEED_PASSPHRASE", "BACKUP_SEED_KDF",
+    "S3_RETRY_WINDOW_SECONDS",
 )
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
-                    "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY")
+                    "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE")
 
 
 class Settings:
@@ -76,7 +80,8 @@ class Settings:
                  encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
                  backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
                  decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None,
-                 restore_role=DEFAULT_RESTORE_ROLE, allow_seed=False, pg_passthrough=None):
+                 restore_role=DEFAULT_RESTORE_ROLE, allow_seed=False, pg_passthrough=None, seed_passphrase=None,
+                 seed_kdf=None, retry_window=DEFAULT_RETRY_WINDOW):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -102,6 +107,9 @@ class Settings:
         self.restore_role = restore_role or DEFAULT_RESTORE_ROLE
         self.allow_seed = allow_seed
         self.pg_passthrough = dict(pg_passthrough or {})
+        self.retry_window = retry_window
+        self.seed_passphrase = seed_passphrase or None
+        self.seed_kdf = seed_kdf or None
         self.encryption = encryption or DEFAULT_ENCRYPTION
         self.compression = compression or "zstd"
         self.backup_name = backup_name or None
@@ -132,7 +140,7 @@ class Settings:
             "bucket": self.bucket, "prefix": self.prefix, "region": self.region, "endpoint_url": self.endpoint_url,
             "storage_class": self.storage_class, "encryption": self.encryption, "compression": self.compression,
             "name": self.name, "host": self.host, "retention_days": self.retention_days, "min_keep": self.min_keep,
-            "restore_role": self.restore_role, "allow_seed": self.allow_seed,
+            "restore_role": self.restore_role, "allow_seed": self.allow_seed, "retry_window": self.retry_window,
         }
 
     def validate(self):
@@ -156,9 +164,12 @@ class Settings:
             raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
                               % (self.backup_name,))
         self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
+        self.retry_window = _whole_number(self.label("retry_window"), self.retry_window, 0, 86400)
         if not _ROLE_RE.match(self.restore_role):
             raise ConfigError("%s %r is not a usable role name: use letters, digits and '_' (at most 63, not starting "
                               "with a digit), e.g. quankey_restore" % (self.label("restore_role"), self.restore_role))
+        if self.seed_kdf:
+            self.seed_kdf = openssl_enc.parse_kdf(self.seed_kdf, self.label("seed_kdf")).spec()
         for name in self.pg_passthrough:
             if not is_pg_passthrough(name):
                 raise ConfigError("%s is not a libpq variable passed to the PostgreSQL client programs: only %s* and %s "
@@ -204,6 +215,8 @@ FIELD_VARIABLES = {
     "recipients": "BACKUP_RECIPIENTS", "identity_file": "BACKUP_IDENTITY_FILE", "signing_key": "BACKUP_SIGNING_KEY",
     "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
     "min_keep": "BACKUP_MIN_KEEP", "restore_role": "BACKUP_RESTORE_ROLE", "allow_seed": "BACKUP_ALLOW_SEED",
+    "seed_passphrase": "BACKUP_SEED_PASSPHRASE", "seed_kdf": "BACKUP_SEED_KDF",
+    "retry_window": "S3_RETRY_WINDOW_SECONDS",
 }
 _FIELD_HINTS = {
     "db_name": "name the database to back up (e.g. DB_NAME=quankey_prod)",
@@ -213,6 +226,8 @@ _FIELD_HINTS = {
     "identity_file": "point it at the private key file made by `quankey-backup keygen` (mode 0600)",
     "signing_key": "generate one with `openssl rand -base64 32` and set it where backups are made and where they are restored",
     "restore_role": "name the plain role restored SQL runs as (e.g. BACKUP_RESTORE_ROLE=quankey_restore)",
+    "retry_window": "give the seconds a failing S3 request is retried (e.g. S3_RETRY_WINDOW_SECONDS=300; 0: no retries)",
+    "seed_passphrase": "set it to the passphrase the seed's scripts gave openssl enc (their BACKUP_ENCRYPTION_KEY, as written)",
 }
 
 
@@ -378,6 +393,8 @@ def settings_from_env(env, origin=None):
         decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
         recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
         restore_role=get("BACKUP_RESTORE_ROLE", DEFAULT_RESTORE_ROLE), allow_seed=get("BACKUP_ALLOW_SEED", False),
+        seed_passphrase=get("BACKUP_SEED_PASSPHRASE"), seed_kdf=get("BACKUP_SEED_KDF"),
+        retry_window=get("S3_RETRY_WINDOW_SECONDS", DEFAULT_RETRY_WINDOW),
         pg_passthrough=dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and value not in (None, "")),
         labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
     )

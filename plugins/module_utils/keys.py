@@ -142,7 +142,8 @@ def configured(settings):
 
 def holds_any_key(settings):
     """Whether any key is configured here: master keys, an identity file, recipients or a signing key."""
-    return bool(configured(settings) or settings.identity_file or settings.recipients or settings.signing_key)
+    return bool(configured(settings) or settings.identity_file or settings.recipients or settings.signing_key
+                or settings.seed_passphrase)
 
 
 def keyring(settings, require_active=False):
@@ -155,7 +156,13 @@ def keyring(settings, require_active=False):
     texts = []
     if settings.encryption_key not in (None, "") or require_active:
         settings.require("encryption_key")
-        active = crypto.parse_master_key(settings.encryption_key, settings.label("encryption_key"))
+        try:
+            active = crypto.parse_master_key(settings.encryption_key, settings.label("encryption_key"))
+        except ConfigError as exc:
+            if settings.encryption_key in (None, ""):
+                raise
+            raise ConfigError("%s; if it is the seed's passphrase (the text its scripts gave openssl enc), keep that text "
+                              "as %s and make a new master key here" % (exc.message, settings.label("seed_passphrase")))
         texts.append((settings.label("encryption_key"), "".join(str(settings.encryption_key).split())))
     others = parse_keys(settings.decryption_keys, settings.label("decryption_keys"), texts)
     if settings.keyring_file:
@@ -164,6 +171,48 @@ def keyring(settings, require_active=False):
     if not len(ring):
         settings.require("encryption_key")  # raises: no key at all
     return ring
+
+
+def passphrase_texts(settings):
+    """``[(label, text)]``: every text that may be an aes-256-cbc passphrase here, without duplicates.
+
+    BACKUP_SEED_PASSPHRASE first, then BACKUP_ENCRYPTION_KEY exactly as written (the seed's
+    ``openssl enc -pass env:BACKUP_ENCRYPTION_KEY`` used the text, whatever its shape: base64, hex or
+    words), then each older key's text (BACKUP_DECRYPTION_KEYS, the keyring file). A key's text with
+    its whitespace removed follows it when that differs (what our own aes-256-cbc backups use).
+    """
+    found = []
+    if settings.seed_passphrase:
+        found.append((settings.label("seed_passphrase"), str(settings.seed_passphrase)))
+    if settings.encryption_key not in (None, ""):
+        found.append((settings.label("encryption_key"), str(settings.encryption_key)))
+    tokens = split_keys(settings.decryption_keys)
+    for number, token in enumerate(tokens, 1):
+        label = settings.label("decryption_keys")
+        found.append((label if len(tokens) == 1 else "%s (key %d of %d)" % (label, number, len(tokens)), token))
+    if settings.keyring_file:
+        origin = "keyring file %s" % settings.keyring_file
+        text = config.read_private_file(settings.keyring_file, "keyring file", settings.label("keyring_file"),
+                                        "create it with one key per line, mode 0600", "it should hold one key per line")
+        for number, line in enumerate(text.splitlines(), 1):
+            token = line.split("#", 1)[0].strip()
+            if token:
+                found.append(("%s line %d" % (origin, number), token))
+    texts, seen = [], set()
+    for label, text in found:
+        for variant in (text, "".join(text.split())):
+            if variant and variant not in seen:
+                seen.add(variant)
+                texts.append((label, variant))
+    return texts
+
+
+def _text_key_id(text):
+    """The key id of a key's text when it is a master key, else None."""
+    try:
+        return crypto.key_id(crypto.parse_master_key(text))
+    except ConfigError:
+        return None
 
 
 def opening_keys_label(settings):
@@ -314,12 +363,18 @@ class KeyContext:
         return crypto.unwrap_data_key(self.ring.keys, envelope, opening_keys_label(self.settings), binding=binding)
 
     def passphrases(self, metadata=None):
-        """``[(label, passphrase bytes)]`` to try on an aes-256-cbc object, the key named in ``metadata`` first."""
-        if not len(self.ring):
-            self.settings.require("encryption_key")
+        """``[(label, passphrase bytes)]`` to try on an aes-256-cbc object (see :func:`passphrase_texts`).
+
+        For one of our own aes-256-cbc backups the key its metadata names comes first. No key has to
+        be a valid master key: the seed's passphrase is any text.
+        """
+        texts = passphrase_texts(self.settings)
+        if not texts:
+            self.settings.require("seed_passphrase")
         wanted = wrapping_key_id(metadata)
-        ordered = sorted(self.ring.passphrases, key=lambda item: item[0] != wanted)
-        return [(label, text.encode("utf-8")) for _kid, label, text in ordered]
+        if wanted:
+            texts.sort(key=lambda item: _text_key_id(item[1]) != wanted)
+        return [(label, text.encode("utf-8")) for label, text in texts]
 
     def cbc_passphrase(self):
         """``(key id, passphrase bytes)`` of the active key, for a new aes-256-cbc backup."""
@@ -370,7 +425,13 @@ class KeyContext:
                 % (self.settings.label("signing_key"), self.settings.label("decryption_keys")))
 
     def verdict(self, record):
-        """The one trust verdict (trust.judge) on a record whose metadata is loaded, with the signing keys held here."""
+        """The one trust verdict (trust.judge) on a record whose metadata is loaded, with the signing keys held here.
+
+        A seed backup's verdict needs no key (it has no signature), so a seed host's passphrase that is
+        not a master key does not stand in the way of reading its backups.
+        """
+        if record.seed:
+            return trust.judge(record, None)
         return trust.judge(record, self.signing_keys()[2], self.signature_fix())
 
 

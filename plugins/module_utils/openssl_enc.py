@@ -27,11 +27,14 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import os
+import re
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import crypto
+from .compression import SQL_STARTS
 from .errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
 
 try:
@@ -59,12 +62,14 @@ MAX_ITERATIONS = 10000000
 DIGEST = "sha256"
 ENVELOPE_TYPE = "openssl-enc-pbkdf2-sha256"
 KEY_NAME = "BACKUP_ENCRYPTION_KEY"
+SEED_KDF_NAME = "BACKUP_SEED_KDF"
 
 # Starts of what the seed (and this project) put under the encryption: gzip
 # (magic 1f 8b, method 08 = deflate), zstd frame magic, pg_dump custom archive.
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PGDUMP_MAGIC = b"PGDMP"
+
 
 _QKBK_MAGIC = b"QKBK"
 _BASE64_MAGIC = b"U2FsdGVkX1"  # base64 of b"Salted__": output of `openssl enc -a`
@@ -111,6 +116,93 @@ def _derive(passphrase: bytes, salt: bytes, iterations: int) -> Tuple[bytes, byt
     return derived[:KEY_SIZE], derived[KEY_SIZE:]
 
 
+_DIGESTS = ("sha256", "sha1", "sha512", "md5")
+
+
+class Kdf:
+    """How ``openssl enc`` turned a passphrase and salt into the key and IV (48 bytes).
+
+    ``pbkdf2``: PBKDF2-HMAC-<digest> with ``iterations`` (``-pbkdf2 [-iter N] [-md D]``, OpenSSL 1.1.1+).
+    ``evp``: EVP_BytesToKey with <digest> and one round (no ``-pbkdf2``: OpenSSL's legacy derivation;
+    its default digest is md5 before OpenSSL 1.1.0 and sha256 from 1.1.0 on).
+    """
+
+    __slots__ = ("kind", "digest", "iterations")
+
+    def __init__(self, kind: str, digest: str = DIGEST, iterations: int = DEFAULT_ITERATIONS) -> None:
+        if kind not in ("pbkdf2", "evp") or digest not in _DIGESTS:
+            raise ValueError("unknown key derivation %s-%s" % (kind, digest))
+        self.kind = kind
+        self.digest = digest
+        self.iterations = _check_iterations(iterations) if kind == "pbkdf2" else 1
+
+    def __repr__(self) -> str:
+        return "Kdf(%s)" % self.spec()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Kdf) and other.spec() == self.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec())
+
+    def spec(self) -> str:
+        """The setting's spelling: ``pbkdf2-sha256:10000``, ``evp-md5``."""
+        if self.kind == "pbkdf2":
+            return "pbkdf2-%s:%d" % (self.digest, self.iterations)
+        return "evp-%s" % self.digest
+
+    def describe(self) -> str:
+        """For output: 'PBKDF2-HMAC-SHA256, 10000 iterations (openssl enc -pbkdf2)'."""
+        if self.kind == "pbkdf2":
+            return "PBKDF2-HMAC-%s, %d iterations (openssl enc -pbkdf2)" % (self.digest.upper(), self.iterations)
+        return "EVP_BytesToKey %s (openssl enc without -pbkdf2)" % self.digest.upper()
+
+    def cost(self) -> int:
+        """A rough relative cost (hash blocks), to try cheap derivations first."""
+        return self.iterations * 2 if self.kind == "pbkdf2" else 3
+
+    def derive(self, passphrase: bytes, salt: bytes) -> Tuple[bytes, bytes]:
+        """(key, iv) for a passphrase and the object's salt."""
+        if self.kind == "pbkdf2":
+            derived = PBKDF2HMAC(algorithm=getattr(hashes, self.digest.upper())(), length=KEY_SIZE + IV_SIZE, salt=salt,
+                                 iterations=self.iterations).derive(passphrase)
+        else:
+            derived, block = b"", b""
+            while len(derived) < KEY_SIZE + IV_SIZE:
+                block = hashlib.new(self.digest, block + passphrase + salt).digest()
+                derived += block
+        return derived[:KEY_SIZE], derived[KEY_SIZE:KEY_SIZE + IV_SIZE]
+
+
+# What a seed object is tried with when its derivation is not known: OpenSSL's -pbkdf2 default first, then the
+# legacy derivation (sha256 since OpenSSL 1.1.0, md5 before), then the -iter counts scripts commonly set.
+PROBE_KDFS = (Kdf("pbkdf2", "sha256", 10000), Kdf("evp", "sha256"), Kdf("evp", "md5"), Kdf("pbkdf2", "sha256", 100000),
+              Kdf("pbkdf2", "sha256", 200000), Kdf("pbkdf2", "sha256", 600000), Kdf("pbkdf2", "sha256", 1000000))
+
+
+def parse_kdf(text: str, label: str = SEED_KDF_NAME) -> Kdf:
+    """A key derivation from its spelling: ``pbkdf2[-<digest>][:<iterations>]`` or ``evp[-<digest>]`` (default digest sha256).
+
+    Digests: sha256, sha1, sha512, md5. ConfigError naming ``label`` otherwise.
+    """
+    match = re.match(r"\A\s*(pbkdf2|evp)(?:-(sha256|sha1|sha512|md5))?(?::(\d+))?\s*\Z", str(text or "").lower())
+    if not match or (match.group(1) == "evp" and match.group(3)):
+        raise ConfigError("%s %r is not a key derivation: use pbkdf2-sha256:<iterations> (openssl enc -pbkdf2 -iter N), "
+                          "or evp-md5 / evp-sha256 (openssl enc without -pbkdf2)" % (label, text))
+    iterations = int(match.group(3)) if match.group(3) else DEFAULT_ITERATIONS
+    try:
+        return Kdf(match.group(1), match.group(2) or DIGEST, iterations)
+    except IntegrityError as exc:
+        raise ConfigError("%s: %s" % (label, exc.message))
+
+
+def probe_kdfs(first: Optional[Kdf] = None) -> List[Kdf]:
+    """The derivations tried on a seed object, cheapest and likeliest first; ``first`` (the setting) before them."""
+    found = [first] if first is not None else []
+    found += [kdf for kdf in PROBE_KDFS if kdf != first]
+    return found
+
+
 def _byte_view(data: BytesLike) -> memoryview:
     """A flat unsigned-byte memoryview of any bytes-like object, without copying."""
     view = memoryview(data)
@@ -125,9 +217,14 @@ def looks_like(prefix: BytesLike) -> bool:
 
 
 def plausible_dump_start(data: BytesLike) -> bool:
-    """True if ``data`` starts like a gzip stream, a zstd frame or a pg_dump custom archive."""
-    data = bytes(data[:8])
-    return data.startswith(GZIP_MAGIC) or data.startswith(ZSTD_MAGIC) or data.startswith(PGDUMP_MAGIC)
+    """True if ``data`` (a first 16-byte block) starts like a gzip stream, a zstd frame, a pg_dump custom archive or
+    a plain-SQL dump. gzip must also have its reserved flag bits clear, so that a wrong key passes by chance about
+    once in 2**27 tries rather than 2**24."""
+    data = bytes(data[:BLOCK_SIZE])
+    if data.startswith(GZIP_MAGIC):
+        return len(data) > 3 and not data[3] & 0xE0
+    return (data.startswith(ZSTD_MAGIC) or data.startswith(PGDUMP_MAGIC)
+            or any(data.startswith(start[:BLOCK_SIZE]) for start in SQL_STARTS))
 
 
 def _not_openssl(prefix: bytes) -> IntegrityError:
@@ -303,9 +400,11 @@ class CbcDecryptor(crypto.FailClosedDecryptor):
     """
 
     def __init__(self, passphrases: Sequence[Tuple[str, BytesLike]], iterations: int = DEFAULT_ITERATIONS,
-                 check_plaintext: Optional[PlaintextCheck] = plausible_dump_start) -> None:
+                 check_plaintext: Optional[PlaintextCheck] = plausible_dump_start,
+                 kdfs: Optional[Sequence[Kdf]] = None) -> None:
         _require_cryptography()
         self.iterations: int = _check_iterations(iterations)
+        self._kdfs: List[Kdf] = list(kdfs) if kdfs else [Kdf("pbkdf2", DIGEST, self.iterations)]
         if isinstance(passphrases, (bytes, bytearray, memoryview, str)):
             raise TypeError("passphrases must be a list of (label, passphrase) pairs")
         candidates: List[Tuple[str, bytes]] = []
@@ -318,14 +417,16 @@ class CbcDecryptor(crypto.FailClosedDecryptor):
             candidates.append((label, _check_passphrase(value)))
         if not candidates:
             raise ConfigError("no passphrase given for this aes-256-cbc (OpenSSL enc) backup: set %s to the seed's %s" % (KEY_NAME, KEY_NAME))
-        if check_plaintext is None and len(candidates) != 1:
-            raise ValueError("check_plaintext=None needs exactly one passphrase: without a check the right one cannot be told apart")
+        if check_plaintext is None and (len(candidates) != 1 or len(self._kdfs) != 1):
+            raise ValueError("check_plaintext=None needs exactly one passphrase and key derivation: without a check the "
+                             "right one cannot be told apart")
         if check_plaintext is not None and not callable(check_plaintext):
             raise TypeError("check_plaintext must be callable or None")
         self._candidates = candidates
         self._check = check_plaintext
-        self._derived: Dict[Tuple[bytes, bytes, int], Tuple[bytes, bytes]] = {}
         self.passphrase_label: Optional[str] = None
+        self.candidate: Optional[int] = None  # index in ``passphrases`` of the one chosen
+        self.kdf: Optional[Kdf] = None
         self.salt: Optional[bytes] = None
         self.object_bytes: int = 0
         self.plaintext_bytes: int = 0
@@ -339,35 +440,39 @@ class CbcDecryptor(crypto.FailClosedDecryptor):
         return "<CbcDecryptor iterations=%d passphrase_label=%s object_bytes=%d finished=%s>" % (
             self.iterations, self.passphrase_label, self.object_bytes, self._finished)
 
-    def _key_iv(self, passphrase: bytes, salt: bytes) -> Tuple[bytes, bytes]:
-        """PBKDF2 for one passphrase, cached per (passphrase, salt, iterations) in this instance only."""
-        cache_key = (passphrase, salt, self.iterations)
-        if cache_key not in self._derived:
-            self._derived[cache_key] = _derive(passphrase, salt, self.iterations)
-        return self._derived[cache_key]
-
     def _start(self, salt: bytes, first_block: bytes) -> bytes:
-        """Pick the passphrase whose first plaintext block passes the check; return that block's output."""
+        """Pick the passphrase and key derivation whose first plaintext block passes the check; return that block's output.
+
+        Derivations are tried in the order given (cheapest first), each with every passphrase.
+        """
         self.salt = salt
-        for label, passphrase in self._candidates:
-            key, iv = self._key_iv(passphrase, salt)
-            cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-            first_plain = cipher.update(first_block)
-            if self._check is None or self._check(first_plain):
-                self.passphrase_label = label
-                self._cipher = cipher
-                self._unpadder = padding.PKCS7(BLOCK_SIZE * 8).unpadder()
-                self._derived.clear()  # the chosen key lives on only inside the cipher context
-                return self._plain(self._unpadder.update(first_plain))
-        self._derived.clear()
+        derived: Dict[Tuple[Kdf, bytes], Tuple[bytes, bytes]] = {}  # one derivation per distinct passphrase, this call only
+        for kdf in self._kdfs:
+            for label, passphrase in self._candidates:
+                if (kdf, passphrase) not in derived:
+                    derived[(kdf, passphrase)] = kdf.derive(passphrase, salt)
+                key, iv = derived[(kdf, passphrase)]
+                cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+                first_plain = cipher.update(first_block)
+                if self._check is None or self._check(first_plain):
+                    self.passphrase_label = label
+                    self.candidate = self._candidates.index((label, passphrase))
+                    self.kdf = kdf
+                    self._cipher = cipher
+                    self._unpadder = padding.PKCS7(BLOCK_SIZE * 8).unpadder()
+                    return self._plain(self._unpadder.update(first_plain))
         labels = list(dict.fromkeys(label for label, _value in self._candidates))
         if self._check is plausible_dump_start:
-            wanted = "the start of a gzip, zstd or pg_dump stream"
+            wanted = "the start of a gzip, zstd, pg_dump or SQL stream"
         else:
             wanted = "accepted by the plaintext check"
-        raise WrongKeyError("none of the keys given decrypts this aes-256-cbc (OpenSSL enc) object: with %s (%d PBKDF2 iterations) its first "
-                            "block is not %s (or the object's start is corrupted): set %s to the seed's %s"
-                            % (", ".join(labels), self.iterations, wanted, _or_list(labels), KEY_NAME))
+        tried = self._kdfs[0].describe() if len(self._kdfs) == 1 else "%d key derivations (%s)" % (
+            len(self._kdfs), ", ".join(kdf.spec() for kdf in self._kdfs))
+        raise WrongKeyError("none of the passphrases given decrypts this aes-256-cbc (OpenSSL enc) object: with %s and %s its "
+                            "first block is not %s (or the object's start is corrupted): set %s to the passphrase the "
+                            "backup was made with%s" % (_or_list(labels), tried, wanted, _or_list(labels),
+                                                        "" if len(self._kdfs) == 1 else
+                                                        ", or %s to how it was derived" % SEED_KDF_NAME))
 
     def _plain(self, data: bytes) -> bytes:
         """Count plaintext output."""

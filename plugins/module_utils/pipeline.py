@@ -39,12 +39,14 @@ from .compression import check_compression, compressor, decompressor
 from . import trust
 from .errors import (AccessDeniedError, BackupError, ChecksumMismatchError, ConfigError, ConflictError, IntegrityError,
                      NotFoundError, PostgresError, RefusedError)
+from .plainsql import PlainSqlGuard
 from .postgres import PgClient, count_toc_tables, explain_client_error, failure_detail, toc_owners
 from .storage import S3Store, choose_part_size, READ_CHUNK
 
 LOG = logging.getLogger("quankey_backup")
 CHUNK = 1024 * 1024
 DUMP_MAGIC = b"PGDMP"
+CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
 F_SETPIPE_SZ = 1031
 STALE_UPLOAD_HOURS = 24
 NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
@@ -77,6 +79,16 @@ class _Child:
     def _drain(self):
         for line in iter(self.proc.stderr.readline, b""):
             self._stderr.append(line.decode("utf-8", "replace").rstrip())
+
+    def feed(self, data):
+        """Write to the program's stdin; False once it has gone away."""
+        if not data:
+            return True
+        try:
+            self.proc.stdin.write(data)
+            return True
+        except (BrokenPipeError, ValueError):
+            return False
 
     def stderr_text(self):
         """The last lines the program wrote to stderr."""
@@ -565,13 +577,16 @@ def _choose(records, backup, before, allow_seed):
 # --------------------------------------------------------------------------- restore and verify
 
 class _RestoreStream:
-    """download -> hash -> decrypt -> decompress -> a sink (pg_restore, or pg_restore -f /dev/null to verify).
+    """download -> hash -> decrypt -> decompress -> a sink (pg_restore or psql, or a parse-only sink to verify).
 
     Format v1/v2 objects stream straight through: every segment is authenticated before
     its plaintext moves on. aes-256-cbc (OpenSSL enc) is not authenticated, so its object
     is first downloaded whole into an anonymous temporary file (ciphertext only: it is
-    the object as stored) and its SHA-256 checked against the signed metadata; only then
-    is it decrypted into the sink. No plaintext reaches PostgreSQL or the disk unchecked.
+    the object as stored) and its SHA-256 checked against the metadata; only then is it
+    decrypted. No plaintext reaches PostgreSQL or the disk unchecked.
+
+    Use: ``with _RestoreStream(...) as stream: kind = stream.prepare(); ... stream.run(sink)``.
+    ``prepare`` says what the plaintext is (``custom``: a pg_dump archive; ``sql``: a plain dump).
     """
 
     def __init__(self, store, record, new_decryptor, progress):
@@ -579,20 +594,62 @@ class _RestoreStream:
         self.record = record
         self.new_decryptor = new_decryptor
         self.progress = progress
+        self.kind = None
+        self._copy = None
 
-    def run(self, sink, toc=None):
-        """Stream the object into ``sink`` (a _Child reading stdin) and ``toc`` if given; returns counts, or raises."""
-        if self.record.metadata.get("encryption") != openssl_enc.ENCRYPTION_NAME:
-            return self._stream(_prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK)), sink, toc)
-        with self._checked_copy() as copy:
-            return self._stream(iter(functools.partial(copy.read, READ_CHUNK), b""), sink, toc)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+    def prepare(self):
+        """Download and check a CBC object first; return the payload kind, ``custom`` or ``sql``."""
+        metadata = self.record.metadata
+        if metadata.get("encryption") == openssl_enc.ENCRYPTION_NAME:
+            self._copy = self._checked_copy()
+            self.kind = self._peek_kind()
+        else:
+            self.kind = PLAIN_SQL if metadata.get("format") == catalog.PLAIN_DUMP_FORMAT else CUSTOM_ARCHIVE
+        return self.kind
+
+    def run(self, sink, toc=None, guard=None):
+        """Stream the object into ``sink`` (``feed(bytes)``), ``toc`` and through ``guard`` if given; counts, or raises."""
+        if self.kind is None:
+            self.prepare()
+        if self._copy is not None:
+            self._copy.seek(0)
+            chunks = iter(functools.partial(self._copy.read, READ_CHUNK), b"")
+        else:
+            chunks = _prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
+        counts = self._stream(chunks, sink, toc, guard)
+        counts["payload"] = self.kind
+        return counts
+
+    def _peek_kind(self):
+        """What the checked copy holds, from its first decrypted, decompressed bytes."""
+        opener, unpack = self.new_decryptor(), decompressor(self.record.metadata["compression"])
+        head = b""
+        self._copy.seek(0)
+        for chunk in iter(functools.partial(self._copy.read, 64 * 1024), b""):
+            head += unpack.update(_step("decrypt", opener.update, chunk))
+            if len(head) >= 64:
+                break
+        if head.startswith(DUMP_MAGIC):
+            return CUSTOM_ARCHIVE
+        if any(head.startswith(start) for start in openssl_enc.SQL_STARTS):
+            return PLAIN_SQL
+        raise IntegrityError("backup %s decrypts to neither a pg_dump archive nor a plain-SQL dump" % self.record.basename,
+                             step="decompress")
 
     def _checked_copy(self):
         """The whole object in an anonymous temporary file (mode 0600, gone when closed), its SHA-256 checked."""
         size = self.record.metadata["size_bytes"]
         directory = tempfile.gettempdir()
         _require_space(directory, size, self.record.basename)
-        copy = tempfile.TemporaryFile(dir=directory)  # pylint: disable=consider-using-with  # the caller closes it
+        copy = tempfile.TemporaryFile(dir=directory)  # pylint: disable=consider-using-with  # closed by __exit__
         try:
             digest = hashlib.sha256()
             downloaded = 0
@@ -603,13 +660,12 @@ class _RestoreStream:
                 self.progress(downloaded, size)
             self._check_object(downloaded, digest)
             copy.flush()
-            copy.seek(0)
         except BaseException:
             copy.close()
             raise
         return copy
 
-    def _stream(self, chunks, sink, toc):
+    def _stream(self, chunks, sink, toc, guard):
         metadata = self.record.metadata
         digest = hashlib.sha256()
         opener = self.new_decryptor()
@@ -624,17 +680,20 @@ class _RestoreStream:
                 produced += len(plain)
                 if toc is not None:
                     toc.feed(plain)
-                sink_open = sink_open and _write(sink, plain)
+                sink_open = sink_open and sink.feed(guard.feed(plain) if guard is not None else plain)
                 if not sink_open:
                     break
-            self.progress(downloaded, metadata["size_bytes"])
+            if self._copy is None:
+                self.progress(downloaded, metadata["size_bytes"])
         if sink_open:
             self._check_object(downloaded, digest)  # before the end of the stream: a mismatch says more than a bad CRC
             plain = unpack.update(_step("decrypt", opener.finalize)) + unpack.finalize()
             produced += len(plain)
             if toc is not None:
                 toc.feed(plain)
-            sink_open = _write(sink, plain)
+            if guard is not None:
+                plain = guard.feed(plain) + guard.finish()
+            sink_open = sink.feed(plain)
             if metadata.get("dump_bytes") is not None and produced != metadata["dump_bytes"]:
                 raise IntegrityError("the archive is %d bytes but was %d when taken" % (produced, metadata["dump_bytes"]),
                                      step="decompress")
@@ -676,15 +735,12 @@ def _step(name, func, *args):
         raise
 
 
-def _write(child, data):
-    """Write to a child's stdin; False once it has gone away."""
-    if not data:
+class _Discard:
+    """A sink that takes everything (verify of a plain-SQL dump: the guard parses it)."""
+
+    @staticmethod
+    def feed(data):
         return True
-    try:
-        child.proc.stdin.write(data)
-        return True
-    except (BrokenPipeError, ValueError):
-        return False
 
 
 def _decryptor_factory(context, store, record):
@@ -700,18 +756,35 @@ def _decryptor_factory(context, store, record):
         data_key = _step("decrypt", context.open, record)
         return functools.partial(crypto.StreamDecryptor, data_key)
     if encryption == openssl_enc.ENCRYPTION_NAME:
-        iterations = _step("decrypt", openssl_enc.parse_envelope, metadata["envelope"])
-        phrases = _step("decrypt", context.passphrases, metadata)
-        probe = openssl_enc.CbcDecryptor(phrases, iterations, openssl_enc.plausible_dump_start)
-        head = store.get_range(record.object_key, 0, openssl_enc.PROBE_SIZE) if record.object_size else b""
-        _step("decrypt", probe.update, head)
-        if probe.passphrase_label is None:
-            raise IntegrityError("backup %s's object is %d bytes, too short for an aes-256-cbc backup"
-                                 % (record.basename, record.object_size or 0), step="decrypt")
-        chosen = [item for item in phrases if item[0] == probe.passphrase_label]
-        return functools.partial(openssl_enc.CbcDecryptor, chosen, iterations, openssl_enc.plausible_dump_start)
+        chosen, kdf = probe_cbc(context, store, record)
+        return functools.partial(openssl_enc.CbcDecryptor, [chosen], check_plaintext=openssl_enc.plausible_dump_start,
+                                 kdfs=[kdf])
     raise IntegrityError("backup %s uses encryption %r, which this version cannot read"
                          % (record.basename, encryption), step="decrypt")
+
+
+def probe_cbc(context, store, record):
+    """``(passphrase (label, bytes), Kdf)`` that open an aes-256-cbc backup, found on its first 32 bytes (a ranged read).
+
+    Our own aes-256-cbc backups record their derivation in the envelope; the seed's do not, so
+    theirs is found by trying openssl_enc.probe_kdfs (BACKUP_SEED_KDF first) with every passphrase.
+    Sets ``record.kdf`` (what matched, no secret). WrongKeyError when nothing opens it.
+    """
+    if record.seed:
+        wanted = openssl_enc.parse_kdf(context.settings.seed_kdf) if context.settings.seed_kdf else None
+        kdfs = openssl_enc.probe_kdfs(wanted)
+    else:
+        kdfs = [openssl_enc.Kdf("pbkdf2", openssl_enc.DIGEST,
+                                _step("decrypt", openssl_enc.parse_envelope, record.metadata["envelope"]))]
+    phrases = _step("decrypt", context.passphrases, record.metadata)
+    probe = openssl_enc.CbcDecryptor(phrases, check_plaintext=openssl_enc.plausible_dump_start, kdfs=kdfs)
+    head = store.get_range(record.object_key, 0, openssl_enc.PROBE_SIZE) if record.object_size else b""
+    _step("decrypt", probe.update, head)
+    if probe.passphrase_label is None:
+        raise IntegrityError("backup %s's object is %d bytes, too short for an aes-256-cbc backup"
+                             % (record.basename, record.object_size or 0), step="decrypt")
+    record.kdf = "%s, passphrase %s" % (probe.kdf.describe(), probe.passphrase_label)
+    return phrases[probe.candidate], probe.kdf
 
 
 def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None,
@@ -727,21 +800,27 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
     pg = PgClient(settings)
     sink = toc = None
     started = time.time()
-    try:
-        sink = _Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
-                      stdout=subprocess.DEVNULL, name="pg_restore")
-        toc = _TocReader(pg)
-        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink, toc)
-        status = sink.wait()
-        if status != 0 or not counts["sink_open"]:
-            raise IntegrityError("the archive does not parse (%s: %s)" % (sink.describe_exit(status), sink.stderr_text()),
-                                 step="pg_restore")
-        tables = toc.table_count(step="verify")
-    except BaseException:
-        for child in (sink, toc):
-            if child is not None:
-                child.kill()
-        raise
+    with _RestoreStream(store, record, new_decryptor, progress) as stream:
+        try:
+            if stream.prepare() == PLAIN_SQL:
+                guard = PlainSqlGuard()
+                counts = stream.run(_Discard(), guard=guard)
+                tables = guard.tables
+            else:
+                sink = _Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, name="pg_restore")
+                toc = _TocReader(pg)
+                counts = stream.run(sink, toc)
+                status = sink.wait()
+                if status != 0 or not counts["sink_open"]:
+                    raise IntegrityError("the archive does not parse (%s: %s)"
+                                         % (sink.describe_exit(status), sink.stderr_text()), step="pg_restore")
+                tables = toc.table_count(step="verify")
+        except BaseException:
+            for child in (sink, toc):
+                if child is not None:
+                    child.kill()
+            raise
     expected = record.metadata.get("table_count")
     if expected is not None and tables != expected:
         raise IntegrityError("the archive lists %d tables, the metadata %d" % (tables, expected), step="verify")
@@ -749,7 +828,8 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
             "dump_bytes": counts["dump_bytes"], "checksum_sha256": counts["sha256"], "checksum_ok": True,
             "decryption_ok": True, "table_count": tables, "key_id": record.metadata.get("key_id"),
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
-            "trusted": record.verdict.trusted, "layout": record.layout or "host", "timestamp": record.metadata["timestamp"],
+            "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
+            "timestamp": record.metadata["timestamp"], "payload": counts["payload"],
             "duration_seconds": round(time.time() - started, 3)}
 
 
@@ -843,7 +923,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "database_settings": created, "timestamp": record.metadata["timestamp"],
             "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
-            "trusted": record.verdict.trusted, "layout": record.layout or "host",
+            "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners}
 
 
@@ -1008,36 +1088,53 @@ class _SqlRunner:
 
 
 def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner):
-    """pg_restore into ``staging`` as the runner; ``(counts, tables, archive owners)``."""
+    """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
+
+    Returns ``(counts, tables, owners in the archive)``.
+    """
     sink = toc = None
-    try:
-        client = runner.login(staging)
-        argv = client.restore_argv(staging, no_owner=no_owner)
-        if runner.role is not None and not no_owner:
-            argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
-        sink = _Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="pg_restore")
-        toc = _TocReader(pg)
-        counts = _RestoreStream(store, record, new_decryptor, progress).run(sink, toc)
-        status = sink.wait()
-        if status != 0 or not counts["sink_open"]:
-            raise PostgresError("%s: %s" % (sink.describe_exit(status), _restore_failure(sink.stderr_text())),
-                                step="pg_restore")
-        owners = toc_owners(toc.listing(step="pg_restore"))
-    except BaseException:
-        for child in (sink, toc):
-            if child is not None:
-                child.kill()
-        raise
+    with _RestoreStream(store, record, new_decryptor, progress) as stream:
+        try:
+            kind = stream.prepare()
+            client = runner.login(staging)
+            guard = None
+            if kind == PLAIN_SQL:
+                guard = PlainSqlGuard(secrets.token_hex(16), drop_ownership=runner.role is not None)
+                argv = client.script_argv(staging)
+            else:
+                toc = _TocReader(pg)
+                argv = client.restore_argv(staging, no_owner=no_owner)
+                if runner.role is not None and not no_owner:
+                    argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
+            name = "psql" if kind == PLAIN_SQL else "pg_restore"
+            sink = _Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
+            counts = stream.run(sink, toc, guard)
+            status = sink.wait()
+            if status != 0 or not counts["sink_open"]:
+                raise PostgresError("%s: %s" % (sink.describe_exit(status), _restore_failure(sink.stderr_text())),
+                                    step=name)
+            owners = guard.owners if guard is not None else toc_owners(toc.listing(step="pg_restore"))
+        except BaseException:
+            for child in (sink, toc):
+                if child is not None:
+                    child.kill()
+            raise
     tables = pg.table_count(staging)
     expected = record.metadata.get("table_count")
+    if guard is not None and expected is None:
+        expected = guard.tables
     if expected is not None and tables != expected:
         raise IntegrityError("restored database has %d tables, the backup had %d" % (tables, expected), step="verify")
     return counts, tables, owners
 
 
 def _restore_failure(stderr):
-    """Why pg_restore failed, with the fix for the common causes."""
+    """Why pg_restore (or psql, for a plain-SQL dump) failed, with the fix for the common causes."""
     detail = failure_detail(stderr)
+    if "\\restrict" in detail and "invalid command" in detail:
+        return detail + ("; this psql cannot restrict backslash commands (that came with PostgreSQL 15.14, 16.10, 17.6): "
+                         "a plain-SQL backup is restored only by a psql that can, so that the dump cannot run commands "
+                         "here: upgrade the PostgreSQL client or point PG_BIN_DIR at a newer one")
     missing = re.search(r'role "([^"]+)" does not exist', detail)
     if missing:
         detail += ("; the archive's objects are owned by or granted to role %s, which this server lacks: create it "

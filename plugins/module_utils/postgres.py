@@ -530,6 +530,11 @@ class PgClient:
             argv += ["--no-owner", "--no-privileges"]
         return argv + self.connection_args(database)
 
+    def script_argv(self, database):
+        """psql running a plain-SQL script from stdin into ``database`` in one transaction, stopping at the first error."""
+        return ([self.tool("psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+                + self.connection_args(database) + ["-f", "-"])
+
     def list_argv(self):
         """pg_restore -l: reads just an archive's table of contents from stdin."""
         return [self.tool("pg_restore"), "--list"]

@@ -16,7 +16,7 @@ __metaclass__ = type
 from . import keys
 from . import pipeline
 from . import trust
-from .errors import IntegrityError
+from .errors import BackupError, IntegrityError
 
 
 def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None):
@@ -43,7 +43,17 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
                 record.verdict = trust.Verdict(trust.INVALID, None, exc.message)
                 continue
             record.verdict = checker(record)
+            if record.seed and record.has_object and keys.holds_any_key(settings):
+                _find_kdf(settings, store, record, context)
     return {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+
+
+def _find_kdf(settings, store, record, context=None):
+    """For a seed backup: which key derivation and passphrase open it (``record.kdf``), or why none does."""
+    try:
+        pipeline.probe_cbc(context or keys.KeyContext(settings), store, record)
+    except BackupError as exc:
+        record.kdf = "none found: %s" % exc.message
 
 
 def _verdicts(settings, context=None):

@@ -213,7 +213,7 @@ def test_a_seed_meta_missing_any_required_field_is_refused_before_anything_is_re
 
 @pytest.mark.parametrize("field,value", [
     ("timestamp", "2025-08-09"), ("timestamp", "20251309_030000"), ("size_bytes", "15728640"), ("size_bytes", -1),
-    ("size_bytes", True), ("database", ""), ("database", "a/b"), ("checksum_sha256", "A1" * 32), ("format", "plain"),
+    ("size_bytes", True), ("database", ""), ("database", "a/b"), ("checksum_sha256", "A1" * 32), ("format", 7),
     ("retention_days", "30"), ("quantum_safe", "yes"), ("backup_type", "mysql"),
 ])
 def test_a_seed_meta_with_a_malformed_field_is_refused_naming_it(field, value):

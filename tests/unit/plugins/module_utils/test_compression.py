@@ -75,7 +75,7 @@ def test_auto_detects_what_the_seed_and_we_wrote_from_the_first_bytes(name):
 
 def test_auto_refuses_what_is_no_backup():
     unpack = compression.decompressor("auto")
-    with pytest.raises(IntegrityError, match="neither gzip, zstd nor a pg_dump archive"):
+    with pytest.raises(IntegrityError, match="neither gzip, zstd, a pg_dump archive nor SQL"):
         unpack.update(b"garbage garbage")
     short = compression.decompressor("auto")
     short.update(b"\x1f")

@@ -345,7 +345,7 @@ def test_iteration_count_from_the_envelope_both_ways():
     plaintext = dump_like(12345, seed=8)
     theirs = openssl_encrypt(plaintext, iterations=2000)
     assert decrypt(theirs, chunk=1001, iterations=iterations) == plaintext
-    with pytest.raises(WrongKeyError, match=r"\(10000 PBKDF2 iterations\)"):
+    with pytest.raises(WrongKeyError, match=r"PBKDF2-HMAC-SHA256, 10000 iterations"):
         decrypt(theirs)  # the default count derives another key
     ours = encrypt(plaintext, iterations=iterations)
     assert openssl_decrypt(ours, iterations=2000) == plaintext
@@ -368,9 +368,9 @@ def test_wrong_passphrase_names_the_labels_never_the_values():
     with pytest.raises(WrongKeyError) as info:
         decrypt(obj, passphrases=[("BACKUP_ENCRYPTION_KEY", OTHER), ("BACKUP_LEGACY_KEY", THIRD)])
     message = str(info.value)
-    assert message.startswith("none of the keys given decrypts this aes-256-cbc (OpenSSL enc) object: with BACKUP_ENCRYPTION_KEY, "
-                              "BACKUP_LEGACY_KEY (10000 PBKDF2 iterations)")
-    assert message.endswith("set BACKUP_ENCRYPTION_KEY or BACKUP_LEGACY_KEY to the seed's BACKUP_ENCRYPTION_KEY")
+    assert message.startswith("none of the passphrases given decrypts this aes-256-cbc (OpenSSL enc) object: with "
+                              "BACKUP_ENCRYPTION_KEY or BACKUP_LEGACY_KEY and PBKDF2-HMAC-SHA256, 10000 iterations")
+    assert message.endswith("set BACKUP_ENCRYPTION_KEY or BACKUP_LEGACY_KEY to the passphrase the backup was made with")
     assert "\n" not in message
     for secret in (OTHER, THIRD, PASSPHRASE):
         for i in range(len(secret) - 5):
@@ -399,23 +399,23 @@ def test_right_passphrase_among_several_is_found():
     assert dec.passphrase_label == "OLD_KEY"
 
 
-def test_first_matching_passphrase_wins_and_pbkdf2_is_cached_per_instance(monkeypatch):
+def test_first_matching_passphrase_wins_and_each_passphrase_is_derived_once(monkeypatch):
     calls = []
-    real = oe._derive
+    real = oe.Kdf.derive
 
-    def counting(passphrase, salt, iterations):
-        calls.append((passphrase, salt, iterations))
-        return real(passphrase, salt, iterations)
+    def counting(kdf, passphrase, salt):
+        calls.append((passphrase, salt, kdf.spec()))
+        return real(kdf, passphrase, salt)
 
-    monkeypatch.setattr(oe, "_derive", counting)
+    monkeypatch.setattr(oe.Kdf, "derive", counting)
     plaintext = dump_like(100)
     obj = encrypt(plaintext)
     calls.clear()
     dec = decryptor([("A", OTHER), ("B", OTHER), ("C", PASSPHRASE), ("D", PASSPHRASE)])
     assert decrypt(obj, dec=dec) == plaintext
-    assert dec.passphrase_label == "C"
+    assert dec.passphrase_label == "C" and dec.kdf.spec() == "pbkdf2-sha256:10000"
     assert [c[0] for c in calls] == [OTHER.encode(), PASSPHRASE.encode()]  # B reused A's result; D never tried
-    assert dec._derived == {}  # nothing kept once a key is chosen
+    assert not [name for name in vars(dec) if "derived" in name]  # nothing kept once a key is chosen
     calls.clear()
     assert decrypt(obj, passphrases=[("C", PASSPHRASE)]) == plaintext
     assert len(calls) == 1  # a new instance derives again: no cache across objects
@@ -812,3 +812,83 @@ def test_missing_cryptography_is_a_config_error(monkeypatch):
 def test_constants():
     assert (oe.ENCRYPTION_NAME, oe.MAGIC, oe.SALT_SIZE, oe.HEADER_SIZE) == ("aes-256-cbc", b"Salted__", 8, 16)
     assert (oe.DEFAULT_ITERATIONS, oe.ENVELOPE_TYPE) == (10000, "openssl-enc-pbkdf2-sha256")
+
+
+# --------------------------------------------------------------------------- finding how a seed object's key was derived
+
+# Every way the seed's script may have called openssl enc (its .meta does not record which), and the KDF that reads it.
+SEED_VARIANTS = [
+    (["-pbkdf2"], "pbkdf2-sha256:10000"),
+    (["-pbkdf2", "-iter", "100000"], "pbkdf2-sha256:100000"),
+    (["-pbkdf2", "-iter", "600000"], "pbkdf2-sha256:600000"),
+    ([], "evp-sha256"),  # no -pbkdf2: EVP_BytesToKey, sha256 since OpenSSL 1.1.0
+    (["-md", "md5"], "evp-md5"),  # OpenSSL 1.0's default digest
+]
+
+
+@needs_openssl
+@pytest.mark.parametrize("options, expected", SEED_VARIANTS)
+def test_a_stock_openssl_object_is_read_whatever_derivation_the_seed_used(options, expected):
+    plaintext = dump_like(70000, seed=3)
+    blob = run_openssl(["enc", "-aes-256-cbc", "-salt"] + options + ["-pass", "env:K"], plaintext)
+    dec = decryptor([("BACKUP_SEED_PASSPHRASE", "32_byte_encryption_key"), ("BACKUP_ENCRYPTION_KEY", PASSPHRASE)],
+                    kdfs=oe.probe_kdfs())
+    assert decrypt(blob, chunk=4096, dec=dec) == plaintext
+    assert (dec.kdf.spec(), dec.passphrase_label) == (expected, "BACKUP_ENCRYPTION_KEY")
+
+
+@needs_openssl
+def test_a_derivation_outside_the_probe_list_needs_the_setting():
+    plaintext = dump_like(5000, seed=4)
+    blob = run_openssl(["enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "250000", "-md", "sha512", "-pass", "env:K"],
+                       plaintext)
+    with pytest.raises(WrongKeyError, match="7 key derivations .* or BACKUP_SEED_KDF to how it was derived"):
+        decrypt(blob, kdfs=oe.probe_kdfs())
+    dec = decryptor(kdfs=oe.probe_kdfs(oe.parse_kdf("pbkdf2-sha512:250000")))
+    assert decrypt(blob, dec=dec) == plaintext and dec.kdf.describe() == "PBKDF2-HMAC-SHA512, 250000 iterations (openssl enc -pbkdf2)"
+
+
+@needs_openssl
+@pytest.mark.parametrize("passphrase", ["32_byte_encryption_key", "f" * 64, "with spaces and ünïcode", PASSPHRASE])
+def test_the_seed_passphrase_is_any_text_used_as_written(passphrase):
+    plaintext = dump_like(3000, seed=5)
+    blob = run_openssl(["enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-pass", "env:K"], plaintext, passphrase=passphrase)
+    assert decrypt(blob, passphrases=[("BACKUP_SEED_PASSPHRASE", passphrase)], kdfs=oe.probe_kdfs()) == plaintext
+
+
+@pytest.mark.parametrize("text, spec", [
+    ("pbkdf2", "pbkdf2-sha256:10000"), ("pbkdf2:600000", "pbkdf2-sha256:600000"), ("PBKDF2-SHA1:4096", "pbkdf2-sha1:4096"),
+    ("evp", "evp-sha256"), ("evp-md5", "evp-md5"), (" evp-sha1 ", "evp-sha1"),
+])
+def test_kdf_settings_are_parsed(text, spec):
+    assert oe.parse_kdf(text).spec() == spec
+
+
+@pytest.mark.parametrize("text", ["scrypt", "pbkdf2:0", "evp-md5:1000", "pbkdf2-md4", "", "pbkdf2:99999999"])
+def test_bad_kdf_settings_name_the_setting(text):
+    with pytest.raises(ConfigError, match="BACKUP_SEED_KDF"):
+        oe.parse_kdf(text)
+
+
+def test_the_probe_tries_cheap_derivations_first_and_a_setting_before_all():
+    assert [kdf.spec() for kdf in oe.probe_kdfs()] == ["pbkdf2-sha256:10000", "evp-sha256", "evp-md5", "pbkdf2-sha256:100000",
+                                                       "pbkdf2-sha256:200000", "pbkdf2-sha256:600000", "pbkdf2-sha256:1000000"]
+    first = oe.parse_kdf("pbkdf2:100000")
+    assert oe.probe_kdfs(first)[0] == first and len(oe.probe_kdfs(first)) == 7
+
+
+def test_evp_bytes_to_key_matches_its_definition():
+    salt = bytes(range(8))
+    d1 = hashlib.md5(b"pw" + salt).digest()
+    d2 = hashlib.md5(d1 + b"pw" + salt).digest()
+    d3 = hashlib.md5(d2 + b"pw" + salt).digest()
+    assert oe.Kdf("evp", "md5").derive(b"pw", salt) == ((d1 + d2)[:32], d3[:16])
+
+
+@pytest.mark.parametrize("start, expected", [
+    (b"--\n-- PostgreSQL database dump\n", True), (b"SET statement_timeout = 0;", True), (b"\\restrict abc\n", True),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", True), (b"\x1f\x8b\x08\xe0\x00\x00\x00\x00\x00\x03", False),
+    (b"-- just a comment", False),
+])
+def test_plain_sql_and_gzip_starts_are_told_apart_from_noise(start, expected):
+    assert oe.plausible_dump_start(start.ljust(16, b" ")) is expected
