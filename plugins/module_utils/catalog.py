@@ -47,7 +47,7 @@ REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_ke
 # Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
 HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
     "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
-    "server_version", "pg_dump_version", "database_settings"))
+    "server_version", "pg_dump_version", "database_settings", "adopted_from"))
 
 
 def utcnow():
@@ -353,6 +353,8 @@ _HOST_FIELD_CHECKS = (
     ("recipient_ids", lambda value: isinstance(value, list) and all(_is_text(item) for item in value)),
     ("signature", lambda value: isinstance(value, dict)),
     ("database_settings", lambda value: value is None or isinstance(value, dict)),
+    ("adopted_from", lambda value: isinstance(value, dict) and _is_text(value.get("object_key"))
+     and _is_sha256(value.get("checksum_sha256"))),
 )
 
 # The seed's fields, each with its check; the first six are required (the seed's script always wrote all nine).

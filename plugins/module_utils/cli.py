@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 
+from . import adopt
 from . import catalog
 from . import config
 from . import health
@@ -118,6 +119,13 @@ def _parser():
     rekey.add_argument("--all", action="store_true", help="every host and database in the bucket")
     rekey.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     rekey.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    adopt = commands.add_parser("adopt", help="verify each of the seed's backups of DB_NAME and copy it into this "
+                                              "format under this host, signed, with its original name and time")
+    adopt.add_argument("--dry-run", action="store_true", help="verify each one end to end, write nothing")
+    adopt.add_argument("--delete-originals", action="store_true",
+                       help="delete each original once its copy verified (never before)")
+    adopt.add_argument("--json", action="store_true", help="print the result as JSON")
 
     role = commands.add_parser("restore-role", help="create BACKUP_RESTORE_ROLE (a plain login role without a password) "
                                                     "if missing, and check it may run restored SQL")
@@ -322,6 +330,29 @@ def _cmd_keygen(args, settings, env):
     return EXIT_OK
 
 
+def _cmd_adopt(args, settings, env):
+    progress = _Progress("adopt", sys.stderr)
+    try:
+        result = adopt.run_adopt(settings, dry_run=args.dry_run, delete_originals=args.delete_originals,
+                                 progress=progress)
+    finally:
+        progress.close()
+    lines = ["%s: %d adopted, %d would be, %d already adopted, %d failed; %d original(s) deleted"
+             % (result["database"], result["adopted"], result["would_adopt"], result["already_adopted"], result["failed"],
+                result["originals_deleted"])]
+    for item in result["backups"]:
+        if item["status"] == adopt.FAILED:
+            lines.append("  FAILED           %s" % item["error"])
+        else:
+            lines.append("  %-16s %s (%s)%s" % (item["status"], item["name"], item["timestamp"],
+                                                ", %s tables, %s" % (item["table_count"], item.get("kdf") or "")
+                                                if "table_count" in item else ""))
+    if not result["backups"]:
+        lines.append("(no seed backups of this database)")
+    _emit(result, args.json, lines)
+    return result["exit_code"]
+
+
 def _cmd_restore_role(args, settings, env):
     result = pipeline.prepare_restore_role(settings, check=args.check)
     state = "created" if result["created"] else ("missing" if not result["exists"] else "present")
@@ -333,7 +364,7 @@ def _cmd_restore_role(args, settings, env):
 
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
             "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen,
-            "restore-role": _cmd_restore_role}
+            "restore-role": _cmd_restore_role, "adopt": _cmd_adopt}
 
 
 class _UTCFormatter(logging.Formatter):

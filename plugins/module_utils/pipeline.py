@@ -61,7 +61,10 @@ class _NoProgress:
         return None
 
 
-class _Child:
+NO_PROGRESS = _NoProgress()
+
+
+class Child:
     """A client program with its stderr drained (bounded) on a thread so it can never block on it."""
 
     def __init__(self, argv, env, stdin=None, stdout=None, name=None):
@@ -130,11 +133,11 @@ def _grow_pipe(fd):
         pass
 
 
-class _TocReader:
+class TocReader:
     """Feeds the start of an archive to ``pg_restore --list`` (which stops after the table of contents)."""
 
     def __init__(self, pg):
-        self.child = _Child(pg.list_argv(), pg.environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.child = Child(pg.list_argv(), pg.environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             name="pg_restore --list")
         self._out = []
         self._open = True
@@ -282,7 +285,7 @@ def run_backup(settings, progress=None, store=None, now=None):
              plan.db_size, store.url(obj_key))
 
     identity = (settings.host, settings.db_name, basename)
-    encryption, envelope, kid, recipient_ids, encryptor = _new_encryptor(settings, context, identity)
+    encryption, envelope, kid, recipient_ids, encryptor = new_encryptor(settings, context, identity)
     stream = _BackupStream(pg, settings, store, obj_key, encryptor, plan.db_size, progress)
     stored = stream.run()
     duration = time.time() - started
@@ -295,7 +298,7 @@ def run_backup(settings, progress=None, store=None, now=None):
     if recipient_ids:
         metadata["recipient_ids"] = recipient_ids
     metadata = context.sign(metadata)
-    _commit(store, meta_key, obj_key, catalog.encode_metadata(metadata))
+    commit(store, meta_key, obj_key, catalog.encode_metadata(metadata))
     LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs", basename,
              stored["size_bytes"], stored["dump_bytes"], stored["table_count"], duration)
     return {
@@ -309,7 +312,7 @@ def run_backup(settings, progress=None, store=None, now=None):
     }
 
 
-def _commit(store, meta_key, obj_key, document):
+def commit(store, meta_key, obj_key, document):
     """Write the metadata (the commit marker) only where none is; on failure uncommit: delete the data object.
 
     A write whose answer was lost may still have been stored: the metadata is read back before
@@ -335,7 +338,7 @@ def _commit(store, meta_key, obj_key, document):
         raise
 
 
-def _new_encryptor(settings, context, identity):
+def new_encryptor(settings, context, identity):
     """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup.
 
     ``identity`` is ``(host, database, name)``, bound into the data key's wrap (format version 2).
@@ -376,9 +379,9 @@ class _BackupStream:
         """Stream the dump into the store; returns sizes, checksum and table count, or raises (upload aborted)."""
         dump = toc = upload = None
         try:
-            dump = _Child(self.pg.dump_argv(self.settings.db_name), self.pg.environment(), stdin=subprocess.DEVNULL,
+            dump = Child(self.pg.dump_argv(self.settings.db_name), self.pg.environment(), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, name="pg_dump")
-            toc = _TocReader(self.pg)
+            toc = TocReader(self.pg)
             upload = self.store.open_multipart(self.key, choose_part_size(self.db_size * 2))
             result = self._pump(dump, toc, upload)
             status = dump.wait()
@@ -401,10 +404,8 @@ class _BackupStream:
             raise
 
     def _pump(self, dump, toc, upload):
-        pack = compressor(self.settings.compression)
-        seal = self.encryptor
-        digest = hashlib.sha256()
-        dump_bytes = stored = 0
+        writer = SealedWriter(self.settings.compression, self.encryptor, upload)
+        dump_bytes = 0
         head = b""
         read = dump.proc.stdout.read
         while True:
@@ -415,19 +416,44 @@ class _BackupStream:
                 head = (head + chunk)[:len(DUMP_MAGIC)]
             dump_bytes += len(chunk)
             toc.feed(chunk)
-            out = seal.update(pack.update(chunk))
-            if out:
-                digest.update(out)
-                upload.write(out)
-                stored += len(out)
+            writer.feed(chunk)
             self.progress(dump_bytes)
-        out = seal.update(pack.finalize()) + seal.finalize()
-        digest.update(out)
-        upload.write(out)
-        stored += len(out)
+        result = writer.finish()
         if dump_bytes and head != DUMP_MAGIC:
             raise PostgresError("pg_dump output does not start with the custom-format magic PGDMP", step="pg_dump")
-        return {"dump_bytes": dump_bytes, "stored_bytes": stored, "sha256": digest.hexdigest()}
+        result["dump_bytes"] = dump_bytes
+        return result
+
+
+class SealedWriter:
+    """The stored side of a backup: plaintext -> compress -> encrypt -> SHA-256 -> a multipart upload.
+
+    A sink (``feed`` returns True); ``finish`` seals the end and returns ``stored_bytes`` and ``sha256``.
+    The caller completes or aborts the upload.
+    """
+
+    def __init__(self, compression, encryptor, upload):
+        self._pack = compressor(compression)
+        self._seal = encryptor
+        self._upload = upload
+        self._digest = hashlib.sha256()
+        self.stored = 0
+
+    def _out(self, data):
+        if data:
+            self._digest.update(data)
+            self._upload.write(data)
+            self.stored += len(data)
+
+    def feed(self, chunk):
+        """Add plaintext."""
+        self._out(self._seal.update(self._pack.update(chunk)))
+        return True
+
+    def finish(self):
+        """Seal and send the rest; ``{"stored_bytes", "sha256"}``."""
+        self._out(self._seal.update(self._pack.finalize()) + self._seal.finalize())
+        return {"stored_bytes": self.stored, "sha256": self._digest.hexdigest()}
 
 
 def _explain_dump(pg, child):
@@ -576,7 +602,7 @@ def _choose(records, backup, before, allow_seed):
 
 # --------------------------------------------------------------------------- restore and verify
 
-class _RestoreStream:
+class RestoreStream:
     """download -> hash -> decrypt -> decompress -> a sink (pg_restore or psql, or a parse-only sink to verify).
 
     Format v1/v2 objects stream straight through: every segment is authenticated before
@@ -585,7 +611,7 @@ class _RestoreStream:
     the object as stored) and its SHA-256 checked against the metadata; only then is it
     decrypted. No plaintext reaches PostgreSQL or the disk unchecked.
 
-    Use: ``with _RestoreStream(...) as stream: kind = stream.prepare(); ... stream.run(sink)``.
+    Use: ``with RestoreStream(...) as stream: kind = stream.prepare(); ... stream.run(sink)``.
     ``prepare`` says what the plaintext is (``custom``: a pg_dump archive; ``sql``: a plain dump).
     """
 
@@ -735,7 +761,7 @@ def _step(name, func, *args):
         raise
 
 
-class _Discard:
+class Discard:
     """A sink that takes everything (verify of a plain-SQL dump: the guard parses it)."""
 
     @staticmethod
@@ -743,7 +769,7 @@ class _Discard:
         return True
 
 
-def _decryptor_factory(context, store, record):
+def decryptor_factory(context, store, record):
     """A function that makes a fresh decryptor of this backup's object, once the keys held are known to open it.
 
     Format v1 (aes-256-gcm, hybrid-pq): the data key is opened from the envelope.
@@ -795,21 +821,21 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
     context = keys.KeyContext(settings)
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
     record = select(settings, store, backup, before, host, db, context, allow_seed)
-    new_decryptor = _decryptor_factory(context, store, record)
+    new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
     pg = PgClient(settings)
     sink = toc = None
     started = time.time()
-    with _RestoreStream(store, record, new_decryptor, progress) as stream:
+    with RestoreStream(store, record, new_decryptor, progress) as stream:
         try:
             if stream.prepare() == PLAIN_SQL:
                 guard = PlainSqlGuard()
-                counts = stream.run(_Discard(), guard=guard)
+                counts = stream.run(Discard(), guard=guard)
                 tables = guard.tables
             else:
-                sink = _Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
+                sink = Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, name="pg_restore")
-                toc = _TocReader(pg)
+                toc = TocReader(pg)
                 counts = stream.run(sink, toc)
                 status = sink.wait()
                 if status != 0 or not counts["sink_open"]:
@@ -873,7 +899,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     context = keys.KeyContext(settings)
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
     record = select(settings, store, backup, before, host, db, context, allow_seed)
-    new_decryptor = _decryptor_factory(context, store, record)
+    new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
     target = check_target_name(target_db or default_target(record))
     pg = PgClient(settings)
@@ -1093,7 +1119,7 @@ def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress,
     Returns ``(counts, tables, owners in the archive)``.
     """
     sink = toc = None
-    with _RestoreStream(store, record, new_decryptor, progress) as stream:
+    with RestoreStream(store, record, new_decryptor, progress) as stream:
         try:
             kind = stream.prepare()
             client = runner.login(staging)
@@ -1102,12 +1128,12 @@ def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress,
                 guard = PlainSqlGuard(secrets.token_hex(16), drop_ownership=runner.role is not None)
                 argv = client.script_argv(staging)
             else:
-                toc = _TocReader(pg)
+                toc = TocReader(pg)
                 argv = client.restore_argv(staging, no_owner=no_owner)
                 if runner.role is not None and not no_owner:
                     argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
             name = "psql" if kind == PLAIN_SQL else "pg_restore"
-            sink = _Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
+            sink = Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
             counts = stream.run(sink, toc, guard)
             status = sink.wait()
             if status != 0 or not counts["sink_open"]:
