@@ -6,7 +6,8 @@
 Streams MIB MiB of incompressible data through each mode's encryptor and
 decryptor in 1 MiB chunks (as the pipeline does) and times the per-backup key
 work: wrapping or sealing a data key, opening it, signing and verifying a
-metadata document, and the aes-256-cbc passphrase derivation. Prints medians and
+metadata document, the aes-256-cbc passphrase derivation, and the probe that finds how
+a seed object's key was derived (every derivation tried, worst case). Prints medians and
 ratios to the aes-256-gcm baseline. CPU only: no PostgreSQL, no S3.
 """
 
@@ -95,7 +96,35 @@ def main():
         seconds = _median_seconds(func, 200)
         base = base or seconds
         print("  %-42s %8.3f ms  %6.1fx of wrapping" % (label, seconds * 1000, seconds / base))
+    _probe_costs(passphrase, max(1, args.repeat))
     return 0
+
+
+def _probe_costs(passphrase, repeat):
+    """What finding a seed object's key derivation costs: each derivation tried, and the whole probe when none fits."""
+    print("seed key derivation probe (per passphrase, median of %d; a restore or adoption pays it once per object):"
+          % repeat)
+    salt = os.urandom(8)
+    total = 0.0
+    first = None
+    for kdf in openssl_enc.probe_kdfs():
+        seconds = _median_seconds(lambda kdf=kdf: kdf.derive(passphrase, salt), repeat)
+        first = first or seconds
+        total += seconds
+        print("  %-36s %8.3f ms  %6.1fx of the first (the seed's default)" % (kdf.spec(), seconds * 1000, seconds / first))
+    block = os.urandom(32)  # a header and a first block no derivation opens: the worst case, every one tried
+    obj = b"Salted__" + salt + block[:16]
+
+    def worst():
+        decryptor = openssl_enc.CbcDecryptor([("k", passphrase)], kdfs=openssl_enc.probe_kdfs())
+        try:
+            decryptor.update(obj)
+        except openssl_enc.WrongKeyError:
+            pass
+
+    seconds = _median_seconds(worst, repeat)
+    print("  %-36s %8.3f ms  (%d derivations, sum of the rows %.3f ms)" % ("whole probe, nothing fits", seconds * 1000,
+                                                                            len(openssl_enc.probe_kdfs()), total * 1000))
 
 
 if __name__ == "__main__":
