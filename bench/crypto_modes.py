@@ -123,8 +123,8 @@ def _probe_costs(passphrase, repeat):
             pass
 
     seconds = _median_seconds(worst, repeat)
-    print("  %-36s %8.3f ms  (%d derivations, sum of the rows %.3f ms)" % ("whole probe, nothing fits", seconds * 1000,
-                                                                            len(openssl_enc.probe_kdfs()), total * 1000))
+    print("  %-36s %8.3f ms  (%d derivations, sum of the rows %.3f ms)"
+          % ("whole probe, nothing fits", seconds * 1000, len(openssl_enc.probe_kdfs()), total * 1000))
 
 
 if __name__ == "__main__":

@@ -69,17 +69,17 @@ options:
     type: path
   restore_role:
     description:
-      - Plain PostgreSQL role that a restored backup's SQL runs as, for example V(quankey_restore). For each restore
-        a temporary login role that is a member of it is made (with a password valid for that restore only) and
-        dropped afterwards, so the archive cannot use O(login_user)'s privileges (C(COPY ... TO PROGRAM), untrusted
-        languages, other roles). It is created C(NOLOGIN) on first use, and refused if it is a superuser or can
-        create roles, replicate or bypass row security.
-      - Needed, or O(quankey.backup.s3_backup_restore#module:restore_as_admin=true), to restore a backup whose source is
-        not trusted (another host's, the seed's, or unsigned) while O(login_user) is a superuser or similarly
-        privileged. The temporary login logs in with a password, so C(pg_hba.conf) must allow password logins of
-        members of this role (for example C(host all +quankey_restore 127.0.0.1/32 scram-sha-256)).
-      - Only M(quankey.backup.s3_backup_restore) uses it; the other modules accept it so that C(module_defaults) can
-        set it once.
+      - Plain PostgreSQL role that a restored backup's SQL runs as. For each restore a temporary login role that is a
+        member of it is made, with a password valid for that restore only, and dropped afterwards, so the archive
+        cannot use O(login_user)'s privileges (C(COPY ... TO PROGRAM), untrusted languages, other roles).
+      - It is created C(NOLOGIN) on first use, and refused if it is O(login_user), a superuser, or can create roles,
+        replicate or bypass row security (or is a member of a role that can).
+      - The temporary login logs in with a password, so C(pg_hba.conf) must allow password logins of members of this
+        role (for example C(host all +quankey_restore 127.0.0.1/32 scram-sha-256)).
+      - Only M(quankey.backup.s3_backup_restore) uses it (and runs the SQL as O(login_user) instead only with
+        O(quankey.backup.s3_backup_restore#module:restore_as_admin=true)); the other modules accept it so that
+        C(module_defaults) can set it once.
       - If not set, the environment variable E(BACKUP_RESTORE_ROLE) is used.
     type: str
+    default: quankey_restore
 """

@@ -142,8 +142,8 @@ def _copy(settings, context, store, pg, record, target, progress):
         upload.abort()
         raise
     view = settings.describe()
-    view.update(db_name=target.db, host=target.host, retention_days=record.metadata.get("retention_days",
-                                                                                         settings.retention_days))
+    view.update(db_name=target.db, host=target.host,
+                retention_days=record.metadata.get("retention_days", settings.retention_days))
     metadata = catalog.build_metadata(
         view, target.basename, record.timestamp, target.object_key, size, stored["sha256"], envelope, kid,
         found["table_count"], found["dump_bytes"], time.time() - started, found["server_version"],
@@ -216,4 +216,7 @@ class _Tee:
         self.sinks = [sink for sink in sinks if sink is not None]
 
     def feed(self, data):
-        return all([sink.feed(data) for sink in self.sinks])
+        fed = True
+        for sink in self.sinks:  # every sink gets the data, even after one has closed
+            fed = sink.feed(data) and fed
+        return fed

@@ -78,7 +78,7 @@ def postgres_argument_spec():
         maintenance_db=dict(type="str", default=SETTINGS_DEFAULTS["db_maintenance_db"],
                             fallback=_env("DB_MAINTENANCE_DB")),
         pg_bin_dir=dict(type="path", fallback=_env("PG_BIN_DIR")),
-        restore_role=dict(type="str", fallback=_env("BACKUP_RESTORE_ROLE")),
+        restore_role=dict(type="str", default=SETTINGS_DEFAULTS["restore_role"], fallback=_env("BACKUP_RESTORE_ROLE")),
     )
 
 

@@ -178,7 +178,20 @@ def load_environment(env_file, environ):
     for name in config.VARIABLES + ("BACKUP_FILE", "OUTPUT_JSON", "BACKUP_SCHEDULE", "AWS_REGION"):
         if environ.get(name):
             values[name] = environ[name]
+            values.pop(_FROM_FILE + name, None)
+        elif name in values:
+            values[_FROM_FILE + name] = True
     return values
+
+
+_FROM_FILE = "\x00from-file:"  # marks, in load_environment's result, the names the env file set (not a variable name)
+
+
+def _settings(env, env_file, environ):
+    """The Settings of ``env`` (load_environment's), with messages naming the env file only for what it set."""
+    from_file = set(name[len(_FROM_FILE):] for name in env if name.startswith(_FROM_FILE))
+    clean = dict((name, value) for name, value in env.items() if not name.startswith(_FROM_FILE))
+    return config.settings_from_env(clean, origin=env_file_path(env_file, environ), from_origin=from_file), clean
 
 
 def _emit(data, as_json, lines):
@@ -382,6 +395,17 @@ def _setup_logging(quiet):
     LOG.propagate = False
 
 
+# What an interrupted command leaves behind (each cleans up before this is said).
+_INTERRUPTED = {
+    "backup": "nothing was committed: the upload was aborted (or is swept by prune if the store was out of reach)",
+    "restore": "nothing was restored: the staging database was dropped and the target is as it was",
+    "verify": "nothing was changed",
+    "adopt": "the backup being copied was not committed (its upload was aborted); run adopt again to go on",
+    "rekey": "each backup is either rekeyed or left as it was; run rekey again to finish",
+    "prune": "what was already deleted is gone; run prune again to finish",
+}
+
+
 def _on_sigterm(signum, frame):
     raise KeyboardInterrupt("terminated by signal %d" % signum)
 
@@ -394,13 +418,13 @@ def main(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     try:
         env = load_environment(args.env_file, environ)
-        settings = config.settings_from_env(env, origin=env_file_path(args.env_file, environ))
+        settings, env = _settings(env, args.env_file, environ)
         status = COMMANDS[args.command](args, settings, env)
     except BackupError as exc:
         LOG.error("%s: %s", args.command, exc)
         status = exc.exit_code
     except KeyboardInterrupt:
-        LOG.error("%s interrupted: nothing was committed, partial uploads were aborted", args.command)
+        LOG.error("%s interrupted: %s", args.command, _INTERRUPTED.get(args.command, "nothing was changed"))
         status = 130
     except Exception:  # unexpected: keep the full detail for the bug report
         LOG.error("%s failed unexpectedly:\n%s", args.command, traceback.format_exc())

@@ -36,6 +36,8 @@ DEFAULT_ENCRYPTION = "aes-256-gcm"
 DEFAULT_RESTORE_ROLE = "quankey_restore"
 # Seconds a failing S3 request is retried (connection lost, timeout, 5xx, throttling) before the command gives up.
 DEFAULT_RETRY_WINDOW = 300
+# Seconds pg_dump waits for a table's lock (held by a migration's ALTER TABLE, say) before the backup fails.
+DEFAULT_LOCK_WAIT_TIMEOUT = 300
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -56,7 +58,7 @@ VARIABLES = (
     "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE", "BACKUP_SIGNING_KEY",
     "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
     "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED", "BACKUP_SEED_PASSPHRASE", "BACKUP_SEED_KDF",
-    "S3_RETRY_WINDOW_SECONDS",
+    "S3_RETRY_WINDOW_SECONDS", "BACKUP_LOCK_WAIT_TIMEOUT",
 )
 SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
                     "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE")
@@ -81,7 +83,7 @@ class Settings:
                  backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
                  decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None,
                  restore_role=DEFAULT_RESTORE_ROLE, allow_seed=False, pg_passthrough=None, seed_passphrase=None,
-                 seed_kdf=None, retry_window=DEFAULT_RETRY_WINDOW):
+                 seed_kdf=None, retry_window=DEFAULT_RETRY_WINDOW, lock_wait_timeout=DEFAULT_LOCK_WAIT_TIMEOUT):
         self.db_name = db_name
         self.db_host = db_host or "localhost"
         self.db_port = db_port
@@ -108,6 +110,7 @@ class Settings:
         self.allow_seed = allow_seed
         self.pg_passthrough = dict(pg_passthrough or {})
         self.retry_window = retry_window
+        self.lock_wait_timeout = lock_wait_timeout
         self.seed_passphrase = seed_passphrase or None
         self.seed_kdf = seed_kdf or None
         self.encryption = encryption or DEFAULT_ENCRYPTION
@@ -164,6 +167,7 @@ class Settings:
             raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
                               % (self.backup_name,))
         self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
+        self.lock_wait_timeout = _whole_number(self.label("lock_wait_timeout"), self.lock_wait_timeout, 1, 86400)
         self.retry_window = _whole_number(self.label("retry_window"), self.retry_window, 0, 86400)
         if not _ROLE_RE.match(self.restore_role):
             raise ConfigError("%s %r is not a usable role name: use letters, digits and '_' (at most 63, not starting "
@@ -216,6 +220,7 @@ FIELD_VARIABLES = {
     "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
     "min_keep": "BACKUP_MIN_KEEP", "restore_role": "BACKUP_RESTORE_ROLE", "allow_seed": "BACKUP_ALLOW_SEED",
     "seed_passphrase": "BACKUP_SEED_PASSPHRASE", "seed_kdf": "BACKUP_SEED_KDF",
+    "lock_wait_timeout": "BACKUP_LOCK_WAIT_TIMEOUT",
     "retry_window": "S3_RETRY_WINDOW_SECONDS",
 }
 _FIELD_HINTS = {
@@ -316,6 +321,8 @@ def _shell_value(raw):
 def parse_env_text(text, origin="env file"):
     """Parse KEY=VALUE lines (``export`` allowed, '#' comments, single or double quotes)."""
     values = {}
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark some editors put first: not part of the first name
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -374,8 +381,12 @@ def read_env_file(path):
     return parse_env_text(text, origin=path), warnings
 
 
-def settings_from_env(env, origin=None):
-    """Build :class:`Settings` from a mapping of the seed's variable names (``origin``: the env file they came from)."""
+def settings_from_env(env, origin=None, from_origin=None):
+    """Build :class:`Settings` from a mapping of the seed's variable names.
+
+    ``origin``: the env file the values came from; ``from_origin``: the names that did (default: all),
+    so a message names "DB_PORT in /etc/quankey/backup.env" only for what that file set.
+    """
     def get(name, default=None):
         value = env.get(name)
         return default if value in (None, "") else value
@@ -394,7 +405,9 @@ def settings_from_env(env, origin=None):
         recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
         restore_role=get("BACKUP_RESTORE_ROLE", DEFAULT_RESTORE_ROLE), allow_seed=get("BACKUP_ALLOW_SEED", False),
         seed_passphrase=get("BACKUP_SEED_PASSPHRASE"), seed_kdf=get("BACKUP_SEED_KDF"),
+        lock_wait_timeout=get("BACKUP_LOCK_WAIT_TIMEOUT", DEFAULT_LOCK_WAIT_TIMEOUT),
         retry_window=get("S3_RETRY_WINDOW_SECONDS", DEFAULT_RETRY_WINDOW),
         pg_passthrough=dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and value not in (None, "")),
-        labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()) if origin else None,
+        labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()
+                    if from_origin is None or variable in from_origin) if origin else None,
     )

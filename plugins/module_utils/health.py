@@ -268,7 +268,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                       signature_fix=fix)
     if seed_records and not settings.allow_seed:
         findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
-                                 "their metadata is unsigned; adopt them, or set %s=true to count them"
+                                 "their metadata is unsigned; adopt them (quankey-backup adopt), or set %s to true to count them"
                                  % (len(seed_records), seed_records[0].basename, settings.label("allow_seed"))))
     if signing_keys is None and any(record.metadata and not record.seed for record in records[:METADATA_LOOKBACK]):
         findings.append(_finding("metadata_signature", INFO, "metadata signatures not checked: no signing key or master "

@@ -29,7 +29,7 @@ from . import openssl_enc
 from . import recipients
 from . import signing
 from . import trust
-from .errors import BackupError, ConfigError, IntegrityError, TamperedError, WrongKeyError
+from .errors import BackupError, ConfigError, IntegrityError, WrongKeyError
 
 LOG = logging.getLogger("quankey_backup")
 

@@ -54,6 +54,7 @@ RESTORE_LOGIN_MINUTES = 15  # how long a restore role's one-restore password let
 RESTORE_LOGIN_BYTES_PER_MINUTE = 300 * 1024 * 1024
 SPOOL_MARGIN = 64 * 1024 * 1024  # free space kept beside a downloaded aes-256-cbc object
 _PG_NAME_LIMIT = 63
+_SIDE_NAME_RE = re.compile(r"\A(?P<target>.*)__(?P<tag>restoring|replaced)_(?P<stamp>\d{12})_[0-9a-f]{4}\Z", re.DOTALL)
 
 
 class _NoProgress:
@@ -138,7 +139,7 @@ class TocReader:
 
     def __init__(self, pg):
         self.child = Child(pg.list_argv(), pg.environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            name="pg_restore --list")
+                           name="pg_restore --list")
         self._out = []
         self._open = True
         self._reader = threading.Thread(target=self._collect, name="toc-stdout")
@@ -380,7 +381,7 @@ class _BackupStream:
         dump = toc = upload = None
         try:
             dump = Child(self.pg.dump_argv(self.settings.db_name), self.pg.environment(), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, name="pg_dump")
+                         stdout=subprocess.PIPE, name="pg_dump")
             toc = TocReader(self.pg)
             upload = self.store.open_multipart(self.key, choose_part_size(self.db_size * 2))
             result = self._pump(dump, toc, upload)
@@ -834,7 +835,7 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
                 tables = guard.tables
             else:
                 sink = Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, name="pg_restore")
+                             stdout=subprocess.DEVNULL, name="pg_restore")
                 toc = TocReader(pg)
                 counts = stream.run(sink, toc)
                 status = sink.wait()
@@ -859,10 +860,18 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
             "duration_seconds": round(time.time() - started, 3)}
 
 
+def fit_name(text, limit=_PG_NAME_LIMIT):
+    """``text`` cut to at most ``limit`` UTF-8 bytes without splitting a character (PostgreSQL counts bytes)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 def default_target(record):
     """``<db>_restored_<YYYYmmdd_HHMMSS>`` of the backup, within PostgreSQL's 63-byte name limit."""
     suffix = "_restored_" + catalog.format_timestamp(record.timestamp)
-    return record.db[:_PG_NAME_LIMIT - len(suffix)] + suffix
+    return fit_name(record.db, _PG_NAME_LIMIT - len(suffix)) + suffix
 
 
 def check_target_name(target):
@@ -870,12 +879,36 @@ def check_target_name(target):
     if not target or len(target.encode("utf-8")) > _PG_NAME_LIMIT:
         raise RefusedError("target database name %r is empty or longer than PostgreSQL's 63 bytes: choose another "
                            "--target-db" % target)
+    if "\x00" in target:
+        raise RefusedError("target database name %r contains a NUL character" % target)
     return target
 
 
-def _side_name(target, tag, unique):
-    suffix = "__%s_%s" % (tag, unique)
-    return target[:_PG_NAME_LIMIT - len(suffix)] + suffix
+STAGING_TAG, REPLACED_TAG = "restoring", "replaced"
+
+
+def side_name(target, tag, when=None):
+    """``<target, cut to fit>__<tag>_<YYmmddHHMMSS>_<hex>``: a staging or replaced database's name.
+
+    It holds the time it was made (its age, for leftovers) and a random part, and fits in 63
+    bytes by cutting the target's part by bytes, never a character in two, so it never
+    becomes the target itself.
+    """
+    stamp = (when or catalog.utcnow()).strftime("%y%m%d%H%M%S")
+    suffix = "__%s_%s_%s" % (tag, stamp, secrets.token_hex(2))
+    return fit_name(target, _PG_NAME_LIMIT - len(suffix)) + suffix
+
+
+def parse_side_name(name):
+    """``(target prefix, tag, made at)`` of a name made by :func:`side_name`, or None."""
+    match = _SIDE_NAME_RE.match(name)
+    if not match:
+        return None
+    try:
+        made = datetime.datetime.strptime(match.group("stamp"), "%y%m%d%H%M%S").replace(tzinfo=catalog.UTC)
+    except ValueError:
+        return None
+    return match.group("target"), match.group("tag"), made
 
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
@@ -913,7 +946,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
         raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
                            "before replacing it" % (target, pg.active_connections(target)))
     runner = _sql_runner(settings, pg, record, as_admin, restore_role)
-    staging = _side_name(target, "restoring", secrets.token_hex(4))
+    staging = side_name(target, STAGING_TAG)
     LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
              store.url(record.object_key), target, pg.where, staging, runner.name)
     started = time.time()
@@ -931,7 +964,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             if pg.active_connections(target):
                 raise RefusedError("database %r gained active connections during the restore: stop the application "
                                    "and run again" % target, step="swap")
-            replaced = _side_name(target, "replaced", catalog.format_timestamp(catalog.utcnow()))
+            replaced = side_name(target, REPLACED_TAG)
             pg.rename_database(target, replaced)
         pg.rename_database(staging, target)
     except BaseException as exc:
@@ -950,7 +983,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
-            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners}
+            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted}
 
 
 def prepare_restore_role(settings, check=False):
@@ -965,8 +998,19 @@ def prepare_restore_role(settings, check=False):
     if not exists and not check:
         created = pg.create_restore_role(role)
         exists = True
+    risks = _short_risks(pg.role_risks(role)) if exists else []
+    if risks:
+        message = ("restore role %s (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE %s "
+                   "NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name another"
+                   % (role, settings.label("restore_role"), "; ".join(risks), role))
+    elif not exists:
+        message = "restore role %s does not exist on %s: it is created on first use, or by restore-role" % (role, pg.where)
+    else:
+        message = "restore role %s on %s is a plain role%s" % (role, pg.where, " (created)" if created else "")
+    if risks:
+        LOG.error(message)
     return {"role": role, "server": pg.where, "exists": exists, "created": created, "changed": created,
-            "risks": pg.role_risks(role) if exists else []}
+            "risks": risks, "message": message}
 
 
 def untrusted_source(settings, record):
@@ -1008,12 +1052,17 @@ def _sql_runner(settings, pg, record, as_admin, restore_role):
     if pg.create_restore_role(role):
         LOG.info("created the restore role %s (a plain role that cannot log in; each restore logs in as a temporary "
                  "member of it)", role)
-    risks = pg.role_risks(role)
+    risks = _short_risks(pg.role_risks(role))
     if risks:
         raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE "
                            "%s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name "
                            "another" % (role, settings.label("restore_role"), "; ".join(risks), role), step="restore role")
     return _SqlRunner(pg, role, trusted=doubt is None)
+
+
+def _short_risks(risks):
+    """A role's risks for a message: a superuser's alone, not the memberships that follow from it."""
+    return ["it is a superuser"] if "it is a superuser" in risks else risks
 
 
 class _SqlRunner:
@@ -1069,8 +1118,9 @@ class _SqlRunner:
         except PostgresError as exc:
             raise PostgresError("the restore role's login %s cannot log in to %s with a password: %s; allow password "
                                 "logins of members of %s in pg_hba.conf (e.g. host all +%s 127.0.0.1/32 scram-sha-256), "
-                                "or connect over TCP (DB_HOST)" % (self.login_role, self.admin.where, exc.message,
-                                                                    self.role, self.role), step="restore role login")
+                                "or connect over TCP (DB_HOST)"
+                                % (self.login_role, self.admin.where, exc.message, self.role, self.role),
+                                step="restore role login")
         return client
 
     def drop(self, database=None):

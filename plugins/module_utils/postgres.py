@@ -249,6 +249,12 @@ def explain_client_error(stderr, where, user, database, label=None):
         return "PostgreSQL role %r does not exist on %s: check %s" % (match.group(1), where, label("db_user"))
     if "no pg_hba.conf entry" in lowered:
         return "PostgreSQL at %s refuses user %r from this host (no pg_hba.conf entry): allow it in pg_hba.conf" % (where, user)
+    if "canceling statement due to lock timeout" in lowered:
+        table = re.search(r"LOCK TABLE (\S+) IN", text)
+        return ("pg_dump could not lock %s within %s: another session holds a conflicting lock (ALTER TABLE, a "
+                "migration, VACUUM FULL, a long transaction?): find it in pg_locks and pg_stat_activity, run the backup "
+                "again when it is done, or raise %s" % (table.group(1) if table else "a table",
+                                                        "BACKUP_LOCK_WAIT_TIMEOUT", label("lock_wait_timeout")))
     if "permission denied to create database" in lowered:
         return "user %r may not create databases on %s: ALTER ROLE %s CREATEDB, or restore as a user who may" % (user, where, user)
     return "PostgreSQL error on %s (database %r): %s" % (where, database, failure_detail(text))
@@ -269,8 +275,8 @@ def failure_detail(stderr):
     detail = (server or errors or lines or ["no error text"])[0]
     detail = re.sub(r"^(psql:<stdin>:\d+: |(psql|pg_dump|pg_restore): (error: )?)", "", detail)
     detail = re.sub(r"^(could not execute query: )?(ERROR|FATAL):\s+", "", detail)
-    command = [line.split("Command was:", 1)[1].strip() for line in lines
-               if re.match(r"^((pg_dump|pg_restore): detail: )?Command was:", line)]
+    command = [re.split(r"(?:Command|Query) was:", line, maxsplit=1)[1].strip() for line in lines
+               if re.match(r"^((pg_dump|pg_restore): detail: )?(Command|Query) was:", line)]
     if command:
         statement = command[0] if len(command[0]) <= 100 else command[0][:97] + "..."
         detail += " (while running: %s)" % statement
@@ -520,8 +526,9 @@ class PgClient:
     # -- argv of the streaming programs --------------------------------------------------------------
 
     def dump_argv(self, database):
-        """pg_dump in custom format, uncompressed (we compress faster, in parallel)."""
-        return [self.tool("pg_dump"), "--format=custom", "--compress=0", "--no-password"] + self.connection_args(database)
+        """pg_dump in custom format, uncompressed (we compress faster), waiting at most BACKUP_LOCK_WAIT_TIMEOUT for a lock."""
+        return ([self.tool("pg_dump"), "--format=custom", "--compress=0", "--no-password",
+                 "--lock-wait-timeout=%ds" % self.settings.lock_wait_timeout] + self.connection_args(database))
 
     def restore_argv(self, database, no_owner=False):
         """pg_restore of a custom-format archive read from stdin into ``database``, stopping at the first error."""

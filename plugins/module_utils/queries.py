@@ -65,7 +65,7 @@ def _verdicts(settings, context=None):
 
 
 def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
-                    progress=None, allow_unsigned=False, allow_seed=None):
+                    progress=None, allow_unsigned=False, allow_seed=None, as_admin=False):
     """What :func:`pipeline.run_restore` would restore, and where, after a full verification of it.
 
     Returns ``(plan, verification)``: ``plan`` names the backup, its source and
@@ -82,5 +82,7 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
             "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
             "target_db": target, "expected_table_count": record.metadata.get("table_count"),
-            "signature": record.verdict.describe(), "trusted": record.verdict.trusted}
+            "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
+            "sql_runs_as": settings.db_user if as_admin else settings.restore_role,
+            "source_trusted": pipeline.untrusted_source(settings, record) is None}
     return plan, verification

@@ -26,10 +26,9 @@ description:
   - Reads every format, whatever O(encryption) says - V(aes-256-gcm) (needs the master key that made the backup),
     V(hybrid-pq) (needs O(identity_file)), V(aes-256-cbc). The backups the seed's scripts made
     (C(backups/postgresql/<name>.encrypted) with C(metadata/<name>.meta)) are used only with O(allow_seed=true).
-  - The archive's SQL runs as O(restore_role) when it is set (through a temporary login role made for this restore).
-    Without it, it runs as O(login_user), which is refused for a backup whose source is not trusted (another host's,
-    the seed's, or unsigned) while O(login_user) is a superuser or similarly privileged, unless
-    O(restore_as_admin=true).
+  - The archive's SQL runs as the plain role O(restore_role) (default V(quankey_restore), created on first use), through
+    a temporary login role made for this restore, never as O(login_user) unless O(restore_as_admin=true). The restored
+    objects then go to the archive's owner where that is safe (see RV(restore.owner)).
   - This is the same engine as the C(quankey-backup restore) command.
 options:
   backup:
@@ -80,18 +79,21 @@ options:
       - Also use the backups the seed's scripts made (flat layout, C(metadata/<name>.meta)). Their metadata is not
         signed, so neither its checksum nor the database it names can be trusted against someone who can write to
         the bucket. Without this option V(latest) and O(before) pass over them, and naming one fails.
-      - Their SQL is not trusted either (see O(restore_role)).
+      - Their SQL runs as O(restore_role) like any backup's, and what it creates is never handed to a privileged
+        role.
       - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
     type: bool
     default: false
   restore_as_admin:
     description:
-      - Run the SQL of a backup whose source is not trusted (another host's, the seed's, or unsigned) as O(login_user)
-        when no O(restore_role) is set.
+      - Run the backup's SQL as O(login_user) instead of O(restore_role), for a backup that needs more than a plain
+        role may do (for example an untrusted extension such as C(postgis)).
       - B(Risk:) the backup's SQL then runs with everything O(login_user) may do. For a superuser such as V(postgres)
         that includes running programs and reading or writing files on the database server (C(COPY ... TO PROGRAM))
-        and changing any role or database. Someone who could write that backup could take over the server. Use it only
-        for a backup you trust as much as that login; otherwise set O(restore_role).
+        and changing any role or database, so whoever could write that backup into the bucket could take over the
+        server.
+        Use it only for a backup you trust as much as that login, such as this host's own backup whose signature
+        verified, never for one whose source you doubt.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -105,8 +107,7 @@ attributes:
     details:
       - Selects, downloads and fully verifies the backup (checksum, decryption with the given key,
         decompression, archive table of contents) and reports what would be restored where. It does not
-        connect to PostgreSQL and creates nothing, so O(restore_role) and O(restore_as_admin) are only
-        checked by a real run.
+        connect to PostgreSQL and creates nothing, so O(restore_role) is only created and checked by a real run.
   diff_mode:
     support: none
   platform:
@@ -156,12 +157,11 @@ EXAMPLES = r"""
     decryption_keys:
       - "{{ vault_backup_encryption_key_2024 }}"
 
-- name: Replacement machine - restore db1's backup here, its SQL run by a plain role rather than the superuser
+- name: Replacement machine - restore db1's backup here (its SQL runs as the plain role quankey_restore)
   quankey.backup.s3_backup_restore:
     source_host: db1
     db: quankey_prod
     target_db: quankey_prod
-    restore_role: quankey_restore
     login_password: "{{ vault_pg_password }}"
     bucket: quankey-backups-prod
     encryption_key: "{{ vault_backup_encryption_key }}"
@@ -292,22 +292,40 @@ restore:
       returned: always
       type: bool
       sample: true
+    source_trusted:
+      description:
+        - Whether the backup is this host's own with verified metadata (another host's, the seed's or an unsigned one is
+          not). Only then are restored objects handed to a superuser owner.
+      returned: always
+      type: bool
+      sample: true
+    sql_runs_as:
+      description: The role the backup's SQL would run as (the restore role, or O(login_user) with O(restore_as_admin)).
+      returned: in check mode
+      type: str
+      sample: quankey_restore
+    kdf:
+      description: For an aes-256-cbc backup, the key derivation and the passphrase setting that opened it.
+      returned: when not in check mode
+      type: str
+      sample: PBKDF2-HMAC-SHA256, 10000 iterations (openssl enc -pbkdf2), passphrase BACKUP_ENCRYPTION_KEY
     layout:
       description: V(host) for this collection's backups, V(seed) for those the seed's scripts made.
       returned: when not in check mode
       type: str
       sample: host
     sql_ran_as:
-      description: The role the archive's SQL ran as, O(restore_role) or O(login_user).
+      description: The role the archive's SQL ran as, O(restore_role), or O(login_user) with O(restore_as_admin=true).
       returned: when not in check mode
       type: str
       sample: quankey_restore
     owner:
       description:
-        - Who owns the restored objects, when this restore decided it. With O(restore_role), the archive's main owner
-          if that role exists here and may own them (the backup is trusted, or the role is a plain one), else the
-          restore role; with O(no_owner=true), O(login_user) (the restore role for a backup that is not trusted).
-        - Null when the SQL ran as O(login_user) and the archive set the owners.
+        - Who owns the restored objects. The archive's main owner when that role exists here and either the backup is
+          this host's own with a verified signature or the owner is a plain role; otherwise O(restore_role) keeps them,
+          so that a function of another host's, the seed's or an unsigned archive cannot run with a superuser's rights.
+          With O(no_owner=true), O(login_user) for this host's own verified backup, else O(restore_role).
+        - Null when the SQL ran as O(login_user) (O(restore_as_admin=true)) and the archive set the owners.
       returned: when not in check mode
       type: str
       sample: quankey
@@ -445,7 +463,8 @@ def main():
         selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
                          allow_unsigned=params["allow_unsigned"], allow_seed=params["allow_seed"])
         if module.check_mode:
-            restore, verification = queries.preview_restore(settings, target_db=params["target_db"], **selection)
+            restore, verification = queries.preview_restore(settings, target_db=params["target_db"],
+                                                            as_admin=params["restore_as_admin"], **selection)
             result = dict(restore=restore, verification=verification)
         else:
             result = dict(restore=pipeline.run_restore(settings, target_db=params["target_db"], force=params["force"],

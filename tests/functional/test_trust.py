@@ -20,7 +20,6 @@ from sampledb import table_digests
 from seedbackup import seed_backup
 
 
-
 def new_key():
     return base64.b64encode(os.urandom(32)).decode("ascii")
 

@@ -154,8 +154,8 @@ def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, s
     assert host_vars.get("restore_runbook_app_start_command", "pm2 start quankey") in text
     stem = host_vars.get("pg_backup_name", services["hosts"][hostname]["databases"][0])
     assert "--backup %s_backup_20250809_030000" % stem in text
-    assert "`%s` (`BACKUP_RESTORE_ROLE` in `/etc/quankey/backup.env`)" % RESTORE_ROLE in text
-    assert "--as-admin" in text and "--allow-seed" in text
+    assert "It runs as the plain role `%s`\n(`BACKUP_RESTORE_ROLE`)" % RESTORE_ROLE in text
+    assert "`--as-admin` runs the SQL as `DB_USER` instead. **Risk**" in text and "--allow-seed" in text
     assert services["postgres"]["password"] not in text and services["encryption_key"] not in text
     assert services["hybrid"]["signing_key"] not in text
 

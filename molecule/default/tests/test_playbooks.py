@@ -2,9 +2,10 @@
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The operators' playbooks against the converged hosts: backup-now, restore (with its confirmation and
-the application stop/start), and health's fleet table."""
+the application stop/start), health's fleet table, and setup's restore role (check mode, an unsafe role)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,32 @@ def test_restore_on_a_recipient_mode_host_needs_the_private_key_and_leaves_none_
     postgres.psql("DROP DATABASE app_db3_copy")
     leftovers = hosts["db3"].run("find /tmp /var/tmp -name '*.identity'")
     assert leftovers.stdout.strip() == ""
+
+
+def _restore_role_task(out, host):
+    """How the pg_backup task that runs `quankey-backup restore-role` ended on ``host`` (ok, changed, skipping, fatal)."""
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # Molecule forces colour on
+    match = re.search(r"TASK \[quankey\.backup\.pg_backup : Run quankey-backup restore-role as the backup user\]"
+                      r"[^\n]*\n(?:[^\n]*\n)*?(ok|changed|skipping|fatal): \[%s\]" % host, out)
+    return match.group(1) if match else None
+
+
+def test_setup_makes_the_restore_role_checks_it_in_check_mode_and_refuses_an_unsafe_one(postgres):
+    role_exists = "SELECT count(*) FROM pg_roles WHERE rolname = 'quankey_restore'"
+    postgres.psql("DROP ROLE IF EXISTS quankey_restore")
+    # check mode: a missing role is a change to come, not a failure, and nothing is created
+    status, out = playbook("setup-backups.yml", "--check", "-l", "db1")
+    assert status == 0, out
+    assert _restore_role_task(out, "db1") == "changed", out
+    assert postgres.psql(role_exists).strip() == "0"
+    # a role that could leave the database (CREATEROLE) fails the run with the command's words
+    postgres.psql("CREATE ROLE quankey_restore NOLOGIN CREATEROLE")
+    status, out = playbook("setup-backups.yml", "-l", "db1")
+    assert status != 0
+    assert "restore role quankey_restore on " in out and "may not run a backup's SQL" in out, out
+    assert "ALTER ROLE quankey_restore NOSUPERUSER NOCREATEROLE" in out
+    # made plain again, it is accepted as it is
+    postgres.psql("ALTER ROLE quankey_restore NOCREATEROLE")
+    status, out = playbook("setup-backups.yml", "-l", "db1")
+    assert status == 0, out
+    assert _restore_role_task(out, "db1") == "ok", out

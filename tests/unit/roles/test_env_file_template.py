@@ -34,6 +34,7 @@ def _render(**overrides):
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
+        "pg_backup_restore_role": "quankey_restore",
     }
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
@@ -81,3 +82,10 @@ def test_recipient_mode_writes_the_public_keys_and_the_signing_key_and_no_master
     default = config.parse_env_text(_render())
     assert default["BACKUP_ENCRYPTION"] == "aes-256-gcm"
     assert "BACKUP_RECIPIENTS" not in default and "BACKUP_SIGNING_KEY" not in default
+
+
+def test_the_restore_role_is_written_unless_empty():
+    values = config.parse_env_text(_render())
+    assert values["BACKUP_RESTORE_ROLE"] == "quankey_restore"
+    assert config.settings_from_env(values).restore_role == "quankey_restore"
+    assert "BACKUP_RESTORE_ROLE" not in config.parse_env_text(_render(pg_backup_restore_role=""))

@@ -101,6 +101,7 @@ def test_defaults_are_the_engine_defaults():
     assert pg["maintenance_db"]["default"] == settings.db_maintenance_db
     assert s3["prefix"]["default"] == settings.prefix
     assert pg["ssl_mode"]["choices"] == list(config.SSL_MODES)
+    assert pg["restore_role"]["default"] == settings.restore_role == config.DEFAULT_RESTORE_ROLE
     policy = health.HealthPolicy()
     assert (ansible_common.HEALTH_DEFAULTS["max_age_hours"], ansible_common.HEALTH_DEFAULTS["min_size_bytes"]) == (
         policy.max_age_hours, policy.min_size_bytes)

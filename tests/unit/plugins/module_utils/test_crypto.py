@@ -623,7 +623,7 @@ COPIED_WORDS = ("does not open for this backup", "copied from another backup (an
 
 def assert_copied_or_modified(error, kid=None):
     message = str(error)
-    assert type(error) is TamperedError, error
+    assert type(error) is TamperedError, error  # pylint: disable=unidiomatic-typecheck  # exactly, not a subclass
     for words in COPIED_WORDS:
         assert words in message, message
     if kid is not None:
@@ -840,7 +840,7 @@ def test_envelope_version_of_every_known_type():
 def test_envelope_version_of_anything_else_is_an_integrity_error(envelope, words):
     with pytest.raises(IntegrityError, match=re.escape(words)) as info:
         crypto.envelope_version(envelope)
-    assert type(info.value) is IntegrityError
+    assert type(info.value) is IntegrityError  # pylint: disable=unidiomatic-typecheck  # exactly, not a subclass
 
 
 def test_rekey_rewraps_a_v1_backup_to_v2_without_touching_the_object():

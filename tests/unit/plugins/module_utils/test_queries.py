@@ -108,6 +108,7 @@ def test_listings_are_paginated(s3):
 
 class _Record:
     host, db, basename = "db1", "app", "app_backup_20250801_030000"
+    seed = False
     object_key = "backups/postgresql/db1/app/app_backup_20250801_030000.encrypted"
     metadata_key = "metadata/db1/app/app_backup_20250801_030000.meta"
     timestamp = T0
@@ -137,7 +138,8 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
     assert plan == {"name": "app_backup_20250801_030000", "object_key": _Record.object_key,
                     "metadata_key": _Record.metadata_key, "source_host": "db1", "source_db": "app",
                     "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
-                    "expected_table_count": 3, "signature": "valid (key qk1-0123456789abcdef)", "trusted": True}
+                    "expected_table_count": 3, "signature": "valid (key qk1-0123456789abcdef)", "trusted": True,
+                    "sql_runs_as": "quankey_restore", "source_trusted": False}
     assert verification == {"checksum_ok": True, "table_count": 3}
 
 

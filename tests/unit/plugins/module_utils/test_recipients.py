@@ -767,7 +767,7 @@ def test_does_not_open_symmetric_envelopes_and_vice_versa():
 
 def assert_copied_or_modified(error, *rids):
     message = str(error)
-    assert type(error) is TamperedError, error
+    assert type(error) is TamperedError, error  # pylint: disable=unidiomatic-typecheck  # exactly, not a subclass
     for words in ("not open", "for this backup: the metadata was copied from another backup (another host, database or name) or modified"):
         assert words in message, message
     for rid in rids:

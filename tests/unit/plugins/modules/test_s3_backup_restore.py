@@ -9,8 +9,8 @@ __metaclass__ = type
 
 import datetime
 
-from ansible_collections.quankey.backup.plugins.module_utils import pipeline, queries
-from ansible_collections.quankey.backup.plugins.module_utils.errors import IntegrityError, RefusedError, WrongKeyError
+from ansible_collections.quankey.backup.plugins.module_utils import config, pipeline, queries
+from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError, RefusedError, WrongKeyError
 from ansible_collections.quankey.backup.plugins.modules import s3_backup_restore as module
 
 KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -27,7 +27,7 @@ def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatc
     assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
                               "force": False, "no_owner": False, "allow_unsigned": False, "allow_seed": False,
                               "as_admin": False}
-    assert restore.settings.restore_role is None
+    assert restore.settings.restore_role == config.DEFAULT_RESTORE_ROLE
     assert result["changed"] is True
     assert result["restore"] == RESTORED
     assert "verification" not in result
@@ -79,7 +79,7 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
     assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
-                              "allow_unsigned": False, "allow_seed": False}
+                              "allow_unsigned": False, "allow_seed": False, "as_admin": False}
     assert result["changed"] is True
     assert result["restore"] == plan
     assert result["verification"] == verification
@@ -124,8 +124,7 @@ def test_the_restore_role_reaches_the_engine_through_the_settings(run_module, re
     assert result["restore"]["sql_ran_as"] == "quankey_restore"
 
 
-def test_the_restore_role_and_the_seed_consent_fall_back_to_the_host_commands_variables(run_module, recorder,
-                                                                                         monkeypatch):
+def test_the_restore_role_and_the_seed_consent_come_from_the_host_commands_variables(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
     monkeypatch.setattr(pipeline, "run_restore", restore)
     monkeypatch.setenv("BACKUP_RESTORE_ROLE", "fleet_restore")
@@ -144,21 +143,27 @@ def test_check_mode_passes_the_seed_consent_and_returns_the_verdict(run_module, 
     monkeypatch.setattr(queries, "preview_restore", preview)
     result = run_module(module, dict(ARGS, allow_seed=True, restore_as_admin=True), check_mode=True)
     assert preview.kwargs["allow_seed"] is True
-    assert "as_admin" not in preview.kwargs  # check mode never connects to PostgreSQL
+    assert preview.kwargs["as_admin"] is True  # only to say who the SQL would run as: check mode never connects
     assert result["restore"]["trusted"] is False and result["verification"]["layout"] == "seed"
 
 
-def test_an_untrusted_source_without_a_restore_role_is_refused_with_both_ways_out(run_module, recorder, monkeypatch):
-    error = RefusedError("backup quankey_prod_backup_20250809_030000 comes from host db2, not this host (db1): its SQL "
-                         "would run as postgres, and it is a superuser; set the restore_role option (e.g. "
-                         "quankey_restore, created on first use) so it runs as a plain role, or pass --as-admin "
-                         "(restore_as_admin: true) to run it as postgres anyway, trusting that backup as completely as "
-                         "that login", step="restore role")
+def test_the_sql_runs_as_the_engines_default_restore_role_unless_told_otherwise(run_module, recorder, monkeypatch):
+    restore = recorder(result=RESTORED)
+    monkeypatch.setattr(pipeline, "run_restore", restore)
+    run_module(module, dict(ARGS, source_host="db2"))
+    assert restore.settings.restore_role == config.DEFAULT_RESTORE_ROLE == "quankey_restore"
+    assert restore.kwargs["as_admin"] is False
+
+
+def test_a_restore_role_that_is_the_login_is_refused_pointing_at_restore_as_admin(run_module, recorder, monkeypatch):
+    error = ConfigError("the restore_role option is postgres, the login that restores (the login_user option): the "
+                        "restore role must be a role of its own, e.g. quankey_restore; to run the backup's SQL as "
+                        "postgres, pass --as-admin (restore_as_admin: true)")
     monkeypatch.setattr(pipeline, "run_restore", recorder(error=error))
-    result = run_module(module, dict(ARGS, source_host="db2"))
+    result = run_module(module, dict(ARGS, restore_role="postgres"))
     assert result["failed"] is True
     assert "the restore_role option" in result["msg"] and "restore_as_admin: true" in result["msg"]
-    assert result["error"] == {"type": "RefusedError", "step": "restore role", "exit_code": 8}
+    assert result["error"] == {"type": "ConfigError", "step": None, "exit_code": 3}
 
 
 def test_metadata_with_a_field_the_format_does_not_define_is_refused(run_module, recorder, monkeypatch):
