@@ -26,9 +26,11 @@ from . import catalog
 from . import config
 from . import health
 from . import keys
+from . import leftovers
 from . import pipeline
 from . import queries
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
+from .units import human_size
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -52,8 +54,8 @@ class _Progress:
             return
         self.last = now
         rate = done / max(now - self.started, 1e-6)
-        share = " of %s (%d%%)" % (health._size(total), 100 * done // total) if total else ""
-        self.stream.write("\r%s: %s%s, %s/s   " % (self.label, health._size(done), share, health._size(rate)))
+        share = " of %s (%d%%)" % (human_size(total), 100 * done // total) if total else ""
+        self.stream.write("\r%s: %s%s, %s/s   " % (self.label, human_size(done), share, human_size(rate)))
         self.stream.flush()
 
     def close(self):
@@ -108,6 +110,7 @@ def _parser():
     check.add_argument("--min-size-bytes", type=int, help="latest smaller than this is a warning (1 MiB)")
     check.add_argument("--schedule", help="daily, 12-hour, 6-hour or hours between backups (BACKUP_SCHEDULE, daily)")
     check.add_argument("--window-days", type=float, help="window of the frequency rule (7)")
+    check.add_argument("--leftover-hours", type=float, help="what interrupted runs left is a warning once this old (1)")
 
     prune = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
@@ -208,10 +211,10 @@ def _cmd_backup(args, settings, env):
     finally:
         progress.close()
     _emit(result, args.json, [
-        "backup %s: %s stored at s3://%s/%s" % (result["name"], health._size(result["size_bytes"]), result["bucket"],
+        "backup %s: %s stored at s3://%s/%s" % (result["name"], human_size(result["size_bytes"]), result["bucket"],
                                                 result["object_key"]),
         "  dump %s, %d tables, %s + %s, key %s, sha256 %s, %.1fs" % (
-            health._size(result["dump_bytes"]), result["table_count"], result["compression"], result["encryption"],
+            human_size(result["dump_bytes"]), result["table_count"], result["compression"], result["encryption"],
             result["key_id"], result["checksum_sha256"], result["duration_seconds"])])
     return EXIT_OK
 
@@ -219,17 +222,20 @@ def _cmd_backup(args, settings, env):
 def _cmd_list(args, settings, env):
     host = args.host or (None if args.all else settings.host)
     since = catalog.parse_time(args.since, "--since") if args.since else None
-    data = queries.find_backups(settings, host=host, db=args.db or (None if args.all else settings.db_name), since=since,
-                                limit=args.limit, details=args.details)
+    db = args.db or (None if args.all else settings.db_name)
+    data = queries.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
+                                with_leftovers=host == settings.host and db == settings.db_name)
     lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
     for item in data["backups"]:
-        size = health._size(item["object_size"]) if item["object_size"] is not None else "MISSING"
+        size = human_size(item["object_size"]) if item["object_size"] is not None else "MISSING"
         lines.append("%-50s %-20s %-10s %12s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
                                                    item["host"] or "(seed)", size,
                                                    "  " + item["signature"] if "signature" in item else ""))
     if not data["backups"]:
         lines.append("(no backups)")
-    if data["orphans"]:
+    if "leftovers" in data:
+        lines += ["left behind: %s" % line for line in leftovers.describe(data["leftovers"])]
+    elif data["orphans"]:
         lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(data["orphans"]))
     _emit(data, args.json, lines)
     return EXIT_OK
@@ -268,7 +274,7 @@ def _cmd_verify(args, settings, env):
     finally:
         progress.close()
     _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
-                              "%.1fs" % (result["name"], health._size(result["size_bytes"]), result["table_count"],
+                              "%.1fs" % (result["name"], human_size(result["size_bytes"]), result["table_count"],
                                          result["signature"], result["duration_seconds"])])
     return EXIT_OK
 
@@ -282,6 +288,8 @@ def _health_policy(args, env):
         policy.min_size_bytes = args.min_size_bytes
     if args.window_days is not None:
         policy.window_days = args.window_days
+    if args.leftover_hours is not None:
+        policy.leftover_hours = args.leftover_hours
     return policy
 
 
@@ -292,7 +300,7 @@ def _cmd_health(args, settings, env):
     lines = ["%s: backups of %s on %s in s3://%s"
              % (report["status"].upper(), report["database"], report["host"], report["bucket"])]
     if latest:
-        size = health._size(latest.get("size_bytes") or latest["object_size"] or 0)
+        size = human_size(latest.get("size_bytes") or latest["object_size"] or 0)
         lines.append("latest: %s, %.1f h old, %s" % (latest["name"], latest["age_hours"], size))
     for finding in report["findings"]:
         lines.append("  %-8s %-14s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
@@ -306,9 +314,12 @@ def _cmd_prune(args, settings, env):
     lines = ["%s %d backup(s) older than %d days, kept %d (at least %d newest good ones always kept)"
              % (verb, len(result["deleted"]), result["retention_days"], len(result["kept"]), result["min_keep"])]
     lines += ["  %s %s" % (verb, name) for name in result["deleted"]]
-    if result["orphans_deleted"] or result["uploads_aborted"]:
-        lines.append("  %s %d orphan object(s), %d stale upload(s)"
-                     % (verb, len(result["orphans_deleted"]), len(result["uploads_aborted"])))
+    swept = [(result["orphans_deleted"], "orphan object"), (result["uploads_aborted"], "open upload"),
+             (result["staging_databases_dropped"], "staging database"),
+             (result["restore_logins_dropped"], "restore login")]
+    for names, kind in swept:
+        lines += ["  %s %s %s (older than %d h)" % ("would remove" if args.dry_run else "removed", kind, name,
+                                                    leftovers.STALE_HOURS) for name in names]
     _emit(result, args.json, lines)
     return EXIT_OK
 

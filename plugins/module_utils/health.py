@@ -22,10 +22,13 @@ import datetime
 from . import catalog
 from . import crypto
 from . import keys
+from . import leftovers
 from . import openssl_enc
+from . import pipeline
 from . import trust
 from .errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
                      StorageError, WrongKeyError)
+from .units import human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
@@ -41,13 +44,14 @@ class HealthPolicy:
     """Thresholds of the rules (defaults are the seed's)."""
 
     def __init__(self, max_age_hours=36, min_size_bytes=1024 * 1024, interval_hours=24, window_days=7,
-                 size_drop_ratio=0.5, orphan_grace_hours=24):
+                 size_drop_ratio=0.5, orphan_grace_hours=24, leftover_hours=1):
         self.max_age_hours = float(max_age_hours)
         self.min_size_bytes = int(min_size_bytes)
         self.interval_hours = float(interval_hours)
         self.window_days = float(window_days)
         self.size_drop_ratio = float(size_drop_ratio)
         self.orphan_grace_hours = float(orphan_grace_hours)
+        self.leftover_hours = float(leftover_hours)
 
 
 def interval_for_schedule(schedule):
@@ -57,7 +61,6 @@ def interval_for_schedule(schedule):
     try:
         hours = float(schedule)
     except (TypeError, ValueError):
-        from .errors import ConfigError
         raise ConfigError("BACKUP_SCHEDULE %r is not a preset (%s) or a number of hours"
                           % (schedule, ", ".join(SCHEDULE_INTERVAL_HOURS)))
     return hours
@@ -69,15 +72,6 @@ def _finding(rule, severity, message):
 
 def _hours(delta):
     return delta.total_seconds() / 3600.0
-
-
-def _size(num):
-    value = float(num)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1024.0
-    return "%d B" % num
 
 
 def assess(records, orphans, now, policy, header_error=None, metadata_errors=None, header_errors=None,
@@ -120,7 +114,7 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
                                  "replaced or cut short" % (latest.object_size, metadata.get("size_bytes"))))
     if size is not None and size < policy.min_size_bytes:
         findings.append(_finding("min_size", WARNING, "latest backup is %s, under the %s minimum: is the database "
-                                 "empty or the dump incomplete?" % (_size(size), _size(policy.min_size_bytes))))
+                                 "empty or the dump incomplete?" % (human_size(size), human_size(policy.min_size_bytes))))
     if metadata and metadata.get("encryption") not in KNOWN_ENCRYPTIONS:
         findings.append(_finding("encryption", CRITICAL, "latest backup is recorded with encryption %r, not one of %s"
                                  % (metadata.get("encryption"), ", ".join(KNOWN_ENCRYPTIONS))))
@@ -131,10 +125,25 @@ def assess(records, orphans, now, policy, header_error=None, metadata_errors=Non
     findings.extend(_frequency(records, now, policy))
     findings.extend(_size_drop(records, policy))
     grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
-    stale = [item for item in orphans if item["last_modified"] < grace]
+    stale = sorted((item for item in orphans if item["last_modified"] < grace), key=lambda item: item["last_modified"])
     if stale:
-        findings.append(_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups), oldest %s: "
-                                 "run `quankey-backup prune`" % (len(stale), stale[0]["key"])))
+        findings.append(_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups, %s), oldest %s "
+                                 "(%.0f h): run `quankey-backup prune`"
+                                 % (len(stale), human_size(sum(item["size"] for item in stale)), stale[0]["key"],
+                                    (now - stale[0]["last_modified"]).total_seconds() / 3600)))
+    return findings
+
+
+def leftover_findings(found, policy):
+    """The leftovers rule: staging databases, open uploads and expired restore logins older than an hour (warning)."""
+    hours = policy.leftover_hours
+    old = {"orphans": [], "uploads": [item for item in found["uploads"] if item["age_hours"] >= hours],
+           "staging_databases": [item for item in found["staging_databases"] if item["age_hours"] >= hours],
+           "restore_logins": [item for item in found["restore_logins"] if item["expired"]]}
+    findings = [_finding("leftovers", WARNING, "%s: `quankey-backup prune` removes it once %d h old and unused"
+                         % (line, leftovers.STALE_HOURS)) for line in leftovers.describe(old)]
+    if found.get("postgres_error"):
+        findings.append(_finding("leftovers", INFO, "staging databases not checked: %s" % found["postgres_error"]))
     return findings
 
 
@@ -209,7 +218,7 @@ def _size_drop(records, policy):
     median = previous[len(previous) // 2]
     if median and sizes[0] < median * policy.size_drop_ratio:
         return [_finding("size_drop", WARNING, "latest backup is %s, %.0f%% smaller than the usual %s: did data go missing?"
-                         % (_size(sizes[0]), 100 - 100.0 * sizes[0] / median, _size(median)))]
+                         % (human_size(sizes[0]), 100 - 100.0 * sizes[0] / median, human_size(median)))]
     return []
 
 
@@ -221,7 +230,6 @@ def overall_status(findings):
 
 def check_health(settings, policy=None, store=None, now=None, list_backups=None, load_metadata=None):
     """Gather and assess; returns the report dict (status, exit_code, findings, latest, counts). Never raises BackupError."""
-    from . import pipeline
     policy = policy or HealthPolicy()
     now = now or catalog.utcnow()
     list_backups = list_backups or pipeline.list_backups
@@ -266,6 +274,12 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
                       keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
                       signature_fix=fix)
+    try:
+        report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=pipeline.postgres_or_none(settings))
+    except StorageError as exc:
+        findings.append(_finding("s3_access", CRITICAL, str(exc)))
+    else:
+        findings.extend(leftover_findings(report["leftovers"], policy))
     if seed_records and not settings.allow_seed:
         findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
                                  "their metadata is unsigned; adopt them (quankey-backup adopt), or set %s to true to count them"

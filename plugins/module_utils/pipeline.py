@@ -34,11 +34,14 @@ from . import catalog
 from . import config
 from . import crypto
 from . import keys
+from . import leftovers
 from . import openssl_enc
 from .compression import check_compression, compressor, decompressor
 from . import trust
 from .errors import (AccessDeniedError, BackupError, ChecksumMismatchError, ConfigError, ConflictError, IntegrityError,
                      NotFoundError, PostgresError, RefusedError)
+from .dbnames import (PG_NAME_LIMIT, REPLACED_TAG, STAGING_TAG, check_target_name, default_target,
+                      side_name)
 from .plainsql import PlainSqlGuard
 from .postgres import PgClient, count_toc_tables, explain_client_error, failure_detail, toc_owners
 from .storage import S3Store, choose_part_size, READ_CHUNK
@@ -48,13 +51,10 @@ CHUNK = 1024 * 1024
 DUMP_MAGIC = b"PGDMP"
 CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
 F_SETPIPE_SZ = 1031
-STALE_UPLOAD_HOURS = 24
 NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
 RESTORE_LOGIN_MINUTES = 15  # how long a restore role's one-restore password lets it log in (plus download time)
 RESTORE_LOGIN_BYTES_PER_MINUTE = 300 * 1024 * 1024
 SPOOL_MARGIN = 64 * 1024 * 1024  # free space kept beside a downloaded aes-256-cbc object
-_PG_NAME_LIMIT = 63
-_SIDE_NAME_RE = re.compile(r"\A(?P<target>.*)__(?P<tag>restoring|replaced)_(?P<stamp>\d{12})_[0-9a-f]{4}\Z", re.DOTALL)
 
 
 class _NoProgress:
@@ -860,57 +860,6 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
             "duration_seconds": round(time.time() - started, 3)}
 
 
-def fit_name(text, limit=_PG_NAME_LIMIT):
-    """``text`` cut to at most ``limit`` UTF-8 bytes without splitting a character (PostgreSQL counts bytes)."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", "ignore")
-
-
-def default_target(record):
-    """``<db>_restored_<YYYYmmdd_HHMMSS>`` of the backup, within PostgreSQL's 63-byte name limit."""
-    suffix = "_restored_" + catalog.format_timestamp(record.timestamp)
-    return fit_name(record.db, _PG_NAME_LIMIT - len(suffix)) + suffix
-
-
-def check_target_name(target):
-    """``target`` if PostgreSQL can name a database so, else RefusedError (also check mode's check)."""
-    if not target or len(target.encode("utf-8")) > _PG_NAME_LIMIT:
-        raise RefusedError("target database name %r is empty or longer than PostgreSQL's 63 bytes: choose another "
-                           "--target-db" % target)
-    if "\x00" in target:
-        raise RefusedError("target database name %r contains a NUL character" % target)
-    return target
-
-
-STAGING_TAG, REPLACED_TAG = "restoring", "replaced"
-
-
-def side_name(target, tag, when=None):
-    """``<target, cut to fit>__<tag>_<YYmmddHHMMSS>_<hex>``: a staging or replaced database's name.
-
-    It holds the time it was made (its age, for leftovers) and a random part, and fits in 63
-    bytes by cutting the target's part by bytes, never a character in two, so it never
-    becomes the target itself.
-    """
-    stamp = (when or catalog.utcnow()).strftime("%y%m%d%H%M%S")
-    suffix = "__%s_%s_%s" % (tag, stamp, secrets.token_hex(2))
-    return fit_name(target, _PG_NAME_LIMIT - len(suffix)) + suffix
-
-
-def parse_side_name(name):
-    """``(target prefix, tag, made at)`` of a name made by :func:`side_name`, or None."""
-    match = _SIDE_NAME_RE.match(name)
-    if not match:
-        return None
-    try:
-        made = datetime.datetime.strptime(match.group("stamp"), "%y%m%d%H%M%S").replace(tzinfo=catalog.UTC)
-    except ValueError:
-        return None
-    return match.group("target"), match.group("tag"), made
-
-
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
                 no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
                 restore_role=None):
@@ -945,6 +894,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     if exists and pg.active_connections(target):
         raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
                            "before replacing it" % (target, pg.active_connections(target)))
+    _warn_of_leftovers(pg, settings)
     runner = _sql_runner(settings, pg, record, as_admin, restore_role)
     staging = side_name(target, STAGING_TAG)
     LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
@@ -1011,6 +961,21 @@ def prepare_restore_role(settings, check=False):
         LOG.error(message)
     return {"role": role, "server": pg.where, "exists": exists, "created": created, "changed": created,
             "risks": risks, "message": message}
+
+
+def _warn_of_leftovers(pg, settings):
+    """Say which staging databases of interrupted restores are still on this server (they take space)."""
+    try:
+        staging, _logins = leftovers.find_in_postgres(pg, settings, catalog.utcnow())
+    except BackupError as exc:
+        LOG.debug("leftovers not checked: %s", exc)
+        return
+    for item in staging:
+        if not item["sessions"]:
+            LOG.warning("%s (an interrupted restore, or one still downloading): `quankey-backup prune` drops it once "
+                        "%d h old, or DROP DATABASE \"%s\"",
+                        leftovers.describe({"staging_databases": [item], "uploads": [], "orphans": [],
+                                            "restore_logins": []})[0], leftovers.STALE_HOURS, item["name"])
 
 
 def untrusted_source(settings, record):
@@ -1082,7 +1047,7 @@ class _SqlRunner:
         self.login_role = None
         self._password = None
         if role is not None:
-            self.login_role = "%s_%s" % (role[:_PG_NAME_LIMIT - 9], secrets.token_hex(4))
+            self.login_role = "%s_%s" % (role[:PG_NAME_LIMIT - 9], secrets.token_hex(4))
 
     @property
     def name(self):
@@ -1230,8 +1195,17 @@ def _drop_quietly(pg, name):
 
 # --------------------------------------------------------------------------- retention
 
+def postgres_or_none(settings):
+    """A client of the database server (for leftovers), or None when none can be made here."""
+    try:
+        return PgClient(settings)
+    except ConfigError:
+        return None
+
+
 def run_prune(settings, dry_run=False, store=None, now=None):
-    """Delete backups past retention (never the newest BACKUP_MIN_KEEP good ones), orphans and stale uploads."""
+    """Delete backups past retention (never the newest BACKUP_MIN_KEEP good ones), and what interrupted runs left
+    behind once stale and unused (leftovers.py): orphan objects, open uploads, staging databases, restore logins."""
     store = store or open_store(settings)
     settings.require("db_name")
     now = now or catalog.utcnow()
@@ -1246,24 +1220,17 @@ def run_prune(settings, dry_run=False, store=None, now=None):
             return False
 
     keep, delete = catalog.retention_plan(records, now, settings.retention_days, settings.min_keep, is_good)
-    stale = now - datetime.timedelta(hours=STALE_UPLOAD_HOURS)
-    old_orphans = [item for item in orphans if item["last_modified"] < stale]
-    uploads = [item for item in store.list_multipart_uploads(catalog.object_prefix(settings.prefix, settings.host,
-                                                                                   settings.db_name))
-               if item["initiated"] < stale]
+    pg = postgres_or_none(settings)
+    found = leftovers.find(settings, store, orphans, now, pg=pg)
     if not dry_run:
         for record in delete:
             store.delete(record.metadata_key)  # uncommit first: a backup without metadata does not exist
             if record.has_object:
                 store.delete(record.object_key)
             LOG.info("pruned %s (%s)", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        for item in old_orphans:
-            store.delete(item["key"])
-            LOG.info("deleted orphan object %s (no metadata: an uncommitted backup)", item["key"])
-        for item in uploads:
-            store.abort_multipart(item["key"], item["upload_id"])
-            LOG.info("aborted stale multipart upload of %s", item["key"])
+    swept = leftovers.sweep(store, pg, leftovers.stale(found), dry_run)
     return {"kept": [record.basename for record in keep], "deleted": [record.basename for record in delete],
-            "orphans_deleted": [item["key"] for item in old_orphans],
-            "uploads_aborted": [item["key"] for item in uploads], "dry_run": dry_run,
+            "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
+            "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
+            "leftovers": found, "dry_run": dry_run,
             "retention_days": settings.retention_days, "min_keep": settings.min_keep}

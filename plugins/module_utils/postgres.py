@@ -518,6 +518,29 @@ class PgClient:
             self.query("DROP OWNED BY %s" % quote_ident(name), database=database, step="restore role")
         self.query("DROP ROLE IF EXISTS %s" % quote_ident(name), step="restore role")
 
+    def side_databases(self):
+        """Databases named like a restore's staging or replaced database: ``[(name, size bytes, sessions)]``."""
+        rows = self.query(
+            "SELECT d.datname, pg_catalog.pg_database_size(d.oid), (SELECT pg_catalog.count(*) FROM "
+            "pg_catalog.pg_stat_activity a WHERE a.datname = d.datname AND a.pid <> pg_catalog.pg_backend_pid()) "
+            "FROM pg_catalog.pg_database d WHERE d.datname LIKE '%\\_\\_restoring\\_%' "
+            "OR d.datname LIKE '%\\_\\_replaced\\_%' ORDER BY 1", step="leftovers")
+        return [(row[0], int(row[1]), int(row[2])) for row in rows if len(row) == 3]
+
+    def restore_logins(self, role):
+        """A restore role's temporary logins (``<role>_<8 hex>``): ``[(name, valid until: aware datetime or None)]``."""
+        pattern = "^" + re.escape(role[:54]) + "_[0-9a-f]{8}$"
+        rows = self.query("SELECT rolname, coalesce(pg_catalog.to_char(rolvaliduntil AT TIME ZONE 'UTC', "
+                          "'YYYY-MM-DD\"T\"HH24:MI:SS'), '') FROM pg_catalog.pg_roles WHERE rolname ~ %s ORDER BY 1"
+                          % quote_literal(pattern), step="leftovers")
+        found = []
+        for row in rows:
+            if len(row) == 2:
+                until = (datetime.datetime.strptime(row[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+                         if row[1] else None)
+                found.append((row[0], until))
+        return found
+
     def reassign_owned(self, database, from_role, to_role):
         """REASSIGN OWNED BY ``from_role`` TO ``to_role`` in ``database`` (and its shared objects)."""
         self.query("REASSIGN OWNED BY %s TO %s" % (quote_ident(from_role), quote_ident(to_role)), database=database,

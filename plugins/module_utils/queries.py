@@ -13,18 +13,22 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from . import dbnames
 from . import keys
+from . import leftovers
 from . import pipeline
 from . import trust
 from .errors import BackupError, IntegrityError
 
 
-def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None):
+def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None,
+                 with_leftovers=False):
     """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
 
     Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
     with it, that host's backups of ``db`` (default ``settings.db_name``).
-    ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
+    ``with_leftovers`` adds what interrupted runs left behind (leftovers.find) for this
+    host's database. ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
     (> 0) the newest that many, and ``details`` reads each kept backup's
     metadata. Listings are paginated, so any number of objects works.
     """
@@ -45,7 +49,10 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
             record.verdict = checker(record)
             if record.seed and record.has_object and keys.holds_any_key(settings):
                 _find_kdf(settings, store, record, context)
-    return {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    found = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    if with_leftovers:  # this host's database: open uploads and, when the server answers, staging databases
+        found["leftovers"] = leftovers.find(settings, store, orphans, pg=pipeline.postgres_or_none(settings))
+    return found
 
 
 def _find_kdf(settings, store, record, context=None):
@@ -75,7 +82,7 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     """
     store = store or pipeline.open_store(settings)
     record = pipeline.select(settings, store, backup, before, host, db, allow_seed=allow_seed)
-    target = pipeline.check_target_name(target_db or pipeline.default_target(record))
+    target = dbnames.check_target_name(target_db or dbnames.default_target(record))
     verification = pipeline.run_verify(settings, backup=record.basename, host=record.host, db=record.db,
                                        store=store, progress=progress, allow_unsigned=allow_unsigned,
                                        allow_seed=allow_seed)

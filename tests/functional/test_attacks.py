@@ -270,7 +270,7 @@ def test_a_modified_cbc_object_gives_pg_restore_not_one_byte(testbed, source, en
         proc = run_cli(cbc, *args, check=6)
         assert "SHA-256" in proc.stderr and "the object was modified" in proc.stderr
         received = spy.received()
-        assert received and set(received.values()) == {0}, received
+        assert set(received.values()) <= {0}, received  # not one byte (pg_restore is not even started before the check)
 
     spy.clear()  # positive control: an intact object does reach pg_restore, after its check
     run_cli(dict(cbc, BACKUP_NAME="intact"), "restore", "--backup", intact["name"], "--target-db", new_name("ok"),

@@ -108,8 +108,8 @@ def test_client_programs_get_no_cloud_or_backup_secrets_and_do_get_the_users_tls
     run_cli(env, "--env-file", str(env_file), "restore", "--backup", result["name"], "--target-db", target, check=0)
 
     calls = spy.calls()
-    assert {program for program, _env, _argv in calls} == set(PROGRAMS)
-    assert any("--format=custom" in argv for program, _env, argv in calls if program == "pg_dump")
+    assert {program for program, _environment, _argv in calls} == set(PROGRAMS)
+    assert any("--format=custom" in argv for program, _environment, argv in calls if program == "pg_dump")
     for program, child, argv in calls:
         leaked = [name for name in child if name.startswith(("AWS_", "BACKUP_", "S3_"))]
         assert not leaked, (program, leaked)
@@ -170,7 +170,7 @@ def test_a_database_name_that_looks_like_connection_options_is_dumped_and_restor
         spy.clear()
         result = json.loads(run_cli(env, "backup", "--json", check=0).stdout)
         assert result["table_count"] == 1
-        dumps = [argv for _program, _env, argv in spy.calls("pg_dump") if "--format=custom" in argv]
+        dumps = [argv for _program, _environment, argv in spy.calls("pg_dump") if "--format=custom" in argv]
         assert dumps and dumps[0][-1] == "dbname=%s" % postgres.conninfo_quote(name)
 
         target = "restored %s" % name
@@ -179,7 +179,7 @@ def test_a_database_name_that_looks_like_connection_options_is_dumped_and_restor
         assert restored["target_db"] == target
         assert _digest(admin, target) == _digest(admin, name)
         assert admin.scalar("SELECT pg_catalog.count(*) FROM app.first", database=target) == "9"
-        for _program, _env, argv in spy.calls():
+        for _program, _environment, argv in spy.calls():
             for flag, value in zip(argv, argv[1:]):
                 if flag == "-d":
                     assert value.startswith("dbname='"), argv
@@ -267,7 +267,7 @@ def test_a_restore_login_is_a_plain_member_of_the_restore_role_with_a_password_o
                 assert child["PGPASSWORD"] == password
             else:
                 assert child["PGPASSWORD"] == testbed.pg.password and password not in child.values()
-        assert any(argv[argv.index("-U") + 1] == login_role for _program, _env, argv in calls)
+        assert any(argv[argv.index("-U") + 1] == login_role for _program, _environment, argv in calls)
     finally:
         _drop_roles(testbed.pg, login_role, role)
 

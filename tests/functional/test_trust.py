@@ -206,7 +206,7 @@ def test_the_seeds_backups_are_listed_checked_and_restored(testbed, source, env,
     assert verified["layout"] == "seed"
 
     wrong = run_cli(dict(env, BACKUP_ENCRYPTION_KEY=new_key()), "verify", "--backup", newer, "--allow-seed", check=6)
-    assert "none of the keys given decrypts this aes-256-cbc" in wrong.stderr
+    assert "none of the passphrases given decrypts this aes-256-cbc" in wrong.stderr
     assert "BACKUP_ENCRYPTION_KEY" in wrong.stderr
     # the seed's key kept among the old keys after moving to a new active key still opens them
     rotated = dict(env, BACKUP_ENCRYPTION_KEY=new_key(), BACKUP_DECRYPTION_KEYS=env["BACKUP_ENCRYPTION_KEY"],

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import signing
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health, keys
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health, keys, pipeline
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -37,6 +37,12 @@ def _names(record):
     """The fields by which a document names the backup stored where it was read (trust.naming_problem)."""
     return {"host": record.host, "database": record.db, "name": record.basename, "object_key": record.object_key,
             "timestamp": catalog.format_timestamp(record.timestamp)}
+
+
+@pytest.fixture(autouse=True)
+def no_database_server(monkeypatch):
+    """These tests are about S3's side: no PostgreSQL is asked for leftovers."""
+    monkeypatch.setattr(pipeline, "postgres_or_none", lambda settings: None)
 
 
 def _rules(findings):
@@ -105,8 +111,8 @@ def test_sharp_size_drop_is_a_warning():
 
 
 def test_old_orphans_are_a_warning_recent_ones_are_not():
-    recent = {"key": "backups/postgresql/db1/d/x.encrypted", "last_modified": NOW - datetime.timedelta(hours=1)}
-    old = {"key": "backups/postgresql/db1/d/y.encrypted", "last_modified": NOW - datetime.timedelta(hours=30)}
+    recent = {"key": "backups/postgresql/db1/d/x.encrypted", "size": 5, "last_modified": NOW - datetime.timedelta(hours=1)}
+    old = {"key": "backups/postgresql/db1/d/y.encrypted", "size": 7, "last_modified": NOW - datetime.timedelta(hours=30)}
     series = _series([2, 26])
     assert health.assess(series, [recent], NOW, health.HealthPolicy()) == []
     assert _rules(health.assess(series, [recent, old], NOW, health.HealthPolicy())) == [("orphans", "warning")]
@@ -190,6 +196,10 @@ class _Store:
         self.ranges.append((key, start, length))
         return self.headers[key][start:start + length]
 
+    @staticmethod
+    def list_multipart_uploads(prefix):
+        return []
+
 
 def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids():
     active, old = os.urandom(32), os.urandom(32)
@@ -251,3 +261,18 @@ def test_the_newest_backups_data_key_must_open_for_its_place_and_fit_its_object(
     # a data key that opens but is not the object's: the header's key commitment says so
     other = check(lambda record: crypto.wrap_data_key(master, os.urandom(32), binding=keys.identity_binding(record)))
     assert [f["severity"] for f in other] == ["critical"] and "key commitment" in other[0]["message"]
+
+
+def test_leftovers_older_than_an_hour_are_warnings_naming_size_and_age():
+    found = {"orphans": [], "restore_logins": [{"name": "quankey_restore_0a1b2c3d", "expired": True},
+                                               {"name": "quankey_restore_00000000", "expired": False}],
+             "uploads": [{"key": "backups/postgresql/db1/d/d_backup_20250820_100000.encrypted", "upload_id": "u",
+                          "size_bytes": 3 * MIB, "parts": 2, "age_hours": 2.0},
+                         {"key": "k2", "upload_id": "v", "size_bytes": 0, "parts": 0, "age_hours": 0.2}],
+             "staging_databases": [{"name": "d_restored__restoring_250820100000_ab12", "target": "d_restored",
+                                    "size_bytes": 221 * MIB, "sessions": 0, "age_hours": 2.0}]}
+    messages = [f["message"] for f in health.leftover_findings(found, health.HealthPolicy())]
+    assert len(messages) == 3 and all(f.startswith(("staging", "open", "restore")) for f in messages)
+    assert "221.0 MiB, 2.0 h old" in messages[0] and "3.0 MiB in 2 parts, 2.0 h without news" in messages[1]
+    assert "quankey_restore_0a1b2c3d (expired)" in messages[2]
+    assert all("prune" in message for message in messages)

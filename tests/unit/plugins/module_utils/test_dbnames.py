@@ -11,7 +11,7 @@ import datetime
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import catalog, dbnames
 from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError
 
 UTC = datetime.timezone.utc
@@ -24,32 +24,32 @@ def _record(db):
 
 @pytest.mark.parametrize("db", ["données_clients_" * 5, "é" * 40, "a" * 63, "短" * 30, "plain"])
 def test_the_default_target_of_any_database_name_fits_in_63_bytes_and_keeps_whole_characters(db):
-    target = pipeline.default_target(_record(db))
+    target = dbnames.default_target(_record(db))
     assert len(target.encode("utf-8")) <= 63 and target.endswith("_restored_20250809_030000")
-    assert pipeline.check_target_name(target) == target
+    assert dbnames.check_target_name(target) == target
     assert db.startswith(target[:-len("_restored_20250809_030000")])
 
 
 @pytest.mark.parametrize("target", ["é" * 31 + "x", "a" * 63, "短" * 21, "t"])
-@pytest.mark.parametrize("tag", [pipeline.STAGING_TAG, pipeline.REPLACED_TAG])
+@pytest.mark.parametrize("tag", [dbnames.STAGING_TAG, dbnames.REPLACED_TAG])
 def test_staging_and_replaced_names_fit_never_equal_the_target_and_tell_their_age(target, tag):
-    name = pipeline.side_name(target, tag, when=WHEN)
+    name = dbnames.side_name(target, tag, when=WHEN)
     assert len(name.encode("utf-8")) <= 63 and name != target and not target.startswith(name)
-    prefix, found_tag, made = pipeline.parse_side_name(name)
+    prefix, found_tag, made = dbnames.parse_side_name(name)
     assert target.startswith(prefix) and found_tag == tag and made == WHEN
-    assert pipeline.side_name(target, tag, when=WHEN) != name  # a random part: two restores never share one
+    assert dbnames.side_name(target, tag, when=WHEN) != name  # a random part: two restores never share one
 
 
 def test_names_that_are_not_ours_are_not_taken_for_leftovers():
     for name in ("app", "app__restoring_", "app__restoring_2508090300_ab12", "app__restoring_250809030000_xyz1"):
-        assert pipeline.parse_side_name(name) is None
+        assert dbnames.parse_side_name(name) is None
 
 
 @pytest.mark.parametrize("target", ["", "é" * 32, "a" * 64, "nul\x00"])
 def test_a_target_postgresql_cannot_name_is_refused(target):
     with pytest.raises(RefusedError):
-        pipeline.check_target_name(target)
+        dbnames.check_target_name(target)
 
 
 def test_cutting_by_bytes_never_splits_a_character():
-    assert pipeline.fit_name("aé", 2) == "a" and pipeline.fit_name("aé", 3) == "aé" and pipeline.fit_name("abc", 63) == "abc"
+    assert dbnames.fit_name("aé", 2) == "a" and dbnames.fit_name("aé", 3) == "aé" and dbnames.fit_name("abc", 63) == "abc"

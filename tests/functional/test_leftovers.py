@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Issue 12, leftovers: what a `kill -9` leaves behind is reported with its size and age, and swept once stale.
+
+Real processes killed for real (SIGKILL cannot be cleaned up after), on the real test bed.
+"""
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils import config, leftovers, pipeline
+from hostcommand import CLI, new_name, run_cli
+
+UTC = datetime.timezone.utc
+
+
+@pytest.fixture
+def env(testbed, source):
+    values = testbed.backup_env(source)
+    values.update(S3_PREFIX=new_name("left"), BACKUP_HOST_ID="db1")
+    return values
+
+
+def _slow_bin(tmp_path, real_bindir, program, seconds):
+    """A PG_BIN_DIR whose ``program`` waits ``seconds`` before running (so a test can kill what calls it)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("psql", "pg_dump", "pg_restore"):
+        if name == program:
+            script = bindir / name
+            script.write_text("#!/bin/sh\ncase \"$*\" in *--version*) ;; *) sleep %d ;; esac\nexec %s \"$@\"\n"
+                              % (seconds, real_bindir / name))
+            script.chmod(0o755)
+        else:
+            (bindir / name).symlink_to(real_bindir / name)
+    return str(bindir)
+
+
+def _kill_when(proc, ready, timeout=60):
+    """SIGKILL ``proc`` as soon as ``ready()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "never got ready"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _start(env, *args):
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
+    full.update(env)
+    return subprocess.Popen([CLI] + list(args), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_killed_restore_leaves_a_staging_database_that_is_reported_and_swept(testbed, source, env, tmp_path):
+    run_cli(env, "backup", check=0)
+    slow = dict(env, PG_BIN_DIR=_slow_bin(tmp_path, testbed.pg.bindir, "pg_restore", 60))
+    target = new_name("killed")
+    like = "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'" % target
+    proc = _start(slow, "restore", "--target-db", target)
+    _kill_when(proc, lambda: testbed.pg.psql(like).strip() == "1")
+
+    report = json.loads(run_cli(env, "health", "--json", "--leftover-hours", "0", "--min-size-bytes", "1024").stdout)
+    staging = report["leftovers"]["staging_databases"]
+    assert [item["target"] for item in staging if item["name"].startswith(target)] == [target]
+    found = [f["message"] for f in report["findings"] if f["rule"] == "leftovers"]
+    assert any(target + "__restoring_" in message and "h old" in message for message in found), found
+    listed = run_cli(env, "list", check=0).stdout
+    assert "left behind: staging database %s__restoring_" % target in listed
+    again = run_cli(env, "restore", "--target-db", new_name("next"), check=0)
+    assert "staging database %s__restoring_" % target in again.stderr  # the next restore says so
+
+    settings = config.settings_from_env(env)
+    soon = pipeline.run_prune(settings, dry_run=True)
+    assert not [name for name in soon["staging_databases_dropped"] if name.startswith(target)]  # not stale yet
+    later = datetime.datetime.now(UTC) + datetime.timedelta(hours=leftovers.STALE_HOURS + 1)
+    swept = pipeline.run_prune(settings, now=later)
+    assert [name for name in swept["staging_databases_dropped"] if name.startswith(target)]
+    assert testbed.pg.psql(like).strip() == "0"
+    # the killed restore's own login went with it once its password had expired; nothing of the kind is left
+    assert swept["restore_logins_dropped"]
+    assert testbed.pg.psql("SELECT count(*) FROM pg_roles WHERE rolname ~ '^quankey_restore_[0-9a-f]{8}$'").strip() == "0"
+
+
+def test_a_killed_backup_leaves_an_open_upload_that_is_reported_and_aborted(testbed, source, env, s3, tmp_path):
+    slow = dict(env, PG_BIN_DIR=_slow_bin(tmp_path, testbed.pg.bindir, "pg_dump", 60))
+    prefix = config.normalize_prefix(env["S3_PREFIX"])
+
+    def uploads():
+        return s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", [])
+
+    proc = _start(slow, "backup")
+    _kill_when(proc, lambda: len(uploads()) == 1)
+
+    report = json.loads(run_cli(env, "health", "--json", "--leftover-hours", "0", "--min-size-bytes", "1024").stdout)
+    found = report["leftovers"]["uploads"]
+    assert len(found) == 1 and found[0]["parts"] == 0 and found[0]["age_hours"] < 1  # the test bed says 2010: not trusted
+    assert any("open multipart upload" in f["message"] for f in report["findings"] if f["rule"] == "leftovers")
+
+    settings = config.settings_from_env(env)
+    assert pipeline.run_prune(settings)["uploads_aborted"] == []  # young: a backup may still be writing it
+    later = datetime.datetime.now(UTC) + datetime.timedelta(hours=leftovers.STALE_HOURS + 1)
+    assert len(pipeline.run_prune(settings, now=later)["uploads_aborted"]) == 1
+    assert uploads() == []
