@@ -148,24 +148,27 @@ class Settings:
 
     def validate(self):
         """Check every value that can be checked without a network; raise ConfigError naming the setting."""
-        self.db_port = _whole_number("DB_PORT", self.db_port, 1, 65535)
-        self.retention_days = _whole_number("BACKUP_RETENTION_DAYS", self.retention_days, 1, 36500)
-        self.min_keep = _whole_number("BACKUP_MIN_KEEP", self.min_keep, 1, 100000)
+        self.db_port = _whole_number(self.label("db_port"), self.db_port, 1, 65535)
+        self.retention_days = _whole_number(self.label("retention_days"), self.retention_days, 1, 36500)
+        self.min_keep = _whole_number(self.label("min_keep"), self.min_keep, 1, 100000)
         if self.storage_class not in STORAGE_CLASSES:
-            raise ConfigError("S3_STORAGE_CLASS %r is not an S3 storage class: choose one of %s"
-                              % (self.storage_class, ", ".join(STORAGE_CLASSES)))
+            raise ConfigError("%s %r is not an S3 storage class: choose one of %s"
+                              % (self.label("storage_class"), self.storage_class, ", ".join(STORAGE_CLASSES)))
         if self.encryption not in ENCRYPTIONS:
-            raise ConfigError("BACKUP_ENCRYPTION %r is not supported: choose one of %s" % (self.encryption, ", ".join(ENCRYPTIONS)))
+            raise ConfigError("%s %r is not supported: choose one of %s"
+                              % (self.label("encryption"), self.encryption, ", ".join(ENCRYPTIONS)))
         if self.compression not in COMPRESSIONS:
-            raise ConfigError("BACKUP_COMPRESSION %r is not supported: choose one of %s" % (self.compression, ", ".join(COMPRESSIONS)))
+            raise ConfigError("%s %r is not supported: choose one of %s"
+                              % (self.label("compression"), self.compression, ", ".join(COMPRESSIONS)))
         if self.db_sslmode and self.db_sslmode not in SSL_MODES:
-            raise ConfigError("DB_SSLMODE %r is not a libpq sslmode: choose one of %s" % (self.db_sslmode, ", ".join(SSL_MODES)))
+            raise ConfigError("%s %r is not a libpq sslmode: choose one of %s"
+                              % (self.label("db_sslmode"), self.db_sslmode, ", ".join(SSL_MODES)))
         if self.host_id and not _HOST_ID_RE.match(self.host_id):
-            raise ConfigError("BACKUP_HOST_ID %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
-                              % (self.host_id,))
+            raise ConfigError("%s %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
+                              % (self.label("host_id"), self.host_id))
         if self.backup_name and not _NAME_RE.match(self.backup_name):
-            raise ConfigError("BACKUP_NAME %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
-                              % (self.backup_name,))
+            raise ConfigError("%s %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
+                              % (self.label("backup_name"), self.backup_name))
         self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
         self.lock_wait_timeout = _whole_number(self.label("lock_wait_timeout"), self.lock_wait_timeout, 1, 86400)
         self.retry_window = _whole_number(self.label("retry_window"), self.retry_window, 0, 86400)

@@ -249,7 +249,7 @@ def explain_client_error(stderr, where, user, database, label=None):
         return "PostgreSQL role %r does not exist on %s: check %s" % (match.group(1), where, label("db_user"))
     if "no pg_hba.conf entry" in lowered:
         return "PostgreSQL at %s refuses user %r from this host (no pg_hba.conf entry): allow it in pg_hba.conf" % (where, user)
-    if "canceling statement due to lock timeout" in lowered:
+    if "lock table" in lowered and ("lock timeout" in lowered or "statement timeout" in lowered):
         table = re.search(r"LOCK TABLE (\S+) IN", text)
         return ("pg_dump could not lock %s within %s: another session holds a conflicting lock (ALTER TABLE, a "
                 "migration, VACUUM FULL, a long transaction?): find it in pg_locks and pg_stat_activity, run the backup "

@@ -149,6 +149,19 @@ def test_settings_from_params_maps_the_restore_role_and_the_seed_consent():
         ansible_common.settings_from_params({"restore_role": "quankey restore"})
 
 
+def test_settings_from_params_maps_the_seed_passphrase_and_derivation():
+    settings = ansible_common.settings_from_params({"encryption_key": "k", "seed_passphrase": "the seed's words",
+                                                    "seed_kdf": "pbkdf2-sha256:250000"})
+    assert (settings.seed_passphrase, settings.seed_kdf) == ("the seed's words", "pbkdf2-sha256:250000")
+    assert settings.label("seed_passphrase") == "the seed_passphrase option"
+    spec = ansible_common.encryption_argument_spec()
+    assert spec["seed_passphrase"]["no_log"] is True
+    assert (spec["seed_passphrase"]["fallback"][1], spec["seed_kdf"]["fallback"][1]) == (
+        ["BACKUP_SEED_PASSPHRASE"], ["BACKUP_SEED_KDF"])
+    with pytest.raises(ConfigError, match="seed_kdf option"):
+        ansible_common.settings_from_params({"seed_kdf": "rot13"})
+
+
 def test_settings_from_params_keeps_engine_defaults_for_unset_options():
     settings = ansible_common.settings_from_params({"bucket": "b", "retention_days": None, "db": None})
     assert (settings.retention_days, settings.compression, settings.db_host, settings.db_name) == (30, "zstd",
@@ -161,7 +174,7 @@ def test_a_unix_socket_is_the_host():
 
 
 def test_invalid_params_raise_the_engine_error():
-    with pytest.raises(ConfigError, match="DB_PORT must be between 1 and 65535, got 0"):
+    with pytest.raises(ConfigError, match="the login_port option must be between 1 and 65535, got 0"):
         ansible_common.settings_from_params({"login_port": 0})
 
 

@@ -135,7 +135,7 @@ def test_invalid_settings_fail_with_the_engine_message(run_module, recorder, mon
     monkeypatch.setattr(pipeline, "run_backup", run)
     result = run_module(module, dict(ARGS, host_id="bad/host"))
     assert result["failed"] is True
-    assert "BACKUP_HOST_ID 'bad/host' may hold only letters" in result["msg"]
+    assert "the host_id option 'bad/host' may hold only letters" in result["msg"]
     assert result["error"]["type"] == "ConfigError"
     assert run.calls == []
 
