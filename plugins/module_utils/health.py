@@ -35,6 +35,9 @@ _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
 EXIT_CODES = {OK: EXIT_OK, WARNING: EXIT_HEALTH_WARNING, CRITICAL: EXIT_HEALTH_CRITICAL}
 SCHEDULE_INTERVAL_HOURS = {"daily": 24, "12-hour": 12, "6-hour": 6}
 METADATA_LOOKBACK = 8
+# A monitor wants an answer: health retries S3 for at most this long (S3_RETRY_WINDOW_SECONDS if that is shorter)
+# and says s3_access critical after it, where a backup would wait out the whole window.
+HEALTH_RETRY_WINDOW = 20
 KNOWN_ENCRYPTIONS = keys.GCM_ENCRYPTIONS + (openssl_enc.ENCRYPTION_NAME,)
 _SIGNING_FIX = ("set BACKUP_SIGNING_KEY to the signing key of the hosts that made it, or add the master key of that id "
                 "to BACKUP_DECRYPTION_KEYS")
@@ -238,7 +241,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
               "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": []}
     try:
         settings.require("db_name", "bucket")
-        store = store or pipeline.open_store(settings)
+        store = store or pipeline.open_store(settings, HEALTH_RETRY_WINDOW)
         records, orphans = list_backups(settings, store)
         seed_records = [record for record in records if record.seed]
         if not settings.allow_seed:

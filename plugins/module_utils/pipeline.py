@@ -215,10 +215,10 @@ def _prefetch(iterable, depth=4):
         stop.set()
 
 
-def open_store(settings):
-    """The S3 store of these settings."""
+def open_store(settings, retry_window=None):
+    """The S3 store of these settings (``retry_window``: at most that many seconds of retries, for quick answers)."""
     settings.require("bucket")
-    return S3Store.from_settings(settings)
+    return S3Store.from_settings(settings, retry_window)
 
 
 # --------------------------------------------------------------------------- backup

@@ -5,32 +5,46 @@
 
 Every botocore failure is translated into a :class:`StorageError` (or
 :class:`NotFoundError`) whose message names the bucket, the key, the action and
-what to check. Uploads are multipart, with parts sent in the background while
-the pipeline keeps producing, and are aborted on any failure.
+what to check. A transient failure (connection refused, reset or timed out,
+HTTP 5xx, throttling) is tried again with capped exponential backoff until the
+retry window (``S3_RETRY_WINDOW_SECONDS``) has passed; a download cut mid-body
+goes on with a ranged GET from the byte reached. Uploads are multipart, with
+parts sent in the background while the pipeline keeps producing, and are
+aborted on any failure (the abort is retried too).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import logging
+import random
+import re
+import sys
 import threading
+import time
 import traceback
 
-from .config import FIELD_VARIABLES
-from .errors import AccessDeniedError, ConfigError, ConflictError, NotFoundError, StorageError
+from .config import DEFAULT_RETRY_WINDOW, FIELD_VARIABLES
+from .errors import AccessDeniedError, BackupError, ConfigError, ConflictError, NotFoundError, StorageError
 
 try:
     import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.parsers
     HAS_BOTO3 = True
     BOTO3_IMPORT_ERROR = None
+    # What a request through botocore raises for the store's answer (or its absence): translated, maybe retried.
+    _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                    botocore.parsers.ResponseParserError)
 except ImportError:
     boto3 = None
     botocore = None
     HAS_BOTO3 = False
     BOTO3_IMPORT_ERROR = traceback.format_exc()
+    _BOTO_ERRORS = ()
 
 LOG = logging.getLogger("quankey_backup")
 MIB = 1024 * 1024
@@ -40,6 +54,12 @@ MAX_PARTS = 10000
 PART_TIER = 2000        # parts per size tier: sizes double every PART_TIER parts
 UPLOAD_CONCURRENCY = 3  # parts in flight besides the one being filled
 READ_CHUNK = MIB
+RESUME_PIECE = 256 * 1024  # a streamed download reads in pieces this big: a cut connection loses at most one
+FIRST_WAIT = 0.5    # seconds before the first retry of a request, doubled after each failure ...
+MAX_WAIT = 10.0     # ... up to this; each wait is 50-100 % of that, at random (jitter), and ends within the window
+ABORT_BUDGET = 60   # seconds an abort after a failure keeps trying (at most the retry window)
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 120
 
 _ACCESS_CODES = ("AccessDenied", "AllAccessDisabled", "403", "Forbidden")
 _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
@@ -47,6 +67,17 @@ _MISSING_CODES = ("NoSuchKey", "404", "NotFound")
 _CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 # Answers of a store that does not implement conditional requests (If-Match / If-None-Match on writes).
 _UNSUPPORTED_CODES = ("NotImplemented", "501")
+# Answers that may be different if the request is sent again: throttling, timeouts, the store's own failures.
+_TRANSIENT_CODES = ("SlowDown", "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
+                    "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
+                    "RequestLimitExceeded", "BandwidthLimitExceeded", "PriorRequestNotComplete")
+_TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+# Requests whose answers have no body: a bare 404 (no S3 error code) to them is S3's own "not found".
+_BODILESS_ACTIONS = ("HeadObject", "HeadBucket")
+# What the socket said, in the text of the error a botocore network failure wraps.
+_SOCKET_CAUSE_RE = re.compile(r"Connection refused|Connection reset by peer|Remote end closed connection without response|"
+                              r"Broken pipe|No route to host|Network is unreachable|Name or service not known|"
+                              r"Temporary failure in name resolution|IncompleteRead\(\d+ bytes read, \d+ more expected\)")
 
 
 def _unsupported(exc):
@@ -79,8 +110,148 @@ def _error_code(exc):
     return code
 
 
+def _http_status(exc):
+    response = getattr(exc, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _s3_error_code(exc):
+    """The code of the S3 error document in an answer, or '' when it had none (botocore then uses the HTTP status)."""
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code") or "")
+    return "" if code.isdigit() else code
+
+
 def _variable(field):
     return FIELD_VARIABLES[field]
+
+
+def is_transient(exc):
+    """Whether a botocore failure may not happen again if the request is sent again.
+
+    Yes: no connection, a connection reset or closed, a timeout, a body cut short, HTTP 429/5xx,
+    throttling and timeout codes. No: every other answer (access denied, no such bucket, bad
+    credentials, a failed condition...), a TLS certificate problem, missing credentials.
+    """
+    if botocore is None:
+        return False
+    errors = botocore.exceptions
+    if isinstance(exc, errors.SSLError):
+        return False
+    if isinstance(exc, (errors.ConnectionError, errors.HTTPClientError, errors.IncompleteReadError)):
+        return True
+    if isinstance(exc, errors.ClientError):
+        return _s3_error_code(exc) in _TRANSIENT_CODES or _http_status(exc) in _TRANSIENT_STATUSES
+    return False
+
+
+def _not_s3_answer(exc, action):
+    """Whether an error answer came from something that is not S3 (a web server, a wrong port).
+
+    A 3xx/4xx without an S3 error document, to a request whose S3 errors always carry one: HEAD answers
+    have no body, so a bare 404 to HeadObject is S3's own "no such key" and proves nothing.
+    """
+    status = _http_status(exc)
+    return (isinstance(exc, botocore.exceptions.ClientError) and action not in _BODILESS_ACTIONS
+            and status is not None and 300 <= status < 500 and not _s3_error_code(exc))
+
+
+def _network_failures():
+    errors = botocore.exceptions
+    return ((errors.EndpointConnectionError, "cannot connect"), (errors.ConnectTimeoutError, "connecting timed out"),
+            (errors.ReadTimeoutError, "no answer within the read timeout"),
+            (errors.ConnectionClosedError, "connection closed before the answer"),
+            (errors.ResponseStreamingError, "connection lost while reading the answer"),
+            (errors.IncompleteReadError, "answer cut short"))
+
+
+def describe_cause(exc):
+    """A failure in a few words, for the retry warnings: 'HTTP 503 SlowDown', 'cannot connect (Connection refused)'."""
+    if botocore is None:
+        return str(exc)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return ("HTTP %s %s" % (_http_status(exc), _s3_error_code(exc))).strip()
+    for kind, words in _network_failures():
+        if isinstance(exc, kind):
+            said = _SOCKET_CAUSE_RE.search(str(getattr(exc, "kwargs", {}).get("error", "")))
+            return "%s: %s" % (words, said.group(0)) if said else words
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def attempt_timeouts(window):
+    """``(connect, read)`` timeouts of one attempt: 10 and 120 s, shortened to the retry window (not below 2 and 5 s).
+
+    So a stalled store fails a request about when the window ends instead of long after it.
+    """
+    if not window:
+        return CONNECT_TIMEOUT, READ_TIMEOUT
+    return min(CONNECT_TIMEOUT, max(window, 2)), min(READ_TIMEOUT, max(window, 5))
+
+
+def _pause(seconds, cancel=None):
+    """Wait ``seconds``, or until ``cancel`` (an Event) is set; whether it was."""
+    if cancel is None:
+        time.sleep(seconds)
+        return False
+    return cancel.wait(seconds)
+
+
+class RetryPolicy:
+    """How long and how often a failing S3 request is tried again.
+
+    Waits double from FIRST_WAIT up to MAX_WAIT, each 50-100 % of that at random (so clients that
+    failed together do not retry together), and stop once ``window`` seconds have passed since the
+    request was first sent; the last attempt is made when the window ends. ``clock``, ``pause``
+    (``pause(seconds, cancel)``, see :func:`_pause`) and ``jitter`` (a random number in [0, 1)) are
+    there for tests.
+    """
+
+    def __init__(self, window, clock=time.monotonic, pause=_pause, jitter=random.random):
+        self.window = window
+        self.clock = clock
+        self.pause = pause
+        self.jitter = jitter
+
+    def start(self, budget=None, cancel=None):
+        """The retries of one request from now: within ``min(window, budget)`` seconds; ``cancel``, an Event, stops them."""
+        window = self.window if budget is None else min(self.window, budget)
+        return RetryTimer(self, window, cancel)
+
+
+class RetryTimer:
+    """The retries of one request: after each transient failure, :meth:`next_wait` says how long to wait, or None."""
+
+    def __init__(self, policy, window, cancel=None):
+        self.policy = policy
+        self.window = window
+        self.cancel = cancel
+        self.started = policy.clock()
+        self.failures = 0
+
+    def elapsed(self):
+        """Seconds since the request was first sent."""
+        return self.policy.clock() - self.started
+
+    def left(self):
+        """Seconds left of the window."""
+        return self.window - self.elapsed()
+
+    def cancelled(self):
+        """Whether the retries were called off (the upload they serve is failing or aborted)."""
+        return self.cancel is not None and self.cancel.is_set()
+
+    def next_wait(self):
+        """Count a failure; seconds to wait before the next attempt, or None when the window is spent or cancelled."""
+        self.failures += 1
+        left = self.left()
+        if left <= 0 or self.cancelled():
+            return None
+        ceiling = min(MAX_WAIT, FIRST_WAIT * 2 ** min(self.failures - 1, 30))
+        return min(left, ceiling * (0.5 + self.policy.jitter() / 2))
+
+    def wait(self, seconds):
+        """Wait ``seconds``; False when cancelled meanwhile."""
+        return not self.policy.pause(seconds, self.cancel)
 
 
 def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variable):
@@ -90,6 +261,12 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
     """
     where = "s3://%s/%s" % (bucket, key or "")
     via = " via %s" % endpoint if endpoint else ""
+    if _not_s3_answer(exc, action):
+        return StorageError("the S3 endpoint %s answered HTTP %s without an S3 error to %s of %s (not an S3 endpoint?): "
+                            "check %s" % (endpoint or "of AWS", _http_status(exc), action, where, label("endpoint_url")))
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return StorageError("the S3 endpoint %s answered %s of %s with what is not S3 XML (not an S3 endpoint?): check %s"
+                            % (endpoint or "of AWS", action, where, label("endpoint_url")))
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return StorageError("no AWS credentials found for %s: set %s and %s" % (where, label("access_key"), label("secret_key")))
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
@@ -120,10 +297,15 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
 
 
 class S3Store:
-    """One bucket of an S3-compatible store."""
+    """One bucket of an S3-compatible store.
+
+    Every request is tried again after a transient failure until ``retry_window`` seconds have
+    passed since it was first sent (0: no retries of ours; botocore still tries twice). ``retry``
+    (a :class:`RetryPolicy`) replaces the clock and sleep in tests.
+    """
 
     def __init__(self, bucket, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
-                 storage_class="STANDARD_IA", max_attempts=4, connect_timeout=10, read_timeout=120, label=_variable):
+                 storage_class="STANDARD_IA", retry_window=DEFAULT_RETRY_WINDOW, label=_variable, retry=None):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")
         if not bucket:
@@ -133,8 +315,11 @@ class S3Store:
         self.storage_class = storage_class
         self.conditional_writes = True  # until the store answers NotImplemented to one
         self.label = label
+        self.retry = retry or RetryPolicy(retry_window)
+        connect_timeout, read_timeout = attempt_timeouts(self.retry.window)
         config = botocore.config.Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # one attempt each when our retries are on (they log, and the window governs), else botocore tries twice
+            retries={"total_max_attempts": 1 if self.retry.window else 2, "mode": "standard"},
             connect_timeout=connect_timeout, read_timeout=read_timeout,
             max_pool_connections=UPLOAD_CONCURRENCY + 4,
             signature_version="s3v4",
@@ -144,30 +329,85 @@ class S3Store:
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
     @classmethod
-    def from_settings(cls, settings):
-        """The store a :class:`~.config.Settings` points at."""
+    def from_settings(cls, settings, retry_window=None):
+        """The store a :class:`~.config.Settings` points at (``retry_window`` shortens the settings' one)."""
+        window = settings.retry_window if retry_window is None else min(retry_window, settings.retry_window)
         return cls(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url,
                    access_key=settings.access_key, secret_key=settings.secret_key,
-                   session_token=settings.session_token, storage_class=settings.storage_class, label=settings.label)
+                   session_token=settings.session_token, storage_class=settings.storage_class,
+                   retry_window=window, label=settings.label)
 
     def url(self, key=""):
         """``s3://bucket/key`` for messages."""
         return "s3://%s/%s" % (self.bucket, key)
 
     def _call(self, action, key, func, **kwargs):
+        """``func(**kwargs)``, one request, retried (see :meth:`_retrying`)."""
+        return self._retrying(action, key, functools.partial(func, **kwargs))
+
+    def _retrying(self, action, key, attempt, recover=None, budget=None, cancel=None):
+        """``attempt()`` (one request), tried again after transient failures until the retry window is spent.
+
+        Failures are translated (StorageError, NotFoundError...); the last transient one says how long it
+        lasted. ``recover(exc)`` is asked about a lasting failure that follows a transient one (whose answer
+        may have been lost after the store acted): True when the store already holds what was asked, and
+        this returns None. ``budget`` shortens the window; ``cancel`` (an Event) stops the retries.
+        """
+        timer = self.retry.start(budget, cancel)
+        while True:
+            try:
+                return attempt()
+            except _BOTO_ERRORS as exc:
+                error = translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label)
+                if not is_transient(exc):
+                    if timer.failures and recover is not None and self._recovered(recover, exc, action, key):
+                        return None
+                    raise error
+                wait = timer.next_wait()
+                if wait is None:
+                    raise error if timer.cancelled() else self._gave_up(error, timer)
+                LOG.warning("S3 %s of %s failed (%s): retrying in %.1fs, %ds left of the %ds retry window (%s)",
+                            action, self.url(key), describe_cause(exc), wait, max(timer.left(), 0), timer.window,
+                            self.label("retry_window"))
+                if not timer.wait(wait):
+                    raise error
+
+    def _recovered(self, recover, exc, action, key):
+        """Whether ``recover(exc)`` finds that an earlier attempt, whose answer was lost, did what was asked."""
         try:
-            return func(**kwargs)
-        except Exception as exc:  # translated below; anything else is re-raised as is
-            if botocore is not None and isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
-                raise translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label)
-            raise
+            done = recover(exc)
+        except BackupError:
+            return False
+        if done:
+            LOG.warning("S3 %s of %s: the answer to an earlier attempt was lost, and the store shows it was done (%s "
+                        "now answers %s)", action, self.url(key), action, describe_cause(exc))
+        return done
+
+    def _gave_up(self, error, timer):
+        """``error``, the last of a transient failure that lasted the whole retry window, saying so."""
+        if not timer.window:
+            return error
+        return type(error)("%s; it kept failing for %d s over %d attempt%s (retry window: %d s, %s)"
+                           % (error.message, round(timer.elapsed()), timer.failures, "s" if timer.failures > 1 else "",
+                              timer.window, self.label("retry_window")))
+
+    def _pages(self, action, prefix, func, tokens, **kwargs):
+        """Every page of a listing, each page's request retried; ``tokens`` maps a page's next-token fields to request
+        parameters."""
+        while True:
+            page = self._call(action, prefix, func, **kwargs)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            kwargs.update((param, page[field]) for field, param in tokens.items() if page.get(field) is not None)
 
     def check_bucket(self, prefix=""):
         """Fail early and clearly if the bucket is missing, unreachable or ``prefix`` is not ours to list.
 
         A one-key listing under ``prefix``, not HeadBucket: AWS authorizes HeadBucket as
         s3:ListBucket on the whole bucket, which a least-privilege policy (ListBucket only
-        under this host's prefixes) denies.
+        under this host's prefixes) denies. Its error answers carry a body, so an endpoint
+        that is not S3 at all is told apart here (translate_error).
         """
         self._call("ListObjectsV2", prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
 
@@ -176,15 +416,13 @@ class S3Store:
 
         With ``delimiter`` ("/"), only the objects directly under ``prefix``.
         """
-        paginator = self.client.get_paginator("list_objects_v2")
         extra = {"Delimiter": delimiter} if delimiter else {}
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
-                for item in page.get("Contents", []):
-                    yield {"key": item["Key"], "size": item["Size"], "last_modified": item["LastModified"],
-                           "storage_class": item.get("StorageClass", "STANDARD")}
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "ListObjectsV2", self.bucket, prefix, self.endpoint_url, self.label)
+        for page in self._pages("ListObjectsV2", prefix, self.client.list_objects_v2,
+                                {"NextContinuationToken": "ContinuationToken"}, Bucket=self.bucket, Prefix=prefix,
+                                **extra):
+            for item in page.get("Contents", []):
+                yield {"key": item["Key"], "size": item["Size"], "last_modified": item["LastModified"],
+                       "storage_class": item.get("StorageClass", "STANDARD")}
 
     def head(self, key):
         """Object attributes, or None when there is no such object."""
@@ -203,28 +441,28 @@ class S3Store:
 
     def get_bytes_and_etag(self, key):
         """A small object's content and its ETag (for a later write conditional on it being unchanged)."""
-        response = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=key)
-        return self._read_body(key, response["Body"].read), response.get("ETag")
+        return self._retrying("GetObject", key, functools.partial(self._get_whole, Bucket=self.bucket, Key=key))
 
     def get_range(self, key, start, length):
         """``length`` bytes of an object from ``start`` (a header check without a download)."""
-        response = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=key,
-                              Range="bytes=%d-%d" % (start, start + length - 1))
-        return self._read_body(key, response["Body"].read)
+        return self._retrying("GetObject", key, functools.partial(
+            self._get_whole, Bucket=self.bucket, Key=key, Range="bytes=%d-%d" % (start, start + length - 1)))[0]
 
-    def _read_body(self, key, read, *args):
-        try:
-            return read(*args)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "GetObject", self.bucket, key, self.endpoint_url, self.label)
+    def _get_whole(self, **kwargs):
+        """One GetObject and its whole body: ``(bytes, ETag)``."""
+        response = self.client.get_object(**kwargs)
+        with response["Body"] as body:
+            return body.read(), response.get("ETag")
 
     def iter_object(self, key, chunk_size=READ_CHUNK):
-        """Stream an object in chunks; yields bytes. Size is checked by the caller."""
-        response = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=key)
-        body = response["Body"]
+        """Stream an object in chunks; yields bytes. Size is checked by the caller.
+
+        A connection lost mid-body goes on from the byte reached (see :class:`_ResumableBody`).
+        """
+        body = _ResumableBody(self, key)
         try:
             while True:
-                chunk = self._read_body(key, body.read, chunk_size)
+                chunk = body.read(chunk_size)
                 if not chunk:
                     return
                 yield chunk
@@ -238,6 +476,8 @@ class S3Store:
         version read. A lost race raises ConflictError. A store that does not implement conditional
         writes (answers NotImplemented) gets the write without the condition, with a warning
         (docs/CLI.md lists which stores honour them); ``if_none_match`` then checks first with HEAD.
+        A retry refused because an earlier attempt, whose answer was lost, did write is no conflict:
+        the object is read back and compared.
         """
         kwargs = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, StorageClass="STANDARD")
         condition = {}
@@ -251,7 +491,8 @@ class S3Store:
                                     "take conditional writes, so this was checked first)" % self.url(key))
             return self._call("PutObject", key, self.client.put_object, **kwargs)
         try:
-            return self._call("PutObject", key, self.client.put_object, **dict(kwargs, **condition))
+            return self._retrying("PutObject", key, functools.partial(self.client.put_object, **dict(kwargs, **condition)),
+                                  recover=lambda exc: self._holds(key, data))
         except NotFoundError:
             if if_match:  # If-Match on an object that is gone: it was deleted since it was read
                 raise ConflictError("PutObject of %s was refused: the object was deleted since it was read (by a "
@@ -262,6 +503,13 @@ class S3Store:
                 raise
             self._no_conditional_writes(exc)
             return self.put_bytes(key, data, content_type, if_none_match, if_match)
+
+    def _holds(self, key, data):
+        """Whether the object at ``key`` is exactly ``data``."""
+        try:
+            return self.get_bytes(key) == bytes(data)
+        except NotFoundError:
+            return False
 
     def _no_conditional_writes(self, exc):
         """Remember that this store refuses conditional writes, and say so once."""
@@ -280,18 +528,92 @@ class S3Store:
 
     def list_multipart_uploads(self, prefix):
         """Open multipart uploads under ``prefix`` as dicts (key, upload_id, initiated)."""
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for item in page.get("Uploads", []):
-                    yield {"key": item["Key"], "upload_id": item["UploadId"], "initiated": item["Initiated"]}
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate_error(exc, "ListMultipartUploads", self.bucket, prefix, self.endpoint_url, self.label)
+        for page in self._pages("ListMultipartUploads", prefix, self.client.list_multipart_uploads,
+                                {"NextKeyMarker": "KeyMarker", "NextUploadIdMarker": "UploadIdMarker"},
+                                Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Uploads", []):
+                yield {"key": item["Key"], "upload_id": item["UploadId"], "initiated": item["Initiated"]}
 
-    def abort_multipart(self, key, upload_id):
-        """Abort one multipart upload (its parts are discarded by the store)."""
-        self._call("AbortMultipartUpload", key, self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
-                   UploadId=upload_id)
+    def list_parts(self, key, upload_id):
+        """The parts an open multipart upload holds, as dicts (number, size, last_modified)."""
+        for page in self._pages("ListParts", key, self.client.list_parts, {"NextPartNumberMarker": "PartNumberMarker"},
+                                Bucket=self.bucket, Key=key, UploadId=upload_id):
+            for item in page.get("Parts", []):
+                yield {"number": item["PartNumber"], "size": item["Size"], "last_modified": item["LastModified"]}
+
+    def abort_multipart(self, key, upload_id, budget=None):
+        """Abort one multipart upload (its parts are discarded by the store); ``budget`` shortens the retry window.
+
+        A retry told NoSuchUpload is done: the earlier attempt, whose answer was lost, aborted it.
+        """
+        self._retrying("AbortMultipartUpload", key, functools.partial(
+            self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id),
+            recover=lambda exc: _error_code(exc) == "NoSuchUpload", budget=budget)
+
+
+class _ResumableBody:
+    """An object's body, read in order; a connection lost mid-body goes on with a ranged GET from the byte reached.
+
+    Resumed reads ask for the version first read (If-Match its ETag): an object replaced meanwhile is
+    not stitched together from two versions.
+    """
+
+    def __init__(self, store, key):
+        self.store = store
+        self.key = key
+        self.position = 0
+        self.etag = None
+        self._body = None
+
+    def read(self, size):
+        """Up to ``size`` bytes (fewer only at the end: b"" there), read in pieces of at most RESUME_PIECE.
+
+        A piece lost with its connection is read again (retried within the window) from the byte reached.
+        """
+        pieces = []
+        left = size
+        while left > 0:
+            piece = self._read_piece(min(left, RESUME_PIECE))
+            if not piece:
+                break
+            pieces.append(piece)
+            left -= len(piece)
+        return b"".join(pieces)
+
+    def _read_piece(self, size):
+        try:
+            return self.store._retrying("GetObject", self.key, functools.partial(self._read_once, size))
+        except ConflictError:
+            raise StorageError("%s changed while it was being downloaded (its ETag is no longer %s): run again"
+                               % (self.store.url(self.key), self.etag))
+
+    def _read_once(self, size):
+        if self._body is None:
+            self._body = self._open()
+        try:
+            chunk = self._body.read(size)
+        except Exception:
+            self.close()  # the next attempt opens the body again, from self.position
+            raise
+        self.position += len(chunk)
+        return chunk
+
+    def _open(self):
+        kwargs = dict(Bucket=self.store.bucket, Key=self.key)
+        if self.position:
+            kwargs["Range"] = "bytes=%d-" % self.position
+            LOG.info("resuming the download of %s at byte %d", self.store.url(self.key), self.position)
+        if self.etag:
+            kwargs["IfMatch"] = self.etag
+        response = self.store.client.get_object(**kwargs)
+        self.etag = self.etag or response.get("ETag")
+        return response["Body"]
+
+    def close(self):
+        """Close the open response, if any."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
 
 
 class MultipartUpload:
@@ -300,6 +622,8 @@ class MultipartUpload:
     Memory is bounded: one part being filled plus at most ``concurrency`` parts
     in flight. ``complete()`` returns the stored size after checking it; any
     failure, and ``abort()``, abort the upload so no partial object remains.
+    Each request is retried within the store's window; once one part fails for
+    good, or the upload is aborted, the other parts stop retrying.
     """
 
     def __init__(self, store, key, base_part_size, concurrency):
@@ -316,6 +640,7 @@ class MultipartUpload:
         self._threads = []
         self._next_part = 1
         self._closed = False
+        self._stop_retrying = threading.Event()
         response = store._call("CreateMultipartUpload", key, store.client.create_multipart_upload,
                                Bucket=store.bucket, Key=key, StorageClass=store.storage_class,
                                ContentType="application/octet-stream")
@@ -326,7 +651,7 @@ class MultipartUpload:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self.abort()
+            self.abort(exc)
         return False
 
     def _current_part_size(self):
@@ -366,15 +691,18 @@ class MultipartUpload:
         thread.start()
 
     def _upload_part(self, number, body):
+        store = self.store
         try:
-            response = self.store._call("UploadPart", self.key, self.store.client.upload_part, Bucket=self.store.bucket,
-                                        Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
+            response = store._retrying("UploadPart", self.key, functools.partial(
+                store.client.upload_part, Bucket=store.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                Body=body), cancel=self._stop_retrying)
             with self._lock:
                 self._parts[number] = response["ETag"]
         except Exception as exc:  # handed to the producer thread, which raises it
             with self._lock:
                 if self._error is None:
                     self._error = exc
+            self._stop_retrying.set()
         finally:
             self._slots.release()
 
@@ -411,13 +739,18 @@ class MultipartUpload:
         return stored
 
     def _complete(self, parts):
-        """CompleteMultipartUpload, creating the object only if none is there (else ConflictError; the caller aborts)."""
+        """CompleteMultipartUpload, creating the object only if none is there (else ConflictError; the caller aborts).
+
+        A retry refused (PreconditionFailed, NoSuchUpload) because an earlier attempt, whose answer was
+        lost, did complete is no conflict: the object is there with the size uploaded.
+        """
         store = self.store
-        kwargs = dict(Bucket=store.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        complete = functools.partial(store.client.complete_multipart_upload, Bucket=store.bucket, Key=self.key,
+                                     UploadId=self.upload_id, MultipartUpload={"Parts": parts})
         if store.conditional_writes:
             try:
-                store._call("CompleteMultipartUpload", self.key, store.client.complete_multipart_upload,
-                            IfNoneMatch="*", **kwargs)
+                store._retrying("CompleteMultipartUpload", self.key, functools.partial(complete, IfNoneMatch="*"),
+                                recover=self._landed)
                 return
             except StorageError as exc:
                 if not _unsupported(exc):
@@ -426,15 +759,31 @@ class MultipartUpload:
         if store.exists(self.key):
             raise ConflictError("CompleteMultipartUpload of %s was refused: an object is already there (this store "
                                 "does not take conditional writes, so this was checked first)" % store.url(self.key))
-        store._call("CompleteMultipartUpload", self.key, store.client.complete_multipart_upload, **kwargs)
+        store._retrying("CompleteMultipartUpload", self.key, complete, recover=self._landed)
 
-    def abort(self):
-        """Abort the upload (best effort; waits for parts in flight first)."""
+    def _landed(self, exc):
+        """Whether the object is stored with every byte written (a Complete whose answer was lost did complete)."""
+        head = self.store.head(self.key)
+        return head is not None and head.get("ContentLength") == self.bytes_written
+
+    def abort(self, failure=None):
+        """Abort the upload (waits for parts in flight first), retried for at most ABORT_BUDGET seconds.
+
+        When the store stays out of reach, the upload stays open: ``failure`` (by default the exception
+        being handled, the reason to abort) then says so, naming the key and `prune`, which aborts it.
+        Never raises.
+        """
         if self._closed:
             return
+        failure = failure if failure is not None else sys.exc_info()[1]
         self._closed = True
+        self._stop_retrying.set()
         self._join()
         try:
-            self.store.abort_multipart(self.key, self.upload_id)
-        except Exception:  # the store may be down: an open upload is swept by `prune`
-            pass
+            self.store.abort_multipart(self.key, self.upload_id, budget=ABORT_BUDGET)
+        except Exception as exc:  # pylint: disable=broad-except  # the store may be down: the upload is left to prune
+            note = ("the multipart upload of %s is still open (the abort failed too): the next `quankey-backup prune` "
+                    "aborts it once it is 24 h old" % self.store.url(self.key))
+            LOG.warning("%s; upload id %s, abort failure: %s", note, self.upload_id, exc)
+            if isinstance(failure, BackupError):
+                failure.message = "%s; %s" % (failure.message, note)

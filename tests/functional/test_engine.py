@@ -250,7 +250,8 @@ def test_old_pg_dump_is_refused_plainly(env, tmp_path):
     ({"DB_PORT": "1"}, 4, "connection refused"),
     ({"DB_NAME": "no_such_db"}, 4, "database 'no_such_db' does not exist"),
     ({"S3_BUCKET": "no-such-bucket-here"}, 5, "bucket 'no-such-bucket-here' does not exist"),
-    ({"S3_ENDPOINT_URL": "http://127.0.0.1:9"}, 5, "cannot reach the S3 endpoint http://127.0.0.1:9"),
+    ({"S3_ENDPOINT_URL": "http://127.0.0.1:9", "S3_RETRY_WINDOW_SECONDS": "2"}, 5,
+     "cannot reach the S3 endpoint http://127.0.0.1:9"),
     ({"BACKUP_COMPRESSION": "lz4"}, 3, "BACKUP_COMPRESSION 'lz4' is not supported"),
 ])
 def test_bad_input_gets_one_clear_line(testbed, env, s3, change, code, words):
@@ -322,7 +323,8 @@ def test_health_ok_then_critical_when_the_newest_backup_is_old(testbed, source, 
 
 
 def test_health_is_critical_when_s3_is_unreachable(env):
-    proc = run_cli(dict(env, S3_ENDPOINT_URL="http://127.0.0.1:9"), "health", "--json", check=2)
+    proc = run_cli(dict(env, S3_ENDPOINT_URL="http://127.0.0.1:9", S3_RETRY_WINDOW_SECONDS="2"), "health", "--json",
+                   check=2)
     report = json.loads(proc.stdout)
     assert [f["rule"] for f in report["findings"]] == ["s3_access"]
 

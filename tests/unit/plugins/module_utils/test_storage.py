@@ -1,11 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Part sizing and error translation of the S3 layer (no network)."""
+"""The S3 layer without a network: part sizing, error translation, retries on a fake clock, lost answers,
+resumed downloads."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
+
+import io
 
 import pytest
 
@@ -99,6 +102,9 @@ class _FakeStore:
     def _call(self, action, key, func, **kwargs):
         return func(**kwargs)
 
+    def _retrying(self, action, key, attempt, recover=None, budget=None, cancel=None):
+        return attempt()
+
     def url(self, key=""):
         return "s3://b/" + key
 
@@ -141,3 +147,430 @@ def test_multipart_upload_never_changes_a_part_after_sending_it():
         upload.write(memoryview(b"xyz"))
     upload.complete()
     assert [bytes(body) for body in store.client.bodies] == [store.client.parts[n] for n in sorted(store.client.parts)]
+
+
+# --------------------------------------------------------------------------- retries (no network, no real sleeping)
+
+from ansible_collections.quankey.backup.plugins.module_utils import config  # noqa: E402
+from ansible_collections.quankey.backup.plugins.module_utils.errors import (  # noqa: E402
+    ConfigError, ConflictError)
+from botocore.exceptions import (  # noqa: E402
+    ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError, ResponseStreamingError, SSLError)
+
+REFUSED = "<urllib3.connection.HTTPConnection object>: Failed to establish a new connection: [Errno 111] Connection refused"
+
+
+class _Clock:
+    """A monotonic clock that only moves when something sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def pause(self, seconds, cancel=None):
+        self.sleeps.append(seconds)
+        self.now += seconds
+        return cancel is not None and cancel.is_set()
+
+
+def _policy(window, clock, jitter=1.0):
+    return storage.RetryPolicy(window, clock=clock, pause=clock.pause, jitter=lambda: jitter)
+
+
+def _refused():
+    return EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k", error=REFUSED)
+
+
+def _not_s3(code="", operation="ListObjectsV2"):
+    """What botocore makes of a web server's 404 page: no S3 error code (empty, or the status)."""
+    return ClientError({"Error": {"Code": code, "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": 404}}, operation)
+
+
+class _Script:
+    """A client method that answers with the given outcomes in turn: a value, an exception to raise, or a function
+    of the call's arguments. Records the calls."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.calls = []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome(**kwargs) if callable(outcome) else outcome
+
+
+class _Client:
+    """Client methods as _Scripts, set per test."""
+
+    def __init__(self, **methods):
+        for name, script in methods.items():
+            setattr(self, name, script)
+
+
+def _store(clock, window=30, **methods):
+    store = storage.S3Store("bkt", endpoint_url="http://127.0.0.1:9", retry=_policy(window, clock))
+    store.client = _Client(**methods)
+    return store
+
+
+@pytest.mark.parametrize("exc,transient", [
+    (_refused(), True),
+    (ConnectTimeoutError(endpoint_url="http://s3"), True),
+    (ReadTimeoutError(endpoint_url="http://s3"), True),
+    (ConnectionClosedError(endpoint_url="http://s3"), True),
+    (ResponseStreamingError(error="Connection reset by peer"), True),
+    (_client_error("SlowDown", 503), True),
+    (_client_error("InternalError", 500), True),
+    (_client_error("ServiceUnavailable", 503), True),
+    (_client_error("RequestTimeout", 400), True),
+    (_client_error("502", 502), True),  # a load balancer's own page
+    (_client_error("504", 504), True),
+    (_client_error("AccessDenied", 403), False),
+    (_client_error("NoSuchBucket", 404), False),
+    (_client_error("InvalidAccessKeyId", 403), False),
+    (_client_error("PreconditionFailed", 412), False),
+    (_client_error("NoSuchKey", 404), False),
+    (_client_error("NotImplemented", 501), False),
+    (_not_s3(), False),
+    (NoCredentialsError(), False),
+    (SSLError(endpoint_url="https://s3", error="certificate verify failed"), False),
+])
+def test_only_failures_that_may_pass_are_transient(exc, transient):
+    assert storage.is_transient(exc) is transient
+
+
+def test_waits_double_up_to_the_cap_and_the_last_attempt_comes_when_the_window_ends():
+    clock = _Clock()
+    timer = _policy(60, clock).start()
+    while True:
+        wait = timer.next_wait()
+        if wait is None:
+            break
+        clock.pause(wait)
+    assert clock.sleeps[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, storage.MAX_WAIT]
+    assert max(clock.sleeps) == storage.MAX_WAIT and clock.now == 60  # the last wait is cut to the window
+    assert timer.failures == len(clock.sleeps) + 1
+
+
+def test_jitter_waits_between_half_and_all_of_the_step():
+    clock = _Clock()
+    low, high = _policy(60, clock, jitter=0.0).start(), _policy(60, clock, jitter=0.999).start()
+    assert [low.next_wait(), low.next_wait(), low.next_wait()] == [0.25, 0.5, 1.0]
+    assert [round(high.next_wait(), 2), round(high.next_wait(), 2), round(high.next_wait(), 2)] == [0.5, 1.0, 2.0]
+
+
+def test_a_budget_shortens_the_window_and_zero_means_no_retries():
+    clock = _Clock()
+    assert _policy(300, clock).start(budget=60).window == 60
+    assert _policy(0, clock).start().next_wait() is None
+    assert _policy(0, clock).start(budget=60).window == 0
+
+
+def test_a_cancelled_timer_stops_at_once():
+    cancel = __import__("threading").Event()
+    timer = _policy(300, _Clock()).start(cancel=cancel)
+    assert timer.next_wait() is not None
+    cancel.set()
+    assert timer.next_wait() is None and timer.cancelled()
+
+
+@pytest.mark.parametrize("window,expected", [(0, (10, 120)), (1, (2, 5)), (8, (8, 8)), (300, (10, 120))])
+def test_one_attempt_cannot_outlast_a_short_window_by_much(window, expected):
+    assert storage.attempt_timeouts(window) == expected
+
+
+def test_transient_failures_are_retried_and_each_retry_is_logged_with_cause_and_time_left(caplog):
+    clock = _Clock()
+    put = _Script(_refused(), _client_error("SlowDown", 503), {"ETag": '"e"'})
+    store = _store(clock, put_object=put)
+    assert store.put_bytes("k", b"{}") == {"ETag": '"e"'}
+    assert len(put.calls) == 3 and len(clock.sleeps) == 2
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "S3 PutObject of s3://bkt/k failed (cannot connect: Connection refused): retrying in 0.5s, 30s left of " \
+           "the 30s retry window (S3_RETRY_WINDOW_SECONDS)" == warnings[0]
+    assert "(HTTP 503 SlowDown)" in warnings[1]
+
+
+def test_a_failure_outlasting_the_window_names_action_key_cause_and_how_long_it_lasted():
+    clock = _Clock()
+    store = _store(clock, upload_part=_Script(_client_error("SlowDown", 503)))
+    with pytest.raises(StorageError) as failure:
+        store._call("UploadPart", "k", store.client.upload_part)
+    message = str(failure.value)
+    assert message.startswith("S3 UploadPart of s3://bkt/k failed via http://127.0.0.1:9: SlowDown")
+    assert "it kept failing for 30 s over %d attempts (retry window: 30 s, S3_RETRY_WINDOW_SECONDS)" \
+        % len(store.client.upload_part.calls) in message
+    assert clock.now == 30  # waited the window out, on the fake clock
+
+
+def test_without_a_window_the_first_failure_is_final_and_says_nothing_of_retries():
+    clock = _Clock()
+    store = _store(clock, window=0, delete_object=_Script(_refused()))
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint") as failure:
+        store.delete("k")
+    assert "kept failing" not in str(failure.value) and clock.sleeps == []
+
+
+@pytest.mark.parametrize("exc,kind", [
+    (_client_error("AccessDenied", 403), StorageError),
+    (_client_error("NoSuchBucket", 404), StorageError),
+    (_client_error("InvalidAccessKeyId", 403), StorageError),
+    (_client_error("PreconditionFailed", 412), ConflictError),
+    (_not_s3(), StorageError),
+])
+def test_lasting_failures_are_never_retried(exc, kind):
+    clock = _Clock()
+    put = _Script(exc)
+    store = _store(clock, put_object=put, get_object=_Script(AssertionError("no read-back without a lost answer")))
+    with pytest.raises(kind):
+        store.put_bytes("k", b"{}", if_none_match=True)
+    assert len(put.calls) == 1 and clock.sleeps == []
+
+
+def test_a_listing_resumes_at_the_page_that_failed():
+    clock = _Clock()
+    pages = _Script({"Contents": [{"Key": "a", "Size": 1, "LastModified": 1}], "IsTruncated": True,
+                     "NextContinuationToken": "t2"},
+                    ConnectionClosedError(endpoint_url="http://s3"),
+                    {"Contents": [{"Key": "b", "Size": 2, "LastModified": 2}], "IsTruncated": False})
+    store = _store(clock, list_objects_v2=pages)
+    assert [item["key"] for item in store.list_objects("p/")] == ["a", "b"]
+    assert [call.get("ContinuationToken") for call in pages.calls] == [None, "t2", "t2"]
+
+
+# --------------------------------------------------------------------------- an endpoint that is not S3
+
+def _from_env_file(field):
+    return "%s in /etc/quankey/backup.env" % config.FIELD_VARIABLES[field]
+
+
+@pytest.mark.parametrize("code,action", [("", "ListObjectsV2"), ("404", "ListObjectsV2"), ("", "GetObject"),
+                                         ("404", "PutObject")])
+def test_a_404_without_an_s3_error_says_the_endpoint_is_not_s3(code, action):
+    error = storage.translate_error(_not_s3(code, action), action, "b", "p/", "http://web:80", _from_env_file)
+    assert type(error) is StorageError  # pylint: disable=unidiomatic-typecheck  # not NotFoundError (exit 7)
+    assert str(error) == ("the S3 endpoint http://web:80 answered HTTP 404 without an S3 error to %s of s3://b/p/ "
+                          "(not an S3 endpoint?): check S3_ENDPOINT_URL in /etc/quankey/backup.env" % action)
+
+
+def test_a_bare_404_to_head_is_s3_saying_no_such_key():
+    error = storage.translate_error(_not_s3("404", "HeadObject"), "HeadObject", "b", "k")
+    assert isinstance(error, NotFoundError)
+    store = _store(_Clock(), head_object=_Script(_not_s3("404", "HeadObject")))
+    assert store.head("k") is None
+
+
+def test_s3_own_404s_keep_their_meaning():
+    assert isinstance(storage.translate_error(_client_error("NoSuchKey", 404), "GetObject", "b", "k"), NotFoundError)
+    assert "does not exist" in str(storage.translate_error(_client_error("NoSuchBucket", 404), "ListObjectsV2", "b"))
+
+
+# --------------------------------------------------------------------------- answers lost after the store acted
+
+def _keeping(objects, key="k"):
+    """A put_object that stores its body in ``objects`` and then loses the answer."""
+    def put(**kwargs):
+        objects[key] = bytes(kwargs["Body"])
+        raise ConnectionClosedError(endpoint_url="http://s3")
+    return put
+
+
+def _get_from(objects):
+    def get(**kwargs):
+        if kwargs["Key"] not in objects:
+            raise _client_error("NoSuchKey", 404, "GetObject")
+        return {"Body": io.BytesIO(objects[kwargs["Key"]]), "ETag": '"x"'}
+    return get
+
+
+def test_a_conditional_put_whose_answer_was_lost_is_read_back_not_called_a_conflict(caplog):
+    objects = {}
+    store = _store(_Clock(), put_object=_Script(_keeping(objects), _client_error("PreconditionFailed", 412)),
+                   get_object=_Script(_get_from(objects)))
+    store.put_bytes("k", b'{"a": 1}', if_none_match=True)
+    assert objects == {"k": b'{"a": 1}'}
+    assert any("the answer to an earlier attempt was lost" in record.getMessage() for record in caplog.records)
+
+
+def test_a_retry_refused_because_another_writer_got_there_is_still_a_conflict():
+    objects = {"k": b"theirs"}
+    lost = ConnectionClosedError(endpoint_url="http://s3")  # lost before the store acted
+    store = _store(_Clock(), put_object=_Script(lost, _client_error("PreconditionFailed", 412)),
+                   get_object=_Script(_get_from(objects)))
+    with pytest.raises(ConflictError):
+        store.put_bytes("k", b"ours", if_none_match=True)
+
+
+class _Upload:
+    """A fake client's multipart side: parts kept, Complete makes the object (and may lose its answer)."""
+
+    def __init__(self, lose_complete_answer=False):
+        self.parts = {}
+        self.object = None
+        self.lose = lose_complete_answer
+        self.aborts = 0
+
+    def create(self, **kwargs):
+        return {"UploadId": "u1"}
+
+    def upload_part(self, **kwargs):
+        self.parts[kwargs["PartNumber"]] = bytes(kwargs["Body"])
+        return {"ETag": '"%d"' % kwargs["PartNumber"]}
+
+    def complete(self, **kwargs):
+        if self.object is not None:
+            raise _client_error("NoSuchUpload", 404, "CompleteMultipartUpload")
+        self.object = b"".join(self.parts[number] for number in sorted(self.parts))
+        if self.lose:
+            raise ConnectionClosedError(endpoint_url="http://s3")
+        return {}
+
+    def head(self, **kwargs):
+        if self.object is None:
+            raise _client_error("404", 404, "HeadObject")
+        return {"ContentLength": len(self.object)}
+
+    def client(self, **overrides):
+        methods = dict(create_multipart_upload=_Script(self.create), upload_part=_Script(self.upload_part),
+                       complete_multipart_upload=_Script(self.complete), head_object=_Script(self.head),
+                       abort_multipart_upload=_Script({}))
+        methods.update(overrides)
+        return methods
+
+
+def test_a_complete_whose_answer_was_lost_is_a_success_when_the_object_is_there_whole():
+    fake = _Upload(lose_complete_answer=True)
+    store = _store(_Clock(), **fake.client())
+    upload = storage.MultipartUpload(store, "k", 8, 2)
+    upload.write(b"0123456789abc")
+    assert upload.complete() == 13
+    assert len(store.client.complete_multipart_upload.calls) == 2 and fake.object == b"0123456789abc"
+
+
+def test_a_complete_refused_on_its_first_attempt_is_a_conflict():
+    fake = _Upload()
+    store = _store(_Clock(), **fake.client(complete_multipart_upload=_Script(_client_error("PreconditionFailed", 412))))
+    upload = storage.MultipartUpload(store, "k", 8, 2)
+    upload.write(b"abc")
+    with pytest.raises(ConflictError):
+        upload.complete()
+
+
+# --------------------------------------------------------------------------- aborts
+
+def test_an_abort_is_retried_and_when_the_store_stays_away_the_failure_names_the_upload_and_prune(caplog):
+    clock = _Clock()
+    fake = _Upload()
+    store = _store(clock, window=300, **fake.client(upload_part=_Script(_refused()),
+                                                    abort_multipart_upload=_Script(_refused())))
+    with pytest.raises(StorageError) as failure:
+        with storage.MultipartUpload(store, "k", 8, 2) as upload:
+            upload.write(b"x" * 5)  # one part, sent by complete(): one thread on the fake clock
+            upload.complete()
+    message = str(failure.value)
+    assert message.startswith("cannot reach the S3 endpoint http://127.0.0.1:9 (UploadPart s3://bkt/k)")
+    assert "kept failing for 300 s" in message
+    assert message.endswith("; the multipart upload of s3://bkt/k is still open (the abort failed too): the next "
+                            "`quankey-backup prune` aborts it once it is 24 h old")
+    assert len(store.client.abort_multipart_upload.calls) > 3  # retried, within its own budget
+    assert clock.now <= 300 + storage.ABORT_BUDGET + 1
+
+
+def test_an_abort_that_gets_through_adds_nothing_to_the_failure():
+    fake = _Upload()
+    store = _store(_Clock(), **fake.client(abort_multipart_upload=_Script(_refused(), {})))
+    with pytest.raises(RuntimeError) as failure:
+        with storage.MultipartUpload(store, "k", 8, 2) as upload:
+            upload.write(b"abc")
+            raise RuntimeError("pg_dump died")
+    assert str(failure.value) == "pg_dump died" and len(store.client.abort_multipart_upload.calls) == 2
+
+
+def test_an_abort_retry_told_no_such_upload_is_done():
+    store = _store(_Clock(), abort_multipart_upload=_Script(ConnectionClosedError(endpoint_url="http://s3"),
+                                                            _client_error("NoSuchUpload", 404)))
+    store.abort_multipart("k", "u1")
+    assert len(store.client.abort_multipart_upload.calls) == 2
+
+
+# --------------------------------------------------------------------------- downloads cut mid-body
+
+class _CutBody:
+    """A response body that fails like a reset connection once ``cut`` bytes were sent (a read across it is lost)."""
+
+    def __init__(self, data, cut=None):
+        self.data = data
+        self.pos = 0
+        self.cut = cut
+
+    def read(self, size=None):
+        end = len(self.data) if size is None else min(len(self.data), self.pos + size)
+        if self.cut is not None and end > self.cut:
+            raise ResponseStreamingError(error="('Connection broken: ConnectionResetError(104, 'Connection reset by peer')'")
+        chunk = self.data[self.pos:end]
+        self.pos = end
+        return chunk
+
+    def close(self):
+        pass
+
+
+def test_a_download_cut_mid_body_goes_on_with_a_ranged_get_of_the_same_version():
+    data = bytes(range(256)) * 4096  # 1 MiB
+    cut = 300 * 1024
+
+    def get(**kwargs):
+        if "Range" not in kwargs:
+            return {"Body": _CutBody(data, cut), "ETag": '"v1"'}
+        start = int(kwargs["Range"].split("=")[1].rstrip("-"))
+        return {"Body": _CutBody(data[start:]), "ETag": '"v1"'}
+
+    clock = _Clock()
+    store = _store(clock, get_object=_Script(get))
+    assert b"".join(store.iter_object("k", 400 * 1024)) == data
+    first, resumed = store.client.get_object.calls
+    assert "Range" not in first and "IfMatch" not in first
+    assert resumed["Range"] == "bytes=%d-" % storage.RESUME_PIECE and resumed["IfMatch"] == '"v1"'
+    assert len(clock.sleeps) == 1
+
+
+def test_an_object_replaced_while_a_download_resumes_is_not_stitched_together():
+    data = b"x" * (storage.RESUME_PIECE * 2)
+    store = _store(_Clock(), get_object=_Script({"Body": _CutBody(data, storage.RESUME_PIECE + 1), "ETag": '"v1"'},
+                                                _client_error("PreconditionFailed", 412, "GetObject")))
+    with pytest.raises(StorageError, match=r"s3://bkt/k changed while it was being downloaded") as failure:
+        b"".join(store.iter_object("k"))
+    assert not isinstance(failure.value, ConflictError)
+
+
+# --------------------------------------------------------------------------- the setting
+
+def test_the_window_comes_from_s3_retry_window_seconds_and_shapes_the_client():
+    settings = config.settings_from_env({"S3_BUCKET": "b", "S3_RETRY_WINDOW_SECONDS": "45"})
+    store = storage.S3Store.from_settings(settings)
+    assert store.retry.window == 45
+    assert store.client.meta.config.read_timeout == 45 and store.client.meta.config.connect_timeout == 10
+    assert store.client.meta.config.retries["total_max_attempts"] == 1  # every retry is ours, logged
+    assert config.settings_from_env({}).retry_window == 300
+    off = storage.S3Store.from_settings(config.settings_from_env({"S3_BUCKET": "b", "S3_RETRY_WINDOW_SECONDS": "0"}))
+    assert off.client.meta.config.retries["total_max_attempts"] == 2
+
+
+@pytest.mark.parametrize("value,match", [("-1", "must be between 0 and 86400"), ("soon", "must be a whole number"),
+                                         ("100000", "must be between 0 and 86400")])
+def test_a_bad_window_is_refused_naming_the_variable(value, match):
+    with pytest.raises(ConfigError, match="S3_RETRY_WINDOW_SECONDS " + match):
+        config.settings_from_env({"S3_RETRY_WINDOW_SECONDS": value})
+
+
+def test_causes_are_short():
+    assert storage.describe_cause(_client_error("SlowDown", 503)) == "HTTP 503 SlowDown"
+    assert storage.describe_cause(_client_error("502", 502)) == "HTTP 502"
+    assert storage.describe_cause(_refused()) == "cannot connect: Connection refused"
+    assert storage.describe_cause(ReadTimeoutError(endpoint_url="http://s3")) == "no answer within the read timeout"

@@ -1,0 +1,144 @@
+"""The host command when S3 misbehaves: outages, throttling, cut downloads, lost answers, a web server, a stall.
+
+A fault-injecting proxy (tests/faultproxy.py) sits between the installed ``quankey-backup``
+command and moto_server; S3_ENDPOINT_URL points at it. What the store ends up holding is
+checked on moto directly, around the proxy.
+"""
+
+import json
+import re
+import time
+
+import pytest
+
+from faultproxy import FaultProxy
+from hostcommand import new_name, run_cli
+from sampledb import table_digests
+
+UPLOAD_PART = {"method": "PUT", "path": "partNumber="}
+CREATE_UPLOAD = {"method": "POST", "path": "?uploads"}
+COMPLETE_UPLOAD = {"method": "POST", "path": "uploadId="}
+METADATA_PUT = {"method": "PUT", "path": "/metadata/"}
+OBJECT_GET = {"method": "GET", "path": "/backups/postgresql/"}
+
+
+@pytest.fixture
+def proxy(testbed):
+    """The proxy in front of the test bed's S3 endpoint, passing everything through until told otherwise."""
+    with FaultProxy(testbed.moto.endpoint_url) as running:
+        yield running
+
+
+@pytest.fixture
+def env(testbed, source, proxy):  # pylint: disable=redefined-outer-name
+    """The seed's variables for the source database, S3 through the proxy, each test under its own prefix."""
+    values = testbed.backup_env(source)
+    values.update(S3_ENDPOINT_URL=proxy.endpoint_url, S3_PREFIX=new_name("net"), BACKUP_HOST_ID="db1")
+    return values
+
+
+def _stored(s3, env):
+    """Keys and open multipart uploads under the test's prefix, as moto holds them (not through the proxy)."""
+    bucket, prefix = env["S3_BUCKET"], env["S3_PREFIX"] + "/"
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    uploads = [item["Key"] for item in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])]
+    return keys, uploads
+
+
+def _retries(proc):
+    return [line for line in proc.stderr.splitlines() if " WARNING " in line and "retrying in" in line]
+
+
+@pytest.mark.parametrize("seconds,trigger", [(5, UPLOAD_PART), (20, CREATE_UPLOAD)],
+                         ids=["5s-at-upload-part", "20s-at-create-upload"])
+def test_a_backup_rides_out_an_outage_that_starts_during_its_upload(env, proxy, seconds, trigger):
+    outage = proxy.outage(seconds, **trigger)
+    started = time.monotonic()
+    result = json.loads(run_cli(env, "backup", "--json", check=0).stdout)
+    assert outage.fired.is_set() and time.monotonic() - started >= seconds
+    assert json.loads(run_cli(env, "verify", "--json", check=0).stdout)["checksum_ok"]
+    assert [item["name"] for item in json.loads(run_cli(env, "list", "--json", check=0).stdout)["backups"]] == \
+        [result["name"]]
+
+
+def test_an_outage_longer_than_the_window_fails_naming_cause_and_window_and_the_abort_waits_for_the_store(
+        env, proxy, s3):
+    proxy.outage(10, **UPLOAD_PART)
+    proc = run_cli(dict(env, S3_RETRY_WINDOW_SECONDS="6"), "backup", check=5)
+    error = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert "cannot reach the S3 endpoint %s (UploadPart" % env["S3_ENDPOINT_URL"] in error[0]
+    assert re.search(r"kept failing for \d+ s over \d+ attempts \(retry window: 6 s, S3_RETRY_WINDOW_SECONDS\)", error[0])
+    assert "still open" not in error[0]  # the abort got through once the store was back
+    assert any("AbortMultipartUpload" in line for line in _retries(proc))
+    assert _stored(s3, env) == ([], [])
+
+
+def test_a_store_down_past_the_abort_budget_leaves_the_upload_to_prune_and_says_so(env, proxy, s3):
+    proxy.outage(60, **UPLOAD_PART)
+    proc = run_cli(dict(env, S3_RETRY_WINDOW_SECONDS="3"), "backup", check=5)
+    keys, uploads = _stored(s3, env)
+    assert keys == [] and len(uploads) == 1
+    assert "the multipart upload of s3://%s/%s is still open" % (env["S3_BUCKET"], uploads[0]) in proc.stderr
+    assert "the next `quankey-backup prune` aborts it" in proc.stderr
+    proxy.clear()  # the store is back: clean up as prune would, to leave the bucket as found
+    for item in s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=env["S3_PREFIX"] + "/")["Uploads"]:
+        s3.abort_multipart_upload(Bucket=env["S3_BUCKET"], Key=item["Key"], UploadId=item["UploadId"])
+
+
+@pytest.mark.parametrize("status,code,count,target", [
+    (503, "SlowDown", 3, UPLOAD_PART),
+    (500, "InternalError", 2, COMPLETE_UPLOAD),
+])
+def test_throttling_and_server_errors_are_retried_until_the_backup_commits(env, proxy, s3, status, code, count, target):
+    fault = proxy.fail(status, code, count=count, **target)
+    proc = run_cli(env, "backup", "--json", check=0)
+    assert fault.hits == count
+    assert len([line for line in _retries(proc) if "HTTP %d %s" % (status, code) in line]) == count
+    keys, uploads = _stored(s3, env)
+    assert len(keys) == 2 and uploads == []
+    run_cli(env, "verify", check=0)
+
+
+def test_a_download_cut_mid_body_resumes_where_it_stopped_and_restores_the_same_data(testbed, source, env, proxy):
+    result = json.loads(run_cli(env, "backup", "--json", check=0).stdout)
+    assert result["size_bytes"] > 1024 * 1024  # more than a piece (storage.RESUME_PIECE) before the cut
+    cut = proxy.reset_body(result["size_bytes"] // 2, **OBJECT_GET)
+    target = new_name("resumed")
+    run_cli(env, "restore", "--target-db", target, check=0)
+    assert cut.hits == 1
+    gets = proxy.requests(**OBJECT_GET)
+    assert [item.action for item in gets] == ["reset_body", "pass"]
+    assert "range" not in gets[0].headers
+    resumed_at = int(gets[1].headers["range"].split("=")[1].rstrip("-"))
+    assert 0 < resumed_at <= result["size_bytes"] // 2  # from the byte reached, not from the start
+    assert table_digests(testbed.pg, target) == table_digests(testbed.pg, source)
+
+
+@pytest.mark.parametrize("lost", [COMPLETE_UPLOAD, METADATA_PUT], ids=["complete-multipart-upload", "metadata-put"])
+def test_a_lost_answer_to_a_conditional_write_is_not_a_conflict(env, proxy, s3, lost):
+    drop = proxy.drop_answer(**lost)
+    proc = run_cli(env, "backup", "--json", check=0)
+    assert drop.hits == 1 and len(proxy.requests(**lost)) == 2  # the request got through, its answer did not
+    assert "another writer" not in proc.stderr
+    keys, uploads = _stored(s3, env)
+    assert len(keys) == 2 and uploads == []
+    run_cli(env, "verify", check=0)
+
+
+@pytest.mark.parametrize("command", ["backup", "list"])
+def test_an_endpoint_that_is_not_s3_is_named_as_the_problem_not_a_missing_backup(env, proxy, command):
+    proxy.not_s3()
+    proc = run_cli(env, command, check=5)
+    assert "the S3 endpoint %s answered HTTP 404 without an S3 error" % env["S3_ENDPOINT_URL"] in proc.stderr
+    assert "not an S3 endpoint?" in proc.stderr and "check S3_ENDPOINT_URL" in proc.stderr
+    assert "no object at" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_stalled_endpoint_fails_within_the_window_with_the_timeout_as_cause(env, proxy):
+    proxy.stall(120)
+    window = 6
+    started = time.monotonic()
+    proc = run_cli(dict(env, S3_RETRY_WINDOW_SECONDS=str(window)), "backup", check=5)
+    assert time.monotonic() - started < window + 8
+    assert "timed out during ListObjectsV2" in proc.stderr and "kept failing for" in proc.stderr
