@@ -110,3 +110,32 @@ def test_a_killed_backup_leaves_an_open_upload_that_is_reported_and_aborted(test
     later = datetime.datetime.now(UTC) + datetime.timedelta(hours=leftovers.STALE_HOURS + 1)
     assert len(pipeline.run_prune(settings, now=later)["uploads_aborted"]) == 1
     assert uploads() == []
+
+
+@pytest.mark.parametrize("command, slow, said", [
+    ("restore", "pg_restore", "nothing was restored: the staging database was dropped"),
+    ("backup", "pg_dump", "nothing was committed: the upload was aborted"),
+])
+def test_sigterm_cleans_up_and_says_what_it_cleaned(testbed, source, env, s3, tmp_path, command, slow, said):
+    run_cli(env, "backup", check=0)
+    slowed = dict(env, PG_BIN_DIR=_slow_bin(tmp_path, testbed.pg.bindir, slow, 60))
+    target = new_name("term")
+    args = ["restore", "--target-db", target] if command == "restore" else ["backup"]
+    proc = _start(slowed, *args)
+    prefix = config.normalize_prefix(env["S3_PREFIX"])
+
+    def started():
+        if command == "restore":
+            return testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'"
+                                   % target).strip() == "1"
+        return len(s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", [])) == 1
+
+    deadline = time.monotonic() + 60
+    while not started():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and said in err.decode(), err.decode()
+    assert testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target).strip() == "0"
+    assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
