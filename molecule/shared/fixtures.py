@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Fixtures of the Molecule verify step (testinfra on chroot test hosts).
+"""Fixtures of every scenario's Molecule verify step (testinfra on chroot test hosts); each scenario's
+``tests/conftest.py`` imports them (``from fixtures import *``).
 
 ``host`` is testinfra's chroot backend on the host's root directory (one ``chroot`` per command)
 instead of Molecule's ansible backend (one ``ansible -m shell`` per command, 30 times slower).
@@ -19,7 +20,7 @@ import testinfra
 import yaml
 from botocore.config import Config
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(name):
@@ -99,6 +100,14 @@ def policies_attached(services, hosts):
                             PolicyDocument=document)
         attached[name] = json.loads(document)
     return attached
+
+
+def playbook(name, *args):
+    """Run playbooks/<name> on the scenario's inventory; returns (exit status, output)."""
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(ROOT / "playbooks" / name), *args]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+    return done.returncode, done.stdout
 
 
 def read_env_file(host, path="/etc/quankey/backup.env"):

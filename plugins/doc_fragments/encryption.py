@@ -80,6 +80,25 @@ options:
       - If not set, the environment variable E(BACKUP_SIGNING_KEY) is used.
       - This value is a secret and is never logged.
     type: str
+  seed_passphrase:
+    description:
+      - The passphrase the seed's scripts gave C(openssl enc) (their C(BACKUP_ENCRYPTION_KEY), as text, whatever its
+        shape), which opens the backups they made (C(backups/postgresql/<name>.encrypted) with
+        C(metadata/<name>.meta)) and the seed-format backups written with O(encryption=aes-256-cbc).
+      - Set it when O(encryption_key) holds a new master key. The text of O(encryption_key) is tried too, so a host
+        that kept the seed's key as its master key needs nothing more.
+      - Used to restore, verify and adopt (P(quankey.backup.backup_adopt#module)) the seed's backups.
+      - If not set, the environment variable E(BACKUP_SEED_PASSPHRASE) is used.
+      - This value is a secret and is never logged.
+    type: str
+  seed_kdf:
+    description:
+      - How the seed's key was derived from O(seed_passphrase), when it is none of those tried by default
+        (PBKDF2-SHA256 at the usual iteration counts, OpenSSL's EVP_BytesToKey with SHA-256 or MD5), for example
+        V(pbkdf2-sha256:250000) for C(openssl enc -pbkdf2 -iter 250000), C(pbkdf2-sha512:N), C(pbkdf2-sha1:N),
+        or V(evp-md5), V(evp-sha256), V(evp-sha1) for C(openssl enc) without C(-pbkdf2). It is tried first.
+      - If not set, the environment variable E(BACKUP_SEED_KDF) is used.
+    type: str
 requirements:
   - cryptography >= 41 (for O(encryption=hybrid-pq), 48 or later built with OpenSSL 3.5 or later, as its wheels are)
 """

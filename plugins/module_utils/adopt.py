@@ -90,7 +90,7 @@ def _adopt_one(settings, context, store, pg, record, dry_run, delete_originals, 
                                            allow_seed=False)
             item["copy_verified"] = True
             item["table_count"] = verified["table_count"]
-        if delete_originals and item.get("copy_verified"):
+        if delete_originals and not dry_run and item.get("copy_verified"):  # a dry run deletes nothing
             store.delete(record.metadata_key)  # uncommit first: without its .meta the seed object is no backup
             store.delete(record.object_key)
             item["original_deleted"] = True

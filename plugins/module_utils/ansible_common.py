@@ -49,7 +49,8 @@ _SETTING_OF_OPTION = {
     "access_key": "access_key", "secret_key": "secret_key", "session_token": "session_token",
     "encryption_key": "encryption_key", "decryption_keys": "decryption_keys", "keyring_file": "keyring_file",
     "encryption": "encryption", "compression": "compression", "recipients": "recipients",
-    "identity_file": "identity_file", "signing_key": "signing_key",
+    "identity_file": "identity_file", "signing_key": "signing_key", "seed_passphrase": "seed_passphrase",
+    "seed_kdf": "seed_kdf",
     "storage_class": "storage_class", "name": "backup_name", "retention_days": "retention_days",
 }
 
@@ -100,7 +101,10 @@ def s3_argument_spec():
 
 
 def encryption_argument_spec():
-    """The keys: active key, keyring, mode, recipients, identity, signing key (the quankey.backup.encryption doc fragment)."""
+    """The keys: active key, keyring, mode, recipients, identity, signing key, the seed's passphrase and derivation.
+
+    Documented by the quankey.backup.encryption doc fragment.
+    """
     return dict(
         encryption_key=dict(type="str", no_log=True, fallback=_env(crypto.MASTER_KEY_NAME)),
         decryption_keys=dict(type="list", elements="str", no_log=True, fallback=_env(keys.DECRYPTION_KEYS_NAME)),
@@ -110,6 +114,8 @@ def encryption_argument_spec():
         recipients=dict(type="list", elements="str", no_log=False, fallback=_env("BACKUP_RECIPIENTS")),
         identity_file=dict(type="path", no_log=False, fallback=_env("BACKUP_IDENTITY_FILE")),
         signing_key=dict(type="str", no_log=True, fallback=_env("BACKUP_SIGNING_KEY")),
+        seed_passphrase=dict(type="str", no_log=True, fallback=_env("BACKUP_SEED_PASSPHRASE")),
+        seed_kdf=dict(type="str", fallback=_env("BACKUP_SEED_KDF")),
     )
 
 

@@ -73,6 +73,15 @@ def test_adoption_copies_every_seed_backup_verified_and_a_second_run_adopts_noth
     again = _json(run_cli(env, "adopt", "--json", check=0))
     assert (again["adopted"], again["already_adopted"], again["changed"]) == (0, 3, False)
 
+    # a dry run verifies the copies the deletion would rely on, and deletes nothing
+    dry_delete = _json(run_cli(env, "adopt", "--dry-run", "--delete-originals", "--json", check=0))
+    assert dry_delete["originals_deleted"] == 0 and dry_delete["changed"] is False
+    assert all(item["copy_verified"] and not item.get("original_deleted") for item in dry_delete["backups"])
+    for name in names:
+        obj, meta = seed_keys(env, name)
+        assert s3.list_objects_v2(Bucket=env["S3_BUCKET"], Prefix=meta)["KeyCount"] == 1
+        assert s3.list_objects_v2(Bucket=env["S3_BUCKET"], Prefix=obj)["KeyCount"] == 1
+
     gone = _json(run_cli(env, "adopt", "--delete-originals", "--json", check=0))
     assert gone["originals_deleted"] == 3 and all(item["copy_verified"] for item in gone["backups"])
     for name in names:

@@ -4,14 +4,12 @@
 """The operators' playbooks against the converged hosts: backup-now, restore (with its confirmation and
 the application stop/start), health's fleet table, and setup's restore role (check mode, an unsafe role)."""
 
-import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, playbook
 
 sys.path.insert(0, str(ROOT / "tests"))
 import sampledb  # noqa: E402  pylint: disable=wrong-import-position
@@ -20,14 +18,6 @@ import sampledb  # noqa: E402  pylint: disable=wrong-import-position
 @pytest.fixture(scope="module", autouse=True)
 def _policies(policies_attached):
     return policies_attached
-
-
-def playbook(name, *args):
-    """Run playbooks/<name> on the scenario's inventory; returns (exit status, output)."""
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(ROOT / "playbooks" / name), *args]
-    done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
-    return done.returncode, done.stdout
 
 
 def test_backup_now_backs_up_the_chosen_host(hosts):

@@ -13,6 +13,7 @@ import subprocess
 
 import jinja2
 import pytest
+import yaml
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
 
@@ -34,7 +35,8 @@ def _render(**overrides):
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
-        "pg_backup_restore_role": "quankey_restore",
+        "pg_backup_restore_role": "quankey_restore", "pg_backup_seed_passphrase": "", "pg_backup_seed_kdf": "",
+        "_pg_backup_seed_kept": {}, "_pg_backup_seed_copy": "",
     }
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
@@ -89,3 +91,34 @@ def test_the_restore_role_is_written_unless_empty():
     assert values["BACKUP_RESTORE_ROLE"] == "quankey_restore"
     assert config.settings_from_env(values).restore_role == "quankey_restore"
     assert "BACKUP_RESTORE_ROLE" not in config.parse_env_text(_render(pg_backup_restore_role=""))
+
+
+def test_the_seeds_passphrase_is_written_when_it_is_not_the_master_key():
+    key = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I="
+    values = config.parse_env_text(_render(pg_backup_seed_passphrase=NASTY, pg_backup_seed_kdf="evp-md5"))
+    assert (values["BACKUP_SEED_PASSPHRASE"], values["BACKUP_SEED_KDF"]) == (NASTY, "evp-md5")
+    settings = config.settings_from_env(values)
+    assert (settings.seed_passphrase, settings.seed_kdf) == (NASTY, "evp-md5")
+    # the seed's key kept as the master key is tried as the passphrase anyway: not written twice
+    same = config.parse_env_text(_render(pg_backup_encryption_key=key, pg_backup_seed_passphrase=key))
+    assert "BACKUP_SEED_PASSPHRASE" not in same and "BACKUP_SEED_KDF" not in same
+
+
+def test_the_seeds_other_variables_are_kept_after_the_roles_and_before_env_extra():
+    text = _render(_pg_backup_seed_kept={"BACKUP_ALERT_EMAIL": "dba@example.com", "SEED_NOTE": NASTY},
+                   _pg_backup_seed_copy="/etc/quankey/backup.env.seed-20261201",
+                   pg_backup_env_extra={"AWS_SESSION_TOKEN": "to ken"})
+    values = config.parse_env_text(text)
+    assert (values["BACKUP_ALERT_EMAIL"], values["SEED_NOTE"]) == ("dba@example.com", NASTY)
+    assert "# Kept from the seed's env file (a copy of it: /etc/quankey/backup.env.seed-20261201)" in text
+    assert text.index("SEED_NOTE=") < text.index("AWS_SESSION_TOKEN=")
+
+
+def test_the_role_lists_every_variable_its_template_writes():
+    """The seed's values of these are never copied as they are (vars/main.yml, _pg_backup_env_names)."""
+    every = _render(pg_backup_db_sslmode="require", pg_backup_s3_endpoint_url="http://s3", pg_backup_recipients=["k"],
+                    pg_backup_signing_key="k", pg_backup_seed_passphrase="p", pg_backup_seed_kdf="evp-md5",
+                    pg_backup_env_extra={})
+    with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
+        names = yaml.safe_load(handle)["_pg_backup_env_names"]
+    assert sorted(config.parse_env_text(every)) == sorted(names)

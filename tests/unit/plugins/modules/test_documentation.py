@@ -8,17 +8,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
 
 import pytest
 import yaml
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.modules import backup_health, backup_info, backup_rekey
+from ansible_collections.quankey.backup.plugins.modules import backup_adopt, backup_health, backup_info, backup_rekey
 from ansible_collections.quankey.backup.plugins.modules import pg_encrypted_backup, s3_backup_restore
 
 MODULES = {"pg_encrypted_backup": pg_encrypted_backup, "s3_backup_restore": s3_backup_restore,
-           "backup_health": backup_health, "backup_info": backup_info, "backup_rekey": backup_rekey}
+           "backup_health": backup_health, "backup_info": backup_info, "backup_rekey": backup_rekey,
+           "backup_adopt": backup_adopt}
 
 
 def _accepted(module):
@@ -74,3 +76,12 @@ def test_examples_use_only_options_the_modules_accept(name):
             for module in MODULES.values():
                 assert group_option in _accepted(module), group_option
     assert used, "EXAMPLES of %s never call a module of the collection" % name
+
+
+def test_every_module_is_in_the_action_group_and_tested_here():
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..")
+    with open(os.path.join(root, "meta", "runtime.yml")) as handle:
+        group = yaml.safe_load(handle)["action_groups"]["all"]
+    files = sorted(name[:-3] for name in os.listdir(os.path.join(root, "plugins", "modules"))
+                   if name.endswith(".py") and not name.startswith("_"))
+    assert sorted(group) == files == sorted(MODULES)
