@@ -52,8 +52,7 @@ def run_adopt(settings, dry_run=False, delete_originals=False, store=None, progr
     context = keys.KeyContext(settings)
     context.require_sealing()
     store = store or pipeline.open_store(settings)
-    records, _orphans = pipeline.list_backups(settings, store)
-    seed = sorted((record for record in records if record.seed), key=lambda record: record.timestamp)
+    seed = pipeline.seed_backups(settings, store)
     pg = PgClient(settings)
     results = [_adopt_one(settings, context, store, pg, record, dry_run, delete_originals, progress) for record in seed]
     counts = dict((status, sum(1 for item in results if item["status"] == status))
@@ -63,7 +62,8 @@ def run_adopt(settings, dry_run=False, delete_originals=False, store=None, progr
             "delete_originals": delete_originals, "backups": results, "adopted": counts[ADOPTED],
             "would_adopt": counts[WOULD_ADOPT], "already_adopted": counts[ALREADY], "failed": counts[FAILED],
             "originals_deleted": sum(1 for item in results if item.get("original_deleted")),
-            "changed": bool(counts[ADOPTED] or any(item.get("original_deleted") for item in results)),
+            "changed": bool(counts[ADOPTED] or counts[WOULD_ADOPT] or any(item.get("original_deleted")
+                                                                         for item in results)),
             "exit_code": failed[0]["exit_code"] if failed else 0}
 
 

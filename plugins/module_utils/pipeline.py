@@ -490,18 +490,35 @@ def list_backups(settings, store=None, host=None, db=None, everything=False, see
     return records, orphans
 
 
-def _seed_records(settings, store):
-    """Records of the seed's flat layout (directly under metadata/ and backups/postgresql/), [] when not allowed to list."""
+def _seed_records(settings, store, denied_ok=True):
+    """Records of the seed's flat layout (directly under metadata/ and backups/postgresql/).
+
+    [] when these credentials may not list it (a least-privilege host), unless ``denied_ok`` is false:
+    then the AccessDeniedError says which IAM statement adopting the seed's backups needs.
+    """
     try:
         meta = list(store.list_objects(catalog.metadata_prefix(settings.prefix), delimiter="/"))
         if not meta:
             return []
         objs = list(store.list_objects(catalog.object_prefix(settings.prefix), delimiter="/"))
     except AccessDeniedError as exc:
+        if not denied_ok:
+            raise AccessDeniedError("%s; the seed's backups lie directly under %smetadata/ and %sbackups/postgresql/: "
+                                    "let these credentials list and read them (s3:ListBucket with prefixes metadata/ "
+                                    "and backups/postgresql/, s3:GetObject on their objects; docs/MIGRATION.md)"
+                                    % (exc.message, settings.prefix, settings.prefix), step="list")
         LOG.debug("backups of the seed's layout not listed: %s", exc)
         return []
     records, _orphans = catalog.records_from_listing(settings.prefix, meta, objs)
     return [record for record in records if record.seed]
+
+
+def seed_backups(settings, store):
+    """The seed's backups of ``settings.db_name``, oldest first; AccessDeniedError when they may not be listed."""
+    records = _seed_records(settings, store, denied_ok=False)
+    for record in records:
+        _resolve_seed_database(store, record)
+    return sorted((record for record in records if record.db == settings.db_name), key=lambda record: record.timestamp)
 
 
 def _resolve_seed_database(store, record):
