@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from quankey_backup import crypto, openssl_enc, recipients, signing
+from quankey_backup.formats import crypto, openssl_enc, recipients, signing
 
 CHUNK = 1024 * 1024
 

@@ -8,7 +8,8 @@ Only for the benchmark: the constant is patched in this process before the comma
 
 import sys
 
-from quankey_backup import cli, compression
+from quankey_backup import cli
+from quankey_backup.formats import compression
 
 
 def main():

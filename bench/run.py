@@ -429,7 +429,7 @@ rm -f "$W/restore.encrypted"
         """A single-stream GET of (c)'s object to nowhere, with the engine's S3 client."""
         script = ("import os, sys\n"
                   "from quankey_backup.config import Settings\n"
-                  "from quankey_backup.storage import S3Store\n"
+                  "from quankey_backup.adapters.s3 import S3Store\n"
                   "store = S3Store(os.environ['S3_BUCKET'], endpoint_url=os.environ['S3_ENDPOINT_URL'])\n"
                   "key = [o['key'] for o in store.list_objects('quankey/backups/')][0]\n"
                   "print(sum(len(c) for c in store.iter_object(key)))\n")
@@ -444,7 +444,7 @@ rm -f "$W/restore.encrypted"
                 handle.write(os.urandom(min(left, 1 << 24)))
                 left -= 1 << 24
         script = ("import os\n"
-                  "from quankey_backup.storage import S3Store, choose_part_size\n"
+                  "from quankey_backup.adapters.s3 import S3Store, choose_part_size\n"
                   "store = S3Store(os.environ['S3_BUCKET'], endpoint_url=os.environ['S3_ENDPOINT_URL'])\n"
                   "up = store.open_multipart('upload-alone/x', choose_part_size(%d))\n"
                   "with open(%r, 'rb') as f:\n"

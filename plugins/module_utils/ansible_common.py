@@ -26,13 +26,12 @@ import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
-from . import compression
 from . import config
-from . import crypto
-from . import health
 from . import keys
-from . import storage
+from .adapters import s3
 from .errors import BackupError
+from .formats import compression, crypto
+from .workflows import health
 
 # The engine's own defaults: the argument specs (and, checked by a unit test, the docs) repeat these.
 SETTINGS_DEFAULTS = dict((name, parameter.default)
@@ -56,7 +55,7 @@ _SETTING_OF_OPTION = {
 
 # Python libraries a module may need: name -> (engine module, HAS_ flag, import error attribute).
 _LIBRARIES = {
-    "boto3": (storage, "HAS_BOTO3", "BOTO3_IMPORT_ERROR"),
+    "boto3": (s3, "HAS_BOTO3", "BOTO3_IMPORT_ERROR"),
     "cryptography": (crypto, "HAS_CRYPTOGRAPHY", "CRYPTOGRAPHY_IMPORT_ERROR"),
     "zstandard": (compression, "HAS_ZSTANDARD", "ZSTANDARD_IMPORT_ERROR"),
 }

@@ -21,16 +21,12 @@ import sys
 import time
 import traceback
 
-from . import adopt
-from . import catalog
 from . import config
-from . import health
 from . import keys
-from . import leftovers
-from . import pipeline
-from . import queries
+from .catalog import layout
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
 from .units import human_size
+from .workflows import adopt, backup, health, inventory, leftovers, prune, rekey, restore
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -75,70 +71,70 @@ def _parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    backup = commands.add_parser("backup", help="take one backup now")
-    backup.add_argument("--json", action="store_true", help="print the result as JSON")
+    backup_command = commands.add_parser("backup", help="take one backup now")
+    backup_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    listing = commands.add_parser("list", help="list backups, newest first")
-    _add_scope(listing)
-    listing.add_argument("--all", action="store_true", help="every host and database in the bucket")
-    listing.add_argument("--since", help="only backups taken at or after this time (ISO 8601 or 20250809_030000)")
-    listing.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
-    listing.add_argument("--details", action="store_true", help="read each shown backup's metadata too")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing_command = commands.add_parser("list", help="list backups, newest first")
+    _add_scope(listing_command)
+    listing_command.add_argument("--all", action="store_true", help="every host and database in the bucket")
+    listing_command.add_argument("--since", help="only backups taken at or after this time (ISO 8601 or 20250809_030000)")
+    listing_command.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
+    listing_command.add_argument("--details", action="store_true", help="read each shown backup's metadata too")
+    listing_command.add_argument("--json", action="store_true", help="print JSON")
 
-    restore = commands.add_parser("restore", help="restore a backup into a new database")
-    _add_selection(restore)
-    restore.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
-    restore.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
-    restore.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
-    restore.add_argument("--restore-role", help="the plain role the backup's SQL runs as (BACKUP_RESTORE_ROLE; created "
-                                                "when missing)")
-    restore.add_argument("--as-admin", action="store_true",
-                         help="run the backup's SQL as DB_USER even when its source is not trusted (another host's, the "
-                              "seed's, unsigned): only for a backup you trust as much as that login")
-    _add_allow_unsigned(restore)
-    restore.add_argument("--json", action="store_true", help="print the result as JSON")
+    restore_command = commands.add_parser("restore", help="restore a backup into a new database")
+    _add_selection(restore_command)
+    restore_command.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
+    restore_command.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
+    restore_command.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
+    restore_command.add_argument("--restore-role", help="the plain role the backup's SQL runs as (BACKUP_RESTORE_ROLE; created "
+                                 "when missing)")
+    restore_command.add_argument("--as-admin", action="store_true",
+                                 help="run the backup's SQL as DB_USER even when its source is not trusted (another host's, the "
+                                 "seed's, unsigned): only for a backup you trust as much as that login")
+    _add_allow_unsigned(restore_command)
+    restore_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    verify = commands.add_parser("verify", help="download, check and decrypt a backup without restoring it")
-    _add_selection(verify)
-    _add_allow_unsigned(verify)
-    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify_command = commands.add_parser("verify", help="download, check and decrypt a backup without restoring it")
+    _add_selection(verify_command)
+    _add_allow_unsigned(verify_command)
+    verify_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    check = commands.add_parser("health", help="check the backups' health (exit 0 ok, 1 warning, 2 critical)")
-    check.add_argument("--json", action="store_true", help="print JSON (also OUTPUT_JSON=true)")
-    check.add_argument("--max-age-hours", type=float, help="latest older than this is critical (36)")
-    check.add_argument("--min-size-bytes", type=int, help="latest smaller than this is a warning (1 MiB)")
-    check.add_argument("--schedule", help="daily, 12-hour, 6-hour or hours between backups (BACKUP_SCHEDULE, daily)")
-    check.add_argument("--window-days", type=float, help="window of the frequency rule (7)")
-    check.add_argument("--leftover-hours", type=float, help="what interrupted runs left is a warning once this old (1)")
+    check_command = commands.add_parser("health", help="check the backups' health (exit 0 ok, 1 warning, 2 critical)")
+    check_command.add_argument("--json", action="store_true", help="print JSON (also OUTPUT_JSON=true)")
+    check_command.add_argument("--max-age-hours", type=float, help="latest older than this is critical (36)")
+    check_command.add_argument("--min-size-bytes", type=int, help="latest smaller than this is a warning (1 MiB)")
+    check_command.add_argument("--schedule", help="daily, 12-hour, 6-hour or hours between backups (BACKUP_SCHEDULE, daily)")
+    check_command.add_argument("--window-days", type=float, help="window of the frequency rule (7)")
+    check_command.add_argument("--leftover-hours", type=float, help="what interrupted runs left is a warning once this old (1)")
 
-    prune = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
-    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
-    prune.add_argument("--json", action="store_true", help="print the result as JSON")
+    prune_command = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
+    prune_command.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    prune_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    rekey = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY, or seal them to "
-                                              "BACKUP_RECIPIENTS with BACKUP_ENCRYPTION=hybrid-pq (rewrites metadata only)")
-    _add_scope(rekey)
-    rekey.add_argument("--all", action="store_true", help="every host and database in the bucket")
-    rekey.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
-    rekey.add_argument("--json", action="store_true", help="print the result as JSON")
+    rekey_command = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY, or seal them to "
+                                        "BACKUP_RECIPIENTS with BACKUP_ENCRYPTION=hybrid-pq (rewrites metadata only)")
+    _add_scope(rekey_command)
+    rekey_command.add_argument("--all", action="store_true", help="every host and database in the bucket")
+    rekey_command.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    rekey_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    adopt = commands.add_parser("adopt", help="verify each of the seed's backups of DB_NAME and copy it into this "
-                                              "format under this host, signed, with its original name and time")
-    adopt.add_argument("--dry-run", action="store_true", help="verify each one end to end, write nothing")
-    adopt.add_argument("--delete-originals", action="store_true",
-                       help="delete each original once its copy verified (never before)")
-    adopt.add_argument("--json", action="store_true", help="print the result as JSON")
+    adopting_command = commands.add_parser("adopt", help="verify each of the seed's backups of DB_NAME and copy it into this "
+                                           "format under this host, signed, with its original name and time")
+    adopting_command.add_argument("--dry-run", action="store_true", help="verify each one end to end, write nothing")
+    adopting_command.add_argument("--delete-originals", action="store_true",
+                                  help="delete each original once its copy verified (never before)")
+    adopting_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    role = commands.add_parser("restore-role", help="create BACKUP_RESTORE_ROLE (a plain login role without a password) "
-                                                    "if missing, and check it may run restored SQL")
-    role.add_argument("--check", action="store_true", help="only check: create nothing")
-    role.add_argument("--json", action="store_true", help="print the result as JSON")
+    role_command = commands.add_parser("restore-role", help="create BACKUP_RESTORE_ROLE (a plain login role without a password) "
+                                       "if missing, and check it may run restored SQL")
+    role_command.add_argument("--check", action="store_true", help="only check: create nothing")
+    role_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    keygen = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
-                                                "side, the public key for BACKUP_RECIPIENTS")
-    keygen.add_argument("--output", required=True, help="the private key file to create (refused if it exists)")
-    keygen.add_argument("--json", action="store_true", help="print the result as JSON")
+    keygen_command = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
+                                         "side, the public key for BACKUP_RECIPIENTS")
+    keygen_command.add_argument("--output", required=True, help="the private key file to create (refused if it exists)")
+    keygen_command.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -207,7 +203,7 @@ def _emit(data, as_json, lines):
 def _cmd_backup(args, settings, env):
     progress = _Progress("backup", sys.stderr)
     try:
-        result = pipeline.run_backup(settings, progress=progress)
+        result = backup.run_backup(settings, progress=progress)
     finally:
         progress.close()
     _emit(result, args.json, [
@@ -221,10 +217,10 @@ def _cmd_backup(args, settings, env):
 
 def _cmd_list(args, settings, env):
     host = args.host or (None if args.all else settings.host)
-    since = catalog.parse_time(args.since, "--since") if args.since else None
+    since = layout.parse_time(args.since, "--since") if args.since else None
     db = args.db or (None if args.all else settings.db_name)
-    data = queries.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
-                                with_leftovers=host == settings.host and db == settings.db_name)
+    data = inventory.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
+                                  with_leftovers=host == settings.host and db == settings.db_name)
     lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
     for item in data["backups"]:
         size = human_size(item["object_size"]) if item["object_size"] is not None else "MISSING"
@@ -242,16 +238,16 @@ def _cmd_list(args, settings, env):
 
 
 def _selection(args, env):
-    before = catalog.parse_time(args.before, "--before") if args.before else None
+    before = layout.parse_time(args.before, "--before") if args.before else None
     return {"backup": args.backup or env.get("BACKUP_FILE") or "latest", "before": before, "host": args.host, "db": args.db}
 
 
 def _cmd_restore(args, settings, env):
     progress = _Progress("restore", sys.stderr)
     try:
-        result = pipeline.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
-                                      progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
-                                      as_admin=args.as_admin, restore_role=args.restore_role, **_selection(args, env))
+        result = restore.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
+                                     progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
+                                     as_admin=args.as_admin, restore_role=args.restore_role, **_selection(args, env))
     finally:
         progress.close()
     lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, SQL ran as %s, "
@@ -269,8 +265,8 @@ def _cmd_restore(args, settings, env):
 def _cmd_verify(args, settings, env):
     progress = _Progress("verify", sys.stderr)
     try:
-        result = pipeline.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
-                                     allow_seed=args.allow_seed, **_selection(args, env))
+        result = restore.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
+                                    allow_seed=args.allow_seed, **_selection(args, env))
     finally:
         progress.close()
     _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
@@ -309,7 +305,7 @@ def _cmd_health(args, settings, env):
 
 
 def _cmd_prune(args, settings, env):
-    result = pipeline.run_prune(settings, dry_run=args.dry_run)
+    result = prune.run_prune(settings, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     lines = ["%s %d backup(s) older than %d days, kept %d (at least %d newest good ones always kept)"
              % (verb, len(result["deleted"]), result["retention_days"], len(result["kept"]), result["min_keep"])]
@@ -326,16 +322,16 @@ def _cmd_prune(args, settings, env):
 
 def _cmd_rekey(args, settings, env):
     host = args.host or (None if args.all else settings.host)
-    result = keys.run_rekey(settings, host=host, db=args.db or (None if args.all else settings.db_name),
-                            everything=not host, dry_run=args.dry_run)
+    result = rekey.run_rekey(settings, host=host, db=args.db or (None if args.all else settings.db_name),
+                             everything=not host, dry_run=args.dry_run)
     changed = result["would_rekey"] if args.dry_run else result["rekeyed"]
     lines = ["%s %d backup(s) to %s key %s (keys held: %s); %d already on it, %d failed"
              % ("would rekey" if args.dry_run else "rekeyed", changed, result["encryption"], result["active_key_id"],
                 ", ".join(result["keyring_key_ids"]), result["unchanged"], result["failed"])]
     for item in result["backups"]:
-        if item["status"] == keys.FAILED:
+        if item["status"] == rekey.FAILED:
             lines.append("  FAILED      %s" % item["error"])
-        elif item["status"] != keys.UNCHANGED:
+        elif item["status"] != rekey.UNCHANGED:
             lines.append("  %-11s %s: key %s -> %s" % (item["status"], item["name"], item["from_key_id"], item["to_key_id"]))
     if not result["backups"]:
         lines.append("(no backups)")
@@ -378,7 +374,7 @@ def _cmd_adopt(args, settings, env):
 
 
 def _cmd_restore_role(args, settings, env):
-    result = pipeline.prepare_restore_role(settings, check=args.check)
+    result = restore.prepare_restore_role(settings, check=args.check)
     state = "created" if result["created"] else ("missing" if not result["exists"] else "present")
     lines = ["restore role %s on %s: %s" % (result["role"], result["server"], state)]
     lines += ["  UNSAFE: %s" % risk for risk in result["risks"]]

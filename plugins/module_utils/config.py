@@ -17,9 +17,9 @@ import re
 import socket
 import stat
 
-from . import openssl_enc
-from .compression import COMPRESSIONS
 from .errors import ConfigError
+from .formats import modes, openssl_enc
+from .formats.compression import COMPRESSIONS
 
 DEFAULT_ENV_FILE = "/etc/quankey/backup.env"
 
@@ -28,10 +28,9 @@ STORAGE_CLASSES = (
     "REDUCED_REDUNDANCY", "GLACIER", "DEEP_ARCHIVE",
 )
 DEFAULT_STORAGE_CLASS = "STANDARD_IA"
-# aes-256-gcm: format v1 with the data key wrapped by the master key; hybrid-pq: format v1 with the data key
-# sealed to public keys (X25519 + ML-KEM-768); aes-256-cbc: the seed's OpenSSL enc format (docs/FORMAT.md).
-ENCRYPTIONS = ("aes-256-gcm", "hybrid-pq", "aes-256-cbc")
-DEFAULT_ENCRYPTION = "aes-256-gcm"
+# The encryption modes (formats/modes.py: one registry, described in docs/FORMAT.md).
+ENCRYPTIONS = modes.NAMES
+DEFAULT_ENCRYPTION = modes.DEFAULT
 # The plain role a restored archive's SQL runs as unless a restore is explicitly run as DB_USER (--as-admin).
 DEFAULT_RESTORE_ROLE = "quankey_restore"
 # Seconds a failing S3 request is retried (connection lost, timeout, 5xx, throttling) before the command gives up.
@@ -337,33 +336,6 @@ def parse_env_text(text, origin="env file"):
         except ValueError as exc:
             raise ConfigError("%s line %d (%s) has %s: fix that line" % (origin, number, match.group(1), exc))
     return values
-
-
-def read_private_file(path, kind, label, missing_hint, content_hint, holds="keys"):
-    """The text of a file that holds secrets (a keyring or identity file), refused unless only its owner can read it.
-
-    ``kind`` names the file in messages ("keyring file"), ``label`` the setting that points at it;
-    ``missing_hint`` says how to make it, ``content_hint`` what it should hold. Raises ConfigError.
-    """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError("%s %s (%s) does not exist: %s" % (kind, path, label, missing_hint))
-    except OSError as exc:
-        raise ConfigError("cannot read %s %s (%s): %s" % (kind, path, label, exc.strerror or exc))
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError("%s %s (%s) is not a regular file" % (kind, path, label))
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("%s %s is mode %04o and holds %s: refused until only its owner can read it: chmod 0600 %s"
-                          % (kind, path, mode, holds, path))
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return handle.read()
-    except PermissionError:
-        raise ConfigError("cannot read %s %s (permission denied): run as the backup user or root" % (kind, path))
-    except UnicodeDecodeError:
-        raise ConfigError("%s %s is not text: %s" % (kind, path, content_hint))
 
 
 def read_env_file(path):

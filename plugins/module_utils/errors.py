@@ -101,3 +101,13 @@ class RefusedError(BackupError):
 
 class ConflictError(RefusedError):
     """A conditional write lost to another writer: the object was created or changed since it was read."""
+
+
+def in_step(name, func, *args):
+    """``func(*args)``; a BackupError it raises without a step is marked as failing in step ``name``."""
+    try:
+        return func(*args)
+    except BackupError as exc:
+        if not exc.step:
+            exc.step = name
+        raise

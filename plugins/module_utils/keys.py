@@ -22,27 +22,15 @@ __metaclass__ = type
 import logging
 import os
 
-from . import catalog
-from . import config
-from . import crypto
-from . import openssl_enc
-from . import recipients
-from . import signing
-from . import trust
-from .errors import BackupError, ConfigError, IntegrityError, WrongKeyError
+from .catalog import trust
+from .errors import ConfigError, IntegrityError
+from .formats import crypto, modes, recipients, signing
+from .secretfiles import read_private_file
 
 LOG = logging.getLogger("quankey_backup")
 
 DECRYPTION_KEYS_NAME = "BACKUP_DECRYPTION_KEYS"
 KEYRING_FILE_NAME = "BACKUP_KEYRING_FILE"
-
-# Rekey outcomes of one backup.
-REKEYED, WOULD_REKEY, UNCHANGED, FAILED = "rekeyed", "would rekey", "unchanged", "failed"
-
-# Modes whose data object is format v1 (a data key in an envelope): only these can be rekeyed.
-GCM_ENCRYPTIONS = (crypto.ENCRYPTION_NAME, recipients.ENCRYPTION_NAME)
-# Envelope types of hybrid-pq backups: format version 1, and 2 (the backup's identity bound into each slot).
-HYBRID_PQ_ENVELOPE_TYPES = (recipients.ENVELOPE_TYPE, recipients.ENVELOPE_TYPE_V2)
 
 
 class Keyring:
@@ -130,8 +118,8 @@ def parse_keyring_text(text, origin, texts=None):
 
 def read_keyring_file(path, label=KEYRING_FILE_NAME, texts=None):
     """The keys of a keyring file, refused unless it is mode 0600 or stricter (no access for group or others)."""
-    text = config.read_private_file(path, "keyring file", label, "create it with one base64 key per line, mode 0600",
-                                    "it should hold one base64 key per line")
+    text = read_private_file(path, "keyring file", label, "create it with one base64 key per line, mode 0600",
+                             "it should hold one base64 key per line")
     return parse_keyring_text(text, "keyring file %s" % path, texts)
 
 
@@ -192,8 +180,8 @@ def passphrase_texts(settings):
         found.append((label if len(tokens) == 1 else "%s (key %d of %d)" % (label, number, len(tokens)), token))
     if settings.keyring_file:
         origin = "keyring file %s" % settings.keyring_file
-        text = config.read_private_file(settings.keyring_file, "keyring file", settings.label("keyring_file"),
-                                        "create it with one key per line, mode 0600", "it should hold one key per line")
+        text = read_private_file(settings.keyring_file, "keyring file", settings.label("keyring_file"),
+                                 "create it with one key per line, mode 0600", "it should hold one key per line")
         for number, line in enumerate(text.splitlines(), 1):
             token = line.split("#", 1)[0].strip()
             if token:
@@ -308,39 +296,24 @@ class KeyContext:
 
     # -- sealing and opening data keys
 
+    def mode(self):
+        """The mode new backups are written in here (formats.modes)."""
+        return modes.get(self.settings.encryption)
+
     def require_sealing(self):
-        """Check that new backups can be sealed in the configured mode and their metadata signed; raise ConfigError."""
-        mode = self.settings.encryption
-        if mode == recipients.ENCRYPTION_NAME:
-            recipients.require_mlkem()
-            if not self.recipients:
-                self.settings.require("recipients")
-        else:
-            self.active_ring()
-        self.signer()
-
-    def seal(self, data_key, identity):
-        """``(encryption name, envelope, key id, recipient ids or None)`` of a new backup's data key.
-
-        ``identity`` is the backup's ``(host, database, name)``: it is bound into the wrap (format version 2),
-        so the envelope opens only for the backup stored under that name.
-        """
-        binding = crypto.backup_binding(*identity)
-        if self.settings.encryption == recipients.ENCRYPTION_NAME:
-            envelope = recipients.seal_data_key(self.recipients, data_key, binding=binding)
-            ids = [recipient.recipient_id for recipient in self.recipients]
-            return recipients.ENCRYPTION_NAME, envelope, ids[0], ids
-        ring = self.active_ring()
-        return crypto.ENCRYPTION_NAME, crypto.wrap_data_key(ring.active, data_key, binding=binding), ring.active_id, None
+        """Check that new backups can be written in the configured mode and their metadata signed; raise ConfigError."""
+        self.mode().require(self)
 
     def active_key_id(self):
-        """The id new backups are wrapped with (the active key's, or the first recipient's in hybrid-pq mode)."""
-        if self.settings.encryption == recipients.ENCRYPTION_NAME:
-            return self.recipients[0].recipient_id if self.recipients else None
-        return self.active_ring().active_id
+        """The id new backups are written with (the active key's, or the first recipient's in hybrid-pq mode)."""
+        return self.mode().active_key_id(self)
+
+    def opening_keys_label(self):
+        """How to name the master keys in a wrong-key error (see :func:`opening_keys_label`)."""
+        return opening_keys_label(self.settings)
 
     def open(self, record):
-        """The data key of a format-v1/v2 backup (aes-256-gcm or hybrid-pq), from the envelope in its loaded metadata.
+        """The data key of a backup with one (aes-256-gcm or hybrid-pq), from the envelope in its loaded metadata.
 
         The backup's identity comes from where it is stored (``record``'s host, database and name), never from
         the document: a version-2 envelope copied to another backup's place does not open.
@@ -348,19 +321,7 @@ class KeyContext:
         """
         envelope = record.metadata.get("envelope")
         binding = identity_binding(record) if envelope_version(record.metadata) == 2 else None
-        kind = envelope.get("type") if isinstance(envelope, dict) else None
-        if kind in HYBRID_PQ_ENVELOPE_TYPES:
-            ids = recipients.envelope_recipient_ids(envelope)
-            if not self.identities:
-                raise WrongKeyError("backup %s's data key is sealed to recipient(s) %s (hybrid-pq) and no private key is "
-                                    "set here: restore where the private key made by `quankey-backup keygen` is, "
-                                    "pointing %s at it" % (record.basename, ", ".join(ids),
-                                                           self.settings.label("identity_file")))
-            return recipients.open_data_key(self.identities, envelope, self.settings.label("identity_file"),
-                                            binding=binding)
-        if not len(self.ring):
-            self.settings.require("encryption_key")
-        return crypto.unwrap_data_key(self.ring.keys, envelope, opening_keys_label(self.settings), binding=binding)
+        return modes.for_envelope(envelope).open_data_key(self, record, binding)
 
     def passphrases(self, metadata=None):
         """``[(label, passphrase bytes)]`` to try on an aes-256-cbc object (see :func:`passphrase_texts`).
@@ -452,44 +413,11 @@ def wrapping_key_id(metadata):
 def wrapping_ids(metadata):
     """Every id a backup's data key is wrapped or sealed with (recipient ids for hybrid-pq), [] when unknown."""
     envelope = metadata.get("envelope") if isinstance(metadata, dict) else None
-    if isinstance(envelope, dict) and envelope.get("type") in HYBRID_PQ_ENVELOPE_TYPES:
-        try:
-            return recipients.envelope_recipient_ids(envelope)
-        except IntegrityError:
-            return []
-    kid = wrapping_key_id(metadata)
-    return [kid] if kid else []
-
-
-# --------------------------------------------------------------------------- rekey
-
-def rekey_metadata(record, context):
-    """Re-wrap one backup's data key for the configured mode (active key, or recipients) and re-sign its metadata.
-
-    The new envelope is format version 2, bound to the backup's place (host, database, name); a
-    version-1 envelope is moved to version 2 even when its key is already the target.
-    Returns ``(new metadata, data key, old ids as text)``, or ``(None, None, old ids)`` when nothing would change.
-    Raises IntegrityError (WrongKeyError, TamperedError) when the keys held cannot open it.
-    """
-    metadata, basename = record.metadata, record.basename
-    encryption = metadata.get("encryption")
-    if encryption == openssl_enc.ENCRYPTION_NAME:
-        raise IntegrityError("backup %s is aes-256-cbc (OpenSSL enc): its data is encrypted with the passphrase itself, "
-                             "so a new key needs a new backup, not a rekey; keep its key in %s until it expires"
-                             % (basename, context.settings.label("decryption_keys")))
-    if encryption not in GCM_ENCRYPTIONS:
-        raise IntegrityError("backup %s uses encryption %r, which this version cannot rekey" % (basename, encryption))
-    old_ids = ", ".join(wrapping_ids(metadata))
-    if _on_target(metadata, context):
-        return None, None, old_ids  # nothing to open: a recipients-only host can tell too
-    data_key = context.open(record)
-    name, envelope, kid, ids = context.seal(data_key, (record.host, record.db, basename))
-    updated = dict(metadata)
-    updated.update(encryption=name, envelope=envelope, key_id=kid, metadata_version=catalog.METADATA_VERSION)
-    updated.pop("recipient_ids", None)
-    if ids is not None:
-        updated["recipient_ids"] = ids
-    return context.sign(updated), data_key, old_ids
+    try:
+        return modes.for_envelope(envelope).wrapping_ids(envelope)
+    except IntegrityError:  # not a known envelope: its key id field (or the metadata's) is all there is to go by
+        kid = wrapping_key_id(metadata)
+        return [kid] if kid else []
 
 
 def envelope_version(metadata):
@@ -498,96 +426,3 @@ def envelope_version(metadata):
         return crypto.envelope_version(metadata.get("envelope"))
     except IntegrityError:
         return 0
-
-
-def _on_target(metadata, context):
-    """Whether a backup is already wrapped (format version 2) for the configured mode and signed by the active signing key."""
-    if context.settings.encryption == recipients.ENCRYPTION_NAME:
-        target = sorted(recipient.recipient_id for recipient in context.recipients)
-        wrapped = sorted(wrapping_ids(metadata)) == target and metadata.get("key_id") == context.active_key_id()
-    else:
-        kid = context.active_key_id()
-        wrapped = wrapping_ids(metadata) == [kid] and metadata.get("key_id") == kid
-    return (wrapped and envelope_version(metadata) == 2 and metadata.get("encryption") == context.settings.encryption
-            and signing.signature_key_id(metadata) == context.signer()[0])
-
-
-def check_data_key(header, data_key, basename="backup"):
-    """Raise WrongKeyError unless ``data_key`` belongs to the object whose first bytes are ``header`` (key commitment)."""
-    opener = crypto.StreamDecryptor(data_key)
-    opener.update(header[:crypto.HEADER_SIZE])
-    if opener.header is None:
-        raise IntegrityError("backup %s: the object is shorter than its %d-byte header" % (basename, crypto.HEADER_SIZE))
-
-
-def run_rekey(settings, host=None, db=None, everything=False, dry_run=False, store=None):
-    """Re-wrap the data keys of backups not wrapped for the configured mode; only metadata objects are rewritten.
-
-    The target is the active key (aes-256-gcm) or the recipients (hybrid-pq); the
-    metadata is re-signed with the active signing key. Scope as ``quankey-backup
-    list``: ``host`` (default this host) and ``db`` (default DB_NAME), or with
-    ``everything`` the whole bucket (narrowed to ``db`` when given). Each backup is
-    checked before its metadata is rewritten: its signature must verify, the keys
-    held must open its data key, and that key must match the data object's key
-    commitment (a ranged read of its header). A backup that fails is reported and
-    the others go on (fail closed per backup). Returns a JSON-ready summary.
-    """
-    from . import pipeline
-    if settings.encryption not in GCM_ENCRYPTIONS:
-        raise ConfigError("%s is %s: rekey re-wraps data keys, which aes-256-cbc backups do not have; set it to %s"
-                          % (settings.label("encryption"), settings.encryption, " or ".join(GCM_ENCRYPTIONS)))
-    context = KeyContext(settings)
-    context.require_sealing()
-    target = context.active_key_id()
-    store = store or pipeline.open_store(settings)
-    records, _orphans = pipeline.list_backups(settings, store, host=host, db=db, everything=everything, seed=False)
-    results = []
-    for record in records:
-        results.append(_rekey_one(store, record, context, target, dry_run))
-    counts = dict((outcome, sum(1 for item in results if item["status"] == outcome))
-                  for outcome in (REKEYED, WOULD_REKEY, UNCHANGED, FAILED))
-    failed = [item for item in results if item["status"] == FAILED]
-    return {
-        "active_key_id": target, "encryption": settings.encryption, "keyring_key_ids": context.known_ids(),
-        "signing_key_id": context.signer()[0], "dry_run": dry_run, "bucket": store.bucket,
-        "backups": results, "rekeyed": counts[REKEYED], "would_rekey": counts[WOULD_REKEY],
-        "unchanged": counts[UNCHANGED], "failed": counts[FAILED],
-        "changed": bool(counts[REKEYED] or counts[WOULD_REKEY]),
-        "exit_code": failed[0]["exit_code"] if failed else 0,
-    }
-
-
-def _rekey_one(store, record, context, target, dry_run):
-    """Rekey one backup (or say what would change); never raises BackupError."""
-    from . import pipeline
-    item = {"name": record.basename, "host": record.host, "database": record.db, "metadata_key": record.metadata_key,
-            "from_key_id": None, "to_key_id": target, "status": FAILED}
-    try:
-        metadata = pipeline.load_metadata(store, record)
-        item["from_key_id"] = wrapping_key_id(metadata)
-        verdict = context.verdict(record)
-        if verdict.outcome == trust.INVALID:
-            trust.require(verdict)  # raises: a document that is not this backup's is never rewritten
-        updated, data_key, old_ids = rekey_metadata(record, context)
-        trust.require(verdict)  # never re-sign what could not be verified (unsigned, or signed with a key not held)
-        if updated is None:
-            item["status"] = UNCHANGED
-            return item
-        if not record.has_object:
-            raise IntegrityError("backup %s has metadata but its object %s is missing: it cannot be restored, so it is "
-                                 "not rekeyed (prune removes it once past retention)" % (record.basename, record.object_key))
-        check_data_key(store.get_range(record.object_key, 0, crypto.HEADER_SIZE), data_key, record.basename)
-        if dry_run:
-            item["status"] = WOULD_REKEY
-            return item
-        # only if unchanged since read: a concurrent rekey, prune or backup is never overwritten silently
-        store.put_bytes(record.metadata_key, catalog.encode_metadata(updated), if_match=record.metadata_etag)
-        item["status"] = REKEYED
-        LOG.info("rekeyed %s: data key re-wrapped from %s to %s and metadata re-signed (metadata %s rewritten, "
-                 "data object untouched)", record.basename, old_ids, updated["key_id"], record.metadata_key)
-    except BackupError as exc:
-        item["status"] = FAILED
-        item["error"] = "%s: %s" % (record.basename, exc)
-        item["exit_code"] = exc.exit_code
-        LOG.error("rekey of %s failed (left as it was): %s", record.basename, exc)
-    return item

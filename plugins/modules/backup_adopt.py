@@ -294,10 +294,9 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.quankey.backup.plugins.module_utils import adopt
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import compression
-from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
+from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt
 
 
 def argument_spec():

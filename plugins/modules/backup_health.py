@@ -253,7 +253,7 @@ error:
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import health
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
 
 DEFAULTS = ansible_common.HEALTH_DEFAULTS
 # fail_on -> the statuses that fail the task

@@ -250,8 +250,8 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import catalog
-from ansible_collections.quankey.backup.plugins.module_utils import queries
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import inventory
 
 
 def argument_spec():
@@ -271,9 +271,9 @@ def main():
 
     with ansible_common.engine_errors(module, "listing"):
         settings = ansible_common.settings_from_params(params)
-        since = catalog.parse_time(params["since"], "since") if params["since"] else None
-        found = queries.find_backups(settings, host=params["host"], db=params["db"], since=since,
-                                     limit=params["limit"], details=params["details"])
+        since = layout.parse_time(params["since"], "since") if params["since"] else None
+        found = inventory.find_backups(settings, host=params["host"], db=params["db"], since=since,
+                                       limit=params["limit"], details=params["details"])
     module.exit_json(changed=False, **found)
 
 

@@ -227,7 +227,7 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import keys
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import rekey
 
 
 def argument_spec():
@@ -253,11 +253,11 @@ def main():
 
     with ansible_common.engine_errors(module, "rekey"):
         settings = ansible_common.settings_from_params(params)
-        summary = keys.run_rekey(settings, host=params["host"], db=params["db"], everything=params["all_hosts"],
-                                 dry_run=module.check_mode)
+        summary = rekey.run_rekey(settings, host=params["host"], db=params["db"], everything=params["all_hosts"],
+                                  dry_run=module.check_mode)
     changed, result = result_of(summary)
     if result["failed_backups"]:
-        errors = [item["error"] for item in result["backups"] if item["status"] == keys.FAILED]
+        errors = [item["error"] for item in result["backups"] if item["status"] == rekey.FAILED]
         module.fail_json(msg="%d of %d backups could not be rekeyed and were left as they were: %s"
                          % (len(errors), len(result["backups"]), "; ".join(errors)), changed=changed, **result)
     module.exit_json(changed=changed, **result)

@@ -264,10 +264,9 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import compression
-from ansible_collections.quankey.backup.plugins.module_utils import config
-from ansible_collections.quankey.backup.plugins.module_utils import pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
+from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup
 
 DEFAULTS = ansible_common.SETTINGS_DEFAULTS
 
@@ -295,10 +294,10 @@ def main():
     with ansible_common.engine_errors(module, "backup"):
         settings = ansible_common.settings_from_params(module.params)
         if module.check_mode:
-            backup = pipeline.plan_backup(settings).describe()
+            result = backup.plan_backup(settings).describe()
         else:
-            backup = pipeline.run_backup(settings)
-    module.exit_json(changed=True, backup=backup)
+            result = backup.run_backup(settings)
+    module.exit_json(changed=True, backup=result)
 
 
 if __name__ == "__main__":

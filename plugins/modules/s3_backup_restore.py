@@ -430,9 +430,8 @@ error:
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils import catalog
-from ansible_collections.quankey.backup.plugins.module_utils import pipeline
-from ansible_collections.quankey.backup.plugins.module_utils import queries
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import restore
 
 
 def argument_spec():
@@ -459,17 +458,17 @@ def main():
 
     with ansible_common.engine_errors(module, "restore"):
         settings = ansible_common.settings_from_params(params)
-        before = catalog.parse_time(params["before"], "before") if params["before"] else None
+        before = layout.parse_time(params["before"], "before") if params["before"] else None
         selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
                          allow_unsigned=params["allow_unsigned"], allow_seed=params["allow_seed"])
         if module.check_mode:
-            restore, verification = queries.preview_restore(settings, target_db=params["target_db"],
-                                                            as_admin=params["restore_as_admin"], **selection)
-            result = dict(restore=restore, verification=verification)
+            plan, verification = restore.preview_restore(settings, target_db=params["target_db"],
+                                                         as_admin=params["restore_as_admin"], **selection)
+            result = dict(restore=plan, verification=verification)
         else:
-            result = dict(restore=pipeline.run_restore(settings, target_db=params["target_db"], force=params["force"],
-                                                       no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
-                                                       **selection))
+            result = dict(restore=restore.run_restore(settings, target_db=params["target_db"], force=params["force"],
+                                                      no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
+                                                      **selection))
     module.exit_json(changed=True, **result)
 
 

@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import adopt, config, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt, backup, inventory, restore
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
 from seedbackup import seed_backup, seed_keys
@@ -100,7 +101,7 @@ def test_an_interrupted_adoption_is_resumed_and_a_bad_backup_fails_alone(testbed
     s3.put_object(Bucket=env["S3_BUCKET"], Key=obj, Body=bytes(body))
     # an earlier run was killed after uploading a copy of the oldest but before committing it
     settings = config.settings_from_env(env)
-    leftover = pipeline.open_store(settings)
+    leftover = inventory.open_store(settings)
     leftover.put_bytes(config.normalize_prefix(env["S3_PREFIX"]) + "backups/postgresql/db1/%s/%s.encrypted"
                        % (source, names[0]), b"half a copy", content_type="application/octet-stream")
 
@@ -117,8 +118,8 @@ def test_a_backup_of_the_same_name_that_is_not_the_copy_is_never_overwritten(tes
     name = "quankey_backup_" + datetime.datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     seed_backup(testbed, env, tmp_path, name, passphrase=env["BACKUP_SEED_PASSPHRASE"])
     when = datetime.datetime.strptime(name[-15:], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
-    taken = pipeline.run_backup(config.settings_from_env(dict(env, BACKUP_NAME="quankey")), now=when)
+    taken = backup.run_backup(config.settings_from_env(dict(env, BACKUP_NAME="quankey")), now=when)
     assert taken["name"] == name
     result = adopt.run_adopt(config.settings_from_env(env))
     assert result["failed"] == 1 and "is not this seed backup's copy" in result["backups"][0]["error"]
-    assert pipeline.run_verify(config.settings_from_env(env), backup=name)["checksum_sha256"] == taken["checksum_sha256"]
+    assert restore.run_verify(config.settings_from_env(env), backup=name)["checksum_sha256"] == taken["checksum_sha256"]

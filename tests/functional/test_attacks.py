@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, keys, pipeline, storage
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import s3 as storage
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, rekey, restore
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConflictError, StorageError
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
@@ -65,7 +68,7 @@ def _restore_logins_left(pg):
 def _place(env, host, db, name):
     """(object key, metadata key) of a backup's place in the host layout."""
     prefix = config.normalize_prefix(env["S3_PREFIX"])
-    return catalog.object_key(prefix, host, db, name), catalog.metadata_key(prefix, host, db, name)
+    return layout.object_key(prefix, host, db, name), layout.metadata_key(prefix, host, db, name)
 
 
 # --------------------------------------------------------------------------- bucket writer: fields do not grant trust
@@ -320,7 +323,7 @@ def test_rekey_never_overwrites_metadata_another_writer_changed_since_it_was_rea
             _put(s3, env["S3_BUCKET"], key, concurrent)  # e.g. a second rekey, or a restore of the old version
 
     store.after_read = other_writer
-    result = keys.run_rekey(rotated, store=store)
+    result = rekey.run_rekey(rotated, store=store)
     failed = [item for item in result["backups"] if item["status"] == "failed"]
     assert [item["name"] for item in failed] == [taken["name"]] and "another writer got there first" in failed[0]["error"]
     assert _get(s3, env["S3_BUCKET"], taken["metadata_key"]) == concurrent  # the other writer's document stands
@@ -329,16 +332,16 @@ def test_rekey_never_overwrites_metadata_another_writer_changed_since_it_was_rea
 def test_two_backups_claiming_one_name_cannot_both_commit(testbed, env, s3):
     settings = config.settings_from_env(env)
     when = datetime.datetime.now(UTC).replace(microsecond=0)
-    first = pipeline.run_backup(settings, now=when)
+    first = backup.run_backup(settings, now=when)
     first_etag = s3.head_object(Bucket=env["S3_BUCKET"], Key=first["object_key"])["ETag"]
     store = _racing_store(env)
     store.exists_lies = True  # the second run's check raced the first one's upload
     with pytest.raises(ConflictError, match="another writer got there first"):
-        pipeline.run_backup(settings, store=store, now=when)
+        backup.run_backup(settings, store=store, now=when)
     assert s3.head_object(Bucket=env["S3_BUCKET"], Key=first["object_key"])["ETag"] == first_etag
     prefix = config.normalize_prefix(env["S3_PREFIX"])
     assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
-    verified = pipeline.run_verify(settings, backup=first["name"])
+    verified = restore.run_verify(settings, backup=first["name"])
     assert verified["checksum_sha256"] == first["checksum_sha256"]
 
 
@@ -346,6 +349,6 @@ def test_a_metadata_write_whose_answer_was_lost_is_read_back_not_undone(testbed,
     settings = config.settings_from_env(env)
     store = _racing_store(env)
     store.lose_put_answers = True
-    taken = pipeline.run_backup(settings, store=store)
+    taken = backup.run_backup(settings, store=store)
     assert s3.head_object(Bucket=env["S3_BUCKET"], Key=taken["object_key"])["ContentLength"] == taken["size_bytes"]
     assert _json(run_cli(env, "verify", "--json", check=0))["name"] == taken["name"]

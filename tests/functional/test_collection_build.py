@@ -23,6 +23,7 @@ def test_collection_tarball_is_clean(tmp_path):
     assert len(tarballs) == 1
     with tarfile.open(str(tarballs[0])) as tar:
         names = tar.getnames()
-    assert "MANIFEST.json" in names and "plugins/module_utils/pipeline.py" in names and "meta/runtime.yml" in names
+    assert "MANIFEST.json" in names and "meta/runtime.yml" in names
+    assert "plugins/module_utils/workflows/backup.py" in names and "plugins/module_utils/formats/__init__.py" in names
     leftovers = [name for name in names if any(bad in name + "/" for bad in FORBIDDEN) or name.endswith((".pyc", ".tar.gz"))]
     assert leftovers == []

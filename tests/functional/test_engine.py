@@ -16,8 +16,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, crypto, pipeline, signing
-from ansible_collections.quankey.backup.plugins.module_utils.postgres import PgClient
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup
+from ansible_collections.quankey.backup.plugins.module_utils.adapters.postgres import PgClient
 import sampledb
 from hostcommand import new_name, run_cli
 from sampledb import CANARY, table_digests
@@ -111,8 +113,8 @@ def test_other_compressions_round_trip(testbed, source, env, compression):
 
 def test_restore_selects_by_name_seed_variable_and_time(testbed, source, env):
     settings = _settings(env)
-    old = pipeline.run_backup(settings, now=datetime.datetime(2025, 8, 9, 3, 0, 0, tzinfo=UTC))
-    new = pipeline.run_backup(settings, now=datetime.datetime(2025, 8, 10, 3, 0, 0, tzinfo=UTC))
+    old = backup.run_backup(settings, now=datetime.datetime(2025, 8, 9, 3, 0, 0, tzinfo=UTC))
+    new = backup.run_backup(settings, now=datetime.datetime(2025, 8, 10, 3, 0, 0, tzinfo=UTC))
     assert old["name"].endswith("_backup_20250809_030000")
 
     target = new_name("by_time")
@@ -313,7 +315,7 @@ def test_health_ok_then_critical_when_the_newest_backup_is_old(testbed, source, 
     assert report["status"] == "ok" and report["latest"]["age_hours"] < 1
 
     stale = dict(env, S3_PREFIX=new_name("stale"))
-    pipeline.run_backup(_settings(stale), now=catalog_now() - datetime.timedelta(days=3))
+    backup.run_backup(_settings(stale), now=catalog_now() - datetime.timedelta(days=3))
     proc = run_cli(stale, "health", "--json", check=2)
     report = json.loads(proc.stdout)
     assert report["status"] == "critical"
@@ -346,7 +348,7 @@ def catalog_now():
 def test_prune_keeps_the_newest_good_backups_of_a_stopped_host(testbed, source, env, s3):
     settings = _settings(env)
     base = catalog_now() - datetime.timedelta(days=60)
-    names = [pipeline.run_backup(settings, now=base + datetime.timedelta(days=day))["name"] for day in range(5)]
+    names = [backup.run_backup(settings, now=base + datetime.timedelta(days=day))["name"] for day in range(5)]
     env.update(BACKUP_RETENTION_DAYS="7", BACKUP_MIN_KEEP="3")
 
     dry = json.loads(run_cli(env, "prune", "--dry-run", "--json", check=0).stdout)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto, signing
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
 

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, leftovers, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import leftovers, prune
 from hostcommand import CLI, new_name, run_cli
 
 UTC = datetime.timezone.utc
@@ -79,10 +80,10 @@ def test_a_killed_restore_leaves_a_staging_database_that_is_reported_and_swept(t
     assert "staging database %s__restoring_" % target in again.stderr  # the next restore says so
 
     settings = config.settings_from_env(env)
-    soon = pipeline.run_prune(settings, dry_run=True)
+    soon = prune.run_prune(settings, dry_run=True)
     assert not [name for name in soon["staging_databases_dropped"] if name.startswith(target)]  # not stale yet
     later = datetime.datetime.now(UTC) + datetime.timedelta(hours=leftovers.STALE_HOURS + 1)
-    swept = pipeline.run_prune(settings, now=later)
+    swept = prune.run_prune(settings, now=later)
     assert [name for name in swept["staging_databases_dropped"] if name.startswith(target)]
     assert testbed.pg.psql(like).strip() == "0"
     # the killed restore's own login went with it once its password had expired; nothing of the kind is left
@@ -106,9 +107,9 @@ def test_a_killed_backup_leaves_an_open_upload_that_is_reported_and_aborted(test
     assert any("open multipart upload" in f["message"] for f in report["findings"] if f["rule"] == "leftovers")
 
     settings = config.settings_from_env(env)
-    assert pipeline.run_prune(settings)["uploads_aborted"] == []  # young: a backup may still be writing it
+    assert prune.run_prune(settings)["uploads_aborted"] == []  # young: a backup may still be writing it
     later = datetime.datetime.now(UTC) + datetime.timedelta(hours=leftovers.STALE_HOURS + 1)
-    assert len(pipeline.run_prune(settings, now=later)["uploads_aborted"]) == 1
+    assert len(prune.run_prune(settings, now=later)["uploads_aborted"]) == 1
     assert uploads() == []
 
 

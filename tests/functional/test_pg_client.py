@@ -21,9 +21,10 @@ import uuid
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, postgres
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import postgres
 from ansible_collections.quankey.backup.plugins.module_utils.errors import PostgresError
-from ansible_collections.quankey.backup.plugins.module_utils.postgres import PgClient
+from ansible_collections.quankey.backup.plugins.module_utils.adapters.postgres import PgClient
 from hostcommand import new_name, run_cli
 from testbed import write_env_file
 

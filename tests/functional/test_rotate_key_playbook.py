@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -74,8 +74,9 @@ def test_the_engine_and_the_matching_postgresql_client_are_installed(host):
     assert package.startswith("/opt/quankey-backup/venv/lib/python3")
     engine = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "collections", "ansible_collections", "quankey",
                           "backup", "plugins", "module_utils")
-    sources = sorted(name for name in os.listdir(engine) if name.endswith(".py"))
-    assert "cli.py" in sources and "pipeline.py" in sources
+    sources = sorted(os.path.relpath(os.path.join(folder, name), engine)
+                     for folder, _dirs, names in os.walk(engine) for name in names if name.endswith(".py"))
+    assert "cli.py" in sources and "workflows/backup.py" in sources and "formats/modes.py" in sources
     for name in sources:
         with open(os.path.join(engine, name), "rb") as handle:
             assert host.file(os.path.join(package, name)).sha256sum == hashlib.sha256(handle.read()).hexdigest(), name

@@ -16,7 +16,10 @@ import yaml
 from ansible_collections.quankey.backup.plugins.doc_fragments import encryption as encryption_fragment
 from ansible_collections.quankey.backup.plugins.doc_fragments import postgres as postgres_fragment
 from ansible_collections.quankey.backup.plugins.doc_fragments import s3 as s3_fragment
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config, crypto, health, storage
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import s3 as storage
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, NotFoundError
 
 SECRET_SENTENCE = "This value is a secret and is never logged."

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import documents, layout
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError, NotFoundError
 
 UTC = datetime.timezone.utc
@@ -26,25 +26,25 @@ def _records(days, host="db1", db="quankey_prod", prefix="", with_objects=True):
     meta = []
     objs = []
     for day in days:
-        base = catalog.backup_basename("quankey", _when(day))
-        meta.append({"key": catalog.metadata_key(prefix, host, db, base), "size": 400})
+        base = layout.backup_basename("quankey", _when(day))
+        meta.append({"key": layout.metadata_key(prefix, host, db, base), "size": 400})
         if with_objects:
-            objs.append({"key": catalog.object_key(prefix, host, db, base), "size": 2 * 1024 * 1024})
-    return catalog.records_from_listing(prefix, meta, objs)[0]
+            objs.append({"key": layout.object_key(prefix, host, db, base), "size": 2 * 1024 * 1024})
+    return layout.records_from_listing(prefix, meta, objs)[0]
 
 
 def test_names_keep_the_seed_shape_per_host_and_db():
-    base = catalog.backup_basename("quankey", _when(9))
+    base = layout.backup_basename("quankey", _when(9))
     assert base == "quankey_backup_20250809_030000"
-    assert catalog.object_key("", "db1", "quankey_prod", base) == \
+    assert layout.object_key("", "db1", "quankey_prod", base) == \
         "backups/postgresql/db1/quankey_prod/quankey_backup_20250809_030000.encrypted"
-    assert catalog.metadata_key("team/", "db1", "quankey_prod", base) == \
+    assert layout.metadata_key("team/", "db1", "quankey_prod", base) == \
         "team/metadata/db1/quankey_prod/quankey_backup_20250809_030000.meta"
 
 
 def test_timestamp_is_utc_whatever_the_input_zone():
     cest = datetime.timezone(datetime.timedelta(hours=2))
-    assert catalog.format_timestamp(datetime.datetime(2025, 8, 9, 5, 0, 0, tzinfo=cest)) == "20250809_030000"
+    assert layout.format_timestamp(datetime.datetime(2025, 8, 9, 5, 0, 0, tzinfo=cest)) == "20250809_030000"
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -55,12 +55,12 @@ def test_timestamp_is_utc_whatever_the_input_zone():
     ("2025-08-09", _when(9, 0)),
 ])
 def test_parse_time_accepts_what_people_type(text, expected):
-    assert catalog.parse_time(text) == expected
+    assert layout.parse_time(text) == expected
 
 
 def test_parse_time_says_what_it_accepts():
     with pytest.raises(ConfigError, match="ISO 8601"):
-        catalog.parse_time("yesterday-ish", "--before")
+        layout.parse_time("yesterday-ish", "--before")
 
 
 def test_listing_joins_metadata_and_objects_newest_first_and_reports_orphans():
@@ -69,7 +69,7 @@ def test_listing_joins_metadata_and_objects_newest_first_and_reports_orphans():
             {"key": "metadata/db1/d/not-a-backup.txt", "size": 1}]
     objs = [{"key": "backups/postgresql/db1/d/q_backup_20250801_030000.encrypted", "size": 10},
             {"key": "backups/postgresql/db1/d/q_backup_20250802_030000.encrypted", "size": 20}]
-    records, orphans = catalog.records_from_listing("", meta, objs)
+    records, orphans = layout.records_from_listing("", meta, objs)
     assert [r.basename for r in records] == ["q_backup_20250803_030000", "q_backup_20250801_030000"]
     assert records[0].has_object is False
     assert records[1].object_size == 10
@@ -78,28 +78,28 @@ def test_listing_joins_metadata_and_objects_newest_first_and_reports_orphans():
 
 def test_select_latest_by_name_and_before():
     records = _records([1, 5, 3])
-    assert catalog.select_backup(records).basename == "quankey_backup_20250805_030000"
+    assert layout.select_backup(records).basename == "quankey_backup_20250805_030000"
     for spelled in ("quankey_backup_20250803_030000", "quankey_backup_20250803_030000.encrypted",
                     "quankey_backup_20250803_030000.meta", records[1].object_key):
-        assert catalog.select_backup(records, spelled).basename == "quankey_backup_20250803_030000"
-    assert catalog.select_backup(records, before=_when(5)).basename == "quankey_backup_20250803_030000"
-    assert catalog.select_backup(records, before=_when(4, 12)).basename == "quankey_backup_20250803_030000"
+        assert layout.select_backup(records, spelled).basename == "quankey_backup_20250803_030000"
+    assert layout.select_backup(records, before=_when(5)).basename == "quankey_backup_20250803_030000"
+    assert layout.select_backup(records, before=_when(4, 12)).basename == "quankey_backup_20250803_030000"
 
 
 def test_select_failures_are_specific():
     records = _records([1, 2])
     with pytest.raises(NotFoundError, match="no backups found"):
-        catalog.select_backup([])
+        layout.select_backup([])
     with pytest.raises(NotFoundError, match="not found"):
-        catalog.select_backup(records, "quankey_backup_20990101_000000")
+        layout.select_backup(records, "quankey_backup_20990101_000000")
     with pytest.raises(NotFoundError, match="before 2025-07-01"):
-        catalog.select_backup(records, before=datetime.datetime(2025, 7, 1, tzinfo=UTC))
+        layout.select_backup(records, before=datetime.datetime(2025, 7, 1, tzinfo=UTC))
 
 
 def test_retention_deletes_only_old_backups():
     records = _records(range(1, 21))
     now = _when(20, 12)
-    keep, delete = catalog.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
+    keep, delete = layout.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
     assert len(delete) == 13  # days 1..13 at 03:00 are before the Aug 13 12:00 cutoff
     assert all(r.timestamp < now - datetime.timedelta(days=7) for r in delete)
     assert min(r.timestamp for r in keep) >= now - datetime.timedelta(days=7)
@@ -108,7 +108,7 @@ def test_retention_deletes_only_old_backups():
 def test_retention_never_deletes_the_newest_good_backups_of_a_stopped_host():
     records = _records([1, 2, 3, 4, 5])
     now = _when(30)  # backups stopped weeks ago: all are past retention
-    keep, delete = catalog.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
+    keep, delete = layout.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
     assert [r.basename[-15:-7] for r in keep] == ["20250805", "20250804", "20250803"]
     assert len(delete) == 2
 
@@ -116,7 +116,7 @@ def test_retention_never_deletes_the_newest_good_backups_of_a_stopped_host():
 def test_retention_skips_bad_backups_when_counting_the_ones_to_keep():
     records = _records([1, 2, 3, 4, 5])
     bad = {records[0].basename, records[1].basename}
-    keep, delete = catalog.retention_plan(records, _when(30), 7, 3, is_good=lambda r: r.basename not in bad)
+    keep, delete = layout.retention_plan(records, _when(30), 7, 3, is_good=lambda r: r.basename not in bad)
     kept = {r.basename for r in keep}
     assert kept == {records[2].basename, records[3].basename, records[4].basename}
     assert {r.basename for r in delete} == bad
@@ -125,7 +125,7 @@ def test_retention_skips_bad_backups_when_counting_the_ones_to_keep():
 def test_retention_counts_min_keep_per_host_and_database():
     records = sorted(_records([1, 2, 3], host="a") + _records([1, 2, 3], host="b"),
                      key=lambda r: r.timestamp, reverse=True)
-    keep, delete = catalog.retention_plan(records, _when(30), 7, 2, is_good=lambda r: True)
+    keep, delete = layout.retention_plan(records, _when(30), 7, 2, is_good=lambda r: True)
     assert sorted((r.host, r.basename[-15:-7]) for r in keep) == [
         ("a", "20250802"), ("a", "20250803"), ("b", "20250802"), ("b", "20250803")]
     assert len(delete) == 2
@@ -134,21 +134,21 @@ def test_retention_counts_min_keep_per_host_and_database():
 def _metadata():
     view = {"db_name": "quankey_prod", "retention_days": 30, "host": "db1", "storage_class": "STANDARD_IA",
             "compression": "zstd"}
-    return catalog.build_metadata(view, "quankey_backup_20250809_030000", _when(9), "backups/postgresql/x.encrypted",
-                                  1234, "a" * 64, {"type": "t"}, "qk1-0011223344556677", 7, 5000, 1.23456,
-                                  "15.18", "15.18", {"encoding": "UTF8"}, "aes-256-gcm", True)
+    return documents.build_metadata(view, "quankey_backup_20250809_030000", _when(9), "backups/postgresql/x.encrypted",
+                                    1234, "a" * 64, {"type": "t"}, "qk1-0011223344556677", 7, 5000, 1.23456,
+                                    "15.18", "15.18", {"encoding": "UTF8"}, "aes-256-gcm", True)
 
 
 def test_metadata_keeps_every_seed_field_and_round_trips():
     metadata = _metadata()
-    for field in catalog.SEED_FIELDS:
+    for field in documents.SEED_FIELDS:
         assert field in metadata
     assert metadata["backup_type"] == "postgresql_full"
     assert metadata["format"] == "pg_dump_custom"
     assert metadata["timestamp"] == "20250809_030000"
     assert metadata["duration_seconds"] == 1.235
-    raw = catalog.encode_metadata(metadata)
-    assert catalog.decode_metadata(raw, "k") == json.loads(raw.decode())
+    raw = documents.encode_metadata(metadata)
+    assert documents.decode_metadata(raw, "k") == json.loads(raw.decode())
 
 
 @pytest.mark.parametrize("raw,match", [
@@ -158,14 +158,14 @@ def test_metadata_keeps_every_seed_field_and_round_trips():
 ])
 def test_bad_metadata_is_named(raw, match):
     with pytest.raises(IntegrityError, match=match):
-        catalog.decode_metadata(raw, "metadata/db1/d/x.meta")
+        documents.decode_metadata(raw, "metadata/db1/d/x.meta")
 
 
 def test_metadata_with_a_malformed_checksum_is_rejected():
     metadata = _metadata()
     metadata["checksum_sha256"] = "abc"
     with pytest.raises(IntegrityError, match="checksum_sha256"):
-        catalog.decode_metadata(catalog.encode_metadata(metadata), "k")
+        documents.decode_metadata(documents.encode_metadata(metadata), "k")
 
 
 def test_the_seeds_flat_layout_becomes_seed_records_beside_host_ones():
@@ -174,7 +174,7 @@ def test_the_seeds_flat_layout_becomes_seed_records_beside_host_ones():
             {"key": "p/metadata/notes.txt", "size": 1}]
     objs = [{"key": "p/backups/postgresql/quankey_backup_20250809_030000.encrypted", "size": 5000},
             {"key": "p/backups/postgresql/db1/app/app_backup_20250810_030000.encrypted", "size": 7000}]
-    records, orphans = catalog.records_from_listing("p/", meta, objs)
+    records, orphans = layout.records_from_listing("p/", meta, objs)
     assert orphans == []
     ours, seed = records
     assert (ours.host, ours.db, ours.seed) == ("db1", "app", False)
@@ -190,7 +190,7 @@ SEED_KEY = "metadata/quankey_backup_20250809_030000.meta"
 
 
 def _seed(document, key=SEED_KEY):
-    return catalog.decode_metadata(json.dumps(document).encode(), key, seed=True, object_key_="o.encrypted")
+    return documents.decode_metadata(json.dumps(document).encode(), key, seed=True, object_key_="o.encrypted")
 
 
 def test_seed_metadata_is_completed_and_checked():
@@ -235,7 +235,7 @@ def test_fields_the_seed_did_not_define_are_dropped_so_they_cannot_steer_anythin
 def test_host_layout_metadata_with_a_field_the_format_does_not_define_is_refused(extra):
     metadata = dict(_metadata(), **extra)
     with pytest.raises(IntegrityError, match="which metadata version 3 does not define: it was not written by quankey"):
-        catalog.decode_metadata(catalog.encode_metadata(metadata), "metadata/db1/d/x.meta")
+        documents.decode_metadata(documents.encode_metadata(metadata), "metadata/db1/d/x.meta")
 
 
 @pytest.mark.parametrize("field,value", [
@@ -245,10 +245,10 @@ def test_host_layout_metadata_with_a_field_the_format_does_not_define_is_refused
 def test_host_layout_metadata_with_a_mistyped_field_is_refused(field, value):
     metadata = dict(_metadata(), **{field: value})
     with pytest.raises(IntegrityError, match="invalid %s|metadata_version" % field):
-        catalog.decode_metadata(catalog.encode_metadata(metadata), "metadata/db1/d/x.meta")
+        documents.decode_metadata(documents.encode_metadata(metadata), "metadata/db1/d/x.meta")
 
 
 def test_metadata_from_a_newer_version_says_to_upgrade():
-    metadata = dict(_metadata(), metadata_version=catalog.METADATA_VERSION + 1)
+    metadata = dict(_metadata(), metadata_version=documents.METADATA_VERSION + 1)
     with pytest.raises(IntegrityError, match="newer than this version of quankey-backup reads"):
-        catalog.decode_metadata(catalog.encode_metadata(metadata), "k")
+        documents.decode_metadata(documents.encode_metadata(metadata), "k")

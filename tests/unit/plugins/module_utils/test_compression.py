@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import compression
+from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError
 
 DATA = (b"PGDMP" + b"row,text,more text\n" * 50000 + os.urandom(300000)) * 2

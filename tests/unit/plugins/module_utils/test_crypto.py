@@ -20,7 +20,7 @@ import pytest
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (
     ConfigError,
     IntegrityError,

@@ -11,7 +11,7 @@ import datetime
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, dbnames
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import dbnames, layout
 from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError
 
 UTC = datetime.timezone.utc
@@ -19,7 +19,7 @@ WHEN = datetime.datetime(2025, 8, 9, 3, 0, 0, tzinfo=UTC)
 
 
 def _record(db):
-    return catalog.BackupRecord("db1", db, "x_backup_20250809_030000", "m", "o")
+    return layout.BackupRecord("db1", db, "x_backup_20250809_030000", "m", "o")
 
 
 @pytest.mark.parametrize("db", ["données_clients_" * 5, "é" * 40, "a" * 63, "短" * 30, "plain"])

@@ -13,8 +13,10 @@ import os
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import signing
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, crypto, health, keys, pipeline
+from ansible_collections.quankey.backup.plugins.module_utils import config, keys
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -24,10 +26,10 @@ MIB = 1024 * 1024
 def _series(hours_ago, size=20 * MIB, encryption="aes-256-gcm", object_size=None):
     meta, objs = [], []
     for ago in hours_ago:
-        base = catalog.backup_basename("q", NOW - datetime.timedelta(hours=ago))
-        meta.append({"key": catalog.metadata_key("", "db1", "d", base), "size": 1})
-        objs.append({"key": catalog.object_key("", "db1", "d", base), "size": size if object_size is None else object_size})
-    records = catalog.records_from_listing("", meta, objs)[0]
+        base = layout.backup_basename("q", NOW - datetime.timedelta(hours=ago))
+        meta.append({"key": layout.metadata_key("", "db1", "d", base), "size": 1})
+        objs.append({"key": layout.object_key("", "db1", "d", base), "size": size if object_size is None else object_size})
+    records = layout.records_from_listing("", meta, objs)[0]
     for record in records:
         record.metadata = dict(_names(record), size_bytes=size, encryption=encryption)
     return records
@@ -36,13 +38,13 @@ def _series(hours_ago, size=20 * MIB, encryption="aes-256-gcm", object_size=None
 def _names(record):
     """The fields by which a document names the backup stored where it was read (trust.naming_problem)."""
     return {"host": record.host, "database": record.db, "name": record.basename, "object_key": record.object_key,
-            "timestamp": catalog.format_timestamp(record.timestamp)}
+            "timestamp": layout.format_timestamp(record.timestamp)}
 
 
 @pytest.fixture(autouse=True)
 def no_database_server(monkeypatch):
     """These tests are about S3's side: no PostgreSQL is asked for leftovers."""
-    monkeypatch.setattr(pipeline, "postgres_or_none", lambda settings: None)
+    monkeypatch.setattr(health, "postgres_or_none", lambda settings: None)
 
 
 def _rules(findings):

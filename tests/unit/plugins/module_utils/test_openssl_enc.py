@@ -26,7 +26,7 @@ import pytest
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ansible_collections.quankey.backup.plugins.module_utils import openssl_enc as oe
+from ansible_collections.quankey.backup.plugins.module_utils.formats import openssl_enc as oe
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (
     ConfigError,
     IntegrityError,

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import plainsql
+from ansible_collections.quankey.backup.plugins.module_utils.formats import plainsql
 from ansible_collections.quankey.backup.plugins.module_utils.errors import IntegrityError
 
 # What pg_dump 15.18 writes for a table owned by postgres, with its restrict lines (abridged).

@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, postgres
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import postgres
 from ansible_collections.quankey.backup.plugins.module_utils.errors import PostgresError
 
 TOC = """;

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto
-from ansible_collections.quankey.backup.plugins.module_utils import recipients
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, recipients
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (
     ConfigError,
     IntegrityError,

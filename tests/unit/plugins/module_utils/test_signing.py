@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ansible_collections.quankey.backup.plugins.module_utils import crypto, signing
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
 
 MK = bytes(range(32))
 SK = bytes(range(64, 96))

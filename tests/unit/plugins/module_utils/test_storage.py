@@ -12,8 +12,9 @@ import io
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import storage
-from ansible_collections.quankey.backup.plugins.module_utils.errors import NotFoundError, StorageError
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import s3 as storage
+from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, ConflictError, NotFoundError, StorageError
 
 botocore = pytest.importorskip("botocore")
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError  # noqa: E402
@@ -151,9 +152,6 @@ def test_multipart_upload_never_changes_a_part_after_sending_it():
 
 # --------------------------------------------------------------------------- retries (no network, no real sleeping)
 
-from ansible_collections.quankey.backup.plugins.module_utils import config  # noqa: E402
-from ansible_collections.quankey.backup.plugins.module_utils.errors import (  # noqa: E402
-    ConfigError, ConflictError)
 from botocore.exceptions import (  # noqa: E402
     ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError, ResponseStreamingError, SSLError)
 

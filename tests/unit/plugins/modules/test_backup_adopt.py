@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import adopt
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt
 from ansible_collections.quankey.backup.plugins.module_utils.errors import AccessDeniedError
 from ansible_collections.quankey.backup.plugins.modules import backup_adopt as module
 

@@ -9,7 +9,6 @@ __metaclass__ = type
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import health
 from ansible_collections.quankey.backup.plugins.modules import backup_health as module
 
 ARGS = {"db": "quankey_prod", "bucket": "backups", "host_id": "db1"}
@@ -31,7 +30,7 @@ def _args(recorder):
 
 def test_defaults_are_the_seed_rules(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     result = run_module(module, ARGS)
     settings, policy = _args(check)
     assert (settings.db_name, settings.bucket, settings.host) == ("quankey_prod", "backups", "db1")
@@ -43,7 +42,7 @@ def test_defaults_are_the_seed_rules(run_module, recorder, monkeypatch):
 
 def test_thresholds_and_schedule_reach_the_policy(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     run_module(module, dict(ARGS, max_age_hours="8.5", min_size_bytes=10, schedule="6-hour", window_days=2))
     _settings, policy = _args(check)
     assert (policy.max_age_hours, policy.min_size_bytes, policy.interval_hours, policy.window_days) == (8.5, 10, 6, 2)
@@ -51,7 +50,7 @@ def test_thresholds_and_schedule_reach_the_policy(run_module, recorder, monkeypa
 
 def test_schedule_in_hours_and_from_the_environment(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     monkeypatch.setenv("BACKUP_SCHEDULE", "8")
     run_module(module, ARGS)
     assert _args(check)[1].interval_hours == 8
@@ -59,7 +58,7 @@ def test_schedule_in_hours_and_from_the_environment(run_module, recorder, monkey
 
 def test_an_unknown_schedule_fails_with_the_engine_message(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     result = run_module(module, dict(ARGS, schedule="weekly"))
     assert result["failed"] is True
     assert result["msg"] == "BACKUP_SCHEDULE 'weekly' is not a preset (daily, 12-hour, 6-hour) or a number of hours"
@@ -75,14 +74,14 @@ def test_an_unknown_schedule_fails_with_the_engine_message(run_module, recorder,
     ("ok", [], "warning", False),
 ])
 def test_fail_on_decides_whether_the_task_fails(run_module, recorder, monkeypatch, status, findings, fail_on, fails):
-    monkeypatch.setattr(health, "check_health", recorder(result=_report(status, findings)))
+    monkeypatch.setattr(module.health, "check_health", recorder(result=_report(status, findings)))
     result = run_module(module, dict(ARGS, fail_on=fail_on))
     assert result.get("failed", False) is fails
     assert result["status"] == status and result["findings"] == findings and result["changed"] is False
 
 
 def test_a_failing_status_says_why(run_module, recorder, monkeypatch):
-    monkeypatch.setattr(health, "check_health", recorder(result=_report("critical", [AGE, SMALL])))
+    monkeypatch.setattr(module.health, "check_health", recorder(result=_report("critical", [AGE, SMALL])))
     result = run_module(module, ARGS)
     assert result["msg"] == ("backups of quankey_prod on db1 are critical: latest backup x is 72.0 h old (limit 36 h): "
                              "backups have stopped; latest backup is 10 KiB, under the 1.0 MiB minimum")
@@ -91,7 +90,7 @@ def test_a_failing_status_says_why(run_module, recorder, monkeypatch):
 
 def test_check_mode_does_the_same_read_only_check(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     result = run_module(module, ARGS, check_mode=True)
     assert len(check.calls) == 1
     assert result["changed"] is False and result["status"] == "ok"
@@ -99,7 +98,7 @@ def test_check_mode_does_the_same_read_only_check(run_module, recorder, monkeypa
 
 def test_accepts_the_group_options_it_does_not_use(run_module, recorder, monkeypatch):
     """module_defaults for group/quankey.backup.all passes every shared option to every module."""
-    monkeypatch.setattr(health, "check_health", recorder(result=_report("ok", [])))
+    monkeypatch.setattr(module.health, "check_health", recorder(result=_report("ok", [])))
     shared = dict(login_host="db", login_password="pw-secret", encryption_key="c2VjcmV0IGtleSBvZiB0aGUgdGVzdA==",
                   ssl_mode="require")
     result = run_module(module, dict(ARGS, **shared))
@@ -108,7 +107,7 @@ def test_accepts_the_group_options_it_does_not_use(run_module, recorder, monkeyp
 
 def test_allow_seed_counts_the_seeds_backups(run_module, recorder, monkeypatch):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     run_module(module, dict(ARGS, allow_seed=True))
     settings, _policy = _args(check)
     assert settings.allow_seed is True
@@ -118,7 +117,7 @@ def test_allow_seed_counts_the_seeds_backups(run_module, recorder, monkeypatch):
 @pytest.mark.parametrize("value, expected", [("true", True), ("yes", True), ("1", True), ("false", False), ("no", False)])
 def test_allow_seed_falls_back_to_backup_allow_seed(run_module, recorder, monkeypatch, value, expected):
     check = recorder(result=_report("ok", []))
-    monkeypatch.setattr(health, "check_health", check)
+    monkeypatch.setattr(module.health, "check_health", check)
     monkeypatch.setenv("BACKUP_ALLOW_SEED", value)
     run_module(module, ARGS)
     assert _args(check)[0].allow_seed is expected
@@ -129,7 +128,7 @@ def test_a_critical_finding_about_refused_metadata_fails_the_task(run_module, re
                "message": "latest backup's metadata is unreadable or refused: metadata object m.meta has field(s) "
                           "'layout', which metadata version 1 does not define"}
     seed = {"rule": "seed_backups", "severity": "info", "message": "2 backup(s) made by the seed's scripts are not counted"}
-    monkeypatch.setattr(health, "check_health", recorder(result=_report("critical", [refused, seed])))
+    monkeypatch.setattr(module.health, "check_health", recorder(result=_report("critical", [refused, seed])))
     result = run_module(module, ARGS)
     assert result["failed"] is True
     assert "does not define" in result["msg"]

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 import datetime
 
-from ansible_collections.quankey.backup.plugins.module_utils import queries
+
 from ansible_collections.quankey.backup.plugins.module_utils.errors import StorageError
 from ansible_collections.quankey.backup.plugins.modules import backup_info as module
 
@@ -18,7 +18,7 @@ FOUND = {"backups": [{"name": "q_backup_20250809_030000"}, {"name": "q_backup_20
 
 def test_lists_the_whole_bucket_by_default(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups"})
     assert find.settings.bucket == "backups"
     assert find.kwargs == {"host": None, "db": None, "since": None, "limit": 0, "details": False}
@@ -28,7 +28,7 @@ def test_lists_the_whole_bucket_by_default(run_module, recorder, monkeypatch):
 
 def test_filters_reach_the_engine(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     run_module(module, {"bucket": "backups", "host": "db1", "db": "q", "since": "2025-08-01", "limit": "3",
                         "details": "yes"})
     assert find.kwargs == {"host": "db1", "db": "q", "since": datetime.datetime(2025, 8, 1, tzinfo=datetime.timezone.utc),
@@ -37,7 +37,7 @@ def test_filters_reach_the_engine(run_module, recorder, monkeypatch):
 
 def test_db_comes_from_the_environment_like_the_host_command(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     monkeypatch.setenv("DB_NAME", "env_db")
     monkeypatch.setenv("S3_BUCKET", "env-bucket")
     run_module(module, {})
@@ -47,14 +47,14 @@ def test_db_comes_from_the_environment_like_the_host_command(run_module, recorde
 
 def test_check_mode_lists_too(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups"}, check_mode=True)
     assert len(find.calls) == 1 and result["backups"] == FOUND["backups"]
 
 
 def test_a_storage_failure_is_the_engine_message(run_module, recorder, monkeypatch):
     error = StorageError("S3 access denied for s3://backups/metadata/ (ListObjectsV2): check the IAM policy")
-    monkeypatch.setattr(queries, "find_backups", recorder(error=error))
+    monkeypatch.setattr(module.inventory, "find_backups", recorder(error=error))
     result = run_module(module, {"bucket": "backups"})
     assert result["failed"] is True
     assert result["msg"] == str(error)
@@ -63,7 +63,7 @@ def test_a_storage_failure_is_the_engine_message(run_module, recorder, monkeypat
 
 def test_a_bad_since_fails_before_listing(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups", "since": "yesterday-ish"})
     assert result["failed"] is True and "since 'yesterday-ish' is not a time I understand" in result["msg"]
     assert find.calls == []
@@ -75,7 +75,7 @@ def test_details_return_each_backups_verdict_as_the_engine_gives_it(run_module, 
         {"name": "q_backup_20240101_030000", "layout": "seed", "signature": "unsigned (made by the seed's scripts)",
          "trusted": False}], "orphans": []}
     find = recorder(result=found)
-    monkeypatch.setattr(queries, "find_backups", find)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups", "details": True, "signing_key": "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE="})
     assert find.settings.signing_key == "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE="
     assert [(item["signature"], item["trusted"]) for item in result["backups"]] == [

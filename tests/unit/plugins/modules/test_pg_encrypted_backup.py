@@ -9,7 +9,8 @@ __metaclass__ = type
 
 import json
 
-from ansible_collections.quankey.backup.plugins.module_utils import compression, pipeline, storage
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import s3 as storage
+from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
 from ansible_collections.quankey.backup.plugins.module_utils.errors import PostgresError
 from ansible_collections.quankey.backup.plugins.modules import pg_encrypted_backup as module
 
@@ -26,7 +27,7 @@ class _Plan:
 
 def test_backup_maps_every_option_to_the_settings(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     result = run_module(module, dict(
         ARGS, login_host="db.internal", login_port="5433", login_user="backup", login_password="pg-secret",
         ssl_mode="require", maintenance_db="template1", prefix="prod", host_id="db1", region="eu-central-1",
@@ -47,7 +48,7 @@ def test_backup_maps_every_option_to_the_settings(run_module, recorder, monkeypa
 
 def test_defaults_are_the_engine_defaults(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     run_module(module, ARGS)
     settings = run.settings
     assert (settings.db_host, settings.db_port, settings.db_user, settings.db_sslmode) == ("localhost", 5432, "postgres", "prefer")
@@ -58,14 +59,14 @@ def test_defaults_are_the_engine_defaults(run_module, recorder, monkeypatch):
 
 def test_unix_socket_replaces_the_host(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     run_module(module, dict(ARGS, login_host="ignored", login_unix_socket="/run/postgresql"))
     assert run.settings.db_host == "/run/postgresql"
 
 
 def test_options_fall_back_to_the_host_command_variables(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     for name, value in {"DB_NAME": "from_env", "DB_PORT": "6543", "PGPASSWORD": "env-pw", "S3_BUCKET": "env-bucket",
                         "BACKUP_ENCRYPTION_KEY": KEY, "AWS_ACCESS_KEY_ID": "AKIAENV", "S3_ENDPOINT_URL": "http://s3",
                         "BACKUP_COMPRESSION": "none", "BACKUP_RETENTION_DAYS": "7"}.items():
@@ -80,7 +81,7 @@ def test_options_fall_back_to_the_host_command_variables(run_module, recorder, m
 
 def test_an_option_beats_its_environment_variable(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     monkeypatch.setenv("S3_BUCKET", "env-bucket")
     run_module(module, ARGS)
     assert run.settings.bucket == "backups"
@@ -89,8 +90,8 @@ def test_an_option_beats_its_environment_variable(run_module, recorder, monkeypa
 def test_check_mode_plans_and_writes_nothing(run_module, recorder, monkeypatch):
     plan = recorder(result=_Plan())
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "plan_backup", plan)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "plan_backup", plan)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     result = run_module(module, ARGS, check_mode=True)
     assert run.calls == []
     assert plan.settings.db_name == "quankey_prod"
@@ -99,7 +100,7 @@ def test_check_mode_plans_and_writes_nothing(run_module, recorder, monkeypatch):
 
 
 def test_secrets_never_reach_the_output(run_module, recorder, monkeypatch):
-    monkeypatch.setattr(pipeline, "run_backup", recorder(result=RESULT))
+    monkeypatch.setattr(module.backup, "run_backup", recorder(result=RESULT))
     result = run_module(module, dict(ARGS, login_password="pg-secret-1", secret_key="s3-secret-1",
                                      session_token="token-secret-1", access_key="AKIASHOWN",
                                      _ansible_inject_invocation=True))
@@ -114,7 +115,7 @@ def test_secrets_never_reach_the_output(run_module, recorder, monkeypatch):
 def test_an_engine_failure_is_its_message_without_traceback(run_module, recorder, monkeypatch):
     error = PostgresError("password authentication failed for user 'backup' on localhost:5432: check PGPASSWORD",
                           step="connect")
-    monkeypatch.setattr(pipeline, "run_backup", recorder(error=error))
+    monkeypatch.setattr(module.backup, "run_backup", recorder(error=error))
     result = run_module(module, ARGS)  # tracebacks as Ansible is configured by default
     assert result["failed"] is True
     assert result["msg"] == "connect failed: password authentication failed for user 'backup' on localhost:5432: check PGPASSWORD"
@@ -123,7 +124,7 @@ def test_an_engine_failure_is_its_message_without_traceback(run_module, recorder
 
 
 def test_an_unexpected_failure_keeps_the_traceback(run_module, recorder, monkeypatch):
-    monkeypatch.setattr(pipeline, "run_backup", recorder(error=ZeroDivisionError("boom")))
+    monkeypatch.setattr(module.backup, "run_backup", recorder(error=ZeroDivisionError("boom")))
     result = run_module(module, dict(ARGS, _ansible_tracebacks_for=["error"]))
     assert result["failed"] is True
     assert result["msg"].startswith("backup failed unexpectedly (ZeroDivisionError: boom)")
@@ -132,7 +133,7 @@ def test_an_unexpected_failure_keeps_the_traceback(run_module, recorder, monkeyp
 
 def test_invalid_settings_fail_with_the_engine_message(run_module, recorder, monkeypatch):
     run = recorder(result=RESULT)
-    monkeypatch.setattr(pipeline, "run_backup", run)
+    monkeypatch.setattr(module.backup, "run_backup", run)
     result = run_module(module, dict(ARGS, host_id="bad/host"))
     assert result["failed"] is True
     assert "the host_id option 'bad/host' may hold only letters" in result["msg"]
@@ -164,6 +165,6 @@ def test_missing_boto3_fails_the_standard_way(run_module, monkeypatch):
 def test_zstandard_is_needed_only_for_zstd(run_module, recorder, monkeypatch):
     monkeypatch.setattr(compression, "HAS_ZSTANDARD", False)
     monkeypatch.setattr(compression, "ZSTANDARD_IMPORT_ERROR", "no zstandard")
-    monkeypatch.setattr(pipeline, "run_backup", recorder(result=RESULT))
+    monkeypatch.setattr(module.backup, "run_backup", recorder(result=RESULT))
     assert "(zstandard)" in run_module(module, ARGS)["msg"]
     assert run_module(module, dict(ARGS, compression="gzip"))["changed"] is True

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 import datetime
 
-from ansible_collections.quankey.backup.plugins.module_utils import config, pipeline, queries
+from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError, IntegrityError, RefusedError, WrongKeyError
 from ansible_collections.quankey.backup.plugins.modules import s3_backup_restore as module
 
@@ -21,7 +21,7 @@ RESTORED = {"name": "quankey_prod_backup_20250809_030000", "target_db": "quankey
 
 def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     result = run_module(module, ARGS)
     assert restore.settings.db_name == "quankey_prod"
     assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
@@ -35,7 +35,7 @@ def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatc
 
 def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     run_module(module, dict(ARGS, backup="quankey_prod_backup_20250809_030000", before="2025-08-10T00:00:00+02:00",
                             target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other",
                             allow_unsigned=True, allow_seed=True, restore_as_admin=True))
@@ -48,7 +48,7 @@ def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monke
 
 def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     run_module(module, {"source_db": "other", "bucket": "b", "encryption_key": KEY})
     assert restore.kwargs["db"] == "other"
     assert restore.settings.db_name is None
@@ -62,7 +62,7 @@ def test_one_of_db_and_source_db_is_required(run_module):
 
 def test_a_bad_time_fails_with_the_engine_message(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     result = run_module(module, dict(ARGS, before="last tuesday"))
     assert result["failed"] is True
     assert result["msg"].startswith("before 'last tuesday' is not a time I understand")
@@ -74,8 +74,8 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     plan = {"name": "quankey_prod_backup_20250809_030000", "target_db": "quankey_prod_restored_20250809_030000"}
     verification = {"checksum_ok": True, "decryption_ok": True, "table_count": 3}
     preview = recorder(result=(plan, verification))
-    monkeypatch.setattr(pipeline, "run_restore", restore)
-    monkeypatch.setattr(queries, "preview_restore", preview)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "preview_restore", preview)
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
     assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
@@ -88,7 +88,7 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
 def test_an_existing_target_is_refused_with_the_engine_words(run_module, recorder, monkeypatch):
     error = RefusedError("database 'quankey_prod' already exists on localhost:5432: restore under another name with "
                          "--target-db, or pass --force to replace it (the old one is kept, renamed)")
-    monkeypatch.setattr(pipeline, "run_restore", recorder(error=error))
+    monkeypatch.setattr(module.restore, "run_restore", recorder(error=error))
     result = run_module(module, dict(ARGS, target_db="quankey_prod"))
     assert result["failed"] is True
     assert result["msg"] == str(error)
@@ -99,7 +99,7 @@ def test_an_existing_target_is_refused_with_the_engine_words(run_module, recorde
 def test_a_wrong_key_names_both_key_ids(run_module, recorder, monkeypatch):
     error = WrongKeyError("this backup's data key is wrapped with key qk1-aaaaaaaaaaaaaaaa; the key given is "
                           "qk1-bbbbbbbbbbbbbbbb: set BACKUP_ENCRYPTION_KEY to the key that made this backup", step="decrypt")
-    monkeypatch.setattr(queries, "preview_restore", recorder(error=error))
+    monkeypatch.setattr(module.restore, "preview_restore", recorder(error=error))
     result = run_module(module, ARGS, check_mode=True)
     assert result["failed"] is True
     assert result["msg"].startswith("decrypt failed: this backup's data key is wrapped with key qk1-aaaaaaaaaaaaaaaa")
@@ -109,14 +109,14 @@ def test_a_wrong_key_names_both_key_ids(run_module, recorder, monkeypatch):
 def test_no_key_is_required_up_front_as_the_backup_decides_which(run_module, recorder, monkeypatch):
     # an aes-256-gcm backup needs a master key, a hybrid-pq one the identity file: the engine names the one missing
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     result = run_module(module, {"db": "d", "bucket": "b", "identity_file": "/etc/quankey/identity.key"})
     assert result["changed"] is True and restore.settings.identity_file == "/etc/quankey/identity.key"
 
 
 def test_the_restore_role_reaches_the_engine_through_the_settings(run_module, recorder, monkeypatch):
     restore = recorder(result=dict(RESTORED, sql_ran_as="quankey_restore", owner="quankey", trusted=False))
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     result = run_module(module, dict(ARGS, source_host="db2", restore_role="quankey_restore"))
     assert restore.settings.restore_role == "quankey_restore"
     assert restore.settings.label("restore_role") == "the restore_role option"
@@ -126,7 +126,7 @@ def test_the_restore_role_reaches_the_engine_through_the_settings(run_module, re
 
 def test_the_restore_role_and_the_seed_consent_come_from_the_host_commands_variables(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     monkeypatch.setenv("BACKUP_RESTORE_ROLE", "fleet_restore")
     monkeypatch.setenv("BACKUP_ALLOW_SEED", "true")
     run_module(module, ARGS)
@@ -140,7 +140,7 @@ def test_check_mode_passes_the_seed_consent_and_returns_the_verdict(run_module, 
             "trusted": False}
     verification = {"checksum_ok": True, "trusted": False, "layout": "seed"}
     preview = recorder(result=(plan, verification))
-    monkeypatch.setattr(queries, "preview_restore", preview)
+    monkeypatch.setattr(module.restore, "preview_restore", preview)
     result = run_module(module, dict(ARGS, allow_seed=True, restore_as_admin=True), check_mode=True)
     assert preview.kwargs["allow_seed"] is True
     assert preview.kwargs["as_admin"] is True  # only to say who the SQL would run as: check mode never connects
@@ -149,7 +149,7 @@ def test_check_mode_passes_the_seed_consent_and_returns_the_verdict(run_module, 
 
 def test_the_sql_runs_as_the_engines_default_restore_role_unless_told_otherwise(run_module, recorder, monkeypatch):
     restore = recorder(result=RESTORED)
-    monkeypatch.setattr(pipeline, "run_restore", restore)
+    monkeypatch.setattr(module.restore, "run_restore", restore)
     run_module(module, dict(ARGS, source_host="db2"))
     assert restore.settings.restore_role == config.DEFAULT_RESTORE_ROLE == "quankey_restore"
     assert restore.kwargs["as_admin"] is False
@@ -159,7 +159,7 @@ def test_a_restore_role_that_is_the_login_is_refused_pointing_at_restore_as_admi
     error = ConfigError("the restore_role option is postgres, the login that restores (the login_user option): the "
                         "restore role must be a role of its own, e.g. quankey_restore; to run the backup's SQL as "
                         "postgres, pass --as-admin (restore_as_admin: true)")
-    monkeypatch.setattr(pipeline, "run_restore", recorder(error=error))
+    monkeypatch.setattr(module.restore, "run_restore", recorder(error=error))
     result = run_module(module, dict(ARGS, restore_role="postgres"))
     assert result["failed"] is True
     assert "the restore_role option" in result["msg"] and "restore_as_admin: true" in result["msg"]
@@ -170,7 +170,7 @@ def test_metadata_with_a_field_the_format_does_not_define_is_refused(run_module,
     error = IntegrityError("metadata object metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta has "
                            "field(s) 'layout', which metadata version 1 does not define: it was not written by "
                            "quankey-backup, or was modified; it is refused")
-    monkeypatch.setattr(queries, "preview_restore", recorder(error=error))
+    monkeypatch.setattr(module.restore, "preview_restore", recorder(error=error))
     result = run_module(module, dict(ARGS, allow_unsigned=True, allow_seed=True), check_mode=True)
     assert result["failed"] is True
     assert "does not define" in result["msg"]

@@ -15,39 +15,36 @@ Backups made by the seed's scripts use the seed's flat layout (no host or
 database level) and its smaller metadata; they are listed as ``layout: seed``::
 
     <prefix>backups/postgresql/<name>_backup_<YYYYmmdd_HHMMSS>.encrypted
-    <prefix>metadata/<name>_backup_<YYYYmmdd_HHMMSS>.meta
-"""
+    <prefix>metadata/<name>_backup_<YYYYmmdd_HHMMSS>.meta"""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import datetime
-import json
 import re
 
-from . import openssl_enc
-from .errors import ConfigError, IntegrityError, NotFoundError
+from ..errors import ConfigError, NotFoundError
 
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+
+
 OBJECT_SUFFIX = ".encrypted"
+
+
 METADATA_SUFFIX = ".meta"
-METADATA_VERSION = 3  # 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2)
+
+
 SEED_LAYOUT = "seed"
-BACKUP_TYPE = "postgresql_full"
-DUMP_FORMAT = "pg_dump_custom"
-PLAIN_DUMP_FORMAT = "pg_dump_plain"  # a plain-SQL dump (an adopted seed backup made without -Fc), restored with psql
+
+
 UTC = datetime.timezone.utc
 
+
 _BASENAME_RE = re.compile(r"^(?P<name>.+)_backup_(?P<ts>\d{8}_\d{6})$")
-# Fields the seed's metadata had; every backup we write carries all of them.
-SEED_FIELDS = ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption", "format",
-               "retention_days", "quantum_safe")
-REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_key", "host", "table_count", "name")
-# Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
-HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
-    "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
-    "server_version", "pg_dump_version", "database_settings", "adopted_from"))
+
+
+__metaclass__ = type
 
 
 def utcnow():
@@ -224,179 +221,6 @@ def _split(key, base, suffix):
     if len(parts) != 3 or not all(parts) or not _BASENAME_RE.match(parts[2]):
         return None
     return tuple(parts)
-
-
-def build_metadata(settings_view, basename, when, object_key_, size_bytes, checksum, envelope, key_id,
-                   table_count, dump_bytes, duration, server_version, pg_dump_version, database_settings,
-                   encryption_name, quantum_safe):
-    """The metadata document of a committed backup: every seed field plus what restore and health need."""
-    return {
-        "backup_type": BACKUP_TYPE,
-        "database": settings_view["db_name"],
-        "timestamp": format_timestamp(when),
-        "size_bytes": size_bytes,
-        "checksum_sha256": checksum,
-        "encryption": encryption_name,
-        "format": DUMP_FORMAT,
-        "retention_days": settings_view["retention_days"],
-        "quantum_safe": quantum_safe,
-        "metadata_version": METADATA_VERSION,
-        "name": basename,
-        "created_at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host": settings_view["host"],
-        "object_key": object_key_,
-        "storage_class": settings_view["storage_class"],
-        "compression": settings_view["compression"],
-        "key_id": key_id,
-        "envelope": envelope,
-        "table_count": table_count,
-        "dump_bytes": dump_bytes,
-        "duration_seconds": round(duration, 3),
-        "server_version": server_version,
-        "pg_dump_version": pg_dump_version,
-        "database_settings": database_settings,
-    }
-
-
-def encode_metadata(metadata):
-    """Canonical JSON bytes of a metadata document."""
-    return (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def decode_metadata(data, key, seed=False, object_key_=None):
-    """Parse and check a metadata object completely; IntegrityError names the key and the problem.
-
-    Host layout (``seed`` false): every field must be one this format defines, with the
-    right type; a document with any other field is refused, whatever it says (trust
-    comes from where a document lives and what signs it, never from a field in it).
-
-    ``seed``: a ``.meta`` of the seed's flat layout (the caller knows that from its key),
-    validated field by field and completed to what restore and health read
-    (compression detected at restore, no key id, signature or table count);
-    ``object_key_`` is its data object's key. Fields the seed did not define are dropped.
-    """
-    try:
-        metadata = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise IntegrityError("metadata object %s is not valid JSON (%s): the backup cannot be trusted" % (key, exc))
-    if not isinstance(metadata, dict):
-        raise IntegrityError("metadata object %s is not a JSON object" % key)
-    if seed:
-        return _complete_seed_metadata(metadata, key, object_key_)
-    version = metadata.get("metadata_version", 1)
-    if not _is_int(version) or version < 1:
-        raise IntegrityError("metadata object %s has metadata_version %r: not a version of this format" % (key, version))
-    if version > METADATA_VERSION:
-        raise IntegrityError("metadata object %s has metadata_version %d, newer than this version of quankey-backup "
-                             "reads (%d): upgrade quankey-backup where you restore" % (key, version, METADATA_VERSION))
-    unknown = sorted(field for field in metadata if field not in HOST_FIELDS)
-    if unknown:
-        raise IntegrityError("metadata object %s has field(s) %s, which metadata version %d does not define: it was not "
-                             "written by quankey-backup, or was modified; it is refused"
-                             % (key, ", ".join(repr(field) for field in unknown), version))
-    missing = [field for field in REQUIRED_FIELDS if field not in metadata]
-    if missing:
-        raise IntegrityError("metadata object %s lacks %s: it was not written by quankey-backup or is damaged"
-                             % (key, ", ".join(missing)))
-    for field, check in _HOST_FIELD_CHECKS:
-        if field in metadata and not check(metadata[field]):
-            raise IntegrityError("metadata object %s has an invalid %s: it was not written by quankey-backup or is damaged"
-                                 % (key, field))
-    return metadata
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_count(value):
-    return _is_int(value) and value >= 0
-
-
-def _is_text(value):
-    return isinstance(value, str) and value != ""
-
-
-def _is_sha256(value):
-    return isinstance(value, str) and re.match(r"\A[0-9a-f]{64}\Z", value) is not None
-
-
-def _is_timestamp(value):
-    if not isinstance(value, str) or not re.match(r"\A\d{8}_\d{6}\Z", value):
-        return False
-    try:
-        parse_timestamp(value)
-    except ValueError:
-        return False
-    return True
-
-
-# Type checks of the host layout's fields (absent optional fields are not checked).
-_HOST_FIELD_CHECKS = (
-    ("backup_type", lambda value: value == BACKUP_TYPE),
-    ("database", _is_text),
-    ("timestamp", _is_timestamp),
-    ("size_bytes", _is_count),
-    ("checksum_sha256", _is_sha256),
-    ("encryption", _is_text),
-    ("format", lambda value: value in (DUMP_FORMAT, PLAIN_DUMP_FORMAT)),
-    ("retention_days", _is_int),
-    ("quantum_safe", lambda value: isinstance(value, bool)),
-    ("name", _is_text),
-    ("host", _is_text),
-    ("object_key", _is_text),
-    ("compression", _is_text),
-    ("key_id", lambda value: value is None or _is_text(value)),
-    ("envelope", lambda value: isinstance(value, dict)),
-    ("table_count", lambda value: value is None or _is_count(value)),
-    ("dump_bytes", lambda value: value is None or _is_count(value)),
-    ("recipient_ids", lambda value: isinstance(value, list) and all(_is_text(item) for item in value)),
-    ("signature", lambda value: isinstance(value, dict)),
-    ("database_settings", lambda value: value is None or isinstance(value, dict)),
-    ("adopted_from", lambda value: isinstance(value, dict) and _is_text(value.get("object_key"))
-     and _is_sha256(value.get("checksum_sha256"))),
-)
-
-# The seed's fields, each with its check; the first six are required (the seed's script always wrote all nine).
-_SEED_FIELD_CHECKS = (
-    ("backup_type", lambda value: value == BACKUP_TYPE, "postgresql_full"),
-    ("database", lambda value: _is_text(value) and "/" not in value and "\x00" not in value, "a database name"),
-    ("timestamp", _is_timestamp, "YYYYmmdd_HHMMSS"),
-    ("size_bytes", _is_count, "a byte count"),
-    ("checksum_sha256", _is_sha256, "64 lower-case hex digits"),
-    ("encryption", lambda value: value == openssl_enc.ENCRYPTION_NAME, openssl_enc.ENCRYPTION_NAME),
-    # what the seed's script wrote, not what the object holds (a plain-SQL variant may still say pg_dump_custom):
-    # the payload is told from its first bytes
-    ("format", lambda value: _is_text(value) and len(value) <= 64, "a format name"),
-    ("retention_days", _is_int, "a whole number of days"),
-    ("quantum_safe", lambda value: isinstance(value, bool), "true or false"),
-)
-_SEED_REQUIRED = ("backup_type", "database", "timestamp", "size_bytes", "checksum_sha256", "encryption")
-
-
-def _complete_seed_metadata(metadata, key, object_key_):
-    """Check every seed field (all before anything is restored) and add what the engine reads.
-
-    Only the seed's own fields are kept; anything else in the document is dropped, so
-    nothing in a seed ``.meta`` can change how it is handled.
-    """
-    missing = [field for field in _SEED_REQUIRED if field not in metadata]
-    if missing:
-        raise IntegrityError("seed metadata object %s lacks %s: it was not written by the seed's backup script or is "
-                             "damaged" % (key, ", ".join(missing)))
-    for field, check, expected in _SEED_FIELD_CHECKS:
-        if field in metadata and not check(metadata[field]):
-            raise IntegrityError("seed metadata object %s has an invalid %s (%s expected): it was not written by the "
-                                 "seed's backup script or is damaged" % (key, field, expected))
-    basename = key.rsplit("/", 1)[-1][:-len(METADATA_SUFFIX)] if key.endswith(METADATA_SUFFIX) else None
-    match = _BASENAME_RE.match(basename or "")
-    if match and match.group("ts") != metadata["timestamp"]:
-        raise IntegrityError("seed metadata object %s gives timestamp %s but its name says %s: it was modified or "
-                             "belongs to another backup" % (key, metadata["timestamp"], match.group("ts")))
-    completed = dict((field, metadata[field]) for field in SEED_FIELDS if field in metadata)
-    completed.update(compression="auto", key_id=None, object_key=object_key_, host=None, table_count=None,
-                     envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults
-    return completed
 
 
 def select_backup(records, backup="latest", before=None):

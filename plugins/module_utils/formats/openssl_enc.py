@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import crypto
 from .compression import SQL_STARTS
-from .errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
+from ..errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
 
 try:
     from cryptography.hazmat.primitives import hashes, padding

@@ -22,9 +22,9 @@ __metaclass__ = type
 
 import logging
 
-from . import catalog
-from . import signing
-from .errors import IntegrityError, TamperedError
+from ..errors import IntegrityError, TamperedError
+from ..formats import signing
+from . import layout
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -77,7 +77,7 @@ def naming_problem(record):
     """
     metadata = record.metadata
     expected = (("host", record.host), ("database", record.db), ("name", record.basename),
-                ("object_key", record.object_key), ("timestamp", catalog.format_timestamp(record.timestamp)))
+                ("object_key", record.object_key), ("timestamp", layout.format_timestamp(record.timestamp)))
     for field, value in expected:
         if metadata.get(field) != value:
             return ("metadata of backup %s (at %s) is not this backup's: its %s is %r where %r is stored, so it was "

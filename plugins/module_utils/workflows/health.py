@@ -19,16 +19,14 @@ __metaclass__ = type
 
 import datetime
 
-from . import catalog
-from . import crypto
-from . import keys
+from .. import keys
+from ..catalog import layout, trust
+from ..formats import crypto, modes
 from . import leftovers
-from . import openssl_enc
-from . import pipeline
-from . import trust
-from .errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
-                     StorageError, WrongKeyError)
-from .units import human_size
+from .inventory import list_backups as _list_backups, load_metadata as _load_metadata, open_store, postgres_or_none
+from ..errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
+                      StorageError, WrongKeyError)
+from ..units import human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 _RANK = {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}
@@ -38,7 +36,7 @@ METADATA_LOOKBACK = 8
 # A monitor wants an answer: health retries S3 for at most this long (S3_RETRY_WINDOW_SECONDS if that is shorter)
 # and says s3_access critical after it, where a backup would wait out the whole window.
 HEALTH_RETRY_WINDOW = 20
-KNOWN_ENCRYPTIONS = keys.GCM_ENCRYPTIONS + (openssl_enc.ENCRYPTION_NAME,)
+KNOWN_ENCRYPTIONS = modes.NAMES
 _SIGNING_FIX = ("set BACKUP_SIGNING_KEY to the signing key of the hosts that made it, or add the master key of that id "
                 "to BACKUP_DECRYPTION_KEYS")
 
@@ -234,14 +232,14 @@ def overall_status(findings):
 def check_health(settings, policy=None, store=None, now=None, list_backups=None, load_metadata=None):
     """Gather and assess; returns the report dict (status, exit_code, findings, latest, counts). Never raises BackupError."""
     policy = policy or HealthPolicy()
-    now = now or catalog.utcnow()
-    list_backups = list_backups or pipeline.list_backups
-    load_metadata = load_metadata or pipeline.load_metadata
+    now = now or layout.utcnow()
+    list_backups = list_backups or _list_backups
+    load_metadata = load_metadata or _load_metadata
     report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
               "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": []}
     try:
         settings.require("db_name", "bucket")
-        store = store or pipeline.open_store(settings, HEALTH_RETRY_WINDOW)
+        store = store or open_store(settings, HEALTH_RETRY_WINDOW)
         records, orphans = list_backups(settings, store)
         seed_records = [record for record in records if record.seed]
         if not settings.allow_seed:
@@ -278,7 +276,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                       keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
                       signature_fix=fix)
     try:
-        report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=pipeline.postgres_or_none(settings))
+        report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=postgres_or_none(settings))
     except StorageError as exc:
         findings.append(_finding("s3_access", CRITICAL, str(exc)))
     else:
@@ -319,10 +317,10 @@ def _header_problem(store, record):
     """``(what is wrong with the first bytes of a backup's object for its recorded encryption, or None; those bytes)``."""
     if record.object_size == 0:  # a ranged GET of an empty object is an error, not an empty answer
         return "the object is empty", b""
-    if (record.metadata or {}).get("encryption") == openssl_enc.ENCRYPTION_NAME:
-        check = openssl_enc.check_header
-    else:
-        check = crypto.read_header
+    try:
+        check = modes.of(record.metadata or {"encryption": modes.DEFAULT}, record.basename).check_header
+    except IntegrityError:
+        check = modes.get(modes.DEFAULT).check_header  # an unknown mode is the encryption rule's finding
     head = store.get_range(record.object_key, 0, min(crypto.HEADER_SIZE, record.object_size or crypto.HEADER_SIZE))
     try:
         check(head)
@@ -340,7 +338,7 @@ def _data_key_problem(settings, record, head):
     problem reported.
     """
     metadata = record.metadata or {}
-    if head is None or metadata.get("encryption") not in keys.GCM_ENCRYPTIONS or not (
+    if head is None or metadata.get("encryption") not in modes.NAMES or not modes.of(metadata).has_data_key or not (
             keys.configured(settings) or settings.identity_file):
         return None
     try:
@@ -350,7 +348,7 @@ def _data_key_problem(settings, record, head):
     except IntegrityError as exc:
         return "its data key does not open: %s" % exc.message
     try:
-        keys.check_data_key(head, data_key, record.basename)
+        crypto.check_key_commitment(head, data_key, record.basename)
     except IntegrityError as exc:
         return "its data key is not its object's: %s" % exc.message
     return None

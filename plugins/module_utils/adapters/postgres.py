@@ -31,8 +31,8 @@ import re
 import shutil
 import subprocess
 
-from .config import FIELD_VARIABLES, is_pg_passthrough
-from .errors import ConfigError, PostgresError
+from ..config import FIELD_VARIABLES, is_pg_passthrough
+from ..errors import ConfigError, PostgresError
 
 PG_LIB_GLOB = "/usr/lib/postgresql/*/bin"
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")

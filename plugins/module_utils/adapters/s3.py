@@ -26,8 +26,8 @@ import threading
 import time
 import traceback
 
-from .config import DEFAULT_RETRY_WINDOW, FIELD_VARIABLES
-from .errors import AccessDeniedError, BackupError, ConfigError, ConflictError, NotFoundError, StorageError
+from ..config import DEFAULT_RETRY_WINDOW, FIELD_VARIABLES
+from ..errors import AccessDeniedError, BackupError, ConfigError, ConflictError, NotFoundError, StorageError
 
 try:
     import boto3

@@ -20,10 +20,10 @@ __metaclass__ = type
 
 import logging
 
-from . import catalog
-from .dbnames import STAGING_TAG, parse_side_name
-from .errors import BackupError
-from .units import human_size
+from ..catalog import layout
+from ..catalog.dbnames import STAGING_TAG, parse_side_name
+from ..errors import BackupError
+from ..units import human_size
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -37,11 +37,11 @@ def _hours(delta):
 def _key_time(key):
     """The time in a backup object's key (``..._backup_<YYYYmmdd_HHMMSS>.encrypted``), or None."""
     stem = key.rsplit("/", 1)[-1]
-    if stem.endswith(catalog.OBJECT_SUFFIX):
-        stem = stem[:-len(catalog.OBJECT_SUFFIX)]
-    if not catalog.is_basename(stem):
+    if stem.endswith(layout.OBJECT_SUFFIX):
+        stem = stem[:-len(layout.OBJECT_SUFFIX)]
+    if not layout.is_basename(stem):
         return None
-    return catalog.parse_timestamp(stem.rsplit("_backup_", 1)[1])
+    return layout.parse_timestamp(stem.rsplit("_backup_", 1)[1])
 
 
 def upload_age(upload, parts, now):
@@ -58,7 +58,7 @@ def find_in_store(settings, store, orphans, now):
     found_orphans = [{"key": item["key"], "size_bytes": item["size"], "age_hours": _hours(now - item["last_modified"])}
                      for item in orphans]
     uploads = []
-    for upload in store.list_multipart_uploads(catalog.object_prefix(settings.prefix, settings.host, settings.db_name)):
+    for upload in store.list_multipart_uploads(layout.object_prefix(settings.prefix, settings.host, settings.db_name)):
         parts = list(store.list_parts(upload["key"], upload["upload_id"]))
         uploads.append({"key": upload["key"], "upload_id": upload["upload_id"],
                         "size_bytes": sum(part["size"] for part in parts), "parts": len(parts),
@@ -82,7 +82,7 @@ def find_in_postgres(pg, settings, now):
 
 def find(settings, store, orphans, now=None, pg=None):
     """Everything left behind, as a JSON-ready dict; PostgreSQL's part only when ``pg`` is given and answers."""
-    now = now or catalog.utcnow()
+    now = now or layout.utcnow()
     found_orphans, uploads = find_in_store(settings, store, orphans, now)
     result = {"orphans": found_orphans, "uploads": uploads, "staging_databases": [], "restore_logins": [],
               "postgres_checked": False}

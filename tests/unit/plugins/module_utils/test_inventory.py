@@ -11,7 +11,9 @@ import datetime
 
 import pytest
 
-from ansible_collections.quankey.backup.plugins.module_utils import catalog, config, pipeline, queries, trust
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import documents, layout, trust
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import inventory, restore
 from ansible_collections.quankey.backup.plugins.module_utils.errors import RefusedError
 
 moto = pytest.importorskip("moto")
@@ -34,16 +36,16 @@ def s3(monkeypatch):
 
 
 def _put_backup(client, host, db, when, size=100, metadata=True, object_=True):
-    base = catalog.backup_basename(db, when)
+    base = layout.backup_basename(db, when)
     if object_:
-        client.put_object(Bucket=BUCKET, Key=catalog.object_key("", host, db, base), Body=b"x" * size)
+        client.put_object(Bucket=BUCKET, Key=layout.object_key("", host, db, base), Body=b"x" * size)
     if metadata:
-        doc = {"backup_type": "postgresql_full", "database": db, "timestamp": catalog.format_timestamp(when),
+        doc = {"backup_type": "postgresql_full", "database": db, "timestamp": layout.format_timestamp(when),
                "size_bytes": size, "checksum_sha256": "ab" * 32, "encryption": "aes-256-gcm", "format": "pg_dump_custom",
                "retention_days": 30, "quantum_safe": True, "compression": "zstd", "key_id": "qk1-0123456789abcdef",
-               "envelope": {}, "object_key": catalog.object_key("", host, db, base), "host": host, "table_count": 3,
+               "envelope": {}, "object_key": layout.object_key("", host, db, base), "host": host, "table_count": 3,
                "name": base}
-        client.put_object(Bucket=BUCKET, Key=catalog.metadata_key("", host, db, base), Body=catalog.encode_metadata(doc))
+        client.put_object(Bucket=BUCKET, Key=layout.metadata_key("", host, db, base), Body=documents.encode_metadata(doc))
     return base
 
 
@@ -60,7 +62,7 @@ def test_lists_every_host_newest_first_with_orphans(s3):
     new = _put_backup(s3, "db2", "app", T0 + datetime.timedelta(days=1))
     other = _put_backup(s3, "db1", "crm", T0 + datetime.timedelta(hours=1))
     _put_backup(s3, "db1", "app", T0 + datetime.timedelta(days=2), metadata=False)  # uncommitted
-    found = queries.find_backups(_settings())
+    found = inventory.find_backups(_settings())
     assert _names(found) == [new, other, old]
     assert found["orphans"] == ["backups/postgresql/db1/app/app_backup_20250803_030000.encrypted"]
     assert "checksum_sha256" not in found["backups"][0]
@@ -70,16 +72,16 @@ def test_filters_by_host_db_since_and_limit(s3):
     names = [_put_backup(s3, "db1", "app", T0 + datetime.timedelta(days=day)) for day in range(5)]
     _put_backup(s3, "db2", "app", T0 + datetime.timedelta(days=9))
     _put_backup(s3, "db1", "crm", T0 + datetime.timedelta(days=9))
-    assert _names(queries.find_backups(_settings(), host="db1", db="app")) == names[::-1]
-    assert _names(queries.find_backups(_settings(), db="app")) == ["app_backup_20250810_030000"] + names[::-1]
+    assert _names(inventory.find_backups(_settings(), host="db1", db="app")) == names[::-1]
+    assert _names(inventory.find_backups(_settings(), db="app")) == ["app_backup_20250810_030000"] + names[::-1]
     since = T0 + datetime.timedelta(days=3)
-    assert _names(queries.find_backups(_settings(), host="db1", db="app", since=since)) == [names[4], names[3]]
-    assert _names(queries.find_backups(_settings(), host="db1", db="app", limit=2)) == [names[4], names[3]]
+    assert _names(inventory.find_backups(_settings(), host="db1", db="app", since=since)) == [names[4], names[3]]
+    assert _names(inventory.find_backups(_settings(), host="db1", db="app", limit=2)) == [names[4], names[3]]
 
 
 def test_details_read_the_metadata(s3):
     _put_backup(s3, "db1", "app", T0, size=321)
-    backup = queries.find_backups(_settings(), details=True)["backups"][0]
+    backup = inventory.find_backups(_settings(), details=True)["backups"][0]
     assert (backup["size_bytes"], backup["checksum_sha256"], backup["key_id"], backup["table_count"]) == (
         321, "ab" * 32, "qk1-0123456789abcdef", 3)
     assert backup["object_size"] == 321
@@ -89,10 +91,10 @@ def test_details_read_the_metadata(s3):
 
 def test_details_flag_a_document_copied_from_another_host_whatever_the_keys(s3):
     base = _put_backup(s3, "db1", "app", T0)
-    document = s3.get_object(Bucket=BUCKET, Key=catalog.metadata_key("", "db1", "app", base))["Body"].read()
-    s3.put_object(Bucket=BUCKET, Key=catalog.object_key("", "db2", "app", base), Body=b"x" * 100)
-    s3.put_object(Bucket=BUCKET, Key=catalog.metadata_key("", "db2", "app", base), Body=document)
-    found = dict((item["host"], item) for item in queries.find_backups(_settings(), details=True)["backups"])
+    document = s3.get_object(Bucket=BUCKET, Key=layout.metadata_key("", "db1", "app", base))["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=layout.object_key("", "db2", "app", base), Body=b"x" * 100)
+    s3.put_object(Bucket=BUCKET, Key=layout.metadata_key("", "db2", "app", base), Body=document)
+    found = dict((item["host"], item) for item in inventory.find_backups(_settings(), details=True)["backups"])
     assert found["db2"]["signature"] == "invalid" and found["db2"]["trusted"] is False
     assert found["db1"]["signature"] == "not checked (no signing key here)"
 
@@ -101,9 +103,9 @@ def test_listings_are_paginated(s3):
     """More than one page (1,000 keys) of metadata and objects: every backup is found."""
     for number in range(1105):
         _put_backup(s3, "db1", "app", T0 + datetime.timedelta(minutes=number))
-    found = queries.find_backups(_settings(), host="db1", db="app")
+    found = inventory.find_backups(_settings(), host="db1", db="app")
     assert len(found["backups"]) == 1105 and found["orphans"] == []
-    assert found["backups"][0]["name"] == catalog.backup_basename("app", T0 + datetime.timedelta(minutes=1104))
+    assert found["backups"][0]["name"] == layout.backup_basename("app", T0 + datetime.timedelta(minutes=1104))
 
 
 class _Record:
@@ -127,10 +129,10 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
         calls["verify"] = kwargs
         return {"checksum_ok": True, "table_count": 3}
 
-    monkeypatch.setattr(pipeline, "select", select)
-    monkeypatch.setattr(pipeline, "run_verify", run_verify)
+    monkeypatch.setattr(restore, "select", select)
+    monkeypatch.setattr(restore, "run_verify", run_verify)
     store = object()
-    plan, verification = queries.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
+    plan, verification = restore.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
                                                  store=store)
     assert calls["select"] == ("latest", T0, None, "app", None)
     assert calls["verify"] == {"backup": "app_backup_20250801_030000", "host": "db1", "db": "app", "store": store,
@@ -144,14 +146,14 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
 
 
 def test_preview_restore_keeps_a_given_target(monkeypatch):
-    monkeypatch.setattr(pipeline, "select", lambda *args, **kwargs: _Record())
-    monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: {})
-    plan, _verification = queries.preview_restore(_settings(), target_db="incident", store=object())
+    monkeypatch.setattr(restore, "select", lambda *args, **kwargs: _Record())
+    monkeypatch.setattr(restore, "run_verify", lambda settings, **kwargs: {})
+    plan, _verification = restore.preview_restore(_settings(), target_db="incident", store=object())
     assert plan["target_db"] == "incident"
 
 
 def test_check_mode_refuses_a_target_name_the_real_run_would_refuse(monkeypatch):
-    monkeypatch.setattr(pipeline, "select", lambda *args, **kwargs: _Record())
-    monkeypatch.setattr(pipeline, "run_verify", lambda settings, **kwargs: pytest.fail("verified a doomed restore"))
+    monkeypatch.setattr(restore, "select", lambda *args, **kwargs: _Record())
+    monkeypatch.setattr(restore, "run_verify", lambda settings, **kwargs: pytest.fail("verified a doomed restore"))
     with pytest.raises(RefusedError, match="longer than PostgreSQL's 63 bytes"):
-        queries.preview_restore(_settings(), target_db="é" * 32, store=object())
+        restore.preview_restore(_settings(), target_db="é" * 32, store=object())

@@ -16,8 +16,8 @@ import datetime
 import re
 import secrets
 
-from . import catalog
-from .errors import RefusedError
+from ..errors import RefusedError
+from . import layout
 
 PG_NAME_LIMIT = 63
 _SIDE_NAME_RE = re.compile(r"\A(?P<target>.*)__(?P<tag>restoring|replaced)_(?P<stamp>\d{12})_[0-9a-f]{4}\Z", re.DOTALL)
@@ -33,7 +33,7 @@ def fit_name(text, limit=PG_NAME_LIMIT):
 
 def default_target(record):
     """``<db>_restored_<YYYYmmdd_HHMMSS>`` of the backup, within PostgreSQL's 63-byte name limit."""
-    suffix = "_restored_" + catalog.format_timestamp(record.timestamp)
+    suffix = "_restored_" + layout.format_timestamp(record.timestamp)
     return fit_name(record.db, PG_NAME_LIMIT - len(suffix)) + suffix
 
 
@@ -57,7 +57,7 @@ def side_name(target, tag, when=None):
     bytes by cutting the target's part by bytes, never a character in two, so it never
     becomes the target itself.
     """
-    stamp = (when or catalog.utcnow()).strftime("%y%m%d%H%M%S")
+    stamp = (when or layout.utcnow()).strftime("%y%m%d%H%M%S")
     suffix = "__%s_%s_%s" % (tag, stamp, secrets.token_hex(2))
     return fit_name(target, PG_NAME_LIMIT - len(suffix)) + suffix
 
@@ -68,7 +68,7 @@ def parse_side_name(name):
     if not match:
         return None
     try:
-        made = datetime.datetime.strptime(match.group("stamp"), "%y%m%d%H%M%S").replace(tzinfo=catalog.UTC)
+        made = datetime.datetime.strptime(match.group("stamp"), "%y%m%d%H%M%S").replace(tzinfo=layout.UTC)
     except ValueError:
         return None
     return match.group("target"), match.group("tag"), made

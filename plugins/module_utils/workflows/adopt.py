@@ -5,7 +5,7 @@
 
 For each seed backup (flat layout, unsigned, aes-256-cbc) of ``DB_NAME``, oldest first:
 
-1. download it whole and check its SHA-256 against its ``.meta`` (pipeline.RestoreStream);
+1. download it whole and check its SHA-256 against its ``.meta`` (workflows/restore.py's RestoreStream);
 2. in one pass, decrypt and decompress it, parse it (``pg_restore --file=/dev/null`` and its
    table of contents for an archive, the plain-SQL guard for a SQL dump), count its tables, and
    write the same plaintext, compressed and encrypted like a new backup (format version 2,
@@ -31,13 +31,16 @@ import re
 import subprocess
 import time
 
-from . import catalog
-from . import keys
-from . import pipeline
-from .errors import BackupError, ConflictError, IntegrityError, NotFoundError
-from .plainsql import PlainSqlGuard
-from .postgres import PgClient, count_toc_tables
-from .storage import choose_part_size
+from .. import keys
+from ..adapters.postgres import PgClient, count_toc_tables
+from ..adapters.process import NO_PROGRESS, Child, TocReader
+from ..adapters.s3 import choose_part_size
+from ..catalog import documents, layout
+from ..errors import BackupError, ConflictError, IntegrityError, NotFoundError
+from ..formats.plainsql import PlainSqlGuard
+from .backup import SealedWriter, commit, new_encryptor
+from .inventory import load_metadata, open_store, seed_backups
+from .restore import PLAIN_SQL, RestoreStream, decryptor_factory, run_verify
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -51,8 +54,8 @@ def run_adopt(settings, dry_run=False, delete_originals=False, store=None, progr
     settings.require("db_name", "bucket")
     context = keys.KeyContext(settings)
     context.require_sealing()
-    store = store or pipeline.open_store(settings)
-    seed = pipeline.seed_backups(settings, store)
+    store = store or open_store(settings)
+    seed = seed_backups(settings, store)
     pg = PgClient(settings)
     results = [_adopt_one(settings, context, store, pg, record, dry_run, delete_originals, progress) for record in seed]
     counts = dict((status, sum(1 for item in results if item["status"] == status))
@@ -63,19 +66,19 @@ def run_adopt(settings, dry_run=False, delete_originals=False, store=None, progr
             "would_adopt": counts[WOULD_ADOPT], "already_adopted": counts[ALREADY], "failed": counts[FAILED],
             "originals_deleted": sum(1 for item in results if item.get("original_deleted")),
             "changed": bool(counts[ADOPTED] or counts[WOULD_ADOPT] or any(item.get("original_deleted")
-                                                                         for item in results)),
+                                                                          for item in results)),
             "exit_code": failed[0]["exit_code"] if failed else 0}
 
 
 def _adopt_one(settings, context, store, pg, record, dry_run, delete_originals, progress):
     """Adopt one seed backup (or say what would happen); never raises BackupError."""
-    target = catalog.BackupRecord(settings.host, settings.db_name, record.basename,
-                                  catalog.metadata_key(settings.prefix, settings.host, settings.db_name, record.basename),
-                                  catalog.object_key(settings.prefix, settings.host, settings.db_name, record.basename))
+    target = layout.BackupRecord(settings.host, settings.db_name, record.basename,
+                                 layout.metadata_key(settings.prefix, settings.host, settings.db_name, record.basename),
+                                 layout.object_key(settings.prefix, settings.host, settings.db_name, record.basename))
     item = {"name": record.basename, "timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "seed_object_key": record.object_key, "object_key": target.object_key, "status": FAILED}
     try:
-        pipeline.load_metadata(store, record)
+        load_metadata(store, record)
         existing = _existing_copy(store, record, target)
         if existing is not None:
             item["status"] = ALREADY
@@ -86,8 +89,8 @@ def _adopt_one(settings, context, store, pg, record, dry_run, delete_originals, 
             item.update(_copy(settings, context, store, pg, record, target, progress))
             item["status"] = ADOPTED
         if item["status"] != WOULD_ADOPT and (delete_originals or item["status"] == ADOPTED):
-            verified = pipeline.run_verify(settings, backup=target.basename, host=target.host, db=target.db, store=store,
-                                           allow_seed=False)
+            verified = run_verify(settings, backup=target.basename, host=target.host, db=target.db, store=store,
+                                  allow_seed=False)
             item["copy_verified"] = True
             item["table_count"] = verified["table_count"]
         if delete_originals and not dry_run and item.get("copy_verified"):  # a dry run deletes nothing
@@ -106,7 +109,7 @@ def _adopt_one(settings, context, store, pg, record, dry_run, delete_originals, 
 def _existing_copy(store, record, target):
     """The metadata of this seed backup's adopted copy, None when there is none; ConflictError for another backup there."""
     try:
-        document = pipeline.load_metadata(store, target)
+        document = load_metadata(store, target)
     except NotFoundError:
         if store.exists(target.object_key):  # an interrupted copy: uncommitted, ours to replace
             LOG.warning("removing %s: an uncommitted copy of %s from an interrupted adoption", target.object_key,
@@ -129,10 +132,10 @@ def _copy(settings, context, store, pg, record, target, progress):
     """Verify and re-encrypt in one pass, then commit the copy with signed metadata; what was found."""
     started = time.time()
     identity = (target.host, target.db, target.basename)
-    encryption, envelope, kid, recipient_ids, encryptor = pipeline.new_encryptor(settings, context, identity)
+    encryption, envelope, kid, recipient_ids, encryptor = new_encryptor(context, identity)
     upload = store.open_multipart(target.object_key, choose_part_size(record.metadata["size_bytes"] * 4))
     try:
-        writer = pipeline.SealedWriter(settings.compression, encryptor, upload)
+        writer = SealedWriter(settings.compression, encryptor, upload)
         found = _pass(settings, context, store, pg, record, progress, writer=writer)
         stored = writer.finish()
         size = upload.complete()
@@ -144,16 +147,16 @@ def _copy(settings, context, store, pg, record, target, progress):
     view = settings.describe()
     view.update(db_name=target.db, host=target.host,
                 retention_days=record.metadata.get("retention_days", settings.retention_days))
-    metadata = catalog.build_metadata(
+    metadata = documents.build_metadata(
         view, target.basename, record.timestamp, target.object_key, size, stored["sha256"], envelope, kid,
         found["table_count"], found["dump_bytes"], time.time() - started, found["server_version"],
         found["pg_dump_version"], None, encryption, True)
-    metadata["format"] = catalog.PLAIN_DUMP_FORMAT if found["payload"] == pipeline.PLAIN_SQL else catalog.DUMP_FORMAT
+    metadata["format"] = documents.PLAIN_DUMP_FORMAT if found["payload"] == PLAIN_SQL else documents.DUMP_FORMAT
     metadata["adopted_from"] = {"object_key": record.object_key, "metadata_key": record.metadata_key,
                                 "checksum_sha256": record.metadata["checksum_sha256"], "kdf": record.kdf}
     if recipient_ids:
         metadata["recipient_ids"] = recipient_ids
-    pipeline.commit(store, target.metadata_key, target.object_key, catalog.encode_metadata(context.sign(metadata)))
+    commit(store, target.metadata_key, target.object_key, documents.encode_metadata(context.sign(metadata)))
     LOG.info("adopted %s: %d tables, %d bytes stored at %s", record.basename, found["table_count"], size,
              store.url(target.object_key))
     found.update(size_bytes=size, checksum_sha256=stored["sha256"], encryption=encryption)
@@ -163,19 +166,19 @@ def _copy(settings, context, store, pg, record, target, progress):
 def _pass(settings, context, store, pg, record, progress, writer):
     """One pass over a seed backup: checksum, decrypt, decompress, parse (and, with ``writer``, copy)."""
     record.verdict = context.verdict(record)
-    new_decryptor = pipeline.decryptor_factory(context, store, record)
+    new_decryptor = decryptor_factory(context, store, record)
     sink = toc = None
-    with pipeline.RestoreStream(store, record, new_decryptor, progress or pipeline.NO_PROGRESS) as stream:
+    with RestoreStream(store, record, new_decryptor, progress or NO_PROGRESS) as stream:
         try:
-            if stream.prepare() == pipeline.PLAIN_SQL:
+            if stream.prepare() == PLAIN_SQL:
                 guard = PlainSqlGuard()
                 counts = stream.run(_Tee(_Parse(guard), writer))
                 guard.finish()
                 tables, listing = guard.tables, ""
             else:
-                sink = pipeline.Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(),
-                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="pg_restore")
-                toc = pipeline.TocReader(pg)
+                sink = Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(),
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="pg_restore")
+                toc = TocReader(pg)
                 counts = stream.run(_Tee(sink, writer), toc)
                 status = sink.wait()
                 if status != 0 or not counts["sink_open"]:

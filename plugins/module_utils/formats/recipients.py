@@ -37,9 +37,9 @@ import re
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..secretfiles import read_private_file
 from . import crypto
-from .config import read_private_file
-from .errors import ConfigError, IntegrityError, TamperedError, WrongKeyError
+from ..errors import ConfigError, IntegrityError, TamperedError, WrongKeyError
 
 try:
     from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm

@@ -14,7 +14,7 @@ __metaclass__ = type
 import traceback
 import zlib
 
-from .errors import ConfigError, IntegrityError
+from ..errors import ConfigError, IntegrityError
 
 try:
     import zstandard

@@ -34,7 +34,7 @@ import struct
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
+from ..errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -745,3 +745,14 @@ class StreamDecryptor(FailClosedDecryptor):
         if len(pending) == self._sealed_size and self._try_open(pending, False) is not None:
             raise TruncatedError("encrypted stream is truncated after segment %d: the object is incomplete" % self.segments)
         raise self._tampered("the object was modified, corrupted or truncated")
+
+
+def check_key_commitment(header: BytesLike, data_key: BytesLike, basename: str = "backup") -> None:
+    """Raise WrongKeyError unless ``data_key`` belongs to the object whose first bytes are ``header`` (its key commitment).
+
+    A check of the data key against the object without downloading it (a ranged read of 56 bytes).
+    """
+    opener = StreamDecryptor(data_key)
+    opener.update(bytes(header[:HEADER_SIZE]))
+    if opener.header is None:
+        raise IntegrityError("backup %s: the object is shorter than its %d-byte header" % (basename, HEADER_SIZE))

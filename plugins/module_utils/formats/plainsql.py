@@ -28,7 +28,7 @@ __metaclass__ = type
 
 import re
 
-from .errors import IntegrityError
+from ..errors import IntegrityError
 
 _NORMAL, _SQUOTE, _ESTRING, _DQUOTE, _DOLLAR, _COMMENT, _COPY = range(7)
 _IDENT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")

@@ -1,0 +1,265 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Taking a backup: pg_dump -Fc -Z0 -> compress -> encrypt -> SHA-256 -> S3 multipart upload, then the metadata
+object (the commit marker) last. Fail closed: on any failure the upload is aborted (or the object deleted), no
+metadata is written, and the error names the step that failed."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import logging
+import subprocess
+import time
+
+from .. import keys
+from ..adapters.postgres import PgClient, explain_client_error
+from ..adapters.process import CHUNK, NO_PROGRESS, Child, TocReader
+from ..adapters.s3 import choose_part_size
+from ..catalog import documents, layout
+from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
+from ..formats.compression import check_compression, compressor
+from .inventory import open_store
+
+DUMP_MAGIC = b"PGDMP"
+
+
+NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
+LOG = logging.getLogger("quankey_backup")
+
+
+class BackupPlan:
+    """What a backup will do, found by checking everything it needs first (also check mode's answer)."""
+
+    def __init__(self, settings, pg, store, server_version, dump_version, when, db_size, db_settings, context):
+        self.settings = settings
+        self.context = context
+        self.pg = pg
+        self.store = store
+        self.server_version = server_version
+        self.dump_version = dump_version
+        self.when = when
+        self.basename = layout.backup_basename(settings.name, when)
+        self.object_key = layout.object_key(settings.prefix, settings.host, settings.db_name, self.basename)
+        self.metadata_key = layout.metadata_key(settings.prefix, settings.host, settings.db_name, self.basename)
+        self.db_size = db_size
+        self.db_settings = db_settings
+
+    def describe(self):
+        """The plan as a JSON-ready dict (no secrets)."""
+        return {"name": self.basename, "bucket": self.store.bucket, "object_key": self.object_key,
+                "metadata_key": self.metadata_key, "database": self.settings.db_name, "host": self.settings.host,
+                "database_size_bytes": self.db_size, "server_version": _format_server_version(self.server_version),
+                "pg_dump_version": self.dump_version, "compression": self.settings.compression,
+                "encryption": self.settings.encryption, "storage_class": self.settings.storage_class,
+                "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0]}
+
+
+def plan_backup(settings, store=None, now=None):
+    """Check configuration, keys, PostgreSQL (login, pg_dump version) and the bucket; change nothing."""
+    settings.require("db_name", "bucket")
+    check_compression(settings.compression)
+    context = keys.KeyContext(settings)
+    context.require_sealing()
+    pg = PgClient(settings)
+    server_version = pg.server_version_num(settings.db_name)
+    dump_version = pg.check_client_version(server_version, "pg_dump")
+    store = store or open_store(settings)
+    store.check_bucket(layout.object_prefix(settings.prefix, settings.host, settings.db_name))
+    size, db_settings = pg.database_size(settings.db_name), pg.database_settings(settings.db_name)
+    for attempt in range(NAME_ATTEMPTS):
+        plan = BackupPlan(settings, pg, store, server_version, dump_version, now or layout.utcnow(), size, db_settings,
+                          context)
+        if not (store.exists(plan.metadata_key) or store.exists(plan.object_key)):
+            return plan
+        if now is not None or attempt == NAME_ATTEMPTS - 1:
+            break
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)  # names have a resolution of one second: take the next one
+    raise RefusedError("a backup named %s already exists in %s: another backup of this database is running at the "
+                       "same time, or the clock went back; run again" % (plan.basename, store.url()))
+
+
+def run_backup(settings, progress=None, store=None, now=None):
+    """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure."""
+    progress = progress or NO_PROGRESS
+    started = time.time()
+    plan = plan_backup(settings, store, now)
+    context = plan.context
+    pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
+    obj_key, meta_key = plan.object_key, plan.metadata_key
+    LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
+             plan.db_size, store.url(obj_key))
+
+    identity = (settings.host, settings.db_name, basename)
+    encryption, envelope, kid, recipient_ids, encryptor = new_encryptor(context, identity)
+    stream = _BackupStream(pg, settings, store, obj_key, encryptor, plan.db_size, progress)
+    stored = stream.run()
+    duration = time.time() - started
+    view = settings.describe()
+    view["db_name"] = settings.db_name
+    metadata = documents.build_metadata(
+        view, basename, when, obj_key, stored["size_bytes"], stored["sha256"], envelope, kid,
+        stored["table_count"], stored["dump_bytes"], duration, _format_server_version(plan.server_version),
+        plan.dump_version, plan.db_settings, encryption, True)
+    if recipient_ids:
+        metadata["recipient_ids"] = recipient_ids
+    metadata = context.sign(metadata)
+    commit(store, meta_key, obj_key, documents.encode_metadata(metadata))
+    LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs", basename,
+             stored["size_bytes"], stored["dump_bytes"], stored["table_count"], duration)
+    return {
+        "name": basename, "object_key": obj_key, "metadata_key": meta_key, "bucket": store.bucket,
+        "size_bytes": stored["size_bytes"], "dump_bytes": stored["dump_bytes"], "checksum_sha256": stored["sha256"],
+        "table_count": stored["table_count"], "timestamp": metadata["timestamp"], "created_at": metadata["created_at"],
+        "duration_seconds": metadata["duration_seconds"], "compression": settings.compression,
+        "encryption": encryption, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
+        "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
+        "signing_key_id": metadata["signature"]["key_id"],
+    }
+
+
+def commit(store, meta_key, obj_key, document):
+    """Write the metadata (the commit marker) only where none is; on failure uncommit: delete the data object.
+
+    A write whose answer was lost may still have been stored: the metadata is read back before
+    anything is deleted, and a backup whose metadata is there, as written, is committed. A write
+    refused because metadata of that name appeared (ConflictError) leaves the data object for
+    prune: with a store without conditional writes it might not be ours alone.
+    """
+    try:
+        store.put_bytes(meta_key, document, if_none_match=True)
+        return
+    except ConflictError:
+        raise
+    except BaseException as failure:
+        try:
+            stored = store.get_bytes(meta_key)
+        except BaseException:  # pylint: disable=broad-except  # the store is still out of reach: uncommit below
+            stored = None
+        if stored == document:
+            LOG.warning("the metadata write of %s failed (%s) but the store holds it as written: the backup is committed",
+                        meta_key, failure)
+            return
+        _delete_quietly(store, obj_key)
+        raise
+
+
+def new_encryptor(context, identity):
+    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup.
+
+    The configured mode (formats.modes) makes it; ``identity`` is ``(host, database, name)``, bound into
+    the data key's wrap (format version 2).
+    """
+    mode = context.mode()
+    envelope, kid, recipient_ids, encryptor = mode.new_encryptor(context, identity)
+    return mode.name, envelope, kid, recipient_ids, encryptor
+
+
+def _format_server_version(num):
+    return "%d.%d" % (num // 10000, num % 10000)
+
+
+def _delete_quietly(store, key):
+    try:
+        store.delete(key)
+    except Exception:  # best effort: an orphan object without metadata is invisible and swept by prune
+        LOG.warning("could not delete %s after a failed backup; `quankey-backup prune` removes it", store.url(key))
+
+
+class _BackupStream:
+    """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object."""
+
+    def __init__(self, pg, settings, store, key, encryptor, db_size, progress):
+        self.pg = pg
+        self.settings = settings
+        self.store = store
+        self.key = key
+        self.encryptor = encryptor
+        self.db_size = db_size
+        self.progress = progress
+
+    def run(self):
+        """Stream the dump into the store; returns sizes, checksum and table count, or raises (upload aborted)."""
+        dump = toc = upload = None
+        try:
+            dump = Child(self.pg.dump_argv(self.settings.db_name), self.pg.environment(), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, name="pg_dump")
+            toc = TocReader(self.pg)
+            upload = self.store.open_multipart(self.key, choose_part_size(self.db_size * 2))
+            result = self._pump(dump, toc, upload)
+            status = dump.wait()
+            if status != 0:
+                raise PostgresError("%s: %s" % (dump.describe_exit(status), _explain_dump(self.pg, dump)), step="pg_dump")
+            if result["dump_bytes"] == 0:
+                raise PostgresError("pg_dump produced no output", step="pg_dump")
+            result["table_count"] = toc.table_count(step="pg_dump")
+            result["size_bytes"] = upload.complete()
+            if result["size_bytes"] != result["stored_bytes"]:
+                raise IntegrityError("stored %d bytes but produced %d" % (result["size_bytes"], result["stored_bytes"]),
+                                     step="upload")
+            return result
+        except BaseException:
+            for child in (dump, toc):
+                if child is not None:
+                    child.kill()
+            if upload is not None:
+                upload.abort()
+            raise
+
+    def _pump(self, dump, toc, upload):
+        writer = SealedWriter(self.settings.compression, self.encryptor, upload)
+        dump_bytes = 0
+        head = b""
+        read = dump.proc.stdout.read
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            if dump_bytes < len(DUMP_MAGIC):
+                head = (head + chunk)[:len(DUMP_MAGIC)]
+            dump_bytes += len(chunk)
+            toc.feed(chunk)
+            writer.feed(chunk)
+            self.progress(dump_bytes)
+        result = writer.finish()
+        if dump_bytes and head != DUMP_MAGIC:
+            raise PostgresError("pg_dump output does not start with the custom-format magic PGDMP", step="pg_dump")
+        result["dump_bytes"] = dump_bytes
+        return result
+
+
+class SealedWriter:
+    """The stored side of a backup: plaintext -> compress -> encrypt -> SHA-256 -> a multipart upload.
+
+    A sink (``feed`` returns True); ``finish`` seals the end and returns ``stored_bytes`` and ``sha256``.
+    The caller completes or aborts the upload.
+    """
+
+    def __init__(self, compression, encryptor, upload):
+        self._pack = compressor(compression)
+        self._seal = encryptor
+        self._upload = upload
+        self._digest = hashlib.sha256()
+        self.stored = 0
+
+    def _out(self, data):
+        if data:
+            self._digest.update(data)
+            self._upload.write(data)
+            self.stored += len(data)
+
+    def feed(self, chunk):
+        """Add plaintext."""
+        self._out(self._seal.update(self._pack.update(chunk)))
+        return True
+
+    def finish(self):
+        """Seal and send the rest; ``{"stored_bytes", "sha256"}``."""
+        self._out(self._seal.update(self._pack.finalize()) + self._seal.finalize())
+        return {"stored_bytes": self.stored, "sha256": self._digest.hexdigest()}
+
+
+def _explain_dump(pg, child):
+    return explain_client_error(child.stderr_text(), pg.where, pg.settings.db_user, pg.settings.db_name, pg.settings.label)

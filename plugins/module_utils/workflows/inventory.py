@@ -1,0 +1,240 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What is in the bucket for a host and database: listing (with the seed's flat layout), metadata loading, the
+selection a restore or verify uses, and the read-only listing the modules and ``list`` show."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import logging
+
+from .. import keys
+from ..adapters.postgres import PgClient
+from ..adapters.s3 import S3Store
+from ..catalog import documents, layout, trust
+from ..errors import AccessDeniedError, BackupError, ConfigError, IntegrityError, NotFoundError, RefusedError
+from ..formats import modes
+from . import leftovers
+
+LOG = logging.getLogger("quankey_backup")
+
+
+def open_store(settings, retry_window=None):
+    """The S3 store of these settings (``retry_window``: at most that many seconds of retries, for quick answers)."""
+    settings.require("bucket")
+    return S3Store.from_settings(settings, retry_window)
+
+
+def postgres_or_none(settings):
+    """A client of the database server (for leftovers), or None when none can be made here."""
+    try:
+        return PgClient(settings)
+    except ConfigError:
+        return None
+
+
+def list_backups(settings, store=None, host=None, db=None, everything=False, seed=True):
+    """Backups newest first (and orphan objects) for a host and database; ``everything`` lists the whole bucket.
+
+    With ``seed``, backups of the seed's flat layout are included in every host's
+    scope when their metadata names the database (they predate hosts); a host whose
+    IAM policy does not allow listing that layout simply does not see them.
+    """
+    store = store or open_store(settings)
+    if not everything:
+        host = host or settings.host
+        db = db or settings.db_name
+    meta = list(store.list_objects(layout.metadata_prefix(settings.prefix, host, db if host else None)))
+    objs = list(store.list_objects(layout.object_prefix(settings.prefix, host, db if host else None)))
+    records, orphans = layout.records_from_listing(settings.prefix, meta, objs)
+    if host and seed:
+        records = records + _seed_records(settings, store)
+        records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
+    if not seed:
+        records = [record for record in records if not record.seed]
+    for record in records:
+        if record.seed:
+            _resolve_seed_database(store, record)
+    if db:
+        records = [record for record in records if record.db == db]
+    return records, orphans
+
+
+def _seed_records(settings, store, denied_ok=True):
+    """Records of the seed's flat layout (directly under metadata/ and backups/postgresql/).
+
+    [] when these credentials may not list it (a least-privilege host), unless ``denied_ok`` is false:
+    then the AccessDeniedError says which IAM statement adopting the seed's backups needs.
+    """
+    try:
+        meta = list(store.list_objects(layout.metadata_prefix(settings.prefix), delimiter="/"))
+        if not meta:
+            return []
+        objs = list(store.list_objects(layout.object_prefix(settings.prefix), delimiter="/"))
+    except AccessDeniedError as exc:
+        if not denied_ok:
+            raise AccessDeniedError("%s; the seed's backups lie directly under %smetadata/ and %sbackups/postgresql/: "
+                                    "let these credentials list and read them (s3:ListBucket with prefixes metadata/ "
+                                    "and backups/postgresql/, s3:GetObject on their objects; docs/MIGRATION.md)"
+                                    % (exc.message, settings.prefix, settings.prefix), step="list")
+        LOG.debug("backups of the seed's layout not listed: %s", exc)
+        return []
+    records, _orphans = layout.records_from_listing(settings.prefix, meta, objs)
+    return [record for record in records if record.seed]
+
+
+def seed_backups(settings, store):
+    """The seed's backups of ``settings.db_name``, oldest first; AccessDeniedError when they may not be listed."""
+    records = _seed_records(settings, store, denied_ok=False)
+    for record in records:
+        _resolve_seed_database(store, record)
+    return sorted((record for record in records if record.db == settings.db_name), key=lambda record: record.timestamp)
+
+
+def _resolve_seed_database(store, record):
+    """A seed backup's database comes from its metadata; unreadable metadata leaves it unknown (and is logged)."""
+    try:
+        record.db = load_metadata(store, record).get("database")
+    except IntegrityError as exc:
+        LOG.warning("seed backup %s is skipped: %s", record.basename, exc)
+
+
+def load_metadata(store, record):
+    """Fetch, parse and attach a record's metadata."""
+    if record.metadata is None:
+        data, etag = store.get_bytes_and_etag(record.metadata_key)
+        record.metadata = documents.decode_metadata(data, record.metadata_key, seed=record.seed,
+                                                    object_key_=record.object_key)
+        record.metadata_etag = etag
+    return record.metadata
+
+
+def select(settings, store, backup="latest", before=None, host=None, db=None, context=None, allow_seed=None):
+    """The record a restore or verify should use, with metadata loaded and judged (``record.verdict``, trust.py).
+
+    The seed's backups (flat layout, unsigned) are chosen only with ``allow_seed`` (default: the
+    BACKUP_ALLOW_SEED setting): without it, ``latest`` and ``before`` pass over them and naming one
+    is refused. Metadata that is not this backup's, or whose signature is invalid, raises here; an
+    unsigned or unverifiable one is raised by the caller (:func:`trust.require`) once the keys were
+    tried, unless it allows unsigned metadata.
+    """
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    settings_db = db or settings.db_name
+    if not settings_db:
+        settings.require("db_name")
+    records, _orphans = list_backups(settings, store, host=host, db=settings_db)
+    try:
+        record = _choose(records, backup, before, allow_seed)
+    except NotFoundError:
+        _refused_seed_meta(settings, store, backup)
+        raise
+    load_metadata(store, record)
+    context = context or keys.KeyContext(settings)
+    record.verdict = context.verdict(record)
+    if record.verdict.outcome == trust.INVALID:
+        trust.require(record.verdict)  # raises
+    if not record.has_object:
+        raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with --backup"
+                             % (record.basename, store.url(record.object_key)), step="select")
+    if record.object_size != record.metadata["size_bytes"]:
+        raise IntegrityError("backup %s: object is %d bytes but its metadata says %d: the object was replaced or cut short"
+                             % (record.basename, record.object_size, record.metadata["size_bytes"]), step="select")
+    return record
+
+
+def _refused_seed_meta(settings, store, backup):
+    """When a backup asked for by name is a seed backup whose .meta was refused (so it was not listed), say why."""
+    stem = (backup or "").strip().rsplit("/", 1)[-1]
+    for suffix in (layout.OBJECT_SUFFIX, layout.METADATA_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+    if stem == "latest" or not layout.is_basename(stem):
+        return
+    key = layout.metadata_prefix(settings.prefix) + stem + layout.METADATA_SUFFIX
+    try:
+        data = store.get_bytes(key)
+    except NotFoundError:
+        return
+    try:
+        documents.decode_metadata(data, key, seed=True, object_key_=layout.seed_object_key(settings.prefix, stem))
+    except IntegrityError as exc:
+        exc.step = "select"
+        raise
+
+
+def _choose(records, backup, before, allow_seed):
+    """layout.select_backup, passing over the seed's backups unless they are allowed (and saying so when it matters)."""
+    if allow_seed:
+        return layout.select_backup(records, backup, before)
+    ours = [record for record in records if not record.seed]
+    seed = [record for record in records if record.seed]
+    try:
+        record = layout.select_backup(ours, backup, before)
+    except NotFoundError:
+        try:
+            wanted = layout.select_backup(seed, backup, before) if seed else None
+        except NotFoundError:
+            wanted = None
+        if wanted is None:
+            raise
+        if (backup or "latest").strip() == "latest":
+            raise NotFoundError("no backups of this database in this format%s; %d made by the seed's scripts exist (newest "
+                                "%s), unsigned: to use them, %s, or adopt them"
+                                % ("" if before is None else " before the given time", len(seed), wanted.basename,
+                                   trust.ALLOW_SEED_HINT))
+        raise RefusedError("backup %s was made by the seed's scripts: its metadata is unsigned, so neither its checksum "
+                           "nor the database it names can be trusted against someone who can write to the bucket; to "
+                           "use it, %s, or adopt it" % (wanted.basename, trust.ALLOW_SEED_HINT), step="select")
+    return record
+
+
+def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None,
+                 with_leftovers=False):
+    """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
+
+    Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
+    with it, that host's backups of ``db`` (default ``settings.db_name``).
+    ``with_leftovers`` adds what interrupted runs left behind (leftovers.find) for this
+    host's database. ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
+    (> 0) the newest that many, and ``details`` reads each kept backup's
+    metadata. Listings are paginated, so any number of objects works.
+    """
+    store = store or open_store(settings)
+    records, orphans = list_backups(settings, store=store, host=host, db=db, everything=not host)
+    if since is not None:
+        records = [record for record in records if record.timestamp >= since]
+    if limit and limit > 0:
+        records = records[:limit]
+    if details:
+        checker = _verdicts(settings, context)
+        for record in records:
+            try:
+                load_metadata(store, record)
+            except IntegrityError as exc:  # a refused document is listed as such, not a failed listing
+                record.verdict = trust.Verdict(trust.INVALID, None, exc.message)
+                continue
+            record.verdict = checker(record)
+            if record.seed and record.has_object and keys.holds_any_key(settings):
+                _find_kdf(settings, store, record, context)
+    found = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    if with_leftovers:  # this host's database: open uploads and, when the server answers, staging databases
+        found["leftovers"] = leftovers.find(settings, store, orphans, pg=postgres_or_none(settings))
+    return found
+
+
+def _find_kdf(settings, store, record, context=None):
+    """For a seed backup: which key derivation and passphrase open it (``record.kdf``), or why none does."""
+    try:
+        modes.of(record.metadata, record.basename).probe(context or keys.KeyContext(settings), store, record)
+    except BackupError as exc:
+        record.kdf = "none found: %s" % exc.message
+
+
+def _verdicts(settings, context=None):
+    """A function giving each record's trust verdict, with the keys held here (none held: 'not checked')."""
+    if not keys.holds_any_key(settings):
+        return lambda record: trust.judge(record, None)
+    context = context or keys.KeyContext(settings)
+    return context.verdict

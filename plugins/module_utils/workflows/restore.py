@@ -1,0 +1,620 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restoring and verifying: select -> download -> SHA-256 -> decrypt -> decompress -> pg_restore (or a restricted
+psql for a plain-SQL dump) into a staging database under the restore role -> verify -> rename into place.
+
+Every stage's exit status and byte count is checked; on any failure the staging database is dropped, the
+target is as it was, and the error names the step that failed."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import functools
+import hashlib
+import logging
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+import time
+
+from .. import config
+from .. import keys
+from ..adapters.postgres import PgClient, failure_detail, toc_owners
+from ..adapters.process import NO_PROGRESS, Child, TocReader, prefetch
+from ..adapters.s3 import READ_CHUNK
+from ..catalog import documents, layout, trust
+from ..catalog.dbnames import PG_NAME_LIMIT, REPLACED_TAG, STAGING_TAG, check_target_name, default_target, side_name
+from ..errors import (BackupError, ChecksumMismatchError, ConfigError, IntegrityError, PostgresError, RefusedError,
+                      in_step)
+from ..formats import modes
+from ..formats.compression import DUMP_MAGIC, SQL_STARTS, decompressor
+from ..formats.plainsql import PlainSqlGuard
+from . import leftovers
+from .inventory import open_store, select
+
+CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
+
+
+RESTORE_LOGIN_MINUTES = 15  # how long a restore role's one-restore password lets it log in (plus download time)
+
+
+RESTORE_LOGIN_BYTES_PER_MINUTE = 300 * 1024 * 1024
+
+
+SPOOL_MARGIN = 64 * 1024 * 1024  # free space kept beside a downloaded aes-256-cbc object
+LOG = logging.getLogger("quankey_backup")
+
+
+class RestoreStream:
+    """download -> hash -> decrypt -> decompress -> a sink (pg_restore or psql, or a parse-only sink to verify).
+
+    Format v1/v2 objects stream straight through: every segment is authenticated before
+    its plaintext moves on. aes-256-cbc (OpenSSL enc) is not authenticated, so its object
+    is first downloaded whole into an anonymous temporary file (ciphertext only: it is
+    the object as stored) and its SHA-256 checked against the metadata; only then is it
+    decrypted. No plaintext reaches PostgreSQL or the disk unchecked.
+
+    Use: ``with RestoreStream(...) as stream: kind = stream.prepare(); ... stream.run(sink)``.
+    ``prepare`` says what the plaintext is (``custom``: a pg_dump archive; ``sql``: a plain dump).
+    """
+
+    def __init__(self, store, record, new_decryptor, progress):
+        self.store = store
+        self.record = record
+        self.new_decryptor = new_decryptor
+        self.progress = progress
+        self.kind = None
+        self._copy = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+    def prepare(self):
+        """Download and check a CBC object first; return the payload kind, ``custom`` or ``sql``."""
+        metadata = self.record.metadata
+        if not modes.of(metadata, self.record.basename).authenticated:
+            self._copy = self._checked_copy()
+            self.kind = self._peek_kind()
+        else:
+            self.kind = PLAIN_SQL if metadata.get("format") == documents.PLAIN_DUMP_FORMAT else CUSTOM_ARCHIVE
+        return self.kind
+
+    def run(self, sink, toc=None, guard=None):
+        """Stream the object into ``sink`` (``feed(bytes)``), ``toc`` and through ``guard`` if given; counts, or raises."""
+        if self.kind is None:
+            self.prepare()
+        if self._copy is not None:
+            self._copy.seek(0)
+            chunks = iter(functools.partial(self._copy.read, READ_CHUNK), b"")
+        else:
+            chunks = prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
+        counts = self._stream(chunks, sink, toc, guard)
+        counts["payload"] = self.kind
+        return counts
+
+    def _peek_kind(self):
+        """What the checked copy holds, from its first decrypted, decompressed bytes."""
+        opener, unpack = self.new_decryptor(), decompressor(self.record.metadata["compression"])
+        head = b""
+        self._copy.seek(0)
+        for chunk in iter(functools.partial(self._copy.read, 64 * 1024), b""):
+            head += unpack.update(in_step("decrypt", opener.update, chunk))
+            if len(head) >= 64:
+                break
+        if head.startswith(DUMP_MAGIC):
+            return CUSTOM_ARCHIVE
+        if any(head.startswith(start) for start in SQL_STARTS):
+            return PLAIN_SQL
+        raise IntegrityError("backup %s decrypts to neither a pg_dump archive nor a plain-SQL dump" % self.record.basename,
+                             step="decompress")
+
+    def _checked_copy(self):
+        """The whole object in an anonymous temporary file (mode 0600, gone when closed), its SHA-256 checked."""
+        size = self.record.metadata["size_bytes"]
+        directory = tempfile.gettempdir()
+        _require_space(directory, size, self.record.basename)
+        copy = tempfile.TemporaryFile(dir=directory)  # pylint: disable=consider-using-with  # closed by __exit__
+        try:
+            digest = hashlib.sha256()
+            downloaded = 0
+            for chunk in prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK)):
+                copy.write(chunk)
+                digest.update(chunk)
+                downloaded += len(chunk)
+                self.progress(downloaded, size)
+            self._check_object(downloaded, digest)
+            copy.flush()
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
+    def _stream(self, chunks, sink, toc, guard):
+        metadata = self.record.metadata
+        digest = hashlib.sha256()
+        opener = self.new_decryptor()
+        unpack = decompressor(metadata["compression"])
+        downloaded = produced = 0
+        sink_open = True
+        for chunk in chunks:
+            downloaded += len(chunk)
+            digest.update(chunk)
+            plain = unpack.update(in_step("decrypt", opener.update, chunk))
+            if plain:
+                produced += len(plain)
+                if toc is not None:
+                    toc.feed(plain)
+                sink_open = sink_open and sink.feed(guard.feed(plain) if guard is not None else plain)
+                if not sink_open:
+                    break
+            if self._copy is None:
+                self.progress(downloaded, metadata["size_bytes"])
+        if sink_open:
+            self._check_object(downloaded, digest)  # before the end of the stream: a mismatch says more than a bad CRC
+            plain = unpack.update(in_step("decrypt", opener.finalize)) + unpack.finalize()
+            produced += len(plain)
+            if toc is not None:
+                toc.feed(plain)
+            if guard is not None:
+                plain = guard.feed(plain) + guard.finish()
+            sink_open = sink.feed(plain)
+            if metadata.get("dump_bytes") is not None and produced != metadata["dump_bytes"]:
+                raise IntegrityError("the archive is %d bytes but was %d when taken" % (produced, metadata["dump_bytes"]),
+                                     step="decompress")
+        return {"downloaded_bytes": downloaded, "dump_bytes": produced, "sink_open": sink_open,
+                "sha256": digest.hexdigest() if sink_open else None}
+
+    def _check_object(self, downloaded, digest):
+        """Raise unless the whole object was read and its SHA-256 is the metadata's."""
+        metadata = self.record.metadata
+        if downloaded != metadata["size_bytes"]:
+            raise IntegrityError("downloaded %d bytes of %s, metadata says %d"
+                                 % (downloaded, self.record.object_key, metadata["size_bytes"]), step="download")
+        if digest.hexdigest() != metadata["checksum_sha256"]:
+            raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
+                                        % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
+                                        step="verify checksum")
+
+
+def _require_space(directory, size, basename):
+    """Refuse (ConfigError) when ``directory`` cannot hold ``size`` bytes plus a margin."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: the write itself will fail clearly if it must
+    free = info.f_bavail * info.f_frsize
+    if free < size + SPOOL_MARGIN:
+        raise ConfigError("backup %s is aes-256-cbc, which is not authenticated: its %d bytes are downloaded to %s and "
+                          "their SHA-256 checked before anything is decrypted, but only %d bytes are free there: set "
+                          "TMPDIR to a directory with room (only ciphertext is written, and removed at once)"
+                          % (basename, size, directory, free), step="download")
+
+
+class Discard:
+    """A sink that takes everything (verify of a plain-SQL dump: the guard parses it)."""
+
+    @staticmethod
+    def feed(data):
+        return True
+
+
+def decryptor_factory(context, store, record):
+    """A function that makes a fresh decryptor of this backup's object, once the keys held are known to open it.
+
+    Format v1 (aes-256-gcm, hybrid-pq): the data key is opened from the envelope.
+    aes-256-cbc (OpenSSL enc, the seed's): the passphrase is found with a ranged
+    read of the object's first bytes. Either way before any download or database.
+    """
+    return modes.of(record.metadata, record.basename).opener(context, store, record)
+
+
+def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None,
+               allow_unsigned=False, allow_seed=None):
+    """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database."""
+    progress = progress or NO_PROGRESS
+    store = store or open_store(settings)
+    context = keys.KeyContext(settings)
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    record = select(settings, store, backup, before, host, db, context, allow_seed)
+    new_decryptor = decryptor_factory(context, store, record)
+    trust.require(record.verdict, allow_unsigned, allow_seed)
+    pg = PgClient(settings)
+    sink = toc = None
+    started = time.time()
+    with RestoreStream(store, record, new_decryptor, progress) as stream:
+        try:
+            if stream.prepare() == PLAIN_SQL:
+                guard = PlainSqlGuard()
+                counts = stream.run(Discard(), guard=guard)
+                tables = guard.tables
+            else:
+                sink = Child([pg.tool("pg_restore"), "--file=/dev/null"], pg.environment(), stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, name="pg_restore")
+                toc = TocReader(pg)
+                counts = stream.run(sink, toc)
+                status = sink.wait()
+                if status != 0 or not counts["sink_open"]:
+                    raise IntegrityError("the archive does not parse (%s: %s)"
+                                         % (sink.describe_exit(status), sink.stderr_text()), step="pg_restore")
+                tables = toc.table_count(step="verify")
+        except BaseException:
+            for child in (sink, toc):
+                if child is not None:
+                    child.kill()
+            raise
+    expected = record.metadata.get("table_count")
+    if expected is not None and tables != expected:
+        raise IntegrityError("the archive lists %d tables, the metadata %d" % (tables, expected), step="verify")
+    return {"name": record.basename, "object_key": record.object_key, "size_bytes": counts["downloaded_bytes"],
+            "dump_bytes": counts["dump_bytes"], "checksum_sha256": counts["sha256"], "checksum_ok": True,
+            "decryption_ok": True, "table_count": tables, "key_id": record.metadata.get("key_id"),
+            "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
+            "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
+            "timestamp": record.metadata["timestamp"], "payload": counts["payload"],
+            "duration_seconds": round(time.time() - started, 3)}
+
+
+def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
+                no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
+                restore_role=None):
+    """Restore a backup into a new database (or, with ``force``, in place of an existing one).
+
+    The data goes into a staging database first; only when pg_restore succeeded and
+    the checksum and table count match is it renamed to the target. A replaced
+    database is kept, renamed, never dropped. On any failure the staging database
+    is dropped and the target is as it was.
+
+    The archive's SQL runs as the restore role (``restore_role``, default BACKUP_RESTORE_ROLE,
+    quankey_restore): a plain role, created when missing, through a login made for this restore
+    only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused. It runs as
+    DB_USER only with ``as_admin`` (see :func:`_sql_runner`). Ownership is handed back to the
+    archive's owner where that is safe (:meth:`_SqlRunner.settle_ownership`).
+    """
+    progress = progress or NO_PROGRESS
+    store = store or open_store(settings)
+    context = keys.KeyContext(settings)
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    record = select(settings, store, backup, before, host, db, context, allow_seed)
+    new_decryptor = decryptor_factory(context, store, record)
+    trust.require(record.verdict, allow_unsigned, allow_seed)
+    target = check_target_name(target_db or default_target(record))
+    pg = PgClient(settings)
+    server_version = pg.server_version_num()
+    pg.check_client_version(server_version, "pg_restore")
+    exists = pg.database_exists(target)
+    if exists and not force:
+        raise RefusedError("database %r already exists on %s: restore under another name with --target-db, or pass "
+                           "--force to replace it (the old one is kept, renamed)" % (target, pg.where))
+    if exists and pg.active_connections(target):
+        raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
+                           "before replacing it" % (target, pg.active_connections(target)))
+    _warn_of_leftovers(pg, settings)
+    runner = _sql_runner(settings, pg, record, as_admin, restore_role)
+    staging = side_name(target, STAGING_TAG)
+    LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
+             store.url(record.object_key), target, pg.where, staging, runner.name)
+    started = time.time()
+    runner.create(record.metadata["size_bytes"])
+    try:
+        created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
+    except BaseException:
+        runner.drop()
+        raise
+    try:
+        counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner)
+        owner = runner.settle_ownership(staging, owners, no_owner)
+        replaced = None
+        if exists:
+            if pg.active_connections(target):
+                raise RefusedError("database %r gained active connections during the restore: stop the application "
+                                   "and run again" % target, step="swap")
+            replaced = side_name(target, REPLACED_TAG)
+            pg.rename_database(target, replaced)
+        pg.rename_database(staging, target)
+    except BaseException as exc:
+        _drop_quietly(pg, staging)
+        runner.drop()
+        if isinstance(exc, BackupError):
+            exc.message += " (nothing was restored: the staging database was dropped%s)" % (
+                "; %r is untouched" % target if exists else "")
+        raise
+    LOG.info("restored %s into %s: %d tables in %.1fs", record.basename, target, tables, time.time() - started)
+    return {"name": record.basename, "object_key": record.object_key, "target_db": target, "replaced_db": replaced,
+            "table_count": tables, "expected_table_count": record.metadata.get("table_count"),
+            "size_bytes": counts["downloaded_bytes"], "dump_bytes": counts["dump_bytes"],
+            "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "table_count_ok": True,
+            "database_settings": created, "timestamp": record.metadata["timestamp"],
+            "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
+            "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
+            "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
+            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted}
+
+
+def prepare_restore_role(settings, check=False):
+    """Make sure BACKUP_RESTORE_ROLE exists (unless ``check``) and say whether it may run restored SQL."""
+    pg = PgClient(settings)
+    role = settings.restore_role
+    if role == pg.user:
+        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
+                          "quankey_restore" % (settings.label("restore_role"), role, settings.label("db_user")))
+    exists = pg.role_exists(role)
+    created = False
+    if not exists and not check:
+        created = pg.create_restore_role(role)
+        exists = True
+    risks = _short_risks(pg.role_risks(role)) if exists else []
+    if risks:
+        message = ("restore role %s (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE %s "
+                   "NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name another"
+                   % (role, settings.label("restore_role"), "; ".join(risks), role))
+    elif not exists:
+        message = "restore role %s does not exist on %s: it is created on first use, or by restore-role" % (role, pg.where)
+    else:
+        message = "restore role %s on %s is a plain role%s" % (role, pg.where, " (created)" if created else "")
+    if risks:
+        LOG.error(message)
+    return {"role": role, "server": pg.where, "exists": exists, "created": created, "changed": created,
+            "risks": risks, "message": message}
+
+
+def _warn_of_leftovers(pg, settings):
+    """Say which staging databases of interrupted restores are still on this server (they take space)."""
+    try:
+        staging, _logins = leftovers.find_in_postgres(pg, settings, layout.utcnow())
+    except BackupError as exc:
+        LOG.debug("leftovers not checked: %s", exc)
+        return
+    for item in staging:
+        if not item["sessions"]:
+            LOG.warning("%s (an interrupted restore, or one still downloading): `quankey-backup prune` drops it once "
+                        "%d h old, or DROP DATABASE \"%s\"",
+                        leftovers.describe({"staging_databases": [item], "uploads": [], "orphans": [],
+                                            "restore_logins": []})[0], leftovers.STALE_HOURS, item["name"])
+
+
+def untrusted_source(settings, record):
+    """Why a backup's SQL should not be trusted with DB_USER's privileges (one phrase), or None.
+
+    Another host's backup (its signing key may be held by a host that was broken into), the
+    seed's (unsigned), or one whose metadata was not verified here.
+    """
+    if record.seed:
+        return "was made by the seed's scripts (unsigned)"
+    if record.host != settings.host:
+        return "comes from host %s, not this host (%s)" % (record.host, settings.host)
+    if record.verdict is None or not record.verdict.trusted:
+        return "has metadata that was not verified here (%s)" % (record.verdict.describe() if record.verdict else "unchecked")
+    return None
+
+
+def _sql_runner(settings, pg, record, as_admin, restore_role):
+    """Who runs the archive's SQL (a :class:`_SqlRunner`), after every check that can refuse it.
+
+    The restore role (``restore_role``, default BACKUP_RESTORE_ROLE, quankey_restore), created when
+    missing and refused when it could leave the database (superuser, server files, ...); DB_USER
+    only with ``as_admin``, the explicit choice to trust the backup as much as that login.
+    """
+    doubt = untrusted_source(settings, record)
+    if as_admin:
+        if doubt:
+            LOG.warning("backup %s %s, and its SQL runs as %s (--as-admin): it can do whatever that login can",
+                        record.basename, doubt, pg.user)
+        else:
+            LOG.info("the SQL of backup %s runs as %s (--as-admin)", record.basename, pg.user)
+        return _SqlRunner(pg, None, trusted=True)
+    role = restore_role or settings.restore_role
+    if role == pg.user:
+        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
+                          "%s; to run the backup's SQL as %s, pass --as-admin (restore_as_admin: true)"
+                          % (settings.label("restore_role"), role, settings.label("db_user"),
+                             config.DEFAULT_RESTORE_ROLE, role))
+    if pg.create_restore_role(role):
+        LOG.info("created the restore role %s (a plain role that cannot log in; each restore logs in as a temporary "
+                 "member of it)", role)
+    risks = _short_risks(pg.role_risks(role))
+    if risks:
+        raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE "
+                           "%s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name "
+                           "another" % (role, settings.label("restore_role"), "; ".join(risks), role), step="restore role")
+    return _SqlRunner(pg, role, trusted=doubt is None)
+
+
+def _short_risks(risks):
+    """A role's risks for a message: a superuser's alone, not the memberships that follow from it."""
+    return ["it is a superuser"] if "it is a superuser" in risks else risks
+
+
+class _SqlRunner:
+    """The login that runs a restored archive's SQL: the admin (``role`` None), or a temporary member of the restore role.
+
+    For each restore a login role of its own (``<restore role>_<hex>``) is made, a member of the
+    restore role with a random password valid RESTORE_LOGIN_MINUTES (only its SCRAM verifier goes
+    to the server), owner of the staging database. Afterwards what it created is handed over
+    (:meth:`settle_ownership`) and it is dropped: nothing outside this restore changes owner, and no
+    login is left behind.
+    """
+
+    def __init__(self, admin, role, trusted):
+        self.admin = admin
+        self.role = role
+        self.trusted = trusted
+        self.login_role = None
+        self._password = None
+        if role is not None:
+            self.login_role = "%s_%s" % (role[:PG_NAME_LIMIT - 9], secrets.token_hex(4))
+
+    @property
+    def name(self):
+        """The role the SQL runs as (the restore role, through its temporary login)."""
+        return self.role or self.admin.user
+
+    @property
+    def owner(self):
+        """Who owns the staging database while the archive is restored (None: the admin)."""
+        return self.login_role
+
+    def create(self, object_size):
+        """Make the temporary login role, before the staging database it will own.
+
+        pg_restore logs in once it has read the archive's start, which for an aes-256-cbc object comes
+        after the whole download: the password stays valid RESTORE_LOGIN_MINUTES plus a minute per
+        RESTORE_LOGIN_BYTES_PER_MINUTE of the object (the role is dropped as soon as the restore ends).
+        """
+        if self.role is None:
+            return
+        self._password = secrets.token_urlsafe(32)
+        minutes = RESTORE_LOGIN_MINUTES + object_size // RESTORE_LOGIN_BYTES_PER_MINUTE
+        self.admin.create_login_role(self.login_role, self._password,
+                                     layout.utcnow() + datetime.timedelta(minutes=minutes), self.role)
+
+    def login(self, database):
+        """A PgClient that logs in as the runner, proven able to connect to ``database``."""
+        if self.role is None:
+            return self.admin
+        client = self.admin.as_login(self.login_role, self._password)
+        try:
+            client.scalar("SELECT 1", database, step="restore role login")
+        except PostgresError as exc:
+            raise PostgresError("the restore role's login %s cannot log in to %s with a password: %s; allow password "
+                                "logins of members of %s in pg_hba.conf (e.g. host all +%s 127.0.0.1/32 scram-sha-256), "
+                                "or connect over TCP (DB_HOST)"
+                                % (self.login_role, self.admin.where, exc.message, self.role, self.role),
+                                step="restore role login")
+        return client
+
+    def drop(self, database=None):
+        """Drop the temporary login role (after DROP OWNED in ``database`` when it still exists); best effort."""
+        if self.login_role is None:
+            return
+        try:
+            self.admin.drop_role(self.login_role, database)
+        except BackupError as exc:
+            LOG.error("could not drop the restore login role %s (its password has expired; drop it by hand: "
+                      "DROP OWNED BY %s; DROP ROLE %s): %s", self.login_role, self.login_role, self.login_role, exc)
+
+    def settle_ownership(self, staging, owners, no_owner):
+        """Hand what this restore created to its owner-to-be; returns that owner.
+
+        The archive's main owner (most TOC entries) gets everything when it exists here and the backup
+        is trusted, or when it is a plain role (a SECURITY DEFINER function of an untrusted archive
+        must not end up owned by a superuser). With ``no_owner``, a trusted backup's objects go to the
+        admin login instead. Otherwise the restore role keeps them (and that is said).
+        """
+        if self.role is None:
+            return None if not no_owner else self.admin.user
+        main = max(sorted(owners), key=lambda name: owners[name]) if owners else None
+        wanted = self.role
+        if no_owner:
+            wanted = self.admin.user if self.trusted else self.role
+        elif main and self.admin.role_exists(main) and (self.trusted or not self.admin.role_risks(main)):
+            wanted = main
+        elif main:
+            LOG.warning("the restored objects stay owned by the restore role %s: the archive's owner %s %s", self.role,
+                        main, "does not exist here" if not self.admin.role_exists(main) else
+                        "may not own what an untrusted backup created (a function of it would run with its rights)")
+        others = sorted(name for name in owners if name != main)
+        if others and not no_owner and wanted == main:
+            LOG.warning("the archive's objects had several owners (%s): all of them are owned by %s now",
+                        ", ".join([main] + others), wanted)
+        self.admin.reassign_owned(staging, self.login_role, wanted)
+        self.drop(staging)
+        self.login_role = None
+        return wanted
+
+
+def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner):
+    """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
+
+    Returns ``(counts, tables, owners in the archive)``.
+    """
+    sink = toc = None
+    with RestoreStream(store, record, new_decryptor, progress) as stream:
+        try:
+            kind = stream.prepare()
+            client = runner.login(staging)
+            guard = None
+            if kind == PLAIN_SQL:
+                guard = PlainSqlGuard(secrets.token_hex(16), drop_ownership=runner.role is not None)
+                argv = client.script_argv(staging)
+            else:
+                toc = TocReader(pg)
+                argv = client.restore_argv(staging, no_owner=no_owner)
+                if runner.role is not None and not no_owner:
+                    argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
+            name = "psql" if kind == PLAIN_SQL else "pg_restore"
+            sink = Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
+            counts = stream.run(sink, toc, guard)
+            status = sink.wait()
+            if status != 0 or not counts["sink_open"]:
+                raise PostgresError("%s: %s" % (sink.describe_exit(status), _restore_failure(sink.stderr_text())),
+                                    step=name)
+            owners = guard.owners if guard is not None else toc_owners(toc.listing(step="pg_restore"))
+        except BaseException:
+            for child in (sink, toc):
+                if child is not None:
+                    child.kill()
+            raise
+    tables = pg.table_count(staging)
+    expected = record.metadata.get("table_count")
+    if guard is not None and expected is None:
+        expected = guard.tables
+    if expected is not None and tables != expected:
+        raise IntegrityError("restored database has %d tables, the backup had %d" % (tables, expected), step="verify")
+    return counts, tables, owners
+
+
+def _restore_failure(stderr):
+    """Why pg_restore (or psql, for a plain-SQL dump) failed, with the fix for the common causes."""
+    detail = failure_detail(stderr)
+    if "\\restrict" in detail and "invalid command" in detail:
+        return detail + ("; this psql cannot restrict backslash commands (that came with PostgreSQL 15.14, 16.10, 17.6): "
+                         "a plain-SQL backup is restored only by a psql that can, so that the dump cannot run commands "
+                         "here: upgrade the PostgreSQL client or point PG_BIN_DIR at a newer one")
+    missing = re.search(r'role "([^"]+)" does not exist', detail)
+    if missing:
+        detail += ("; the archive's objects are owned by or granted to role %s, which this server lacks: create it "
+                   "(CREATE ROLE %s), or restore with --no-owner (no_owner: true) to skip ownership and privileges"
+                   % (missing.group(1), missing.group(1)))
+    elif re.search(r"permission denied|must be (superuser|owner|a member)|must have privileges|privileges of the", detail):
+        detail += "; the backup's SQL needs a privilege that the role it runs as does not have"
+    return detail
+
+
+def _drop_quietly(pg, name):
+    try:
+        pg.drop_database(name)
+    except BackupError:
+        LOG.error("could not drop the staging database %s: drop it by hand (DROP DATABASE %s)", name, name)
+
+
+def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
+                    progress=None, allow_unsigned=False, allow_seed=None, as_admin=False):
+    """What :func:`run_restore` would restore, and where, after a full verification of it.
+
+    Returns ``(plan, verification)``: ``plan`` names the backup, its source and
+    the target database; ``verification`` is :func:`run_verify`'s result
+    (download, SHA-256, decryption, decompression, archive parse). Raises
+    BackupError exactly where the restore would (selection, key, integrity).
+    """
+    store = store or open_store(settings)
+    record = select(settings, store, backup, before, host, db, allow_seed=allow_seed)
+    target = check_target_name(target_db or default_target(record))
+    verification = run_verify(settings, backup=record.basename, host=record.host, db=record.db,
+                              store=store, progress=progress, allow_unsigned=allow_unsigned, allow_seed=allow_seed)
+    plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
+            "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
+            "target_db": target, "expected_table_count": record.metadata.get("table_count"),
+            "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
+            "sql_runs_as": settings.db_user if as_admin else settings.restore_role,
+            "source_trusted": untrusted_source(settings, record) is None}
+    return plan, verification
