@@ -113,7 +113,7 @@ def _probe_costs(passphrase, repeat):
         total += seconds
         print("  %-36s %8.3f ms  %6.1fx of the first (the seed's default)" % (kdf.spec(), seconds * 1000, seconds / first))
     block = os.urandom(32)  # a header and a first block no derivation opens: the worst case, every one tried
-    obj = b"Salted__" + salt + block[:16]
+    obj = openssl_enc.MAGIC + salt + block[:16]
 
     def worst():
         decryptor = openssl_enc.CbcDecryptor([("k", passphrase)], kdfs=openssl_enc.probe_kdfs())

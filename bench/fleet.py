@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fleet timing: `playbooks/setup-backups.yml` on N Molecule-style chroot hosts, first and second run.
+"""Fleet timing: `playbooks/setup_backups.yml` on N Molecule-style chroot hosts, first and second run.
 
 Reuses the Molecule scenario machinery of molecule/shared (base image, overlay hosts, the
 PostgreSQL and IAM-enforcing S3 services) with a scenario of N plain database hosts written to
@@ -43,7 +43,7 @@ def landed():
         done = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", pattern], capture_output=True, text=True,
                               check=False)
         return done.returncode == 0 and bool(done.stdout.strip())
-    return committed("playbooks/setup-backups.yml") and committed("molecule/shared/create.yml")
+    return committed("playbooks/setup_backups.yml") and committed("molecule/shared/create.yml")
 
 
 def run_fleet(hosts=8, log=print):

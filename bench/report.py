@@ -343,7 +343,7 @@ def markdown(results, summary, chart_path, out_path):
     fleet = results.get("fleet")
     if isinstance(fleet, dict):
         first, second = fleet["first_run_changed"], fleet["second_run_changed"]
-        lines += ["`playbooks/setup-backups.yml` on %d Molecule-style hosts (chroot overlays of one Debian 12 base, "
+        lines += ["`playbooks/setup_backups.yml` on %d Molecule-style hosts (chroot overlays of one Debian 12 base, "
                   "`bench/fleet.py` with the machinery of `molecule/shared`; PostgreSQL and the IAM-enforcing S3 "
                   "endpoint on this machine), `forks: 8`:" % fleet["hosts"], "",
                   "| run | wall s | changed tasks per host |", "|---|---|---|",
@@ -354,7 +354,7 @@ def markdown(results, summary, chart_path, out_path):
                   "(`bench/fleet.py --hosts 8`) after the measurements once the playbook and Molecule have "
                   "landed; `bench/run.py --fleet-only` adds it to an existing results.json." % fleet["create_s"], ""]
     else:
-        lines += ["Wall time of `playbooks/setup-backups.yml` on 8 Molecule-style hosts: %s." % fleet, ""]
+        lines += ["Wall time of `playbooks/setup_backups.yml` on 8 Molecule-style hosts: %s." % fleet, ""]
     lines += ["## How it was measured", "",
               "- wall: from fork to exit of the command (`bench/measure.py`).",
               "- client CPU: user + system time from `wait4()` of the command, which includes every descendant "

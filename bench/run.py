@@ -565,7 +565,7 @@ def machine_info(bench):
 
 
 def fleet_status():
-    """Whether the fleet timing can run: playbooks/setup-backups.yml and a Molecule scenario committed (landed)."""
+    """Whether the fleet timing can run: playbooks/setup_backups.yml and a Molecule scenario committed (landed)."""
     def landed(pattern):
         done = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", pattern], capture_output=True, text=True,
                               check=False)
@@ -573,11 +573,11 @@ def fleet_status():
             return bool(list(ROOT.glob(pattern)))
         return bool(done.stdout.strip())
 
-    playbook = landed("playbooks/setup-backups.yml")
+    playbook = landed("playbooks/setup_backups.yml")
     scenario = landed("molecule/*/molecule.yml")
     if playbook and scenario:
-        return "possible now (playbooks/setup-backups.yml and a Molecule scenario have landed) but not yet timed by this bench"
-    missing = [name for name, there in (("playbooks/setup-backups.yml", playbook), ("a Molecule scenario", scenario))
+        return "possible now (playbooks/setup_backups.yml and a Molecule scenario have landed) but not yet timed by this bench"
+    missing = [name for name, there in (("playbooks/setup_backups.yml", playbook), ("a Molecule scenario", scenario))
                if not there]
     return "pending: %s not landed yet (another engineer's roles/Molecule work)" % " and ".join(missing)
 
@@ -610,7 +610,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition, output to build/bench/smoke/")
     parser.add_argument("--fleet-hosts", type=int, default=8,
-                        help="hosts for the fleet timing of playbooks/setup-backups.yml (default 8; 0 to skip; never "
+                        help="hosts for the fleet timing of playbooks/setup_backups.yml (default 8; 0 to skip; never "
                              "in --smoke)")
     parser.add_argument("--fleet-only", action="store_true",
                         help="only the fleet timing, added to the results dir's results.json, then --render")

@@ -6,14 +6,19 @@
 This is the only file in ``module_utils`` that imports Ansible: it adapts the
 engine to modules and holds no backup logic of its own.
 
-- One argument-spec builder per option group, each matched by a doc fragment
+- The options of settings come from the settings table (config.TABLE): one
+  argument-spec builder per option group, each matched by a doc fragment
   (``postgres_argument_spec`` by ``quankey.backup.postgres``, ``s3_argument_spec``
   by ``quankey.backup.s3``, ``encryption_argument_spec`` by
-  ``quankey.backup.encryption``); a unit test proves each pair agrees.
-- Every module accepts all three groups, so ``module_defaults`` for
+  ``quankey.backup.encryption``, ``env_file`` by ``quankey.backup.env_file``), and
+  :func:`setting_options` for the settings only some modules take; unit tests
+  prove the docs agree with the table.
+- Every module accepts all the groups, so ``module_defaults`` for
   ``group/quankey.backup.all`` can set the connection options once.
-- Options fall back to the seed's environment variables (the names the host
-  command reads), as amazon.aws does for ``AWS_*``.
+- A setting comes from the module's option, else the seed's environment variable
+  on the managed host (the name the host command reads), else the env file
+  (``env_file``, default /etc/quankey/backup.env when it exists), else the
+  engine's default: the argument specs carry no defaults (Settings applies them).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,36 +27,32 @@ __metaclass__ = type
 
 import contextlib
 import inspect
+import os
+import re
 import traceback
 
-from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from . import config
-from . import keys
 from .adapters import s3
 from .errors import BackupError
 from .formats import compression, crypto
 from .workflows import health
 
-# The engine's own defaults: the argument specs (and, checked by a unit test, the docs) repeat these.
-SETTINGS_DEFAULTS = dict((name, parameter.default)
-                         for name, parameter in inspect.signature(config.Settings).parameters.items())
+# The health rules' defaults: the module's options repeat these (a unit test checks the docs).
 HEALTH_DEFAULTS = dict((name, parameter.default)
                        for name, parameter in inspect.signature(health.HealthPolicy).parameters.items())
 
-# Module option -> config.Settings argument.
-_SETTING_OF_OPTION = {
-    "login_host": "db_host", "login_port": "db_port", "login_user": "db_user", "login_password": "db_password",
-    "db": "db_name", "ssl_mode": "db_sslmode", "maintenance_db": "db_maintenance_db", "pg_bin_dir": "pg_bin_dir",
-    "restore_role": "restore_role", "allow_seed": "allow_seed",
-    "bucket": "bucket", "prefix": "prefix", "host_id": "host_id", "region": "region", "endpoint_url": "endpoint_url",
-    "access_key": "access_key", "secret_key": "secret_key", "session_token": "session_token",
-    "encryption_key": "encryption_key", "decryption_keys": "decryption_keys", "keyring_file": "keyring_file",
-    "encryption": "encryption", "compression": "compression", "recipients": "recipients",
-    "identity_file": "identity_file", "signing_key": "signing_key", "seed_passphrase": "seed_passphrase",
-    "seed_kdf": "seed_kdf",
-    "storage_class": "storage_class", "name": "backup_name", "retention_days": "retention_days",
+# How a module says the switches the engine's messages name (config.COMMAND_FLAGS' names).
+MODULE_FLAGS = {
+    "backup": "the backup option", "target_db": "the target_db option", "force": "force: true",
+    "no_owner": "no_owner: true", "as_admin": "restore_as_admin: true", "allow_unsigned": "allow_unsigned: true",
+    "allow_seed": "allow_seed: true", "env_file": "the env_file option", "all": "all: true",
 }
+VOCABULARY = config.Vocabulary(options=True, flags=MODULE_FLAGS)
+ENVIRONMENT = "the module's environment"  # where a setting read from the module's environment variables was set
+
+_TYPES = {"str": "str", "choice": "str", "int": "int", "bool": "bool", "list": "list", "path": "path"}
 
 # Python libraries a module may need: name -> (engine module, HAS_ flag, import error attribute).
 _LIBRARIES = {
@@ -61,42 +62,32 @@ _LIBRARIES = {
 }
 
 
-def _env(*names):
-    return (env_fallback, list(names))
+def option_spec(setting):
+    """The argument spec of a setting's option: no default (Settings applies it) and no fallback (read here)."""
+    spec = dict(type=_TYPES[setting.kind], no_log=setting.secret)
+    if setting.kind == "list":
+        spec["elements"] = "str"
+    if setting.choices is not None:
+        spec["choices"] = list(setting.choices)
+    if setting.aliases:
+        spec["aliases"] = list(setting.aliases)
+    return spec
+
+
+def _group(group):
+    return dict((setting.option, option_spec(setting)) for setting in config.TABLE if setting.group == group)
 
 
 def postgres_argument_spec():
     """PostgreSQL connection options (documented by the quankey.backup.postgres doc fragment)."""
-    return dict(
-        login_host=dict(type="str", default=SETTINGS_DEFAULTS["db_host"], fallback=_env("DB_HOST")),
-        login_port=dict(type="int", default=SETTINGS_DEFAULTS["db_port"], fallback=_env("DB_PORT")),
-        login_user=dict(type="str", default=SETTINGS_DEFAULTS["db_user"], fallback=_env("DB_USER")),
-        login_password=dict(type="str", no_log=True, fallback=_env("PGPASSWORD")),
-        login_unix_socket=dict(type="path"),
-        db=dict(type="str", fallback=_env("DB_NAME")),
-        ssl_mode=dict(type="str", choices=list(config.SSL_MODES), default="prefer", fallback=_env("DB_SSLMODE")),
-        maintenance_db=dict(type="str", default=SETTINGS_DEFAULTS["db_maintenance_db"],
-                            fallback=_env("DB_MAINTENANCE_DB")),
-        pg_bin_dir=dict(type="path", fallback=_env("PG_BIN_DIR")),
-        restore_role=dict(type="str", default=SETTINGS_DEFAULTS["restore_role"], fallback=_env("BACKUP_RESTORE_ROLE")),
-    )
+    spec = _group(config.POSTGRES)
+    spec["login_unix_socket"] = dict(type="path")  # no setting: it becomes the host (libpq takes a socket directory)
+    return spec
 
 
 def s3_argument_spec():
     """S3 location and credentials (documented by the quankey.backup.s3 doc fragment)."""
-    return dict(
-        bucket=dict(type="str", required=True, fallback=_env("S3_BUCKET")),
-        prefix=dict(type="str", default=SETTINGS_DEFAULTS["prefix"], fallback=_env("S3_PREFIX")),
-        host_id=dict(type="str", fallback=_env("BACKUP_HOST_ID")),
-        region=dict(type="str", aliases=["aws_region"], fallback=_env("AWS_DEFAULT_REGION", "AWS_REGION")),
-        endpoint_url=dict(type="str", aliases=["aws_endpoint_url"], fallback=_env("S3_ENDPOINT_URL")),
-        access_key=dict(type="str", aliases=["aws_access_key_id"], no_log=False,
-                        fallback=_env("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY")),
-        secret_key=dict(type="str", aliases=["aws_secret_access_key"], no_log=True,
-                        fallback=_env("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY")),
-        session_token=dict(type="str", aliases=["aws_session_token"], no_log=True,
-                           fallback=_env("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")),
-    )
+    return _group(config.S3)
 
 
 def encryption_argument_spec():
@@ -104,44 +95,107 @@ def encryption_argument_spec():
 
     Documented by the quankey.backup.encryption doc fragment.
     """
-    return dict(
-        encryption_key=dict(type="str", no_log=True, fallback=_env(crypto.MASTER_KEY_NAME)),
-        decryption_keys=dict(type="list", elements="str", no_log=True, fallback=_env(keys.DECRYPTION_KEYS_NAME)),
-        keyring_file=dict(type="path", no_log=False, fallback=_env(keys.KEYRING_FILE_NAME)),
-        encryption=dict(type="str", choices=list(config.ENCRYPTIONS), default=SETTINGS_DEFAULTS["encryption"],
-                        fallback=_env("BACKUP_ENCRYPTION")),
-        recipients=dict(type="list", elements="str", no_log=False, fallback=_env("BACKUP_RECIPIENTS")),
-        identity_file=dict(type="path", no_log=False, fallback=_env("BACKUP_IDENTITY_FILE")),
-        signing_key=dict(type="str", no_log=True, fallback=_env("BACKUP_SIGNING_KEY")),
-        seed_passphrase=dict(type="str", no_log=True, fallback=_env("BACKUP_SEED_PASSPHRASE")),
-        seed_kdf=dict(type="str", fallback=_env("BACKUP_SEED_KDF")),
-    )
+    return _group(config.ENCRYPTION)
 
 
-def common_argument_spec(**module_options):
-    """All three groups plus a module's own options (which may override a group's, e.g. to make it required)."""
+def env_file_argument_spec():
+    """Where the settings not given as options are read (documented by the quankey.backup.env_file doc fragment)."""
+    return dict(env_file=dict(type="path"))
+
+
+def setting_options(*options):
+    """The argument specs of the settings only some modules take (config.MODULE), by option name."""
+    by_option = dict((setting.option, setting) for setting in config.TABLE if setting.group == config.MODULE)
+    return dict((option, option_spec(by_option[option])) for option in options)
+
+
+def common_argument_spec(*option_sets, **module_options):
+    """All the groups plus a module's own options: dicts of them (:func:`setting_options`) and keyword arguments.
+
+    A module's option may add to a group's (e.g. ``elements``) or override what it says.
+    """
     spec = {}
     spec.update(postgres_argument_spec())
     spec.update(s3_argument_spec())
     spec.update(encryption_argument_spec())
-    for name, option in module_options.items():
-        spec[name] = dict(spec.get(name, {}), **option)
+    spec.update(env_file_argument_spec())
+    for options in option_sets + (module_options,):
+        for name, option in options.items():
+            spec[name] = dict(spec.get(name, {}), **option)
     return spec
 
 
-def settings_from_params(params):
-    """The engine's Settings from module parameters (unset options keep the engine's defaults).
+def _options(params):
+    """The first source of a module's settings: its options (the unix socket, when given, is the host)."""
+    def find(setting):
+        if setting.field == "db_host" and params.get("login_unix_socket"):
+            return params["login_unix_socket"], "the login_unix_socket option"
+        if setting.option and params.get(setting.option) is not None:
+            return params[setting.option], "the %s option" % setting.option
+        return None
+    return find
 
-    Raises ConfigError (call it inside :func:`engine_errors`).
+
+def read_module_env_file(params, environ, warn):
+    """``(path, values)`` of the module's env file: ``env_file``, $QUANKEY_ENV_FILE, or the default when it exists.
+
+    A file named by the option or the variable must be readable (ConfigError); the default one is skipped, with a
+    warning, when this user may not read it.
     """
-    values = {}
-    for option, field in _SETTING_OF_OPTION.items():
-        if params.get(option) is not None:
-            values[field] = params[option]
-    if params.get("login_unix_socket"):
-        values["db_host"] = params["login_unix_socket"]  # libpq takes a socket directory as the host
-    labels = dict((field, "the %s option" % option) for option, field in _SETTING_OF_OPTION.items())
-    return config.Settings(source="module options", labels=labels, **values)
+    given = params.get("env_file") or environ.get(config.ENV_FILE_VARIABLE)
+    path = config.env_file_path(given, environ)
+    if not path:
+        return None, {}
+    if not given and not os.access(path, os.R_OK):
+        warn("env file %s is not readable by this user, so its settings are not used: run the task with become, or "
+             "set env_file" % path)
+        return None, {}
+    values, warnings = config.read_env_file(path, flag=VOCABULARY.flag("env_file"))
+    for warning in warnings:
+        warn(warning)
+    return path, values
+
+
+def settings_from_params(params, environ=None, warn=None, hide=None):
+    """The engine's Settings of a module: its options, else the variables of its environment, else its env file
+    (:func:`read_module_env_file`), else the engine's defaults.
+
+    Messages name the option, or the variable and where it was set. ``warn(text)`` says what the
+    module should warn of; ``hide(value)`` is given every secret read from the environment or the
+    env file (AnsibleModule masks only options with no_log). Raises ConfigError (call it inside
+    :func:`engine_errors`).
+    """
+    environ = os.environ if environ is None else environ
+    path, values = read_module_env_file(params, environ, warn or (lambda text: None))
+    sources = [_options(params), config.variables_source(environ, ENVIRONMENT)]
+    if path:
+        sources.append(config.variables_source(values, path))
+    passthrough = config.pg_passthrough_of(values)
+    if hide is not None:
+        for setting in config.TABLE:
+            if setting.secret:
+                for name in setting.variables:
+                    _hide(hide, environ.get(name))
+                    _hide(hide, values.get(name))
+        for name, value in passthrough.items():
+            if "PASSWORD" in name:
+                _hide(hide, value)
+    return config.settings_from_sources(sources, source="module options", vocabulary=VOCABULARY,
+                                        pg_passthrough=passthrough)
+
+
+def _hide(hide, value):
+    """Mask a secret in the module's results: the whole text and each of its words (lists of keys)."""
+    if value:
+        hide(value)
+        for word in re.split(r"[\s,]+", value):
+            if word and word != value:
+                hide(word)
+
+
+def module_settings(module):
+    """:func:`settings_from_params` of an AnsibleModule: its warnings, and its secrets masked in its results."""
+    return settings_from_params(module.params, os.environ, module.warn, module.no_log_values.add)
 
 
 def require_libraries(module, *names):

@@ -160,10 +160,7 @@ def _add_selection(parser):
 
 def env_file_path(env_file, environ):
     """The env file to read: --env-file, else $QUANKEY_ENV_FILE, else the default when it exists (or None)."""
-    path = env_file or environ.get("QUANKEY_ENV_FILE")
-    if not path and os.path.exists(config.DEFAULT_ENV_FILE):
-        path = config.DEFAULT_ENV_FILE
-    return path
+    return config.env_file_path(env_file, environ)
 
 
 def load_environment(env_file, environ):
@@ -174,7 +171,7 @@ def load_environment(env_file, environ):
         values, warnings = config.read_env_file(path)
         for warning in warnings:
             LOG.warning(warning)
-    for name in config.VARIABLES + ("BACKUP_FILE", "OUTPUT_JSON", "BACKUP_SCHEDULE", "AWS_REGION"):
+    for name in config.READ_VARIABLES:
         if environ.get(name):
             values[name] = environ[name]
             values.pop(_FROM_FILE + name, None)
@@ -275,9 +272,12 @@ def _cmd_verify(args, settings, env):
     return EXIT_OK
 
 
-def _health_policy(args, env):
-    schedule = args.schedule or env.get("BACKUP_SCHEDULE") or "daily"
-    policy = health.HealthPolicy(interval_hours=health.interval_for_schedule(schedule))
+def _health_policy(args, settings):
+    if args.schedule:
+        interval = health.interval_for_schedule(args.schedule, "--schedule")
+    else:
+        interval = health.interval_for_schedule(settings.schedule, settings.label("schedule"))
+    policy = health.HealthPolicy(interval_hours=interval)
     if args.max_age_hours is not None:
         policy.max_age_hours = args.max_age_hours
     if args.min_size_bytes is not None:
@@ -290,17 +290,9 @@ def _health_policy(args, env):
 
 
 def _cmd_health(args, settings, env):
-    report = health.check_health(settings, _health_policy(args, env))
+    report = health.check_health(settings, _health_policy(args, settings))
     as_json = args.json or str(env.get("OUTPUT_JSON", "")).lower() in TRUE_WORDS
-    latest = report["latest"]
-    lines = ["%s: backups of %s on %s in s3://%s"
-             % (report["status"].upper(), report["database"], report["host"], report["bucket"])]
-    if latest:
-        size = human_size(latest.get("size_bytes") or latest["object_size"] or 0)
-        lines.append("latest: %s, %.1f h old, %s" % (latest["name"], latest["age_hours"], size))
-    for finding in report["findings"]:
-        lines.append("  %-8s %-14s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
-    _emit(report, as_json, lines)
+    _emit(report, as_json, health.report_lines(report))
     return report["exit_code"]
 
 

@@ -1,11 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Settings of the engine, read from the seed's environment variables.
+"""The settings of the engine, in one table.
 
-The host command reads them from the process environment and an env file
-(``/etc/quankey/backup.env``); the modules build the same :class:`Settings`
-from their options. Validation lives here once, for both.
+Each :class:`Setting` of :data:`TABLE` says where a setting comes from (the seed's environment
+variable, read by the host command from its environment and its env file; the module option
+and its aliases), what it may be, its default, whether it is a secret and what to do when it
+is missing. From the table come :class:`Settings` (fields, defaults, validation),
+:func:`settings_from_env`, the variable lists, and, in ansible_common.py, the modules' argument
+specs; unit tests check the doc fragments, the modules' docs and docs/CLI.md against it.
+
+Messages name a setting in the caller's words (:class:`Vocabulary`): the variable for the host
+command ("BACKUP_RETENTION_DAYS in /etc/quankey/backup.env"), the option for a module ("the
+retention_days option"), or the variable and where when a module read it from its environment
+or env file.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,9 +27,10 @@ import stat
 
 from .errors import ConfigError
 from .formats import modes, openssl_enc
-from .formats.compression import COMPRESSIONS
+from .formats.compression import COMPRESSIONS, DEFAULT_COMPRESSION
 
 DEFAULT_ENV_FILE = "/etc/quankey/backup.env"
+ENV_FILE_VARIABLE = "QUANKEY_ENV_FILE"
 
 STORAGE_CLASSES = (
     "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
@@ -48,78 +57,296 @@ PG_PASSTHROUGH_PREFIXES = ("PGSSL", "PGSERVICE")
 PG_PASSTHROUGH_NAMES = ("PGSYSCONFDIR",)
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
-# Every variable the engine reads; the secret ones are never logged or returned.
-VARIABLES = (
-    "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "PGPASSWORD", "DB_SSLMODE", "DB_MAINTENANCE_DB", "PG_BIN_DIR",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "S3_BUCKET", "S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS",
-    "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_ENCRYPTION", "BACKUP_COMPRESSION",
-    "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE", "BACKUP_SIGNING_KEY",
-    "BACKUP_NAME", "BACKUP_HOST_ID", "BACKUP_RETENTION_DAYS", "BACKUP_MIN_KEEP",
-    "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED", "BACKUP_SEED_PASSPHRASE", "BACKUP_SEED_KDF",
-    "S3_RETRY_WINDOW_SECONDS", "BACKUP_LOCK_WAIT_TIMEOUT",
+# Option groups: each is a doc fragment and an argument-spec builder in ansible_common.py that every module takes.
+POSTGRES, S3, ENCRYPTION = "postgres", "s3", "encryption"
+# Options of settings that only some modules take (each module documents its own).
+MODULE = "module"
+# Variables of the host command that are no setting of the engine (no Settings field, no module option).
+COMMAND = "command"
+KINDS = ("str", "int", "bool", "list", "path", "choice")
+
+
+class Setting:
+    """One row of the settings table.
+
+    ``field``: the :class:`Settings` attribute; ``variable``: the host command's variable, with
+    ``alternatives`` read after it (by the host command and the modules); ``option`` and
+    ``aliases``: the module option (None: none, the variable only); ``kind``: one of :data:`KINDS`;
+    ``default``: the engine's default; ``secret``: never logged or returned (no_log);
+    ``group``: POSTGRES, S3 or ENCRYPTION (the option group every module takes), MODULE (an
+    option of some modules only), COMMAND (the host command's, no setting) or None (no option);
+    ``choices`` (with ``problem``, what a wrong value is not), ``bounds`` (inclusive) and
+    ``check`` (``check(label, value)`` returns the value to keep or raises ConfigError) say what is
+    valid; ``meaning``: one line for humans; ``hint`` and ``example``: what to do when it is
+    missing; ``shown``: the default as docs/CLI.md states it when that is no literal value.
+    """
+
+    __slots__ = ("field", "variable", "kind", "default", "option", "aliases", "alternatives", "secret", "group",
+                 "choices", "problem", "bounds", "check", "meaning", "hint", "example", "shown")
+
+    def __init__(self, field, variable, kind="str", default=None, option=None, aliases=(), alternatives=(),
+                 secret=False, group=None, choices=None, problem=None, bounds=None, check=None, meaning="",
+                 hint=None, example=None, shown=None):
+        if kind not in KINDS:
+            raise ValueError("setting %s: kind %r is not one of %s" % (field, kind, ", ".join(KINDS)))
+        self.field = field
+        self.variable = variable
+        self.kind = kind
+        self.default = default
+        self.option = option
+        self.aliases = tuple(aliases)
+        self.alternatives = tuple(alternatives)
+        self.secret = secret
+        self.group = group
+        self.choices = tuple(choices) if choices is not None else None
+        self.problem = problem
+        self.bounds = bounds
+        self.check = check
+        self.meaning = meaning
+        self.hint = hint
+        self.example = example
+        self.shown = shown
+
+    def __repr__(self):
+        return "Setting(%s, %s)" % (self.field, self.variable)
+
+    @property
+    def variables(self):
+        """The variable and its alternatives, in the order they are read."""
+        return (self.variable,) + self.alternatives
+
+    @property
+    def stored(self):
+        """Whether it is a field of :class:`Settings` (the host command's own variables are not)."""
+        return self.group != COMMAND
+
+    @property
+    def documented_default(self):
+        """The default as the docs state it: ``shown``, the literal default, or None (no default)."""
+        if self.shown is not None:
+            return self.shown
+        if self.default in (None, ""):
+            return None
+        return str(self.default).lower() if isinstance(self.default, bool) else str(self.default)
+
+    def validate(self, label, value):
+        """``value`` (not None) as it is kept, or ConfigError naming ``label``."""
+        if self.kind == "int":
+            value = _whole_number(label, value, self.bounds[0], self.bounds[1])
+        elif self.kind == "bool":
+            value = _boolean(label, value)
+        elif self.kind == "choice" and value not in self.choices:
+            raise ConfigError("%s %r %s: choose one of %s" % (label, value, self.problem, ", ".join(self.choices)))
+        if self.check is not None:
+            value = self.check(label, value)
+        return value
+
+
+def _matching(pattern, rule):
+    """A check: the value must match ``pattern``; ``rule`` says what it may hold."""
+    def check(label, value):
+        if not pattern.match(value):
+            raise ConfigError("%s %r %s" % (label, value, rule))
+        return value
+    return check
+
+
+def _database_name(label, value):
+    if "/" in value or not value.strip():
+        raise ConfigError("%s %r is not usable in S3 keys: it may not be empty or contain '/'" % (label, value))
+    return value
+
+
+def _prefix(label, value):
+    return normalize_prefix(value)
+
+
+def _seed_kdf(label, value):
+    return openssl_enc.parse_kdf(value, label).spec()
+
+
+_KEY_PART = "may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
+_GENERATE = "generate one with `openssl rand -base64 32` and set it"
+
+TABLE = (
+    # PostgreSQL: the quankey.backup.postgres doc fragment
+    Setting("db_host", "DB_HOST", default="localhost", option="login_host", group=POSTGRES,
+            meaning="host name or address of the PostgreSQL server"),
+    Setting("db_port", "DB_PORT", "int", 5432, option="login_port", group=POSTGRES, bounds=(1, 65535),
+            meaning="TCP port of the PostgreSQL server"),
+    Setting("db_name", "DB_NAME", option="db", group=POSTGRES, check=_database_name,
+            meaning="the database backed up, restored or checked",
+            hint="name the database whose backups to take or use", example="quankey_prod"),
+    Setting("db_user", "DB_USER", default="postgres", option="login_user", group=POSTGRES,
+            meaning="the PostgreSQL role to log in as"),
+    Setting("db_password", "PGPASSWORD", option="login_password", secret=True, group=POSTGRES,
+            meaning="its password (to libpq in the environment, never on a command line)"),
+    Setting("db_sslmode", "DB_SSLMODE", "choice", option="ssl_mode", group=POSTGRES, choices=SSL_MODES,
+            problem="is not a libpq sslmode", meaning="libpq's sslmode (libpq's default, prefer, when unset)"),
+    Setting("db_maintenance_db", "DB_MAINTENANCE_DB", default="postgres", option="maintenance_db", group=POSTGRES,
+            meaning="the database connected to for CREATE and RENAME DATABASE"),
+    Setting("pg_bin_dir", "PG_BIN_DIR", "path", option="pg_bin_dir", group=POSTGRES,
+            shown="newest `/usr/lib/postgresql/*/bin`", meaning="where pg_dump, pg_restore and psql live"),
+    Setting("restore_role", "BACKUP_RESTORE_ROLE", default=DEFAULT_RESTORE_ROLE, option="restore_role", group=POSTGRES,
+            check=_matching(_ROLE_RE, "is not a usable role name: use letters, digits and '_' (at most 63, not "
+                                      "starting with a digit), e.g. quankey_restore"),
+            meaning="the plain role a restored backup's SQL runs as",
+            hint="name the plain role restored SQL runs as", example=DEFAULT_RESTORE_ROLE),
+    # S3: the quankey.backup.s3 doc fragment
+    Setting("bucket", "S3_BUCKET", option="bucket", group=S3, meaning="the bucket backups go to",
+            hint="name the backup bucket", example="quankey-backups-prod"),
+    Setting("prefix", "S3_PREFIX", default="", option="prefix", group=S3, check=_prefix,
+            meaning="key prefix of every object"),
+    Setting("host_id", "BACKUP_HOST_ID", option="host_id", group=S3, check=_matching(_HOST_ID_RE, _KEY_PART),
+            shown="short host name", meaning="this host's part of the object keys"),
+    Setting("region", "AWS_DEFAULT_REGION", option="region", aliases=("aws_region",), alternatives=("AWS_REGION",),
+            group=S3, shown="us-east-1", meaning="the bucket's AWS region"),
+    Setting("endpoint_url", "S3_ENDPOINT_URL", option="endpoint_url", aliases=("aws_endpoint_url",), group=S3,
+            shown="AWS", meaning="an S3-compatible endpoint instead of AWS"),
+    Setting("access_key", "AWS_ACCESS_KEY_ID", option="access_key", aliases=("aws_access_key_id",),
+            alternatives=("AWS_ACCESS_KEY",), group=S3, meaning="AWS access key id"),
+    Setting("secret_key", "AWS_SECRET_ACCESS_KEY", option="secret_key", aliases=("aws_secret_access_key",),
+            alternatives=("AWS_SECRET_KEY",), secret=True, group=S3, meaning="AWS secret access key"),
+    Setting("session_token", "AWS_SESSION_TOKEN", option="session_token", aliases=("aws_session_token",),
+            alternatives=("AWS_SECURITY_TOKEN",), secret=True, group=S3, meaning="AWS session token"),
+    # The keys: the quankey.backup.encryption doc fragment
+    Setting("encryption_key", "BACKUP_ENCRYPTION_KEY", option="encryption_key", secret=True, group=ENCRYPTION,
+            meaning="the active master key", hint=_GENERATE),
+    Setting("decryption_keys", "BACKUP_DECRYPTION_KEYS", "list", option="decryption_keys", secret=True,
+            group=ENCRYPTION, meaning="older master keys still accepted"),
+    Setting("keyring_file", "BACKUP_KEYRING_FILE", "path", option="keyring_file", group=ENCRYPTION,
+            meaning="a file of more older master keys"),
+    Setting("encryption", "BACKUP_ENCRYPTION", "choice", DEFAULT_ENCRYPTION, option="encryption", group=ENCRYPTION,
+            choices=ENCRYPTIONS, problem="is not supported", meaning="how new backups are encrypted"),
+    Setting("recipients", "BACKUP_RECIPIENTS", "list", option="recipients", group=ENCRYPTION,
+            meaning="hybrid-pq public keys new backups are sealed to",
+            hint="set it to the public key(s) printed by `quankey-backup keygen` on the restore side"),
+    Setting("identity_file", "BACKUP_IDENTITY_FILE", "path", option="identity_file", group=ENCRYPTION,
+            meaning="the hybrid-pq private key file",
+            hint="point it at the private key file made by `quankey-backup keygen` (mode 0600)"),
+    Setting("signing_key", "BACKUP_SIGNING_KEY", option="signing_key", secret=True, group=ENCRYPTION,
+            shown="derived from `BACKUP_ENCRYPTION_KEY`", meaning="signs each backup's metadata",
+            hint="generate one with `openssl rand -base64 32` and set it where backups are made and where they are "
+                 "restored"),
+    Setting("seed_passphrase", "BACKUP_SEED_PASSPHRASE", option="seed_passphrase", secret=True, group=ENCRYPTION,
+            shown="the text of `BACKUP_ENCRYPTION_KEY`", meaning="the passphrase the seed's scripts gave openssl enc",
+            hint="set it to the passphrase the seed's scripts gave openssl enc (their BACKUP_ENCRYPTION_KEY, as "
+                 "written)"),
+    Setting("seed_kdf", "BACKUP_SEED_KDF", option="seed_kdf", group=ENCRYPTION, check=_seed_kdf,
+            shown="found by trying", meaning="how the seed's key was derived"),
+    # Options of some modules only
+    Setting("storage_class", "S3_STORAGE_CLASS", "choice", DEFAULT_STORAGE_CLASS, option="storage_class",
+            group=MODULE, choices=STORAGE_CLASSES, problem="is not an S3 storage class",
+            meaning="S3 storage class of new objects"),
+    Setting("compression", "BACKUP_COMPRESSION", "choice", DEFAULT_COMPRESSION, option="compression", group=MODULE,
+            choices=COMPRESSIONS, problem="is not supported", meaning="how dumps are compressed"),
+    Setting("backup_name", "BACKUP_NAME", option="name", group=MODULE, check=_matching(_NAME_RE, _KEY_PART),
+            shown="`DB_NAME`", meaning="name stem of new backups"),
+    Setting("retention_days", "BACKUP_RETENTION_DAYS", "int", 30, option="retention_days", group=MODULE,
+            bounds=(1, 36500), meaning="days a backup is kept"),
+    Setting("allow_seed", "BACKUP_ALLOW_SEED", "bool", False, option="allow_seed", group=MODULE,
+            meaning="also use the seed's unsigned backups"),
+    Setting("schedule", "BACKUP_SCHEDULE", default="daily", option="schedule", group=MODULE,
+            meaning="how often backups are meant to run (checked by health)"),
+    # Variables only (the env file or the environment)
+    Setting("min_keep", "BACKUP_MIN_KEEP", "int", 3, bounds=(1, 100000), meaning="backups prune always keeps"),
+    Setting("lock_wait_timeout", "BACKUP_LOCK_WAIT_TIMEOUT", "int", DEFAULT_LOCK_WAIT_TIMEOUT, bounds=(1, 86400),
+            meaning="seconds pg_dump waits for a table's lock"),
+    Setting("retry_window", "S3_RETRY_WINDOW_SECONDS", "int", DEFAULT_RETRY_WINDOW, bounds=(0, 86400),
+            meaning="seconds a failing S3 request is retried",
+            hint="give the seconds a failing S3 request is retried, 0 for no retries", example=str(DEFAULT_RETRY_WINDOW)),
+    # The host command's own
+    Setting("backup_file", "BACKUP_FILE", group=COMMAND, meaning="the backup restore and verify use (--backup)"),
+    Setting("output_json", "OUTPUT_JSON", "bool", False, group=COMMAND, meaning="health prints JSON (--json)"),
 )
-SECRET_VARIABLES = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "BACKUP_ENCRYPTION_KEY",
-                    "BACKUP_DECRYPTION_KEYS", "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE")
+
+SETTINGS = dict((setting.field, setting) for setting in TABLE)
+_STORED = tuple(setting for setting in TABLE if setting.stored)
+FIELDS = tuple(setting.field for setting in _STORED)
+# Each setting's variable; messages name it (or the module option it came from, see Settings.label).
+FIELD_VARIABLES = dict((setting.field, setting.variable) for setting in TABLE)
+# Every variable the engine reads (READ_VARIABLES: with the older names read after them); the secret ones are
+# never logged or returned.
+VARIABLES = tuple(setting.variable for setting in TABLE)
+READ_VARIABLES = tuple(name for setting in TABLE for name in setting.variables)
+SECRET_VARIABLES = tuple(name for setting in TABLE if setting.secret for name in setting.variables)
+
+# How the host command says its switches; a module says its options instead (ansible_common.py).
+COMMAND_FLAGS = {
+    "backup": "--backup", "target_db": "--target-db", "force": "--force", "no_owner": "--no-owner",
+    "as_admin": "--as-admin", "allow_unsigned": "--allow-unsigned", "allow_seed": "--allow-seed",
+    "env_file": "--env-file", "all": "--all",
+}
+
+
+class Vocabulary:
+    """How a caller names settings and switches in messages.
+
+    The host command (``options=False``) names the variable (``DB_PORT``) and its flags
+    (``--force``); a module names its option (``the login_port option``, ``force: true``), or the
+    variable for a setting that has no option.
+    """
+
+    def __init__(self, options=False, flags=None):
+        self.options = options
+        self.flags = dict(COMMAND_FLAGS if flags is None else flags)
+
+    def name(self, field):
+        """A setting that is not set, or set where it was expected: 'DB_PORT' or 'the login_port option'."""
+        setting = SETTINGS.get(field)
+        if setting is None:
+            return field
+        if self.options and setting.option:
+            return "the %s option" % setting.option
+        return setting.variable
+
+    def example(self, field, value):
+        """How to set ``field`` to ``value``: 'DB_NAME=quankey_prod' or 'db: quankey_prod'."""
+        setting = SETTINGS[field]
+        if not self.options:
+            return "%s=%s" % (setting.variable, value)
+        if setting.option:
+            return "%s: %s, or %s=%s in the env file" % (setting.option, value, setting.variable, value)
+        return "%s=%s in the env file" % (setting.variable, value)
+
+    def flag(self, name):
+        """A switch: '--force' or 'force: true'."""
+        return self.flags.get(name, name)
+
+
+HOST_COMMAND = Vocabulary()
 
 
 class Settings:
-    """Everything one backup, restore, listing or health check needs to know.
+    """Everything one backup, restore, listing or health check needs to know (the fields of :data:`TABLE`).
+
+    Keyword arguments only: the fields (unset ones take the table's default; an unknown one is a
+    TypeError), and ``source`` (where they came from, for logs), ``labels`` (field -> how the user
+    set it, for messages: 'PGPASSWORD in /etc/quankey/backup.env', 'the login_password option'),
+    ``vocabulary`` (how to name what was not set; default the host command's variables) and
+    ``pg_passthrough`` (the user's libpq variables for the client programs, PGSSL*, PGSERVICE*,
+    PGSYSCONFDIR).
 
     Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``,
-    ``decryption_keys``, ``signing_key``) are kept out of ``repr`` and :meth:`describe`.
-    ``encryption_key`` is the active key; ``decryption_keys`` (a string of keys or a list)
-    and the file ``keyring_file`` hold older keys still accepted to open backups (keys.py).
-    ``recipients`` (public keys) and ``identity_file`` (their private keys) serve
+    ``decryption_keys``, ``signing_key``, ``seed_passphrase``) are kept out of ``repr`` and
+    :meth:`describe`. ``encryption_key`` is the active key; ``decryption_keys`` (a string of keys
+    or a list) and the file ``keyring_file`` hold older keys still accepted to open backups
+    (keys.py). ``recipients`` (public keys) and ``identity_file`` (their private keys) serve
     ``encryption="hybrid-pq"``; ``signing_key`` signs metadata (signing.py).
     """
 
-    def __init__(self, db_name=None, db_host="localhost", db_port=5432, db_user="postgres", db_password=None,
-                 db_sslmode=None, db_maintenance_db="postgres", pg_bin_dir=None,
-                 bucket=None, prefix="", region=None, endpoint_url=None, access_key=None, secret_key=None,
-                 session_token=None, storage_class=DEFAULT_STORAGE_CLASS,
-                 encryption_key=None, encryption=DEFAULT_ENCRYPTION, compression="zstd",
-                 backup_name=None, host_id=None, retention_days=30, min_keep=3, source="settings", labels=None,
-                 decryption_keys=None, keyring_file=None, recipients=None, identity_file=None, signing_key=None,
-                 restore_role=DEFAULT_RESTORE_ROLE, allow_seed=False, pg_passthrough=None, seed_passphrase=None,
-                 seed_kdf=None, retry_window=DEFAULT_RETRY_WINDOW, lock_wait_timeout=DEFAULT_LOCK_WAIT_TIMEOUT):
-        self.db_name = db_name
-        self.db_host = db_host or "localhost"
-        self.db_port = db_port
-        self.db_user = db_user or "postgres"
-        self.db_password = db_password
-        self.db_sslmode = db_sslmode or None
-        self.db_maintenance_db = db_maintenance_db or "postgres"
-        self.pg_bin_dir = pg_bin_dir or None
-        self.bucket = bucket
-        self.prefix = normalize_prefix(prefix)
-        self.region = region or None
-        self.endpoint_url = endpoint_url or None
-        self.access_key = access_key or None
-        self.secret_key = secret_key or None
-        self.session_token = session_token or None
-        self.storage_class = storage_class or DEFAULT_STORAGE_CLASS
-        self.encryption_key = encryption_key
-        self.decryption_keys = decryption_keys or None
-        self.keyring_file = keyring_file or None
-        self.recipients = recipients or None
-        self.identity_file = identity_file or None
-        self.signing_key = signing_key or None
-        self.restore_role = restore_role or DEFAULT_RESTORE_ROLE
-        self.allow_seed = allow_seed
-        self.pg_passthrough = dict(pg_passthrough or {})
-        self.retry_window = retry_window
-        self.lock_wait_timeout = lock_wait_timeout
-        self.seed_passphrase = seed_passphrase or None
-        self.seed_kdf = seed_kdf or None
-        self.encryption = encryption or DEFAULT_ENCRYPTION
-        self.compression = compression or "zstd"
-        self.backup_name = backup_name or None
-        self.host_id = host_id or None
-        self.retention_days = retention_days
-        self.min_keep = min_keep
-        self.source = source
-        self._labels = dict(labels or {})
+    def __init__(self, **values):
+        self.source = values.pop("source", "settings")
+        self._labels = dict(values.pop("labels", None) or {})
+        self._vocabulary = values.pop("vocabulary", None) or HOST_COMMAND
+        self.pg_passthrough = dict(values.pop("pg_passthrough", None) or {})
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise TypeError("Settings() got unknown settings: %s (the table in config.py has %s)"
+                            % (", ".join(unknown), ", ".join(FIELDS)))
+        for setting in _STORED:
+            value = values.get(setting.field)
+            setattr(self, setting.field, setting.default if _unset(value) else value)
         self.validate()
 
     def __repr__(self):
@@ -137,63 +364,39 @@ class Settings:
 
     def describe(self):
         """The settings without secrets, for logs and module results."""
-        return {
-            "db_host": self.db_host, "db_port": self.db_port, "db_name": self.db_name, "db_user": self.db_user,
-            "bucket": self.bucket, "prefix": self.prefix, "region": self.region, "endpoint_url": self.endpoint_url,
-            "storage_class": self.storage_class, "encryption": self.encryption, "compression": self.compression,
-            "name": self.name, "host": self.host, "retention_days": self.retention_days, "min_keep": self.min_keep,
-            "restore_role": self.restore_role, "allow_seed": self.allow_seed, "retry_window": self.retry_window,
-        }
+        view = dict((setting.field, getattr(self, setting.field)) for setting in _STORED if not setting.secret)
+        view.update(name=self.name, host=self.host)
+        return view
 
     def validate(self):
         """Check every value that can be checked without a network; raise ConfigError naming the setting."""
-        self.db_port = _whole_number(self.label("db_port"), self.db_port, 1, 65535)
-        self.retention_days = _whole_number(self.label("retention_days"), self.retention_days, 1, 36500)
-        self.min_keep = _whole_number(self.label("min_keep"), self.min_keep, 1, 100000)
-        if self.storage_class not in STORAGE_CLASSES:
-            raise ConfigError("%s %r is not an S3 storage class: choose one of %s"
-                              % (self.label("storage_class"), self.storage_class, ", ".join(STORAGE_CLASSES)))
-        if self.encryption not in ENCRYPTIONS:
-            raise ConfigError("%s %r is not supported: choose one of %s"
-                              % (self.label("encryption"), self.encryption, ", ".join(ENCRYPTIONS)))
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError("%s %r is not supported: choose one of %s"
-                              % (self.label("compression"), self.compression, ", ".join(COMPRESSIONS)))
-        if self.db_sslmode and self.db_sslmode not in SSL_MODES:
-            raise ConfigError("%s %r is not a libpq sslmode: choose one of %s"
-                              % (self.label("db_sslmode"), self.db_sslmode, ", ".join(SSL_MODES)))
-        if self.host_id and not _HOST_ID_RE.match(self.host_id):
-            raise ConfigError("%s %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
-                              % (self.label("host_id"), self.host_id))
-        if self.backup_name and not _NAME_RE.match(self.backup_name):
-            raise ConfigError("%s %r may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
-                              % (self.label("backup_name"), self.backup_name))
-        self.allow_seed = _boolean(self.label("allow_seed"), self.allow_seed)
-        self.lock_wait_timeout = _whole_number(self.label("lock_wait_timeout"), self.lock_wait_timeout, 1, 86400)
-        self.retry_window = _whole_number(self.label("retry_window"), self.retry_window, 0, 86400)
-        if not _ROLE_RE.match(self.restore_role):
-            raise ConfigError("%s %r is not a usable role name: use letters, digits and '_' (at most 63, not starting "
-                              "with a digit), e.g. quankey_restore" % (self.label("restore_role"), self.restore_role))
-        if self.seed_kdf:
-            self.seed_kdf = openssl_enc.parse_kdf(self.seed_kdf, self.label("seed_kdf")).spec()
+        for setting in _STORED:
+            value = getattr(self, setting.field)
+            if value is not None:
+                setattr(self, setting.field, setting.validate(self.label(setting.field), value))
         for name in self.pg_passthrough:
             if not is_pg_passthrough(name):
                 raise ConfigError("%s is not a libpq variable passed to the PostgreSQL client programs: only %s* and %s "
                                   "are" % (name, "*, ".join(PG_PASSTHROUGH_PREFIXES), ", ".join(PG_PASSTHROUGH_NAMES)))
-        if self.db_name is not None and ("/" in self.db_name or not self.db_name.strip()):
-            raise ConfigError("DB_NAME %r is not usable in S3 keys: it may not be empty or contain '/'" % (self.db_name,))
 
     def label(self, field):
         """How the user set ``field``, for messages: 'PGPASSWORD in /etc/quankey/backup.env' or 'the login_password option'."""
         if field in self._labels:
             return self._labels[field]
-        return FIELD_VARIABLES.get(field, field)
+        return self._vocabulary.name(field)
+
+    def flag(self, name):
+        """How the caller says a switch of its own (COMMAND_FLAGS' names): '--force' or 'force: true'."""
+        return self._vocabulary.flag(name)
 
     def require(self, *fields):
         """Raise ConfigError for the first of ``fields`` (attribute names) that is not set."""
         for field in fields:
             if getattr(self, field) in (None, ""):
-                hint = _FIELD_HINTS.get(field, "set it")
+                setting = SETTINGS.get(field)
+                hint = (setting.hint if setting is not None else None) or "set it"
+                if setting is not None and setting.example is not None:
+                    hint += " (e.g. %s)" % self._vocabulary.example(field, setting.example)
                 raise ConfigError("%s is not set: %s" % (self.label(field), hint))
 
     def pg_environment(self):
@@ -210,32 +413,60 @@ class Settings:
         return dict(self.pg_passthrough)
 
 
-# Each setting's variable; messages name it (or the module option it came from, see Settings.label).
-FIELD_VARIABLES = {
-    "db_name": "DB_NAME", "db_host": "DB_HOST", "db_port": "DB_PORT", "db_user": "DB_USER", "db_password": "PGPASSWORD",
-    "db_sslmode": "DB_SSLMODE", "pg_bin_dir": "PG_BIN_DIR", "bucket": "S3_BUCKET", "prefix": "S3_PREFIX",
-    "region": "AWS_DEFAULT_REGION", "endpoint_url": "S3_ENDPOINT_URL", "access_key": "AWS_ACCESS_KEY_ID",
-    "secret_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN", "storage_class": "S3_STORAGE_CLASS",
-    "encryption_key": "BACKUP_ENCRYPTION_KEY", "decryption_keys": "BACKUP_DECRYPTION_KEYS",
-    "keyring_file": "BACKUP_KEYRING_FILE", "encryption": "BACKUP_ENCRYPTION", "compression": "BACKUP_COMPRESSION",
-    "recipients": "BACKUP_RECIPIENTS", "identity_file": "BACKUP_IDENTITY_FILE", "signing_key": "BACKUP_SIGNING_KEY",
-    "backup_name": "BACKUP_NAME", "host_id": "BACKUP_HOST_ID", "retention_days": "BACKUP_RETENTION_DAYS",
-    "min_keep": "BACKUP_MIN_KEEP", "restore_role": "BACKUP_RESTORE_ROLE", "allow_seed": "BACKUP_ALLOW_SEED",
-    "seed_passphrase": "BACKUP_SEED_PASSPHRASE", "seed_kdf": "BACKUP_SEED_KDF",
-    "lock_wait_timeout": "BACKUP_LOCK_WAIT_TIMEOUT",
-    "retry_window": "S3_RETRY_WINDOW_SECONDS",
-}
-_FIELD_HINTS = {
-    "db_name": "name the database to back up (e.g. DB_NAME=quankey_prod)",
-    "bucket": "name the backup bucket (e.g. S3_BUCKET=quankey-backups-prod)",
-    "encryption_key": "generate one with `openssl rand -base64 32` and set it",
-    "recipients": "set it to the public key(s) printed by `quankey-backup keygen` on the restore side",
-    "identity_file": "point it at the private key file made by `quankey-backup keygen` (mode 0600)",
-    "signing_key": "generate one with `openssl rand -base64 32` and set it where backups are made and where they are restored",
-    "restore_role": "name the plain role restored SQL runs as (e.g. BACKUP_RESTORE_ROLE=quankey_restore)",
-    "retry_window": "give the seconds a failing S3 request is retried (e.g. S3_RETRY_WINDOW_SECONDS=300; 0: no retries)",
-    "seed_passphrase": "set it to the passphrase the seed's scripts gave openssl enc (their BACKUP_ENCRYPTION_KEY, as written)",
-}
+def _unset(value):
+    return value is None or value == "" or (isinstance(value, (list, tuple)) and not value)
+
+
+def settings_from_sources(sources, labels=None, **extra):
+    """:class:`Settings` from ``sources``, the first that sets a field winning (then the table's default).
+
+    Each source is a function ``find(setting)`` returning ``(value, label)`` or None: see
+    :func:`variables_source`; ansible_common.py adds the module's options first. ``labels``: how to
+    name the fields no source sets (default: the vocabulary's words). ``extra``: the other keyword
+    arguments of Settings (``source``, ``vocabulary``, ``pg_passthrough``).
+    """
+    values, labels = {}, dict(labels or {})
+    for setting in _STORED:
+        for find in sources:
+            found = find(setting)
+            if found is not None:
+                values[setting.field], labels[setting.field] = found
+                break
+    return Settings(labels=labels, **dict(extra, **values))
+
+
+def variables_source(env, where=None, from_where=None):
+    """A source of :func:`settings_from_sources`: the variables of ``env`` that are set (not empty).
+
+    Each setting's variable, then its alternatives; labelled 'DB_PORT in <where>' when ``where`` is
+    given and the variable is among ``from_where`` (None: all), else 'DB_PORT'.
+    """
+    def find(setting):
+        for name in setting.variables:
+            value = env.get(name)
+            if not _unset(value):
+                if where and (from_where is None or name in from_where):
+                    return value, "%s in %s" % (name, where)
+                return value, name
+        return None
+    return find
+
+
+def pg_passthrough_of(env):
+    """The libpq pass-through variables (PGSSL*, PGSERVICE*, PGSYSCONFDIR) of ``env`` that are set."""
+    return dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and not _unset(value))
+
+
+def settings_from_env(env, origin=None, from_origin=None):
+    """Build :class:`Settings` from a mapping of the seed's variable names.
+
+    ``origin``: the env file the values came from; ``from_origin``: the names that did (default: all),
+    so a message names "DB_PORT in /etc/quankey/backup.env" only for what that file set.
+    """
+    found = variables_source(env, origin, None if from_origin is None else set(from_origin))
+    where = dict((setting.field, "%s in %s" % (setting.variable, origin)) for setting in _STORED) if (
+        origin and from_origin is None) else None  # all from that file: what is missing belongs there too
+    return settings_from_sources([found], labels=where, source="environment", pg_passthrough=pg_passthrough_of(env))
 
 
 def normalize_prefix(prefix):
@@ -338,8 +569,11 @@ def parse_env_text(text, origin="env file"):
     return values
 
 
-def read_env_file(path):
-    """Read an env file; returns (values, warnings). A group/world-readable file is a warning."""
+def read_env_file(path, flag="--env-file"):
+    """Read an env file; returns (values, warnings). A group/world-readable file is a warning.
+
+    ``flag``: how the caller names the option that chooses the file, for the message when it is missing.
+    """
     warnings = []
     try:
         info = os.stat(path)
@@ -347,42 +581,21 @@ def read_env_file(path):
             text = handle.read()
     except FileNotFoundError:
         raise ConfigError("env file %s does not exist: create it (mode 0600) with the backup settings, "
-                          "or pass --env-file" % path)
+                          "or pass %s" % (path, flag))
     except PermissionError:
         raise ConfigError("cannot read env file %s (permission denied): run as the backup user or root" % path)
+    except IsADirectoryError:
+        raise ConfigError("env file %s is a directory: name the file (mode 0600) with the backup settings" % path)
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append("env file %s is mode %04o and holds secrets: chmod 0600 %s"
                         % (path, stat.S_IMODE(info.st_mode), path))
     return parse_env_text(text, origin=path), warnings
 
 
-def settings_from_env(env, origin=None, from_origin=None):
-    """Build :class:`Settings` from a mapping of the seed's variable names.
-
-    ``origin``: the env file the values came from; ``from_origin``: the names that did (default: all),
-    so a message names "DB_PORT in /etc/quankey/backup.env" only for what that file set.
-    """
-    def get(name, default=None):
-        value = env.get(name)
-        return default if value in (None, "") else value
-
-    return Settings(
-        db_name=get("DB_NAME"), db_host=get("DB_HOST", "localhost"), db_port=get("DB_PORT", 5432),
-        db_user=get("DB_USER", "postgres"), db_password=get("PGPASSWORD"), db_sslmode=get("DB_SSLMODE"),
-        db_maintenance_db=get("DB_MAINTENANCE_DB", "postgres"), pg_bin_dir=get("PG_BIN_DIR"),
-        bucket=get("S3_BUCKET"), prefix=get("S3_PREFIX", ""), region=get("AWS_DEFAULT_REGION", get("AWS_REGION")),
-        endpoint_url=get("S3_ENDPOINT_URL"), access_key=get("AWS_ACCESS_KEY_ID"), secret_key=get("AWS_SECRET_ACCESS_KEY"),
-        session_token=get("AWS_SESSION_TOKEN"), storage_class=get("S3_STORAGE_CLASS", DEFAULT_STORAGE_CLASS),
-        encryption_key=get("BACKUP_ENCRYPTION_KEY"), encryption=get("BACKUP_ENCRYPTION", DEFAULT_ENCRYPTION),
-        compression=get("BACKUP_COMPRESSION", "zstd"), backup_name=get("BACKUP_NAME"), host_id=get("BACKUP_HOST_ID"),
-        retention_days=get("BACKUP_RETENTION_DAYS", 30), min_keep=get("BACKUP_MIN_KEEP", 3), source="environment",
-        decryption_keys=get("BACKUP_DECRYPTION_KEYS"), keyring_file=get("BACKUP_KEYRING_FILE"),
-        recipients=get("BACKUP_RECIPIENTS"), identity_file=get("BACKUP_IDENTITY_FILE"), signing_key=get("BACKUP_SIGNING_KEY"),
-        restore_role=get("BACKUP_RESTORE_ROLE", DEFAULT_RESTORE_ROLE), allow_seed=get("BACKUP_ALLOW_SEED", False),
-        seed_passphrase=get("BACKUP_SEED_PASSPHRASE"), seed_kdf=get("BACKUP_SEED_KDF"),
-        lock_wait_timeout=get("BACKUP_LOCK_WAIT_TIMEOUT", DEFAULT_LOCK_WAIT_TIMEOUT),
-        retry_window=get("S3_RETRY_WINDOW_SECONDS", DEFAULT_RETRY_WINDOW),
-        pg_passthrough=dict((name, value) for name, value in env.items() if is_pg_passthrough(name) and value not in (None, "")),
-        labels=dict((field, "%s in %s" % (variable, origin)) for field, variable in FIELD_VARIABLES.items()
-                    if from_origin is None or variable in from_origin) if origin else None,
-    )
+def env_file_path(given, environ):
+    """The env file to read: ``given`` (--env-file, the env_file option), else $QUANKEY_ENV_FILE, else the
+    default when it exists, else None."""
+    path = given or environ.get(ENV_FILE_VARIABLE)
+    if not path and os.path.exists(DEFAULT_ENV_FILE):
+        path = DEFAULT_ENV_FILE
+    return path or None

@@ -1,14 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Keys and rotation: the keyring, and re-wrapping backups' data keys to the active key (rekey).
+"""Keys: the keyring, the hybrid-pq identities and recipients, the signing keys, and :class:`KeyContext` (the keys
+one run holds, read once when first needed).
 
 The **active key** (``BACKUP_ENCRYPTION_KEY``) wraps the data key of every new
 backup. The **keyring** is the active key plus older keys that are still
 accepted to open backups (``BACKUP_DECRYPTION_KEYS`` and/or a keyring file,
 ``BACKUP_KEYRING_FILE``), so a restore or verify works across a rotation.
 
-:func:`run_rekey` unwraps each backup's data key with the keyring and wraps it
+workflows/rekey.py unwraps each backup's data key with the keyring and wraps it
 again with the active key, rewriting only the backup's metadata object (its
 ``key_id`` and ``envelope``); the data object is never touched (docs/KEYS.md).
 

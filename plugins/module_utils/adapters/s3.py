@@ -304,7 +304,7 @@ class S3Store:
     (a :class:`RetryPolicy`) replaces the clock and sleep in tests.
     """
 
-    def __init__(self, bucket, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
+    def __init__(self, bucket, *, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
                  storage_class="STANDARD_IA", retry_window=DEFAULT_RETRY_WINDOW, label=_variable, retry=None):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")

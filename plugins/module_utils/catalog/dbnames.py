@@ -37,11 +37,14 @@ def default_target(record):
     return fit_name(record.db, PG_NAME_LIMIT - len(suffix)) + suffix
 
 
-def check_target_name(target):
-    """``target`` if PostgreSQL can name a database so, else RefusedError (also check mode's check)."""
+def check_target_name(target, option="--target-db"):
+    """``target`` if PostgreSQL can name a database so, else RefusedError (also check mode's check).
+
+    ``option``: how the caller names the target's option (a module: 'the target_db option').
+    """
     if not target or len(target.encode("utf-8")) > PG_NAME_LIMIT:
         raise RefusedError("target database name %r is empty or longer than PostgreSQL's 63 bytes: choose another "
-                           "--target-db" % target)
+                           "with %s" % (target, option))
     if "\x00" in target:
         raise RefusedError("target database name %r contains a NUL character" % target)
     return target

@@ -16,7 +16,7 @@ import re
 
 from ..errors import IntegrityError
 from ..formats import openssl_enc
-from .layout import UTC, _BASENAME_RE, METADATA_SUFFIX, format_timestamp, parse_timestamp
+from .layout import UTC, METADATA_SUFFIX, basename_timestamp, format_timestamp, parse_timestamp
 
 METADATA_VERSION = 3  # 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2)
 
@@ -44,10 +44,13 @@ HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
     "server_version", "pg_dump_version", "database_settings", "adopted_from"))
 
 
-def build_metadata(settings_view, basename, when, object_key_, size_bytes, checksum, envelope, key_id,
-                   table_count, dump_bytes, duration, server_version, pg_dump_version, database_settings,
-                   encryption_name, quantum_safe):
-    """The metadata document of a committed backup: every seed field plus what restore and health need."""
+def build_metadata(settings_view, *, basename, when, object_key, size_bytes, checksum, envelope, key_id, table_count,
+                   dump_bytes, duration, server_version, pg_dump_version, database_settings, encryption_name,
+                   quantum_safe=True, dump_format=DUMP_FORMAT):
+    """The metadata document of a committed backup: every seed field plus what restore and health need.
+
+    ``settings_view`` is Settings.describe() (with ``db_name``); every other field is named.
+    """
     return {
         "backup_type": BACKUP_TYPE,
         "database": settings_view["db_name"],
@@ -55,14 +58,14 @@ def build_metadata(settings_view, basename, when, object_key_, size_bytes, check
         "size_bytes": size_bytes,
         "checksum_sha256": checksum,
         "encryption": encryption_name,
-        "format": DUMP_FORMAT,
+        "format": dump_format,
         "retention_days": settings_view["retention_days"],
         "quantum_safe": quantum_safe,
         "metadata_version": METADATA_VERSION,
         "name": basename,
         "created_at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host": settings_view["host"],
-        "object_key": object_key_,
+        "object_key": object_key,
         "storage_class": settings_view["storage_class"],
         "compression": settings_view["compression"],
         "key_id": key_id,
@@ -210,10 +213,10 @@ def _complete_seed_metadata(metadata, key, object_key_):
             raise IntegrityError("seed metadata object %s has an invalid %s (%s expected): it was not written by the "
                                  "seed's backup script or is damaged" % (key, field, expected))
     basename = key.rsplit("/", 1)[-1][:-len(METADATA_SUFFIX)] if key.endswith(METADATA_SUFFIX) else None
-    match = _BASENAME_RE.match(basename or "")
-    if match and match.group("ts") != metadata["timestamp"]:
+    named = basename_timestamp(basename)
+    if named is not None and named != metadata["timestamp"]:
         raise IntegrityError("seed metadata object %s gives timestamp %s but its name says %s: it was modified or "
-                             "belongs to another backup" % (key, metadata["timestamp"], match.group("ts")))
+                             "belongs to another backup" % (key, metadata["timestamp"], named))
     completed = dict((field, metadata[field]) for field in SEED_FIELDS if field in metadata)
     completed.update(compression="auto", key_id=None, object_key=object_key_, host=None, table_count=None,
                      envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults

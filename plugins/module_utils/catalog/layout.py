@@ -84,6 +84,12 @@ def is_basename(text):
     return bool(_BASENAME_RE.match(text or ""))
 
 
+def basename_timestamp(text):
+    """The ``YYYYmmdd_HHMMSS`` of a backup's name, as written in it; None when ``text`` is not a backup's name."""
+    match = _BASENAME_RE.match(text or "")
+    return match.group("ts") if match else None
+
+
 def backup_basename(name, when):
     """``<name>_backup_<YYYYmmdd_HHMMSS>``."""
     return "%s_backup_%s" % (name, format_timestamp(when))
@@ -120,7 +126,7 @@ def metadata_key(prefix, host, db, basename):
 class BackupRecord:
     """One backup as the bucket lists it: its keys, its time, and its metadata once loaded."""
 
-    def __init__(self, host, db, basename, metadata_key, object_key, object_size=None, metadata=None, layout=None):
+    def __init__(self, host, db, basename, metadata_key, object_key, *, object_size=None, metadata=None, layout=None):
         match = _BASENAME_RE.match(basename)
         self.layout = layout
         self.host = host

@@ -1,10 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Streaming compressors: zstd (default), gzip, none.
+"""Streaming compressions, in one registry: zstd (default), gzip, none.
 
-Each codec is a pair of small objects with ``update(bytes) -> bytes`` and
-``finalize() -> bytes`` so the pipeline can chain them with the cipher.
+Each codec (:class:`Codec`) gives its name, the first bytes of its streams (``magic``, from magic.py),
+the optional package it needs, a streaming compressor and decompressor (small objects with
+``update(bytes) -> bytes`` and ``finalize() -> bytes``, chained with the cipher), and the check that
+a first 16-byte block is plausibly its stream's start (:meth:`Codec.plausible`). What reads a
+stream without knowing its compression asks the registry: the ``auto`` decompressor (the seed's
+backups) and openssl_enc's wrong-key probe (:func:`plausible_start`). The settings' choices are
+:data:`COMPRESSIONS`. A new compression is one class here and one line in :data:`CODECS`.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -15,6 +20,7 @@ import traceback
 import zlib
 
 from ..errors import ConfigError, IntegrityError
+from . import magic
 
 try:
     import zstandard
@@ -25,7 +31,6 @@ except ImportError:
     HAS_ZSTANDARD = False
     ZSTANDARD_IMPORT_ERROR = traceback.format_exc()
 
-COMPRESSIONS = ("zstd", "gzip", "none")
 DEFAULT_COMPRESSION = "zstd"
 # One thread (the calling one) by default: measured with `make bench` (docs/benchmarks.md) on
 # a 2-core host, zstd's two worker threads held 60-90 MB of job buffers (the backup's peak RSS
@@ -34,21 +39,47 @@ DEFAULT_COMPRESSION = "zstd"
 ZSTD_LEVEL = 3
 ZSTD_THREADS = 0
 GZIP_LEVEL = 6
+AUTO = "auto"
+SETTING = "BACKUP_COMPRESSION"  # where the host command's compression is set (a caller may name its own option)
 
 
-def _require_zstandard():
-    if not HAS_ZSTANDARD:
-        raise ConfigError("the Python package 'zstandard' is required for zstd compression: "
-                          "pip install zstandard (or choose BACKUP_COMPRESSION=gzip)")
+class Codec:
+    """What every compression provides (see the module)."""
 
+    name = None
+    magic = b""  # the first bytes of its streams
+    what = None  # its streams in a message: 'a gzip stream'
+    requires = None  # the optional Python package it needs, if any
 
-def check_compression(name):
-    """Return ``name`` if it is a known compression, else raise ConfigError."""
-    if name not in COMPRESSIONS:
-        raise ConfigError("unknown compression %r: choose one of %s" % (name, ", ".join(COMPRESSIONS)))
-    if name == "zstd":
-        _require_zstandard()
-    return name
+    def __repr__(self):
+        return "Codec(%s)" % self.name
+
+    def installed(self):
+        """Whether what it needs is installed."""
+        return True
+
+    def require(self, label=SETTING):
+        """Raise ConfigError naming the package to install when it is missing (``label``: where the choice is set)."""
+        if not self.installed():
+            raise ConfigError("the Python package '%s' is required for %s compression: pip install %s (or set %s to %s)"
+                              % (self.requires, self.name, self.requires, label,
+                                 " or ".join(name for name, codec in CODECS.items() if codec.requires is None)))
+
+    def compressor(self, threads=ZSTD_THREADS):
+        """A streaming compressor (``threads``: worker threads, for a codec that has them)."""
+        raise NotImplementedError
+
+    def decompressor(self):
+        """A streaming decompressor; bad or cut input raises IntegrityError (step decompress)."""
+        raise NotImplementedError
+
+    def sniff(self, head):
+        """Whether a stream whose first bytes are ``head`` (at least :func:`sniff_size` of them) is this codec's."""
+        return bool(self.magic) and bytes(head).startswith(self.magic)
+
+    def plausible(self, block):
+        """Whether a first 16-byte block is plausibly the start of this codec's stream (a wrong key rarely passes)."""
+        return self.sniff(block)
 
 
 class _Identity:
@@ -61,10 +92,11 @@ class _Identity:
         return b""
 
 
-class _ZstdCompressor:
-    def __init__(self, threads):
-        _require_zstandard()
-        self._obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).compressobj()
+class _Compressing:
+    """A zlib-like compressobj (zlib's, zstandard's) as update/finalize."""
+
+    def __init__(self, obj):
+        self._obj = obj
 
     def update(self, data):
         return self._obj.compress(data)
@@ -73,67 +105,129 @@ class _ZstdCompressor:
         return self._obj.flush()
 
 
-class _ZstdDecompressor:
-    def __init__(self):
-        _require_zstandard()
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+class _Decompressing:
+    """A zlib-like decompressobj as update/finalize: corrupt data and a missing end marker raise IntegrityError."""
+
+    def __init__(self, obj, label, errors, flush=False):
+        self._obj = obj
+        self._label = label
+        self._errors = errors
+        self._flush = flush
 
     def update(self, data):
         try:
             return self._obj.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError("zstd data is corrupt: %s" % exc, step="decompress")
+        except self._errors as exc:
+            raise IntegrityError("%s data is corrupt: %s" % (self._label, exc), step="decompress")
 
     def finalize(self):
         if not self._obj.eof:
-            raise IntegrityError("zstd stream ended before its end marker: the backup is incomplete", step="decompress")
-        return b""
+            raise IntegrityError("%s stream ended before its end marker: the backup is incomplete" % self._label,
+                                 step="decompress")
+        return self._obj.flush() if self._flush else b""
 
 
-class _GzipCompressor:
-    def __init__(self):
-        self._obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+class Zstd(Codec):
+    """zstd (RFC 8878), level ZSTD_LEVEL, in the calling thread unless told otherwise."""
 
-    def update(self, data):
-        return self._obj.compress(data)
+    name = "zstd"
+    magic = magic.ZSTD
+    what = "a zstd stream"
+    requires = "zstandard"
 
-    def finalize(self):
-        return self._obj.flush()
+    def installed(self):
+        return HAS_ZSTANDARD
+
+    def compressor(self, threads=ZSTD_THREADS):
+        self.require()
+        return _Compressing(zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).compressobj())
+
+    def decompressor(self):
+        self.require()
+        return _Decompressing(zstandard.ZstdDecompressor().decompressobj(), "zstd", zstandard.ZstdError)
 
 
-class _GzipDecompressor:
-    def __init__(self):
-        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+class Gzip(Codec):
+    """gzip (RFC 1952), what the seed's scripts piped pg_dump through."""
 
-    def update(self, data):
-        try:
-            return self._obj.decompress(data)
-        except zlib.error as exc:
-            raise IntegrityError("gzip data is corrupt: %s" % exc, step="decompress")
+    name = "gzip"
+    magic = magic.GZIP
+    what = "a gzip stream"
 
-    def finalize(self):
-        if not self._obj.eof:
-            raise IntegrityError("gzip stream ended before its end marker: the backup is incomplete", step="decompress")
-        return self._obj.flush()
+    def compressor(self, threads=ZSTD_THREADS):
+        return _Compressing(zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS))
+
+    def decompressor(self):
+        return _Decompressing(zlib.decompressobj(16 + zlib.MAX_WBITS), "gzip", zlib.error, flush=True)
+
+    def plausible(self, block):
+        """Method deflate and the reserved flag bits clear, so a wrong key passes by chance about once in 2**27
+        tries rather than 2**24."""
+        block = bytes(block)
+        return block.startswith(magic.GZIP_DEFLATE) and len(block) > 3 and not block[3] & 0xE0
+
+
+class NoCompression(Codec):
+    """none: the stream is the payload itself (a pg_dump archive, or a plain-SQL dump of the seed's)."""
+
+    name = "none"
+    what = "an uncompressed dump (pg_dump archive or SQL)"
+
+    def compressor(self, threads=ZSTD_THREADS):
+        return _Identity()
+
+    def decompressor(self):
+        return _Identity()
+
+    def sniff(self, head):
+        return magic.is_payload(head)
+
+
+CODECS = dict((codec.name, codec) for codec in (Zstd(), Gzip(), NoCompression()))
+COMPRESSIONS = tuple(CODECS)  # the settings' choices
+
+
+def get(name, label=SETTING):
+    """The codec of a compression's name; ConfigError for an unknown one."""
+    if name not in CODECS:
+        raise ConfigError("unknown compression %r: choose one of %s for %s" % (name, ", ".join(CODECS), label))
+    return CODECS[name]
+
+
+def check_compression(name, label=SETTING):
+    """Return ``name`` if it is a known compression whose package is installed, else raise ConfigError naming
+    ``label`` (where it is set: BACKUP_COMPRESSION, or a module's option)."""
+    get(name, label).require(label)
+    return name
 
 
 def compressor(name, threads=ZSTD_THREADS):
     """A streaming compressor for ``name`` (zstd uses ``threads`` worker threads; 0: in the calling thread)."""
-    check_compression(name)
-    if name == "zstd":
-        return _ZstdCompressor(threads)
-    if name == "gzip":
-        return _GzipCompressor()
-    return _Identity()
+    return get(name).compressor(threads)
 
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-DUMP_MAGIC = b"PGDMP"
-# Starts of a plain-SQL dump (pg_dump without -Fc): its header comment, its first SET when written without
-# comments, or the \restrict line pg_dump 15.14+ puts near the top.
-SQL_STARTS = (b"--\n-- PostgreSQL database dump", b"SET statement_timeout", b"SET ", b"\\restrict ")
-AUTO = "auto"
+def decompressor(name):
+    """A streaming decompressor for ``name`` (``auto``: chosen by the first bytes); bad input raises IntegrityError."""
+    if name == AUTO:
+        return _Sniffing()
+    return get(name).decompressor()
+
+
+def sniff_size():
+    """How many first bytes tell the registry's codecs apart."""
+    return max([len(codec.magic) for codec in CODECS.values()] + [4])
+
+
+def kinds():
+    """The registry's streams for a message: 'a zstd stream, a gzip stream or an uncompressed dump (...)'."""
+    whats = [codec.what for codec in CODECS.values()]
+    return whats[0] if len(whats) == 1 else "%s or %s" % (", ".join(whats[:-1]), whats[-1])
+
+
+def plausible_start(block):
+    """Whether a first 16-byte block of plaintext plausibly starts a backup's stream in any registered compression
+    (the aes-256-cbc wrong-key probe)."""
+    return any(codec.plausible(block) for codec in CODECS.values())
 
 
 class _Sniffing:
@@ -142,11 +236,12 @@ class _Sniffing:
     def __init__(self):
         self._head = b""
         self._inner = None
+        self._need = sniff_size()
 
     def update(self, data):
         if self._inner is None:
             self._head += bytes(data)
-            if len(self._head) < len(ZSTD_MAGIC):
+            if len(self._head) < self._need:
                 return b""
             data, self._head = self._head, b""
             self._inner = _choose(data)
@@ -160,23 +255,9 @@ class _Sniffing:
 
 
 def _choose(head):
-    if head.startswith(GZIP_MAGIC):
-        return _GzipDecompressor()
-    if head.startswith(ZSTD_MAGIC):
-        return decompressor("zstd")
-    if head.startswith(DUMP_MAGIC) or any(head.startswith(start[:len(head)]) for start in SQL_STARTS):
-        return _Identity()
-    raise IntegrityError("the decrypted stream starts with neither gzip, zstd, a pg_dump archive nor SQL: wrong key, or "
-                         "not a database backup", step="decompress")
-
-
-def decompressor(name):
-    """A streaming decompressor for ``name`` (``auto``: chosen by the first bytes); bad input raises IntegrityError."""
-    if name == AUTO:
-        return _Sniffing()
-    check_compression(name)
-    if name == "zstd":
-        return _ZstdDecompressor()
-    if name == "gzip":
-        return _GzipDecompressor()
-    return _Identity()
+    for codec in CODECS.values():
+        if codec.sniff(head):
+            codec.require()
+            return codec.decompressor()
+    raise IntegrityError("the decrypted stream starts as none of %s: wrong key, or not a database backup" % kinds(),
+                         step="decompress")

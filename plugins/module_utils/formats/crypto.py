@@ -35,6 +35,7 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
+from . import magic
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -57,7 +58,7 @@ if HAS_CRYPTOGRAPHY:
     except TypeError:
         pass
 
-MAGIC = b"QKBK"
+MAGIC = magic.QUANKEY
 FORMAT_VERSION = 1
 SUITE_AES_256_GCM_STREAM = 1
 HEADER_SIZE = 56
@@ -103,13 +104,13 @@ MasterKeys = Union[BytesLike, Sequence[BytesLike]]
 
 # --------------------------------------------------------------------------- helpers
 
-def _require_cryptography() -> None:
+def require_cryptography() -> None:
     """Raise ConfigError when the optional ``cryptography`` package is missing."""
     if not HAS_CRYPTOGRAPHY:
         raise ConfigError(_CRYPTOGRAPHY_MISSING)
 
 
-def _check_key(value: BytesLike, what: str) -> bytes:
+def check_key(value: BytesLike, what: str) -> bytes:
     """Return ``value`` as bytes if it is a 32-byte key, else raise TypeError or ValueError (a caller bug)."""
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError("%s must be bytes, not %s" % (what, type(value).__name__))
@@ -119,12 +120,12 @@ def _check_key(value: BytesLike, what: str) -> bytes:
     return value
 
 
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     """HKDF-SHA256 with a 32-byte output."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(ikm)
 
 
-def _b64(data: bytes) -> str:
+def b64_text(data: bytes) -> str:
     """Standard base64 with padding, as text."""
     return base64.b64encode(data).decode("ascii")
 
@@ -151,7 +152,7 @@ def _segment_nonce(index: int, final: bool) -> bytes:
 
 def _derive_stream_keys(data_key: bytes, salt: bytes) -> Tuple[bytes, bytes]:
     """Return (payload key, key commitment) for a data key and a stream salt."""
-    return _hkdf(data_key, salt, _PAYLOAD_INFO), _hkdf(data_key, salt, _COMMITMENT_INFO)
+    return hkdf(data_key, salt, _PAYLOAD_INFO), hkdf(data_key, salt, _COMMITMENT_INFO)
 
 
 def _segment_size_log2(segment_size: int) -> int:
@@ -165,12 +166,11 @@ def _segment_size_log2(segment_size: int) -> int:
 
 
 def _not_our_format(prefix: bytes) -> IntegrityError:
-    """Build the error for bytes that do not start with MAGIC, naming known foreign formats."""
-    if prefix.startswith(b"PGDMP"):
-        return IntegrityError("not a quankey-backup encrypted object: the object is a plaintext pg_dump archive, not encrypted")
-    if prefix.startswith(b"Salted__"):
-        return IntegrityError("not a quankey-backup encrypted object: it is in OpenSSL enc format (aes-256-cbc), which its "
-                              "metadata does not record: the object was replaced")
+    """Build the error for bytes that do not start with MAGIC, naming known foreign formats (magic.py)."""
+    known = magic.identify(prefix)
+    if known is not None:
+        return IntegrityError("not a quankey-backup encrypted object: it is %s%s" % (
+            known.describe(), ", which its metadata does not record: the object was replaced" if known.encrypted else ""))
     return IntegrityError("not a quankey-backup encrypted object: it does not start with the magic bytes %r" % (MAGIC,))
 
 
@@ -240,7 +240,7 @@ def parse_master_key(text: Optional[Union[str, bytes]], name: str = MASTER_KEY_N
 
 def key_id(master_key: bytes) -> str:
     """Non-secret fingerprint of a master key: ``qk1-`` + 16 hex chars of SHA-256(label + key)."""
-    master_key = _check_key(master_key, "master key")
+    master_key = check_key(master_key, "master key")
     return KEY_ID_PREFIX + hashlib.sha256(_KEY_ID_LABEL + master_key).hexdigest()[:16]
 
 
@@ -278,7 +278,7 @@ def backup_binding(host: str, database: str, name: str) -> bytes:
     return b"".join(out)
 
 
-def _check_binding(binding: Any) -> bytes:
+def check_binding(binding: Any) -> bytes:
     """Return ``binding`` as bytes if it is what :func:`backup_binding` makes, else raise TypeError or ValueError (a caller bug)."""
     if not isinstance(binding, (bytes, bytearray, memoryview)):
         raise TypeError("binding must be the bytes made by backup_binding(host, database, name), not %s" % type(binding).__name__)
@@ -313,7 +313,7 @@ def _check_binding(binding: Any) -> bytes:
 
 def _wrap_key(master_key: bytes, salt: bytes, version: int = 1) -> bytes:
     """The key-wrapping key derived from a master key and a wrap salt (format version 1 or 2)."""
-    return _hkdf(master_key, salt, _WRAP_INFO_V2 if version == 2 else _WRAP_INFO)
+    return hkdf(master_key, salt, _WRAP_INFO_V2 if version == 2 else _WRAP_INFO)
 
 
 def _wrap_aad(kid: str, binding: Optional[bytes] = None) -> bytes:
@@ -332,12 +332,12 @@ def wrap_data_key(master_key: bytes, data_key: bytes, binding: Optional[bytes] =
     (``ENVELOPE_TYPE``), kept for test vectors and compatibility; new backups use version 2.
     ``_salt`` and ``_nonce`` exist only to reproduce test vectors; never pass them otherwise.
     """
-    _require_cryptography()
-    master_key = _check_key(master_key, "master key")
-    data_key = _check_key(data_key, "data key")
+    require_cryptography()
+    master_key = check_key(master_key, "master key")
+    data_key = check_key(data_key, "data key")
     version = 1 if binding is None else 2
     if binding is not None:
-        binding = _check_binding(binding)
+        binding = check_binding(binding)
     salt = _random_or_given(_salt, SALT_SIZE, "wrap salt")
     nonce = _random_or_given(_nonce, NONCE_SIZE, "wrap nonce")
     kid = key_id(master_key)
@@ -345,9 +345,9 @@ def wrap_data_key(master_key: bytes, data_key: bytes, binding: Optional[bytes] =
     return {
         "type": ENVELOPE_TYPE_V2 if version == 2 else ENVELOPE_TYPE,
         "key_id": kid,
-        "salt": _b64(salt),
-        "nonce": _b64(nonce),
-        "wrapped_key": _b64(wrapped),
+        "salt": b64_text(salt),
+        "nonce": b64_text(nonce),
+        "wrapped_key": b64_text(wrapped),
     }
 
 
@@ -433,7 +433,7 @@ def _as_keyring(master_keys: MasterKeys) -> List[bytes]:
         keys = list(master_keys)
     if not keys:
         raise ConfigError("no master key given: set %s (%s)" % (MASTER_KEY_NAME, _MASTER_KEY_HINT))
-    return [_check_key(key, "master key") for key in keys]
+    return [check_key(key, "master key") for key in keys]
 
 
 def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any], name: str = MASTER_KEY_NAME,
@@ -447,11 +447,11 @@ def unwrap_data_key(master_keys: MasterKeys, envelope: Dict[str, Any], name: str
     TamperedError if the key with the matching id fails (for version 2: the metadata
     belongs to another backup, or was modified).
     """
-    _require_cryptography()
+    require_cryptography()
     wanted, salt, nonce, wrapped = _parse_envelope(envelope)
     version = envelope_version(envelope)
     if binding is not None:
-        binding = _check_binding(binding)
+        binding = check_binding(binding)
     if version == 1:
         binding = None
     elif binding is None:
@@ -517,8 +517,8 @@ class StreamEncryptor:
     """
 
     def __init__(self, data_key: BytesLike, segment_size: int = DEFAULT_SEGMENT_SIZE, _salt: Optional[bytes] = None) -> None:
-        _require_cryptography()
-        data_key = _check_key(data_key, "data key")
+        require_cryptography()
+        data_key = check_key(data_key, "data key")
         log2 = _segment_size_log2(segment_size)
         salt = _random_or_given(_salt, SALT_SIZE, "stream salt")
         payload_key, commitment = _derive_stream_keys(data_key, salt)
@@ -638,8 +638,8 @@ class StreamDecryptor(FailClosedDecryptor):
     """
 
     def __init__(self, data_key: BytesLike) -> None:
-        _require_cryptography()
-        self._data_key = _check_key(data_key, "data key")
+        require_cryptography()
+        self._data_key = check_key(data_key, "data key")
         self.header: Optional[bytes] = None
         self.segment_size: Optional[int] = None
         self.segments: int = 0

@@ -7,7 +7,7 @@ The legacy system made backups with::
 
     pg_dump -Fc | gzip | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY
 
-An object in that format is ``b"Salted__"`` || 8-byte salt || AES-256-CBC
+An object in that format is ``Salted__`` (magic.py) || 8-byte salt || AES-256-CBC
 ciphertext with PKCS#7 padding, where key || IV = PBKDF2-HMAC-SHA256(passphrase,
 salt, iterations, 48 bytes). The passphrase is the *text* of the variable, as
 bytes, never base64-decoded. OpenSSL's defaults (1.1.1 and later) are 10000
@@ -33,8 +33,7 @@ import re
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import crypto
-from .compression import SQL_STARTS
+from . import compression, crypto, magic
 from ..errors import ConfigError, IntegrityError, TamperedError, TruncatedError, WrongKeyError
 
 try:
@@ -48,7 +47,7 @@ except ImportError:
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 ENCRYPTION_NAME = "aes-256-cbc"
-MAGIC = b"Salted__"
+MAGIC = magic.OPENSSL_SALTED
 SALT_SIZE = 8
 HEADER_SIZE = 16
 BLOCK_SIZE = 16
@@ -64,15 +63,6 @@ ENVELOPE_TYPE = "openssl-enc-pbkdf2-sha256"
 KEY_NAME = "BACKUP_ENCRYPTION_KEY"
 SEED_KDF_NAME = "BACKUP_SEED_KDF"
 
-# Starts of what the seed (and this project) put under the encryption: gzip
-# (magic 1f 8b, method 08 = deflate), zstd frame magic, pg_dump custom archive.
-GZIP_MAGIC = b"\x1f\x8b\x08"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-PGDUMP_MAGIC = b"PGDMP"
-
-
-_QKBK_MAGIC = b"QKBK"
-_BASE64_MAGIC = b"U2FsdGVkX1"  # base64 of b"Salted__": output of `openssl enc -a`
 _CRYPTOGRAPHY_MISSING = "the Python package 'cryptography' is required: pip install cryptography"
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -217,29 +207,18 @@ def looks_like(prefix: BytesLike) -> bool:
 
 
 def plausible_dump_start(data: BytesLike) -> bool:
-    """True if ``data`` (a first 16-byte block) starts like a gzip stream, a zstd frame, a pg_dump custom archive or
-    a plain-SQL dump. gzip must also have its reserved flag bits clear, so that a wrong key passes by chance about
-    once in 2**27 tries rather than 2**24."""
-    data = bytes(data[:BLOCK_SIZE])
-    if data.startswith(GZIP_MAGIC):
-        return len(data) > 3 and not data[3] & 0xE0
-    return (data.startswith(ZSTD_MAGIC) or data.startswith(PGDUMP_MAGIC)
-            or any(data.startswith(start[:BLOCK_SIZE]) for start in SQL_STARTS))
+    """True if ``data`` (a first 16-byte block) plausibly starts a backup's plaintext in one of the registered
+    compressions (compression.CODECS: a zstd frame, a gzip stream with its reserved flag bits clear, a pg_dump
+    archive or a plain-SQL dump, ...): how a wrong passphrase is told apart."""
+    return compression.plausible_start(bytes(data[:BLOCK_SIZE]))
 
 
 def _not_openssl(prefix: bytes) -> IntegrityError:
-    """Build the error for bytes that do not start with ``Salted__``, naming known formats."""
+    """Build the error for bytes that do not start with ``Salted__``, naming known formats (magic.py)."""
     start = "not an aes-256-cbc (OpenSSL enc) object"
-    if prefix.startswith(PGDUMP_MAGIC):
-        return IntegrityError("%s: it is a plaintext pg_dump archive, not encrypted; restore it as is" % start)
-    if prefix.startswith(_QKBK_MAGIC):
-        return IntegrityError("%s: it is in quankey-backup format v1 (QKBK, aes-256-gcm); decrypt it with the format-v1 reader" % start)
-    if prefix.startswith(GZIP_MAGIC[:2]):
-        return IntegrityError("%s: it is a gzip stream, not encrypted; decompress it with gunzip" % start)
-    if prefix.startswith(ZSTD_MAGIC):
-        return IntegrityError("%s: it is a zstd stream, not encrypted; decompress it with zstd -d" % start)
-    if len(prefix) >= len(MAGIC) and _BASE64_MAGIC.startswith(prefix[:len(_BASE64_MAGIC)]):
-        return IntegrityError("%s: it is base64 text (openssl enc -a); decode it with base64 -d first" % start)
+    known = magic.identify(prefix)
+    if known is not None:
+        return IntegrityError("%s: it is %s; %s" % (start, known.describe(), known.hint))
     return IntegrityError("%s: it does not start with %r (was it written with -nosalt, or not by openssl enc?)" % (start, MAGIC))
 
 
@@ -463,7 +442,7 @@ class CbcDecryptor(crypto.FailClosedDecryptor):
                     return self._plain(self._unpadder.update(first_plain))
         labels = list(dict.fromkeys(label for label, _value in self._candidates))
         if self._check is plausible_dump_start:
-            wanted = "the start of a gzip, zstd, pg_dump or SQL stream"
+            wanted = "the start of %s" % compression.kinds()
         else:
             wanted = "accepted by the plaintext check"
         tried = self._kdfs[0].describe() if len(self._kdfs) == 1 else "%d key derivations (%s)" % (

@@ -173,12 +173,12 @@ def _checksum(public_bytes: bytes) -> bytes:
     return hashlib.sha256(_CHECKSUM_LABEL + public_bytes).digest()[:PUBLIC_KEY_CHECKSUM_SIZE]
 
 
-def _kek(ikm: bytes, salt: bytes, rid: str, ephemeral_public: bytes, x25519_public: bytes, kem_ciphertext: bytes,
+def _kek(ikm: bytes, salt: bytes, rid: str, ephemeral_public: bytes, x25519_public: bytes, kem_ciphertext: bytes, *,
          version: int = 1) -> bytes:
     """The key-encryption key of one slot: HKDF over both shared secrets, bound to the whole exchange (format version 1 or 2)."""
     label = _KEK_LABEL_V2 if version == 2 else _KEK_LABEL
     info = label + rid.encode("ascii") + ephemeral_public + x25519_public + hashlib.sha256(kem_ciphertext).digest()
-    return crypto._hkdf(ikm, salt, info)  # pylint: disable=protected-access
+    return crypto.hkdf(ikm, salt, info)
 
 
 def _wrap_aad(rid: str, binding: Optional[bytes] = None) -> bytes:
@@ -205,7 +205,7 @@ class Recipient:
         self.mlkem_public_key = MLKEM768PublicKey.from_public_bytes(mlkem_public)
         self.public_bytes = x25519_public + mlkem_public
         self.recipient_id = recipient_id_of(self.public_bytes)
-        self.text = PUBLIC_KEY_PREFIX + crypto._b64(self.public_bytes + _checksum(self.public_bytes))  # pylint: disable=protected-access
+        self.text = PUBLIC_KEY_PREFIX + crypto.b64_text(self.public_bytes + _checksum(self.public_bytes))
 
     def __repr__(self) -> str:
         return "Recipient(%s)" % self.recipient_id
@@ -265,7 +265,7 @@ class Identity:
     def secret_line(self) -> str:
         """SECRET: the identity's line of an identity file, ``QKPQ1-SECRET-`` + base64 of the 96 secret bytes."""
         secret = self._x25519.private_bytes_raw() + self._mlkem.private_bytes_raw()
-        return SECRET_KEY_PREFIX + crypto._b64(secret)  # pylint: disable=protected-access
+        return SECRET_KEY_PREFIX + crypto.b64_text(secret)
 
     def key_exchange(self, ephemeral_public: bytes, kem_ciphertext: bytes) -> bytes:
         """ML-KEM secret || X25519 secret of one slot (what :meth:`Recipient.encapsulate` made).
@@ -449,9 +449,9 @@ def seal_data_key(recipients: Union[Recipient, Sequence[Recipient]], data_key: b
     (``ENVELOPE_TYPE``), kept for compatibility; new backups use version 2.
     """
     require_mlkem()
-    data_key = crypto._check_key(data_key, "data key")  # pylint: disable=protected-access
+    data_key = crypto.check_key(data_key, "data key")
     if binding is not None:
-        binding = crypto._check_binding(binding)  # pylint: disable=protected-access
+        binding = crypto.check_binding(binding)
     unique = _unique(recipients, Recipient, "Recipient")
     if not unique:
         raise ConfigError("no %s recipient given: at least one public key (%s...) is needed to seal a backup" % (ENCRYPTION_NAME, PUBLIC_KEY_PREFIX))
@@ -476,9 +476,9 @@ def _seal_slot(recipient: Recipient, data_key: bytes, binding: Optional[bytes] =
     salt = os.urandom(crypto.SALT_SIZE)
     nonce = os.urandom(crypto.NONCE_SIZE)
     version = 1 if binding is None else 2
-    kek = _kek(ikm, salt, rid, ephemeral_public, _raw_public(recipient.x25519_public_key), kem_ciphertext, version)
+    kek = _kek(ikm, salt, rid, ephemeral_public, _raw_public(recipient.x25519_public_key), kem_ciphertext, version=version)
     wrapped = AESGCM(kek).encrypt(nonce, data_key, _wrap_aad(rid, binding))
-    b64 = crypto._b64  # pylint: disable=protected-access
+    b64 = crypto.b64_text
     return {
         "recipient_id": rid,
         "ephemeral_public": b64(ephemeral_public),
@@ -561,7 +561,7 @@ def _try_open(identity: Identity, slot: Dict[str, Any], binding: Optional[bytes]
     rid = identity.recipient_id
     version = 1 if binding is None else 2
     kek = _kek(ikm, slot["salt"], rid, slot["ephemeral_public"], _raw_public(identity.recipient.x25519_public_key), slot["kem_ciphertext"],
-               version)
+               version=version)
     try:
         return AESGCM(kek).decrypt(slot["nonce"], slot["wrapped_key"], _wrap_aad(rid, binding))
     except InvalidTag:
@@ -588,7 +588,7 @@ def open_data_key(identities: Union[Identity, Sequence[Identity]], envelope: Dic
     slots = _parse_envelope(envelope)
     version = crypto.envelope_version(envelope)
     if binding is not None:
-        binding = crypto._check_binding(binding)  # pylint: disable=protected-access
+        binding = crypto.check_binding(binding)
     if version == 1:
         binding = None
     elif binding is None:

@@ -40,14 +40,14 @@ VALID, INVALID, UNSIGNED, UNKNOWN_KEY = "valid", "invalid", "unsigned", "unknown
 
 def derive_signing_key(master_key):
     """The signing key derived from a master key (HKDF-SHA256, no salt); its key id is the master key's."""
-    crypto._require_cryptography()  # pylint: disable=protected-access
-    master_key = crypto._check_key(master_key, "master key")  # pylint: disable=protected-access
-    return crypto._hkdf(master_key, b"", _DERIVE_INFO)  # pylint: disable=protected-access
+    crypto.require_cryptography()
+    master_key = crypto.check_key(master_key, "master key")
+    return crypto.hkdf(master_key, b"", _DERIVE_INFO)
 
 
 def signing_key_id(signing_key):
     """Non-secret id of an explicit signing key: ``qks-`` + 16 hex chars of SHA-256(label + key)."""
-    signing_key = crypto._check_key(signing_key, "signing key")  # pylint: disable=protected-access
+    signing_key = crypto.check_key(signing_key, "signing key")
     return SIGNING_KEY_ID_PREFIX + hashlib.sha256(_SIGNING_KEY_ID_LABEL + signing_key).hexdigest()[:16]
 
 
@@ -64,7 +64,7 @@ def _mac(signing_key, metadata):
 
 def sign_metadata(metadata, key_id, signing_key):
     """A copy of ``metadata`` with its ``signature`` field set (any old signature replaced)."""
-    signing_key = crypto._check_key(signing_key, "signing key")  # pylint: disable=protected-access
+    signing_key = crypto.check_key(signing_key, "signing key")
     signed = dict((field, value) for field, value in metadata.items() if field != SIGNATURE_FIELD)
     signed[SIGNATURE_FIELD] = {
         "algorithm": ALGORITHM,

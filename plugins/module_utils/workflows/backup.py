@@ -15,16 +15,14 @@ import subprocess
 import time
 
 from .. import keys
-from ..adapters.postgres import PgClient, explain_client_error
+from ..adapters.postgres import explain_client_error
 from ..adapters.process import CHUNK, NO_PROGRESS, Child, TocReader
 from ..adapters.s3 import choose_part_size
 from ..catalog import documents, layout
 from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
+from ..formats import magic
 from ..formats.compression import check_compression, compressor
-from .inventory import open_store
-
-DUMP_MAGIC = b"PGDMP"
-
+from . import wiring
 
 NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
 LOG = logging.getLogger("quankey_backup")
@@ -33,7 +31,7 @@ LOG = logging.getLogger("quankey_backup")
 class BackupPlan:
     """What a backup will do, found by checking everything it needs first (also check mode's answer)."""
 
-    def __init__(self, settings, pg, store, server_version, dump_version, when, db_size, db_settings, context):
+    def __init__(self, settings, pg, store, *, server_version, dump_version, when, db_size, db_settings, context):
         self.settings = settings
         self.context = context
         self.pg = pg
@@ -57,21 +55,24 @@ class BackupPlan:
                 "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0]}
 
 
-def plan_backup(settings, store=None, now=None):
-    """Check configuration, keys, PostgreSQL (login, pg_dump version) and the bucket; change nothing."""
+def plan_backup(settings, store=None, now=None, *, pg=None):
+    """Check configuration, keys, PostgreSQL (login, pg_dump version) and the bucket; change nothing.
+
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
+    """
     settings.require("db_name", "bucket")
-    check_compression(settings.compression)
+    check_compression(settings.compression, settings.label("compression"))
     context = keys.KeyContext(settings)
     context.require_sealing()
-    pg = PgClient(settings)
+    pg = wiring.postgres(settings, pg)
     server_version = pg.server_version_num(settings.db_name)
     dump_version = pg.check_client_version(server_version, "pg_dump")
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     store.check_bucket(layout.object_prefix(settings.prefix, settings.host, settings.db_name))
     size, db_settings = pg.database_size(settings.db_name), pg.database_settings(settings.db_name)
     for attempt in range(NAME_ATTEMPTS):
-        plan = BackupPlan(settings, pg, store, server_version, dump_version, now or layout.utcnow(), size, db_settings,
-                          context)
+        plan = BackupPlan(settings, pg, store, server_version=server_version, dump_version=dump_version,
+                          when=now or layout.utcnow(), db_size=size, db_settings=db_settings, context=context)
         if not (store.exists(plan.metadata_key) or store.exists(plan.object_key)):
             return plan
         if now is not None or attempt == NAME_ATTEMPTS - 1:
@@ -81,11 +82,14 @@ def plan_backup(settings, store=None, now=None):
                        "same time, or the clock went back; run again" % (plan.basename, store.url()))
 
 
-def run_backup(settings, progress=None, store=None, now=None):
-    """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure."""
+def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
+    """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure.
+
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
+    """
     progress = progress or NO_PROGRESS
     started = time.time()
-    plan = plan_backup(settings, store, now)
+    plan = plan_backup(settings, store, now, pg=pg)
     context = plan.context
     pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
     obj_key, meta_key = plan.object_key, plan.metadata_key
@@ -94,15 +98,16 @@ def run_backup(settings, progress=None, store=None, now=None):
 
     identity = (settings.host, settings.db_name, basename)
     encryption, envelope, kid, recipient_ids, encryptor = new_encryptor(context, identity)
-    stream = _BackupStream(pg, settings, store, obj_key, encryptor, plan.db_size, progress)
-    stored = stream.run()
+    stored = _BackupStream(plan, encryptor, progress).run()
     duration = time.time() - started
     view = settings.describe()
     view["db_name"] = settings.db_name
     metadata = documents.build_metadata(
-        view, basename, when, obj_key, stored["size_bytes"], stored["sha256"], envelope, kid,
-        stored["table_count"], stored["dump_bytes"], duration, _format_server_version(plan.server_version),
-        plan.dump_version, plan.db_settings, encryption, True)
+        view, basename=basename, when=when, object_key=obj_key, size_bytes=stored["size_bytes"],
+        checksum=stored["sha256"], envelope=envelope, key_id=kid, table_count=stored["table_count"],
+        dump_bytes=stored["dump_bytes"], duration=duration,
+        server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
+        database_settings=plan.db_settings, encryption_name=encryption)
     if recipient_ids:
         metadata["recipient_ids"] = recipient_ids
     metadata = context.sign(metadata)
@@ -125,14 +130,13 @@ def commit(store, meta_key, obj_key, document):
 
     A write whose answer was lost may still have been stored: the metadata is read back before
     anything is deleted, and a backup whose metadata is there, as written, is committed. A write
-    refused because metadata of that name appeared (ConflictError) leaves the data object for
-    prune: with a store without conditional writes it might not be ours alone.
+    refused because another writer's metadata of that name appeared (ConflictError) leaves that
+    metadata as it is and removes this run's data object, which its conditional create made ours
+    alone; on a store without conditional writes it might not be, so it is left for prune.
     """
     try:
         store.put_bytes(meta_key, document, if_none_match=True)
         return
-    except ConflictError:
-        raise
     except BaseException as failure:
         try:
             stored = store.get_bytes(meta_key)
@@ -142,6 +146,8 @@ def commit(store, meta_key, obj_key, document):
             LOG.warning("the metadata write of %s failed (%s) but the store holds it as written: the backup is committed",
                         meta_key, failure)
             return
+        if isinstance(failure, ConflictError) and not store.conditional_writes:
+            raise
         _delete_quietly(store, obj_key)
         raise
 
@@ -169,15 +175,15 @@ def _delete_quietly(store, key):
 
 
 class _BackupStream:
-    """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object."""
+    """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object (a :class:`BackupPlan`'s)."""
 
-    def __init__(self, pg, settings, store, key, encryptor, db_size, progress):
-        self.pg = pg
-        self.settings = settings
-        self.store = store
-        self.key = key
+    def __init__(self, plan, encryptor, progress):
+        self.pg = plan.pg
+        self.settings = plan.settings
+        self.store = plan.store
+        self.key = plan.object_key
         self.encryptor = encryptor
-        self.db_size = db_size
+        self.db_size = plan.db_size
         self.progress = progress
 
     def run(self):
@@ -217,14 +223,14 @@ class _BackupStream:
             chunk = read(CHUNK)
             if not chunk:
                 break
-            if dump_bytes < len(DUMP_MAGIC):
-                head = (head + chunk)[:len(DUMP_MAGIC)]
+            if dump_bytes < len(magic.PG_DUMP):
+                head = (head + chunk)[:len(magic.PG_DUMP)]
             dump_bytes += len(chunk)
             toc.feed(chunk)
             writer.feed(chunk)
             self.progress(dump_bytes)
         result = writer.finish()
-        if dump_bytes and head != DUMP_MAGIC:
+        if dump_bytes and head != magic.PG_DUMP:
             raise PostgresError("pg_dump output does not start with the custom-format magic PGDMP", step="pg_dump")
         result["dump_bytes"] = dump_bytes
         return result

@@ -22,8 +22,8 @@ import datetime
 from .. import keys
 from ..catalog import layout, trust
 from ..formats import crypto, modes
-from . import leftovers
-from .inventory import list_backups as _list_backups, load_metadata as _load_metadata, open_store, postgres_or_none
+from . import leftovers, wiring
+from .inventory import list_backups as _list_backups, load_metadata as _load_metadata
 from ..errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
                       StorageError, WrongKeyError)
 from ..units import human_size
@@ -44,7 +44,7 @@ _SIGNING_FIX = ("set BACKUP_SIGNING_KEY to the signing key of the hosts that mad
 class HealthPolicy:
     """Thresholds of the rules (defaults are the seed's)."""
 
-    def __init__(self, max_age_hours=36, min_size_bytes=1024 * 1024, interval_hours=24, window_days=7,
+    def __init__(self, *, max_age_hours=36, min_size_bytes=1024 * 1024, interval_hours=24, window_days=7,
                  size_drop_ratio=0.5, orphan_grace_hours=24, leftover_hours=1):
         self.max_age_hours = float(max_age_hours)
         self.min_size_bytes = int(min_size_bytes)
@@ -55,15 +55,18 @@ class HealthPolicy:
         self.leftover_hours = float(leftover_hours)
 
 
-def interval_for_schedule(schedule):
-    """Hours between backups for a preset (daily, 12-hour, 6-hour) or a number of hours."""
+def interval_for_schedule(schedule, label="BACKUP_SCHEDULE"):
+    """Hours between backups for a preset (daily, 12-hour, 6-hour) or a number of hours.
+
+    ``label``: where the schedule was set, for the message (``settings.label("schedule")``).
+    """
     if schedule in SCHEDULE_INTERVAL_HOURS:
         return SCHEDULE_INTERVAL_HOURS[schedule]
     try:
         hours = float(schedule)
     except (TypeError, ValueError):
-        raise ConfigError("BACKUP_SCHEDULE %r is not a preset (%s) or a number of hours"
-                          % (schedule, ", ".join(SCHEDULE_INTERVAL_HOURS)))
+        raise ConfigError("%s %r is not a preset (%s) or a number of hours"
+                          % (label, schedule, ", ".join(SCHEDULE_INTERVAL_HOURS)))
     return hours
 
 
@@ -75,7 +78,7 @@ def _hours(delta):
     return delta.total_seconds() / 3600.0
 
 
-def assess(records, orphans, now, policy, header_error=None, metadata_errors=None, header_errors=None,
+def assess(records, orphans, now, policy, *, header_error=None, metadata_errors=None, header_errors=None,
            keyring_ids=None, keyring_error=None, signing_keys=None, signature_fix=_SIGNING_FIX):
     """Findings for one host and database. ``records`` newest first, with metadata loaded on the newest few.
 
@@ -229,8 +232,29 @@ def overall_status(findings):
     return {0: OK, 1: WARNING, 2: CRITICAL}[worst]
 
 
-def check_health(settings, policy=None, store=None, now=None, list_backups=None, load_metadata=None):
-    """Gather and assess; returns the report dict (status, exit_code, findings, latest, counts). Never raises BackupError."""
+def report_lines(report):
+    """A report (:func:`check_health`'s) as the lines a person reads: the status of the host's database, its latest
+    backup, then each finding with its severity and rule. ``quankey-backup health`` prints them, the backup_health
+    module returns them (``report_lines``) and playbooks/health.yml prints every host's."""
+    lines = ["%s: backups of %s on %s in s3://%s"
+             % (report["status"].upper(), report["database"], report["host"], report["bucket"])]
+    latest = report.get("latest")
+    if latest:
+        size = latest.get("size_bytes", latest.get("object_size"))
+        lines.append("  latest: %s, %.1f h old, %s, %d backup(s) in all"
+                     % (latest["name"], latest["age_hours"], human_size(size) if size is not None else "size unknown",
+                        report.get("backups", 0)))
+    for finding in report["findings"]:
+        lines.append("  %-8s %-18s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
+    return lines
+
+
+def check_health(settings, policy=None, store=None, now=None, list_backups=None, load_metadata=None, *, pg=None):
+    """Gather and assess; returns the report dict (status, exit_code, findings, latest, counts). Never raises BackupError.
+
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py: S3 retried at most
+    HEALTH_RETRY_WINDOW seconds, and no PostgreSQL client when none can be made here).
+    """
     policy = policy or HealthPolicy()
     now = now or layout.utcnow()
     list_backups = list_backups or _list_backups
@@ -239,7 +263,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
               "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": []}
     try:
         settings.require("db_name", "bucket")
-        store = store or open_store(settings, HEALTH_RETRY_WINDOW)
+        store = wiring.store_or_open(settings, store, HEALTH_RETRY_WINDOW)
         records, orphans = list_backups(settings, store)
         seed_records = [record for record in records if record.seed]
         if not settings.allow_seed:
@@ -276,7 +300,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                       keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
                       signature_fix=fix)
     try:
-        report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=postgres_or_none(settings))
+        report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=wiring.postgres_or_none(settings, pg))
     except StorageError as exc:
         findings.append(_finding("s3_access", CRITICAL, str(exc)))
     else:

@@ -11,28 +11,12 @@ __metaclass__ = type
 import logging
 
 from .. import keys
-from ..adapters.postgres import PgClient
-from ..adapters.s3 import S3Store
 from ..catalog import documents, layout, trust
-from ..errors import AccessDeniedError, BackupError, ConfigError, IntegrityError, NotFoundError, RefusedError
+from ..errors import AccessDeniedError, BackupError, IntegrityError, NotFoundError, RefusedError
 from ..formats import modes
-from . import leftovers
+from . import leftovers, wiring
 
 LOG = logging.getLogger("quankey_backup")
-
-
-def open_store(settings, retry_window=None):
-    """The S3 store of these settings (``retry_window``: at most that many seconds of retries, for quick answers)."""
-    settings.require("bucket")
-    return S3Store.from_settings(settings, retry_window)
-
-
-def postgres_or_none(settings):
-    """A client of the database server (for leftovers), or None when none can be made here."""
-    try:
-        return PgClient(settings)
-    except ConfigError:
-        return None
 
 
 def list_backups(settings, store=None, host=None, db=None, everything=False, seed=True):
@@ -42,7 +26,7 @@ def list_backups(settings, store=None, host=None, db=None, everything=False, see
     scope when their metadata names the database (they predate hosts); a host whose
     IAM policy does not allow listing that layout simply does not see them.
     """
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     if not everything:
         host = host or settings.host
         db = db or settings.db_name
@@ -111,7 +95,7 @@ def load_metadata(store, record):
     return record.metadata
 
 
-def select(settings, store, backup="latest", before=None, host=None, db=None, context=None, allow_seed=None):
+def select(settings, store, backup="latest", before=None, host=None, db=None, *, context=None, allow_seed=None):
     """The record a restore or verify should use, with metadata loaded and judged (``record.verdict``, trust.py).
 
     The seed's backups (flat layout, unsigned) are chosen only with ``allow_seed`` (default: the
@@ -136,8 +120,8 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, co
     if record.verdict.outcome == trust.INVALID:
         trust.require(record.verdict)  # raises
     if not record.has_object:
-        raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with --backup"
-                             % (record.basename, store.url(record.object_key)), step="select")
+        raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with %s"
+                             % (record.basename, store.url(record.object_key), settings.flag("backup")), step="select")
     if record.object_size != record.metadata["size_bytes"]:
         raise IntegrityError("backup %s: object is %d bytes but its metadata says %d: the object was replaced or cut short"
                              % (record.basename, record.object_size, record.metadata["size_bytes"]), step="select")
@@ -190,8 +174,8 @@ def _choose(records, backup, before, allow_seed):
     return record
 
 
-def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, store=None, context=None,
-                 with_leftovers=False):
+def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, *, store=None, context=None,
+                 with_leftovers=False, pg=None):
     """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
 
     Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
@@ -199,9 +183,10 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
     ``with_leftovers`` adds what interrupted runs left behind (leftovers.find) for this
     host's database. ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
     (> 0) the newest that many, and ``details`` reads each kept backup's
-    metadata. Listings are paginated, so any number of objects works.
+    metadata. Listings are paginated, so any number of objects works. ``store`` and ``pg`` are the adapters
+    (default: the settings', workflows/wiring.py).
     """
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     records, orphans = list_backups(settings, store=store, host=host, db=db, everything=not host)
     if since is not None:
         records = [record for record in records if record.timestamp >= since]
@@ -220,7 +205,7 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
                 _find_kdf(settings, store, record, context)
     found = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
     if with_leftovers:  # this host's database: open uploads and, when the server answers, staging databases
-        found["leftovers"] = leftovers.find(settings, store, orphans, pg=postgres_or_none(settings))
+        found["leftovers"] = leftovers.find(settings, store, orphans, pg=wiring.postgres_or_none(settings, pg))
     return found
 
 

@@ -15,7 +15,8 @@ from .. import keys
 from ..catalog import documents, trust
 from ..errors import BackupError, ConfigError, IntegrityError
 from ..formats import crypto, modes, signing
-from .inventory import list_backups, load_metadata, open_store
+from . import wiring
+from .inventory import list_backups, load_metadata
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -69,7 +70,8 @@ def run_rekey(settings, host=None, db=None, everything=False, dry_run=False, sto
     checked before its metadata is rewritten: its signature must verify, the keys
     held must open its data key, and that key must match the data object's key
     commitment (a ranged read of its header). A backup that fails is reported and
-    the others go on (fail closed per backup). Returns a JSON-ready summary.
+    the others go on (fail closed per backup). Returns a JSON-ready summary. ``store`` is the S3 adapter
+    (default: the settings', workflows/wiring.py).
     """
     context = keys.KeyContext(settings)
     if not context.mode().rekeyable:
@@ -78,7 +80,7 @@ def run_rekey(settings, host=None, db=None, everything=False, dry_run=False, sto
                              " or ".join(modes.REKEYABLE)))
     context.require_sealing()
     target = context.active_key_id()
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     records, _orphans = list_backups(settings, store, host=host, db=db, everything=everything, seed=False)
     results = []
     for record in records:

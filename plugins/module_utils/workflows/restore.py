@@ -24,18 +24,18 @@ import time
 
 from .. import config
 from .. import keys
-from ..adapters.postgres import PgClient, failure_detail, toc_owners
+from ..adapters.postgres import failure_detail, toc_owners
 from ..adapters.process import NO_PROGRESS, Child, TocReader, prefetch
 from ..adapters.s3 import READ_CHUNK
 from ..catalog import documents, layout, trust
 from ..catalog.dbnames import PG_NAME_LIMIT, REPLACED_TAG, STAGING_TAG, check_target_name, default_target, side_name
 from ..errors import (BackupError, ChecksumMismatchError, ConfigError, IntegrityError, PostgresError, RefusedError,
                       in_step)
-from ..formats import modes
-from ..formats.compression import DUMP_MAGIC, SQL_STARTS, decompressor
+from ..formats import magic, modes
+from ..formats.compression import decompressor
 from ..formats.plainsql import PlainSqlGuard
-from . import leftovers
-from .inventory import open_store, select
+from . import leftovers, wiring
+from .inventory import select
 
 CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
 
@@ -111,9 +111,9 @@ class RestoreStream:
             head += unpack.update(in_step("decrypt", opener.update, chunk))
             if len(head) >= 64:
                 break
-        if head.startswith(DUMP_MAGIC):
+        if head.startswith(magic.PG_DUMP):
             return CUSTOM_ARCHIVE
-        if any(head.startswith(start) for start in SQL_STARTS):
+        if magic.is_payload(head):
             return PLAIN_SQL
         raise IntegrityError("backup %s decrypts to neither a pg_dump archive nor a plain-SQL dump" % self.record.basename,
                              step="decompress")
@@ -218,17 +218,21 @@ def decryptor_factory(context, store, record):
     return modes.of(record.metadata, record.basename).opener(context, store, record)
 
 
-def run_verify(settings, backup="latest", before=None, host=None, db=None, progress=None, store=None,
-               allow_unsigned=False, allow_seed=None):
-    """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database."""
+def run_verify(settings, backup="latest", before=None, host=None, db=None, *, progress=None, store=None,
+               allow_unsigned=False, allow_seed=None, pg=None):
+    """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database.
+
+    ``store`` and ``pg`` (its pg_restore parses the archive) are the adapters (default: the settings',
+    workflows/wiring.py).
+    """
     progress = progress or NO_PROGRESS
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     context = keys.KeyContext(settings)
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-    record = select(settings, store, backup, before, host, db, context, allow_seed)
+    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
     new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
-    pg = PgClient(settings)
+    pg = wiring.postgres(settings, pg)
     sink = toc = None
     started = time.time()
     with RestoreStream(store, record, new_decryptor, progress) as stream:
@@ -264,9 +268,9 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, progr
             "duration_seconds": round(time.time() - started, 3)}
 
 
-def run_restore(settings, backup="latest", before=None, target_db=None, force=False, host=None, db=None,
+def run_restore(settings, backup="latest", before=None, target_db=None, force=False, *, host=None, db=None,
                 no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
-                restore_role=None):
+                restore_role=None, pg=None):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
@@ -279,25 +283,19 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused. It runs as
     DB_USER only with ``as_admin`` (see :func:`_sql_runner`). Ownership is handed back to the
     archive's owner where that is safe (:meth:`_SqlRunner.settle_ownership`).
+
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
     """
     progress = progress or NO_PROGRESS
-    store = store or open_store(settings)
+    store = wiring.store_or_open(settings, store)
     context = keys.KeyContext(settings)
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-    record = select(settings, store, backup, before, host, db, context, allow_seed)
+    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
     new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
-    target = check_target_name(target_db or default_target(record))
-    pg = PgClient(settings)
-    server_version = pg.server_version_num()
-    pg.check_client_version(server_version, "pg_restore")
-    exists = pg.database_exists(target)
-    if exists and not force:
-        raise RefusedError("database %r already exists on %s: restore under another name with --target-db, or pass "
-                           "--force to replace it (the old one is kept, renamed)" % (target, pg.where))
-    if exists and pg.active_connections(target):
-        raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
-                           "before replacing it" % (target, pg.active_connections(target)))
+    target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
+    pg = wiring.postgres(settings, pg)
+    exists = check_target(settings, pg, target, force)
     _warn_of_leftovers(pg, settings)
     runner = _sql_runner(settings, pg, record, as_admin, restore_role)
     staging = side_name(target, STAGING_TAG)
@@ -311,7 +309,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
         runner.drop()
         raise
     try:
-        counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner)
+        counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, runner=runner,
+                                               no_owner=no_owner, progress=progress)
         owner = runner.settle_ownership(staging, owners, no_owner)
         replaced = None
         if exists:
@@ -340,9 +339,53 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted}
 
 
-def prepare_restore_role(settings, check=False):
-    """Make sure BACKUP_RESTORE_ROLE exists (unless ``check``) and say whether it may run restored SQL."""
-    pg = PgClient(settings)
+def check_target(settings, pg, target, force=False):
+    """Whether ``target`` exists, after the checks a restore makes on the server before it writes (read-only, so
+    check mode makes them too): the server answers, pg_restore is new enough for it, and an existing target is
+    replaced only with ``force`` and without sessions. Raises PostgresError, ConfigError or RefusedError."""
+    pg.check_client_version(pg.server_version_num(), "pg_restore")
+    exists = pg.database_exists(target)
+    if exists and not force:
+        raise RefusedError("database %r already exists on %s: restore under another name with %s, or pass %s to "
+                           "replace it (the old one is kept, renamed)"
+                           % (target, pg.where, settings.flag("target_db"), settings.flag("force")))
+    if exists and pg.active_connections(target):
+        raise RefusedError("database %r has %d active connections: stop the application (e.g. pm2 stop quankey) "
+                           "before replacing it" % (target, pg.active_connections(target)))
+    return exists
+
+
+def check_restore_role(settings, pg, role, create=False):
+    """Whether the restore role ``role`` exists (with ``create``: is there, created when missing), after the checks
+    that may refuse it: not the login that restores, and a plain role (no superuser, no server files, ...).
+
+    Without ``create`` it only reads (check mode): a missing role is not refused, the restore creates it.
+    """
+    if role == pg.user:
+        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
+                          "%s; to run the backup's SQL as %s, pass %s"
+                          % (settings.label("restore_role"), role, settings.label("db_user"),
+                             config.DEFAULT_RESTORE_ROLE, role, settings.flag("as_admin")))
+    if create:
+        if pg.create_restore_role(role):
+            LOG.info("created the restore role %s (a plain role that cannot log in; each restore logs in as a "
+                     "temporary member of it)", role)
+    elif not pg.role_exists(role):
+        return False
+    risks = _short_risks(pg.role_risks(role))
+    if risks:
+        raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE "
+                           "%s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name "
+                           "another" % (role, settings.label("restore_role"), "; ".join(risks), role), step="restore role")
+    return True
+
+
+def prepare_restore_role(settings, check=False, *, pg=None):
+    """Make sure BACKUP_RESTORE_ROLE exists (unless ``check``) and say whether it may run restored SQL.
+
+    ``pg`` is the PostgreSQL adapter (default: the settings', workflows/wiring.py).
+    """
+    pg = wiring.postgres(settings, pg)
     role = settings.restore_role
     if role == pg.user:
         raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
@@ -413,19 +456,7 @@ def _sql_runner(settings, pg, record, as_admin, restore_role):
             LOG.info("the SQL of backup %s runs as %s (--as-admin)", record.basename, pg.user)
         return _SqlRunner(pg, None, trusted=True)
     role = restore_role or settings.restore_role
-    if role == pg.user:
-        raise ConfigError("%s is %s, the login that restores (%s): the restore role must be a role of its own, e.g. "
-                          "%s; to run the backup's SQL as %s, pass --as-admin (restore_as_admin: true)"
-                          % (settings.label("restore_role"), role, settings.label("db_user"),
-                             config.DEFAULT_RESTORE_ROLE, role))
-    if pg.create_restore_role(role):
-        LOG.info("created the restore role %s (a plain role that cannot log in; each restore logs in as a temporary "
-                 "member of it)", role)
-    risks = _short_risks(pg.role_risks(role))
-    if risks:
-        raise RefusedError("restore role %r (%s) may not run a backup's SQL: %s; make it a plain role again (ALTER ROLE "
-                           "%s NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS, and revoke those memberships) or name "
-                           "another" % (role, settings.label("restore_role"), "; ".join(risks), role), step="restore role")
+    check_restore_role(settings, pg, role, create=True)
     return _SqlRunner(pg, role, trusted=doubt is None)
 
 
@@ -532,7 +563,7 @@ class _SqlRunner:
         return wanted
 
 
-def _restore_into(pg, store, record, new_decryptor, staging, no_owner, progress, runner):
+def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, progress):
     """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
 
     Returns ``(counts, tables, owners in the archive)``.
@@ -597,24 +628,37 @@ def _drop_quietly(pg, name):
         LOG.error("could not drop the staging database %s: drop it by hand (DROP DATABASE %s)", name, name)
 
 
-def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, store=None,
-                    progress=None, allow_unsigned=False, allow_seed=None, as_admin=False):
+def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, *, store=None,
+                    progress=None, allow_unsigned=False, allow_seed=None, as_admin=False, pg=None, force=False,
+                    restore_role=None):
     """What :func:`run_restore` would restore, and where, after a full verification of it.
 
     Returns ``(plan, verification)``: ``plan`` names the backup, its source and
     the target database; ``verification`` is :func:`run_verify`'s result
     (download, SHA-256, decryption, decompression, archive parse). Raises
-    BackupError exactly where the restore would (selection, key, integrity).
+    BackupError exactly where the restore would (selection, key, integrity, the target's name, the server's
+    checks of :func:`check_target` and, unless ``as_admin``, :func:`check_restore_role`), writing nothing:
+    the server is only read. ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
     """
-    store = store or open_store(settings)
-    record = select(settings, store, backup, before, host, db, allow_seed=allow_seed)
-    target = check_target_name(target_db or default_target(record))
+    store = wiring.store_or_open(settings, store)
+    context = keys.KeyContext(settings)
+    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+    # run_restore's checks, in its order: selection, the keys open the data key, trust, the target, the server
+    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+    decryptor_factory(context, store, record)
+    trust.require(record.verdict, allow_unsigned, allow_seed)
+    target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
+    pg = wiring.postgres(settings, pg)
+    exists = check_target(settings, pg, target, force)
+    role = None if as_admin else (restore_role or settings.restore_role)
+    role_exists = check_restore_role(settings, pg, role) if role else None
     verification = run_verify(settings, backup=record.basename, host=record.host, db=record.db,
-                              store=store, progress=progress, allow_unsigned=allow_unsigned, allow_seed=allow_seed)
+                              store=store, progress=progress, allow_unsigned=allow_unsigned, allow_seed=allow_seed,
+                              pg=pg)
     plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
             "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
             "target_db": target, "expected_table_count": record.metadata.get("table_count"),
             "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
-            "sql_runs_as": settings.db_user if as_admin else settings.restore_role,
-            "source_trusted": untrusted_source(settings, record) is None}
+            "sql_runs_as": settings.db_user if as_admin else role, "restore_role_exists": role_exists,
+            "target_exists": exists, "source_trusted": untrusted_source(settings, record) is None}
     return plan, verification

@@ -134,9 +134,11 @@ def test_retention_counts_min_keep_per_host_and_database():
 def _metadata():
     view = {"db_name": "quankey_prod", "retention_days": 30, "host": "db1", "storage_class": "STANDARD_IA",
             "compression": "zstd"}
-    return documents.build_metadata(view, "quankey_backup_20250809_030000", _when(9), "backups/postgresql/x.encrypted",
-                                    1234, "a" * 64, {"type": "t"}, "qk1-0011223344556677", 7, 5000, 1.23456,
-                                    "15.18", "15.18", {"encoding": "UTF8"}, "aes-256-gcm", True)
+    return documents.build_metadata(view, basename="quankey_backup_20250809_030000", when=_when(9),
+                                    object_key="backups/postgresql/x.encrypted", size_bytes=1234, checksum="a" * 64,
+                                    envelope={"type": "t"}, key_id="qk1-0011223344556677", table_count=7,
+                                    dump_bytes=5000, duration=1.23456, server_version="15.18", pg_dump_version="15.18",
+                                    database_settings={"encoding": "UTF8"}, encryption_name="aes-256-gcm")
 
 
 def test_metadata_keeps_every_seed_field_and_round_trips():

@@ -76,3 +76,24 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         cli._parser().parse_args(["backpu"])
     assert info.value.code == 2
+
+
+def test_a_bad_schedule_is_named_where_it_was_set(tmp_path, capsys):
+    path = tmp_path / "backup.env"
+    path.write_text("BACKUP_SCHEDULE=weekly\nS3_BUCKET=b\nDB_NAME=d\n")
+    os.chmod(str(path), 0o600)
+    assert cli.main(["--env-file", str(path), "health"], environ={}) == 3
+    assert "BACKUP_SCHEDULE in %s 'weekly' is not a preset" % path in capsys.readouterr().err
+    assert cli.main(["--env-file", str(path), "health", "--schedule", "fortnightly"], environ={}) == 3
+    assert "--schedule 'fortnightly' is not a preset" in capsys.readouterr().err
+
+
+def test_the_environment_wins_over_the_env_file_and_messages_say_which(tmp_path, capsys):
+    path = tmp_path / "backup.env"
+    path.write_text("BACKUP_RETENTION_DAYS=0\nS3_BUCKET=b\nDB_NAME=d\n")
+    os.chmod(str(path), 0o600)
+    assert cli.main(["--env-file", str(path), "prune", "--dry-run"], environ={}) == 3
+    assert "BACKUP_RETENTION_DAYS in %s must be between 1 and 36500, got 0" % path in capsys.readouterr().err
+    assert cli.main(["--env-file", str(path), "prune", "--dry-run"], environ={"BACKUP_RETENTION_DAYS": "-1"}) == 3
+    err = capsys.readouterr().err
+    assert "BACKUP_RETENTION_DAYS must be between 1 and 36500, got -1" in err and str(path) not in err

@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 
 import pytest
 
@@ -133,3 +134,111 @@ def test_keyring_variables_map_to_settings_and_stay_secret():
     assert settings.label("keyring_file") == "BACKUP_KEYRING_FILE in /etc/quankey/backup.env"
     assert old not in repr(settings) + repr(settings.describe())
     assert "BACKUP_DECRYPTION_KEYS" in config.SECRET_VARIABLES and "BACKUP_KEYRING_FILE" in config.VARIABLES
+
+
+CLI_DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "docs", "CLI.md")
+
+
+def _cli_settings_rows():
+    """(variables, defaults) of each row of docs/CLI.md's settings table, without the libpq pass-through row."""
+    with open(CLI_DOC) as handle:
+        section = handle.read().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        names = re.findall(r"`([A-Z][A-Z0-9_]*\*?)`", cells[0])
+        if all(config.is_pg_passthrough(name.rstrip("*")) for name in names):
+            continue
+        rows.append((names, [value.strip() for value in cells[1].split(", ")]))
+    return rows
+
+
+def test_the_cli_doc_names_exactly_the_tables_variables_with_their_defaults():
+    rows = _cli_settings_rows()
+    documented = [name for names, _defaults in rows for name in names]
+    assert sorted(documented) == sorted(config.VARIABLES)
+    assert len(documented) == len(set(documented))
+    by_variable = dict((setting.variable, setting) for setting in config.TABLE)
+    for names, defaults in rows:
+        assert len(defaults) == len(names), "row %s: one default per variable" % ", ".join(names)
+        for name, default in zip(names, defaults):
+            assert default == (by_variable[name].documented_default or "—"), name
+
+
+def test_the_tables_lists_come_from_its_rows():
+    assert config.FIELD_VARIABLES["retention_days"] == "BACKUP_RETENTION_DAYS"
+    assert config.VARIABLES == tuple(setting.variable for setting in config.TABLE)
+    assert set(config.READ_VARIABLES) == set(config.VARIABLES) | {"AWS_REGION", "AWS_ACCESS_KEY", "AWS_SECRET_KEY",
+                                                                  "AWS_SECURITY_TOKEN"}
+    assert set(config.SECRET_VARIABLES) == {"PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
+                                            "AWS_SECURITY_TOKEN", "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS",
+                                            "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE"}
+    assert len(set(setting.field for setting in config.TABLE)) == len(config.TABLE)
+    options = [name for setting in config.TABLE if setting.option for name in (setting.option,) + setting.aliases]
+    assert len(options) == len(set(options))
+    for setting in config.TABLE:
+        if setting.kind == "choice":
+            assert setting.choices and setting.problem and (setting.default is None or setting.default in setting.choices)
+        if setting.kind == "int":
+            assert setting.bounds[0] <= setting.default <= setting.bounds[1]
+
+
+def test_settings_takes_the_tables_fields_as_keywords_only():
+    settings = config.Settings(db_name="d", retention_days="7", allow_seed="yes")
+    assert (settings.db_name, settings.retention_days, settings.allow_seed) == ("d", 7, True)
+    for setting in config.TABLE:
+        if setting.stored and setting.default is not None:
+            assert getattr(config.Settings(), setting.field) == setting.default, setting.field
+    with pytest.raises(TypeError, match="unknown settings: retention"):
+        config.Settings(retention=7)
+    with pytest.raises(TypeError):
+        config.Settings("d")  # pylint: disable=too-many-function-args
+
+
+def test_describe_holds_every_setting_but_the_secrets():
+    settings = config.Settings(db_name="d", db_password="pw-1", secret_key="sk-2", encryption_key=SECRET,
+                               seed_passphrase="seed-3", signing_key="sign-4", session_token="tok-5",
+                               decryption_keys=["old-6"])
+    view = settings.describe()
+    for setting in config.TABLE:
+        if setting.stored:
+            assert (setting.field in view) is not setting.secret, setting.field
+    assert view["name"] == "d" and view["host"] == settings.host
+    text = repr(settings) + repr(view)
+    for secret in ("pw-1", "sk-2", SECRET, "seed-3", "sign-4", "tok-5", "old-6"):
+        assert secret not in text
+
+
+def test_an_alternative_variable_is_named_when_it_gave_the_value():
+    settings = config.settings_from_env({"AWS_REGION": "eu-west-1"}, origin="/e.env", from_origin={"AWS_REGION"})
+    assert (settings.region, settings.label("region")) == ("eu-west-1", "AWS_REGION in /e.env")
+    settings = config.settings_from_env({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-central-1"})
+    assert (settings.region, settings.label("region")) == ("eu-central-1", "AWS_DEFAULT_REGION")
+
+
+def test_values_from_the_environment_are_not_named_with_the_env_file():
+    env = {"BACKUP_RETENTION_DAYS": "0", "DB_NAME": "d"}
+    with pytest.raises(ConfigError, match="^BACKUP_RETENTION_DAYS must be between 1 and 36500, got 0$"):
+        config.settings_from_env(env, origin="/etc/quankey/backup.env", from_origin={"DB_NAME"})
+    with pytest.raises(ConfigError, match="^BACKUP_RETENTION_DAYS in /etc/quankey/backup.env must be between"):
+        config.settings_from_env(env, origin="/etc/quankey/backup.env", from_origin={"BACKUP_RETENTION_DAYS"})
+
+
+def test_the_env_file_path_is_given_then_the_variable_then_the_default_when_present(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "DEFAULT_ENV_FILE", str(tmp_path / "absent.env"))
+    assert config.env_file_path(None, {}) is None
+    assert config.env_file_path(None, {"QUANKEY_ENV_FILE": "/x.env"}) == "/x.env"
+    assert config.env_file_path("/given.env", {"QUANKEY_ENV_FILE": "/x.env"}) == "/given.env"
+    present = tmp_path / "backup.env"
+    present.write_text("")
+    monkeypatch.setattr(config, "DEFAULT_ENV_FILE", str(present))
+    assert config.env_file_path(None, {}) == str(present)
+
+
+def test_a_missing_env_file_names_the_callers_option(tmp_path):
+    with pytest.raises(ConfigError, match="or pass the env_file option$"):
+        config.read_env_file(str(tmp_path / "nope.env"), flag="the env_file option")
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.read_env_file(str(tmp_path))

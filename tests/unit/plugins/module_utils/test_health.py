@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.quankey.backup.plugins.module_utils import config, keys
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
 from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import health, wiring
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def _names(record):
 @pytest.fixture(autouse=True)
 def no_database_server(monkeypatch):
     """These tests are about S3's side: no PostgreSQL is asked for leftovers."""
-    monkeypatch.setattr(health, "postgres_or_none", lambda settings: None)
+    monkeypatch.setattr(wiring, "postgres_or_none", lambda settings, pg=None: pg)
 
 
 def _rules(findings):
@@ -278,3 +278,42 @@ def test_leftovers_older_than_an_hour_are_warnings_naming_size_and_age():
     assert "221.0 MiB, 2.0 h old" in messages[0] and "3.0 MiB in 2 parts, 2.0 h without news" in messages[1]
     assert "quankey_restore_0a1b2c3d (expired)" in messages[2]
     assert all("prune" in message for message in messages)
+
+
+def _report(**fields):
+    report = {"host": "db1", "database": "quankey_prod", "bucket": "backups", "latest": None, "backups": 0,
+              "findings": [], "status": "ok"}
+    report.update(fields)
+    return report
+
+
+def test_report_lines_give_the_status_the_latest_backup_and_each_finding():
+    latest = {"name": "q_backup_20250820_030000", "age_hours": 9.0, "size_bytes": 3 * MIB, "object_size": 3 * MIB}
+    findings = [{"rule": "min_size", "severity": "warning", "message": "latest backup is 3.0 MiB, under the minimum"},
+                {"rule": "seed_backups", "severity": "info", "message": "2 backup(s) made by the seed's scripts"}]
+    lines = health.report_lines(_report(status="warning", latest=latest, backups=12, findings=findings))
+    assert lines == [
+        "WARNING: backups of quankey_prod on db1 in s3://backups",
+        "  latest: q_backup_20250820_030000, 9.0 h old, 3.0 MiB, 12 backup(s) in all",
+        "  WARNING  min_size           latest backup is 3.0 MiB, under the minimum",
+        "  INFO     seed_backups       2 backup(s) made by the seed's scripts",
+    ]
+
+
+def test_report_lines_of_a_report_without_backups_or_metadata():
+    no_backups = [{"rule": "no_backups", "severity": "critical", "message": "no backups found"}]
+    assert health.report_lines(_report(status="critical", findings=no_backups)) == [
+        "CRITICAL: backups of quankey_prod on db1 in s3://backups", "  CRITICAL no_backups         no backups found"]
+    unread = {"name": "q_backup_20250820_030000", "age_hours": 1.25, "object_size": None}
+    assert health.report_lines(_report(latest=unread, backups=1))[1] == (
+        "  latest: q_backup_20250820_030000, 1.2 h old, size unknown, 1 backup(s) in all")
+
+
+def test_report_lines_of_a_real_assessment_name_every_rule_that_fired(monkeypatch):
+    records = _series([60 + 24 * i for i in range(5)], size=1024)
+    findings = health.assess(records, [], NOW, health.HealthPolicy())
+    report = health._finish(_report(latest=dict(records[0].summary(), age_hours=60.0), backups=5), findings)
+    lines = health.report_lines(report)
+    assert lines[0].startswith("CRITICAL: ")
+    assert [line.split()[1] for line in lines[2:]] == [finding["rule"] for finding in findings]
+    assert {"age", "min_size"} <= set(finding["rule"] for finding in findings)

@@ -118,10 +118,21 @@ class _Record:
     verdict = trust.Verdict(trust.VALID, "qk1-0123456789abcdef")
 
 
-def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
-    calls = {}
+def _server_checks(monkeypatch, calls=None):
+    """The key and server checks of the preview (restore.py's, tested on the fakes) as stubs that record their calls."""
+    calls = {} if calls is None else calls
+    monkeypatch.setattr(restore, "decryptor_factory", lambda context, store, record: calls.setdefault("keys", record))
+    monkeypatch.setattr(restore, "check_target", lambda settings, pg, target, force=False: calls.setdefault(
+        "target", (target, force)) and False)
+    monkeypatch.setattr(restore, "check_restore_role", lambda settings, pg, role, create=False: calls.setdefault(
+        "role", (role, create)) and True)
+    return calls
 
-    def select(settings, store, backup, before, host, db, allow_seed=None):
+
+def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
+    calls = _server_checks(monkeypatch)
+
+    def select(settings, store, backup, before, host, db, context=None, allow_seed=None):
         calls["select"] = (backup, before, host, db, allow_seed)
         return _Record()
 
@@ -131,29 +142,34 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
 
     monkeypatch.setattr(restore, "select", select)
     monkeypatch.setattr(restore, "run_verify", run_verify)
-    store = object()
+    store, pg = object(), object()
     plan, verification = restore.preview_restore(_settings(), backup="latest", before=T0, host=None, db="app",
-                                                 store=store)
-    assert calls["select"] == ("latest", T0, None, "app", None)
+                                                 store=store, pg=pg)
+    assert calls["select"] == ("latest", T0, None, "app", False)
     assert calls["verify"] == {"backup": "app_backup_20250801_030000", "host": "db1", "db": "app", "store": store,
-                               "progress": None, "allow_unsigned": False, "allow_seed": None}
+                               "progress": None, "allow_unsigned": False, "allow_seed": False, "pg": pg}
+    assert (calls["target"], calls["role"]) == (("app_restored_20250801_030000", False), ("quankey_restore", False))
     assert plan == {"name": "app_backup_20250801_030000", "object_key": _Record.object_key,
                     "metadata_key": _Record.metadata_key, "source_host": "db1", "source_db": "app",
                     "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
                     "expected_table_count": 3, "signature": "valid (key qk1-0123456789abcdef)", "trusted": True,
-                    "sql_runs_as": "quankey_restore", "source_trusted": False}
+                    "sql_runs_as": "quankey_restore", "restore_role_exists": True, "target_exists": False,
+                    "source_trusted": False}
     assert verification == {"checksum_ok": True, "table_count": 3}
 
 
 def test_preview_restore_keeps_a_given_target(monkeypatch):
+    _server_checks(monkeypatch)
     monkeypatch.setattr(restore, "select", lambda *args, **kwargs: _Record())
     monkeypatch.setattr(restore, "run_verify", lambda settings, **kwargs: {})
-    plan, _verification = restore.preview_restore(_settings(), target_db="incident", store=object())
+    plan, _verification = restore.preview_restore(_settings(), target_db="incident", store=object(), pg=object())
     assert plan["target_db"] == "incident"
 
 
 def test_check_mode_refuses_a_target_name_the_real_run_would_refuse(monkeypatch):
+    calls = _server_checks(monkeypatch)
     monkeypatch.setattr(restore, "select", lambda *args, **kwargs: _Record())
     monkeypatch.setattr(restore, "run_verify", lambda settings, **kwargs: pytest.fail("verified a doomed restore"))
     with pytest.raises(RefusedError, match="longer than PostgreSQL's 63 bytes"):
-        restore.preview_restore(_settings(), target_db="é" * 32, store=object())
+        restore.preview_restore(_settings(), target_db="é" * 32, store=object(), pg=object())
+    assert "keys" in calls and "target" not in calls  # the keys were tried first, the server never asked

@@ -26,7 +26,7 @@ import pytest
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ansible_collections.quankey.backup.plugins.module_utils.formats import openssl_enc as oe
+from ansible_collections.quankey.backup.plugins.module_utils.formats import magic, openssl_enc as oe
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (
     ConfigError,
     IntegrityError,
@@ -307,7 +307,7 @@ def test_seed_pipeline_gzip_then_openssl_decrypts_with_ours():
     dump = dump_like(200000, seed=3) + b"\x00" * 300000  # compressible
     obj = shell("gzip -c | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY", dump, name="BACKUP_ENCRYPTION_KEY")
     compressed = decrypt(obj, chunks=odd_chunks(random.Random(4), len(obj), 3333))
-    assert compressed.startswith(oe.GZIP_MAGIC)
+    assert compressed.startswith(magic.GZIP_DEFLATE)
     assert zlib.decompress(compressed, 16 + zlib.MAX_WBITS) == dump
 
 
@@ -332,7 +332,7 @@ def test_zstd_variant_both_ways():
     dump = dump_like(50000, seed=7) + b"\x00" * 50000
     obj = shell("zstd -q -c | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:K", dump)
     compressed = decrypt(obj, chunk=777)
-    assert compressed.startswith(oe.ZSTD_MAGIC)
+    assert compressed.startswith(magic.ZSTD)
     assert shell("zstd -q -d -c", compressed) == dump
     assert shell("openssl enc -d -aes-256-cbc -pbkdf2 -pass env:K | zstd -q -d -c", encrypt(compressed)) == dump
 
