@@ -50,10 +50,10 @@ options:
         O(encryption_key) as passphrase), which the stock C(openssl) command decrypts. It is not authenticated;
         use it only where that compatibility is needed.
       - Restores read all three (and the seed's own backups) whatever this is set to.
+      - Defaults to V(aes-256-gcm).
       - If not set, the environment variable E(BACKUP_ENCRYPTION) is used.
     type: str
     choices: [aes-256-gcm, hybrid-pq, aes-256-cbc]
-    default: aes-256-gcm
   recipients:
     description:
       - Public keys (C(qkpq1-pub-...)) printed by C(quankey-backup keygen), that O(encryption=hybrid-pq) seals each

@@ -13,23 +13,20 @@ class ModuleDocFragment(object):
 options:
   login_host:
     description:
-      - Host name or IP address of the PostgreSQL server.
+      - Host name or IP address of the PostgreSQL server. Defaults to V(localhost).
       - If not set, the environment variable E(DB_HOST) is used.
     type: str
-    default: localhost
   login_port:
     description:
-      - TCP port of the PostgreSQL server.
+      - TCP port of the PostgreSQL server. Defaults to V(5432).
       - If not set, the environment variable E(DB_PORT) is used.
     type: int
-    default: 5432
   login_user:
     description:
       - PostgreSQL role to log in as. It needs to read every table of O(db) for a backup, and to create
-        databases for a restore.
+        databases for a restore. Defaults to V(postgres).
       - If not set, the environment variable E(DB_USER) is used.
     type: str
-    default: postgres
   login_password:
     description:
       - Password of O(login_user). It reaches the PostgreSQL client programs through their environment,
@@ -49,17 +46,17 @@ options:
     type: str
   ssl_mode:
     description:
-      - How to use SSL/TLS with the server (libpq's C(sslmode)).
+      - How to use SSL/TLS with the server (libpq's C(sslmode)). When it is not set, libpq's default applies,
+        V(prefer) (or C(PGSSLMODE) in O(env_file)).
       - If not set, the environment variable E(DB_SSLMODE) is used.
     type: str
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
-    default: prefer
   maintenance_db:
     description:
-      - Database to connect to for server-wide work, such as creating the database a restore goes into.
+      - Database to connect to for server-wide work, such as creating the database a restore goes into. Defaults to
+        V(postgres).
       - If not set, the environment variable E(DB_MAINTENANCE_DB) is used.
     type: str
-    default: postgres
   pg_bin_dir:
     description:
       - Directory of the PostgreSQL client programs (C(psql), C(pg_dump), C(pg_restore)).
@@ -79,7 +76,7 @@ options:
       - Only M(quankey.backup.s3_backup_restore) uses it (and runs the SQL as O(login_user) instead only with
         O(quankey.backup.s3_backup_restore#module:restore_as_admin=true)); the other modules accept it so that
         C(module_defaults) can set it once.
+      - Defaults to V(quankey_restore).
       - If not set, the environment variable E(BACKUP_RESTORE_ROLE) is used.
     type: str
-    default: quankey_restore
 """

@@ -13,16 +13,15 @@ class ModuleDocFragment(object):
 options:
   bucket:
     description:
-      - Name of the S3 bucket that holds the backups.
+      - Name of the S3 bucket that holds the backups. Required, as an option, in the environment or in O(env_file).
       - If not set, the environment variable E(S3_BUCKET) is used.
     type: str
-    required: true
   prefix:
     description:
-      - Key prefix under which all backups and metadata of this bucket are kept, for example V(prod/).
+      - Key prefix under which all backups and metadata of this bucket are kept, for example V(prod/). Defaults to
+        none.
       - If not set, the environment variable E(S3_PREFIX) is used.
     type: str
-    default: ''
   host_id:
     description:
       - This host's name in object keys (C(backups/postgresql/<host_id>/<db>/...)), so one bucket can serve

@@ -30,11 +30,9 @@ description:
   - Adopting is the consent the seed's unsigned backups otherwise need (O(quankey.backup.s3_backup_restore#module:allow_seed)),
     given only to backups that decrypt with the seed's passphrase. Afterwards they restore, verify and count in
     health like any backup of this host, without O(quankey.backup.s3_backup_restore#module:allow_seed).
-  - This is the same engine as the C(quankey-backup adopt) command (C(playbooks/adopt-seed-backups.yml) runs that on
+  - This is the same engine as the C(quankey-backup adopt) command (C(playbooks/adopt_seed_backups.yml) runs that on
     each host). C(docs/MIGRATION.md) of the collection describes the whole migration from the seed.
 options:
-  db:
-    required: true
   delete_originals:
     description:
       - Delete each original seed backup (its C(.meta), then its object) once its adopted copy has verified, never
@@ -44,22 +42,21 @@ options:
     default: false
   compression:
     description:
-      - How the adopted copies are compressed before they are encrypted, as for a new backup.
+      - How the adopted copies are compressed before they are encrypted, as for a new backup. Defaults to V(zstd).
       - If not set, the environment variable E(BACKUP_COMPRESSION) is used.
     type: str
     choices: [zstd, gzip, none]
-    default: zstd
   storage_class:
     description:
-      - S3 storage class of the adopted copies.
+      - S3 storage class of the adopted copies. Defaults to V(STANDARD_IA).
       - If not set, the environment variable E(S3_STORAGE_CLASS) is used.
     type: str
     choices: [STANDARD, STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR, REDUCED_REDUNDANCY, GLACIER, DEEP_ARCHIVE]
-    default: STANDARD_IA
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -292,22 +289,17 @@ error:
       sample: 3
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
-from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt
 
 
 def argument_spec():
     """The module's options: the shared groups plus whether to delete the originals and how the copies are stored."""
     return ansible_common.common_argument_spec(
-        db=dict(required=True),
+        ansible_common.setting_options("compression", "storage_class"),
         delete_originals=dict(type="bool", default=False),
-        compression=dict(type="str", choices=list(compression.COMPRESSIONS), default=compression.DEFAULT_COMPRESSION,
-                         fallback=(env_fallback, ["BACKUP_COMPRESSION"])),
-        storage_class=dict(type="str", choices=list(config.STORAGE_CLASSES), default=config.DEFAULT_STORAGE_CLASS,
-                           fallback=(env_fallback, ["S3_STORAGE_CLASS"])),
     )
 
 
@@ -329,12 +321,12 @@ def result_of(summary):
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     ansible_common.require_libraries(module, "boto3", "cryptography")
-    if module.params["compression"] == "zstd":
-        ansible_common.require_libraries(module, "zstandard")
     params = module.params
 
     with ansible_common.engine_errors(module, "adopt"):
-        settings = ansible_common.settings_from_params(params)
+        settings = ansible_common.module_settings(module)
+        if settings.compression == "zstd":
+            ansible_common.require_libraries(module, "zstandard")
         summary = adopt.run_adopt(settings, dry_run=module.check_mode, delete_originals=params["delete_originals"])
     changed, result = result_of(summary)
     if result["exit_code"]:

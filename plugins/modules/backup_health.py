@@ -41,9 +41,9 @@ options:
     description:
       - How often backups are meant to run, V(daily), V(12-hour), V(6-hour), or a number of hours between
         backups such as V(8). Fewer backups than this implies over O(window_days) is a warning.
+      - Defaults to V(daily).
       - If not set, the environment variable E(BACKUP_SCHEDULE) is used.
     type: str
-    default: daily
   window_days:
     description:
       - Days looked back by the frequency rule.
@@ -64,13 +64,14 @@ options:
         not signed.
       - Without it they are not counted (a host whose only backups are the seed's has none), and an V(info) finding
         V(seed_backups) says how many there are.
+      - Defaults to V(false).
       - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
     type: bool
-    default: false
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -197,6 +198,18 @@ latest:
       returned: when the metadata was read
       type: bool
       sample: true
+report_lines:
+  description:
+    - The report as the lines a person reads, the engine's (those C(quankey-backup health) prints) - the status with the
+      host, database and bucket, the latest backup (name, age, size, how many), then each finding with its severity
+      and rule. Also returned when O(fail_on) fails the task. C(playbooks/health.yml) prints every host's.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "WARNING: backups of quankey_prod on db1 in s3://quankey-backups-prod"
+    - "  latest: quankey_prod_backup_20250809_030000, 7.2 h old, 512.0 KiB, 30 backup(s) in all"
+    - "  WARNING  min_size           latest backup is 512.0 KiB, under the 1.0 MiB minimum: is the database empty or the dump incomplete?"
 keyring_key_ids:
   description: Ids of the keys given, against which the newest backups' key ids were checked; empty when none.
   returned: always
@@ -250,7 +263,7 @@ error:
       sample: 3
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
@@ -263,12 +276,11 @@ FAILING_STATUSES = {"critical": (health.CRITICAL,), "warning": (health.WARNING, 
 def argument_spec():
     """The module's options: the shared groups plus the thresholds of the rules."""
     return ansible_common.common_argument_spec(
+        ansible_common.setting_options("schedule", "allow_seed"),
         max_age_hours=dict(type="float", default=DEFAULTS["max_age_hours"]),
         min_size_bytes=dict(type="int", default=DEFAULTS["min_size_bytes"]),
-        schedule=dict(type="str", default="daily", fallback=(env_fallback, ["BACKUP_SCHEDULE"])),
         window_days=dict(type="float", default=DEFAULTS["window_days"]),
         fail_on=dict(type="str", choices=list(FAILING_STATUSES), default="critical"),
-        allow_seed=dict(type="bool", default=False, fallback=(env_fallback, ["BACKUP_ALLOW_SEED"])),
     )
 
 
@@ -278,11 +290,12 @@ def main():
     params = module.params
 
     with ansible_common.engine_errors(module, "health check"):
-        settings = ansible_common.settings_from_params(params)
+        settings = ansible_common.module_settings(module)
+        interval = health.interval_for_schedule(settings.schedule, settings.label("schedule"))
         policy = health.HealthPolicy(max_age_hours=params["max_age_hours"], min_size_bytes=params["min_size_bytes"],
-                                     interval_hours=health.interval_for_schedule(params["schedule"]),
-                                     window_days=params["window_days"])
+                                     interval_hours=interval, window_days=params["window_days"])
         report = health.check_health(settings, policy)
+    report["report_lines"] = health.report_lines(report)
     if report["status"] in FAILING_STATUSES[params["fail_on"]]:
         problems = "; ".join(finding["message"] for finding in report["findings"] if finding["severity"] != health.INFO)
         summary = "backups of %s on %s are %s: %s" % (report["database"], report["host"], report["status"], problems)

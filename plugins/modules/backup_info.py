@@ -14,15 +14,25 @@ version_added: 0.1.0
 description:
   - Lists committed backups (those whose metadata object exists) with their keys, times and sizes, newest
     first, optionally with the details from each backup's metadata.
-  - Without O(host) every host in the bucket is listed; O(db) narrows the list to one database.
+  - As C(quankey-backup list) does, it lists the backups of this host (O(host_id), by default the managed host's
+    short host name) and database (O(db); when it is not set, every database of this host), with the seed's own
+    backups of that database. O(host) lists another host's, O(all=true) the whole bucket.
   - S3 listings are paginated, so buckets with any number of objects work.
   - Also returns the keys of uncommitted objects (data without metadata, left by a failed backup).
   - This is the same engine as the C(quankey-backup list) command.
 options:
   host:
     description:
-      - Only backups of this host id. Without it, backups of every host are listed.
+      - Only backups of this host id. Defaults to O(host_id), this host's, unless O(all=true).
     type: str
+  all:
+    description:
+      - List every host and database in the bucket, as C(quankey-backup list --all) does. O(host) still narrows it to
+        one host, and O(db) to one database when it is given as an option (not when it comes from the environment or
+        O(env_file)).
+    type: bool
+    default: false
+    aliases: [all_hosts]
   since:
     description:
       - Only backups taken at or after this time, for example V(2025-08-01), V(2025-08-01T12:00:00Z) or
@@ -41,10 +51,34 @@ options:
         small read per backup.
     type: bool
     default: false
+  backup:
+    description:
+      - Return only the backup a restore would select (the engine's selection, the one
+        M(quankey.backup.s3_backup_restore) makes) - V(latest) or a backup name such as
+        V(quankey_prod_backup_20250809_030000) (an object or metadata key works too) - of O(host) (default this host,
+        O(host_id)) and O(db), with its metadata and the verdict a restore obeys (RV(backups[].signature)). The task
+        fails when there is none, saying what was asked.
+      - A playbook can show what a restore will take, then restore exactly that one by its name.
+      - O(since), O(limit) and O(details) do not apply.
+    type: str
+  before:
+    description:
+      - Select the latest backup taken before this time (with O(backup) a name, that backup only if it is older),
+        for example V(2025-08-09T03:00:00Z), V(2025-08-09) or V(20250809_030000). A time without a zone is UTC.
+      - Implies O(backup=latest) when O(backup) is not set.
+    type: str
+  allow_seed:
+    description:
+      - With O(backup) or O(before), also select backups made by the seed's scripts (unsigned), as
+        O(quankey.backup.s3_backup_restore#module:allow_seed=true) does; without it they are passed over.
+      - Defaults to V(false).
+      - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
+    type: bool
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -56,10 +90,10 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - O(db) filters the list. Of the encryption options only the signing keys (O(signing_key), O(encryption_key),
-    O(decryption_keys), O(keyring_file)) are used, to check signatures with O(details=true). The other PostgreSQL
-    options and O(host_id) are not used; they are accepted so that C(module_defaults) for C(group/quankey.backup.all) can set them once for
-    every module.
+  - O(host_id) and O(db) choose the backups listed by default. Of the encryption options only the signing keys
+    (O(signing_key), O(encryption_key), O(decryption_keys), O(keyring_file)) are used, to check signatures with
+    O(details=true). The other PostgreSQL options are not used; they are accepted so that C(module_defaults) for
+    C(group/quankey.backup.all) can set them once for every module.
 seealso:
   - module: quankey.backup.backup_health
   - module: quankey.backup.s3_backup_restore
@@ -71,7 +105,14 @@ EXAMPLES = r"""
 - name: List every backup in the bucket
   quankey.backup.backup_info:
     bucket: quankey-backups-prod
+    all: true
   register: all_backups
+
+- name: List this host's backups of its database, with the settings of the host's env file
+  quankey.backup.backup_info:
+    env_file: /etc/quankey/backup.env
+  become: true
+  register: mine
 
 - name: The three newest backups of quankey_prod on db1, with their metadata
   quankey.backup.backup_info:
@@ -92,11 +133,27 @@ EXAMPLES = r"""
     bucket: quankey-backups-prod
     since: "2025-08-01"
   register: this_month
+
+- name: The backup a restore of db1's quankey_prod as it was before 06:00 would take
+  quankey.backup.backup_info:
+    bucket: quankey-backups-prod
+    host: db1
+    db: quankey_prod
+    before: "2025-08-09T06:00:00Z"
+  register: chosen
+
+- name: Restore exactly that one
+  quankey.backup.s3_backup_restore:
+    bucket: quankey-backups-prod
+    backup: "{{ chosen.backups[0].name }}"
+    source_host: db1
+    source_db: quankey_prod
+    target_db: quankey_prod_before_six
 """
 
 RETURN = r"""
 backups:
-  description: The backups, newest first.
+  description: The backups, newest first; with O(backup) or O(before), the one selected.
   returned: always
   type: list
   elements: dict
@@ -220,7 +277,7 @@ backups:
       type: str
       sample: STANDARD_IA
 orphans:
-  description: Keys of objects without metadata (uncommitted backups, invisible to restore).
+  description: Keys of objects without metadata (uncommitted backups, invisible to restore); empty with O(backup) or O(before).
   returned: always
   type: list
   elements: str
@@ -251,16 +308,20 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import inventory
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import inventory, wiring
 
 
 def argument_spec():
     """The module's options: the shared groups plus the filters."""
     return ansible_common.common_argument_spec(
+        ansible_common.setting_options("allow_seed"),
         host=dict(type="str"),
+        all=dict(type="bool", default=False, aliases=["all_hosts"]),
         since=dict(type="str"),
         limit=dict(type="int", default=0),
         details=dict(type="bool", default=False),
+        backup=dict(type="str"),
+        before=dict(type="str"),
     )
 
 
@@ -270,10 +331,20 @@ def main():
     params = module.params
 
     with ansible_common.engine_errors(module, "listing"):
-        settings = ansible_common.settings_from_params(params)
-        since = layout.parse_time(params["since"], "since") if params["since"] else None
-        found = inventory.find_backups(settings, host=params["host"], db=params["db"], since=since,
-                                       limit=params["limit"], details=params["details"])
+        settings = ansible_common.module_settings(module)
+        if params["backup"] or params["before"]:
+            before = layout.parse_time(params["before"], "before") if params["before"] else None
+            record = inventory.select(settings, wiring.open_store(settings), backup=params["backup"] or "latest",
+                                      before=before, host=params["host"], db=params["db"],
+                                      allow_seed=settings.allow_seed)
+            found = {"backups": [record.summary()], "orphans": []}
+        else:
+            since = layout.parse_time(params["since"], "since") if params["since"] else None
+            # as `quankey-backup list`: this host and database unless all (then db only when given as an option)
+            host = params["host"] or (None if params["all"] else settings.host)
+            db = params["db"] if params["all"] else settings.db_name
+            found = inventory.find_backups(settings, host=host, db=db, since=since,
+                                           limit=params["limit"], details=params["details"])
     module.exit_json(changed=False, **found)
 
 

@@ -43,6 +43,7 @@ extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -252,7 +253,7 @@ def main():
     params = module.params
 
     with ansible_common.engine_errors(module, "rekey"):
-        settings = ansible_common.settings_from_params(params)
+        settings = ansible_common.module_settings(module)
         summary = rekey.run_rekey(settings, host=params["host"], db=params["db"], everything=params["all_hosts"],
                                   dry_run=module.check_mode)
     changed, result = result_of(summary)

@@ -23,8 +23,6 @@ description:
   - This is the same engine as the C(quankey-backup backup) command that cron runs on database hosts.
   - Every run takes a new backup, so the task always reports a change.
 options:
-  db:
-    required: true
   name:
     description:
       - Stem of the backup's name, C(<name>_backup_<YYYYmmdd_HHMMSS>). Defaults to O(db).
@@ -34,28 +32,48 @@ options:
   compression:
     description:
       - How to compress the dump before encrypting it. V(zstd) (level 3, in one thread) is fast and small,
-        V(gzip) is for compatibility (the seed's restore script and C(gunzip)).
+        V(gzip) is for compatibility (the seed's restore script and C(gunzip)). Defaults to V(zstd).
       - If not set, the environment variable E(BACKUP_COMPRESSION) is used.
     type: str
     choices: [zstd, gzip, none]
-    default: zstd
   storage_class:
     description:
-      - S3 storage class of the backup object.
+      - S3 storage class of the backup object. Defaults to V(STANDARD_IA).
       - If not set, the environment variable E(S3_STORAGE_CLASS) is used.
     type: str
     choices: [STANDARD, STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR, REDUCED_REDUNDANCY, GLACIER, DEEP_ARCHIVE]
-    default: STANDARD_IA
   retention_days:
     description:
-      - Days the backup is meant to be kept, recorded in its metadata for pruning.
+      - Days the backup is meant to be kept, recorded in its metadata for pruning. Defaults to V(30).
       - If not set, the environment variable E(BACKUP_RETENTION_DAYS) is used.
     type: int
-    default: 30
+  lock_file:
+    description:
+      - Take this run lock first, the file the scheduled runs lock (C(flock) on C(<home>/backup.lock) with the
+        C(quankey.backup.pg_backup) role), so that this backup never overlaps a scheduled run on the host; a scheduled
+        run that starts meanwhile finds the lock held and skips. The file is created (mode 0600) when missing.
+      - Without it no lock is taken.
+      - In check mode the lock is not taken; the file is only checked to be one this user can lock.
+    type: path
+  lock_wait:
+    description:
+      - Seconds to wait for a run holding O(lock_file) before failing (naming the file and the wait; nothing is done).
+        V(0) tries once.
+    type: float
+    default: 600
+  prune:
+    description:
+      - After the backup, apply retention as a scheduled run does (the engine of C(quankey-backup prune)) - backups
+        older than their retention are deleted, never the newest good ones, and what interrupted runs left behind
+        is swept once stale - under the same lock. Returned as RV(pruned).
+      - In check mode, says what would be deleted and deletes nothing.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -63,6 +81,8 @@ attributes:
     details:
       - Checks the settings, the login to PostgreSQL, the C(pg_dump) version against the server's and
         access to the bucket, and returns the keys it would write. It writes nothing.
+      - With O(lock_file), checks that the lock can be taken by this user, without taking it; with O(prune=true), says
+        what retention would delete.
   diff_mode:
     support: none
   platform:
@@ -72,8 +92,9 @@ requirements:
   - PostgreSQL client programs (C(pg_dump), C(pg_restore), C(psql)) at least as new as the server
 notes:
   - The module runs on the host that can reach the database, usually the database host itself.
-  - Options fall back to the environment variables the C(quankey-backup) command reads, so a task can
-    rely on the environment set up for that command.
+  - Options fall back to the environment variables the C(quankey-backup) command reads, then to the host's env file
+    (O(env_file)), so a task can rely on the configuration set up for that command. O(db) must be set in one of
+    these places.
 seealso:
   - module: quankey.backup.s3_backup_restore
   - module: quankey.backup.backup_info
@@ -118,6 +139,18 @@ EXAMPLES = r"""
         compression: gzip
         storage_class: STANDARD
         retention_days: 90
+
+- name: On a host the pg_backup role set up - as the scheduled run does, under its lock, then prune
+  quankey.backup.pg_encrypted_backup:
+    db: quankey_prod
+    lock_file: /var/lib/quankey-backup/backup.lock
+    lock_wait: 600
+    prune: true
+  become: true
+  become_user: quankey-backup
+  vars:
+    ansible_python_interpreter: /opt/quankey-backup/venv/bin/python
+  register: backup
 """
 
 RETURN = r"""
@@ -240,6 +273,73 @@ backup:
       returned: in check mode
       type: str
       sample: '15.8'
+pruned:
+  description:
+    - What retention deleted after the backup (O(prune=true)), or in check mode would delete.
+  returned: when O(prune=true)
+  type: dict
+  contains:
+    deleted:
+      description: Names of the backups deleted (would be deleted in check mode), past O(retention_days).
+      returned: always
+      type: list
+      elements: str
+      sample: [quankey_prod_backup_20250701_030000]
+    kept:
+      description: Names of the backups kept.
+      returned: always
+      type: list
+      elements: str
+      sample: [quankey_prod_backup_20250809_030000]
+    retention_days:
+      description: The retention applied (the host's E(BACKUP_RETENTION_DAYS)).
+      returned: always
+      type: int
+      sample: 30
+    min_keep:
+      description: The newest good backups always kept, whatever their age (E(BACKUP_MIN_KEEP)).
+      returned: always
+      type: int
+      sample: 3
+    dry_run:
+      description: Whether nothing was deleted (check mode).
+      returned: always
+      type: bool
+      sample: false
+    orphans_deleted:
+      description: Stale objects without metadata removed (left by interrupted backups).
+      returned: always
+      type: list
+      elements: str
+      sample: []
+    uploads_aborted:
+      description: Stale open multipart uploads aborted.
+      returned: always
+      type: list
+      elements: str
+      sample: []
+    staging_databases_dropped:
+      description: Stale staging databases of interrupted restores dropped.
+      returned: always
+      type: list
+      elements: str
+      sample: []
+    restore_logins_dropped:
+      description: Expired temporary restore logins dropped.
+      returned: always
+      type: list
+      elements: str
+      sample: []
+    leftovers:
+      description: What interrupted runs left behind, as found before the sweep.
+      returned: always
+      type: dict
+      sample: {}
+lock_waited_seconds:
+  description: How long the backup waited for O(lock_file) (a scheduled run in progress).
+  returned: when O(lock_file) is set and not in check mode
+  type: float
+  sample: 0.0
 error:
   description: What kind of failure stopped the module, for playbooks that branch on it.
   returned: failure
@@ -262,42 +362,49 @@ error:
       sample: 4
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+import contextlib
 
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
-from ansible_collections.quankey.backup.plugins.module_utils.formats import compression
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup
+from ansible.module_utils.basic import AnsibleModule
 
-DEFAULTS = ansible_common.SETTINGS_DEFAULTS
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
+from ansible_collections.quankey.backup.plugins.module_utils.adapters import hostlock
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, prune
 
 
 def argument_spec():
     """The module's options: the shared groups plus what only a backup needs."""
     return ansible_common.common_argument_spec(
-        db=dict(required=True),
-        name=dict(type="str", fallback=(env_fallback, ["BACKUP_NAME"])),
-        compression=dict(type="str", choices=list(compression.COMPRESSIONS), default=compression.DEFAULT_COMPRESSION,
-                         fallback=(env_fallback, ["BACKUP_COMPRESSION"])),
-        storage_class=dict(type="str", choices=list(config.STORAGE_CLASSES), default=config.DEFAULT_STORAGE_CLASS,
-                           fallback=(env_fallback, ["S3_STORAGE_CLASS"])),
-        retention_days=dict(type="int", default=DEFAULTS["retention_days"],
-                            fallback=(env_fallback, ["BACKUP_RETENTION_DAYS"])),
+        ansible_common.setting_options("name", "compression", "storage_class", "retention_days"),
+        lock_file=dict(type="path"),
+        lock_wait=dict(type="float", default=600),
+        prune=dict(type="bool", default=False),
     )
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     ansible_common.require_libraries(module, "boto3", "cryptography")
-    if module.params["compression"] == "zstd":
-        ansible_common.require_libraries(module, "zstandard")
-
+    params = module.params
+    extra = {}
     with ansible_common.engine_errors(module, "backup"):
-        settings = ansible_common.settings_from_params(module.params)
+        settings = ansible_common.module_settings(module)
+        if settings.compression == "zstd":
+            ansible_common.require_libraries(module, "zstandard")
+        lock = hostlock.RunLock(params["lock_file"], params["lock_wait"]) if params["lock_file"] else None
         if module.check_mode:
+            if lock:
+                lock.check()
             result = backup.plan_backup(settings).describe()
+            if params["prune"]:
+                extra["pruned"] = prune.run_prune(settings, dry_run=True)
         else:
-            result = backup.run_backup(settings)
-    module.exit_json(changed=True, backup=result)
+            with lock if lock else contextlib.nullcontext():
+                result = backup.run_backup(settings)
+                if params["prune"]:
+                    extra["pruned"] = prune.run_prune(settings)
+            if lock:
+                extra["lock_waited_seconds"] = round(lock.waited, 3)
+    module.exit_json(changed=True, backup=result, **extra)
 
 
 if __name__ == "__main__":

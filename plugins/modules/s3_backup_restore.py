@@ -81,9 +81,9 @@ options:
         the bucket. Without this option V(latest) and O(before) pass over them, and naming one fails.
       - Their SQL runs as O(restore_role) like any backup's, and what it creates is never handed to a privileged
         role.
+      - Defaults to V(false).
       - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
     type: bool
-    default: false
   restore_as_admin:
     description:
       - Run the backup's SQL as O(login_user) instead of O(restore_role), for a backup that needs more than a plain
@@ -100,14 +100,18 @@ extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
   - quankey.backup.encryption
+  - quankey.backup.env_file
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
     details:
-      - Selects, downloads and fully verifies the backup (checksum, decryption with the given key,
-        decompression, archive table of contents) and reports what would be restored where. It does not
-        connect to PostgreSQL and creates nothing, so O(restore_role) is only created and checked by a real run.
+      - Makes every check of a real run that writes nothing, and reports what would be restored where. It selects,
+        downloads and fully verifies the backup (its metadata's trust, checksum, decryption with the keys given,
+        decompression, archive table of contents) and checks the target's name. It reads the server as a real run
+        does first (login, C(pg_restore) against the server's version, an existing O(target_db) without O(force=true)
+        or with sessions, and O(restore_role) not being O(login_user) or a privileged role; a missing one would be
+        created), and fails where the real run would. It creates and changes nothing.
   diff_mode:
     support: none
   platform:
@@ -116,7 +120,7 @@ requirements:
   - zstandard >= 0.21 (for backups compressed with zstd)
   - PostgreSQL client programs (C(pg_restore), C(psql)) at least as new as the server
 notes:
-  - One of O(db) and O(source_db) is required (O(db) may come from E(DB_NAME)).
+  - One of O(db) and O(source_db) is required (O(db) may come from E(DB_NAME) or O(env_file)).
   - Every run restores, so the task always reports a change; run it again with the same O(target_db) and it
     is refused unless O(force=true).
 seealso:
@@ -136,7 +140,7 @@ EXAMPLES = r"""
     encryption_key: "{{ vault_backup_encryption_key }}"
   register: restored
 
-- name: Prove last night's backup of db1 restores, without touching PostgreSQL
+- name: Prove last night's backup of db1 restores and the target may be made, without changing anything
   quankey.backup.s3_backup_restore:
     source_host: db1
     source_db: quankey_prod
@@ -304,6 +308,16 @@ restore:
       returned: in check mode
       type: str
       sample: quankey_restore
+    target_exists:
+      description: Whether O(target_db) exists (and would be replaced, O(force=true)).
+      returned: in check mode
+      type: bool
+      sample: false
+    restore_role_exists:
+      description: Whether O(restore_role) exists (a real run creates it when not); null with O(restore_as_admin=true).
+      returned: in check mode
+      type: bool
+      sample: true
     kdf:
       description: For an aes-256-cbc backup, the key derivation and the passphrase setting that opened it.
       returned: when not in check mode
@@ -427,7 +441,7 @@ error:
       sample: 6
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
@@ -437,6 +451,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.workflows import re
 def argument_spec():
     """The module's options: the shared groups plus the backup selection and the target."""
     return ansible_common.common_argument_spec(
+        ansible_common.setting_options("allow_seed"),
         backup=dict(type="str", default="latest"),
         before=dict(type="str"),
         target_db=dict(type="str"),
@@ -445,24 +460,22 @@ def argument_spec():
         source_db=dict(type="str"),
         no_owner=dict(type="bool", default=False),
         allow_unsigned=dict(type="bool", default=False),
-        allow_seed=dict(type="bool", default=False, fallback=(env_fallback, ["BACKUP_ALLOW_SEED"])),
         restore_as_admin=dict(type="bool", default=False),
     )
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), required_one_of=[("db", "source_db")],
-                           supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     ansible_common.require_libraries(module, "boto3", "cryptography")
     params = module.params
 
     with ansible_common.engine_errors(module, "restore"):
-        settings = ansible_common.settings_from_params(params)
+        settings = ansible_common.module_settings(module)
         before = layout.parse_time(params["before"], "before") if params["before"] else None
         selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
-                         allow_unsigned=params["allow_unsigned"], allow_seed=params["allow_seed"])
+                         allow_unsigned=params["allow_unsigned"], allow_seed=settings.allow_seed)
         if module.check_mode:
-            plan, verification = restore.preview_restore(settings, target_db=params["target_db"],
+            plan, verification = restore.preview_restore(settings, target_db=params["target_db"], force=params["force"],
                                                          as_admin=params["restore_as_admin"], **selection)
             result = dict(restore=plan, verification=verification)
         else:

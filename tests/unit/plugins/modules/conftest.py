@@ -11,26 +11,24 @@ import json
 
 import pytest
 
+from ansible.module_utils import _internal
 from ansible.module_utils._internal import _traceback
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.quankey.backup.plugins.module_utils import config
+
 # Variables a module could fall back to: cleared so the developer's environment cannot leak into a test.
-FALLBACK_VARIABLES = (
-    "DB_HOST", "DB_PORT", "DB_USER", "PGPASSWORD", "DB_NAME", "DB_SSLMODE", "DB_MAINTENANCE_DB", "PG_BIN_DIR",
-    "S3_BUCKET", "S3_PREFIX", "BACKUP_HOST_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN", "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS", "BACKUP_KEYRING_FILE", "BACKUP_NAME", "BACKUP_COMPRESSION", "BACKUP_ENCRYPTION",
-    "S3_STORAGE_CLASS", "BACKUP_RETENTION_DAYS", "BACKUP_SCHEDULE", "BACKUP_RECIPIENTS", "BACKUP_IDENTITY_FILE",
-    "BACKUP_SIGNING_KEY", "BACKUP_RESTORE_ROLE", "BACKUP_ALLOW_SEED", "BACKUP_SEED_PASSPHRASE", "BACKUP_SEED_KDF",
-)
+FALLBACK_VARIABLES = config.READ_VARIABLES + (config.ENV_FILE_VARIABLE,)
 
 KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes, a test key
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
+def clean_environment(monkeypatch, tmp_path):
+    """No setting from the environment, and no default env file (a host's /etc/quankey/backup.env stays out)."""
     for name in FALLBACK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(config, "DEFAULT_ENV_FILE", str(tmp_path / "no-default.env"))
 
 
 @pytest.fixture
@@ -40,6 +38,10 @@ def run_module(capsys, monkeypatch):
         args = dict(args)
         if check_mode:
             args["_ansible_check_mode"] = True
+        # a module runs in a process of its own: not the controller, whatever another test imported (a filter
+        # plugin's test loads controller code, and module warnings and tracebacks would go to its Display)
+        monkeypatch.setattr(_internal, "is_controller", False)
+        monkeypatch.setattr(_traceback, "_is_traceback_enabled", _traceback._is_module_traceback_enabled)
         # ansible-core caches the traceback setting (_ansible_tracebacks_for) per process: read it afresh
         monkeypatch.setattr(_traceback, "_module_tracebacks_enabled_events", None, raising=False)
         with patch_module_args(args):

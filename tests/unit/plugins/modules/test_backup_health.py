@@ -61,8 +61,11 @@ def test_an_unknown_schedule_fails_with_the_engine_message(run_module, recorder,
     monkeypatch.setattr(module.health, "check_health", check)
     result = run_module(module, dict(ARGS, schedule="weekly"))
     assert result["failed"] is True
-    assert result["msg"] == "BACKUP_SCHEDULE 'weekly' is not a preset (daily, 12-hour, 6-hour) or a number of hours"
+    assert result["msg"] == "the schedule option 'weekly' is not a preset (daily, 12-hour, 6-hour) or a number of hours"
     assert check.calls == []
+    monkeypatch.setenv("BACKUP_SCHEDULE", "fortnightly")
+    result = run_module(module, ARGS)
+    assert result["msg"].startswith("BACKUP_SCHEDULE in the module's environment 'fortnightly' is not a preset")
 
 
 @pytest.mark.parametrize("status, findings, fail_on, fails", [
@@ -133,3 +136,14 @@ def test_a_critical_finding_about_refused_metadata_fails_the_task(run_module, re
     assert result["failed"] is True
     assert "does not define" in result["msg"]
     assert "seed's scripts" not in result["msg"]  # info findings do not make the summary
+
+
+@pytest.mark.parametrize("fail_on", ["never", "warning"])
+def test_the_report_lines_are_the_engines_whether_or_not_the_task_fails(run_module, recorder, monkeypatch, fail_on):
+    report = _report("warning", [SMALL])
+    monkeypatch.setattr(module.health, "check_health", recorder(result=dict(report)))
+    result = run_module(module, dict(ARGS, fail_on=fail_on))
+    assert result.get("failed", False) is (fail_on == "warning")
+    assert result["report_lines"] == module.health.report_lines(report)
+    assert result["report_lines"][0] == "WARNING: backups of quankey_prod on db1 in s3://backups"
+    assert "min_size" in result["report_lines"][-1]

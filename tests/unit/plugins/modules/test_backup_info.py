@@ -10,20 +10,33 @@ __metaclass__ = type
 import datetime
 
 
-from ansible_collections.quankey.backup.plugins.module_utils.errors import StorageError
+from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.errors import NotFoundError, StorageError
 from ansible_collections.quankey.backup.plugins.modules import backup_info as module
 
 FOUND = {"backups": [{"name": "q_backup_20250809_030000"}, {"name": "q_backup_20250808_030000"}], "orphans": []}
 
 
-def test_lists_the_whole_bucket_by_default(run_module, recorder, monkeypatch):
+def test_lists_this_host_and_database_by_default_like_the_host_command(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
     monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups"})
     assert find.settings.bucket == "backups"
-    assert find.kwargs == {"host": None, "db": None, "since": None, "limit": 0, "details": False}
+    assert find.kwargs == {"host": config.default_host_id(), "db": None, "since": None, "limit": 0, "details": False}
     assert result["changed"] is False
     assert result["backups"] == FOUND["backups"] and result["orphans"] == []
+    run_module(module, {"bucket": "backups", "host_id": "db1", "db": "q"})
+    assert find.calls[-1][1]["host"] == "db1" and find.calls[-1][1]["db"] == "q"
+
+
+def test_all_lists_the_whole_bucket_narrowed_only_by_options(run_module, recorder, monkeypatch):
+    find = recorder(result=FOUND)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
+    monkeypatch.setenv("DB_NAME", "env_db")  # the host's database: not a filter of `all`, as `list --all`
+    run_module(module, {"bucket": "backups", "host_id": "db1", "all": True})
+    assert (find.calls[-1][1]["host"], find.calls[-1][1]["db"]) == (None, None)
+    run_module(module, {"bucket": "backups", "all_hosts": True, "db": "q", "host": "db2"})
+    assert (find.calls[-1][1]["host"], find.calls[-1][1]["db"]) == ("db2", "q")
 
 
 def test_filters_reach_the_engine(run_module, recorder, monkeypatch):
@@ -81,3 +94,39 @@ def test_details_return_each_backups_verdict_as_the_engine_gives_it(run_module, 
     assert [(item["signature"], item["trusted"]) for item in result["backups"]] == [
         ("valid (key qk1-3f2a9c0d1e4b5a69)", True), ("unsigned (made by the seed's scripts)", False)]
     assert "c2lnbmluZyBrZXkgb2YgdGhlIHRlc3QhISEhISEhISE=" not in str(result)  # no_log
+
+
+class _Record:
+    def summary(self):
+        return {"name": "q_backup_20250808_030000", "host": "db1", "database": "q", "signature": "unsigned",
+                "trusted": False}
+
+
+def test_backup_or_before_return_the_one_backup_a_restore_would_select(run_module, recorder, monkeypatch):
+    select = recorder(result=_Record())
+    find = recorder(result=FOUND)
+    monkeypatch.setattr(module.inventory, "select", select)
+    monkeypatch.setattr(module.inventory, "find_backups", find)
+    monkeypatch.setattr(module.wiring, "open_store", lambda settings: "the store")
+    result = run_module(module, {"bucket": "backups", "host": "db1", "db": "q", "before": "2025-08-09",
+                                 "allow_seed": True, "limit": 1})
+    assert find.calls == []
+    assert select.calls[0][0][1] == "the store"
+    assert select.kwargs == {"backup": "latest", "before": datetime.datetime(2025, 8, 9, tzinfo=datetime.timezone.utc),
+                             "host": "db1", "db": "q", "allow_seed": True}
+    assert result["backups"] == [_Record().summary()] and result["orphans"] == [] and result["changed"] is False
+    select = recorder(result=_Record())
+    monkeypatch.setattr(module.inventory, "select", select)
+    run_module(module, {"bucket": "backups", "backup": "q_backup_20250808_030000"}, check_mode=True)
+    assert select.kwargs == {"backup": "q_backup_20250808_030000", "before": None, "host": None, "db": None,
+                             "allow_seed": False}
+
+
+def test_no_backup_to_select_fails_with_the_engine_words(run_module, recorder, monkeypatch):
+    error = NotFoundError("no backup was taken before 2020-01-01T00:00:00Z (oldest: q_backup_20250808_030000)")
+    monkeypatch.setattr(module.inventory, "select", recorder(error=error))
+    monkeypatch.setattr(module.wiring, "open_store", lambda settings: None)
+    result = run_module(module, {"bucket": "backups", "db": "q", "before": "2020-01-01"})
+    assert result["failed"] is True and result["msg"] == str(error) and result["error"]["exit_code"] == 7
+    result = run_module(module, {"bucket": "backups", "db": "q", "before": "soonish"})
+    assert result["failed"] is True and "before 'soonish' is not a time I understand" in result["msg"]

@@ -1,20 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What validate-modules cannot see: fallback variables in the docs, EXAMPLES that use real options,
-and one set of shared options so module_defaults for group/quankey.backup.all works with every module."""
+"""What validate-modules cannot see: every documented option against the settings table (config.TABLE),
+EXAMPLES that use real options, and one set of shared options so module_defaults for group/quankey.backup.all
+works with every module."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import importlib
 import os
 import re
 
 import pytest
 import yaml
 
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
 from ansible_collections.quankey.backup.plugins.modules import backup_adopt, backup_health, backup_info, backup_rekey
 from ansible_collections.quankey.backup.plugins.modules import pg_encrypted_backup, s3_backup_restore
 
@@ -43,17 +45,89 @@ def _tasks(tasks, defaults=None):
             yield task, merged
 
 
+SECRET_SENTENCE = "This value is a secret and is never logged."
+# Options that are no setting but fall back to a variable all the same.
+OTHER_FALLBACKS = {"env_file": [config.ENV_FILE_VARIABLE]}
+OPTIONS = dict((setting.option, setting) for setting in config.TABLE if setting.option)
+
+
+def _documented_options(module):
+    """The module's options as ansible-doc shows them: its doc fragments' merged with its own."""
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    options = {}
+    for fragment in doc.get("extends_documentation_fragment", []):
+        if fragment.startswith("quankey.backup."):
+            loaded = importlib.import_module("ansible_collections.quankey.backup.plugins.doc_fragments."
+                                             + fragment.split(".")[-1])
+            options.update(yaml.safe_load(loaded.ModuleDocFragment.DOCUMENTATION)["options"])
+    for name, own in doc["options"].items():
+        options[name] = dict(options.get(name, {}), **own)
+    return options
+
+
+def _text(doc):
+    return " ".join(doc["description"]) if isinstance(doc["description"], list) else doc["description"]
+
+
+def _value(default):
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _cases():
+    for name in sorted(MODULES):
+        for option in sorted(_documented_options(MODULES[name])):
+            yield name, option
+
+
+@pytest.mark.parametrize("name, option", list(_cases()))
+def test_each_documented_option_agrees_with_the_settings_table(name, option):
+    doc = _documented_options(MODULES[name])[option]
+    spec = MODULES[name].argument_spec()[option]
+    text = _text(doc)
+    setting = OPTIONS.get(option)
+    mentioned = re.findall(r"E\(([A-Z0-9_]+)\)", text)
+    if setting is None:
+        assert mentioned == OTHER_FALLBACKS.get(option, []), "E() of %s, which is no setting" % option
+        assert SECRET_SENTENCE not in text and not spec.get("no_log")
+        return
+    expected = ansible_common.option_spec(setting)
+    assert dict((key, value) for key, value in spec.items() if key != "description") == expected, \
+        "%s: the argument spec is the table's, without default or fallback" % option
+    assert doc.get("type", "str") == expected["type"]
+    assert doc.get("elements") == expected.get("elements")
+    assert doc.get("choices") == expected.get("choices")
+    assert doc.get("aliases", []) == expected.get("aliases", [])
+    assert "default" not in doc and not doc.get("required"), \
+        "%s: an env file can set it, so the docs state its default in words and it is not required" % option
+    assert (SECRET_SENTENCE in text) is setting.secret, "%s: no_log and the docs' secret sentence" % option
+    assert mentioned == list(setting.variables), "%s falls back to %s" % (option, ", ".join(setting.variables))
+    if setting.default not in (None, ""):
+        assert "Defaults to V(%s)" % _value(setting.default) in text, "%s: the engine's default" % option
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_own_options_name_their_fallback_variables(name):
-    module = MODULES[name]
-    options = yaml.safe_load(module.DOCUMENTATION)["options"]
-    spec = module.argument_spec()
-    for option, doc in options.items():
-        if "description" not in doc:
-            continue  # only overrides a fragment's option (e.g. required); the fragment's test covers it
-        text = " ".join(doc["description"])
-        variables = list(spec[option]["fallback"][1]) if "fallback" in spec[option] else []
-        assert re.findall(r"E\(([A-Z0-9_]+)\)", text) == variables, option
+def test_every_setting_option_of_a_module_is_documented(name):
+    documented = _documented_options(MODULES[name])
+    assert set(documented) == set(MODULES[name].argument_spec())
+    for option, setting in OPTIONS.items():
+        if setting.group in (config.POSTGRES, config.S3, config.ENCRYPTION):
+            assert option in documented, option
+
+
+def test_the_option_groups_hold_the_tables_settings():
+    for builder, group in ((ansible_common.postgres_argument_spec, config.POSTGRES),
+                           (ansible_common.s3_argument_spec, config.S3),
+                           (ansible_common.encryption_argument_spec, config.ENCRYPTION)):
+        options = set(setting.option for setting in config.TABLE if setting.group == group)
+        assert options <= set(builder()), group
+        assert set(builder()) - options <= {"login_unix_socket"}, group
+
+
+def test_no_option_is_required_that_an_env_file_can_set():
+    for name, module in MODULES.items():
+        for option, spec in module.argument_spec().items():
+            if option in OPTIONS:
+                assert "default" not in spec and "fallback" not in spec and not spec.get("required"), (name, option)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

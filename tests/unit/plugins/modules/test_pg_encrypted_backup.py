@@ -51,7 +51,7 @@ def test_defaults_are_the_engine_defaults(run_module, recorder, monkeypatch):
     monkeypatch.setattr(module.backup, "run_backup", run)
     run_module(module, ARGS)
     settings = run.settings
-    assert (settings.db_host, settings.db_port, settings.db_user, settings.db_sslmode) == ("localhost", 5432, "postgres", "prefer")
+    assert (settings.db_host, settings.db_port, settings.db_user, settings.db_sslmode) == ("localhost", 5432, "postgres", None)
     assert (settings.compression, settings.encryption, settings.storage_class, settings.retention_days) == (
         "zstd", "aes-256-gcm", "STANDARD_IA", 30)
     assert settings.prefix == "" and settings.name == "quankey_prod"
@@ -141,10 +141,40 @@ def test_invalid_settings_fail_with_the_engine_message(run_module, recorder, mon
     assert run.calls == []
 
 
-def test_db_bucket_and_key_are_required(run_module):
-    result = run_module(module, {})
+def test_db_and_bucket_are_required_by_the_engine_naming_the_options(run_module):
+    result = run_module(module, {})  # not by the argument spec: they may come from the environment or the env file
     assert result["failed"] is True
-    assert result["msg"] == "missing required arguments: bucket, db"  # the key needed depends on `encryption`
+    assert result["msg"] == ("the db option is not set: name the database whose backups to take or use (e.g. db: "
+                             "quankey_prod, or DB_NAME=quankey_prod in the env file)")
+    result = run_module(module, {"db": "quankey_prod"})
+    assert result["msg"].startswith("the bucket option is not set: name the backup bucket")
+    assert result["error"]["exit_code"] == 3
+
+
+def test_settings_come_from_the_env_file_and_an_option_overrides_it(run_module, recorder, monkeypatch, tmp_path):
+    env_file = tmp_path / "backup.env"
+    env_file.write_text("DB_NAME=file_db\nS3_BUCKET=file-bucket\nBACKUP_ENCRYPTION_KEY=%s\nPGPASSWORD=file-pg-secret\n"
+                        "BACKUP_RETENTION_DAYS=14\nBACKUP_COMPRESSION=gzip\n" % KEY)
+    env_file.chmod(0o600)
+    run = recorder(result=dict(RESULT, echoed="file-pg-secret"))
+    monkeypatch.setattr(module.backup, "run_backup", run)
+    result = run_module(module, {"env_file": str(env_file), "retention_days": 60})
+    settings = run.settings
+    assert (settings.db_name, settings.bucket, settings.encryption_key, settings.db_password) == (
+        "file_db", "file-bucket", KEY, "file-pg-secret")
+    assert (settings.retention_days, settings.compression) == (60, "gzip")
+    assert result["changed"] is True
+    assert "file-pg-secret" not in json.dumps(result) and KEY not in json.dumps(result)  # masked like no_log options
+
+
+def test_a_bad_env_file_value_names_the_variable_and_the_file(run_module, tmp_path):
+    env_file = tmp_path / "backup.env"
+    env_file.write_text("DB_NAME=d\nS3_BUCKET=b\nBACKUP_RETENTION_DAYS=0\n")
+    env_file.chmod(0o640)
+    result = run_module(module, {"env_file": str(env_file)})
+    assert result["failed"] is True
+    assert result["msg"] == "BACKUP_RETENTION_DAYS in %s must be between 1 and 36500, got 0" % env_file
+    assert any("chmod 0600" in str(warning) for warning in result.get("warnings", []))
 
 
 def test_choices_are_enforced(run_module):
@@ -168,3 +198,59 @@ def test_zstandard_is_needed_only_for_zstd(run_module, recorder, monkeypatch):
     monkeypatch.setattr(module.backup, "run_backup", recorder(result=RESULT))
     assert "(zstandard)" in run_module(module, ARGS)["msg"]
     assert run_module(module, dict(ARGS, compression="gzip"))["changed"] is True
+
+
+PRUNED = {"deleted": ["quankey_prod_backup_20250101_030000"], "kept": ["quankey_prod_backup_20250809_030000"],
+          "retention_days": 30, "min_keep": 3, "dry_run": False, "orphans_deleted": [], "uploads_aborted": [],
+          "staging_databases_dropped": [], "restore_logins_dropped": [], "leftovers": {}}
+
+
+def test_the_backup_runs_under_the_run_lock_and_then_prunes_under_it_too(run_module, recorder, monkeypatch, tmp_path):
+    lock_file = str(tmp_path / "backup.lock")
+    held = []
+
+    def held_now(*args, **kwargs):
+        try:
+            module.hostlock.RunLock(lock_file, 0).acquire()
+        except module.hostlock.LockBusyError:
+            held.append(True)
+            return dict(RESULT) if not held[1:] else dict(PRUNED)
+        raise AssertionError("the run lock was not held")
+
+    monkeypatch.setattr(module.backup, "run_backup", held_now)
+    monkeypatch.setattr(module.prune, "run_prune", held_now)
+    result = run_module(module, dict(ARGS, lock_file=lock_file, lock_wait=5, prune=True))
+    assert held == [True, True]
+    assert result["backup"] == RESULT and result["pruned"] == PRUNED
+    assert result["lock_waited_seconds"] < 5
+    module.hostlock.RunLock(lock_file, 0).acquire().release()  # and let go afterwards
+
+
+def test_a_busy_run_lock_fails_naming_the_file_and_the_wait(run_module, recorder, monkeypatch, tmp_path):
+    lock_file = str(tmp_path / "backup.lock")
+    run = recorder(result=RESULT)
+    monkeypatch.setattr(module.backup, "run_backup", run)
+    with module.hostlock.RunLock(lock_file, 0):  # a scheduled run holds it
+        result = run_module(module, dict(ARGS, lock_file=lock_file, lock_wait=0.3))
+    assert result["failed"] is True and run.calls == []
+    assert lock_file in result["msg"] and "0.3 s" in result["msg"] and "(lock_wait)" in result["msg"]
+    assert result["error"] == {"type": "LockBusyError", "step": "lock", "exit_code": 8}
+
+
+def test_without_a_lock_file_no_lock_is_taken_and_nothing_is_pruned(run_module, recorder, monkeypatch):
+    prune = recorder(result=PRUNED)
+    monkeypatch.setattr(module.backup, "run_backup", recorder(result=RESULT))
+    monkeypatch.setattr(module.prune, "run_prune", prune)
+    result = run_module(module, ARGS)
+    assert prune.calls == [] and "pruned" not in result and "lock_waited_seconds" not in result
+
+
+def test_check_mode_checks_the_lock_and_says_what_prune_would_delete(run_module, recorder, monkeypatch, tmp_path):
+    prune = recorder(result=dict(PRUNED, dry_run=True))
+    monkeypatch.setattr(module.backup, "plan_backup", recorder(result=_Plan()))
+    monkeypatch.setattr(module.prune, "run_prune", prune)
+    result = run_module(module, dict(ARGS, lock_file=str(tmp_path / "backup.lock"), prune=True), check_mode=True)
+    assert result["pruned"]["dry_run"] is True and prune.kwargs == {"dry_run": True}
+    assert not (tmp_path / "backup.lock").exists()  # checked, not created
+    result = run_module(module, dict(ARGS, lock_file=str(tmp_path / "no" / "backup.lock")), check_mode=True)
+    assert result["failed"] is True and "cannot create the run lock" in result["msg"]

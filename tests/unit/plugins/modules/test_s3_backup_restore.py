@@ -55,9 +55,11 @@ def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
 
 
 def test_one_of_db_and_source_db_is_required(run_module):
-    result = run_module(module, {"bucket": "b", "encryption_key": KEY})
+    result = run_module(module, {"bucket": "b", "encryption_key": KEY})  # db may come from the env file: the engine asks
     assert result["failed"] is True
-    assert result["msg"] == "one of the following is required: db, source_db"
+    assert result["msg"] == ("the db option is not set: name the database whose backups to take or use (e.g. db: "
+                             "quankey_prod, or DB_NAME=quankey_prod in the env file)")
+    assert result["error"]["exit_code"] == 3
 
 
 def test_a_bad_time_fails_with_the_engine_message(run_module, recorder, monkeypatch):
@@ -79,7 +81,7 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
     assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
-                              "allow_unsigned": False, "allow_seed": False, "as_admin": False}
+                              "force": False, "allow_unsigned": False, "allow_seed": False, "as_admin": False}
     assert result["changed"] is True
     assert result["restore"] == plan
     assert result["verification"] == verification
@@ -143,7 +145,7 @@ def test_check_mode_passes_the_seed_consent_and_returns_the_verdict(run_module, 
     monkeypatch.setattr(module.restore, "preview_restore", preview)
     result = run_module(module, dict(ARGS, allow_seed=True, restore_as_admin=True), check_mode=True)
     assert preview.kwargs["allow_seed"] is True
-    assert preview.kwargs["as_admin"] is True  # only to say who the SQL would run as: check mode never connects
+    assert preview.kwargs["as_admin"] is True  # the restore role is then neither checked nor needed, as in a real run
     assert result["restore"]["trusted"] is False and result["verification"]["layout"] == "seed"
 
 
