@@ -17,10 +17,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 CACHE=${QUANKEY_MOLECULE_CACHE:-$ROOT/build/molecule}
 SUITE=${QUANKEY_MOLECULE_SUITE:-bookworm}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
-# What the image holds: enough for Ansible (python3, python3-apt), cron and ps. What the roles
+# What the image holds: enough for Ansible (python3, python3-apt, sudo to become the backup user), cron and ps. What the roles
 # install themselves (PostgreSQL client, venv, logrotate) is only downloaded into apt's cache,
 # so the roles' apt tasks really install it, without a network.
-BASE_PACKAGES=python3,python3-apt,cron,procps,ca-certificates
+BASE_PACKAGES=python3,python3-apt,cron,procps,ca-certificates,sudo
 ROLE_PACKAGES=(postgresql-client-15 python3-venv logrotate)
 SETUPTOOLS=setuptools==84.2.1   # the engine's build backend (pyproject.toml wants >= 77)
 

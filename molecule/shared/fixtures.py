@@ -103,8 +103,11 @@ def policies_attached(services, hosts):
 
 
 def playbook(name, *args):
-    """Run playbooks/<name> on the scenario's inventory; returns (exit status, output)."""
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(ROOT / "playbooks" / name), *args]
+    """Run a playbook on the scenario's inventory: ``quankey.backup.<name>`` (the collection under test, as installed)
+    or ``<name>.yml`` (playbooks/ of the checkout). Returns (exit status, output)."""
+    assert os.environ.get("ANSIBLE_COLLECTIONS_PATH"), "run the tests through molecule verify (the collection's path)"
+    target = name if name.startswith("quankey.backup.") else str(ROOT / "playbooks" / name)
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], target, *args]
     done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
     return done.returncode, done.stdout

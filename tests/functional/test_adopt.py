@@ -15,7 +15,7 @@ import os
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt, backup, inventory, restore
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import adopt, backup, restore, wiring
 from hostcommand import new_name, run_cli
 from sampledb import table_digests
 from seedbackup import seed_backup, seed_keys
@@ -101,7 +101,7 @@ def test_an_interrupted_adoption_is_resumed_and_a_bad_backup_fails_alone(testbed
     s3.put_object(Bucket=env["S3_BUCKET"], Key=obj, Body=bytes(body))
     # an earlier run was killed after uploading a copy of the oldest but before committing it
     settings = config.settings_from_env(env)
-    leftover = inventory.open_store(settings)
+    leftover = wiring.open_store(settings)
     leftover.put_bytes(config.normalize_prefix(env["S3_PREFIX"]) + "backups/postgresql/db1/%s/%s.encrypted"
                        % (source, names[0]), b"half a copy", content_type="application/octet-stream")
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""playbooks/rotate-key.yml played for real: ansible-playbook against localhost with the collection of this
+"""playbooks/rotate_key.yml played for real: ansible-playbook against localhost with the collection of this
 checkout, the backup_rekey module on the test bed's S3, backups taken by the installed command."""
 
 import base64
@@ -17,7 +17,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.formats import cryp
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PLAYBOOK = ROOT / "playbooks" / "rotate-key.yml"
+PLAYBOOK = ROOT / "playbooks" / "rotate_key.yml"
 
 
 def _key():

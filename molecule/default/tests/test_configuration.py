@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What setup-backups.yml leaves on each host: files, modes, owners, cron entries, policy, runbook."""
+"""What setup_backups.yml leaves on each host: files, modes, owners, cron entries, policy, runbook."""
 
 import hashlib
 import json

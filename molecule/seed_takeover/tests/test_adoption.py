@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""playbooks/adopt-seed-backups.yml on the taken-over host, in the order docs/MIGRATION.md gives: check mode
+"""playbooks/adopt_seed_backups.yml on the taken-over host, in the order docs/MIGRATION.md gives: check mode
 (nothing written), for real (copies beside the originals), again (nothing to do), then delete_originals. The host's
 own command then lists every old backup under its place, and each restores equal to the database it was taken of.
 The host's keys are its own IAM user's, holding the policy its role rendered with the statements for the seed's
@@ -69,7 +69,7 @@ def test_the_host_lists_the_seeds_backups_before_adoption(host, history):
 
 def test_adoption_in_check_mode_verifies_each_and_writes_nothing(host, hostname, history, admin_s3, services):
     before = _seed_objects(admin_s3, services)
-    status, out = playbook("adopt-seed-backups.yml", "--check")
+    status, out = playbook("adopt_seed_backups.yml", "--check")
     assert status == 0, out
     assert "quankey_prod: 3 would be adopted, 0 already adopted, 0 failed" in _summary(out, hostname)
     assert _recap_changed(out, hostname) == 1
@@ -79,7 +79,7 @@ def test_adoption_in_check_mode_verifies_each_and_writes_nothing(host, hostname,
 
 def test_adoption_copies_every_seed_backup_under_the_hosts_place_and_keeps_the_originals(host, hostname, history,
                                                                                          admin_s3, services):
-    status, out = playbook("adopt-seed-backups.yml")
+    status, out = playbook("adopt_seed_backups.yml")
     assert status == 0, out
     assert "quankey_prod: 3 adopted, 0 already adopted, 0 failed" in _summary(out, hostname)
     listed = _listing(host)
@@ -90,18 +90,18 @@ def test_adoption_copies_every_seed_backup_under_the_hosts_place_and_keeps_the_o
 
 
 def test_a_second_adoption_changes_nothing(hostname):
-    status, out = playbook("adopt-seed-backups.yml")
+    status, out = playbook("adopt_seed_backups.yml")
     assert status == 0, out
     assert "quankey_prod: 0 adopted, 3 already adopted, 0 failed" in _summary(out, hostname)
     assert _recap_changed(out, hostname) == 0
 
 
 def test_delete_originals_deletes_them_once_their_copies_verify(host, hostname, history, admin_s3, services):
-    status, out = playbook("adopt-seed-backups.yml", "--check", "-e", "delete_originals=true")
+    status, out = playbook("adopt_seed_backups.yml", "--check", "-e", "delete_originals=true")
     assert status == 0, out
     assert "3 original(s) would be deleted" in _summary(out, hostname)
     assert len(_seed_objects(admin_s3, services)) == 2 * len(history["backups"])
-    status, out = playbook("adopt-seed-backups.yml", "-e", "delete_originals=true")
+    status, out = playbook("adopt_seed_backups.yml", "-e", "delete_originals=true")
     assert status == 0, out
     assert "quankey_prod: 0 adopted, 3 already adopted, 0 failed, 3 original(s) deleted" in _summary(out, hostname)
     assert _seed_objects(admin_s3, services) == []
@@ -139,7 +139,7 @@ def test_a_seed_backup_that_does_not_open_fails_the_run_by_name_after_the_summar
     admin_s3.put_object(Bucket=bucket, Key="backups/postgresql/%s.encrypted" % name, Body=body)
     admin_s3.put_object(Bucket=bucket, Key="metadata/%s.meta" % name, Body=json.dumps(meta).encode("utf-8"))
     try:
-        status, out = playbook("adopt-seed-backups.yml")
+        status, out = playbook("adopt_seed_backups.yml")
         assert status != 0, out
         assert "quankey_prod: 0 adopted, 0 already adopted, 1 failed" in _summary(out, hostname)
         assert re.search(r'fatal: \[%s\]: FAILED! => .*"msg": "quankey_prod: %s: decrypt failed: none of the passphrases'

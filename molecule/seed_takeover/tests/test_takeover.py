@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What setup-backups.yml leaves on a host the seed's scripts had set up: one schedule (the role's), the seed's
+"""What setup_backups.yml leaves on a host the seed's scripts had set up: one schedule (the role's), the seed's
 script moved aside and kept, its env file's values kept where the inventory sets none (and a copy of it kept), its
 passphrase kept for its backups, and its log where the role's runs append."""
 

@@ -30,8 +30,12 @@ import sys
 import tempfile
 import time
 
-RANK = {"ok": 0, "info": 0, "warning": 1, "critical": 2}
+# How bad a report is, is the engine's answer: its exit_code, the exit status of `quankey-backup health` (0 ok,
+# 1 warning, 2 critical; docs/CLI.md), which also ranks it. This script ranks nothing itself; alert_on names the
+# exit status from which to alert, and an info finding is not a problem.
 STATUS_NAMES = {0: "ok", 1: "warning", 2: "critical"}
+ALERT_FROM = {"warning": 1, "critical": 2}
+NOT_A_PROBLEM = ("ok", "info")
 METRICS = (
     ("quankey_backup_status", "Health of the backups: 0 ok, 1 warning, 2 critical."),
     ("quankey_backup_last_success_timestamp_seconds", "Unix time of the newest committed backup."),
@@ -94,9 +98,20 @@ def failed_report(config, database, detail):
                           "message": "the health check could not run (%s): see the monitor log" % detail}]}
 
 
+def rank(report):
+    """A report's exit code (critical when it has none it could have given)."""
+    code = report.get("exit_code")
+    return code if code in STATUS_NAMES else 2
+
+
+def problems(report):
+    """The findings that make the report not ok."""
+    return [item for item in report.get("findings", []) if item.get("severity") not in NOT_A_PROBLEM]
+
+
 def summarize(reports, checked_at):
     """The status file's content: every report and the worst status."""
-    worst = max([RANK.get(report.get("status"), 2) for report in reports] or [2])
+    worst = max([rank(report) for report in reports] or [2])
     return {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(checked_at)), "status": STATUS_NAMES[worst],
             "exit_code": worst, "databases": reports}
 
@@ -110,7 +125,7 @@ def render_metrics(reports, checked_at, host):
     samples = dict((name, []) for name, _help in METRICS)
     for report in reports:
         labels = '{host="%s",database="%s"}' % (_label(report.get("host") or host), _label(report.get("database") or ""))
-        samples["quankey_backup_status"].append((labels, RANK.get(report.get("status"), 2)))
+        samples["quankey_backup_status"].append((labels, rank(report)))
         samples["quankey_backup_check_timestamp_seconds"].append((labels, int(checked_at)))
         samples["quankey_backup_check_up"].append((labels, 1 if report.get("check_up") else 0))
         if report.get("check_up"):
@@ -150,9 +165,9 @@ def alert_summary(status):
     """One line per database that is not ok: what is wrong first."""
     parts = []
     for report in status["databases"]:
-        if RANK.get(report.get("status"), 2) == 0:
+        if rank(report) == 0:
             continue
-        findings = [item for item in report.get("findings", []) if RANK.get(item.get("severity"), 0) > 0]
+        findings = problems(report)
         message = findings[0]["message"] if findings else "no details"
         parts.append("%s/%s %s: %s" % (report.get("host"), report.get("database"), report.get("status"), message))
     return "; ".join(parts)
@@ -161,7 +176,7 @@ def alert_summary(status):
 def run_alert(config, status, status_file):
     """Run the alert command when the worst status reaches alert_on; returns its exit status (None: not run)."""
     command = config.get("alert_command") or ""
-    if not command or status["exit_code"] < RANK[config.get("alert_on", "warning")]:
+    if not command or status["exit_code"] < ALERT_FROM[config.get("alert_on", "warning")]:
         return None
     environment = dict(os.environ, QUANKEY_BACKUP_STATUS=status["status"], QUANKEY_BACKUP_SUMMARY=alert_summary(status),
                        QUANKEY_BACKUP_STATUS_FILE=status_file)
@@ -185,7 +200,7 @@ def main(argv=None):
     checked_at = time.time()
     reports = [check_database(config, database) for database in (config.get("databases") or [None])]
     for report in reports:
-        findings = [item["rule"] for item in report.get("findings", []) if RANK.get(item.get("severity"), 0) > 0]
+        findings = [item["rule"] for item in problems(report)]
         log("INFO" if report["status"] == "ok" else "WARNING", "%s/%s: %s%s" % (
             report.get("host"), report.get("database"), report["status"], " (%s)" % ", ".join(findings) if findings else ""))
     status = summarize(reports, checked_at)

@@ -32,6 +32,7 @@ monitor = _load_script()
 
 def _report(database, status, latest=True, check_up=True):
     report = {"host": "db1", "database": database, "status": status, "check_up": check_up, "backups": 3,
+              "exit_code": {"ok": 0, "warning": 1, "critical": 2}[status],  # as quankey-backup health --json gives it
               "findings": [] if status == "ok" else [{"rule": "age", "severity": status, "message": "too old"}],
               "latest": None}
     if latest:
@@ -108,3 +109,10 @@ def test_main_writes_both_files_atomically_and_exits_with_the_status(tmp_path, m
     assert stat.S_IMODE(os.stat(str(tmp_path / "quankey_backup.prom")).st_mode) == 0o644
     assert sorted(os.listdir(str(tmp_path))) == ["health.json", "monitor.json", "quankey-backup", "quankey_backup.prom"]
     assert "db1/app: warning (age)" in capsys.readouterr().out
+
+
+def test_the_rank_is_the_engines_exit_code_and_a_report_without_one_is_critical():
+    assert [monitor.rank(_report("a", status)) for status in ("ok", "warning", "critical")] == [0, 1, 2]
+    assert monitor.rank({"status": "ok"}) == 2 and monitor.rank({"status": "ok", "exit_code": 7}) == 2
+    info = dict(_report("a", "ok"), findings=[{"rule": "seed_backups", "severity": "info", "message": "2 seed backups"}])
+    assert monitor.problems(info) == [] and monitor.alert_summary(monitor.summarize([info], CHECKED_AT)) == ""

@@ -33,6 +33,7 @@ def _render(**overrides):
         "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
+        "pg_backup_s3_retry_window_seconds": 300, "pg_backup_lock_wait_timeout": 300,
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
         "pg_backup_restore_role": "quankey_restore", "pg_backup_seed_passphrase": "", "pg_backup_seed_kdf": "",
@@ -122,3 +123,12 @@ def test_the_role_lists_every_variable_its_template_writes():
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)
+
+
+def test_the_s3_retry_window_and_the_table_lock_wait_are_written_for_the_engine():
+    values = config.parse_env_text(_render(pg_backup_s3_retry_window_seconds=45, pg_backup_lock_wait_timeout=120))
+    assert (values["S3_RETRY_WINDOW_SECONDS"], values["BACKUP_LOCK_WAIT_TIMEOUT"]) == ("45", "120")
+    settings = config.settings_from_env(values)
+    assert (settings.retry_window, settings.lock_wait_timeout) == (45, 120)
+    defaults = config.parse_env_text(_render())
+    assert (defaults["S3_RETRY_WINDOW_SECONDS"], defaults["BACKUP_LOCK_WAIT_TIMEOUT"]) == ("300", "300")

@@ -1,0 +1,91 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters that ask the engine (plugins/module_utils) on the controller, so that the roles hold no copy of its rules.
+
+- ``backup_prefixes``: a host's two key prefixes (its data objects and its metadata), catalog/layout.py's.
+- ``settings_error``: the engine's verdict on settings a role is about to write, before anything is installed:
+  config.Settings' validation (the settings table) and whether new backups can be sealed and signed with those
+  keys (keys.KeyContext), in the role's words (``labels``). Messages never hold a secret (errors.py).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.quankey.backup.plugins.module_utils import config, keys
+from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
+from ansible_collections.quankey.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, recipients
+
+
+def backup_prefixes(host_id, prefix=""):
+    """``[<prefix>backups/postgresql/<host>/, <prefix>metadata/<host>/]``: every key a host writes is under these."""
+    if not host_id:
+        raise AnsibleFilterError("backup_prefixes needs a host id")
+    normalized = config.normalize_prefix(prefix)
+    return [layout.object_prefix(normalized, host_id), layout.metadata_prefix(normalized, host_id)]
+
+
+def controller_checks_keys():
+    """Whether this Python has what the engine needs to check keys at all (cryptography, an ansible-core dependency)."""
+    return crypto.HAS_CRYPTOGRAPHY
+
+
+def _check_keys(settings):
+    """The engine's check that new backups can be sealed and signed here (ConfigError); a mode that needs a library
+    this Python lacks (ML-KEM for hybrid-pq, before cryptography 48) is left to the host, which has it."""
+    context = keys.KeyContext(settings)
+    try:
+        context.require_sealing()
+        context.signer()
+    except BackupError as exc:
+        if not recipients.HAS_MLKEM and str(exc) == _missing_mlkem():
+            return
+        raise
+
+
+def _missing_mlkem():
+    """The engine's message when ML-KEM is missing here (None when it is not)."""
+    try:
+        recipients.require_mlkem()
+    except BackupError as exc:
+        return str(exc)
+    return None
+
+
+def settings_error(values, labels=None, databases=None):
+    """'' when the engine accepts ``values`` (config.Settings fields) for taking backups, else its message.
+
+    Taking backups needs a database and a bucket, keys to seal new backups with and to sign their metadata.
+
+    ``labels`` names each field as the caller knows it (``{"host_id": "pg_backup_host_id"}``); ``databases``
+    (each a ``db_name``) are checked one by one. Unset values (None, '', []) take the engine's defaults. The keys
+    are checked when the controller's Python can (:func:`controller_checks_keys`, :func:`_check_keys`); else the
+    host's engine checks them when it first uses them.
+    """
+    if not isinstance(values, dict):
+        raise AnsibleFilterError("settings_error expects a dict of settings, got %s" % type(values).__name__)
+    given = dict((field, value) for field, value in values.items() if value not in (None, "", []))
+    try:
+        for db_name in list(databases or []) or [given.get("db_name")]:
+            if db_name not in (None, ""):
+                given["db_name"] = db_name
+            settings = config.Settings(source="role variables", labels=labels or {}, **given)
+            settings.require("db_name", "bucket")
+            if controller_checks_keys():
+                _check_keys(settings)
+    except BackupError as exc:
+        return str(exc)
+    except TypeError as exc:  # a field the engine does not have: the caller's mistake, not the user's
+        raise AnsibleFilterError("settings_error: %s" % exc)
+    return ""
+
+
+class FilterModule(object):
+    """quankey.backup's filters."""
+
+    def filters(self):
+        return {"backup_prefixes": backup_prefixes, "settings_error": settings_error}
