@@ -115,6 +115,8 @@ class _Decompressing:
         self._flush = flush
 
     def update(self, data):
+        if not data:  # a decryptor's last word may be empty (aes-256-cbc: a block of padding only); a finished
+            return b""  # zstd frame refuses even empty input
         try:
             return self._obj.decompress(data)
         except self._errors as exc:

@@ -24,7 +24,7 @@ import time
 
 from .. import config
 from .. import keys
-from ..adapters.postgres import failure_detail, toc_owners
+from ..adapters.postgres import failure_detail, quote_ident, toc_owners
 from ..adapters.process import NO_PROGRESS, Child, TocReader, prefetch
 from ..adapters.s3 import READ_CHUNK
 from ..catalog import documents, layout, trust
@@ -35,6 +35,7 @@ from ..formats import magic, modes
 from ..formats.compression import decompressor
 from ..formats.plainsql import PlainSqlGuard
 from . import leftovers, wiring
+from .globalset import GlobalsRestore, globals_to_restore, load_globals
 from .inventory import select
 
 CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
@@ -111,6 +112,8 @@ class RestoreStream:
             head += unpack.update(in_step("decrypt", opener.update, chunk))
             if len(head) >= 64:
                 break
+        else:  # the whole (small) object was read: its last block and the compressed stream's end are still held back
+            head += unpack.update(in_step("decrypt", opener.finalize)) + unpack.finalize()
         if head.startswith(magic.PG_DUMP):
             return CUSTOM_ARCHIVE
         if magic.is_payload(head):
@@ -235,6 +238,7 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
     pg = wiring.postgres(settings, pg)
     sink = toc = None
     started = time.time()
+    cluster = load_globals(store, record, new_decryptor)
     with RestoreStream(store, record, new_decryptor, progress) as stream:
         try:
             if stream.prepare() == PLAIN_SQL:
@@ -265,12 +269,19 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "timestamp": record.metadata["timestamp"], "payload": counts["payload"],
-            "duration_seconds": round(time.time() - started, 3)}
+            "globals": _verified_globals(record, cluster), "duration_seconds": round(time.time() - started, 3)}
+
+
+def _verified_globals(record, document):
+    """verify's word on a backup's globals: its metadata's summary, checked (None when it has none)."""
+    if document is None:
+        return None
+    return dict(record.metadata["globals"], ok=True, warnings=document["warnings"])
 
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, *, host=None, db=None,
                 no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
-                restore_role=None, pg=None):
+                restore_role=None, pg=None, with_globals=False):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
@@ -284,6 +295,11 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     DB_USER only with ``as_admin`` (see :func:`_sql_runner`). Ownership is handed back to the
     archive's owner where that is safe (:meth:`_SqlRunner.settle_ownership`).
 
+    ``with_globals``: first create the roles the backup's globals hold that this server lacks (a
+    signed backup only; an existing role changes only with ``force``), and afterwards give the
+    restored database the source's owner, ACL and settings (:func:`_restore_globals`). Roles it
+    created are dropped again when the restore fails.
+
     ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
     """
     progress = progress or NO_PROGRESS
@@ -293,25 +309,37 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
     new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
+    cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
     target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
     pg = wiring.postgres(settings, pg)
     exists = check_target(settings, pg, target, force)
     _warn_of_leftovers(pg, settings)
     runner = _sql_runner(settings, pg, record, as_admin, restore_role)
     staging = side_name(target, STAGING_TAG)
+    restored_globals = GlobalsRestore(pg, cluster, force, privileged=untrusted_source(settings, record) is None)
     LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
              store.url(record.object_key), target, pg.where, staging, runner.name)
     started = time.time()
-    runner.create(record.metadata["size_bytes"])
+    restored_globals.create_roles()
+    try:
+        runner.create(record.metadata["size_bytes"],
+                      also=restored_globals.acting_roles(own=untrusted_source(settings, record) is None)
+                      if runner.role is not None and not no_owner else ())
+    except BaseException:
+        restored_globals.undo()
+        raise
     try:
         created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
     except BaseException:
         runner.drop()
+        restored_globals.undo()
         raise
     try:
         counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, runner=runner,
-                                               no_owner=no_owner, progress=progress)
+                                               no_owner=no_owner, progress=progress,
+                                               no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")))
         owner = runner.settle_ownership(staging, owners, no_owner)
+        owner = restored_globals.settle_database(staging, owner)
         replaced = None
         if exists:
             if pg.active_connections(target):
@@ -323,9 +351,11 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     except BaseException as exc:
         _drop_quietly(pg, staging)
         runner.drop()
+        undone = restored_globals.undo()
         if isinstance(exc, BackupError):
-            exc.message += " (nothing was restored: the staging database was dropped%s)" % (
-                "; %r is untouched" % target if exists else "")
+            exc.message += " (nothing was restored: the staging database was dropped%s%s)" % (
+                "; %r is untouched" % target if exists else "",
+                "; the roles it had created were dropped again" if undone else "")
         raise
     LOG.info("restored %s into %s: %d tables in %.1fs", record.basename, target, tables, time.time() - started)
     return {"name": record.basename, "object_key": record.object_key, "target_db": target, "replaced_db": replaced,
@@ -336,7 +366,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
-            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted}
+            "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted,
+            "globals": restored_globals.report if cluster is not None else None}
 
 
 def check_target(settings, pg, target, force=False):
@@ -494,8 +525,9 @@ class _SqlRunner:
         """Who owns the staging database while the archive is restored (None: the admin)."""
         return self.login_role
 
-    def create(self, object_size):
-        """Make the temporary login role, before the staging database it will own.
+    def create(self, object_size, also=()):
+        """Make the temporary login role, before the staging database it will own; a member of the restore role and of
+        the roles in ``also`` (``ALTER DEFAULT PRIVILEGES FOR ROLE x`` in an archive needs membership in ``x``).
 
         pg_restore logs in once it has read the archive's start, which for an aes-256-cbc object comes
         after the whole download: the password stays valid RESTORE_LOGIN_MINUTES plus a minute per
@@ -507,6 +539,13 @@ class _SqlRunner:
         minutes = RESTORE_LOGIN_MINUTES + object_size // RESTORE_LOGIN_BYTES_PER_MINUTE
         self.admin.create_login_role(self.login_role, self._password,
                                      layout.utcnow() + datetime.timedelta(minutes=minutes), self.role)
+        if also:
+            try:
+                self.admin.query("GRANT %s TO %s" % (", ".join(quote_ident(name) for name in also),
+                                                     quote_ident(self.login_role)), step="restore role")
+            except BaseException:
+                self.drop()
+                raise
 
     def login(self, database):
         """A PgClient that logs in as the runner, proven able to connect to ``database``."""
@@ -551,7 +590,8 @@ class _SqlRunner:
             wanted = main
         elif main:
             LOG.warning("the restored objects stay owned by the restore role %s: the archive's owner %s %s", self.role,
-                        main, "does not exist here" if not self.admin.role_exists(main) else
+                        main, "does not exist here (--with-globals creates the roles a backup kept)"
+                        if not self.admin.role_exists(main) else
                         "may not own what an untrusted backup created (a function of it would run with its rights)")
         others = sorted(name for name in owners if name != main)
         if others and not no_owner and wanted == main:
@@ -563,7 +603,7 @@ class _SqlRunner:
         return wanted
 
 
-def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, progress):
+def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, progress, no_tablespaces=False):
     """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
 
     Returns ``(counts, tables, owners in the archive)``.
@@ -582,6 +622,8 @@ def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner
                 argv = client.restore_argv(staging, no_owner=no_owner)
                 if runner.role is not None and not no_owner:
                     argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
+                if no_tablespaces:
+                    argv.insert(1, "--no-tablespaces")
             name = "psql" if kind == PLAIN_SQL else "pg_restore"
             sink = Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
             counts = stream.run(sink, toc, guard)
@@ -613,7 +655,8 @@ def _restore_failure(stderr):
                          "here: upgrade the PostgreSQL client or point PG_BIN_DIR at a newer one")
     missing = re.search(r'role "([^"]+)" does not exist', detail)
     if missing:
-        detail += ("; the archive's objects are owned by or granted to role %s, which this server lacks: create it "
+        detail += ("; the archive's objects are owned by or granted to role %s, which this server lacks: restore with "
+                   "--with-globals (with_globals: true) to create the roles the backup kept, create it by hand "
                    "(CREATE ROLE %s), or restore with --no-owner (no_owner: true) to skip ownership and privileges"
                    % (missing.group(1), missing.group(1)))
     elif re.search(r"permission denied|must be (superuser|owner|a member)|must have privileges|privileges of the", detail):
@@ -630,7 +673,7 @@ def _drop_quietly(pg, name):
 
 def preview_restore(settings, backup="latest", before=None, target_db=None, host=None, db=None, *, store=None,
                     progress=None, allow_unsigned=False, allow_seed=None, as_admin=False, pg=None, force=False,
-                    restore_role=None):
+                    restore_role=None, with_globals=False):
     """What :func:`run_restore` would restore, and where, after a full verification of it.
 
     Returns ``(plan, verification)``: ``plan`` names the backup, its source and
@@ -645,13 +688,15 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
     # run_restore's checks, in its order: selection, the keys open the data key, trust, the target, the server
     record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
-    decryptor_factory(context, store, record)
+    new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
+    cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
     target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
     pg = wiring.postgres(settings, pg)
     exists = check_target(settings, pg, target, force)
     role = None if as_admin else (restore_role or settings.restore_role)
     role_exists = check_restore_role(settings, pg, role) if role else None
+    restored_globals = GlobalsRestore(pg, cluster, force, privileged=untrusted_source(settings, record) is None)
     verification = run_verify(settings, backup=record.basename, host=record.host, db=record.db,
                               store=store, progress=progress, allow_unsigned=allow_unsigned, allow_seed=allow_seed,
                               pg=pg)
@@ -660,5 +705,6 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
             "target_db": target, "expected_table_count": record.metadata.get("table_count"),
             "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
             "sql_runs_as": settings.db_user if as_admin else role, "restore_role_exists": role_exists,
-            "target_exists": exists, "source_trusted": untrusted_source(settings, record) is None}
+            "target_exists": exists, "source_trusted": untrusted_source(settings, record) is None,
+            "globals": restored_globals.plan() if cluster is not None else None}
     return plan, verification

@@ -183,3 +183,12 @@ def test_gzip_with_reserved_flags_or_another_method_is_not_plausible():
     assert not compression.plausible_start(b"\x1f\x8b\x08\xe0" + bytes(12))
     assert not compression.plausible_start(b"\x1f\x8b\x07\x00" + bytes(12))
     assert compression.CODECS["gzip"].sniff(b"\x1f\x8b\x07\x00")  # what the auto reader takes for gzip: the magic
+
+
+@pytest.mark.parametrize("name", [name for name, codec in compression.CODECS.items() if codec.installed()])
+def test_nothing_more_after_the_end_of_a_stream_is_no_error(name):
+    """aes-256-cbc holds its last block back: when that block is all padding, the decryptor's last word is b''."""
+    packer = compression.compressor(name)
+    packed = packer.update(b"x" * 1000) + packer.finalize()
+    unpack = compression.decompressor(name)
+    assert unpack.update(packed) + unpack.update(b"") + unpack.finalize() == b"x" * 1000
