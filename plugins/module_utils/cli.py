@@ -87,6 +87,10 @@ def _parser():
     restore_command.add_argument("--target-db", help="database to create (default <db>_restored_<timestamp>)")
     restore_command.add_argument("--force", action="store_true", help="replace an existing target database (it is kept, renamed)")
     restore_command.add_argument("--no-owner", action="store_true", help="skip ownership and privileges (roles missing here)")
+    restore_command.add_argument("--with-globals", action="store_true",
+                                 help="first create the roles (with memberships, settings, passwords) the backup kept that "
+                                 "this server lacks, then give the database its owner, ACL and settings: for a new server "
+                                 "after a complete loss; existing roles change only with --force")
     restore_command.add_argument("--restore-role", help="the plain role the backup's SQL runs as (BACKUP_RESTORE_ROLE; created "
                                  "when missing)")
     restore_command.add_argument("--as-admin", action="store_true",
@@ -221,9 +225,10 @@ def _cmd_list(args, settings, env):
     lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
     for item in data["backups"]:
         size = human_size(item["object_size"]) if item["object_size"] is not None else "MISSING"
-        lines.append("%-50s %-20s %-10s %12s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
-                                                   item["host"] or "(seed)", size,
-                                                   "  " + item["signature"] if "signature" in item else ""))
+        lines.append("%-50s %-20s %-10s %12s%s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
+                                                     item["host"] or "(seed)", size,
+                                                     "  " + item["signature"] if "signature" in item else "",
+                                                     _globals_word(item) if args.details else ""))
     if not data["backups"]:
         lines.append("(no backups)")
     if "leftovers" in data:
@@ -232,6 +237,14 @@ def _cmd_list(args, settings, env):
         lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(data["orphans"]))
     _emit(data, args.json, lines)
     return EXIT_OK
+
+
+def _globals_word(item):
+    """list --details: whether a backup kept its globals (roles for a restore onto a new server)."""
+    kept = item.get("globals")
+    if not kept:
+        return ", no globals" if "signature" in item else ""
+    return ", globals: %d role(s)%s" % (kept["roles"], "" if kept["passwords"] == "included" else " without passwords")
 
 
 def _selection(args, env):
@@ -244,7 +257,8 @@ def _cmd_restore(args, settings, env):
     try:
         result = restore.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
                                      progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
-                                     as_admin=args.as_admin, restore_role=args.restore_role, **_selection(args, env))
+                                     as_admin=args.as_admin, restore_role=args.restore_role,
+                                     with_globals=args.with_globals, **_selection(args, env))
     finally:
         progress.close()
     lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, SQL ran as %s, "
@@ -252,11 +266,29 @@ def _cmd_restore(args, settings, env):
                         result["signature"], result["sql_ran_as"], result["duration_seconds"])]
     if result["owner"]:
         lines.append("objects are owned by %s" % result["owner"])
+    lines += globals_lines(result.get("globals"))
     if result["replaced_db"]:
         lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
     _emit(result, args.json, lines)
     return EXIT_OK
+
+
+def globals_lines(report):
+    """A --with-globals restore's report, for people."""
+    if not report:
+        return []
+    lines = ["roles created: %s" % (", ".join(report["created_roles"]) or "none"),
+             "roles already here (%s): %s" % ("changed: --force" if report["altered_roles"] else "left as they were",
+                                              ", ".join(report["existing_roles"]) or "none")]
+    if report["memberships_granted"]:
+        lines.append("memberships granted: %s" % ", ".join(report["memberships_granted"]))
+    lines.append("database owner %s, %d setting(s) applied" % (report.get("database_owner"), report["settings_applied"]))
+    lines += ["not restored: %s" % item for item in report["skipped"]]
+    if report["missing_tablespaces"]:
+        lines.append("tablespaces not on this server (data went to the default one): %s"
+                     % ", ".join(report["missing_tablespaces"]))
+    return lines
 
 
 def _cmd_verify(args, settings, env):

@@ -246,6 +246,8 @@ TABLE = (
             bounds=(1, 36500), meaning="days a backup is kept"),
     Setting("allow_seed", "BACKUP_ALLOW_SEED", "bool", False, option="allow_seed", group=MODULE,
             meaning="also use the seed's unsigned backups"),
+    Setting("globals", "BACKUP_GLOBALS", "bool", True, option="globals", group=MODULE,
+            meaning="each backup also keeps the roles, memberships and settings its database needs"),
     Setting("schedule", "BACKUP_SCHEDULE", default="daily", option="schedule", group=MODULE,
             meaning="how often backups are meant to run (checked by health)"),
     # Variables only (the env file or the environment)

@@ -195,32 +195,32 @@ backups:
       sample: 294551233
     size_bytes:
       description: Size recorded in the metadata.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: int
       sample: 294551233
     checksum_sha256:
       description: SHA-256 of the object recorded in the metadata.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
     compression:
       description: Compression of the dump.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: zstd
     encryption:
       description: How the backup is encrypted, V(aes-256-gcm), V(hybrid-pq) or V(aes-256-cbc).
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: aes-256-gcm
     key_id:
       description: Id of the master key that made the backup (the first recipient's with V(hybrid-pq); null for the seed's).
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: qk1-3f2a9c0d1e4b5a69
     recipient_ids:
       description: The recipients the data key is sealed to.
-      returned: when O(details=true) and the backup is V(hybrid-pq)
+      returned: when O(details=true), or O(backup) or O(before) selects one, and the backup is V(hybrid-pq)
       type: list
       elements: str
       sample: [qkr-5b1f0e6a7c2d9e84]
@@ -233,12 +233,12 @@ backups:
           O(quankey.backup.s3_backup_restore#module:allow_unsigned=true); V(unsigned (made by the seed's scripts)) only
           with O(quankey.backup.s3_backup_restore#module:allow_seed=true); V(not checked (no signing key here)) when
           no key is given.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: valid (key qk1-3f2a9c0d1e4b5a69)
     trusted:
       description: Whether that verdict is V(valid), that is the backup may be restored without any opt-in.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: bool
       sample: true
     layout:
@@ -248,34 +248,45 @@ backups:
       sample: seed
     table_count:
       description: Tables in the backup.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: int
       sample: 42
     dump_bytes:
       description: Size of the uncompressed C(pg_dump) archive.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: int
       sample: 690114560
     duration_seconds:
       description: How long the backup took.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: float
       sample: 9.512
     server_version:
       description: PostgreSQL server version at backup time.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: '15.8'
     pg_dump_version:
       description: Version of the C(pg_dump) that made the backup.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: '15.8'
     storage_class:
       description: S3 storage class requested for the object.
-      returned: when O(details=true)
+      returned: when O(details=true), or O(backup) or O(before) selects one
       type: str
       sample: STANDARD_IA
+    globals:
+      description:
+        - The backup's globals object (roles, memberships, settings its database needs; see
+          C(quankey.backup.s3_backup_restore) C(with_globals)) - C(object_key), C(size_bytes), C(checksum_sha256),
+          counts of C(roles), C(memberships), C(tablespaces), and C(passwords) (V(included) or V(omitted)).
+        - Null for a backup without one.
+      returned: when O(details=true), or O(backup) or O(before) selects one
+      type: dict
+      sample: {"object_key": "backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.globals",
+               "size_bytes": 812, "checksum_sha256": "9f2c0e8d5b7a6c4e3f1d2b0a9e8c7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
+               "roles": 3, "memberships": 1, "tablespaces": 0, "passwords": "included"}
 orphans:
   description: Keys of objects without metadata (uncommitted backups, invisible to restore); empty with O(backup) or O(before).
   returned: always

@@ -36,6 +36,17 @@ options:
       - If not set, the environment variable E(BACKUP_COMPRESSION) is used.
     type: str
     choices: [zstd, gzip, none]
+  globals:
+    description:
+      - Also keep, in a second encrypted object beside the backup (C(<name>.globals)), the cluster-wide things its
+        database needs that C(pg_dump) leaves out - the roles that own or are granted anything in it, their members
+        and the roles they are members of, with attributes, password hashes (when O(login_user) may read them, as a
+        superuser may; otherwise they are left out, with a warning), memberships and settings, the database's owner, ACL
+        and settings, and its tablespaces. Its checksum is in the signed metadata.
+        C(quankey.backup.s3_backup_restore) with C(with_globals=true) recreates them on a new server.
+      - Defaults to V(true).
+      - If not set, the environment variable E(BACKUP_GLOBALS) is used.
+    type: bool
   storage_class:
     description:
       - S3 storage class of the backup object. Defaults to V(STANDARD_IA).
@@ -213,6 +224,16 @@ backup:
       type: list
       elements: str
       sample: [qkr-5b1f0e6a7c2d9e84]
+    globals:
+      description:
+        - The backup's globals object (O(globals)) - C(object_key), C(size_bytes), C(checksum_sha256), how many
+          C(roles), C(memberships) and C(tablespaces) it holds, and C(passwords) (V(included) or V(omitted)); null
+          without it. In check mode, whether one would be kept (a bool).
+      returned: always
+      type: raw
+      sample: {"object_key": "backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.globals",
+               "size_bytes": 812, "checksum_sha256": "9f2c0e8d5b7a6c4e3f1d2b0a9e8c7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
+               "roles": 3, "memberships": 1, "tablespaces": 0, "passwords": "included"}
     signing_key_id:
       description: Id of the key that signs the backup's metadata (C(qks-...), or the master key's id).
       returned: always
@@ -374,7 +395,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.workflows import ba
 def argument_spec():
     """The module's options: the shared groups plus what only a backup needs."""
     return ansible_common.common_argument_spec(
-        ansible_common.setting_options("name", "compression", "storage_class", "retention_days"),
+        ansible_common.setting_options("name", "compression", "storage_class", "retention_days", "globals"),
         lock_file=dict(type="path"),
         lock_wait=dict(type="float", default=600),
         prune=dict(type="bool", default=False),

@@ -66,6 +66,20 @@ options:
         lacks the roles of the source.
     type: bool
     default: false
+  with_globals:
+    description:
+      - For a new server after a complete loss. Before restoring, create the roles the backup kept (its globals -
+        roles with their attributes, password hashes, memberships and settings) that this server lacks; afterwards
+        give the restored database the source's owner, ACL (C(GRANT CONNECT ...)) and settings
+        (C(ALTER DATABASE/ROLE ... SET)), so ownership and grants come back as they were.
+      - An existing role is never changed unless O(force=true). Only a backup whose metadata signature verified here may
+        create roles; one of another host gets no SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS and no membership in
+        the predefined roles that reach the server's files or every table (the result's C(restore.globals.skipped) lists them).
+      - A backup without globals (taken with O(quankey.backup.pg_encrypted_backup#module:globals=false) or by an older
+        version) is restored as without this option, with a warning. Roles it created are dropped again when the
+        restore fails.
+    type: bool
+    default: false
   allow_unsigned:
     description:
       - Restore a backup whose metadata is not signed, or is signed with a key not given here. Without signature
@@ -149,6 +163,15 @@ EXAMPLES = r"""
     encryption_key: "{{ vault_backup_encryption_key }}"
   check_mode: true
   register: verified
+
+- name: After losing the server, restore onto a new one, with the roles, memberships and settings the backup kept
+  quankey.backup.s3_backup_restore:
+    source_host: db1
+    source_db: quankey_prod
+    target_db: quankey_prod
+    with_globals: true
+    env_file: /etc/quankey/backup.env
+  register: restored
 
 - name: Restore a backup taken before the last key rotation (the old key is still in the keyring)
   quankey.backup.s3_backup_restore:
@@ -348,6 +371,19 @@ restore:
       returned: when not in check mode
       type: dict
       sample: {"quankey": 57}
+    globals:
+      description:
+        - With O(with_globals=true), what was done with the backup's globals (in check mode, what would be done);
+          null without it or when the backup has none.
+        - C(created_roles), C(existing_roles) (left as they were unless O(force=true)), C(altered_roles),
+          C(memberships_granted), C(passwords_set), C(skipped) (what was not restored, and why),
+          C(missing_tablespaces) (their data went to the default tablespace), C(settings_applied),
+          C(database_owner), C(passwords) (V(included) or V(omitted) when the backup user could not read them).
+      returned: always
+      type: dict
+      sample: {"created_roles": ["app", "app_owner"], "existing_roles": [], "altered_roles": [],
+               "memberships_granted": ["app in app_owner"], "passwords_set": ["app"], "skipped": [],
+               "missing_tablespaces": [], "settings_applied": 2, "database_owner": "app_owner", "passwords": "included"}
 verification:
   description:
     - The full verification of the backup that check mode did instead of restoring.
@@ -459,6 +495,7 @@ def argument_spec():
         source_host=dict(type="str"),
         source_db=dict(type="str"),
         no_owner=dict(type="bool", default=False),
+        with_globals=dict(type="bool", default=False),
         allow_unsigned=dict(type="bool", default=False),
         restore_as_admin=dict(type="bool", default=False),
     )
@@ -476,12 +513,13 @@ def main():
                          allow_unsigned=params["allow_unsigned"], allow_seed=settings.allow_seed)
         if module.check_mode:
             plan, verification = restore.preview_restore(settings, target_db=params["target_db"], force=params["force"],
-                                                         as_admin=params["restore_as_admin"], **selection)
+                                                         as_admin=params["restore_as_admin"],
+                                                         with_globals=params["with_globals"], **selection)
             result = dict(restore=plan, verification=verification)
         else:
             result = dict(restore=restore.run_restore(settings, target_db=params["target_db"], force=params["force"],
                                                       no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
-                                                      **selection))
+                                                      with_globals=params["with_globals"], **selection))
     module.exit_json(changed=True, **result)
 
 

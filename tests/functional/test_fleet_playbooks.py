@@ -5,7 +5,7 @@
 of this checkout, as installed) against a host set up as the pg_backup role leaves one - an env file, the engine's
 Python at <pg_backup_install_dir>/venv/bin/python, the run lock in pg_backup_home - backed by the test bed's
 PostgreSQL and S3. backup_now (run lock, prune, the old name still importing it), health (the engine's report lines,
-fail_on), restore (before a time, another host's backups, check mode). The become to the backup user and the
+fail_on), restore (before a time, another host's backups, check mode, the roles a server lacks). The become to the backup user and the
 application's stop and start are proven on chroot hosts by Molecule (molecule/default/tests/test_playbooks.py)."""
 
 import datetime
@@ -172,6 +172,10 @@ def test_restore_takes_the_latest_backup_before_a_time(fleet, testbed):
     assert "backup: %s (the latest taken before %s) of host %s" % (first, fleet["between"], HOST) in done.stdout
     assert "restored %s (" % first in done.stdout and "into %s on %s" % (target, HOST) in done.stdout
     assert "tables: 1 restored, 1 in the backup" in done.stdout and "metadata signature valid (key qk1-" in done.stdout
+    # with_globals by default (a signed backup that kept its globals, nothing replaced): the roles are all here
+    assert "roles: created where this server lacks them, existing roles left as they are" in done.stdout
+    assert "roles created: none" in done.stdout
+    assert "roles already here (left as they were): %s" % testbed.pg.user in done.stdout
     assert _rows(testbed, target) == 1000  # the data as it was then; the latest backup has 1500 rows
     testbed.pg.drop_database(target)
 
@@ -195,8 +199,91 @@ def test_restore_in_check_mode_verifies_the_backup_and_restores_nothing(fleet, t
     assert done.returncode == 0, done.stdout
     assert "verified %s_backup_" % fleet["db"] in done.stdout and "matches the metadata" in done.stdout
     assert "Nothing was changed." in done.stdout
+    assert "roles it would create: none, already here: %s (left as they are)" % testbed.pg.user in done.stdout
     exists = testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname = '%s'" % target).strip()
     assert exists == "0"
+
+
+def _role_state(testbed, names):
+    """Each role's login flag and password hash, and who is a member of whom (pg_authid: the superuser's view)."""
+    listed = ", ".join("'%s'" % name for name in names)
+    return testbed.pg.psql("SELECT rolname, rolcanlogin, coalesce(rolpassword, '-') FROM pg_authid WHERE rolname IN (%s) "
+                           "UNION ALL SELECT r.rolname || ' has member ' || m.rolname, NULL, NULL FROM pg_auth_members a "
+                           "JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+                           "WHERE r.rolname IN (%s) ORDER BY 1" % (listed, listed))
+
+
+def test_restore_gives_a_server_that_lost_the_roles_them_back_and_replace_leaves_existing_ones_alone(fleet, testbed):
+    """Issue 19 through the playbook: the application's roles are gone (a new server); restore.yml, by default,
+    creates them from the backup's globals - owner, login with its password hash, membership - and the data comes
+    back owned as it was. A replace (replace=true) then leaves the roles, changed since, as they are."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, login, db = "fowner_%s" % suffix, "flogin_%s" % suffix, "fglobals_%s" % suffix
+    pg = testbed.pg
+    pg.psql("CREATE ROLE %s NOLOGIN" % owner)
+    pg.psql("CREATE ROLE %s LOGIN PASSWORD 'pw-%s' IN ROLE %s" % (login, suffix, owner))
+    pg.psql("CREATE DATABASE %s OWNER %s" % (db, owner))
+    try:
+        pg.psql("SET ROLE %s; CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g"
+                % owner, db=db)
+        _cli(dict(fleet["env"], DB_NAME=db), "backup", "--json")
+        source = _role_state(testbed, [owner, login])
+        assert "%s has member %s" % (owner, login) in source and "SCRAM-SHA-256$" in source
+        # the server loses the database and the roles
+        pg.drop_database(db)
+        pg.psql("DROP ROLE %s" % login)
+        pg.psql("DROP ROLE %s" % owner)
+
+        # check mode: what it would create; nothing is
+        check = _play(fleet, "quankey.backup.restore", "-e", "db=%s" % db, "-e", "target_db=%s" % db, "--check")
+        assert check.returncode == 0, check.stdout
+        assert ("roles: created where this server lacks them, existing roles left as they are; the database gets its "
+                "owner, ACL and settings back (with_globals) - the backup kept 2 role(s), 1 membership(s), passwords "
+                "included") in check.stdout, check.stdout
+        assert "roles it would create: %s, %s, already here: " % (login, owner) in check.stdout, check.stdout
+        assert _role_state(testbed, [owner, login]) == ""
+
+        done = _play(fleet, "quankey.backup.restore", "-e", "db=%s" % db, "-e", "target_db=%s" % db)
+        assert done.returncode == 0, done.stdout
+        assert "roles created: %s, %s" % (login, owner) in done.stdout
+        assert "memberships granted: %s in %s" % (login, owner) in done.stdout
+        assert "database owner %s, " % owner in done.stdout
+        assert _role_state(testbed, [owner, login]) == source  # the same password hash, the same membership
+        assert pg.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '%s'" % db).strip() == owner
+        assert pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'items'", db=db).strip() == owner
+        assert _rows(testbed, db) == 300
+
+        # replace=true: with_globals is off by default, so a role changed since the backup stays as it is now
+        pg.psql("ALTER ROLE %s PASSWORD 'changed-%s'" % (login, suffix))
+        changed = _role_state(testbed, [owner, login])
+        assert changed != source
+        replaced = _play(fleet, "quankey.backup.restore", "-e", "db=%s" % db, "-e", "target_db=%s" % db,
+                         "-e", "replace=true", "-e", "confirm=yes")
+        assert replaced.returncode == 0, replaced.stdout
+        assert "roles: none created or changed (replace=true: the roles are expected to be here)" in replaced.stdout
+        assert "roles created:" not in replaced.stdout
+        assert "the previous %s is kept as %s__replaced_" % (db, db) in replaced.stdout
+        assert _role_state(testbed, [owner, login]) == changed
+        assert pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'items'", db=db).strip() == owner
+        # asked for with replace=true, the module's force sets the existing roles back to the backup's, as the plan says
+        reset = _play(fleet, "quankey.backup.restore", "-e", "db=%s" % db, "-e", "target_db=%s" % db,
+                      "-e", "replace=true", "-e", "with_globals=true", "-e", "confirm=yes")
+        assert reset.returncode == 0, reset.stdout
+        assert "roles: created where missing, and EXISTING ROLES SET BACK to what the backup holds" in reset.stdout
+        assert "roles already here (SET BACK to what the backup holds: %s, %s)" % (login, owner) in reset.stdout
+        assert _role_state(testbed, [owner, login]) == source
+        # a backup that kept no globals (BACKUP_GLOBALS=false): with_globals is off, and the plan says why
+        _cli(dict(fleet["env"], DB_NAME=db, BACKUP_GLOBALS="false"), "backup", "--json")
+        plain = _play(fleet, "quankey.backup.restore", "-e", "db=%s" % db, "-e", "target_db=%s_plain" % db)
+        assert plain.returncode == 0, plain.stdout
+        assert ("roles: none created or changed (the backup kept none: BACKUP_GLOBALS=false, or taken before backups "
+                "kept them); the roles its objects need must exist on this server") in plain.stdout, plain.stdout
+        assert "roles created:" not in plain.stdout and "tables: 1 restored, 1 in the backup" in plain.stdout
+    finally:
+        for name in pg.psql("SELECT datname FROM pg_database WHERE datname LIKE '%s%%'" % db).split():
+            pg.drop_database(name)
+        pg.psql("DROP ROLE IF EXISTS %s" % login)
+        pg.psql("DROP ROLE IF EXISTS %s" % owner)
 
 
 def test_restore_refuses_to_replace_without_a_confirmation_and_changes_nothing(fleet, testbed):

@@ -48,6 +48,7 @@ def test_env_file_holds_the_seed_variables_and_this_hosts_credentials(host, host
     for name in ("DB_HOST", "DB_PORT", "DB_USER", "BACKUP_RETENTION_DAYS", "S3_ENDPOINT_URL", "BACKUP_SCHEDULE"):
         assert env[name], name
     assert env["BACKUP_RESTORE_ROLE"] == RESTORE_ROLE
+    assert env["BACKUP_GLOBALS"] == "true"  # pg_backup_globals' default: each backup keeps the roles it needs
 
 
 def test_the_restore_role_is_a_plain_role_that_cannot_log_in(host, postgres):
@@ -151,12 +152,17 @@ def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, s
         assert "quankey-backup verify --db %s --backup latest" % db in text
         assert "quankey-backup restore --db %s --backup latest --target-db %s_restored" % (db, db) in text
         assert "quankey-backup restore --db %s --backup latest --target-db %s --force" % (db, db) in text
+        assert "quankey-backup restore --db %s --backup latest --target-db %s --with-globals" % (db, db) in text
     assert host_vars.get("restore_runbook_app_stop_command", "pm2 stop quankey") in text
     assert host_vars.get("restore_runbook_app_start_command", "pm2 start quankey") in text
     stem = host_vars.get("pg_backup_name", services["hosts"][hostname]["databases"][0])
     assert "--backup %s_backup_20250809_030000" % stem in text
     assert "It runs as the plain role `%s`\n(`BACKUP_RESTORE_ROLE`)" % RESTORE_ROLE in text
     assert "`--as-admin` runs the SQL as `DB_USER` instead. **Risk**" in text and "--allow-seed" in text
+    assert "**Complete database loss**, with the roles the backup kept:" in text
+    assert "A role that already exists here is left exactly as it is." in text
+    assert "quankey-backup restore --host %s --db %s --backup latest --target-db %s --with-globals" % (
+        hostname, services["hosts"][hostname]["databases"][0], services["hosts"][hostname]["databases"][0]) in text
     assert services["postgres"]["password"] not in text and services["encryption_key"] not in text
     assert services["hybrid"]["signing_key"] not in text
 

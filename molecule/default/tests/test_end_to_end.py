@@ -99,6 +99,22 @@ def test_the_runbooks_restore_command_works_as_written(hosts, postgres):
     postgres.psql("DROP DATABASE app_db1_restored")
 
 
+def test_the_runbooks_complete_loss_command_works_as_written(hosts, postgres):
+    """Step 2b of the emergency procedure (--with-globals), as the runbook writes it, restores a lost database in its
+    place; the roles its objects need are all on this server already, so it creates none and changes none."""
+    text = hosts["db1"].file("/etc/quankey/RESTORE.md").content_string
+    command = next(line.strip() for line in text.splitlines()
+                   if line.strip().startswith("quankey-backup restore --db app_db1_extra ") and "--with-globals" in line)
+    roles = "SELECT rolname, rolsuper, rolcanlogin, coalesce(rolpassword, '-') FROM pg_authid ORDER BY 1"
+    before, digests = postgres.psql(roles), sampledb.table_digests(postgres, "app_db1_extra")
+    postgres.psql("DROP DATABASE app_db1_extra WITH (FORCE)")  # lost
+    out = hosts["db1"].run(command)
+    assert out.rc == 0, out.stderr
+    assert "roles created: none" in out.stdout and "roles already here (left as they were): " in out.stdout, out.stdout
+    assert sampledb.table_digests(postgres, "app_db1_extra") == digests
+    assert postgres.psql(roles) == before
+
+
 def test_the_monitor_writes_status_metrics_and_alerts(host, hostname, host_vars, services):
     run = host.run(RUN_AS_BACKUP_USER + "/usr/bin/python3 /usr/local/sbin/quankey-backup-monitor --config /etc/quankey/monitor.json")
     # the test databases are small: under the 1 MiB minimum they are a warning, unless the host lowered it

@@ -52,6 +52,9 @@ def test_restore_replaces_with_the_application_stopped_and_reports_the_verificat
     assert "tables: 6 restored, 6 in the backup" in out and "matches the metadata" in out
     assert "its SQL runs as: the restore role quankey_restore (BACKUP_RESTORE_ROLE)" in out
     assert "SQL ran as: quankey_restore" in out
+    # replace=true: with_globals is off unless asked, so the roles are not touched
+    assert "roles: none created or changed (replace=true: the roles are expected to be here)" in out
+    assert "roles created:" not in out
     assert "is kept as app_db4_copy__replaced_" in out
     assert hosts["db4"].file("/tmp/app-stopped").exists and hosts["db4"].file("/tmp/app-started").exists
     replaced = postgres.psql("SELECT datname FROM pg_database WHERE datname LIKE 'app_db4_copy%' ORDER BY 1").split()
@@ -66,6 +69,9 @@ def test_restore_takes_the_latest_backup_before_a_time_into_a_new_database(postg
     assert status == 0, out
     assert "(the latest taken before 2999-01-01T00:00:00Z) of host db2, database app_db2" in out, out
     assert "into app_db2_before on db2" in out and "tables: 6 restored, 6 in the backup" in out
+    # a new database, nothing replaced: with_globals by default; the roles are all on this server, none created
+    assert "roles: created where this server lacks them, existing roles left as they are" in out
+    assert "roles created: none" in out and "roles already here (left as they were): " in out
     postgres.psql("DROP DATABASE app_db2_before")
 
 

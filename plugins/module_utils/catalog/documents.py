@@ -15,10 +15,11 @@ import json
 import re
 
 from ..errors import IntegrityError
-from ..formats import openssl_enc
+from ..formats import globaldoc, openssl_enc
 from .layout import UTC, METADATA_SUFFIX, basename_timestamp, format_timestamp, parse_timestamp
 
-METADATA_VERSION = 3  # 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2)
+# 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2); 4: globals
+METADATA_VERSION = 4
 
 
 BACKUP_TYPE = "postgresql_full"
@@ -41,17 +42,18 @@ REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_ke
 # Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
 HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
     "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
-    "server_version", "pg_dump_version", "database_settings", "adopted_from"))
+    "server_version", "pg_dump_version", "database_settings", "adopted_from", "globals"))
 
 
 def build_metadata(settings_view, *, basename, when, object_key, size_bytes, checksum, envelope, key_id, table_count,
                    dump_bytes, duration, server_version, pg_dump_version, database_settings, encryption_name,
-                   quantum_safe=True, dump_format=DUMP_FORMAT):
+                   quantum_safe=True, dump_format=DUMP_FORMAT, globals_summary=None):
     """The metadata document of a committed backup: every seed field plus what restore and health need.
 
-    ``settings_view`` is Settings.describe() (with ``db_name``); every other field is named.
+    ``settings_view`` is Settings.describe() (with ``db_name``); every other field is named. ``globals_summary``
+    (formats/globaldoc.summary) describes the backup's globals object, when it has one.
     """
-    return {
+    metadata = {
         "backup_type": BACKUP_TYPE,
         "database": settings_view["db_name"],
         "timestamp": format_timestamp(when),
@@ -77,6 +79,9 @@ def build_metadata(settings_view, *, basename, when, object_key, size_bytes, che
         "pg_dump_version": pg_dump_version,
         "database_settings": database_settings,
     }
+    if globals_summary is not None:
+        metadata["globals"] = globals_summary
+    return metadata
 
 
 def encode_metadata(metadata):
@@ -174,6 +179,7 @@ _HOST_FIELD_CHECKS = (
     ("recipient_ids", lambda value: isinstance(value, list) and all(_is_text(item) for item in value)),
     ("signature", lambda value: isinstance(value, dict)),
     ("database_settings", lambda value: value is None or isinstance(value, dict)),
+    ("globals", globaldoc.check_summary),
     ("adopted_from", lambda value: isinstance(value, dict) and _is_text(value.get("object_key"))
      and _is_sha256(value.get("checksum_sha256"))),
 )

@@ -33,6 +33,7 @@ OBJECT_SUFFIX = ".encrypted"
 
 
 METADATA_SUFFIX = ".meta"
+GLOBALS_SUFFIX = ".globals"  # a backup's globals object, beside its data object (formats/globaldoc.py)
 
 
 SEED_LAYOUT = "seed"
@@ -118,6 +119,12 @@ def object_key(prefix, host, db, basename):
     return object_prefix(prefix, host, db) + basename + OBJECT_SUFFIX
 
 
+def globals_key(object_key_):
+    """The key of the globals object of the backup whose data object is ``object_key_``."""
+    stem = object_key_[:-len(OBJECT_SUFFIX)] if object_key_.endswith(OBJECT_SUFFIX) else object_key_
+    return stem + GLOBALS_SUFFIX
+
+
 def metadata_key(prefix, host, db, basename):
     """The metadata object's key."""
     return metadata_prefix(prefix, host, db) + basename + METADATA_SUFFIX
@@ -176,6 +183,7 @@ class BackupRecord:
                           "recipient_ids"):
                 if field in self.metadata:
                     data[field] = self.metadata[field]
+            data["globals"] = self.metadata.get("globals")
         return data
 
 
@@ -190,10 +198,15 @@ def records_from_listing(prefix, metadata_listing, object_listing):
     meta_base = prefix + "metadata/"
     obj_base = prefix + "backups/postgresql/"
     objects = {}
+    companions = {}  # globals objects (GLOBALS_SUFFIX): orphans too when no metadata names their backup
     for item in object_listing:
         parts = _split(item["key"], obj_base, OBJECT_SUFFIX)
         if parts:
             objects[parts] = item
+            continue
+        parts = _split(item["key"], obj_base, GLOBALS_SUFFIX)
+        if parts and parts[0] is not None:
+            companions[parts] = item
     records = []
     for item in metadata_listing:
         parts = _split(item["key"], meta_base, METADATA_SUFFIX)
@@ -201,6 +214,7 @@ def records_from_listing(prefix, metadata_listing, object_listing):
             continue
         host, db, basename = parts
         obj = objects.pop(parts, None)
+        companions.pop(parts, None)
         if host is None:
             records.append(BackupRecord(None, None, basename, item["key"], seed_object_key(prefix, basename),
                                         object_size=obj["size"] if obj else None, layout=SEED_LAYOUT))
@@ -208,7 +222,7 @@ def records_from_listing(prefix, metadata_listing, object_listing):
         records.append(BackupRecord(host, db, basename, item["key"], object_key(prefix, host, db, basename),
                                     object_size=obj["size"] if obj else None))
     records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
-    orphans = sorted(objects.values(), key=lambda item: item["key"])
+    orphans = sorted(list(objects.values()) + list(companions.values()), key=lambda item: item["key"])
     return records, orphans
 
 

@@ -4,7 +4,7 @@
 """The encryption modes, in one registry: nothing else compares a mode's name.
 
 Each mode says what it needs configured to write a backup (:meth:`Mode.require`), how a new backup
-is encrypted (:meth:`Mode.new_encryptor`), how a backup is opened (:meth:`Mode.opener`), how its
+is encrypted (:meth:`Mode.new_encryptors`: one key, an encryptor per object), how a backup is opened (:meth:`Mode.opener`), how its
 object's first bytes are checked without a key (:meth:`Mode.check_header`), whether its backups can
 be rekeyed (:attr:`Mode.rekeyable`), and whether its data is authenticated while it streams
 (:attr:`Mode.authenticated`: when not, a restore checks the whole object's SHA-256 first).
@@ -44,12 +44,19 @@ class Mode:
         """The key id new backups are written with here (None when that is not known)."""
         raise NotImplementedError
 
-    def new_encryptor(self, context, identity):
-        """``(envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup.
+    def new_encryptors(self, context, identity):
+        """``(envelope, key id, recipient ids or None, make)`` of a new backup: ``make()`` gives a fresh streaming
+        encryptor under the backup's one key, for each of its objects (the dump, its globals).
 
         ``identity`` is ``(host, database, name)``: where the backup will be stored, bound into the key wrap.
+        Each object made this way has a salt of its own, so one key serves several.
         """
         raise NotImplementedError
+
+    def new_encryptor(self, context, identity):
+        """``(envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup of one object."""
+        envelope, kid, ids, make = self.new_encryptors(context, identity)
+        return envelope, kid, ids, make()
 
     def opener(self, context, store, record):
         """A function making a fresh decryptor of ``record``'s object, once the keys held are known to open it."""
@@ -95,10 +102,10 @@ class MasterKey(Mode):
         ring = context.active_ring()
         return crypto.wrap_data_key(ring.active, data_key, binding=binding), ring.active_id, None
 
-    def new_encryptor(self, context, identity):
+    def new_encryptors(self, context, identity):
         data_key = crypto.new_data_key()
         envelope, kid, ids = self._seal(context, data_key, crypto.backup_binding(*identity))
-        return envelope, kid, ids, crypto.StreamEncryptor(data_key)
+        return envelope, kid, ids, functools.partial(crypto.StreamEncryptor, data_key)
 
     def reseal(self, context, data_key, identity):
         """``(envelope, key id, recipient ids or None)`` of an existing data key, for rekey (always format version 2)."""
@@ -175,9 +182,9 @@ class OpensslEnc(Mode):
     def active_key_id(self, context):
         return context.active_ring().active_id
 
-    def new_encryptor(self, context, identity):
+    def new_encryptors(self, context, identity):
         kid, passphrase = context.cbc_passphrase()
-        return openssl_enc.passphrase_envelope(kid), kid, None, openssl_enc.CbcEncryptor(passphrase)
+        return openssl_enc.passphrase_envelope(kid), kid, None, functools.partial(openssl_enc.CbcEncryptor, passphrase)
 
     def opener(self, context, store, record):
         chosen, kdf = self.probe(context, store, record)

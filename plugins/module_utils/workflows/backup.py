@@ -15,12 +15,13 @@ import subprocess
 import time
 
 from .. import keys
+from ..adapters import pgglobals
 from ..adapters.postgres import explain_client_error
 from ..adapters.process import CHUNK, NO_PROGRESS, Child, TocReader
 from ..adapters.s3 import choose_part_size
 from ..catalog import documents, layout
 from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
-from ..formats import magic
+from ..formats import globaldoc, magic
 from ..formats.compression import check_compression, compressor
 from . import wiring
 
@@ -52,7 +53,8 @@ class BackupPlan:
                 "database_size_bytes": self.db_size, "server_version": _format_server_version(self.server_version),
                 "pg_dump_version": self.dump_version, "compression": self.settings.compression,
                 "encryption": self.settings.encryption, "storage_class": self.settings.storage_class,
-                "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0]}
+                "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0],
+                "globals": self.settings.globals}
 
 
 def plan_backup(settings, store=None, now=None, *, pg=None):
@@ -97,8 +99,19 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
              plan.db_size, store.url(obj_key))
 
     identity = (settings.host, settings.db_name, basename)
-    encryption, envelope, kid, recipient_ids, encryptor = new_encryptor(context, identity)
-    stored = _BackupStream(plan, encryptor, progress).run()
+    encryption, envelope, kid, recipient_ids, make_encryptor = new_encryptors(context, identity)
+    cluster = None
+    if settings.globals:
+        cluster = pgglobals.capture(pg, settings.db_name, settings.host, basename)
+        for warning in cluster["warnings"]:
+            LOG.warning("%s (%s)", warning, settings.label("globals") + "=false leaves the globals out")
+    stored = _BackupStream(plan, make_encryptor(), progress).run()
+    globals_key = layout.globals_key(obj_key)
+    try:
+        globals_summary = store_globals(store, globals_key, cluster, make_encryptor()) if cluster else None
+    except BaseException:
+        _delete_quietly(store, obj_key)
+        raise
     duration = time.time() - started
     view = settings.describe()
     view["db_name"] = settings.db_name
@@ -107,11 +120,11 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         checksum=stored["sha256"], envelope=envelope, key_id=kid, table_count=stored["table_count"],
         dump_bytes=stored["dump_bytes"], duration=duration,
         server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
-        database_settings=plan.db_settings, encryption_name=encryption)
+        database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary)
     if recipient_ids:
         metadata["recipient_ids"] = recipient_ids
     metadata = context.sign(metadata)
-    commit(store, meta_key, obj_key, documents.encode_metadata(metadata))
+    commit(store, meta_key, obj_key, documents.encode_metadata(metadata), also=[globals_key] if cluster else [])
     LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs", basename,
              stored["size_bytes"], stored["dump_bytes"], stored["table_count"], duration)
     return {
@@ -121,11 +134,33 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         "duration_seconds": metadata["duration_seconds"], "compression": settings.compression,
         "encryption": encryption, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
         "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
-        "signing_key_id": metadata["signature"]["key_id"],
+        "signing_key_id": metadata["signature"]["key_id"], "globals": globals_summary,
     }
 
 
-def commit(store, meta_key, obj_key, document):
+def store_globals(store, key, document, encryptor):
+    """Encrypt a globals document (formats/globaldoc.py) with ``encryptor`` and store it at ``key`` (only where no
+    object is); the metadata's ``globals`` field (its checksum, size and counts)."""
+    data = encryptor.update(globaldoc.encode(document)) + encryptor.finalize()
+    try:
+        store.put_bytes(key, data, content_type="application/octet-stream", if_none_match=True)
+    except Exception as failure:  # pylint: disable=broad-except  # read back, else raised again
+        if not _stored_as_written(store, key, data):
+            raise
+        LOG.warning("the write of %s failed (%s) but the store holds it as written", key, failure)
+    return globaldoc.summary(document, key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _stored_as_written(store, key, data):
+    """Whether ``key`` holds exactly ``data`` (a write whose answer was lost may have been stored); False when the
+    store cannot say."""
+    try:
+        return store.get_bytes(key) == data
+    except BaseException:  # pylint: disable=broad-except  # out of reach still: the caller fails
+        return False
+
+
+def commit(store, meta_key, obj_key, document, also=()):
     """Write the metadata (the commit marker) only where none is; on failure uncommit: delete the data object.
 
     A write whose answer was lost may still have been stored: the metadata is read back before
@@ -138,29 +173,33 @@ def commit(store, meta_key, obj_key, document):
         store.put_bytes(meta_key, document, if_none_match=True)
         return
     except BaseException as failure:
-        try:
-            stored = store.get_bytes(meta_key)
-        except BaseException:  # pylint: disable=broad-except  # the store is still out of reach: uncommit below
-            stored = None
-        if stored == document:
+        if _stored_as_written(store, meta_key, document):  # else still out of reach, or another's: uncommit below
             LOG.warning("the metadata write of %s failed (%s) but the store holds it as written: the backup is committed",
                         meta_key, failure)
             return
         if isinstance(failure, ConflictError) and not store.conditional_writes:
             raise
-        _delete_quietly(store, obj_key)
+        for key in [obj_key] + list(also):
+            _delete_quietly(store, key)
         raise
 
 
-def new_encryptor(context, identity):
-    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new backup.
+def new_encryptors(context, identity):
+    """``(encryption name, envelope, key id, recipient ids or None, make)`` of a new backup: ``make()`` gives an
+    encryptor under the backup's key for each of its objects.
 
     The configured mode (formats.modes) makes it; ``identity`` is ``(host, database, name)``, bound into
     the data key's wrap (format version 2).
     """
     mode = context.mode()
-    envelope, kid, recipient_ids, encryptor = mode.new_encryptor(context, identity)
-    return mode.name, envelope, kid, recipient_ids, encryptor
+    envelope, kid, recipient_ids, make = mode.new_encryptors(context, identity)
+    return mode.name, envelope, kid, recipient_ids, make
+
+
+def new_encryptor(context, identity):
+    """``(encryption name, envelope, key id, recipient ids or None, streaming encryptor)`` of a new one-object backup."""
+    name, envelope, kid, recipient_ids, make = new_encryptors(context, identity)
+    return name, envelope, kid, recipient_ids, make()
 
 
 def _format_server_version(num):

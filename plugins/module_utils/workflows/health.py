@@ -244,6 +244,10 @@ def report_lines(report):
         lines.append("  latest: %s, %.1f h old, %s, %d backup(s) in all"
                      % (latest["name"], latest["age_hours"], human_size(size) if size is not None else "size unknown",
                         report.get("backups", 0)))
+        kept = latest.get("globals")
+        if kept:
+            lines.append("  globals: %d role(s), %d membership(s), %d tablespace(s), passwords %s"
+                         % (kept["roles"], kept["memberships"], kept["tablespaces"], kept["passwords"]))
     for finding in report["findings"]:
         lines.append("  %-8s %-18s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
     return lines
@@ -318,6 +322,10 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
         latest = records[0].summary()
         latest["age_hours"] = round(_hours(now - records[0].timestamp), 2)
         report["latest"] = latest
+        if records[0].metadata and not records[0].seed and not latest.get("globals") and settings.globals:
+            findings.append(_finding("globals", INFO, "latest backup %s has no globals (roles, memberships, settings): "
+                                     "restored onto a new server, its roles must be made by hand; the next backup keeps "
+                                     "them (%s)" % (records[0].basename, settings.label("globals"))))
     return _finish(report, findings)
 
 

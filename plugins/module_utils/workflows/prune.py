@@ -56,6 +56,8 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
             store.delete(record.metadata_key)  # uncommit first: a backup without metadata does not exist
             if record.has_object:
                 store.delete(record.object_key)
+            if not record.seed:
+                store.delete(layout.globals_key(record.object_key))  # its globals, if it has them (none: a no-op)
             LOG.info("pruned %s (%s)", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"))
     swept = leftovers.sweep(store, pg, leftovers.stale(found), dry_run)
     return {"kept": [record.basename for record in keep], "deleted": [record.basename for record in delete],

@@ -14,6 +14,7 @@ import subprocess
 import jinja2
 import pytest
 import yaml
+from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
 
@@ -37,11 +38,12 @@ def _render(**overrides):
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
         "pg_backup_restore_role": "quankey_restore", "pg_backup_seed_passphrase": "", "pg_backup_seed_kdf": "",
-        "_pg_backup_seed_kept": {}, "_pg_backup_seed_copy": "",
+        "_pg_backup_seed_kept": {}, "_pg_backup_seed_copy": "", "pg_backup_globals": True,
     }
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
                                      keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    environment.filters.update(AnsibleCoreFilters().filters())  # the template's | bool is Ansible's own filter
     return environment.get_template("backup.env.j2").render(**values)
 
 
@@ -132,3 +134,12 @@ def test_the_s3_retry_window_and_the_table_lock_wait_are_written_for_the_engine(
     assert (settings.retry_window, settings.lock_wait_timeout) == (45, 120)
     defaults = config.parse_env_text(_render())
     assert (defaults["S3_RETRY_WINDOW_SECONDS"], defaults["BACKUP_LOCK_WAIT_TIMEOUT"]) == ("300", "300")
+
+
+@pytest.mark.parametrize("given, written, kept", [(True, "true", True), (False, "false", False),
+                                                  ("yes", "true", True), ("no", "false", False)])
+def test_the_globals_setting_is_written_for_the_engine(given, written, kept):
+    """pg_backup_globals (a bool, or what Ansible's bool takes: yes/no) -> BACKUP_GLOBALS, which the engine reads back."""
+    values = config.parse_env_text(_render(pg_backup_globals=given))
+    assert values["BACKUP_GLOBALS"] == written
+    assert config.settings_from_env(values).globals is kept

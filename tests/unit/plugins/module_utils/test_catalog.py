@@ -236,7 +236,7 @@ def test_fields_the_seed_did_not_define_are_dropped_so_they_cannot_steer_anythin
 @pytest.mark.parametrize("extra", [{"layout": "seed"}, {"trusted": True}, {"allow_unsigned": True}])
 def test_host_layout_metadata_with_a_field_the_format_does_not_define_is_refused(extra):
     metadata = dict(_metadata(), **extra)
-    with pytest.raises(IntegrityError, match="which metadata version 3 does not define: it was not written by quankey"):
+    with pytest.raises(IntegrityError, match="which metadata version 4 does not define: it was not written by quankey"):
         documents.decode_metadata(documents.encode_metadata(metadata), "metadata/db1/d/x.meta")
 
 

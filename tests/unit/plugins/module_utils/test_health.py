@@ -212,7 +212,8 @@ def test_check_health_reads_only_the_headers_of_the_newest_and_compares_key_ids(
     headers[records[2].object_key] = b"PGDMP" + bytes(60)
     store = _Store(headers)
     masters = [active] * 2 + [old] * 8
-    env = {"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1", "BACKUP_ENCRYPTION_KEY": base64.b64encode(active).decode()}
+    env = {"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1", "BACKUP_ENCRYPTION_KEY": base64.b64encode(active).decode(),
+           "BACKUP_GLOBALS": "false"}  # the globals rule has its own test
     settings = config.settings_from_env(env)
 
     def loader(store_, record):
@@ -317,3 +318,24 @@ def test_report_lines_of_a_real_assessment_name_every_rule_that_fired(monkeypatc
     assert lines[0].startswith("CRITICAL: ")
     assert [line.split()[1] for line in lines[2:]] == [finding["rule"] for finding in findings]
     assert {"age", "min_size"} <= set(finding["rule"] for finding in findings)
+
+
+def test_a_latest_backup_without_globals_is_said_while_backups_are_meant_to_keep_them():
+    records = _series([2, 26], size=2 * MIB)
+    headers = dict((record.object_key, crypto.StreamEncryptor(os.urandom(32)).finalize()[:crypto.HEADER_SIZE])
+                   for record in records)
+    env = {"DB_NAME": "d", "S3_BUCKET": "b", "BACKUP_HOST_ID": "db1"}
+    report = health.check_health(config.settings_from_env(env), store=_Store(headers), now=NOW,
+                                 list_backups=lambda s, st: (records, []), load_metadata=lambda st, r: r.metadata)
+    found = [finding for finding in report["findings"] if finding["rule"] == "globals"]
+    assert [finding["severity"] for finding in found] == ["info"]
+    assert records[0].basename in found[0]["message"] and "BACKUP_GLOBALS" in found[0]["message"]
+    off = health.check_health(config.settings_from_env(dict(env, BACKUP_GLOBALS="false")), store=_Store(headers), now=NOW,
+                              list_backups=lambda s, st: (records, []), load_metadata=lambda st, r: r.metadata)
+    assert not [finding for finding in off["findings"] if finding["rule"] == "globals"]
+    records[0].metadata["globals"] = {"object_key": "k", "size_bytes": 1, "checksum_sha256": "a" * 64, "roles": 2,
+                                      "memberships": 1, "tablespaces": 0, "passwords": "omitted"}
+    kept = health.check_health(config.settings_from_env(env), store=_Store(headers), now=NOW,
+                               list_backups=lambda s, st: (records, []), load_metadata=lambda st, r: r.metadata)
+    assert not [finding for finding in kept["findings"] if finding["rule"] == "globals"]
+    assert "  globals: 2 role(s), 1 membership(s), 0 tablespace(s), passwords omitted" in health.report_lines(kept)

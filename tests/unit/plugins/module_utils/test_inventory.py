@@ -154,7 +154,7 @@ def test_preview_restore_verifies_exactly_the_selected_backup(monkeypatch):
                     "timestamp": "20250801_030000", "target_db": "app_restored_20250801_030000",
                     "expected_table_count": 3, "signature": "valid (key qk1-0123456789abcdef)", "trusted": True,
                     "sql_runs_as": "quankey_restore", "restore_role_exists": True, "target_exists": False,
-                    "source_trusted": False}
+                    "source_trusted": False, "globals": None}
     assert verification == {"checksum_ok": True, "table_count": 3}
 
 

@@ -26,7 +26,7 @@ def test_restore_latest_into_the_default_target(run_module, recorder, monkeypatc
     assert restore.settings.db_name == "quankey_prod"
     assert restore.kwargs == {"backup": "latest", "before": None, "host": None, "db": None, "target_db": None,
                               "force": False, "no_owner": False, "allow_unsigned": False, "allow_seed": False,
-                              "as_admin": False}
+                              "as_admin": False, "with_globals": False}
     assert restore.settings.restore_role == config.DEFAULT_RESTORE_ROLE
     assert result["changed"] is True
     assert result["restore"] == RESTORED
@@ -38,12 +38,12 @@ def test_selection_target_and_flags_reach_the_engine(run_module, recorder, monke
     monkeypatch.setattr(module.restore, "run_restore", restore)
     run_module(module, dict(ARGS, backup="quankey_prod_backup_20250809_030000", before="2025-08-10T00:00:00+02:00",
                             target_db="incident", force=True, no_owner=True, source_host="db2", source_db="other",
-                            allow_unsigned=True, allow_seed=True, restore_as_admin=True))
+                            allow_unsigned=True, allow_seed=True, restore_as_admin=True, with_globals=True))
     assert restore.kwargs == {
         "backup": "quankey_prod_backup_20250809_030000",
         "before": datetime.datetime(2025, 8, 9, 22, 0, 0, tzinfo=datetime.timezone.utc),
         "host": "db2", "db": "other", "target_db": "incident", "force": True, "no_owner": True, "allow_unsigned": True,
-        "allow_seed": True, "as_admin": True}
+        "allow_seed": True, "as_admin": True, "with_globals": True}
 
 
 def test_source_db_alone_is_enough(run_module, recorder, monkeypatch):
@@ -81,7 +81,8 @@ def test_check_mode_verifies_instead_of_restoring(run_module, recorder, monkeypa
     result = run_module(module, dict(ARGS, target_db="t", source_host="db1"), check_mode=True)
     assert restore.calls == []
     assert preview.kwargs == {"backup": "latest", "before": None, "host": "db1", "db": None, "target_db": "t",
-                              "force": False, "allow_unsigned": False, "allow_seed": False, "as_admin": False}
+                              "force": False, "allow_unsigned": False, "allow_seed": False, "as_admin": False,
+                              "with_globals": False}
     assert result["changed"] is True
     assert result["restore"] == plan
     assert result["verification"] == verification

@@ -190,6 +190,8 @@ def age(client, bucket, args):
     metadata.update(name=new_name, timestamp=when.strftime(TS_FORMAT), created_at=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     object_key=new_object_key,
                     envelope=_rewrap(metadata["envelope"], args.host, args.db, old_name, new_name))
+    # its globals object names the backup it belongs to (host, database, name): an aged copy keeps none
+    old_globals = metadata.pop("globals", None)
     metadata = _resign(metadata)
     head = client.head_object(Bucket=bucket, Key=old_object_key)
     client.copy_object(Bucket=bucket, Key=new_object_key, CopySource={"Bucket": bucket, "Key": old_object_key},
@@ -198,6 +200,8 @@ def age(client, bucket, args):
                       Body=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     client.delete_object(Bucket=bucket, Key=old_meta_key)  # uncommit the new-looking copy first
     client.delete_object(Bucket=bucket, Key=old_object_key)
+    if old_globals:
+        client.delete_object(Bucket=bucket, Key=old_globals["object_key"])
     return {"from": old_name, "to": new_name}
 
 

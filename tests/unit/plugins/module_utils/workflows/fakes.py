@@ -38,7 +38,9 @@ NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
 KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes: the test master key
 # The settings of the tests (conftest.py's ``settings``): host db1 backs up database app to bucket backups.
 ENV = {"DB_NAME": "app", "DB_USER": "postgres", "S3_BUCKET": "backups", "BACKUP_ENCRYPTION_KEY": KEY,
-       "BACKUP_HOST_ID": "db1", "BACKUP_COMPRESSION": "gzip"}
+       "BACKUP_HOST_ID": "db1", "BACKUP_COMPRESSION": "gzip",
+       # FakePg has no catalog: the globals are read from and made on real servers (tests/functional/test_globals.py)
+       "BACKUP_GLOBALS": "false"}
 
 
 # --------------------------------------------------------------------------- S3
