@@ -7,11 +7,16 @@
 - ``settings_error``: the engine's verdict on settings a role is about to write, before anything is installed:
   config.Settings' validation (the settings table) and whether new backups can be sealed and signed with those
   keys (keys.KeyContext), in the role's words (``labels``). Messages never hold a secret (errors.py).
+- ``env_extra_error``: the engine's verdict on more lines for an env file (pg_backup_env_extra): each must be a
+  variable the engine uses (config.variable_use: a setting, libpq's pass-through, a process variable), with a value
+  the engine accepts, and none a line the role writes itself. Messages name the variables, never their values.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
+
+import re
 
 from ansible.errors import AnsibleFilterError
 
@@ -84,8 +89,55 @@ def settings_error(values, labels=None, databases=None):
     return ""
 
 
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what the env file's reader (config.parse_env_text) takes as a name
+
+
+def env_extra_error(extra, written=(), labels=None, name="pg_backup_env_extra"):
+    """'' when the engine would use every entry of ``extra`` (variable -> value, more lines for an env file), else
+    what is wrong with each entry that it would not use, in one message naming the entries, never their values.
+
+    Refused: a name that is no variable name; a name in ``written`` (the variables the caller writes itself, which the
+    entry would silently replace) or an older name of one (read only when that is not set); a value that is null or
+    holds a line break; a variable the engine does not use (config.variable_use, with config.NO_EFFECT's hint); a
+    setting's value the engine refuses (config.Settings).
+    ``labels`` (field -> the caller's variable) names what to set instead of a written variable; ``name`` is how the
+    caller calls ``extra``.
+    """
+    if not isinstance(extra, dict):
+        raise AnsibleFilterError("env_extra_error expects a dict of variables, got %s" % type(extra).__name__)
+    by_variable = dict((variable, setting) for setting in config.TABLE for variable in setting.variables)
+    written, labels, problems, settings, unused = set(written or ()), labels or {}, [], {}, False
+    for key in sorted(extra, key=str):
+        value = extra[key]
+        setting = by_variable.get(key)
+        if not isinstance(key, str) or not _NAME_RE.match(key):
+            problems.append("%r is not a variable name: use letters, digits and '_', not starting with a digit" % (key,))
+        elif key in written or (setting is not None and setting.variable in written):
+            instead = labels.get(setting.field if setting is not None else None) or "the role's own variable for it"
+            problems.append("%s is written by the role itself: set %s instead" % (key, instead) if key in written else
+                            "%s is read only when %s is not set, which the role writes itself: set %s instead"
+                            % (key, setting.variable, instead))
+        elif value is None or "\n" in str(value) or "\r" in str(value):
+            what = "no value (null)" if value is None else "a line break"
+            problems.append("%s has %s: give it a one-line value" % (key, what))
+        elif config.variable_use(key) is None:
+            unused = True
+            problems.append("%s is not a variable quankey-backup reads, so it would have no effect%s"
+                            % (key, " (%s)" % config.NO_EFFECT[key] if key in config.NO_EFFECT else ""))
+        elif config.variable_use(key) == "setting":
+            settings[key] = str(value)  # as the env file will hold it (the template writes `value | string`)
+    if settings:
+        try:
+            config.settings_from_env(settings, origin=name)
+        except BackupError as exc:
+            problems.append(str(exc))
+    if not problems:
+        return ""
+    return "%s: %s%s" % (name, "; ".join(problems), ". Accepted are %s" % config.accepted_variables() if unused else "")
+
+
 class FilterModule(object):
     """quankey.backup's filters."""
 
     def filters(self):
-        return {"backup_prefixes": backup_prefixes, "settings_error": settings_error}
+        return {"backup_prefixes": backup_prefixes, "settings_error": settings_error, "env_extra_error": env_extra_error}

@@ -140,7 +140,9 @@ def read_module_env_file(params, environ, warn):
     """``(path, values)`` of the module's env file: ``env_file``, $QUANKEY_ENV_FILE, or the default when it exists.
 
     A file named by the option or the variable must be readable (ConfigError); the default one is skipped, with a
-    warning, when this user may not read it.
+    warning, when this user may not read it. Its process variables (proxies, CA bundle, AWS profile, ...) go into
+    ``environ`` where it does not set them, and each variable the engine does not use is a warning
+    (config.use_env_file).
     """
     given = params.get("env_file") or environ.get(config.ENV_FILE_VARIABLE)
     path = config.env_file_path(given, environ)
@@ -150,7 +152,7 @@ def read_module_env_file(params, environ, warn):
         warn("env file %s is not readable by this user, so its settings are not used: run the task with become, or "
              "set env_file" % path)
         return None, {}
-    values, warnings = config.read_env_file(path, flag=VOCABULARY.flag("env_file"))
+    values, warnings = config.use_env_file(path, environ, flag=VOCABULARY.flag("env_file"))
     for warning in warnings:
         warn(warning)
     return path, values
@@ -180,6 +182,8 @@ def settings_from_params(params, environ=None, warn=None, hide=None):
         for name, value in passthrough.items():
             if "PASSWORD" in name:
                 _hide(hide, value)
+        for secret in config.process_secrets(values):
+            hide(secret)
     return config.settings_from_sources(sources, source="module options", vocabulary=VOCABULARY,
                                         pg_passthrough=passthrough)
 

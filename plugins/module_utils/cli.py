@@ -168,11 +168,15 @@ def env_file_path(env_file, environ):
 
 
 def load_environment(env_file, environ):
-    """The settings' variables: the env file (see :func:`env_file_path`), then the environment, which wins."""
+    """The settings' variables: the env file (see :func:`env_file_path`), then the environment, which wins.
+
+    The file's process variables (config.PROCESS_VARIABLES: proxies, CA bundle, AWS profile, ...) go into ``environ``
+    where it does not set them, for boto3; a variable the engine does not use is a warning (config.use_env_file).
+    """
     values = {}
     path = env_file_path(env_file, environ)
     if path:
-        values, warnings = config.read_env_file(path)
+        values, warnings = config.use_env_file(path, environ)
         for warning in warnings:
             LOG.warning(warning)
     for name in config.READ_VARIABLES:

@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import stat
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .formats import modes, openssl_enc
@@ -273,6 +274,34 @@ VARIABLES = tuple(setting.variable for setting in TABLE)
 READ_VARIABLES = tuple(name for setting in TABLE for name in setting.variables)
 SECRET_VARIABLES = tuple(name for setting in TABLE if setting.secret for name in setting.variables)
 
+# The process variables: what an env file may set for the engine's own process, beside the settings and libpq's
+# pass-through (is_pg_passthrough). Each one an env file holds is put into the process environment unless that
+# sets it already (the environment wins, as for the settings: use_env_file), before any S3 client is made. botocore
+# reads them from os.environ: the proxies through urllib's getproxies and proxy_bypass (HTTP_PROXY for an http://
+# endpoint, HTTPS_PROXY for https://; the lower-case forms win over the upper-case ones), the CA bundle, the shared
+# config and credentials files and their profile, web identity, STS, FIPS and the instance metadata switch; TZ
+# reaches the client programs (adapters/postgres.py child_environment). A name the table reads is a setting, so it
+# is left out here.
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+PROCESS_VARIABLES = tuple(name for name in PROXY_VARIABLES + (
+    "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
+    "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_USE_FIPS_ENDPOINT", "AWS_EC2_METADATA_DISABLED", "TZ") if name not in READ_VARIABLES)
+# Variables people set expecting an effect this engine does not give them, and what to set instead. (The S3
+# client's own retry settings win over AWS_MAX_ATTEMPTS and AWS_RETRY_MODE; botocore verifies with its own CA
+# bundle, not OpenSSL's SSL_CERT_FILE.)
+NO_EFFECT = {
+    "AWS_MAX_ATTEMPTS": "the engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS",
+    "AWS_RETRY_MODE": "the engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS",
+    "SSL_CERT_FILE": "boto3 does not read it: use AWS_CA_BUNDLE",
+    "AWS_ENDPOINT_URL": "use S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3": "use S3_ENDPOINT_URL",
+    "PGHOST": "use DB_HOST",
+    "PGPORT": "use DB_PORT",
+    "PGUSER": "use DB_USER",
+    "PGDATABASE": "use DB_NAME",
+}
+
 # How the host command says its switches; a module says its options instead (ansible_common.py).
 COMMAND_FLAGS = {
     "backup": "--backup", "target_db": "--target-db", "force": "--force", "no_owner": "--no-owner",
@@ -488,6 +517,61 @@ def is_pg_passthrough(name):
     return name.startswith(PG_PASSTHROUGH_PREFIXES) or name in PG_PASSTHROUGH_NAMES
 
 
+def variable_use(name):
+    """What the engine does with a variable of an env file: 'setting' (a row of :data:`TABLE` reads it), 'libpq'
+    (passed to the client programs, :func:`is_pg_passthrough`), 'process' (:data:`PROCESS_VARIABLES`), or None."""
+    if name in READ_VARIABLES:
+        return "setting"
+    if is_pg_passthrough(name):
+        return "libpq"
+    if name in PROCESS_VARIABLES:
+        return "process"
+    return None
+
+
+def accepted_variables():
+    """In words, what :func:`variable_use` accepts, for messages."""
+    return ("the settings of docs/CLI.md, libpq's %s* and %s, and the process variables %s"
+            % ("*, ".join(PG_PASSTHROUGH_PREFIXES), ", ".join(PG_PASSTHROUGH_NAMES), ", ".join(PROCESS_VARIABLES)))
+
+
+def unused_variable_warning(name, path):
+    """The warning for a variable of the env file ``path`` that the engine does not use (never its value)."""
+    hint = NO_EFFECT.get(name) or "remove it; docs/CLI.md says which variables an env file may set"
+    return "%s in %s is not a variable quankey-backup reads: it has no effect (%s)" % (name, path, hint)
+
+
+def _set_in(environ, name):
+    """Whether ``environ`` sets ``name`` (not empty); a proxy variable in either case (urllib reads both)."""
+    names = (name.upper(), name.lower()) if name in PROXY_VARIABLES else (name,)
+    return any(not _unset(environ.get(each)) for each in names)
+
+
+def export_process_variables(values, environ=None):
+    """Put each process variable of ``values`` (an env file's) into ``environ`` (default ``os.environ``), unless
+    ``environ`` sets it already: the process environment wins, as for the settings. Returns the names put."""
+    environ = os.environ if environ is None else environ
+    put = []
+    for name in PROCESS_VARIABLES:
+        if not _unset(values.get(name)) and not _set_in(environ, name):
+            environ[name] = values[name]
+            put.append(name)
+    return put
+
+
+def process_secrets(values):
+    """The secrets the process variables of ``values`` may hold (a proxy URL's password), for masking."""
+    found = []
+    for name in PROXY_VARIABLES:
+        try:
+            password = urlsplit(values.get(name) or "").password
+        except ValueError:  # not a URL urllib can split (no password to find in it)
+            password = None
+        if password:
+            found.append(password)
+    return found
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -572,7 +656,8 @@ def parse_env_text(text, origin="env file"):
 
 
 def read_env_file(path, flag="--env-file"):
-    """Read an env file; returns (values, warnings). A group/world-readable file is a warning.
+    """Read an env file; returns (values, warnings). A group/world-readable file is a warning, and so is each
+    variable the engine does not use (:func:`variable_use`), by name.
 
     ``flag``: how the caller names the option that chooses the file, for the message when it is missing.
     """
@@ -591,7 +676,21 @@ def read_env_file(path, flag="--env-file"):
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append("env file %s is mode %04o and holds secrets: chmod 0600 %s"
                         % (path, stat.S_IMODE(info.st_mode), path))
-    return parse_env_text(text, origin=path), warnings
+    values = parse_env_text(text, origin=path)
+    warnings.extend(unused_variable_warning(name, path) for name in values if variable_use(name) is None)
+    return values, warnings
+
+
+def use_env_file(path, environ=None, flag="--env-file"):
+    """Read the env file of a run (:func:`read_env_file`: ``(values, warnings)``) and put its process variables into
+    ``environ`` (default ``os.environ``) where it does not set them (:func:`export_process_variables`).
+
+    The host command (cli.py) and the modules' ``env_file`` (ansible_common.py) both read their file here, once per
+    run and before any S3 client is made, so boto3 sees what the file says.
+    """
+    values, warnings = read_env_file(path, flag)
+    export_process_variables(values, environ)
+    return values, warnings
 
 
 def env_file_path(given, environ):

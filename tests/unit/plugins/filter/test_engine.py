@@ -29,7 +29,7 @@ LABELS = {"host_id": "pg_backup_host_id", "encryption_key": "pg_backup_encryptio
 
 
 def test_the_filters_are_registered():
-    assert set(engine.FilterModule().filters()) == {"backup_prefixes", "settings_error"}
+    assert set(engine.FilterModule().filters()) == {"backup_prefixes", "settings_error", "env_extra_error"}
 
 
 @pytest.mark.parametrize("prefix", ["", "prod", "/prod/", "a/b/"])
@@ -104,3 +104,105 @@ def test_the_pg_backup_role_gives_the_engine_settings_it_knows_each_with_a_label
     for field, label in labels.items():
         assert label.startswith("pg_backup_"), field
         assert field == "schedule" or label in given.get(field, label), field  # the variable it names is the one read
+
+
+# -- env_extra_error: pg_backup_env_extra holds only what the engine uses ---------------------------------------
+
+PREFLIGHT = os.path.join(os.path.dirname(ROLE_VARS), "..", "tasks", "preflight.yml")
+
+
+def _role_vars():
+    with open(ROLE_VARS) as handle:
+        return yaml.safe_load(handle)
+
+
+def test_every_kind_of_variable_the_engine_uses_is_accepted():
+    extra = {"HTTPS_PROXY": "http://user:pw@proxy:3128", "no_proxy": "169.254.169.254,.internal",
+             "AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem", "PGSSLROOTCERT": "/etc/quankey/root.crt",
+             "PGSERVICEFILE": "/etc/quankey/pg_service.conf", "AWS_SESSION_TOKEN": "to ken",
+             "BACKUP_DECRYPTION_KEYS": KEY, "BACKUP_ALLOW_SEED": True, "AWS_REGION": "eu-west-1", "TZ": "Europe/Berlin",
+             "AWS_USE_FIPS_ENDPOINT": True}
+    assert engine.env_extra_error(extra) == ""
+    assert engine.env_extra_error({}) == ""
+    assert engine.env_extra_error(dict((name, "x") for name in config.PROCESS_VARIABLES)) == ""
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"BLAH": "x"}, "BLAH is not a variable quankey-backup reads, so it would have no effect. Accepted are the settings"),
+    ({"AWS_MAX_ATTEMPTS": 10}, "AWS_MAX_ATTEMPTS is not a variable quankey-backup reads, so it would have no effect (the "
+                               "engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS)"),
+    ({"SSL_CERT_FILE": "/ca.pem"}, "use AWS_CA_BUNDLE"),
+    ({"PGHOST": "db.internal"}, "PGHOST is not a variable quankey-backup reads, so it would have no effect (use DB_HOST)"),
+    ({"1ST": "x"}, "'1ST' is not a variable name: use letters, digits and '_', not starting with a digit"),
+    ({"HTTPS-PROXY": "x"}, "'HTTPS-PROXY' is not a variable name"),
+    ({"": "x"}, "'' is not a variable name"),
+    ({"NO_PROXY": None}, "NO_PROXY has no value (null): give it a one-line value"),
+    ({"HTTPS_PROXY": "http://a\nDB_HOST=evil"}, "HTTPS_PROXY has a line break: give it a one-line value"),
+    ({"BACKUP_RETENTION_DAYS": "forever"}, "BACKUP_RETENTION_DAYS in pg_backup_env_extra must be a whole number"),
+    ({"BACKUP_ALLOW_SEED": "maybe"}, "BACKUP_ALLOW_SEED in pg_backup_env_extra must be true or false"),
+])
+def test_what_the_engine_would_not_use_is_refused_by_name(extra, words):
+    message = engine.env_extra_error(extra)
+    assert message.startswith("pg_backup_env_extra: ") and words in message
+    assert ("Accepted are" in message) == ("would have no effect" in message)
+
+
+def test_a_refusal_names_every_bad_entry_and_no_value():
+    message = engine.env_extra_error({"BLAH": "s3cr3t-value", "FOO": "other-s3cr3t", "HTTPS_PROXY": "http://ok:3128",
+                                      "PGPASSFILE": "/root/.pgpass"})
+    assert "BLAH is not" in message and "FOO is not" in message and "PGPASSFILE is not" in message
+    assert "s3cr3t" not in message and "HTTPS_PROXY is" not in message and "/root" not in message
+    assert all(name in message for name in config.PROCESS_VARIABLES)  # what is accepted instead
+
+
+def test_an_entry_that_would_replace_a_line_the_role_writes_names_the_variable_to_set():
+    role_vars = _role_vars()
+    labels = dict(role_vars["_pg_backup_engine_labels"], **role_vars["_pg_backup_env_written_labels"])
+    fields = dict((setting.variable, setting.field) for setting in config.TABLE)
+    for name in role_vars["_pg_backup_env_names"]:
+        message = engine.env_extra_error({name: "x"}, role_vars["_pg_backup_env_names"], labels)
+        assert message == "pg_backup_env_extra: %s is written by the role itself: set %s instead" % (
+            name, labels[fields[name]]), name
+        assert labels[fields[name]].startswith("pg_backup_")
+
+
+def test_an_older_name_of_a_variable_the_role_writes_is_refused_too():
+    role_vars = _role_vars()
+    labels = dict(role_vars["_pg_backup_engine_labels"], **role_vars["_pg_backup_env_written_labels"])
+    for older, newer, label in (("AWS_REGION", "AWS_DEFAULT_REGION", "pg_backup_s3_region"),
+                                ("AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "pg_backup_aws_access_key_id"),
+                                ("AWS_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "pg_backup_aws_secret_access_key")):
+        assert engine.env_extra_error({older: "x"}, role_vars["_pg_backup_env_names"], labels) == (
+            "pg_backup_env_extra: %s is read only when %s is not set, which the role writes itself: set %s instead"
+            % (older, newer, label))
+    # one the role does not write the newer name of is taken
+    assert engine.env_extra_error({"AWS_SECURITY_TOKEN": "t"}, role_vars["_pg_backup_env_names"], labels) == ""
+
+
+def test_the_pg_backup_roles_preflight_asks_the_filter_with_the_roles_lists():
+    with open(PREFLIGHT) as handle:
+        tasks = yaml.safe_load(handle)
+    check = [task for task in tasks if "pg_backup_env_extra" in task["name"]]
+    assert len(check) == 1 and check[0]["ansible.builtin.assert"]["that"] == "__pg_backup_env_extra_error | length == 0"
+    expression = " ".join(check[0]["vars"]["__pg_backup_env_extra_error"].split())
+    assert ("pg_backup_env_extra | quankey.backup.env_extra_error(_pg_backup_env_names, _pg_backup_engine_labels | "
+            "combine(_pg_backup_env_written_labels))") in expression
+    # every line the role writes is a variable the engine reads
+    assert [name for name in _role_vars()["_pg_backup_env_names"] if config.variable_use(name) != "setting"] == []
+
+
+def test_env_extra_that_is_no_dict_is_the_callers_bug():
+    with pytest.raises(AnsibleFilterError):
+        engine.env_extra_error(["HTTPS_PROXY"])
+
+
+def test_the_filters_doc_and_the_roles_argument_spec_name_every_process_variable():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "..", "..", "plugins", "filter", "env_extra_error.yml")) as handle:
+        doc = " ".join(yaml.safe_load(handle)["DOCUMENTATION"]["description"])
+    with open(os.path.join(os.path.dirname(ROLE_VARS), "..", "meta", "argument_specs.yml")) as handle:
+        spec = yaml.safe_load(handle)["argument_specs"]["main"]["options"]["pg_backup_env_extra"]
+    for text in (doc, " ".join(spec["description"])):
+        # the lower-case proxy variables are "their lower-case forms"
+        assert [name for name in config.PROCESS_VARIABLES if name.isupper() and "C(%s)" % name not in text] == []
+        assert "lower-case forms" in text

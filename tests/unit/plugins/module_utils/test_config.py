@@ -242,3 +242,96 @@ def test_a_missing_env_file_names_the_callers_option(tmp_path):
         config.read_env_file(str(tmp_path / "nope.env"), flag="the env_file option")
     with pytest.raises(ConfigError, match="is a directory"):
         config.read_env_file(str(tmp_path))
+
+
+# -- what an env file may hold beside the settings: libpq's pass-through and the process variables ----------------
+
+# The variables the seed's scripts read (its README, /etc/quankey/backup.env and the monitor's OUTPUT_JSON, the
+# restore's BACKUP_FILE): an env file the seed wrote holds them, and the engine reads every one.
+SEED_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                  "S3_BUCKET", "BACKUP_ENCRYPTION_KEY", "BACKUP_RETENTION_DAYS", "BACKUP_FILE", "OUTPUT_JSON")
+
+
+def _private(tmp_path, text, name="backup.env"):
+    path = tmp_path / name
+    path.write_text(text)
+    os.chmod(str(path), 0o600)
+    return str(path)
+
+
+def test_each_variable_has_one_use_and_the_process_variables_are_no_settings():
+    assert config.variable_use("DB_PORT") == config.variable_use("AWS_REGION") == "setting"
+    assert config.variable_use("PGSSLROOTCERT") == config.variable_use("PGSYSCONFDIR") == "libpq"
+    assert config.variable_use("HTTPS_PROXY") == config.variable_use("no_proxy") == "process"
+    assert config.variable_use("AWS_CA_BUNDLE") == config.variable_use("TZ") == "process"
+    assert config.variable_use("BLAH") is config.variable_use("PGHOST") is config.variable_use("https_PROXY") is None
+    assert not set(config.PROCESS_VARIABLES) & set(config.READ_VARIABLES)
+    assert not [name for name in config.PROCESS_VARIABLES if config.is_pg_passthrough(name)]
+    assert set(config.PROXY_VARIABLES) <= set(config.PROCESS_VARIABLES)
+    assert len(set(config.PROCESS_VARIABLES)) == len(config.PROCESS_VARIABLES)
+    # a variable with no effect here has a hint, and is not accepted (the engine would ignore it)
+    assert [name for name in config.NO_EFFECT if config.variable_use(name) is not None] == []
+
+
+def test_the_env_files_process_variables_fill_the_environment_which_wins():
+    environ = {"NO_PROXY": "from-env", "TZ": "", "PATH": "/bin"}
+    put = config.export_process_variables({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "from-file", "TZ": "UTC",
+                                           "AWS_CA_BUNDLE": "", "DB_HOST": "h", "BLAH": "x"}, environ)
+    assert sorted(put) == ["HTTPS_PROXY", "TZ"]
+    assert environ == {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "from-env", "TZ": "UTC", "PATH": "/bin"}
+
+
+@pytest.mark.parametrize("already", ["https_proxy", "HTTPS_PROXY"])
+def test_a_proxy_the_environment_sets_in_either_case_is_not_replaced(already):
+    # urllib reads both cases and the lower-case one wins: the file's must not beat the environment's in either
+    environ = {already: "http://mine:8080"}
+    assert config.export_process_variables({"HTTPS_PROXY": "http://file:3128", "https_proxy": "http://file:3128"},
+                                           environ) == []
+    assert environ == {already: "http://mine:8080"}
+
+
+def test_the_process_environment_is_the_default(monkeypatch):
+    monkeypatch.setenv("AWS_CA_BUNDLE", "")  # empty is not set (as for the settings); undone after the test
+    assert config.export_process_variables({"AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem"}) == ["AWS_CA_BUNDLE"]
+    assert os.environ["AWS_CA_BUNDLE"] == "/etc/ssl/s3-ca.pem"
+
+
+def test_use_env_file_reads_warns_and_exports_in_one_call(tmp_path):
+    path = _private(tmp_path, "DB_NAME=d\nHTTP_PROXY=http://proxy:3128\nPGSSLROOTCERT=/r.crt\nBLAH='the secret'\n")
+    environ = {"HOME": "/root"}
+    values, warnings = config.use_env_file(path, environ)
+    assert values["DB_NAME"] == "d" and values["BLAH"] == "the secret"
+    assert environ == {"HOME": "/root", "HTTP_PROXY": "http://proxy:3128"}  # no setting, no libpq variable, no BLAH
+    assert warnings == ["BLAH in %s is not a variable quankey-backup reads: it has no effect (remove it; docs/CLI.md "
+                        "says which variables an env file may set)" % path]
+
+
+def test_each_unused_variable_is_warned_once_by_name_never_by_value(tmp_path):
+    path = _private(tmp_path, "AWS_MAX_ATTEMPTS=10\nPGHOST=db.internal\nBLAH=s3cr3t\nBLAH=again\nS3_BUCKET=b\n")
+    warnings = config.read_env_file(path)[1]
+    assert [warning.split(" ", 1)[0] for warning in warnings] == ["AWS_MAX_ATTEMPTS", "PGHOST", "BLAH"]
+    assert "use S3_RETRY_WINDOW_SECONDS" in warnings[0] and "use DB_HOST" in warnings[1]
+    assert all("in %s is not a variable quankey-backup reads: it has no effect" % path in warning for warning in warnings)
+    assert not [warning for warning in warnings if "s3cr3t" in warning or "db.internal" in warning]
+
+
+def test_what_the_engine_uses_is_never_warned_of(tmp_path):
+    names = SEED_VARIABLES + config.READ_VARIABLES + config.PROCESS_VARIABLES + ("PGSSLMODE", "PGSERVICEFILE",
+                                                                                 "PGSYSCONFDIR")
+    path = _private(tmp_path, "".join("%s=x\n" % name for name in names))
+    assert config.read_env_file(path)[1] == []
+
+
+def test_a_proxy_urls_password_is_a_secret_to_mask():
+    assert config.process_secrets({"HTTPS_PROXY": "http://user:pa%24s@proxy:3128", "http_proxy": "http://proxy:3128",
+                                   "NO_PROXY": "localhost", "AWS_CA_BUNDLE": "http://x:not-a-proxy@y"}) == ["pa%24s"]
+    assert config.process_secrets({"HTTPS_PROXY": "http://[broken"}) == []
+
+
+def test_the_cli_doc_names_every_process_variable_and_each_that_has_no_effect():
+    with open(CLI_DOC) as handle:
+        section = handle.read().split("\n### Proxies, CA bundle, AWS profile: process variables\n", 1)[1]
+    section = section.split("\n#", 1)[0]
+    named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section))
+    assert set(config.PROCESS_VARIABLES) <= named
+    assert set(config.NO_EFFECT) <= named
