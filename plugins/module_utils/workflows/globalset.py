@@ -88,13 +88,13 @@ class GlobalsRestore:
     def __init__(self, pg, document, force, privileged):
         self.pg = pg
         self.document = document
-        self.force = force
-        self.privileged = privileged
         self.server = None
         self.report = {}
+        self._statements = []  # role_plan's SQL, run by create_roles
         if document is not None:
             self.server = pgglobals.server_roles(pg, document)
-            _statements, self.report = pgglobals.role_plan(document, self.server, force=force, privileged=privileged)
+            self._statements, self.report = pgglobals.role_plan(document, self.server, force=force,
+                                                                privileged=privileged)
             self.report["missing_tablespaces"] = pgglobals.missing_tablespaces(document, self.server)
             self.report["settings_applied"] = 0
             self.report["passwords"] = document["passwords"]
@@ -107,8 +107,6 @@ class GlobalsRestore:
         """Create the missing roles (and, with force, set the existing ones), in one transaction."""
         if self.document is None:
             return
-        statements, _report = pgglobals.role_plan(self.document, self.server, force=self.force,
-                                                  privileged=self.privileged)
         for skipped in self.report["skipped"]:
             LOG.warning("--with-globals: %s", skipped)
         if self.report["missing_tablespaces"]:
@@ -118,8 +116,8 @@ class GlobalsRestore:
         if self.document["passwords"] != "included":
             LOG.warning("--with-globals: backup's globals hold no passwords (the backup user could not read them): "
                         "set the created login roles' passwords (ALTER ROLE ... PASSWORD)")
-        if statements:
-            self.pg.query(pgglobals.transaction(statements), step="globals")
+        if self._statements:
+            self.pg.query(pgglobals.transaction(self._statements), step="globals")
         if self.report["created_roles"]:
             LOG.info("--with-globals: created role(s) %s", ", ".join(self.report["created_roles"]))
 

@@ -297,7 +297,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
 
     ``with_globals``: first create the roles the backup's globals hold that this server lacks (a
     signed backup only; an existing role changes only with ``force``), and afterwards give the
-    restored database the source's owner, ACL and settings (:func:`_restore_globals`). Roles it
+    restored database the source's owner, ACL and settings (workflows/globalset.py, :class:`GlobalsRestore`). Roles it
     created are dropped again when the restore fails.
 
     ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
