@@ -128,14 +128,19 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
     """A throwaway PostgreSQL cluster: password (SCRAM) auth, free loopback port, temp dir.
 
     As root (initdb refuses to run as root) the server runs as the ``postgres`` OS user.
+    With ``tls`` (a tests/testca.py TestCA) it is a TLS-only server: see ``_configure_tls``.
     """
 
     host = LOOPBACK
     user = "postgres"
 
-    def __init__(self, bindir=None, port=None):
+    def __init__(self, bindir=None, port=None, tls=None, cert_users=()):
         self.bindir = Path(bindir) if bindir else find_pg_bindir()
         self.port = port
+        # tls: a tests/testca.py TestCA. The server then takes TCP connections over TLS only (its certificate for
+        # localhost and 127.0.0.1, hostssl lines only, hostnossl rejected); cert_users log in by client certificate.
+        self.tls = tls
+        self.cert_users = tuple(cert_users)
         self.password = secrets.token_urlsafe(24)
         self.tmpdir = self.datadir = self.socket_dir = self.logfile = None
         self.owner_pid = os.getpid()
@@ -189,8 +194,12 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
                 _LIVE.remove(self)
 
     def env(self):
-        """Return the libpq environment for this cluster (PGHOST, PGPORT, PGUSER, PGPASSWORD)."""
-        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGPASSWORD": self.password}
+        """Return the libpq environment for this cluster (PGHOST, PGPORT, PGUSER, PGPASSWORD; for a TLS cluster
+        PGSSLMODE=verify-full and PGSSLROOTCERT, its CA)."""
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGPASSWORD": self.password}
+        if self.tls is not None:
+            env.update(PGSSLMODE="verify-full", PGSSLROOTCERT=str(self.tls.cert))
+        return env
 
     def psql(self, sql, db="postgres"):
         """Run SQL with psql (password in the environment only) and return its stdout; raise on failure."""
@@ -260,8 +269,28 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
         socket_dir = str(self.socket_dir).replace("'", "''")
         settings = (f"port = {self.port}", f"listen_addresses = '{LOOPBACK}'", f"unix_socket_directories = '{socket_dir}'",
                     "fsync = off", "synchronous_commit = off", "full_page_writes = off")
+        if self.tls is not None:
+            settings += self._configure_tls()
         with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write("\n# quankey test bed\n" + "\n".join(settings) + "\n")
+
+    def _configure_tls(self):
+        """Give the server its certificate (copies it may read: the key mode 0600, its own) and a pg_hba.conf of
+        hostssl lines only; returns the postgresql.conf lines that turn TLS on."""
+        issued = self.tls.server("pg-server")
+        files = {"server.crt": (issued.cert, 0o644), "server.key": (issued.key, 0o600), "root.crt": (self.tls.cert, 0o644)}
+        for name, (source, mode) in files.items():
+            target = self.datadir / name
+            shutil.copyfile(source, target)
+            os.chmod(target, mode)
+            if self._run_as:
+                os.chown(target, *self._run_as)
+        lines = ["# quankey test bed: TCP over TLS only",
+                 "hostnossl all all 0.0.0.0/0 reject", "hostnossl all all ::/0 reject"]
+        lines += [f"hostssl all {user} 127.0.0.1/32 cert" for user in self.cert_users]
+        lines += ["hostssl all all 127.0.0.1/32 scram-sha-256", "hostssl all all ::1/128 scram-sha-256"]
+        (self.datadir / "pg_hba.conf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return ("ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'", "ssl_ca_file = 'root.crt'")
 
     @staticmethod
     def _kill_postmaster(pidfile):

@@ -22,8 +22,8 @@ options:
       - The settings that have no option are read from it too (C(BACKUP_MIN_KEEP), C(BACKUP_LOCK_WAIT_TIMEOUT),
         C(S3_RETRY_WINDOW_SECONDS)), and its libpq variables C(PGSSL*), C(PGSERVICE*) and C(PGSYSCONFDIR) reach the
         PostgreSQL client programs, as they do for the command.
-      - Its process variables (C(HTTPS_PROXY), C(HTTP_PROXY), C(NO_PROXY), C(AWS_CA_BUNDLE), C(AWS_PROFILE), ... - the
-        list is in the command's docs/CLI.md) are put into the module's environment for boto3, unless that environment
+      - Its process variables (C(HTTPS_PROXY), C(HTTP_PROXY), C(NO_PROXY), C(AWS_CONFIG_FILE), C(AWS_ROLE_ARN), ... -
+        the list is in the command's docs/CLI.md) are put into the module's environment for boto3, unless that environment
         sets them. Any other variable in the file has no effect and gives a warning naming it.
       - Defaults to C(/etc/quankey/backup.env) when that file exists; when this user may not read it, it is skipped
         with a warning (use C(become)). A file named here must exist and be readable.

@@ -51,6 +51,32 @@ options:
       - If not set, the environment variable E(DB_SSLMODE) is used.
     type: str
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description:
+      - Absolute path, on the managed host, of a file of CA certificates (PEM) the server's certificate must be signed
+        by (libpq's C(sslrootcert)). With O(ssl_mode=verify-ca) or O(ssl_mode=verify-full) and no O(ca_cert), libpq
+        looks for C(~/.postgresql/root.crt) of the user the task runs as.
+      - It must exist and be readable before any client program runs. It reaches C(pg_dump), C(pg_restore) and C(psql)
+        as C(PGSSLROOTCERT) in their environment and wins over a C(PGSSLROOTCERT) of the environment or O(env_file).
+      - If not set, the environment variable E(DB_SSLROOTCERT) is used.
+    type: path
+    aliases: [ssl_rootcert]
+  ssl_cert:
+    description:
+      - Absolute path, on the managed host, of the client certificate (PEM) presented to the server (libpq's
+        C(sslcert)), for C(cert) authentication in C(pg_hba.conf) or C(clientcert=verify-full).
+      - It reaches the client programs as C(PGSSLCERT) and wins over a C(PGSSLCERT) of the environment or O(env_file).
+      - If not set, the environment variable E(DB_SSLCERT) is used.
+    type: path
+  ssl_key:
+    description:
+      - Absolute path, on the managed host, of the private key of O(ssl_cert) (libpq's C(sslkey)).
+      - libpq refuses a key others can read, so it is refused before any client program runs unless it is mode
+        C(0600) (or stricter) and owned by the user the task runs as, or owned by root with mode C(0640) and readable
+        by that user's group.
+      - It reaches the client programs as C(PGSSLKEY) and wins over a C(PGSSLKEY) of the environment or O(env_file).
+      - If not set, the environment variable E(DB_SSLKEY) is used.
+    type: path
   maintenance_db:
     description:
       - Database to connect to for server-wide work, such as creating the database a restore goes into. Defaults to

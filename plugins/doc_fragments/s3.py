@@ -31,8 +31,11 @@ options:
     type: str
   region:
     description:
-      - AWS region of the bucket. Defaults to V(us-east-1).
+      - AWS region of the bucket.
       - If not set, the environment variables E(AWS_DEFAULT_REGION) and E(AWS_REGION) are used, in that order.
+      - Without either, botocore's own chain decides (the region of O(profile) or of the default profile in the AWS
+        config file on the managed host); only when that names none either, V(us-east-1) is used. The instance
+        metadata service is not asked.
     type: str
     aliases: [aws_region]
   endpoint_url:
@@ -43,25 +46,65 @@ options:
     aliases: [aws_endpoint_url]
   access_key:
     description:
-      - AWS access key ID. Without it (and without O(secret_key)) boto3 finds credentials the usual way,
-        for example from an instance profile.
+      - AWS access key ID. Without it (and without O(secret_key) and O(profile)) boto3 finds credentials the usual
+        way, the recommended one first - an instance role, or web identity (C(AWS_ROLE_ARN) and
+        C(AWS_WEB_IDENTITY_TOKEN_FILE), for example IRSA on EKS).
+      - The O(access_key), O(secret_key) and O(session_token) options are mutually exclusive with O(profile).
       - If not set, the environment variables E(AWS_ACCESS_KEY_ID) and E(AWS_ACCESS_KEY) are used, in that order.
     type: str
-    aliases: [aws_access_key_id]
+    aliases: [aws_access_key_id, aws_access_key]
   secret_key:
     description:
       - AWS secret access key.
       - If not set, the environment variables E(AWS_SECRET_ACCESS_KEY) and E(AWS_SECRET_KEY) are used, in that order.
       - This value is a secret and is never logged.
     type: str
-    aliases: [aws_secret_access_key]
+    aliases: [aws_secret_access_key, aws_secret_key]
   session_token:
     description:
-      - AWS session token, for temporary credentials.
+      - AWS STS session token, for temporary credentials.
       - If not set, the environment variables E(AWS_SESSION_TOKEN) and E(AWS_SECURITY_TOKEN) are used, in that order.
       - This value is a secret and is never logged.
     type: str
     aliases: [aws_session_token]
+  profile:
+    description:
+      - A named profile of the AWS config and credentials files on the managed host (C(~/.aws/config) and
+        C(~/.aws/credentials) of the user the module runs as, or the files the environment variables
+        C(AWS_CONFIG_FILE) and C(AWS_SHARED_CREDENTIALS_FILE) name). Its credentials, region, C(ca_bundle),
+        C(max_attempts) and C(retry_mode) are used where nothing else sets them.
+      - Mutually exclusive with O(access_key), O(secret_key) and O(session_token), wherever each is set. A profile
+        that is in neither file fails the task naming both files.
+      - If not set, the environment variables E(AWS_PROFILE) and E(AWS_DEFAULT_PROFILE) are used, in that order.
+    type: str
+    aliases: [aws_profile]
+  aws_ca_bundle:
+    description:
+      - A PEM file on the managed host of the CA certificates the S3 endpoint's TLS certificate is checked against
+        (a private CA in front of an S3-compatible store, a TLS-inspecting proxy). It must exist when the task runs.
+        Defaults to botocore's own bundle (or C(ca_bundle) of O(profile), or C(REQUESTS_CA_BUNDLE)).
+      - If not set, the environment variable E(AWS_CA_BUNDLE) is used.
+    type: path
+  validate_certs:
+    description:
+      - When V(false), the S3 endpoint's TLS certificate is not checked at all, and the task warns. Strongly
+        discouraged; set O(aws_ca_bundle) instead. Defaults to V(true).
+      - If not set, the environment variable E(S3_VALIDATE_CERTS) is used.
+    type: bool
+  aws_config:
+    description:
+      - 'Parameters of the S3 client''s botocore Config
+        (U(https://botocore.amazonaws.com/v1/documentation/api/latest/reference/config.html)), for example
+        V({"retries": {"max_attempts": 10, "mode": "adaptive"}, "connect_timeout": 5, "read_timeout": 60}). A name that
+        is no parameter of botocore''s Config fails the task.'
+      - C(retries) here, else the environment variables C(AWS_MAX_ATTEMPTS) and C(AWS_RETRY_MODE), else the profile's
+        C(max_attempts) and C(retry_mode), turn botocore's own retries on (mode V(standard) unless one names
+        another); the collection's retries (C(S3_RETRY_WINDOW_SECONDS)) still try a request again that fails after
+        botocore's attempts, until their window ends (V(0) leaves botocore's alone). Without them every retry is the
+        collection's, each logged. C(connect_timeout) and C(read_timeout) replace the timeouts the retry window
+        gives (10 and 120 seconds, shorter with a short window).
+      - If not set, the environment variable E(S3_CLIENT_CONFIG) is used (a JSON object).
+    type: dict
 requirements:
   - boto3 >= 1.26
 """

@@ -52,7 +52,7 @@ MODULE_FLAGS = {
 VOCABULARY = config.Vocabulary(options=True, flags=MODULE_FLAGS)
 ENVIRONMENT = "the module's environment"  # where a setting read from the module's environment variables was set
 
-_TYPES = {"str": "str", "choice": "str", "int": "int", "bool": "bool", "list": "list", "path": "path"}
+_TYPES = {"str": "str", "choice": "str", "int": "int", "bool": "bool", "list": "list", "path": "path", "dict": "dict"}
 
 # Python libraries a module may need: name -> (engine module, HAS_ flag, import error attribute).
 _LIBRARIES = {
@@ -199,7 +199,10 @@ def _hide(hide, value):
 
 def module_settings(module):
     """:func:`settings_from_params` of an AnsibleModule: its warnings, and its secrets masked in its results."""
-    return settings_from_params(module.params, os.environ, module.warn, module.no_log_values.add)
+    settings = settings_from_params(module.params, os.environ, module.warn, module.no_log_values.add)
+    if not settings.validate_certs:
+        module.warn(s3.unverified_tls_warning(settings.endpoint_url, settings.label))
+    return settings
 
 
 def require_libraries(module, *names):

@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
 import re
 import socket
@@ -47,6 +48,8 @@ DEFAULT_RESTORE_ROLE = "quankey_restore"
 DEFAULT_RETRY_WINDOW = 300
 # Seconds pg_dump waits for a table's lock (held by a migration's ALTER TABLE, say) before the backup fails.
 DEFAULT_LOCK_WAIT_TIMEOUT = 300
+# botocore's retry modes (AWS_RETRY_MODE); its own retries are off unless one of these settings asks for them.
+RETRY_MODES = ("legacy", "standard", "adaptive")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -56,6 +59,10 @@ _ROLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # from the environment and from the env file. Every other PG* variable is replaced by what the settings say.
 PG_PASSTHROUGH_PREFIXES = ("PGSSL", "PGSERVICE")
 PG_PASSTHROUGH_NAMES = ("PGSYSCONFDIR",)
+# The libpq variables the TLS settings become in the client programs' environment (Settings.pg_environment). A setting
+# wins over the same variable passed through: DB_SSLROOTCERT over a PGSSLROOTCERT of the environment or env file.
+PG_SETTING_VARIABLES = (("db_sslmode", "PGSSLMODE"), ("db_ca_cert", "PGSSLROOTCERT"), ("db_ssl_cert", "PGSSLCERT"),
+                        ("db_ssl_key", "PGSSLKEY"))
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 # Option groups: each is a doc fragment and an argument-spec builder in ansible_common.py that every module takes.
@@ -64,7 +71,7 @@ POSTGRES, S3, ENCRYPTION = "postgres", "s3", "encryption"
 MODULE = "module"
 # Variables of the host command that are no setting of the engine (no Settings field, no module option).
 COMMAND = "command"
-KINDS = ("str", "int", "bool", "list", "path", "choice")
+KINDS = ("str", "int", "bool", "list", "path", "choice", "dict")
 
 
 class Setting:
@@ -138,6 +145,8 @@ class Setting:
             value = _boolean(label, value)
         elif self.kind == "choice" and value not in self.choices:
             raise ConfigError("%s %r %s: choose one of %s" % (label, value, self.problem, ", ".join(self.choices)))
+        elif self.kind == "dict":
+            value = _mapping(label, value)
         if self.check is not None:
             value = self.check(label, value)
         return value
@@ -155,6 +164,15 @@ def _matching(pattern, rule):
 def _database_name(label, value):
     if "/" in value or not value.strip():
         raise ConfigError("%s %r is not usable in S3 keys: it may not be empty or contain '/'" % (label, value))
+    return value
+
+
+def _absolute_path(label, value):
+    """A file of the managed host libpq reads (TLS): named from /, since a relative name would depend on the directory
+    the program runs in. Whether it exists is checked where it is used (adapters/postgres.py check_tls_files)."""
+    if not os.path.isabs(value):
+        raise ConfigError("%s %r is not an absolute path: name the file from / (e.g. /etc/quankey/pg-ca.crt)"
+                          % (label, value))
     return value
 
 
@@ -184,6 +202,13 @@ TABLE = (
             meaning="its password (to libpq in the environment, never on a command line)"),
     Setting("db_sslmode", "DB_SSLMODE", "choice", option="ssl_mode", group=POSTGRES, choices=SSL_MODES,
             problem="is not a libpq sslmode", meaning="libpq's sslmode (libpq's default, prefer, when unset)"),
+    Setting("db_ca_cert", "DB_SSLROOTCERT", "path", option="ca_cert", aliases=("ssl_rootcert",), group=POSTGRES,
+            check=_absolute_path, meaning="the CA certificate(s) the server's certificate must be signed by (libpq's "
+                                          "sslrootcert)"),
+    Setting("db_ssl_cert", "DB_SSLCERT", "path", option="ssl_cert", group=POSTGRES, check=_absolute_path,
+            meaning="the client certificate (libpq's sslcert)"),
+    Setting("db_ssl_key", "DB_SSLKEY", "path", option="ssl_key", group=POSTGRES, check=_absolute_path,
+            meaning="the client certificate's private key (libpq's sslkey; mode 0600)"),
     Setting("db_maintenance_db", "DB_MAINTENANCE_DB", default="postgres", option="maintenance_db", group=POSTGRES,
             meaning="the database connected to for CREATE and RENAME DATABASE"),
     Setting("pg_bin_dir", "PG_BIN_DIR", "path", option="pg_bin_dir", group=POSTGRES,
@@ -193,7 +218,7 @@ TABLE = (
                                       "starting with a digit), e.g. quankey_restore"),
             meaning="the plain role a restored backup's SQL runs as",
             hint="name the plain role restored SQL runs as", example=DEFAULT_RESTORE_ROLE),
-    # S3: the quankey.backup.s3 doc fragment
+    # S3: the quankey.backup.s3 doc fragment (names and aliases as amazon.aws's modules have them)
     Setting("bucket", "S3_BUCKET", option="bucket", group=S3, meaning="the bucket backups go to",
             hint="name the backup bucket", example="quankey-backups-prod"),
     Setting("prefix", "S3_PREFIX", default="", option="prefix", group=S3, check=_prefix,
@@ -201,15 +226,23 @@ TABLE = (
     Setting("host_id", "BACKUP_HOST_ID", option="host_id", group=S3, check=_matching(_HOST_ID_RE, _KEY_PART),
             shown="short host name", meaning="this host's part of the object keys"),
     Setting("region", "AWS_DEFAULT_REGION", option="region", aliases=("aws_region",), alternatives=("AWS_REGION",),
-            group=S3, shown="us-east-1", meaning="the bucket's AWS region"),
+            group=S3, shown="the profile's or us-east-1", meaning="the bucket's AWS region"),
     Setting("endpoint_url", "S3_ENDPOINT_URL", option="endpoint_url", aliases=("aws_endpoint_url",), group=S3,
             shown="AWS", meaning="an S3-compatible endpoint instead of AWS"),
-    Setting("access_key", "AWS_ACCESS_KEY_ID", option="access_key", aliases=("aws_access_key_id",),
+    Setting("access_key", "AWS_ACCESS_KEY_ID", option="access_key", aliases=("aws_access_key_id", "aws_access_key"),
             alternatives=("AWS_ACCESS_KEY",), group=S3, meaning="AWS access key id"),
-    Setting("secret_key", "AWS_SECRET_ACCESS_KEY", option="secret_key", aliases=("aws_secret_access_key",),
+    Setting("secret_key", "AWS_SECRET_ACCESS_KEY", option="secret_key", aliases=("aws_secret_access_key", "aws_secret_key"),
             alternatives=("AWS_SECRET_KEY",), secret=True, group=S3, meaning="AWS secret access key"),
     Setting("session_token", "AWS_SESSION_TOKEN", option="session_token", aliases=("aws_session_token",),
             alternatives=("AWS_SECURITY_TOKEN",), secret=True, group=S3, meaning="AWS session token"),
+    Setting("profile", "AWS_PROFILE", option="profile", aliases=("aws_profile",), alternatives=("AWS_DEFAULT_PROFILE",),
+            group=S3, meaning="a named profile of the AWS config and credentials files (not with the keys)"),
+    Setting("ca_bundle", "AWS_CA_BUNDLE", "path", option="aws_ca_bundle", group=S3,
+            shown="botocore's", meaning="the CA certificates the S3 endpoint's TLS certificate is checked against"),
+    Setting("validate_certs", "S3_VALIDATE_CERTS", "bool", True, option="validate_certs", group=S3,
+            meaning="check the S3 endpoint's TLS certificate (false: not at all, with a warning)"),
+    Setting("aws_config", "S3_CLIENT_CONFIG", "dict", option="aws_config", group=S3,
+            meaning="botocore Config parameters of the S3 client (retries, timeouts...), a JSON object as a variable"),
     # The keys: the quankey.backup.encryption doc fragment
     Setting("encryption_key", "BACKUP_ENCRYPTION_KEY", option="encryption_key", secret=True, group=ENCRYPTION,
             meaning="the active master key", hint=_GENERATE),
@@ -258,6 +291,10 @@ TABLE = (
     Setting("retry_window", "S3_RETRY_WINDOW_SECONDS", "int", DEFAULT_RETRY_WINDOW, bounds=(0, 86400),
             meaning="seconds a failing S3 request is retried",
             hint="give the seconds a failing S3 request is retried, 0 for no retries", example=str(DEFAULT_RETRY_WINDOW)),
+    Setting("max_attempts", "AWS_MAX_ATTEMPTS", "int", bounds=(1, 100), shown="the profile's or 1",
+            meaning="botocore's attempts of each S3 request"),
+    Setting("retry_mode", "AWS_RETRY_MODE", "choice", choices=RETRY_MODES, problem="is not a botocore retry mode",
+            shown="the profile's or standard", meaning="botocore's retry mode"),
     # The host command's own
     Setting("backup_file", "BACKUP_FILE", group=COMMAND, meaning="the backup restore and verify use (--backup)"),
     Setting("output_json", "OUTPUT_JSON", "bool", False, group=COMMAND, meaning="health prints JSON (--json)"),
@@ -278,21 +315,18 @@ SECRET_VARIABLES = tuple(name for setting in TABLE if setting.secret for name in
 # pass-through (is_pg_passthrough). Each one an env file holds is put into the process environment unless that
 # sets it already (the environment wins, as for the settings: use_env_file), before any S3 client is made. botocore
 # reads them from os.environ: the proxies through urllib's getproxies and proxy_bypass (HTTP_PROXY for an http://
-# endpoint, HTTPS_PROXY for https://; the lower-case forms win over the upper-case ones), the CA bundle, the shared
-# config and credentials files and their profile, web identity, STS, FIPS and the instance metadata switch; TZ
-# reaches the client programs (adapters/postgres.py child_environment). A name the table reads is a setting, so it
-# is left out here.
+# endpoint, HTTPS_PROXY for https://; the lower-case forms win over the upper-case ones), requests' CA bundle (read
+# when AWS_CA_BUNDLE, a setting, is not set), the shared config and credentials files, web identity, STS, FIPS and
+# the instance metadata switch; TZ reaches the client programs (adapters/postgres.py child_environment). A name the
+# table reads is a setting (AWS_CA_BUNDLE, AWS_PROFILE, AWS_MAX_ATTEMPTS...), so it is left out here.
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
 PROCESS_VARIABLES = tuple(name for name in PROXY_VARIABLES + (
-    "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE",
+    "REQUESTS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_STS_REGIONAL_ENDPOINTS",
     "AWS_USE_FIPS_ENDPOINT", "AWS_EC2_METADATA_DISABLED", "TZ") if name not in READ_VARIABLES)
-# Variables people set expecting an effect this engine does not give them, and what to set instead. (The S3
-# client's own retry settings win over AWS_MAX_ATTEMPTS and AWS_RETRY_MODE; botocore verifies with its own CA
-# bundle, not OpenSSL's SSL_CERT_FILE.)
+# Variables people set expecting an effect this engine does not give them, and what to set instead. (botocore
+# verifies with its own CA bundle, not OpenSSL's SSL_CERT_FILE.)
 NO_EFFECT = {
-    "AWS_MAX_ATTEMPTS": "the engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS",
-    "AWS_RETRY_MODE": "the engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS",
     "SSL_CERT_FILE": "boto3 does not read it: use AWS_CA_BUNDLE",
     "AWS_ENDPOINT_URL": "use S3_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3": "use S3_ENDPOINT_URL",
@@ -405,6 +439,10 @@ class Settings:
             value = getattr(self, setting.field)
             if value is not None:
                 setattr(self, setting.field, setting.validate(self.label(setting.field), value))
+        keys = [field for field in ("access_key", "secret_key", "session_token") if getattr(self, field)]
+        if self.profile and keys:  # as amazon.aws's modules: a profile brings its own credentials
+            raise ConfigError("%s is set together with %s: a profile brings its own credentials, so set the profile or "
+                              "the keys, not both" % (self.label("profile"), " and ".join(self.label(key) for key in keys)))
         for name in self.pg_passthrough:
             if not is_pg_passthrough(name):
                 raise ConfigError("%s is not a libpq variable passed to the PostgreSQL client programs: only %s* and %s "
@@ -431,12 +469,14 @@ class Settings:
                 raise ConfigError("%s is not set: %s" % (self.label(field), hint))
 
     def pg_environment(self):
-        """libpq environment for the client programs (the password travels here, never in argv)."""
+        """libpq environment for the client programs (the password travels here, never in argv): the password, the
+        sslmode and the TLS files (:data:`PG_SETTING_VARIABLES`), which win over the user's pass-through variables."""
         env = {"PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "quankey-backup"}
         if self.db_password:
             env["PGPASSWORD"] = self.db_password
-        if self.db_sslmode:
-            env["PGSSLMODE"] = self.db_sslmode
+        for field, name in PG_SETTING_VARIABLES:
+            if getattr(self, field):
+                env[name] = getattr(self, field)
         return env
 
     def pg_user_environment(self):
@@ -586,6 +626,20 @@ def _boolean(label, value):
     if text in _FALSE:
         return False
     raise ConfigError("%s must be true or false, got %r" % (label, value))
+
+
+def _mapping(label, value):
+    """A dict setting: a dict (a module's option), or the text of a JSON object (a variable)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError("%s is not valid JSON (%s): write a JSON object, e.g. %s"
+                              % (label, exc, '{"retries": {"max_attempts": 10, "mode": "adaptive"}}'))
+    if not isinstance(value, dict):
+        raise ConfigError("%s must be a mapping of names to values (a JSON object), got %s"
+                          % (label, type(value).__name__))
+    return value
 
 
 def _whole_number(variable, value, minimum, maximum):

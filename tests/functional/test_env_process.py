@@ -132,11 +132,11 @@ def test_the_process_environment_wins_over_the_env_file(tmp_path, settings, prox
 
 
 def test_a_variable_the_engine_does_not_read_is_warned_of_once_by_name(tmp_path, settings):
-    path, proc = _list(tmp_path, dict(settings, BLAH="value-never-shown", AWS_MAX_ATTEMPTS="10"))
+    path, proc = _list(tmp_path, dict(settings, BLAH="value-never-shown", SSL_CERT_FILE="/etc/ssl/ca.pem"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("BLAH in %s is not a variable quankey-backup reads: it has no effect" % path) == 1
-    assert "AWS_MAX_ATTEMPTS in %s is not a variable quankey-backup reads: it has no effect (the engine sets its S3 " \
-           "client's retries itself: use S3_RETRY_WINDOW_SECONDS)" % path in proc.stderr
+    assert "SSL_CERT_FILE in %s is not a variable quankey-backup reads: it has no effect (boto3 does not read it: use " \
+           "AWS_CA_BUNDLE)" % path in proc.stderr
     assert "value-never-shown" not in proc.stderr
 
 
@@ -213,18 +213,19 @@ def _preflight(tmp_path, env_extra):
 
 
 def test_the_role_refuses_an_env_extra_entry_the_engine_would_not_use_naming_it_and_not_its_value(tmp_path):
-    status, out = _preflight(tmp_path, {"BLAH": "value-never-shown", "AWS_MAX_ATTEMPTS": 10, "DB_HOST": "elsewhere",
+    status, out = _preflight(tmp_path, {"BLAH": "value-never-shown", "SSL_CERT_FILE": "/ca.pem", "DB_HOST": "elsewhere",
                                         "HTTPS_PROXY": "http://proxy.internal:3128"})
     assert status == 2 and "fatal: [localhost]: FAILED!" in out, out
-    assert "pg_backup_env_extra: AWS_MAX_ATTEMPTS is not a variable quankey-backup reads, so it would have no effect " \
-           "(the engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS); BLAH is not a variable " \
-           "quankey-backup reads, so it would have no effect; DB_HOST is written by the role itself: set " \
-           "pg_backup_db_host instead. Accepted are the settings of docs/CLI.md" in out
+    assert "pg_backup_env_extra: BLAH is not a variable quankey-backup reads, so it would have no effect; DB_HOST is " \
+           "written by the role itself: set pg_backup_db_host instead; SSL_CERT_FILE is not a variable quankey-backup " \
+           "reads, so it would have no effect (boto3 does not read it: use AWS_CA_BUNDLE). Accepted are the settings " \
+           "of docs/CLI.md" in out
     assert "value-never-shown" not in out and "elsewhere" not in out and "HTTPS_PROXY is" not in out
 
 
 def test_the_role_takes_env_extra_entries_the_engine_uses(tmp_path):
     _status, out = _preflight(tmp_path, {"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "169.254.169.254",
-                                         "AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem", "PGSSLROOTCERT": "/etc/quankey/root.crt",
+                                         "REQUESTS_CA_BUNDLE": "/etc/ssl/s3-ca.pem", "AWS_MAX_ATTEMPTS": 10,
+                                         "PGSSLROOTCERT": "/etc/quankey/root.crt",
                                          "AWS_SESSION_TOKEN": "to ken"})
     assert out.split("\n\n", 1)[0].strip().endswith("ok: [localhost]"), out

@@ -11,6 +11,11 @@ them only as ``dbname='...'`` (:func:`conninfo_quote`), so libpq never reads
 it as connection options. Client failures become one-line
 :class:`PostgresError` messages that say what to check.
 
+TLS is libpq's: the settings' sslmode and files travel as ``PGSSLMODE``,
+``PGSSLROOTCERT``, ``PGSSLCERT`` and ``PGSSLKEY``; :func:`check_tls_files` refuses
+files libpq would not use before a program runs, and :func:`explain_tls_error`
+names the setting to change when libpq's TLS fails.
+
 Restores of untrusted archives run as a non-superuser *restore role* that logs in
 with a short-lived random password: :func:`scram_sha256_verifier` turns it into the
 verifier PostgreSQL stores, so only the verifier travels in SQL (and may reach a
@@ -29,6 +34,7 @@ import hmac
 import os
 import re
 import shutil
+import stat
 import subprocess
 
 from ..config import FIELD_VARIABLES, is_pg_passthrough
@@ -57,6 +63,9 @@ CHILD_ENVIRONMENT_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 # Predefined roles whose members can reach the server's files or programs, or every table.
 DANGEROUS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files",
                    "pg_read_all_data", "pg_write_all_data")
+# The TLS files: the setting, the libpq variable it becomes (config.PG_SETTING_VARIABLES), what it is, for messages.
+TLS_FILES = (("db_ca_cert", "PGSSLROOTCERT", "CA certificate"), ("db_ssl_cert", "PGSSLCERT", "client certificate"),
+             ("db_ssl_key", "PGSSLKEY", "client certificate's private key"))
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 SCRAM_SALT_BYTES = 16
 
@@ -230,6 +239,9 @@ def explain_client_error(stderr, where, user, database, label=None):
     label = label or (lambda field: FIELD_VARIABLES[field])
     text = (stderr or "").strip()
     lowered = text.lower()
+    tls = explain_tls_error(text, where, user, label)
+    if tls:
+        return tls
     if "password authentication failed" in lowered:
         return "PostgreSQL rejected the password for user %r at %s: check %s" % (user, where, label("db_password"))
     if "no password supplied" in lowered or "fe_sendauth" in lowered:
@@ -258,6 +270,102 @@ def explain_client_error(stderr, where, user, database, label=None):
     if "permission denied to create database" in lowered:
         return "user %r may not create databases on %s: ALTER ROLE %s CREATEDB, or restore as a user who may" % (user, where, user)
     return "PostgreSQL error on %s (database %r): %s" % (where, database, failure_detail(text))
+
+
+def explain_tls_error(text, where, user, label):
+    """One line for a failure of TLS (libpq's text in it), or None when ``text`` is about something else.
+
+    What libpq says (the CA file it looked for, the name the certificate holds, the server's pg_hba.conf line) is
+    kept; the sentence names the setting to change (``label(field)``).
+    """
+    lowered = text.lower()
+    if not re.search(r"ssl|tls|certificate|private key|no encryption", lowered):
+        return None
+    detail = failure_detail(text)
+    ca_cert, sslmode = label("db_ca_cert"), label("db_sslmode")
+    client_files = "%s and %s" % (label("db_ssl_cert"), label("db_ssl_key"))
+    match = re.search(r'root certificate file "([^"]*)" does not exist', text)
+    if match:
+        return ("PostgreSQL at %s: the sslmode (%s) verifies the server's certificate, but libpq has no CA certificate "
+                "to verify it with (it looked for %s): set %s to the CA certificate that signed the server's, or set %s "
+                "to require (encrypted, not verified)" % (where, sslmode, match.group(1), ca_cert, sslmode))
+    if "certificate verify failed" in lowered:
+        return ("PostgreSQL at %s: its certificate is not signed by the CA certificate libpq was given (%s) (libpq: %s): "
+                "point %s at the CA that signed the server's certificate" % (where, ca_cert, detail, ca_cert))
+    match = re.search(r'server certificate for "([^"]*)"(?: \(and \d+ other names?\))? does not match host name '
+                      r'"([^"]*)"', text)
+    if match:
+        return ("PostgreSQL at %s: its certificate is for %s, not %s (sslmode verify-full checks the name): set %s to a "
+                "name the certificate holds, or %s to verify-ca"
+                % (where, match.group(1), match.group(2), label("db_host"), sslmode))
+    match = re.search(r'private key file "([^"]*)" has group or world access', text)
+    if match:
+        return ("libpq refuses the private key %s (%s): others can read it: chmod 0600 %s (owned by the user the "
+                "backup runs as)" % (match.group(1), label("db_ssl_key"), match.group(1)))
+    if "connection requires a valid client certificate" in lowered:
+        return ("PostgreSQL at %s wants a client certificate from user %r (pg_hba.conf `cert`, or clientcert=): set %s"
+                % (where, user, client_files))
+    if "certificate authentication failed" in lowered:
+        return ("PostgreSQL at %s refused the client certificate for user %r (%s): its CN must be the user's name, or "
+                "mapped to it in pg_ident.conf: check %s" % (where, user, detail, client_files))
+    if "alert unknown ca" in lowered or "alert bad certificate" in lowered or "alert certificate unknown" in lowered:
+        return ("PostgreSQL at %s does not trust the client certificate (libpq: %s): it must be signed by a CA of the "
+                "server's ssl_ca_file: check %s" % (where, detail, client_files))
+    if ("no encryption" in lowered and ("pg_hba.conf rejects connection" in lowered or "no pg_hba.conf entry" in lowered)):
+        return ("PostgreSQL at %s takes user %r only over TLS (server: %s): set %s to verify-full (or require), not "
+                "disable or allow" % (where, user, detail, sslmode))
+    if "server does not support ssl" in lowered:
+        return ("PostgreSQL at %s does not offer TLS, but %s asks for it (libpq: %s): turn ssl on in the server's "
+                "postgresql.conf, or change %s" % (where, sslmode, detail, sslmode))
+    if re.search(r"could not (open|read|load) (root )?certificate|could not load private key|certificate present, but "
+                 r"not private key|certificate does not match private key", lowered):
+        return "libpq cannot use the TLS files for PostgreSQL at %s (%s): check %s, %s" % (
+            where, detail, ca_cert, client_files)
+    if "ssl error:" in lowered:  # e.g. "EVP lib": a CA of the same name as the server's issuer, but another key
+        return ("TLS with PostgreSQL at %s failed (libpq: %s): check that %s is the CA that signed the server's "
+                "certificate, and %s" % (where, detail, ca_cert, client_files))
+    return None
+
+
+def check_tls_files(settings, env):
+    """Refuse, before a client program runs, the TLS files libpq would not use: ConfigError naming the setting.
+
+    ``env``: the client programs' environment (:func:`child_environment`), where the settings' files
+    (``db_ca_cert``, ``db_ssl_cert``, ``db_ssl_key``, which win) or the user's own PGSSLROOTCERT/PGSSLCERT/PGSSLKEY
+    are. A file a setting names must be a regular file this user can read. A private key must pass libpq's own rule
+    (no group or world access; owned by root, it may be group-readable): libpq would refuse it with every connection.
+    """
+    for field, name, what in TLS_FILES:
+        path = env.get(name)
+        if not path or (field == "db_ca_cert" and path == "system"):  # libpq 16's "the system's CAs"
+            continue
+        from_setting = bool(getattr(settings, field, None))
+        where = settings.label(field) if from_setting else name
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            if from_setting:
+                raise ConfigError("the %s %s (%s) does not exist: copy it there, or correct %s" % (what, path, where, where))
+            continue  # the user's own variable: libpq decides (a missing root.crt is no error with sslmode require)
+        except OSError as exc:
+            raise ConfigError("cannot use the %s %s (%s): %s" % (what, path, where, exc.strerror or exc))
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("the %s %s (%s) is not a regular file: name the PEM file" % (what, path, where))
+        if not os.access(path, os.R_OK):
+            raise ConfigError("cannot read the %s %s (%s): permission denied: let the user the backup runs as read it"
+                              % (what, path, where))
+        if name == "PGSSLKEY" and _libpq_refuses_key(info):
+            raise ConfigError("the %s %s (%s) is mode %04o: libpq refuses a private key others can read: chmod 0600 %s "
+                              "(owned by the user the backup runs as; owned by root, 0640 is allowed)"
+                              % (what, path, where, stat.S_IMODE(info.st_mode), path))
+
+
+def _libpq_refuses_key(info):
+    """libpq's rule for a client key (fe-secure-openssl.c): owned by root, no group write or execute and nothing for
+    others; else no access at all for group and others."""
+    if info.st_uid == 0:
+        return bool(info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO))
+    return bool(info.st_mode & (stat.S_IRWXG | stat.S_IRWXO))
 
 
 def failure_detail(stderr):
@@ -319,6 +427,7 @@ class PgClient:
             raise ValueError("a password without a user: name the login it belongs to")
         self.settings = settings
         self.bin_dir = find_bin_dir(settings.pg_bin_dir)
+        check_tls_files(settings, child_environment(settings, os.environ))
         self.where = "%s:%s" % (settings.db_host, settings.db_port)
         self._admin = user is None
         self.user = settings.db_user if self._admin else user

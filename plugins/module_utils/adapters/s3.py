@@ -19,6 +19,7 @@ __metaclass__ = type
 
 import functools
 import logging
+import os
 import random
 import re
 import sys
@@ -34,6 +35,8 @@ try:
     import botocore.config
     import botocore.exceptions
     import botocore.parsers
+    import botocore.session
+    import urllib3
     HAS_BOTO3 = True
     BOTO3_IMPORT_ERROR = None
     # What a request through botocore raises for the store's answer (or its absence): translated, maybe retried.
@@ -60,6 +63,7 @@ MAX_WAIT = 10.0     # ... up to this; each wait is 50-100 % of that, at random (
 ABORT_BUDGET = 60   # seconds an abort after a failure keeps trying (at most the retry window)
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120
+FALLBACK_REGION = "us-east-1"  # when neither the settings nor botocore's chain (variables, the profile) name one
 
 _ACCESS_CODES = ("AccessDenied", "AllAccessDisabled", "403", "Forbidden")
 _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
@@ -254,13 +258,35 @@ class RetryTimer:
         return not self.policy.pause(seconds, self.cancel)
 
 
-def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variable):
+_TLS_CAUSE_RE = re.compile(r"\[SSL[^\]]*\][^(]*")
+
+
+def tls_failure(exc, action, where, endpoint=None, ca_bundle=None, label=_variable):
+    """The StorageError of a TLS failure (botocore's SSLError): a certificate not signed by a trusted CA names the CA
+    bundle it was checked against and the setting that names it."""
+    said = _TLS_CAUSE_RE.search(str(exc))
+    cause = said.group(0).strip() if said else str(exc).splitlines()[0]
+    endpoint = endpoint or "of AWS"
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        checked = ("the CA bundle %s (%s)" % (ca_bundle, label("ca_bundle")) if ca_bundle
+                   else "botocore's default CA bundle (%s is not set)" % label("ca_bundle"))
+        return StorageError("TLS certificate verification failed for the S3 endpoint %s (%s of %s: %s): its certificate "
+                            "was checked against %s; set %s to the CA certificate(s) that signed it"
+                            % (endpoint, action, where, cause, checked, label("ca_bundle")))
+    return StorageError("TLS with the S3 endpoint %s failed (%s of %s: %s): check that %s is an https:// URL of a TLS "
+                        "port, and %s" % (endpoint, action, where, cause, label("endpoint_url"), label("ca_bundle")))
+
+
+def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variable, ca_bundle=None):
     """A StorageError/NotFoundError for a botocore exception, naming what, where and what to check.
 
-    ``label(field)`` says where the user sets a setting (a variable, or a module option).
+    ``label(field)`` says where the user sets a setting (a variable, or a module option); ``ca_bundle``: the CA bundle
+    TLS certificates were checked against (None: botocore's own), for a TLS failure's message.
     """
     where = "s3://%s/%s" % (bucket, key or "")
     via = " via %s" % endpoint if endpoint else ""
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return tls_failure(exc, action, where, endpoint, ca_bundle, label)
     if _not_s3_answer(exc, action):
         return StorageError("the S3 endpoint %s answered HTTP %s without an S3 error to %s of %s (not an S3 endpoint?): "
                             "check %s" % (endpoint or "of AWS", _http_status(exc), action, where, label("endpoint_url")))
@@ -268,7 +294,8 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
         return StorageError("the S3 endpoint %s answered %s of %s with what is not S3 XML (not an S3 endpoint?): check %s"
                             % (endpoint or "of AWS", action, where, label("endpoint_url")))
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return StorageError("no AWS credentials found for %s: set %s and %s" % (where, label("access_key"), label("secret_key")))
+        return StorageError("no AWS credentials found for %s: give this host an instance role (or web identity), or set "
+                            "%s, or %s and %s" % (where, label("profile"), label("access_key"), label("secret_key")))
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
         return StorageError("cannot reach the S3 endpoint %s (%s %s): check %s, the network and that the store is up"
                             % (endpoint or "of AWS", action, where, label("endpoint_url")))
@@ -296,16 +323,95 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
     return StorageError("S3 %s of %s failed%s: %s" % (action, where, via, exc))
 
 
+def unverified_tls_warning(endpoint_url, label=_variable):
+    """The warning of a store whose TLS certificates are not checked (validate_certs false)."""
+    return ("%s is false: the TLS certificate of the S3 endpoint %s is not checked, so anyone on the way can read and "
+            "change the requests (backups stay encrypted, metadata signed); set %s to its CA certificate instead"
+            % (label("validate_certs"), endpoint_url or "of AWS", label("ca_bundle")))
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _profile_retries(scoped, profile, label):
+    """The retries the profile's section of the AWS config file asks for (max_attempts, retry_mode), as botocore's."""
+    retries = {}
+    if scoped.get("max_attempts") not in (None, ""):
+        try:
+            retries["total_max_attempts"] = int(scoped["max_attempts"])
+        except ValueError:
+            raise ConfigError("max_attempts of AWS profile %r (%s) must be a whole number, got %r: fix it in the AWS "
+                              "config file" % (profile, label("profile"), scoped["max_attempts"]))
+    if scoped.get("retry_mode") not in (None, ""):
+        retries["mode"] = scoped["retry_mode"]
+    return retries
+
+
+def client_config(window, aws_config=None, max_attempts=None, retry_mode=None, profile_retries=None, label=_variable):
+    """The botocore Config of the S3 client.
+
+    Retries: botocore's own are off (one attempt each, two with no retry window) and every retry is ours (logged,
+    within ``window``), unless the user asks botocore for them: ``aws_config``'s ``retries`` over ``max_attempts``
+    (AWS_MAX_ATTEMPTS, total attempts) and ``retry_mode`` (AWS_RETRY_MODE) over the profile's (``profile_retries``),
+    mode ``standard`` unless one says otherwise. Then each attempt of ours is botocore's attempts, and ours still
+    retry within the window (0: botocore's alone). Timeouts: :func:`attempt_timeouts` of the window, unless
+    ``aws_config`` sets them. Any other botocore Config parameter of ``aws_config`` is passed on; an unknown one is a
+    ConfigError naming ``label("aws_config")``.
+    """
+    aws_config = dict(aws_config or {})
+    where = label("aws_config")
+    retries = dict(profile_retries or {})
+    if max_attempts:
+        retries["total_max_attempts"] = int(max_attempts)
+    if retry_mode:
+        retries["mode"] = retry_mode
+    asked = aws_config.pop("retries", None) or {}
+    if not isinstance(asked, dict):
+        raise ConfigError("%s: retries must be a mapping (e.g. {\"max_attempts\": 10, \"mode\": \"adaptive\"}), got %r"
+                          % (where, asked))
+    if "max_attempts" in asked or "total_max_attempts" in asked:
+        retries.pop("total_max_attempts", None)
+    retries.update(asked)
+    if retries:
+        retries.setdefault("mode", "standard")
+    else:  # one attempt each when our retries are on (they log, and the window governs), else botocore tries twice
+        retries = {"total_max_attempts": 1 if window else 2, "mode": "standard"}
+    unknown = sorted(set(aws_config) - set(botocore.config.Config.OPTION_DEFAULTS))
+    if unknown:
+        raise ConfigError("%s has %s, which %s of botocore's Config: use its parameters, e.g. retries, "
+                          "connect_timeout, read_timeout, max_pool_connections, s3, proxies"
+                          % (where, ", ".join(unknown), "is not a parameter" if len(unknown) == 1 else "are not parameters"))
+    for name in ("connect_timeout", "read_timeout"):
+        if name in aws_config and not (_number(aws_config[name]) and aws_config[name] > 0):
+            raise ConfigError("%s: %s must be a number of seconds above 0, got %r" % (where, name, aws_config[name]))
+    connect_timeout, read_timeout = attempt_timeouts(window)
+    try:
+        ours = botocore.config.Config(retries=retries, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                      max_pool_connections=UPLOAD_CONCURRENCY + 4, signature_version="s3v4")
+        return ours.merge(botocore.config.Config(**aws_config))
+    except (TypeError, ValueError, botocore.exceptions.BotoCoreError) as exc:
+        raise ConfigError("%s is refused by botocore's Config: %s" % (where, exc))
+
+
 class S3Store:
     """One bucket of an S3-compatible store.
 
     Every request is tried again after a transient failure until ``retry_window`` seconds have
     passed since it was first sent (0: no retries of ours; botocore still tries twice). ``retry``
     (a :class:`RetryPolicy`) replaces the clock and sleep in tests.
+
+    The credentials are the keys when given, else those of ``profile`` (the AWS config and credentials files), else
+    botocore's chain (web identity, the instance role...). The region is ``region``, else botocore's (AWS_REGION,
+    AWS_DEFAULT_REGION, the profile's), else us-east-1. TLS certificates are checked against ``ca_bundle`` (else
+    botocore's: the profile's ca_bundle, REQUESTS_CA_BUNDLE, its own), or not at all with ``validate_certs`` false (a
+    warning). ``aws_config``, ``max_attempts`` and ``retry_mode``: see :func:`client_config`.
     """
 
     def __init__(self, bucket, *, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
-                 storage_class="STANDARD_IA", retry_window=DEFAULT_RETRY_WINDOW, label=_variable, retry=None):
+                 storage_class="STANDARD_IA", retry_window=DEFAULT_RETRY_WINDOW, label=_variable, retry=None,
+                 profile=None, ca_bundle=None, validate_certs=True, aws_config=None, max_attempts=None,
+                 retry_mode=None):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")
         if not bucket:
@@ -316,17 +422,32 @@ class S3Store:
         self.conditional_writes = True  # until the store answers NotImplemented to one
         self.label = label
         self.retry = retry or RetryPolicy(retry_window)
-        connect_timeout, read_timeout = attempt_timeouts(self.retry.window)
-        config = botocore.config.Config(
-            # one attempt each when our retries are on (they log, and the window governs), else botocore tries twice
-            retries={"total_max_attempts": 1 if self.retry.window else 2, "mode": "standard"},
-            connect_timeout=connect_timeout, read_timeout=read_timeout,
-            max_pool_connections=UPLOAD_CONCURRENCY + 4,
-            signature_version="s3v4",
-        )
-        session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                                        aws_session_token=session_token, region_name=region or "us-east-1")
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.ca_bundle = ca_bundle if validate_certs else None
+        if self.ca_bundle and not (os.path.isfile(self.ca_bundle) and os.access(self.ca_bundle, os.R_OK)):
+            raise ConfigError("%s %s is %s: point it at a PEM file of the CA certificate(s) that sign the S3 endpoint's "
+                              "certificate" % (label("ca_bundle"), self.ca_bundle, "not readable by this user" if
+                                               os.path.isfile(self.ca_bundle) else "not a file that exists"))
+        core = botocore.session.Session()
+        if self.ca_bundle:  # also for the credential providers' own clients (STS for web identity)
+            core.set_config_variable("ca_bundle", self.ca_bundle)
+        try:
+            session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                            aws_session_token=session_token, region_name=region or None,
+                                            profile_name=profile or None, botocore_session=core)
+            profile_retries = _profile_retries(core.get_scoped_config(), profile, label) if profile else None
+        except botocore.exceptions.ProfileNotFound:
+            files = [os.path.expanduser(core.get_config_variable(name) or "")
+                     for name in ("config_file", "credentials_file")]
+            raise ConfigError("AWS profile %r (%s) is in neither %s nor %s: add it to one of them, point "
+                              "AWS_CONFIG_FILE or AWS_SHARED_CREDENTIALS_FILE at the files that hold it, or fix %s"
+                              % (profile, label("profile"), files[0], files[1], label("profile")))
+        config = client_config(self.retry.window, aws_config, max_attempts, retry_mode, profile_retries, label)
+        if not validate_certs:
+            LOG.warning("%s", unverified_tls_warning(endpoint_url, label))
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once, above
+        self.region = session.region_name or FALLBACK_REGION
+        self.client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url, config=config,
+                                     verify=False if not validate_certs else (self.ca_bundle or None))
 
     @classmethod
     def from_settings(cls, settings, retry_window=None):
@@ -335,7 +456,9 @@ class S3Store:
         return cls(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url,
                    access_key=settings.access_key, secret_key=settings.secret_key,
                    session_token=settings.session_token, storage_class=settings.storage_class,
-                   retry_window=window, label=settings.label)
+                   retry_window=window, label=settings.label, profile=settings.profile, ca_bundle=settings.ca_bundle,
+                   validate_certs=settings.validate_certs, aws_config=settings.aws_config,
+                   max_attempts=settings.max_attempts, retry_mode=settings.retry_mode)
 
     def url(self, key=""):
         """``s3://bucket/key`` for messages."""
@@ -358,7 +481,7 @@ class S3Store:
             try:
                 return attempt()
             except _BOTO_ERRORS as exc:
-                error = translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label)
+                error = translate_error(exc, action, self.bucket, key, self.endpoint_url, self.label, self.ca_bundle)
                 if not is_transient(exc):
                     if timer.failures and recover is not None and self._recovered(recover, exc, action, key):
                         return None

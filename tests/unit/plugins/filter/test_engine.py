@@ -121,7 +121,8 @@ def test_every_kind_of_variable_the_engine_uses_is_accepted():
              "AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem", "PGSSLROOTCERT": "/etc/quankey/root.crt",
              "PGSERVICEFILE": "/etc/quankey/pg_service.conf", "AWS_SESSION_TOKEN": "to ken",
              "BACKUP_DECRYPTION_KEYS": KEY, "BACKUP_ALLOW_SEED": True, "AWS_REGION": "eu-west-1", "TZ": "Europe/Berlin",
-             "AWS_USE_FIPS_ENDPOINT": True}
+             "AWS_USE_FIPS_ENDPOINT": True, "AWS_MAX_ATTEMPTS": 10, "AWS_RETRY_MODE": "adaptive",
+             "S3_CLIENT_CONFIG": '{"read_timeout": 60}', "S3_VALIDATE_CERTS": "true"}
     assert engine.env_extra_error(extra) == ""
     assert engine.env_extra_error({}) == ""
     assert engine.env_extra_error(dict((name, "x") for name in config.PROCESS_VARIABLES)) == ""
@@ -129,8 +130,10 @@ def test_every_kind_of_variable_the_engine_uses_is_accepted():
 
 @pytest.mark.parametrize("extra, words", [
     ({"BLAH": "x"}, "BLAH is not a variable quankey-backup reads, so it would have no effect. Accepted are the settings"),
-    ({"AWS_MAX_ATTEMPTS": 10}, "AWS_MAX_ATTEMPTS is not a variable quankey-backup reads, so it would have no effect (the "
-                               "engine sets its S3 client's retries itself: use S3_RETRY_WINDOW_SECONDS)"),
+    ({"AWS_MAX_ATTEMPTS": 0}, "AWS_MAX_ATTEMPTS in pg_backup_env_extra must be between 1 and 100, got 0"),
+    ({"AWS_RETRY_MODE": "eager"}, "AWS_RETRY_MODE in pg_backup_env_extra 'eager' is not a botocore retry mode: choose "
+                                  "one of legacy, standard, adaptive"),
+    ({"S3_CLIENT_CONFIG": "{retries"}, "S3_CLIENT_CONFIG in pg_backup_env_extra is not valid JSON"),
     ({"SSL_CERT_FILE": "/ca.pem"}, "use AWS_CA_BUNDLE"),
     ({"PGHOST": "db.internal"}, "PGHOST is not a variable quankey-backup reads, so it would have no effect (use DB_HOST)"),
     ({"1ST": "x"}, "'1ST' is not a variable name: use letters, digits and '_', not starting with a digit"),

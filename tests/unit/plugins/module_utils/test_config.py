@@ -171,7 +171,7 @@ def test_the_tables_lists_come_from_its_rows():
     assert config.FIELD_VARIABLES["retention_days"] == "BACKUP_RETENTION_DAYS"
     assert config.VARIABLES == tuple(setting.variable for setting in config.TABLE)
     assert set(config.READ_VARIABLES) == set(config.VARIABLES) | {"AWS_REGION", "AWS_ACCESS_KEY", "AWS_SECRET_KEY",
-                                                                  "AWS_SECURITY_TOKEN"}
+                                                                  "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"}
     assert set(config.SECRET_VARIABLES) == {"PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
                                             "AWS_SECURITY_TOKEN", "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS",
                                             "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE"}
@@ -181,7 +181,7 @@ def test_the_tables_lists_come_from_its_rows():
     for setting in config.TABLE:
         if setting.kind == "choice":
             assert setting.choices and setting.problem and (setting.default is None or setting.default in setting.choices)
-        if setting.kind == "int":
+        if setting.kind == "int" and setting.default is not None:
             assert setting.bounds[0] <= setting.default <= setting.bounds[1]
 
 
@@ -263,7 +263,9 @@ def test_each_variable_has_one_use_and_the_process_variables_are_no_settings():
     assert config.variable_use("DB_PORT") == config.variable_use("AWS_REGION") == "setting"
     assert config.variable_use("PGSSLROOTCERT") == config.variable_use("PGSYSCONFDIR") == "libpq"
     assert config.variable_use("HTTPS_PROXY") == config.variable_use("no_proxy") == "process"
-    assert config.variable_use("AWS_CA_BUNDLE") == config.variable_use("TZ") == "process"
+    assert config.variable_use("REQUESTS_CA_BUNDLE") == config.variable_use("TZ") == "process"
+    assert config.variable_use("AWS_CA_BUNDLE") == config.variable_use("AWS_PROFILE") == "setting"
+    assert config.variable_use("AWS_MAX_ATTEMPTS") == config.variable_use("AWS_RETRY_MODE") == "setting"
     assert config.variable_use("BLAH") is config.variable_use("PGHOST") is config.variable_use("https_PROXY") is None
     assert not set(config.PROCESS_VARIABLES) & set(config.READ_VARIABLES)
     assert not [name for name in config.PROCESS_VARIABLES if config.is_pg_passthrough(name)]
@@ -291,9 +293,9 @@ def test_a_proxy_the_environment_sets_in_either_case_is_not_replaced(already):
 
 
 def test_the_process_environment_is_the_default(monkeypatch):
-    monkeypatch.setenv("AWS_CA_BUNDLE", "")  # empty is not set (as for the settings); undone after the test
-    assert config.export_process_variables({"AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem"}) == ["AWS_CA_BUNDLE"]
-    assert os.environ["AWS_CA_BUNDLE"] == "/etc/ssl/s3-ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "")  # empty is not set (as for the settings); undone after the test
+    assert config.export_process_variables({"REQUESTS_CA_BUNDLE": "/etc/ssl/s3-ca.pem"}) == ["REQUESTS_CA_BUNDLE"]
+    assert os.environ["REQUESTS_CA_BUNDLE"] == "/etc/ssl/s3-ca.pem"
 
 
 def test_use_env_file_reads_warns_and_exports_in_one_call(tmp_path):
@@ -307,10 +309,10 @@ def test_use_env_file_reads_warns_and_exports_in_one_call(tmp_path):
 
 
 def test_each_unused_variable_is_warned_once_by_name_never_by_value(tmp_path):
-    path = _private(tmp_path, "AWS_MAX_ATTEMPTS=10\nPGHOST=db.internal\nBLAH=s3cr3t\nBLAH=again\nS3_BUCKET=b\n")
+    path = _private(tmp_path, "SSL_CERT_FILE=/ca.pem\nPGHOST=db.internal\nBLAH=s3cr3t\nBLAH=again\nS3_BUCKET=b\n")
     warnings = config.read_env_file(path)[1]
-    assert [warning.split(" ", 1)[0] for warning in warnings] == ["AWS_MAX_ATTEMPTS", "PGHOST", "BLAH"]
-    assert "use S3_RETRY_WINDOW_SECONDS" in warnings[0] and "use DB_HOST" in warnings[1]
+    assert [warning.split(" ", 1)[0] for warning in warnings] == ["SSL_CERT_FILE", "PGHOST", "BLAH"]
+    assert "use AWS_CA_BUNDLE" in warnings[0] and "use DB_HOST" in warnings[1]
     assert all("in %s is not a variable quankey-backup reads: it has no effect" % path in warning for warning in warnings)
     assert not [warning for warning in warnings if "s3cr3t" in warning or "db.internal" in warning]
 
@@ -330,7 +332,7 @@ def test_a_proxy_urls_password_is_a_secret_to_mask():
 
 def test_the_cli_doc_names_every_process_variable_and_each_that_has_no_effect():
     with open(CLI_DOC) as handle:
-        section = handle.read().split("\n### Proxies, CA bundle, AWS profile: process variables\n", 1)[1]
+        section = handle.read().split("\n### Proxies, shared AWS files, web identity: process variables\n", 1)[1]
     section = section.split("\n#", 1)[0]
     named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section))
     assert set(config.PROCESS_VARIABLES) <= named

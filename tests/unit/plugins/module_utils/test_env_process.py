@@ -17,7 +17,8 @@ import pytest
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, cli, config
 
 FILE = ("DB_NAME=d\nS3_BUCKET=b\nHTTPS_PROXY=http://user:pr0xy-pw@proxy.internal:3128\nNO_PROXY=169.254.169.254\n"
-        "AWS_CA_BUNDLE=/etc/ssl/s3-ca.pem\nPGSSLROOTCERT=/etc/quankey/root.crt\nBLAH=never-shown\n")
+        "REQUESTS_CA_BUNDLE=/etc/ssl/s3-ca.pem\nAWS_CA_BUNDLE=/etc/ssl/s3.pem\nPGSSLROOTCERT=/etc/quankey/root.crt\n"
+        "BLAH=never-shown\n")
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_the_host_command_exports_the_files_process_variables_and_warns_of_the_r
     finally:
         cli.LOG.removeHandler(records)
     assert environ == {"NO_PROXY": "localhost", "HOME": "/root", "HTTPS_PROXY": "http://user:pr0xy-pw@proxy.internal:3128",
-                       "AWS_CA_BUNDLE": "/etc/ssl/s3-ca.pem"}
+                       "REQUESTS_CA_BUNDLE": "/etc/ssl/s3-ca.pem"}  # AWS_CA_BUNDLE is a setting: not exported
     assert values["DB_NAME"] == "d"
     assert records.messages == [config.unused_variable_warning("BLAH", env_file)]
     assert not [message for message in records.messages if "never-shown" in message or "pr0xy-pw" in message]
@@ -66,10 +67,11 @@ def test_the_host_commands_quankey_env_file_is_read_the_same_way(env_file):
 
 
 def test_a_module_exports_the_files_process_variables_warns_and_masks_the_proxy_password(env_file):
-    environ, warned, hidden = {"AWS_CA_BUNDLE": "/mine.pem"}, [], []
+    environ, warned, hidden = {"REQUESTS_CA_BUNDLE": "/mine.pem"}, [], []
     settings = ansible_common.settings_from_params({"env_file": env_file}, environ, warned.append, hidden.append)
     assert (settings.db_name, settings.bucket) == ("d", "b")
-    assert environ == {"AWS_CA_BUNDLE": "/mine.pem", "HTTPS_PROXY": "http://user:pr0xy-pw@proxy.internal:3128",
+    assert settings.ca_bundle == "/etc/ssl/s3.pem" and settings.label("ca_bundle") == "AWS_CA_BUNDLE in %s" % env_file
+    assert environ == {"REQUESTS_CA_BUNDLE": "/mine.pem", "HTTPS_PROXY": "http://user:pr0xy-pw@proxy.internal:3128",
                        "NO_PROXY": "169.254.169.254"}
     assert warned == [config.unused_variable_warning("BLAH", env_file)]
     assert "pr0xy-pw" in hidden
