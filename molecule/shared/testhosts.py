@@ -120,7 +120,8 @@ def down(directory):
     shutil.rmtree(directory)
 
 
-COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins", "roles", "playbooks", "pyproject.toml", "requirements.txt")
+COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins", "roles", "playbooks", "pyproject.toml", "requirements.txt",
+                    "constraints.txt")
 
 
 def snapshot(dest):

@@ -6,6 +6,9 @@
 import hashlib
 import json
 import os
+import subprocess
+
+import pytest
 
 from conftest import read_env_file
 
@@ -84,6 +87,8 @@ def test_the_engine_and_the_matching_postgresql_client_are_installed(host):
 
 
 def test_cron_runs_the_schedule_preset_or_expression_under_the_backup_user(host, hostname, host_vars):
+    if host_vars.get("pg_backup_scheduler") == "systemd":
+        pytest.skip("scheduled by a systemd timer: test_systemd_timer_runs_the_runner_and_no_cron_line_does")
     schedule = host_vars["pg_backup_schedule"]
     entry = [line for line in host.file("/etc/cron.d/quankey-backup").content_string.splitlines()
              if not line.startswith("#Ansible")]
@@ -99,6 +104,58 @@ def test_cron_runs_the_schedule_preset_or_expression_under_the_backup_user(host,
     if splay:  # fixed per host: derived from its inventory name
         minute = str(int(hashlib.sha1(hostname.encode()).hexdigest()[:8], 16) % (splay + 1))
     assert line == "%s %s%s" % (minute, rest, job)
+
+
+ON_CALENDAR = {"daily": "*-*-* 03:00:00", "12-hour": "*-*-* 03,15:00:00", "6-hour": "*-*-* 03,09,15,21:00:00"}
+UNITS = "/etc/systemd/system/"
+
+
+def _unit(host, name):
+    """{key: [values]} of a unit file's settings."""
+    settings = {}
+    for line in host.file(UNITS + name).content_string.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_timer_runs_the_runner_and_no_cron_line_does(host, hostname, host_vars, instances):
+    if host_vars.get("pg_backup_scheduler") != "systemd":
+        assert not host.file(UNITS + "quankey-backup.timer").exists and not host.file(UNITS + "quankey-backup.service").exists
+        assert not host.file(UNITS + "quankey-backup-monitor.timer").exists
+        return
+    # no cron entry of the roles, and no cron asked for (prepare.yml removed the image's; here logrotate pulls it in as
+    # a dependency, "cron | anacron | cron-daemon | systemd-sysv", which a host booted with systemd meets with systemd-sysv)
+    assert host.check_output("apt-mark showmanual cron") == ""
+    assert not host.file("/etc/cron.d/quankey-backup").exists and not host.file("/etc/cron.d/quankey-backup-monitor").exists
+    service, timer = _unit(host, "quankey-backup.service"), _unit(host, "quankey-backup.timer")
+    assert service["Type"] == ["oneshot"] and service["User"] == [USER] and service["ExecStart"] == [RUNNER]
+    assert service["OnFailure"] == ["quankey-backup-failure@%n.service"] and service["SuccessExitStatus"] == ["75"]
+    assert service["StandardOutput"] == ["append:/var/log/quankey/backup.log"]
+    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey"]
+    for key, value in (("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes")):
+        assert service[key] == [value], key
+    assert timer["OnCalendar"] == [ON_CALENDAR[host_vars["pg_backup_schedule"]]] and timer["Persistent"] == ["true"]
+    assert timer["RandomizedDelaySec"] == ["%dmin" % host_vars["pg_backup_splay_minutes"]]
+    assert timer["FixedRandomDelay"] == ["true"]
+    failure = _unit(host, "quankey-backup-failure@.service")
+    assert failure["ExecStart"] == ["/usr/local/sbin/quankey-backup-failed %i"] and failure["User"] == [USER]
+    monitor = _unit(host, "quankey-backup-monitor.service")
+    assert monitor["ExecStart"] == ["/usr/bin/python3 /usr/local/sbin/quankey-backup-monitor --config /etc/quankey/monitor.json"]
+    assert _unit(host, "quankey-backup-monitor.timer")["OnCalendar"] == ["*:00/30:00"]
+    # enabled offline (no systemd runs in a test host): the symlinks systemctl makes, as systemctl itself reads them
+    for timer_name in ("quankey-backup.timer", "quankey-backup-monitor.timer"):
+        link = host.file(UNITS + "timers.target.wants/" + timer_name)
+        assert link.is_symlink and link.linked_to == UNITS + timer_name
+        enabled = subprocess.run(["systemctl", "--root=" + instances[hostname], "is-enabled", timer_name],
+                                 capture_output=True, text=True, check=False)
+        assert enabled.stdout.strip() == "enabled", enabled.stderr
+    # systemd's own checks of the units, on the host (its systemd, its user, its runner)
+    verify = host.run("systemd-analyze verify %s %s %s %s %s", UNITS + "quankey-backup.service", UNITS + "quankey-backup.timer",
+                      UNITS + "quankey-backup-failure@quankey-backup.service", UNITS + "quankey-backup-monitor.service",
+                      UNITS + "quankey-backup-monitor.timer")
+    assert verify.rc == 0 and verify.stderr.strip() == "" and verify.stdout.strip() == "", verify.stdout + verify.stderr
 
 
 def test_the_runner_locks_then_backs_up_and_prunes_each_database(host, hostname, services):
@@ -167,10 +224,11 @@ def test_runbook_has_this_hosts_values_and_commands(host, hostname, host_vars, s
     assert services["hybrid"]["signing_key"] not in text
 
 
-def test_monitor_is_scheduled_and_configured(host, hostname, services):
-    cron = host.file("/etc/cron.d/quankey-backup-monitor").content_string
-    assert ("*/30 * * * * %s /usr/bin/python3 /usr/local/sbin/quankey-backup-monitor --config /etc/quankey/monitor.json"
-            " >> /var/log/quankey/monitor.log 2>&1") % USER in cron
+def test_monitor_is_scheduled_and_configured(host, hostname, host_vars, services):
+    if host_vars.get("pg_backup_scheduler") != "systemd":  # else its timer: test_systemd_timer_runs_the_runner_...
+        cron = host.file("/etc/cron.d/quankey-backup-monitor").content_string
+        assert ("*/30 * * * * %s /usr/bin/python3 /usr/local/sbin/quankey-backup-monitor --config /etc/quankey/monitor.json"
+                " >> /var/log/quankey/monitor.log 2>&1") % USER in cron
     config_file = host.file("/etc/quankey/monitor.json")
     assert config_file.mode == 0o640 and config_file.group == USER
     config = json.loads(config_file.content_string)

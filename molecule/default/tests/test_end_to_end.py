@@ -24,7 +24,7 @@ def _policies(policies_attached):
 
 
 def test_a_scheduled_run_backs_up_every_database(host, hostname, host_vars, services):
-    # exactly cron's command line, as cron's user
+    # exactly cron's command line, as cron's user; or the systemd unit's ExecStart, as its User=, output appended alike
     run = host.run(RUN_AS_BACKUP_USER + "sh -c '/usr/local/sbin/quankey-backup-run >> /var/log/quankey/backup.log 2>&1'")
     log = host.file("/var/log/quankey/backup.log").content_string
     assert run.rc == 0, log[-3000:]
@@ -136,3 +136,16 @@ def test_the_monitor_writes_status_metrics_and_alerts(host, hostname, host_vars,
         assert json.loads(alert.content_string)["status"] == expected
     else:
         assert not alert.exists
+
+
+def test_a_failed_run_is_recorded_by_the_systemd_failure_hook(host, host_vars):
+    if host_vars.get("pg_backup_scheduler") != "systemd":
+        pytest.skip("cron has no failure hook")
+    # what quankey-backup-failure@quankey-backup.service runs (its ExecStart and User=) when the run failed
+    run = host.run(RUN_AS_BACKUP_USER + "/usr/local/sbin/quankey-backup-failed quankey-backup.service")
+    assert run.rc == 0, run.stderr
+    assert "ERROR run: quankey-backup.service failed" in run.stdout and "health check run with the failure" in run.stdout
+    assert "ERROR run: quankey-backup.service failed" in host.file("/var/log/quankey/backup.log").content_string.splitlines()[-1]
+    status = json.loads(host.file("/var/lib/quankey-backup/health.json").content_string)
+    assert status["status"] == "critical"
+    assert all(report["findings"][0]["rule"] == "scheduled-run" for report in status["databases"])

@@ -139,3 +139,22 @@ def test_setup_makes_the_restore_role_checks_it_in_check_mode_and_refuses_an_uns
     status, out = playbook("setup_backups.yml", "-l", "db1")
     assert status == 0, out
     assert _restore_role_task(out, "db1") == "ok", out
+
+
+def test_switching_the_scheduler_leaves_only_the_chosen_ones_entries(hosts):
+    # db2 schedules with systemd timers (molecule.yml): with cron instead, the timers and units go and cron lines come
+    db2, units = hosts["db2"], "/etc/systemd/system/"
+    timers = [units + "timers.target.wants/quankey-backup.timer", units + "timers.target.wants/quankey-backup-monitor.timer"]
+    unit_files = [units + name for name in ("quankey-backup.service", "quankey-backup.timer", "quankey-backup-failure@.service",
+                                            "quankey-backup-monitor.service", "quankey-backup-monitor.timer")]
+    status, out = playbook("setup_backups.yml", "-l", "db2", "-e", "pg_backup_scheduler=cron")
+    assert status == 0, out
+    assert not [path for path in timers + unit_files + ["/usr/local/sbin/quankey-backup-failed"] if db2.file(path).exists]
+    assert "quankey-backup /usr/local/sbin/quankey-backup-run >> /var/log/quankey/backup.log 2>&1" in db2.file(
+        "/etc/cron.d/quankey-backup").content_string
+    assert "/usr/local/sbin/quankey-backup-monitor" in db2.file("/etc/cron.d/quankey-backup-monitor").content_string
+    # and back: the cron lines go, the timers are enabled again
+    status, out = playbook("setup_backups.yml", "-l", "db2")
+    assert status == 0, out
+    assert not db2.file("/etc/cron.d/quankey-backup").exists and not db2.file("/etc/cron.d/quankey-backup-monitor").exists
+    assert all(db2.file(path).is_symlink for path in timers) and all(db2.file(path).exists for path in unit_files)

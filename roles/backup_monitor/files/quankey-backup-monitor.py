@@ -98,6 +98,15 @@ def failed_report(config, database, detail):
                           "message": "the health check could not run (%s): see the monitor log" % detail}]}
 
 
+def mark_failed_run(report, unit):
+    """Make a report critical for a scheduled run that failed (quankey-backup-failure@.service, pg_backup's OnFailure=
+    hook): until the next check, the status file, the metrics and the alert say so."""
+    report.setdefault("findings", []).insert(0, {
+        "rule": "scheduled-run", "severity": "critical",
+        "message": "the scheduled run %s failed: see journalctl -u %s and the backup log" % (unit, unit)})
+    report["status"], report["exit_code"] = "critical", 2
+
+
 def rank(report):
     """A report's exit code (critical when it has none it could have given)."""
     code = report.get("exit_code")
@@ -194,11 +203,16 @@ def run_alert(config, status, status_file):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Scheduled health check of this host's backups.")
     parser.add_argument("--config", default="/etc/quankey/monitor.json", help="the monitor's settings (JSON)")
+    parser.add_argument("--failed-run", metavar="UNIT", default="",
+                        help="a scheduled run (this systemd unit) just failed: every database's report is critical")
     args = parser.parse_args(argv)
     with open(args.config) as handle:
         config = json.load(handle)
     checked_at = time.time()
     reports = [check_database(config, database) for database in (config.get("databases") or [None])]
+    if args.failed_run:
+        for report in reports:
+            mark_failed_run(report, args.failed_run)
     for report in reports:
         findings = [item["rule"] for item in problems(report)]
         log("INFO" if report["status"] == "ok" else "WARNING", "%s/%s: %s%s" % (

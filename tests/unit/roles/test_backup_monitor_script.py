@@ -116,3 +116,22 @@ def test_the_rank_is_the_engines_exit_code_and_a_report_without_one_is_critical(
     assert monitor.rank({"status": "ok"}) == 2 and monitor.rank({"status": "ok", "exit_code": 7}) == 2
     info = dict(_report("a", "ok"), findings=[{"rule": "seed_backups", "severity": "info", "message": "2 seed backups"}])
     assert monitor.problems(info) == [] and monitor.alert_summary(monitor.summarize([info], CHECKED_AT)) == ""
+
+
+def test_a_failed_run_makes_every_report_critical_and_alerts(tmp_path):
+    # pg_backup's failure hook (quankey-backup-failure@.service) runs the check with --failed-run <unit>
+    fake = tmp_path / "quankey-backup"
+    fake.write_text("#!/bin/sh\necho '%s'\n" % json.dumps(_report("app", "ok")))
+    fake.chmod(0o755)
+    alert = tmp_path / "alert.txt"
+    config = {"command": str(fake), "env_file": "/x", "host": "db1", "databases": ["app"], "alert_on": "critical",
+              "alert_command": 'echo "$QUANKEY_BACKUP_STATUS|$QUANKEY_BACKUP_SUMMARY" > %s' % alert,
+              "status_file": str(tmp_path / "health.json"), "textfile": str(tmp_path / "quankey_backup.prom")}
+    (tmp_path / "monitor.json").write_text(json.dumps(config))
+    assert monitor.main(["--config", str(tmp_path / "monitor.json")]) == 0 and not alert.exists()
+    assert monitor.main(["--config", str(tmp_path / "monitor.json"), "--failed-run", "quankey-backup.service"]) == 2
+    status = json.loads((tmp_path / "health.json").read_text())
+    assert status["status"] == "critical" and status["databases"][0]["findings"][0]["rule"] == "scheduled-run"
+    assert 'quankey_backup_status{host="db1",database="app"} 2' in (tmp_path / "quankey_backup.prom").read_text()
+    assert alert.read_text() == ("critical|db1/app critical: the scheduled run quankey-backup.service failed: see "
+                                 "journalctl -u quankey-backup.service and the backup log\n")

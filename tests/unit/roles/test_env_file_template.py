@@ -27,11 +27,13 @@ def _render(**overrides):
         "ansible_managed": "Ansible managed", "inventory_hostname": "db1", "pg_backup_user": "quankey-backup",
         "pg_backup_databases": ["quankey_prod", "other"], "pg_backup_db_host": "localhost", "pg_backup_db_port": 5432,
         "pg_backup_db_user": "quankey", "pg_backup_db_password": NASTY, "pg_backup_db_sslmode": "",
+        "pg_backup_db_ca_cert": "", "pg_backup_db_ssl_cert": "", "pg_backup_db_ssl_key": "",
         "_pg_backup_client_version": "15", "_pg_backup_own_prefixes": ["backups/postgresql/db1/", "metadata/db1/"],
         "pg_backup_iam_policy_path": "/etc/quankey/iam-policy.json", "pg_backup_aws_access_key_id": "AKIAEXAMPLE",
         "pg_backup_aws_secret_access_key": "se'cr\"et$", "pg_backup_s3_region": "eu-central-1",
         "pg_backup_s3_bucket": "quankey-backups-prod", "pg_backup_s3_prefix": "prod", "pg_backup_s3_endpoint_url": "",
-        "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
+        "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_aws_profile": "", "pg_backup_aws_ca_bundle": "",
+        "pg_backup_s3_validate_certs": True, "pg_backup_aws_config": {}, "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
         "pg_backup_s3_retry_window_seconds": 300, "pg_backup_lock_wait_timeout": 300,
@@ -61,6 +63,20 @@ def test_the_engine_reads_back_every_value():
         "quankey_prod", "quankey-backups-prod", "db1", "prod/")
 
 
+def test_the_aws_options_are_written_when_set_and_read_back_by_the_engine():
+    values = config.parse_env_text(_render(pg_backup_aws_access_key_id="", pg_backup_aws_secret_access_key="",
+                                           pg_backup_env_extra={}, pg_backup_aws_profile="backup",
+                                           pg_backup_aws_ca_bundle="/etc/ssl/s3 ca.pem", pg_backup_s3_validate_certs="no",
+                                           pg_backup_aws_config={"retries": {"mode": "adaptive"}, "read_timeout": 60}))
+    settings = config.settings_from_env(values)
+    assert (settings.profile, settings.ca_bundle, settings.validate_certs) == ("backup", "/etc/ssl/s3 ca.pem", False)
+    assert settings.aws_config == {"retries": {"mode": "adaptive"}, "read_timeout": 60}
+    plain = config.parse_env_text(_render(pg_backup_s3_region=""))
+    assert "AWS_DEFAULT_REGION" not in plain and "AWS_PROFILE" not in plain and "AWS_CA_BUNDLE" not in plain
+    assert "S3_CLIENT_CONFIG" not in plain and plain["S3_VALIDATE_CERTS"] == "true"
+    assert config.settings_from_env(plain).region is None  # botocore's chain decides, then us-east-1 (adapters/s3.py)
+
+
 def test_the_shell_reads_back_the_same_values(tmp_path):
     env_file = tmp_path / "backup.env"
     env_file.write_text(_render())
@@ -73,6 +89,16 @@ def test_the_shell_reads_back_the_same_values(tmp_path):
                                                 ("pg_backup_s3_endpoint_url", "S3_ENDPOINT_URL")])
 def test_optional_settings_appear_only_when_set(optional, variable):
     assert config.parse_env_text(_render(**{optional: "require"}))[variable] == "require"
+
+
+def test_the_tls_files_are_written_when_set_and_read_back_by_the_engine():
+    values = config.parse_env_text(_render(pg_backup_db_sslmode="verify-full", pg_backup_db_ca_cert="/etc/quankey/pg ca.crt",
+                                           pg_backup_db_ssl_cert="/etc/quankey/pg.crt", pg_backup_db_ssl_key=""))
+    assert (values["DB_SSLROOTCERT"], values["DB_SSLCERT"]) == ("/etc/quankey/pg ca.crt", "/etc/quankey/pg.crt")
+    assert "DB_SSLKEY" not in values and "DB_SSLROOTCERT" not in config.parse_env_text(_render())
+    settings = config.settings_from_env(values)
+    assert (settings.db_sslmode, settings.db_ca_cert, settings.db_ssl_cert) == (
+        "verify-full", "/etc/quankey/pg ca.crt", "/etc/quankey/pg.crt")
 
 
 def test_recipient_mode_writes_the_public_keys_and_the_signing_key_and_no_master_key():
@@ -120,8 +146,11 @@ def test_the_seeds_other_variables_are_kept_after_the_roles_and_before_env_extra
 def test_the_role_lists_every_variable_its_template_writes():
     """The seed's values of these are never copied as they are (vars/main.yml, _pg_backup_env_names)."""
     every = _render(pg_backup_db_sslmode="require", pg_backup_s3_endpoint_url="http://s3", pg_backup_recipients=["k"],
+                    pg_backup_db_ca_cert="/etc/quankey/pg-ca.crt", pg_backup_db_ssl_cert="/etc/quankey/pg.crt",
+                    pg_backup_db_ssl_key="/etc/quankey/pg.key",
                     pg_backup_signing_key="k", pg_backup_seed_passphrase="p", pg_backup_seed_kdf="evp-md5",
-                    pg_backup_env_extra={})
+                    pg_backup_aws_profile="backup", pg_backup_aws_ca_bundle="/etc/ssl/s3.pem",
+                    pg_backup_aws_config={"read_timeout": 60}, pg_backup_env_extra={})
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)
