@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`quankey-backup` with one engine constant changed, to measure a proposal beside the default in one run.
+"""`quankey-backup` with one engine constant changed, to measure a variant beside the default in one run.
 
     python bench/engine_variant.py ZSTD_LEVEL -- quankey-backup arguments...
 

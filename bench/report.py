@@ -12,7 +12,8 @@ LABELS = {
         "a": "(a) pg_dump -Fc -Z0 > /dev/null",
         "b": "(b) seed: pg_dump -Fc | gzip | openssl | aws s3 cp",
         "c": "(c) quankey-backup backup",
-        "c-zstd2": "(c') the same engine with zstd level 2 (proposal)",
+        "c-zstd2": "(c') the same engine with zstd level 2 (proposal)",  # runs before level 2 became the default
+        "c-zstd3": "(c') the same engine with zstd level 3 (the default before issue 15)",
         "d": "(d) pgBackRest full backup, S3 repo",
         "d-posix": "(d) pgBackRest full backup, posix repo",
         "upload": "upload alone (engine multipart, c's size)",
@@ -292,7 +293,7 @@ def markdown(results, summary, chart_path, out_path):
               "| method | wall s | CPU s (client + PostgreSQL + S3 server) | floor s | floor without S3 server s |",
               "|---|---|---|---|---|"]
     for kind in ("backup", "restore"):
-        for method in ("a", "b", "c", "c-zstd2", "d", "d-posix"):
+        for method in ("a", "b", "c", "c-zstd2", "c-zstd3", "d", "d-posix"):
             row = summary[kind].get(method)
             if row:
                 cpu = row["client_cpu_s"] + row["server_cpu_s"] + row["s3_cpu_s"]

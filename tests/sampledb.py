@@ -5,6 +5,11 @@
 
 Used by the functional tests and `make demo`: mixed types (text, jsonb, uuid, timestamps,
 numeric, incompressible bytea), a second schema, a partitioned table, an index and a view.
+
+Its backup is over 2 MiB whatever the compression and its level: the ``blobs`` table alone holds
+:func:`incompressible_bytes` of random bytes (2 MiB by default), which no compressor can shrink. Tests that
+need a backup larger than some size (health's default ``min_size`` of 1 MiB, a cut after the first 1 MiB
+segment) rely on that, not on how well the compressible tables happen to compress, and assert it.
 """
 
 CANARY = "quankey-canary-row"
@@ -19,7 +24,7 @@ INSERT INTO customers (email, profile, created, balance)
     FROM generate_series(1, {rows}) g;
 CREATE TABLE blobs (id int PRIMARY KEY, payload bytea NOT NULL);
 INSERT INTO blobs SELECT g, decode(string_agg(md5(random()::text || g || i), ''), 'hex')
-    FROM generate_series(1, {blobs}) g, generate_series(1, 64) i GROUP BY g;
+    FROM generate_series(1, {blobs}) g, generate_series(1, {md5s_per_blob}) i GROUP BY g;
 CREATE SCHEMA audit;
 CREATE TABLE audit.events (id int GENERATED ALWAYS AS IDENTITY, what text, at timestamp DEFAULT '2025-02-03');
 INSERT INTO audit.events (what) SELECT 'event ' || g FROM generate_series(1, 500) g;
@@ -36,9 +41,19 @@ DATA_TABLES = ["public.customers", "public.blobs", "audit.events", "public.measu
 TABLE_COUNT = len(DATA_TABLES) + 1
 
 
-def fill(pg, db, rows=20000, blobs=300):
-    """Create the sample tables in database ``db`` of a testbed.PostgresCluster."""
-    pg.psql(SAMPLE_SQL.format(canary=CANARY, rows=rows, blobs=blobs), db=db)
+BLOB_BYTES = 8192  # random bytes in each row of blobs: 512 MD5 digests of random values, 16 bytes each
+BLOBS = 256
+
+
+def incompressible_bytes(blobs=BLOBS):
+    """How many random (incompressible) bytes :func:`fill` puts in the blobs table: 2 MiB by default."""
+    return blobs * BLOB_BYTES
+
+
+def fill(pg, db, rows=20000, blobs=BLOBS):
+    """Create the sample tables in database ``db`` of a testbed.PostgresCluster (``blobs`` rows of
+    BLOB_BYTES random bytes each)."""
+    pg.psql(SAMPLE_SQL.format(canary=CANARY, rows=rows, blobs=blobs, md5s_per_blob=BLOB_BYTES // 16), db=db)
 
 
 def table_digests(pg, db, tables=None):

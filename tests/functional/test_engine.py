@@ -18,7 +18,7 @@ import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.formats import crypto, signing
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, health
 from ansible_collections.quankey.backup.plugins.module_utils.adapters.postgres import PgClient
 import sampledb
 from hostcommand import new_name, run_cli
@@ -197,7 +197,11 @@ def test_damaged_object_fails_with_the_reason_and_leaves_no_database(testbed, so
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
     else:
-        cut = 56 + (1024 * 1024 + 16)  # exactly after the first whole segment
+        cut = crypto.HEADER_SIZE + crypto.DEFAULT_SEGMENT_SIZE + crypto.TAG_SIZE  # exactly after the first whole segment
+        assert len(data) > cut, (
+            "precondition: the sample backup is %d bytes, not longer than its header and first whole segment (%d): "
+            "the cut would remove nothing; tests/sampledb.py must hold more than its %d random bytes"
+            % (len(data), cut, sampledb.incompressible_bytes()))
         data = data[:cut]
     _rewrite(s3, bucket, key, bytes(data))
     if fix_metadata:
@@ -327,7 +331,12 @@ def test_env_file_is_read_and_its_mode_checked(testbed, source, env, tmp_path):
 
 
 def test_health_ok_then_critical_when_the_newest_backup_is_old(testbed, source, env):
-    _backup(env)
+    taken = _backup(env)
+    min_size = health.HealthPolicy().min_size_bytes
+    assert taken["size_bytes"] > min_size, (
+        "precondition: the sample backup is %d bytes, not over health's default min_size (%d), so 'ok' cannot be "
+        "expected; tests/sampledb.py must hold more than its %d random bytes"
+        % (taken["size_bytes"], min_size, sampledb.incompressible_bytes()))
     report = json.loads(run_cli(dict(env, OUTPUT_JSON="true"), "health", check=0).stdout)
     assert report["status"] == "ok" and report["latest"]["age_hours"] < 1
 

@@ -56,7 +56,7 @@ def test_zstd_with_worker_threads_round_trips():
 
 
 def test_backups_compressed_with_worker_threads_still_decompress():
-    """Backups taken with the former default (two worker threads) stay readable."""
+    """Backups taken with the former defaults (level 3, two worker threads) stay readable."""
     zstandard = pytest.importorskip("zstandard")
     old = zstandard.ZstdCompressor(level=3, threads=2).compressobj()
     packed = b"".join(old.compress(DATA[i:i + 65536]) for i in range(0, len(DATA), 65536)) + old.flush()
