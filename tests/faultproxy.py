@@ -15,6 +15,8 @@ for UploadPart, ``method="POST", path="uploadId="`` for CompleteMultipartUpload:
         proxy.reset_body(100000, method="GET")             # forward; reset the connection after 100000 body bytes
         proxy.drop_answer(method="POST", path="uploadId=") # forward; reset the connection instead of answering
         proxy.stall(30)                                    # hold requests unanswered for 30 s
+        proxy.stall_body(20, 100000, method="GET")         # forward; after 100000 body bytes send nothing for 20 s
+        proxy.strip_header("If-Match", method="GET")       # forward without a header (a store that ignores it)
         proxy.not_s3()                                     # answer as a plain web server: 404 and an HTML page
 
 Each call returns its :class:`Fault`: ``fault.hits`` counts the requests it acted on and
@@ -137,17 +139,36 @@ class FaultProxy:
         """Answer matching requests with an S3 error (``status``, ``code``) instead of forwarding them."""
         return self._arm(Fault("fail", method, path, count=count, seconds=seconds, status=status, code=code))
 
-    def reset_body(self, after_bytes, method=None, path=None, count=1):
-        """Forward matching requests; reset the connection after ``after_bytes`` bytes of the answer's body."""
-        return self._arm(Fault("reset_body", method, path, count=count, after_bytes=after_bytes))
+    def reset_body(self, after_bytes, method=None, path=None, count=1, then=None):
+        """Forward matching requests; reset the connection after ``after_bytes`` bytes of the answer's body.
+
+        ``then``: a function called (on the proxy's thread) once those bytes were delivered and before the
+        reset, e.g. to replace the object between the cut and the client's resumed read.
+        """
+        return self._arm(Fault("reset_body", method, path, count=count, after_bytes=after_bytes, then=then))
+
+    def stall_body(self, seconds, after_bytes, method=None, path=None, count=1):
+        """Forward matching requests; after ``after_bytes`` bytes of a body send nothing for ``seconds``, then reset.
+
+        The body is the request's when it is longer than ``after_bytes`` (an upload: the rest of it is not read),
+        else the answer's (a download). Fewer bytes either way: the request passes.
+        """
+        return self._arm(Fault("stall_body", method, path, count=count, after_bytes=after_bytes, hold=seconds))
+
+    def strip_header(self, name, method=None, path=None, count=None):
+        """Forward matching requests without header ``name``: a store that ignores it (e.g. If-Match on a GET)."""
+        return self._arm(Fault("strip_header", method, path, count=count, name=name))
 
     def drop_answer(self, method=None, path=None, count=1):
         """Forward matching requests and read the answer, then reset the connection instead of passing it on."""
         return self._arm(Fault("drop_answer", method, path, count=count))
 
-    def stall(self, seconds, method=None, path=None):
-        """Accept matching requests and send nothing for ``seconds`` from the first; then reset their connections."""
-        return self._arm(Fault("stall", method, path, seconds=seconds))
+    def stall(self, seconds, method=None, path=None, count=None):
+        """Accept matching requests and send nothing for ``seconds`` from the first; then reset their connections.
+
+        ``count``: only that many requests are held (the later ones pass, even within ``seconds``).
+        """
+        return self._arm(Fault("stall", method, path, count=count, seconds=seconds))
 
     def not_s3(self, method=None, path=None, count=None, seconds=None):
         """Answer matching requests as a web server that is not S3: ``HTTP/1.1 404 Not Found`` and an HTML page."""
@@ -396,9 +417,34 @@ class _Connection:
         if kind == "length" and length > after:
             _copy(self.upstream_in, self.client, after)
             _wait_delivered(self.client)  # else the reset would discard what is still queued: the cut comes later
+            if fault.params["then"] is not None:
+                fault.params["then"]()
             return self.reset()
         _relay(self.upstream_in, self.client, (kind, length))  # an answer too short to cut
         return request.keep_alive() and response.keep_alive() and kind != "eof"
+
+    def _stall_body(self, request, fault):
+        after = fault.params["after_bytes"]
+        kind, length = request.framing()
+        if kind == "length" and length > after:  # an upload: part of its body goes upstream, then nothing
+            if request.expects_continue():
+                self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._upstream().sendall(request.without("Expect"))
+            _copy(self.client_in, self.upstream, after)
+        else:  # a download: part of the answer's body comes back, then nothing
+            self._forward(request)
+            response = self._response(request)
+            self.client.sendall(response.head)
+            kind, length = response.framing(request.method)
+            if not (kind == "length" and length > after):
+                _relay(self.upstream_in, self.client, (kind, length))  # an answer too short to stall in
+                return request.keep_alive() and response.keep_alive() and kind != "eof"
+            _copy(self.upstream_in, self.client, after)
+        self.proxy._stopping.wait(fault.params["hold"])
+        return self.reset()
+
+    def _strip_header(self, request, fault):
+        return self._pass(_Message(request.without(fault.params["name"])), None)
 
     def _drop_answer(self, request, _fault):
         self._forward(request)
@@ -431,13 +477,17 @@ class _Connection:
         """Send the request upstream, body streamed; 'Expect: 100-continue' is answered here, not forwarded."""
         if request.expects_continue():
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._upstream().sendall(request.without("Expect"))
+        _relay(self.client_in, self.upstream, request.framing())
+
+    def _upstream(self):
+        """The upstream connection, opened at the first request that goes there."""
         if self.upstream is None:
             self.upstream = socket.create_connection(self.proxy.upstream, timeout=10)
             self.upstream.settimeout(None)
             self.upstream_in = self.upstream.makefile("rb")
             self.proxy._track(self.upstream)
-        self.upstream.sendall(request.without("Expect"))
-        _relay(self.client_in, self.upstream, request.framing())
+        return self.upstream
 
     def _response(self, request):
         """The upstream's final answer head (interim 1xx answers skipped)."""

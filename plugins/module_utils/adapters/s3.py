@@ -8,9 +8,12 @@ Every botocore failure is translated into a :class:`StorageError` (or
 what to check. A transient failure (connection refused, reset or timed out,
 HTTP 5xx, throttling) is tried again with capped exponential backoff until the
 retry window (``S3_RETRY_WINDOW_SECONDS``) has passed; a download cut mid-body
-goes on with a ranged GET from the byte reached. Uploads are multipart, with
-parts sent in the background while the pipeline keeps producing, and are
-aborted on any failure (the abort is retried too).
+goes on with a ranged GET of the same object version (If-Match its ETag) from
+the byte reached, and a download that cannot go on names the byte it stopped at.
+Uploads are multipart, with parts sent in the background while the pipeline
+keeps producing, and are aborted on any failure (the abort is retried too). A
+store counts its retries and resumed downloads (:meth:`S3Store.retry_counts`)
+for the runs' results.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -64,6 +67,10 @@ ABORT_BUDGET = 60   # seconds an abort after a failure keeps trying (at most the
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120
 FALLBACK_REGION = "us-east-1"  # when neither the settings nor botocore's chain (variables, the profile) name one
+# What S3Store.retry_counts() counts, the ``s3_retries`` of the runs' results (docs/CLI.md):
+# requests that failed transiently and were sent again; the extra attempts they took (a resumed read included);
+# the downloads cut mid-body that went on from the byte reached (a ranged GET of the same version answered).
+RETRY_COUNTS = ("requests_retried", "retries", "download_resumes")
 
 _ACCESS_CODES = ("AccessDenied", "AllAccessDisabled", "403", "Forbidden")
 _CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
@@ -421,6 +428,8 @@ class S3Store:
         self.storage_class = storage_class
         self.conditional_writes = True  # until the store answers NotImplemented to one
         self.label = label
+        self._counts = dict.fromkeys(RETRY_COUNTS, 0)
+        self._counts_lock = threading.Lock()  # parts are uploaded, and retried, on several threads
         self.retry = retry or RetryPolicy(retry_window)
         self.ca_bundle = ca_bundle if validate_certs else None
         if self.ca_bundle and not (os.path.isfile(self.ca_bundle) and os.access(self.ca_bundle, os.R_OK)):
@@ -464,6 +473,22 @@ class S3Store:
         """``s3://bucket/key`` for messages."""
         return "s3://%s/%s" % (self.bucket, key)
 
+    def retry_counts(self, since=None):
+        """What this store retried so far (a dict of RETRY_COUNTS); with ``since``, an earlier answer, only what after.
+
+        ``requests_retried``: requests that failed transiently and were sent again; ``retries``: the extra
+        attempts they took; ``download_resumes``: downloads cut mid-body that went on from the byte reached.
+        """
+        with self._counts_lock:
+            counts = dict(self._counts)
+        if since:
+            counts = dict((name, counts[name] - since.get(name, 0)) for name in RETRY_COUNTS)
+        return counts
+
+    def _count(self, name):
+        with self._counts_lock:
+            self._counts[name] += 1
+
     def _call(self, action, key, func, **kwargs):
         """``func(**kwargs)``, one request, retried (see :meth:`_retrying`)."""
         return self._retrying(action, key, functools.partial(func, **kwargs))
@@ -494,6 +519,9 @@ class S3Store:
                             self.label("retry_window"))
                 if not timer.wait(wait):
                     raise error
+                if timer.failures == 1:
+                    self._count("requests_retried")
+                self._count("retries")
 
     def _recovered(self, recover, exc, action, key):
         """Whether ``recover(exc)`` finds that an earlier attempt, whose answer was lost, did what was asked."""
@@ -678,13 +706,18 @@ class _ResumableBody:
     """An object's body, read in order; a connection lost mid-body goes on with a ranged GET from the byte reached.
 
     Resumed reads ask for the version first read (If-Match its ETag): an object replaced meanwhile is
-    not stitched together from two versions.
+    not stitched together from two versions, and the download fails naming the byte it reached. The
+    bytes are checked end to end all the same by the reader (each segment's authentication, the whole
+    object's SHA-256 against the signed metadata), so a store that ignored If-Match could not splice
+    either. Each piece is retried within the window: a download fails once it makes no progress for a
+    whole window, and its error names the byte it stopped at.
     """
 
     def __init__(self, store, key):
         self.store = store
         self.key = key
         self.position = 0
+        self.size = None  # the object's size, from the first answer
         self.etag = None
         self._body = None
 
@@ -703,12 +736,29 @@ class _ResumableBody:
             left -= len(piece)
         return b"".join(pieces)
 
+    def reached(self):
+        """Where the download stopped, for messages: 'byte 1048576 of 4194304 (25%)'."""
+        if not self.size:
+            return "byte %d" % self.position
+        return "byte %d of %d (%d%%)" % (self.position, self.size, 100 * self.position // self.size)
+
     def _read_piece(self, size):
         try:
             return self.store._retrying("GetObject", self.key, functools.partial(self._read_once, size))
         except ConflictError:
-            raise StorageError("%s changed while it was being downloaded (its ETag is no longer %s): run again"
-                               % (self.store.url(self.key), self.etag))
+            raise StorageError("%s changed while it was being downloaded: at %s it no longer has the ETag %s it had "
+                               "when the download began, so nothing more is read from it (two versions are never "
+                               "mixed); if nobody replaced it on purpose, someone with write access to the bucket "
+                               "did: check it, then run again" % (self.store.url(self.key), self.reached(), self.etag))
+        except NotFoundError:
+            if self.etag is None:  # not there from the start
+                raise
+            raise StorageError("%s was deleted while it was being downloaded, at %s: check who deletes objects in the "
+                               "bucket (a prune of this backup?)" % (self.store.url(self.key), self.reached()))
+        except StorageError as exc:
+            if self.etag is not None:  # a download under way: say how far it got
+                exc.message = "%s; the download stopped at %s" % (exc.message, self.reached())
+            raise
 
     def _read_once(self, size):
         if self._body is None:
@@ -725,10 +775,15 @@ class _ResumableBody:
         kwargs = dict(Bucket=self.store.bucket, Key=self.key)
         if self.position:
             kwargs["Range"] = "bytes=%d-" % self.position
-            LOG.info("resuming the download of %s at byte %d", self.store.url(self.key), self.position)
         if self.etag:
             kwargs["IfMatch"] = self.etag
         response = self.store.client.get_object(**kwargs)
+        if self.position:
+            self.store._count("download_resumes")
+            LOG.warning("the download of %s goes on from %s (a ranged GET of the same version)",
+                        self.store.url(self.key), self.reached())
+        elif self.size is None:
+            self.size = response.get("ContentLength")
         self.etag = self.etag or response.get("ETag")
         return response["Body"]
 

@@ -540,11 +540,61 @@ def test_a_download_cut_mid_body_goes_on_with_a_ranged_get_of_the_same_version()
 
 def test_an_object_replaced_while_a_download_resumes_is_not_stitched_together():
     data = b"x" * (storage.RESUME_PIECE * 2)
-    store = _store(_Clock(), get_object=_Script({"Body": _CutBody(data, storage.RESUME_PIECE + 1), "ETag": '"v1"'},
+    store = _store(_Clock(), get_object=_Script({"Body": _CutBody(data, storage.RESUME_PIECE + 1), "ETag": '"v1"',
+                                                 "ContentLength": len(data)},
                                                 _client_error("PreconditionFailed", 412, "GetObject")))
     with pytest.raises(StorageError, match=r"s3://bkt/k changed while it was being downloaded") as failure:
         b"".join(store.iter_object("k"))
     assert not isinstance(failure.value, ConflictError)
+    assert "at byte %d of %d (50%%) it no longer has the ETag \"v1\"" % (storage.RESUME_PIECE, len(data)) \
+        in str(failure.value)
+
+
+def test_a_download_that_cannot_go_on_names_the_byte_it_stopped_at_after_the_window():
+    data = b"x" * (storage.RESUME_PIECE * 4)
+    clock = _Clock()
+    store = _store(clock, window=20, get_object=_Script({"Body": _CutBody(data, storage.RESUME_PIECE * 3 + 1),
+                                                         "ContentLength": len(data), "ETag": '"v1"'}, _refused()))
+    with pytest.raises(StorageError) as failure:
+        b"".join(store.iter_object("k"))
+    message = str(failure.value)
+    assert message.startswith("cannot reach the S3 endpoint http://127.0.0.1:9 (GetObject s3://bkt/k)")
+    assert "kept failing for 20 s" in message
+    assert message.endswith("; the download stopped at byte %d of %d (75%%)" % (storage.RESUME_PIECE * 3, len(data)))
+    assert all(call["Range"] == "bytes=%d-" % (storage.RESUME_PIECE * 3) and call["IfMatch"] == '"v1"'
+               for call in store.client.get_object.calls[1:])
+
+
+def test_an_object_that_is_missing_from_the_start_is_not_found_and_one_deleted_midway_names_the_byte():
+    store = _store(_Clock(), get_object=_Script(_client_error("NoSuchKey", 404, "GetObject")))
+    with pytest.raises(NotFoundError, match="no object at s3://bkt/k"):
+        b"".join(store.iter_object("k"))
+    data = b"x" * (storage.RESUME_PIECE * 2)
+    store = _store(_Clock(), get_object=_Script({"Body": _CutBody(data, storage.RESUME_PIECE + 1), "ETag": '"v1"'},
+                                                _client_error("NoSuchKey", 404, "GetObject")))
+    with pytest.raises(StorageError, match=r"s3://bkt/k was deleted while it was being downloaded, at byte %d:"
+                       % storage.RESUME_PIECE):
+        b"".join(store.iter_object("k"))
+
+
+def test_retries_and_resumed_downloads_are_counted_for_the_result():
+    data = b"y" * (storage.RESUME_PIECE * 3)
+
+    def get(**kwargs):  # cut twice: inside the second piece, then inside the third
+        start = int(kwargs["Range"].split("=")[1].rstrip("-")) if "Range" in kwargs else 0
+        cut = {0: storage.RESUME_PIECE + 1, storage.RESUME_PIECE: storage.RESUME_PIECE + 1}.get(start)
+        return {"Body": _CutBody(data[start:], cut), "ETag": '"v1"'}
+
+    clock = _Clock()
+    slow = _client_error("SlowDown", 503)
+    store = _store(clock, get_object=_Script(get), put_object=_Script(slow, slow, {"ETag": '"e"'}))
+    assert store.retry_counts() == {"requests_retried": 0, "retries": 0, "download_resumes": 0}
+    store.put_bytes("m", b"{}")
+    before = store.retry_counts()
+    assert before == {"requests_retried": 1, "retries": 2, "download_resumes": 0}
+    assert b"".join(store.iter_object("k")) == data
+    assert store.retry_counts(since=before) == {"requests_retried": 2, "retries": 2, "download_resumes": 2}
+    assert store.retry_counts() == {"requests_retried": 3, "retries": 4, "download_resumes": 2}
 
 
 # --------------------------------------------------------------------------- the setting

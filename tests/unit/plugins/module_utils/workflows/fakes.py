@@ -29,7 +29,7 @@ import stat
 import sys
 
 from ansible_collections.quankey.backup.plugins.module_utils.adapters.s3 import (MIN_PART_SIZE, READ_CHUNK,
-                                                                                 UPLOAD_CONCURRENCY)
+                                                                                 RETRY_COUNTS, UPLOAD_CONCURRENCY)
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConfigError, ConflictError, NotFoundError,
                                                                             PostgresError)
 
@@ -141,6 +141,10 @@ class MemoryStore:
 
     def url(self, key=""):
         return "s3://%s/%s" % (self.bucket, key)
+
+    def retry_counts(self, since=None):
+        """Nothing is retried in memory: a fault injected is final."""
+        return dict.fromkeys(RETRY_COUNTS, 0)
 
     def check_bucket(self, prefix=""):
         after, _cut = self._request("check_bucket", prefix)
