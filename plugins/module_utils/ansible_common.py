@@ -27,6 +27,7 @@ __metaclass__ = type
 
 import contextlib
 import inspect
+import logging
 import os
 import re
 import traceback
@@ -218,9 +219,24 @@ def error_details(exc):
     return {"type": type(exc).__name__, "step": exc.step, "exit_code": exc.exit_code}
 
 
+class _ModuleLog(logging.Handler):
+    """The engine's log lines (``INFO`` and up: a run's steps, its progress every 30 s) into the managed host's journal
+    or syslog, through ``module.log`` (which masks the ``no_log`` values), as the host command writes them to stderr."""
+
+    def __init__(self, module):
+        logging.Handler.__init__(self, logging.INFO)
+        self.module = module
+
+    def emit(self, record):
+        try:
+            self.module.log("%s %s" % (record.levelname, record.getMessage()))
+        except Exception:  # pylint: disable=broad-exception-caught  # a log that cannot be written stops nothing
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def engine_errors(module, action):
-    """Map engine failures to ``fail_json``.
+    """Map engine failures to ``fail_json``; meanwhile the engine's log lines go to ``module.log`` (:class:`_ModuleLog`).
 
     Expected failures (BackupError) carry the engine's one-line message, the same
     words the host command prints, and no traceback (``fail_json`` is called
@@ -230,6 +246,10 @@ def engine_errors(module, action):
     AnsibleModule masks ``no_log`` values in both.
     """
     expected = None
+    engine_log, handler = logging.getLogger("quankey_backup"), _ModuleLog(module)
+    level = engine_log.level
+    engine_log.addHandler(handler)
+    engine_log.setLevel(logging.INFO)
     try:
         yield
     except BackupError as exc:
@@ -238,5 +258,8 @@ def engine_errors(module, action):
         module.fail_json(msg="%s failed unexpectedly (%s: %s): this is a bug, please report it with the traceback "
                          "(ANSIBLE_DISPLAY_TRACEBACK=error)" % (action, type(exc).__name__, exc),
                          exception=traceback.format_exc())
+    finally:
+        engine_log.removeHandler(handler)
+        engine_log.setLevel(level)
     if expected is not None:
         module.fail_json(msg=str(expected), error=error_details(expected))

@@ -25,40 +25,12 @@ from . import config
 from . import keys
 from .catalog import layout
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
+from .progress import Progress, stages_text
 from .units import human_size
 from .workflows import adopt, backup, health, inventory, leftovers, prune, rekey, restore
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
-
-
-class _Progress:
-    """A progress line (bytes, rate) on a terminal; nothing otherwise."""
-
-    def __init__(self, label, stream):
-        self.label = label
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.started = time.time()
-        self.last = 0.0
-        self.done = 0
-
-    def __call__(self, done, total=None):
-        self.done = done
-        now = time.time()
-        if not self.enabled or now - self.last < 0.5:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-6)
-        share = " of %s (%d%%)" % (human_size(total), 100 * done // total) if total else ""
-        self.stream.write("\r%s: %s%s, %s/s   " % (self.label, human_size(done), share, human_size(rate)))
-        self.stream.flush()
-
-    def close(self):
-        """End the progress line."""
-        if self.enabled and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _parser():
@@ -206,7 +178,7 @@ def _emit(data, as_json, lines):
 
 
 def _cmd_backup(args, settings, env):
-    progress = _Progress("backup", sys.stderr)
+    progress = Progress("backup", sys.stderr)
     try:
         result = backup.run_backup(settings, progress=progress)
     finally:
@@ -216,7 +188,8 @@ def _cmd_backup(args, settings, env):
                                                 result["object_key"]),
         "  dump %s, %d tables, %s + %s, key %s, sha256 %s, %.1fs" % (
             human_size(result["dump_bytes"]), result["table_count"], result["compression"], result["encryption"],
-            result["key_id"], result["checksum_sha256"], result["duration_seconds"])])
+            result["key_id"], result["checksum_sha256"], result["duration_seconds"]),
+        "  " + stages_line(result)])
     return EXIT_OK
 
 
@@ -257,7 +230,7 @@ def _selection(args, env):
 
 
 def _cmd_restore(args, settings, env):
-    progress = _Progress("restore", sys.stderr)
+    progress = Progress("restore", sys.stderr)
     try:
         result = restore.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
                                      progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
@@ -267,7 +240,7 @@ def _cmd_restore(args, settings, env):
         progress.close()
     lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, SQL ran as %s, "
              "%.1fs" % (result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
-                        result["signature"], result["sql_ran_as"], result["duration_seconds"])]
+                        result["signature"], result["sql_ran_as"], result["duration_seconds"]), "  " + stages_line(result)]
     if result["owner"]:
         lines.append("objects are owned by %s" % result["owner"])
     lines += globals_lines(result.get("globals"))
@@ -276,6 +249,11 @@ def _cmd_restore(args, settings, env):
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
     _emit(result, args.json, lines)
     return EXIT_OK
+
+
+def stages_line(result):
+    """How long each stage of a run took (its ``stage_seconds``), for people."""
+    return "stages: " + stages_text(result["stage_seconds"])
 
 
 def globals_lines(report):
@@ -296,7 +274,7 @@ def globals_lines(report):
 
 
 def _cmd_verify(args, settings, env):
-    progress = _Progress("verify", sys.stderr)
+    progress = Progress("verify", sys.stderr)
     try:
         result = restore.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
                                     allow_seed=args.allow_seed, **_selection(args, env))
@@ -304,7 +282,8 @@ def _cmd_verify(args, settings, env):
         progress.close()
     _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
                               "%.1fs" % (result["name"], human_size(result["size_bytes"]), result["table_count"],
-                                         result["signature"], result["duration_seconds"])])
+                                         result["signature"], result["duration_seconds"]),
+                              "  " + stages_line(result)])
     return EXIT_OK
 
 
@@ -379,7 +358,7 @@ def _cmd_keygen(args, settings, env):
 
 
 def _cmd_adopt(args, settings, env):
-    progress = _Progress("adopt", sys.stderr)
+    progress = Progress("adopt", sys.stderr)
     try:
         result = adopt.run_adopt(settings, dry_run=args.dry_run, delete_originals=args.delete_originals,
                                  progress=progress)

@@ -31,7 +31,7 @@ options:
     type: str
   compression:
     description:
-      - How to compress the dump before encrypting it. V(zstd) (level 3, in one thread) is fast and small,
+      - How to compress the dump before encrypting it. V(zstd) (level 2, in one thread) is fast and small,
         V(gzip) is for compatibility (the seed's restore script and C(gunzip)). Defaults to V(zstd).
       - If not set, the environment variable E(BACKUP_COMPRESSION) is used.
     type: str
@@ -275,10 +275,31 @@ backup:
       type: str
       sample: '2025-08-09T03:00:00Z'
     duration_seconds:
-      description: How long the backup took.
+      description: How long the backup took, from its first check to the metadata's commit.
       returned: when not in check mode
       type: float
       sample: 9.512
+    stage_seconds:
+      description:
+        - How long each stage of the backup took, in seconds - V(prepare) (settings, keys, the login, the C(pg_dump)
+          version, the bucket, the database's size, its globals), V(dump_upload) (C(pg_dump), compression, encryption
+          and the upload, until it is complete) and V(commit) (the globals object, then the signed metadata). They add
+          up to no more than RV(backup.duration_seconds).
+        - While it runs, the engine logs its progress every 30 seconds (bytes, of the database's size as an estimate,
+          rate and time left) with its other lines to the managed host's journal or syslog.
+      returned: when not in check mode
+      type: dict
+      sample: {"prepare": 0.412, "dump_upload": 8.903, "commit": 0.196}
+    s3_retries:
+      description:
+        - What S3 had to be asked again during the backup (each retry is also a warning in the log) -
+          C(requests_retried), the requests that failed in a way that may pass (connection refused, reset or cut,
+          a timeout, HTTP 5xx, throttling) and were sent again (an upload part counts once, however often it was
+          sent); C(retries), the extra attempts they took; and C(download_resumes), 0 here (it counts a restore's
+          resumed downloads). All 0 when nothing failed.
+      returned: when not in check mode
+      type: dict
+      sample: {"requests_retried": 1, "retries": 3, "download_resumes": 0}
     database_size_bytes:
       description: Size of the database on disk.
       returned: in check mode

@@ -298,10 +298,32 @@ restore:
       type: str
       sample: exact
     duration_seconds:
-      description: How long the restore took.
+      description: How long the restore took, from the backup's selection to the rename into place.
       returned: when not in check mode
       type: float
       sample: 12.25
+    stage_seconds:
+      description:
+        - How long each stage of the restore took, in seconds - V(prepare) (selection, signature, keys, the target and
+          restore role checks, the roles O(with_globals) creates, the staging database), V(download_restore) (download,
+          checksum, decryption and C(pg_restore), until it exits), V(checks) (the table count, ownership, the
+          database's owner and settings) and V(swap) (the renames). They add up to no more than
+          RV(restore.duration_seconds).
+        - While it runs, the engine logs its progress every 30 seconds (bytes of the object's size, rate and time
+          left) with its other lines to the managed host's journal or syslog.
+      returned: when not in check mode
+      type: dict
+      sample: {"prepare": 0.61, "download_restore": 10.93, "checks": 0.52, "swap": 0.08}
+    s3_retries:
+      description:
+        - What S3 had to be asked again during the restore (each retry is also a warning in the log) -
+          C(requests_retried), the requests that failed in a way that may pass (connection refused, reset or cut,
+          a timeout, HTTP 5xx, throttling) and were sent again; C(retries), the extra attempts they took; and
+          C(download_resumes), the downloads cut or stalled mid-body that went on with a ranged GET of the same
+          object version from the byte reached. All 0 when nothing failed.
+      returned: when not in check mode
+      type: dict
+      sample: {"requests_retried": 1, "retries": 2, "download_resumes": 1}
     encryption:
       description: How the backup was encrypted.
       returned: when not in check mode
@@ -435,6 +457,24 @@ verification:
       returned: always
       type: float
       sample: 7.5
+    stage_seconds:
+      description:
+        - How long each stage of the verification took, in seconds - V(prepare) (selection, signature, keys, the
+          globals object) and V(download_verify) (download, checksum, decryption and the archive's parse). They add up to
+          no more than RV(verification.duration_seconds).
+      returned: always
+      type: dict
+      sample: {"prepare": 0.35, "download_verify": 7.12}
+    s3_retries:
+      description:
+        - What S3 had to be asked again during the verification (each retry is also a warning in the log) -
+          C(requests_retried), the requests that failed in a way that may pass (connection refused, reset or cut,
+          a timeout, HTTP 5xx, throttling) and were sent again; C(retries), the extra attempts they took; and
+          C(download_resumes), the downloads cut or stalled mid-body that went on with a ranged GET of the same
+          object version from the byte reached. All 0 when nothing failed.
+      returned: always
+      type: dict
+      sample: {"requests_retried": 1, "retries": 2, "download_resumes": 1}
     encryption:
       description: How the backup was encrypted.
       returned: always

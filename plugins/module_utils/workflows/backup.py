@@ -17,12 +17,13 @@ import time
 from .. import keys
 from ..adapters import pgglobals
 from ..adapters.postgres import explain_client_error
-from ..adapters.process import CHUNK, NO_PROGRESS, Child, TocReader
+from ..adapters.process import CHUNK, Child, TocReader
 from ..adapters.s3 import choose_part_size
 from ..catalog import documents, layout
 from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
 from ..formats import globaldoc, magic
 from ..formats.compression import check_compression, compressor
+from ..progress import Progress, Stages
 from . import wiring
 
 NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
@@ -87,54 +88,62 @@ def plan_backup(settings, store=None, now=None, *, pg=None):
 def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
     """Take one backup of ``settings.db_name``; returns a summary dict. Raises BackupError on any failure.
 
-    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py). ``progress`` (a
+    progress.Progress; default one that logs every PROGRESS_LOG_SECONDS) hears the dump's bytes towards the
+    database's size; the result's ``stage_seconds`` says how long each stage took.
     """
-    progress = progress or NO_PROGRESS
+    progress = progress if progress is not None else Progress("backup")
+    stages = Stages(progress)
+    retried = store.retry_counts() if store is not None else None  # a store handed in may have served other runs
     started = time.time()
-    plan = plan_backup(settings, store, now, pg=pg)
-    context = plan.context
-    pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
-    obj_key, meta_key = plan.object_key, plan.metadata_key
-    LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
-             plan.db_size, store.url(obj_key))
+    with stages("prepare"):
+        plan = plan_backup(settings, store, now, pg=pg)
+        context = plan.context
+        pg, store, when, basename = plan.pg, plan.store, plan.when, plan.basename
+        obj_key, meta_key = plan.object_key, plan.metadata_key
+        LOG.info("backup %s of database %s (%s, %d bytes on disk) to %s", basename, settings.db_name, pg.where,
+                 plan.db_size, store.url(obj_key))
 
-    identity = (settings.host, settings.db_name, basename)
-    encryption, envelope, kid, recipient_ids, make_encryptor = new_encryptors(context, identity)
-    cluster = None
-    if settings.globals:
-        cluster = pgglobals.capture(pg, settings.db_name, settings.host, basename)
-        for warning in cluster["warnings"]:
-            LOG.warning("%s (%s)", warning, settings.label("globals") + "=false leaves the globals out")
-    stored = _BackupStream(plan, make_encryptor(), progress).run()
+        identity = (settings.host, settings.db_name, basename)
+        encryption, envelope, kid, recipient_ids, make_encryptor = new_encryptors(context, identity)
+        cluster = None
+        if settings.globals:
+            cluster = pgglobals.capture(pg, settings.db_name, settings.host, basename)
+            for warning in cluster["warnings"]:
+                LOG.warning("%s (%s)", warning, settings.label("globals") + "=false leaves the globals out")
+    with stages("dump_upload", total=plan.db_size, estimated=True):  # the dump's size is not known before its end
+        stored = _BackupStream(plan, make_encryptor(), progress).run()
     globals_key = layout.globals_key(obj_key)
-    try:
-        globals_summary = store_globals(store, globals_key, cluster, make_encryptor()) if cluster else None
-    except BaseException:
-        _delete_quietly(store, obj_key)
-        raise
-    duration = time.time() - started
-    view = settings.describe()
-    view["db_name"] = settings.db_name
-    metadata = documents.build_metadata(
-        view, basename=basename, when=when, object_key=obj_key, size_bytes=stored["size_bytes"],
-        checksum=stored["sha256"], envelope=envelope, key_id=kid, table_count=stored["table_count"],
-        dump_bytes=stored["dump_bytes"], duration=duration,
-        server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
-        database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary)
-    if recipient_ids:
-        metadata["recipient_ids"] = recipient_ids
-    metadata = context.sign(metadata)
-    commit(store, meta_key, obj_key, documents.encode_metadata(metadata), also=[globals_key] if cluster else [])
-    LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs", basename,
-             stored["size_bytes"], stored["dump_bytes"], stored["table_count"], duration)
+    with stages("commit"):
+        try:
+            globals_summary = store_globals(store, globals_key, cluster, make_encryptor()) if cluster else None
+        except BaseException:
+            _delete_quietly(store, obj_key)
+            raise
+        duration = time.time() - started
+        view = settings.describe()
+        view["db_name"] = settings.db_name
+        metadata = documents.build_metadata(
+            view, basename=basename, when=when, object_key=obj_key, size_bytes=stored["size_bytes"],
+            checksum=stored["sha256"], envelope=envelope, key_id=kid, table_count=stored["table_count"],
+            dump_bytes=stored["dump_bytes"], duration=duration,
+            server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
+            database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary)
+        if recipient_ids:
+            metadata["recipient_ids"] = recipient_ids
+        metadata = context.sign(metadata)
+        commit(store, meta_key, obj_key, documents.encode_metadata(metadata), also=[globals_key] if cluster else [])
+    LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs (%s)", basename,
+             stored["size_bytes"], stored["dump_bytes"], stored["table_count"], stages.elapsed(), stages.text())
     return {
         "name": basename, "object_key": obj_key, "metadata_key": meta_key, "bucket": store.bucket,
         "size_bytes": stored["size_bytes"], "dump_bytes": stored["dump_bytes"], "checksum_sha256": stored["sha256"],
         "table_count": stored["table_count"], "timestamp": metadata["timestamp"], "created_at": metadata["created_at"],
-        "duration_seconds": metadata["duration_seconds"], "compression": settings.compression,
+        "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(), "compression": settings.compression,
         "encryption": encryption, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
         "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
         "signing_key_id": metadata["signature"]["key_id"], "globals": globals_summary,
+        "s3_retries": store.retry_counts(since=retried),
     }
 
 

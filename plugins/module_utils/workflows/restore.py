@@ -20,12 +20,11 @@ import re
 import secrets
 import subprocess
 import tempfile
-import time
 
 from .. import config
 from .. import keys
 from ..adapters.postgres import failure_detail, quote_ident, toc_owners
-from ..adapters.process import NO_PROGRESS, Child, TocReader, prefetch
+from ..adapters.process import Child, TocReader, prefetch
 from ..adapters.s3 import READ_CHUNK
 from ..catalog import documents, layout, trust
 from ..catalog.dbnames import PG_NAME_LIMIT, REPLACED_TAG, STAGING_TAG, check_target_name, default_target, side_name
@@ -34,6 +33,7 @@ from ..errors import (BackupError, ChecksumMismatchError, ConfigError, Integrity
 from ..formats import magic, modes
 from ..formats.compression import decompressor
 from ..formats.plainsql import PlainSqlGuard
+from ..progress import Progress, Stages
 from . import leftovers, wiring
 from .globalset import GlobalsRestore, globals_to_restore, load_globals
 from .inventory import select
@@ -226,20 +226,23 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
     """Download, check the checksum, decrypt, decompress and parse the whole archive; touches no database.
 
     ``store`` and ``pg`` (its pg_restore parses the archive) are the adapters (default: the settings',
-    workflows/wiring.py).
+    workflows/wiring.py). ``progress``: as :func:`run_restore`'s.
     """
-    progress = progress or NO_PROGRESS
-    store = wiring.store_or_open(settings, store)
-    context = keys.KeyContext(settings)
-    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
-    new_decryptor = decryptor_factory(context, store, record)
-    trust.require(record.verdict, allow_unsigned, allow_seed)
-    pg = wiring.postgres(settings, pg)
-    sink = toc = None
-    started = time.time()
-    cluster = load_globals(store, record, new_decryptor)
-    with RestoreStream(store, record, new_decryptor, progress) as stream:
+    progress = progress if progress is not None else Progress("verify")
+    stages = Stages(progress)
+    retried = store.retry_counts() if store is not None else None  # a store handed in may have served other runs
+    with stages("prepare"):
+        store = wiring.store_or_open(settings, store)
+        context = keys.KeyContext(settings)
+        allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+        record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+        new_decryptor = decryptor_factory(context, store, record)
+        trust.require(record.verdict, allow_unsigned, allow_seed)
+        pg = wiring.postgres(settings, pg)
+        sink = toc = None
+        cluster = load_globals(store, record, new_decryptor)
+    with stages("download_verify", total=record.metadata["size_bytes"]), \
+            RestoreStream(store, record, new_decryptor, progress) as stream:
         try:
             if stream.prepare() == PLAIN_SQL:
                 guard = PlainSqlGuard()
@@ -269,7 +272,8 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "timestamp": record.metadata["timestamp"], "payload": counts["payload"],
-            "globals": _verified_globals(record, cluster), "duration_seconds": round(time.time() - started, 3)}
+            "globals": _verified_globals(record, cluster), "duration_seconds": stages.elapsed(),
+            "stage_seconds": stages.result(), "s3_retries": store.retry_counts(since=retried)}
 
 
 def _verified_globals(record, document):
@@ -300,54 +304,60 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     restored database the source's owner, ACL and settings (workflows/globalset.py, :class:`GlobalsRestore`). Roles it
     created are dropped again when the restore fails.
 
-    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py).
+    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py). ``progress`` (a
+    progress.Progress; default one that logs every PROGRESS_LOG_SECONDS) hears the download's bytes towards the
+    object's size; the result's ``stage_seconds`` says how long each stage took.
     """
-    progress = progress or NO_PROGRESS
-    store = wiring.store_or_open(settings, store)
-    context = keys.KeyContext(settings)
-    allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
-    new_decryptor = decryptor_factory(context, store, record)
-    trust.require(record.verdict, allow_unsigned, allow_seed)
-    cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
-    target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
-    pg = wiring.postgres(settings, pg)
-    exists = check_target(settings, pg, target, force)
-    _warn_of_leftovers(pg, settings)
-    runner = _sql_runner(settings, pg, record, as_admin, restore_role)
-    staging = side_name(target, STAGING_TAG)
-    restored_globals = GlobalsRestore(pg, cluster, force, privileged=untrusted_source(settings, record) is None)
-    LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
-             store.url(record.object_key), target, pg.where, staging, runner.name)
-    started = time.time()
-    restored_globals.create_roles()
-    try:
-        runner.create(record.metadata["size_bytes"],
-                      also=restored_globals.acting_roles(own=untrusted_source(settings, record) is None)
-                      if runner.role is not None and not no_owner else ())
-    except BaseException:
-        restored_globals.undo()
-        raise
-    try:
-        created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
-    except BaseException:
-        runner.drop()
-        restored_globals.undo()
-        raise
+    progress = progress if progress is not None else Progress("restore")
+    stages = Stages(progress)
+    retried = store.retry_counts() if store is not None else None  # a store handed in may have served other runs
+    with stages("prepare"):
+        store = wiring.store_or_open(settings, store)
+        context = keys.KeyContext(settings)
+        allow_seed = settings.allow_seed if allow_seed is None else allow_seed
+        record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+        new_decryptor = decryptor_factory(context, store, record)
+        trust.require(record.verdict, allow_unsigned, allow_seed)
+        cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
+        target = check_target_name(target_db or default_target(record), settings.flag("target_db"))
+        pg = wiring.postgres(settings, pg)
+        exists = check_target(settings, pg, target, force)
+        _warn_of_leftovers(pg, settings)
+        runner = _sql_runner(settings, pg, record, as_admin, restore_role)
+        staging = side_name(target, STAGING_TAG)
+        restored_globals = GlobalsRestore(pg, cluster, force, privileged=untrusted_source(settings, record) is None)
+        LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
+                 store.url(record.object_key), target, pg.where, staging, runner.name)
+        restored_globals.create_roles()
+        try:
+            runner.create(record.metadata["size_bytes"],
+                          also=restored_globals.acting_roles(own=untrusted_source(settings, record) is None)
+                          if runner.role is not None and not no_owner else ())
+        except BaseException:
+            restored_globals.undo()
+            raise
+        try:
+            created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
+        except BaseException:
+            runner.drop()
+            restored_globals.undo()
+            raise
     try:
         counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, runner=runner,
-                                               no_owner=no_owner, progress=progress,
+                                               no_owner=no_owner, stages=stages,
                                                no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")))
-        owner = runner.settle_ownership(staging, owners, no_owner)
-        owner = restored_globals.settle_database(staging, owner)
-        replaced = None
-        if exists:
-            if pg.active_connections(target):
-                raise RefusedError("database %r gained active connections during the restore: stop the application "
-                                   "and run again" % target, step="swap")
-            replaced = side_name(target, REPLACED_TAG)
-            pg.rename_database(target, replaced)
-        pg.rename_database(staging, target)
+        with stages("checks"):
+            owner = runner.settle_ownership(staging, owners, no_owner)
+            owner = restored_globals.settle_database(staging, owner)
+        with stages("swap"):
+            replaced = None
+            if exists:
+                if pg.active_connections(target):
+                    raise RefusedError("database %r gained active connections during the restore: stop the application "
+                                       "and run again" % target, step="swap")
+                replaced = side_name(target, REPLACED_TAG)
+                pg.rename_database(target, replaced)
+            pg.rename_database(staging, target)
     except BaseException as exc:
         _drop_quietly(pg, staging)
         runner.drop()
@@ -357,17 +367,20 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
                 "; %r is untouched" % target if exists else "",
                 "; the roles it had created were dropped again" if undone else "")
         raise
-    LOG.info("restored %s into %s: %d tables in %.1fs", record.basename, target, tables, time.time() - started)
+    LOG.info("restored %s into %s: %d tables in %.1fs (%s)", record.basename, target, tables, stages.elapsed(),
+             stages.text())
     return {"name": record.basename, "object_key": record.object_key, "target_db": target, "replaced_db": replaced,
             "table_count": tables, "expected_table_count": record.metadata.get("table_count"),
             "size_bytes": counts["downloaded_bytes"], "dump_bytes": counts["dump_bytes"],
             "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "table_count_ok": True,
             "database_settings": created, "timestamp": record.metadata["timestamp"],
-            "duration_seconds": round(time.time() - started, 3), "source_host": record.host, "source_db": record.db,
+            "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(), "source_host": record.host,
+            "source_db": record.db,
             "encryption": record.metadata.get("encryption"), "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted,
-            "globals": restored_globals.report if cluster is not None else None}
+            "globals": restored_globals.report if cluster is not None else None,
+            "s3_retries": store.retry_counts(since=retried)}
 
 
 def check_target(settings, pg, target, force=False):
@@ -603,13 +616,15 @@ class _SqlRunner:
         return wanted
 
 
-def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, progress, no_tablespaces=False):
+def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, stages, no_tablespaces=False):
     """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
 
-    Returns ``(counts, tables, owners in the archive)``.
+    Returns ``(counts, tables, owners in the archive)``. ``stages`` (progress.Stages) times the download and restore,
+    then the checks.
     """
     sink = toc = None
-    with RestoreStream(store, record, new_decryptor, progress) as stream:
+    with stages("download_restore", total=record.metadata["size_bytes"]), \
+            RestoreStream(store, record, new_decryptor, stages.progress) as stream:
         try:
             kind = stream.prepare()
             client = runner.login(staging)
@@ -637,7 +652,8 @@ def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner
                 if child is not None:
                     child.kill()
             raise
-    tables = pg.table_count(staging)
+    with stages("checks"):
+        tables = pg.table_count(staging)
     expected = record.metadata.get("table_count")
     if guard is not None and expected is None:
         expected = guard.tables

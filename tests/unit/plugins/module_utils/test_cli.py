@@ -1,23 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The host command's pure parts: settings precedence, the progress line, option parsing."""
+"""The host command's pure parts: settings precedence, option parsing (the progress line: test_progress.py)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import io
 import os
 
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import cli
-
-
-class _Tty(io.StringIO):
-    def isatty(self):
-        return True
 
 
 def test_environment_wins_over_the_env_file(tmp_path):
@@ -36,25 +30,6 @@ def test_env_file_can_come_from_quankey_env_file(tmp_path):
     path.write_text("DB_NAME=x\n")
     os.chmod(str(path), 0o600)
     assert cli.load_environment(None, {"QUANKEY_ENV_FILE": str(path)})["DB_NAME"] == "x"
-
-
-def test_progress_line_shows_bytes_rate_and_share_on_a_terminal():
-    stream = _Tty()
-    progress = cli._Progress("restore", stream)
-    progress.started -= 2.0
-    progress(50 * 1024 * 1024, 100 * 1024 * 1024)
-    progress.close()
-    text = stream.getvalue()
-    assert text.startswith("\rrestore: 50.0 MiB of 100.0 MiB (50%), ")
-    assert "MiB/s" in text and text.endswith("\n")
-
-
-def test_no_progress_line_when_not_a_terminal():
-    stream = io.StringIO()
-    progress = cli._Progress("backup", stream)
-    progress(10)
-    progress.close()
-    assert stream.getvalue() == ""
 
 
 @pytest.mark.parametrize("argv", [

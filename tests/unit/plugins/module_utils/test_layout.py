@@ -25,7 +25,7 @@ PREFIX = "ansible_collections.quankey.backup.plugins.module_utils."
 # Lowest first.  A name is a file (without .py) or a package ("formats/").
 LAYERS = [
     {"errors", "units"},
-    {"secretfiles"},
+    {"secretfiles", "progress"},
     {"formats/"},
     {"config", "catalog/"},
     {"adapters/", "keys"},
