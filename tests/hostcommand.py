@@ -3,13 +3,18 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Running the installed `quankey-backup` command as a user would, for the functional tests."""
 
+import json
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-CLI = str(Path(sys.executable).parent / "quankey-backup")
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "quankey-backup")
+ROOT = Path(__file__).resolve().parents[1]
+# The variables of this process a module run must not inherit: the modules get their settings from options or env files.
+SETTING_PREFIXES = ("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_")
 
 
 def new_name(stem):
@@ -30,3 +35,25 @@ def run_cli(env, *args, check=None):
         assert proc.returncode == check, "exit %d, wanted %d\nstdout: %s\nstderr: %s" % (
             proc.returncode, check, proc.stdout, proc.stderr)
     return proc
+
+
+def run_module(tmp_path, program, *args, drop=()):
+    """``program`` (ansible or ansible-playbook of this venv) with ``args`` on localhost (local connection), this
+    checkout as the quankey.backup collection, none of this process's setting variables (SETTING_PREFIXES) nor the
+    names in ``drop``; the result of its first task, as the json callback gives it."""
+    collections = tmp_path / "collections" / "ansible_collections" / "quankey"
+    if not collections.exists():
+        collections.mkdir(parents=True)
+        (collections / "backup").symlink_to(ROOT)
+    env = dict((name, value) for name, value in os.environ.items()
+               if name.upper() not in drop and not name.startswith(SETTING_PREFIXES))
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_RETRY_FILES_ENABLED="false")
+    proc = subprocess.run([str(BIN / program), "-i", "localhost,", "-c", "local"] + list(args), env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300, check=False)
+    try:
+        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None

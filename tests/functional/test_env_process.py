@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hostcommand import new_name, run_cli
+from hostcommand import new_name, run_cli, run_module
 from testbed import free_port, write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,27 +141,10 @@ def test_a_variable_the_engine_does_not_read_is_warned_of_once_by_name(tmp_path,
 
 
 def _module(tmp_path, env_file):
-    """``ansible localhost -m quankey.backup.backup_info -a 'env_file=<file> all=true'``, the collection of this
-    checkout, the module's process holding no proxy, AWS, S3 or backup variable of this one."""
-    collections = tmp_path / "collections" / "ansible_collections" / "quankey"
-    if not collections.exists():
-        collections.mkdir(parents=True)
-        (collections / "backup").symlink_to(ROOT)
-    mine = ("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_")
-    env = dict((name, value) for name, value in os.environ.items()
-               if name.upper() not in PROXY_NAMES and not name.startswith(mine))
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
-    proc = subprocess.run([str(BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-                           "-e", "ansible_python_interpreter=%s" % sys.executable,
-                           "-m", "quankey.backup.backup_info", "-a", "env_file=%s all=true" % env_file],
-                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300, check=False)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None
+    """``ansible localhost -m quankey.backup.backup_info -a 'env_file=<file> all=true'``, the module's process holding
+    no proxy, AWS, S3 or backup variable of this one."""
+    return run_module(tmp_path, "ansible", "localhost", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                      "-m", "quankey.backup.backup_info", "-a", "env_file=%s all=true" % env_file, drop=PROXY_NAMES)
 
 
 def test_a_modules_env_file_gives_boto3_its_proxy_too(tmp_path, settings, proxy):

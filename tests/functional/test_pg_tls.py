@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import sampledb
-from hostcommand import new_name, run_cli
+from hostcommand import new_name, run_cli, run_module
 from sampledb import table_digests
 from testbed import PostgresCluster, Testbed, write_env_file
 from testca import TestCA
@@ -187,9 +187,7 @@ _MODULE_PLAY = """
 
 def _module_backup(tmp_path, tls_bed, env, ca_path):
     """pg_encrypted_backup played by ansible-playbook (this checkout's collection) with ``ca_path`` as ssl_rootcert."""
-    collections = tmp_path / "collections" / "ansible_collections" / "quankey"
-    collections.mkdir(parents=True)
-    (collections / "backup").symlink_to(ROOT)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "play.yml").write_text(_MODULE_PLAY)
     variables = {
         "pg": {"host": tls_bed.pg.host, "port": tls_bed.pg.port, "user": tls_bed.pg.user, "password": tls_bed.pg.password,
@@ -202,19 +200,7 @@ def _module_backup(tmp_path, tls_bed, env, ca_path):
     descriptor = os.open(str(tmp_path / "vars.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(variables, handle)
-    mine = ("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_")
-    process = dict((name, value) for name, value in os.environ.items() if not name.startswith(mine))
-    process.update(ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_HOME=str(tmp_path / "home"),
-                   ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-                   ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_RETRY_FILES_ENABLED="false")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"),
-                           "-e", "@%s" % (tmp_path / "vars.json")], env=process, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300,
-                          check=False)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None
+    return run_module(tmp_path, "ansible-playbook", str(tmp_path / "play.yml"), "-e", "@%s" % (tmp_path / "vars.json"))
 
 
 def test_the_module_backs_up_over_tls_with_its_ca_option(tls_bed, env, ca, tmp_path):

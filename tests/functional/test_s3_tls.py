@@ -11,21 +11,16 @@ bucket; S3_VALIDATE_CERTS=false works without a bundle, with a warning. What the
 directly, around the proxy."""
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from hostcommand import new_name, run_cli
+from hostcommand import new_name, run_cli, run_module
 from sampledb import table_digests
 from testbed import write_env_file
 from testca import TestCA
 from tlsproxy import TLSProxy
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -128,25 +123,10 @@ def test_a_ca_bundle_that_does_not_exist_is_a_configuration_error(env, tmp_path)
 
 def _module(tmp_path, args):
     """``quankey.backup.backup_info`` with ``args`` in a play on this machine (local connection); its result."""
-    collections = tmp_path / "collections" / "ansible_collections" / "quankey"
-    if not collections.exists():
-        collections.mkdir(parents=True)
-        (collections / "backup").symlink_to(ROOT)
     (tmp_path / "play.yml").write_text(
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - quankey.backup.backup_info: %s\n" % json.dumps(args))
-    mine = ("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_")
-    env = dict((name, value) for name, value in os.environ.items() if not name.startswith(mine))
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_RETRY_FILES_ENABLED="false")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"),
-                           "-e", "ansible_python_interpreter=%s" % sys.executable], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300,
-                          check=False)
-    try:
-        return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
-        raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None
+    return run_module(tmp_path, "ansible-playbook", str(tmp_path / "play.yml"),
+                      "-e", "ansible_python_interpreter=%s" % sys.executable)
 
 
 @pytest.fixture
