@@ -22,7 +22,6 @@ from testca import TestCA
 from tlsproxy import TLSProxy
 
 
-
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     """The CA that signed the proxy's certificate (for localhost and 127.0.0.1)."""
