@@ -8,7 +8,7 @@
 #   make lint           ansible-lint (production profile) on roles/ and playbooks/
 #   make test-molecule  the fleet roles on chroot test hosts, as root: molecule/ (docs/ROLES.md, "Testing")
 #   make demo           the end-to-end demo (scripts/demo.py)
-#   make bench          benchmarks on a ~1 GB database (minutes): docs/benchmarks.md, bench/results/
+#   make bench          benchmarks on a ~1 GB database (~50 min): docs/benchmarks.md, docs/images/, bench/results/
 #   make bench-smoke    the same on a tiny database, < 1 minute, output in build/bench/smoke (CI)
 #   make clean          remove build/ (make distclean also removes .venv)
 

@@ -5,6 +5,7 @@ import os
 import statistics
 
 MB = 1e6
+GB = 1e9
 RSS_LIMIT = 200 * MB
 
 LABELS = {
@@ -16,6 +17,11 @@ LABELS = {
         "c-zstd3": "(c') the same engine with zstd level 3 (the default before issue 15)",
         "d": "(d) pgBackRest full backup, S3 repo",
         "d-posix": "(d) pgBackRest full backup, posix repo",
+        "e": "(e) barman-cloud-backup, S3",
+        "e-gzip": "(e) barman-cloud-backup --gzip, S3",
+        "e-snappy": "(e) barman-cloud-backup --snappy, S3",
+        "e-bzip2": "(e) barman-cloud-backup --bzip2, S3",
+        "e-none": "(e) barman-cloud-backup uncompressed, S3",
         "upload": "upload alone (engine multipart, c's size)",
     },
     "restore": {
@@ -23,8 +29,14 @@ LABELS = {
         "a-j2": "(a) same with pg_restore -j 2",
         "b": "(b) seed: aws s3 cp, sha256sum, openssl -d | gunzip | pg_restore",
         "c": "(c) quankey-backup restore",
+        "c-j1": "(c) the same with --jobs 1",
         "d": "(d) pgbackrest restore, S3 repo (files only)",
         "d-posix": "(d) pgbackrest restore, posix repo (files only)",
+        "e": "(e) barman-cloud-restore, S3 (files only)",
+        "e-gzip": "(e) barman-cloud-restore of --gzip (files only)",
+        "e-snappy": "(e) barman-cloud-restore of --snappy (files only)",
+        "e-bzip2": "(e) barman-cloud-restore of --bzip2 (files only)",
+        "e-none": "(e) barman-cloud-restore of uncompressed (files only)",
         "download": "download alone (engine GET of c's object)",
     },
 }
@@ -66,10 +78,11 @@ def summarize(results):
         return backup.get(method, {}).get("stored_bytes")
 
     ratios = {}
-    for other in ("a", "b", "d", "d-posix"):
+    barmans = barman_methods(summary)
+    for other in ("a", "b", "d", "d-posix") + barmans:
         ratios["backup c/%s" % other] = _ratio(wall(backup, "c"), wall(backup, other))
         ratios["restore c/%s" % other] = _ratio(wall(restore, "c"), wall(restore, other))
-    for other in ("b", "d", "d-posix"):
+    for other in ("b", "d", "d-posix") + barmans:
         ratios["stored c/%s" % other] = _ratio(stored("c"), stored(other))
     for variant in sorted(m for m in backup if m.startswith("c-")):
         for other in ("a", "b", "c"):
@@ -125,7 +138,119 @@ def summarize(results):
               "%.1fs vs 1.3 x %.1fs + %.1fs = %.1fs"
               % (wall(restore, "c"), wall(restore, "a"), wall(restore, "download"), bound))
     summary["checks"] = checks
+    summary["unavailable"] = dict(results.get("unavailable", {}))
+    summary["targets"] = targets(results, summary)
     return summary
+
+
+def barman_methods(summary):
+    """The barman-cloud variants measured (e-gzip, e-none, ...), in a stable order."""
+    return tuple(sorted(m for m in set(summary["backup"]) | set(summary["restore"]) if m.startswith("e-")))
+
+
+def _target(name, definition, value, op, threshold, numbers, missing=None):
+    """One row of the Targets table; ``value`` None: not measured (``missing`` says why)."""
+    if value is None:
+        return {"name": name, "definition": definition, "ratio": None, "op": op, "threshold": threshold,
+                "met": None, "numbers": "not measured: %s" % (missing or "a method it needs did not run")}
+    met = value <= threshold if op == "<=" else value < threshold
+    return {"name": name, "definition": definition, "ratio": value, "op": op, "threshold": threshold, "met": met,
+            "numbers": numbers}
+
+
+def cpu_floor(row, cores):
+    """A run's CPU floor: (client CPU + PostgreSQL CPU) / cores, without the S3 server's CPU (real S3 is elsewhere)."""
+    return (row["client_cpu_s"] + row["server_cpu_s"]) / cores
+
+
+def targets(results, summary):
+    """Issue 15's targets, each a ratio of numbers measured in this run, with its threshold and whether it was met."""
+    backup, restore = summary["backup"], summary["restore"]
+    cores = results.get("machine", {}).get("cores") or os.cpu_count()
+    unavailable = results.get("unavailable", {})
+    out = []
+    c_backup, c_restore = backup.get("c"), restore.get("c")
+    d_backup = backup.get("d")
+    db_bytes = results.get("dataset", {}).get("database_bytes")
+
+    # 1. client CPU per GB: (c) per GB of the database it dumps, (d) per GB of the cluster files it read
+    value = numbers = None
+    if c_backup and d_backup and db_bytes and d_backup.get("read_bytes"):
+        c_per_gb = c_backup["client_cpu_s"] / (db_bytes / GB)
+        d_per_gb = d_backup["client_cpu_s"] / (d_backup["read_bytes"] / GB)
+        value = _ratio(c_per_gb, d_per_gb)
+        numbers = ("(c) %.2f s for %.2f GB = %.2f s/GB; (d) %.2f s for %.2f GB read = %.2f s/GB"
+                   % (c_backup["client_cpu_s"], db_bytes / GB, c_per_gb, d_backup["client_cpu_s"],
+                      d_backup["read_bytes"] / GB, d_per_gb))
+    out.append(_target("backup client CPU per GB, (c) / (d) pgBackRest S3 repo",
+                       "client CPU seconds per GB backed up: (c) per GB of the database (`pg_database_size`), "
+                       "(d) per GB of cluster files it read", value, "<=", 0.6, numbers,
+                       unavailable.get("d") or "pgBackRest's S3 repository was not measured in this run"))
+
+    # 2. backup wall against its own CPU floor
+    value = numbers = None
+    if c_backup:
+        floor = cpu_floor(c_backup, cores)
+        value = _ratio(c_backup["wall_s"], floor)
+        numbers = ("wall %.2f s; floor (%.2f client + %.2f PostgreSQL CPU s) / %d cores = %.2f s"
+                   % (c_backup["wall_s"], c_backup["client_cpu_s"], c_backup["server_cpu_s"], cores, floor))
+    out.append(_target("backup wall (c) / its CPU floor",
+                       "floor = (client CPU + PostgreSQL CPU) / cores, without the S3 server's CPU", value, "<=", 1.15,
+                       numbers))
+
+    # 3. restore against pg_restore -j 2 from a local file
+    value = numbers = None
+    if c_restore and restore.get("a-j2"):
+        value = _ratio(c_restore["wall_s"], restore["a-j2"]["wall_s"])
+        numbers = "%.2f s vs %.2f s" % (c_restore["wall_s"], restore["a-j2"]["wall_s"])
+    out.append(_target("restore wall (c) / (a) pg_restore -j 2 from a local file", "wall times", value, "<=", 1.1,
+                       numbers))
+
+    # 4, 5. against barman-cloud: its fastest variant measured (by wall time), named
+    why = ("(e) barman-cloud not available: %s" % unavailable["e"]) if unavailable.get("e") else (
+        "(e) barman-cloud was not measured in this run")
+    e_backups = {m: backup[m] for m in barman_methods(summary) if m in backup}
+    value = numbers = None
+    if c_backup and e_backups:
+        method = min(e_backups, key=lambda m: e_backups[m]["wall_s"])
+        value = _ratio(c_backup["wall_s"], e_backups[method]["wall_s"])
+        numbers = "%.2f s vs %.2f s, %s (%s)" % (c_backup["wall_s"], e_backups[method]["wall_s"],
+                                                 LABELS["backup"].get(method, method), _others(e_backups, method))
+    out.append(_target("backup wall (c) / (e) barman-cloud-backup", "wall times; (e) its fastest variant in this run",
+                       value, "<", 1.0, numbers, why))
+    e_restores = {m: restore[m]["wall_s"] + restore[m]["start_recovery_s"] for m in barman_methods(summary)
+                  if m in restore and restore[m].get("start_recovery_s") is not None}
+    value = numbers = None
+    if c_restore and e_restores:
+        method = min(e_restores, key=e_restores.get)
+        row = restore[method]
+        value = _ratio(c_restore["wall_s"], e_restores[method])
+        numbers = ("%.2f s vs %.2f s, %s: %.2f s + starting the cluster to consistency %.2f s"
+                   % (c_restore["wall_s"], e_restores[method], LABELS["restore"].get(method, method), row["wall_s"],
+                      row["start_recovery_s"]))
+    out.append(_target("restore wall (c) / (e) barman-cloud-restore + start",
+                       "(e) = its files laid down + `pg_ctl start -w` until the cluster accepts connections; its "
+                       "fastest variant in this run", value, "<", 1.0, numbers, why))
+
+    # 6. restore memory
+    value = numbers = None
+    if c_restore:
+        value = c_restore["peak_rss_bytes"] / RSS_LIMIT
+        numbers = "%.0f MB (whole process tree) of %.0f MB" % (c_restore["peak_rss_bytes"] / MB, RSS_LIMIT / MB)
+    out.append(_target("peak RSS of restore (c) / 200 MB", "peak RSS of the restore's process tree", value, "<=", 1.0,
+                       numbers))
+    return out
+
+
+def _others(rows, chosen):
+    others = ["%s %.2f s" % (m, rows[m]["wall_s"]) for m in sorted(rows) if m != chosen]
+    return "others: " + ", ".join(others) if others else "the only variant measured"
+
+
+def _verdict(item):
+    if item["met"] is None:
+        return "not measured"
+    return "met" if item["met"] else "missed"
 
 
 def _fmt(value, unit="s"):
@@ -144,6 +269,8 @@ def rows(summary, kind):
     for method, label in labels.items():
         row = summary[kind].get(method)
         if not row:
+            if method in summary.get("unavailable", {}):
+                out.append([label, "not available: %s" % summary["unavailable"][method]] + ["-"] * 6)
             continue
         out.append([label, _fmt(row["wall_s"]), _fmt(row["client_cpu_s"]), _fmt(row["server_cpu_s"]),
                     _fmt(row["s3_cpu_s"]), _fmt(row["other_cpu_s"]), _fmt(row["peak_rss_bytes"], "MB"),
@@ -174,7 +301,12 @@ def table(summary):
         if value is not None:
             lines.append("  %-14s %.2f" % (name, value))
     lines.append("")
-    lines.append("TARGETS")
+    lines.append("TARGETS (issue 15; ratios of this run's medians)")
+    for item in summary.get("targets", []):
+        measured = "%.2f (%s)" % (item["ratio"], item["numbers"]) if item["ratio"] is not None else item["numbers"]
+        lines.append("  [%s] %s %s %s: %s" % (_verdict(item), item["name"], item["op"], item["threshold"], measured))
+    lines.append("")
+    lines.append("OTHER CHECKS")
     for name, item in summary["checks"].items():
         lines.append("  [%s] %-22s %s: %s" % ("met" if item["met"] else "MISSED", name, item["target"], item["measured"]))
     return "\n".join(lines)
@@ -195,11 +327,12 @@ def chart(summary, path):
         import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     except ImportError:
         return None
-    colors = {"a": "#9e9e9e", "a-j2": "#bdbdbd", "b": "#e57373", "c": "#1e88e5", "d": "#ffb300", "d-posix": "#ffe082",
-              "upload": "#90caf9", "download": "#90caf9"}
+    colors = {"a": "#9e9e9e", "a-j2": "#bdbdbd", "b": "#e57373", "c": "#1e88e5", "c-j1": "#64b5f6", "d": "#ffb300",
+              "d-posix": "#ffe082", "e-gzip": "#8e24aa", "e-none": "#ce93d8", "e-snappy": "#ab47bc",
+              "e-bzip2": "#6a1b9a", "upload": "#90caf9", "download": "#90caf9"}
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [3, 3, 2]})
     for axis, kind in zip(axes[:2], ("backup", "restore")):
-        methods = [m for m in LABELS[kind] if m in summary[kind] and not m.startswith("c-")]
+        methods = [m for m in LABELS[kind] if m in summary[kind] and not m.startswith("c-z")]
         walls = [summary[kind][m]["wall_s"] for m in methods]
         bars = axis.barh(range(len(methods)), walls, color=[colors.get(m, "#777") for m in methods])
         axis.set_yticks(range(len(methods)))
@@ -209,15 +342,21 @@ def chart(summary, path):
         axis.set_title(kind)
         for patch, method in zip(bars, methods):
             row = summary[kind][method]
-            note = "%.1fs" % row["wall_s"]
+            note, end = "%.1fs" % row["wall_s"], patch.get_width()
+            if row.get("start_recovery_s") is not None:  # files only: starting the cluster comes on top
+                axis.barh(patch.get_y() + patch.get_height() / 2, row["start_recovery_s"], left=end,
+                          height=patch.get_height(), color=colors.get(method, "#777"), alpha=0.35, hatch="//")
+                note += " + %.1fs start" % row["start_recovery_s"]
+                end += row["start_recovery_s"]
             if kind == "backup" and row.get("stored_bytes"):
                 note += ", %.0f MB stored" % (row["stored_bytes"] / MB)
-            axis.text(patch.get_width(), patch.get_y() + patch.get_height() / 2, " " + note, va="center", fontsize=8)
-        axis.set_xlim(0, max(walls) * 1.45)
+            axis.text(end, patch.get_y() + patch.get_height() / 2, " " + note, va="center", fontsize=8)
+        axis.set_xlim(0, max(w + (summary[kind][m].get("start_recovery_s") or 0) for w, m in zip(walls, methods))
+                      * 1.55)
     axis = axes[2]
     names, values = [], []
     for kind in ("backup", "restore"):
-        for method in ("a", "b", "c", "d", "d-posix"):
+        for method in ("a", "b", "c", "d", "d-posix") + barman_methods(summary):
             row = summary[kind].get(method)
             if row:
                 names.append("%s %s" % (kind, method))
@@ -253,8 +392,9 @@ def markdown(results, summary, chart_path, out_path):
     lines += ["## Machine", "",
               "| | |", "|---|---|"]
     for key in ("cpu", "cores", "memory_gb", "os", "kernel", "python", "postgresql", "pg_dump", "pgbackrest",
-                "openssl", "gzip", "awscli", "moto", "zstandard", "cryptography"):
-        lines.append("| %s | %s |" % (key, machine.get(key)))
+                "barman-cloud", "openssl", "gzip", "awscli", "moto", "zstandard", "cryptography"):
+        if key in machine:
+            lines.append("| %s | %s |" % (key, machine[key]))
     lines += ["", "Everything runs on this one machine: the PostgreSQL server, the clients and the S3 endpoint "
               "(`moto_server` on loopback HTTP, from `tests/testbed.py`) share the same %s cores. The S3 "
               "server's CPU is reported in its own column: on real S3 it would not be spent on the database "
@@ -279,13 +419,25 @@ def markdown(results, summary, chart_path, out_path):
                           config["pgbackrest_processes"]), ""]
     if results["extra"].get("pgbackrest_s3"):
         lines += ["pgBackRest's S3 repository is %s." % results["extra"]["pgbackrest_s3"], ""]
+    barman = results["extra"].get("barman")
+    e_backups = [(m, summary["backup"][m]) for m in barman_methods(summary) if m in summary["backup"]]
+    if e_backups and barman:
+        lines += ["(e): %s copies the cluster's files (all databases, indexes included: %.0f MB) into one tar "
+                  "stream, compressed in one Python thread (gzip and bzip2 at level 9, fixed), uploaded with "
+                  "`--jobs %d` to the same S3 endpoint and bucket (prefix `barman-COMPRESSION/`, plain HTTP like "
+                  "(c)). Stored, with the WAL it needs: %s. It has no client-side encryption (only S3 server-side "
+                  "encryption), so it spends no CPU on it. Each compression is its own row; the targets compare with "
+                  "the fastest." % (
+                      barman["version"], (e_backups[0][1].get("read_bytes") or 0) / MB, barman["jobs"],
+                      ", ".join("%s %.0f MB" % (m, row["stored_bytes"] / MB) for m, row in e_backups)), ""]
     lines += ["## Restore", "", markdown_table(summary, "restore"), ""]
-    for method in ("d", "d-posix"):
+    for method in ("d", "d-posix") + barman_methods(summary):
         row = summary["restore"].get(method)
         if row and row.get("start_recovery_s") is not None:
             lines += ["%s only lays the files down; starting that cluster (WAL replay from the repository "
                       "until consistent, then accepting connections) took a further %.1f s (median), not "
-                      "included above." % (LABELS["restore"][method], row["start_recovery_s"]), ""]
+                      "included above: %.1f s in all." % (LABELS["restore"][method], row["start_recovery_s"],
+                                                          row["wall_s"] + row["start_recovery_s"]), ""]
     lines += ["## Where the time goes", "",
               "Everything shares %d cores, so a run cannot take less wall time than its CPU seconds divided by "
               "the cores (the floor). The S3 server's CPU would not be spent on a database host talking to real "
@@ -293,7 +445,7 @@ def markdown(results, summary, chart_path, out_path):
               "| method | wall s | CPU s (client + PostgreSQL + S3 server) | floor s | floor without S3 server s |",
               "|---|---|---|---|---|"]
     for kind in ("backup", "restore"):
-        for method in ("a", "b", "c", "c-zstd2", "c-zstd3", "d", "d-posix"):
+        for method in ("a", "a-j2", "b", "c", "c-j1", "c-zstd2", "c-zstd3", "d", "d-posix") + barman_methods(summary):
             row = summary[kind].get(method)
             if row:
                 cpu = row["client_cpu_s"] + row["server_cpu_s"] + row["s3_cpu_s"]
@@ -306,7 +458,17 @@ def markdown(results, summary, chart_path, out_path):
         if value is not None:
             lines.append("| %s | %.2f |" % (name, value))
     lines += ["", "Wall-time ratios of medians measured in the same run; for `stored`, bytes.", ""]
-    lines += ["## Targets", "", "| target | | measured |", "|---|---|---|"]
+    lines += ["## Targets", "",
+              "Issue 15's targets, each a ratio of medians measured in this run (nothing here is typed in by hand: "
+              "the verdict is computed from the numbers). The CPU floor of a run is (client CPU + PostgreSQL "
+              "CPU) / %d cores: the S3 server's CPU is left out because real S3 runs elsewhere." % machine["cores"], "",
+              "| target | definition | ratio | threshold | result | from |", "|---|---|---|---|---|---|"]
+    for item in summary["targets"]:
+        lines.append("| %s | %s | %s | %s %s | %s | %s |" % (
+            item["name"], item["definition"], "%.2f" % item["ratio"] if item["ratio"] is not None else "-", item["op"],
+            item["threshold"], {"met": "met", "missed": "**missed**"}.get(_verdict(item), "not measured"),
+            item["numbers"]))
+    lines += ["", "## Other checks", "", "| check | | measured |", "|---|---|---|"]
     for name, item in summary["checks"].items():
         lines.append("| %s: %s | %s | %s |" % (name, item["target"], "met" if item["met"] else "**missed**", item["measured"]))
     lines.append("")
@@ -378,12 +540,24 @@ def markdown(results, summary, chart_path, out_path):
               "(b) the seed's backup, as run (`bash -c`):", "", "```bash", config["seed_backup_script"], "```", "",
               "(b) the seed's restore:", "", "```bash", config["seed_restore_script"], "```", "",
               "(c) `quankey-backup -q backup --json` and `quankey-backup -q restore --backup latest --target-db X "
-              "--json` with the test bed's environment (`S3_PREFIX=quankey`, defaults otherwise: zstd, AES-256-GCM).", "",
+              "--json` (its default `--jobs`) with the test bed's environment (`S3_PREFIX=quankey`, defaults otherwise: zstd, AES-256-GCM).", "",
               "(d) `pgbackrest --stanza=bench --type=full backup` and `pgbackrest --stanza=bench --pg1-path=EMPTY "
               "restore`, as the postgres user, with `repo1-cipher-type=aes-256-cbc`, `compress-type=zst`, "
               "`process-max=%d`, `start-fast=y`, `archive_command` = `pgbackrest archive-push` during its "
               "backups only (`/bin/true` otherwise, so its WAL archiving does not load the other methods)."
               % config["pgbackrest_processes"], ""]
+    if results["extra"].get("barman"):
+        barman = results["extra"]["barman"]
+        lines += ["(e) `barman-cloud-backup --cloud-provider aws-s3 --endpoint-url URL [--COMPRESSION] "
+                  "--immediate-checkpoint --jobs %d s3://quankey-bench/barman-COMPRESSION bench` (COMPRESSION: %s) "
+                  "and `barman-cloud-restore --cloud-provider aws-s3 --endpoint-url URL "
+                  "s3://quankey-bench/barman-COMPRESSION bench BACKUP_ID EMPTY`, as the postgres user, credentials "
+                  "from the environment; `archive_command` = `barman-cloud-wal-archive [--COMPRESSION] ...` during "
+                  "its backups only (`/bin/true` otherwise); the restored cluster is started with `restore_command` "
+                  "= `barman-cloud-wal-restore ... %%f %%p` and `recovery.signal`, as barman's documentation says."
+                  % (barman["jobs"], ", ".join(barman["compressions"])), ""]
+    for method, why in sorted(results.get("unavailable", {}).items()):
+        lines += ["%s: not available in this run: %s." % (LABELS["backup"].get(method, method), why), ""]
     if results["notes"]:
         lines += ["Notes: " + "; ".join(results["notes"]), ""]
     if os.path.exists(analysis_path):

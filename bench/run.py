@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""`make bench` / `make bench-smoke`: quankey-backup against raw pg_dump, the seed's shell pipeline and pgBackRest.
+"""`make bench` / `make bench-smoke`: quankey-backup against raw pg_dump, the seed's pipeline, pgBackRest, barman-cloud.
 
 One run, one machine, one PostgreSQL cluster and one S3 endpoint (moto_server on loopback, from
 tests/testbed.py), every method repeated and interleaved (rep 1: a b c d, rep 2: a b c d, ...)
 so drift hits all alike; medians are reported. See docs/benchmarks.md for what each method is.
 
     .venv/bin/python bench/run.py                  # full: ~1 GB database, 3 repetitions -> docs/benchmarks.md
+                                                   #   and its chart docs/images/benchmarks.png
     .venv/bin/python bench/run.py --smoke          # tiny, < 1 minute, for CI -> build/bench/smoke/
     .venv/bin/python bench/run.py --size 500M --flat-size 2G --repeat 5
 """
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import barman  # noqa: E402  pylint: disable=wrong-import-position
 import datagen  # noqa: E402  pylint: disable=wrong-import-position
 import fleet  # noqa: E402  pylint: disable=wrong-import-position
 import measure  # noqa: E402  pylint: disable=wrong-import-position
@@ -51,12 +53,12 @@ def log(message):
     print("bench: %s" % message, file=sys.stderr, flush=True)
 
 
-def ensure_tool(program, package):
+def ensure_tool(program, package, install=True):
     """The path of ``program``; apt-get installs ``package`` when it is missing (None if that fails)."""
     found = shutil.which(program)
     if found:
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
         return None
     log("installing %s (apt-get install %s)" % (program, package))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -80,12 +82,15 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         self.work = Path(work)
         self.args = args
         self.bindir = str(self.pg.bindir)
-        self.results = {"backup": {}, "restore": {}, "extra": {}, "flat": {}, "notes": [], "disturbed": []}
+        self.results = {"backup": {}, "restore": {}, "extra": {}, "flat": {}, "notes": [], "disturbed": [],
+                        "unavailable": {}}
         self.postmaster = None
         self.moto_pid = bed.moto._process.pid  # pylint: disable=protected-access  # its CPU is measured
         self.shim = None
         self.pgbackrest = self.pgbackrest_conf = self.posix_repo = None
         self.repos = {}
+        self.bucket = BUCKET
+        self.barmans = []
         self.cipher_pass = secrets.token_urlsafe(24)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_", "DB_", "S3_", "BACKUP_"))}
         base["PATH"] = "%s:%s" % (VENV_BIN, base.get("PATH", "/usr/bin:/bin"))
@@ -133,6 +138,17 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 if contains is None or contains(item["Key"]):
                     total += item["Size"]
         return total
+
+    def list_keys(self, prefix):
+        return [item["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+                for item in page.get("Contents", [])]
+
+    def read_object(self, key):
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode("utf-8", "replace")
+
+    def postgres_ids(self):
+        """(uid, gid) that own the cluster's files (the postgres user when we are root)."""
+        return self.pg._run_as or (os.getuid(), os.getgid())  # pylint: disable=protected-access
 
     def delete_prefix(self, prefix):
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
@@ -202,7 +218,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         pgdir = self.work / "pgbackrest"
         for sub in ("log", "lock", "spool", "posix-repo"):
             (pgdir / sub).mkdir(parents=True, exist_ok=True)
-        uid, gid = self.pg._run_as or (os.getuid(), os.getgid())  # pylint: disable=protected-access
+        uid, gid = self.postgres_ids()
         for path in [self.work, pgdir] + list(pgdir.iterdir()):
             os.chown(path, uid, gid)
         repos = []
@@ -396,34 +412,75 @@ rm -f "$W/restore.encrypted"
         self.drop(target)
         return result
 
-    def restore_quankey(self):
-        """(c) quankey-backup restore"""
+    def restore_quankey(self, extra=()):
+        """(c) quankey-backup restore (its default --jobs; ``extra``: more options, e.g. --jobs 1)"""
         target = self.new_db_name("c")
-        result = self.measure([CLI, "-q", "restore", "--backup", "latest", "--target-db", target, "--json"])
+        result = self.measure([CLI, "-q", "restore", "--backup", "latest", "--target-db", target, "--json"] + list(extra))
         self.drop(target)
         return result
+
+    def restore_has_jobs(self):
+        done = subprocess.run([CLI, "restore", "--help"], env=self.env, capture_output=True, text=True, check=False)
+        return "--jobs" in done.stdout
 
     def restore_pgbackrest(self, method):
         """(d) pgbackrest restore into an empty data directory (files only; then, separately, start + recovery)"""
         target = self.work / "pgbackrest-restore"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(mode=0o700)
-        uid, gid = self.pg._run_as or (os.getuid(), os.getgid())  # pylint: disable=protected-access
+        uid, gid = self.postgres_ids()
         os.chown(target, uid, gid)
         result = self.measure(self.pgbackrest_argv(["--repo=%d" % self.repos[method], "--pg1-path=%s" % target, "restore"]))
-        sock = self.work / "pgbackrest-restore-sock"
+        result["start_recovery_s"], result["start_ok"] = self.start_restored_cluster(target, "pgbackrest-restore")
+        shutil.rmtree(target, ignore_errors=True)
+        return result
+
+    def start_restored_cluster(self, target, tag):
+        """Start a restored data directory until it accepts connections (WAL replayed to consistency), then stop it.
+
+        Returns (seconds, started): the wall time of `pg_ctl start -w` (measured like every command), and whether
+        it started. Used alike for pgBackRest's and barman-cloud's restores, which lay down files only.
+        """
+        uid, gid = self.postgres_ids()
+        sock = self.work / ("%s-sock" % tag)
         sock.mkdir(exist_ok=True)
         os.chown(sock, uid, gid)
         port = free_port()
+        log_file = self.work / ("%s.log" % tag)
         start = self.measure(["runuser", "-u", "postgres", "--", self.tool("pg_ctl"), "-D", str(target), "-w", "-t", "300",
-                              "-l", str(self.work / "pgbackrest-restore.log"), "-o",
+                              "-l", str(log_file), "-o",
                               "-p %d -k %s -c archive_mode=off" % (port, sock), "start"], check=False)
-        result["start_recovery_s"] = start["wall_s"]
-        result["start_ok"] = start["status"] == 0
         subprocess.run(["runuser", "-u", "postgres", "--", self.tool("pg_ctl"), "-D", str(target), "-m", "immediate",
                         "-w", "stop"], capture_output=True, check=False)
-        shutil.rmtree(target, ignore_errors=True)
-        return result
+        if start["status"] != 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace")[-1500:] if log_file.exists() else ""
+            log("%s: the restored cluster did not start (pg_ctl exit %d): %s" % (tag, start["status"], tail))
+            self.results["notes"].append("%s: the restored cluster did not start (pg_ctl exit %d)" % (tag, start["status"]))
+        return start["wall_s"], start["status"] == 0
+
+    def setup_barman(self):
+        """(e) barman-cloud, one method per --barman-compression (e-gzip, e-none, ...): installed if missing
+        (not in --smoke, which runs it only if it is installed already); why not, in the report, if it cannot run."""
+        if self.args.no_barman or not self.args.barman_compression:
+            self.results["unavailable"]["e"] = "skipped (--no-barman, or an empty --barman-compression)"
+            return
+        why = barman.install(lambda program, package: ensure_tool(program, package, install=not self.args.smoke),
+                             smoke=self.args.smoke)
+        if why:
+            self.results["unavailable"]["e"] = why
+            log("barman-cloud not available: %s" % why)
+            return
+        for compression in self.args.barman_compression:
+            candidate = barman.Barman(self, compression, self.args.barman_jobs)
+            why = candidate.setup()
+            if why:
+                self.results["unavailable"][candidate.method] = why
+                log("barman-cloud (%s) not available: %s" % (compression, why))
+            else:
+                self.barmans.append(candidate)
+        if self.barmans:
+            self.results["extra"]["barman"] = {"version": self.barmans[0].version(), "jobs": self.args.barman_jobs,
+                                               "compressions": [b.compression for b in self.barmans]}
 
     def download_alone(self):
         """A single-stream GET of (c)'s object to nowhere, with the engine's S3 client."""
@@ -468,6 +525,7 @@ rm -f "$W/restore.encrypted"
         args = self.args
         self.pg.create_database(DB)
         self.setup_pgbackrest()
+        self.setup_barman()
         self.boost()
         log("generating the dataset (%.0f MB on disk)" % (args.size / 1e6))
         self.results["dataset"] = self.make_dataset(args.size)
@@ -486,6 +544,14 @@ rm -f "$W/restore.encrypted"
         for method in self.repos:
             backups.append((method, lambda method=method: self.backup_pgbackrest(method)))
             restores.append((method, lambda method=method: self.restore_pgbackrest(method)))
+        for variant in self.barmans:
+            backups.append((variant.method, variant.backup))
+            restores.append((variant.method, variant.restore))
+        if args.restore_jobs_1:
+            if self.restore_has_jobs():
+                restores.append(("c-j1", lambda: self.restore_quankey(["--jobs", "1"])))
+            else:
+                self.results["notes"].append("--restore-jobs-1: `quankey-backup restore --help` has no --jobs: not measured")
         backups.append(("c", self.backup_quankey))  # last, so that restore (c) reads the default engine's backup
         for rep in range(args.repeat):
             for method, func in backups:
@@ -558,6 +624,7 @@ def machine_info(bench):
         "postgresql": version([bench.tool("postgres"), "--version"]),
         "pg_dump": version([bench.tool("pg_dump"), "--version"]),
         "pgbackrest": version(["pgbackrest", "version"]) if bench.pgbackrest else "not used",
+        "barman-cloud": bench.barmans[0].version() if bench.barmans else "not used",
         "openssl": version(["openssl", "version"]), "gzip": version(["gzip", "--version"]),
         "awscli": version([AWS, "--version"]), "moto": moto.__version__, "zstandard": zstandard.__version__,
         "cryptography": cryptography.__version__, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -623,6 +690,17 @@ def main(argv=None):
     parser.add_argument("--flat-repeat", type=int, default=None, help="repetitions at the flatness size (default 2)")
     parser.add_argument("--pgbackrest-processes", type=int, default=2, help="pgBackRest process-max (default 2)")
     parser.add_argument("--no-pgbackrest", action="store_true", help="skip (d)")
+    parser.add_argument("--no-barman", action="store_true", help="skip (e) barman-cloud")
+    parser.add_argument("--barman-compression", type=barman.parse_compressions, default=None,
+                        help="barman-cloud's compressions of the backup and its WAL, each measured as its own method "
+                             "(comma-separated of %s; default gzip,none: gzip is level 9 in one Python thread, not "
+                             "configurable, and none is its fastest; snappy fails with Debian 12's python3-snappy; "
+                             "--smoke: none); the targets compare with the fastest" % ",".join(barman.COMPRESSIONS))
+    parser.add_argument("--barman-jobs", type=int, default=2,
+                        help="barman-cloud-backup --jobs, its parallel uploads (default 2, like pgBackRest's process-max)")
+    parser.add_argument("--restore-jobs-1", action="store_true",
+                        help="also measure quankey-backup restore --jobs 1 beside its default (skipped when the CLI "
+                             "has no --jobs)")
     parser.add_argument("--max-foreign-load", type=float, default=0.15,
                         help="share of the machine's CPU other processes may take during a measurement before it is "
                              "taken again (default 0.10)")
@@ -638,16 +716,20 @@ def main(argv=None):
     parser.add_argument("--pgbackrest-posix-only", action="store_true",
                         help="(d) to a local posix repository only, not to the S3 endpoint (smoke)")
     parser.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md; smoke: build/bench/smoke/)")
-    parser.add_argument("--results-dir", default=None, help="JSON and chart (default bench/results; smoke: build/bench/smoke)")
+    parser.add_argument("--results-dir", default=None, help="raw results, results.json (default bench/results; smoke: "
+                                                            "build/bench/smoke)")
+    parser.add_argument("--chart", default=None,
+                        help="the chart (default: images/benchmarks.png beside --out, i.e. docs/images/benchmarks.png, "
+                             "which the built collection ships with docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.pgbackrest_posix_only = True
         defaults = dict(size=datagen.parse_size("24M"), flat_size=datagen.parse_size("48M"), repeat=1, flat_repeat=1,
-                        retries=0, quiet_wait=0, variant_zstd_level=0,
+                        retries=0, quiet_wait=0, variant_zstd_level=0, barman_compression=["none"],
                         out=str(ROOT / "build/bench/smoke/benchmarks.md"), results_dir=str(ROOT / "build/bench/smoke"))
     else:
         defaults = dict(size=datagen.parse_size("1G"), flat_size=datagen.parse_size("2.5G"), repeat=3, flat_repeat=2,
-                        retries=1, quiet_wait=30, variant_zstd_level=3,
+                        retries=1, quiet_wait=30, variant_zstd_level=3, barman_compression=["gzip", "none"],
                         out=str(ROOT / "docs/benchmarks.md"), results_dir=str(ROOT / "bench/results"))
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -667,7 +749,7 @@ def main(argv=None):
             results["fleet"] = time_fleet(args)
             (results_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n",
                                                       encoding="utf-8")
-        return render(results, results_dir, args.out)
+        return render(results, args.out, args.chart)
     started = time.time()
     command = "bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     work = tempfile.mkdtemp(prefix="quankey-bench-", dir="/tmp")
@@ -686,6 +768,7 @@ def main(argv=None):
                                      "smoke": args.smoke, "command": command.strip(), "retries": args.retries,
                                      "quiet_wait": args.quiet_wait, "max_foreign_load": args.max_foreign_load,
                                      "variant_zstd_level": args.variant_zstd_level, "nice": os.nice(0),
+                                     "barman_compression": args.barman_compression, "barman_jobs": args.barman_jobs,
                                      "seed_backup_script": Bench.SEED_BACKUP.strip(),
                                      "seed_restore_script": Bench.SEED_RESTORE.strip()}
                 results["seconds"] = round(time.time() - started, 1)
@@ -696,7 +779,7 @@ def main(argv=None):
     results["fleet"] = time_fleet(args)
     json_path = results_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    render(results, results_dir, args.out)
+    render(results, args.out, args.chart)
     log("done in %.0fs: %s, %s" % (time.time() - started, args.out, json_path))
     return 0
 
@@ -716,11 +799,13 @@ def time_fleet(args):
         return "failed: %s" % str(error).splitlines()[0]
 
 
-def render(results, results_dir, out):
-    """The stdout table, the chart and the markdown report from a run's results."""
+def render(results, out, chart_path=None):
+    """The stdout table, the chart (default images/benchmarks.png beside ``out``) and the markdown report."""
     summary = report.summarize(results)
     print(report.table(summary))
-    chart = report.chart(summary, Path(results_dir) / "benchmarks.png")
+    chart_path = Path(chart_path) if chart_path else Path(out).parent / "images" / "benchmarks.png"
+    chart_path.parent.mkdir(parents=True, exist_ok=True)
+    chart = report.chart(summary, chart_path)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(report.markdown(results, summary, chart, Path(out)), encoding="utf-8")
     return 0
