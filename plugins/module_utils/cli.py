@@ -65,6 +65,9 @@ def _parser():
                                  "after a complete loss; existing roles change only with --force")
     restore_command.add_argument("--restore-role", help="the plain role the backup's SQL runs as (BACKUP_RESTORE_ROLE; created "
                                  "when missing)")
+    restore_command.add_argument("--jobs", type=_jobs, metavar="N",
+                                 help="pg_restore processes at once, each fed by its own ranged reads of the object (RESTORE_JOBS; "
+                                 "default: the host's cores, at most 4; a backup without a range index restores with one)")
     restore_command.add_argument("--as-admin", action="store_true",
                                  help="run the backup's SQL as DB_USER even when its source is not trusted (another host's, the "
                                  "seed's, unsigned): only for a backup you trust as much as that login")
@@ -84,8 +87,10 @@ def _parser():
     check_command.add_argument("--window-days", type=float, help="window of the frequency rule (7)")
     check_command.add_argument("--leftover-hours", type=float, help="what interrupted runs left is a warning once this old (1)")
 
-    prune_command = commands.add_parser("prune", help="delete backups past BACKUP_RETENTION_DAYS (keeps BACKUP_MIN_KEEP)")
-    prune_command.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    prune_command = commands.add_parser("prune", help="delete the backups no retention rule keeps (BACKUP_RETENTION_DAYS, "
+                                        "BACKUP_MIN_KEEP, BACKUP_KEEP_DAILY/_WEEKLY/_MONTHLY/_YEARLY)")
+    prune_command.add_argument("--dry-run", action="store_true", help="say each backup's fate and the rules behind it, "
+                               "delete nothing")
     prune_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     rekey_command = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY, or seal them to "
@@ -235,12 +240,16 @@ def _cmd_restore(args, settings, env):
         result = restore.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
                                      progress=progress, allow_unsigned=args.allow_unsigned, allow_seed=args.allow_seed,
                                      as_admin=args.as_admin, restore_role=args.restore_role,
-                                     with_globals=args.with_globals, **_selection(args, env))
+                                     with_globals=args.with_globals, jobs=args.jobs, **_selection(args, env))
     finally:
         progress.close()
-    lines = ["restored %s into database %s: %d tables (expected %s), checksum ok, metadata signature %s, SQL ran as %s, "
-             "%.1fs" % (result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
-                        result["signature"], result["sql_ran_as"], result["duration_seconds"]), "  " + stages_line(result)]
+    lines = ["restored %s into database %s: %d tables (expected %s), %s, metadata signature %s, SQL ran as %s, "
+             "%d pg_restore %s, %.1fs" % (
+                 result["name"], result["target_db"], result["table_count"], result["expected_table_count"],
+                 "checksum ok" if result["integrity"] == "sha256" else "every segment authenticated",
+                 result["signature"], result["sql_ran_as"], result["jobs"],
+                 "process" if result["jobs"] == 1 else "processes", result["duration_seconds"]),
+             "  " + stages_line(result)]
     if result["owner"]:
         lines.append("objects are owned by %s" % result["owner"])
     lines += globals_lines(result.get("globals"))
@@ -249,6 +258,15 @@ def _cmd_restore(args, settings, env):
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
     _emit(result, args.json, lines)
     return EXIT_OK
+
+
+def _jobs(text):
+    """--jobs: a number of pg_restore processes (0: the default)."""
+    value = int(text) if text.strip().isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r is not a number of processes: give 1 or more (0: the host's cores, at most 4)"
+                                         % text)
+    return value
 
 
 def stages_line(result):
@@ -314,9 +332,12 @@ def _cmd_health(args, settings, env):
 def _cmd_prune(args, settings, env):
     result = prune.run_prune(settings, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    lines = ["%s %d backup(s) older than %d days, kept %d (at least %d newest good ones always kept)"
-             % (verb, len(result["deleted"]), result["retention_days"], len(result["kept"]), result["min_keep"])]
-    lines += ["  %s %s" % (verb, name) for name in result["deleted"]]
+    lines = ["%s %d backup(s), %s %d (kept by: %s)"
+             % (verb, len(result["deleted"]), "would keep" if args.dry_run else "kept", len(result["kept"]),
+                prune.policy_of(settings).words())]
+    shown = result["backups"] if args.dry_run else [item for item in result["backups"] if item["fate"] == "delete"]
+    width = max([len(item["name"]) for item in shown] or [0])
+    lines += ["  %-6s  %-*s  %s" % (item["fate"], width, item["name"], item["reason"]) for item in shown]
     swept = [(result["orphans_deleted"], "orphan object"), (result["uploads_aborted"], "open upload"),
              (result["staging_databases_dropped"], "staging database"),
              (result["restore_logins_dropped"], "restore login")]

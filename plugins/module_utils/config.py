@@ -140,7 +140,7 @@ class Setting:
     def validate(self, label, value):
         """``value`` (not None) as it is kept, or ConfigError naming ``label``."""
         if self.kind == "int":
-            value = _whole_number(label, value, self.bounds[0], self.bounds[1])
+            value = _whole_number(label, value, self.bounds[0], self.bounds[1], self.hint)
         elif self.kind == "bool":
             value = _boolean(label, value)
         elif self.kind == "choice" and value not in self.choices:
@@ -184,6 +184,12 @@ def _seed_kdf(label, value):
     return openssl_enc.parse_kdf(value, label).spec()
 
 
+def _keep_hint(periods):
+    """What to give a calendar retention rule (BACKUP_KEEP_DAILY...) when its value is wrong."""
+    return ("give how many of the most recent %s (UTC) keep their newest good backup, a whole number from 0 (the rule "
+            "off) to 100000" % periods)
+
+
 _KEY_PART = "may hold only letters, digits, '.', '_' and '-' (it becomes part of S3 keys)"
 _GENERATE = "generate one with `openssl rand -base64 32` and set it"
 
@@ -218,6 +224,9 @@ TABLE = (
                                       "starting with a digit), e.g. quankey_restore"),
             meaning="the plain role a restored backup's SQL runs as",
             hint="name the plain role restored SQL runs as", example=DEFAULT_RESTORE_ROLE),
+    Setting("restore_jobs", "RESTORE_JOBS", "int", 0, option="jobs", group=MODULE, bounds=(0, 64),
+            meaning="pg_restore processes a restore runs at once for a backup with a range index (0: the host's cores, "
+                    "at most 4)"),
     # S3: the quankey.backup.s3 doc fragment (names and aliases as amazon.aws's modules have them)
     Setting("bucket", "S3_BUCKET", option="bucket", group=S3, meaning="the bucket backups go to",
             hint="name the backup bucket", example="quankey-backups-prod"),
@@ -278,6 +287,18 @@ TABLE = (
             shown="`DB_NAME`", meaning="name stem of new backups"),
     Setting("retention_days", "BACKUP_RETENTION_DAYS", "int", 30, option="retention_days", group=MODULE,
             bounds=(1, 36500), meaning="days a backup is kept"),
+    Setting("keep_daily", "BACKUP_KEEP_DAILY", "int", 0, option="keep_daily", group=MODULE, bounds=(0, 100000),
+            meaning="prune also keeps the newest good backup of each of this many most recent days (UTC) that have one",
+            hint=_keep_hint("days")),
+    Setting("keep_weekly", "BACKUP_KEEP_WEEKLY", "int", 0, option="keep_weekly", group=MODULE, bounds=(0, 100000),
+            meaning="prune also keeps the newest good backup of each of this many most recent ISO weeks",
+            hint=_keep_hint("ISO weeks")),
+    Setting("keep_monthly", "BACKUP_KEEP_MONTHLY", "int", 0, option="keep_monthly", group=MODULE, bounds=(0, 100000),
+            meaning="prune also keeps the newest good backup of each of this many most recent months",
+            hint=_keep_hint("months")),
+    Setting("keep_yearly", "BACKUP_KEEP_YEARLY", "int", 0, option="keep_yearly", group=MODULE, bounds=(0, 100000),
+            meaning="prune also keeps the newest good backup of each of this many most recent years",
+            hint=_keep_hint("years")),
     Setting("allow_seed", "BACKUP_ALLOW_SEED", "bool", False, option="allow_seed", group=MODULE,
             meaning="also use the seed's unsigned backups"),
     Setting("globals", "BACKUP_GLOBALS", "bool", True, option="globals", group=MODULE,
@@ -642,13 +663,15 @@ def _mapping(label, value):
     return value
 
 
-def _whole_number(variable, value, minimum, maximum):
+def _whole_number(variable, value, minimum, maximum, hint=None):
+    """``value`` as an int within the bounds, or ConfigError naming ``variable`` (and saying what to give: ``hint``)."""
+    fix = ": %s" % hint if hint else ""
     try:
         number = int(str(value).strip())
     except (TypeError, ValueError):
-        raise ConfigError("%s must be a whole number, got %r" % (variable, value))
+        raise ConfigError("%s must be a whole number, got %r%s" % (variable, value, fix))
     if not minimum <= number <= maximum:
-        raise ConfigError("%s must be between %d and %d, got %d" % (variable, minimum, maximum, number))
+        raise ConfigError("%s must be between %d and %d, got %d%s" % (variable, minimum, maximum, number, fix))
     return number
 
 

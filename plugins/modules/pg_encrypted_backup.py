@@ -58,6 +58,34 @@ options:
       - Days the backup is meant to be kept, recorded in its metadata for pruning. Defaults to V(30).
       - If not set, the environment variable E(BACKUP_RETENTION_DAYS) is used.
     type: int
+  keep_daily:
+    description:
+      - With O(prune=true), also keep the newest good backup of each of the N most recent days (UTC) that have a good
+        backup, whatever its age (grandfather-father-son retention, as C(--keep-daily) of restic or borg). Days without
+        a good backup are skipped, not counted, and the days are counted back from the newest good backup, not from
+        now. Defaults to V(0), the rule off.
+      - A backup is kept when any rule keeps it - its age (O(retention_days)), the newest good ones that are always
+        kept, O(keep_daily), O(keep_weekly), O(keep_monthly) or O(keep_yearly) - and deleted otherwise. Only good
+        backups (data object of the recorded size, metadata signature verifying here) count for these rules; the
+        others are kept while young and deleted once older than O(retention_days).
+      - If not set, the environment variable E(BACKUP_KEEP_DAILY) is used.
+    type: int
+  keep_weekly:
+    description:
+      - As O(keep_daily), for ISO weeks (Monday to Sunday, UTC; a week that spans a new year belongs to the year of its
+        Thursday). Defaults to V(0), the rule off.
+      - If not set, the environment variable E(BACKUP_KEEP_WEEKLY) is used.
+    type: int
+  keep_monthly:
+    description:
+      - As O(keep_daily), for calendar months (UTC). Defaults to V(0), the rule off.
+      - If not set, the environment variable E(BACKUP_KEEP_MONTHLY) is used.
+    type: int
+  keep_yearly:
+    description:
+      - As O(keep_daily), for calendar years (UTC). Defaults to V(0), the rule off.
+      - If not set, the environment variable E(BACKUP_KEEP_YEARLY) is used.
+    type: int
   lock_file:
     description:
       - Take this run lock first, the file the scheduled runs lock (C(flock) on C(<home>/backup.lock) with the
@@ -74,9 +102,11 @@ options:
     default: 600
   prune:
     description:
-      - After the backup, apply retention as a scheduled run does (the engine of C(quankey-backup prune)) - backups
-        older than their retention are deleted, never the newest good ones, and what interrupted runs left behind
-        is swept once stale - under the same lock. Returned as RV(pruned).
+      - After the backup, apply retention as a scheduled run does (the engine of C(quankey-backup prune)) - a backup
+        is deleted unless its age (O(retention_days)), the newest good ones always kept, or a calendar rule
+        (O(keep_daily), O(keep_weekly), O(keep_monthly), O(keep_yearly)) keeps it, and what interrupted runs left
+        behind is swept once stale - under the same lock. Returned as RV(pruned), with each backup's fate and the rules
+        that decided it.
       - In check mode, says what would be deleted and deletes nothing.
     type: bool
     default: false
@@ -142,6 +172,21 @@ EXAMPLES = r"""
       quankey.backup.pg_encrypted_backup:
         db: quankey_prod
       check_mode: true
+
+    - name: Back up, then prune keeping every backup of the last 7 days, then 4 weeklies, 12 monthlies and 3 yearlies
+      quankey.backup.pg_encrypted_backup:
+        db: quankey_prod
+        prune: true
+        retention_days: 7
+        keep_daily: 7
+        keep_weekly: 4
+        keep_monthly: 12
+        keep_yearly: 3
+      register: backup
+
+    - name: Show what retention kept and why
+      ansible.builtin.debug:
+        msg: "{{ backup.pruned.backups | selectattr('fate', 'equalto', 'keep') | map(attribute='reason') | list }}"
 
     - name: Take a gzip-compressed backup kept in the STANDARD storage class
       quankey.backup.pg_encrypted_backup:
@@ -322,7 +367,7 @@ pruned:
   type: dict
   contains:
     deleted:
-      description: Names of the backups deleted (would be deleted in check mode), past O(retention_days).
+      description: Names of the backups deleted (would be deleted in check mode), those no retention rule keeps.
       returned: always
       type: list
       elements: str
@@ -333,11 +378,47 @@ pruned:
       type: list
       elements: str
       sample: [quankey_prod_backup_20250809_030000]
+    backups:
+      description:
+        - Every backup of the host and database, newest first, with its fate - C(name), C(host), C(database),
+          C(timestamp) (UTC), C(fate) (V(keep) or V(delete)), C(rules) (each rule that keeps it - V(age <= 30 days),
+          V(min_keep 1 of 3), V(daily 2026-11-30), V(weekly 2026-W49), V(monthly 2026-11), V(yearly 2026); empty when
+          deleted), C(reason) (the same in one line, with what is wrong with a kept backup that is not good, or why
+          no rule keeps it), C(good) (true, false, or null when no rule needed to read its metadata) and C(problem) (why
+          it is not good).
+      returned: always
+      type: list
+      elements: dict
+      sample: [{"name": "quankey_prod_backup_20261130_030000", "host": "db1", "database": "quankey_prod",
+                "timestamp": "2026-11-30T03:00:00Z", "fate": "keep",
+                "rules": ["age <= 30 days", "min_keep 1 of 3", "daily 2026-11-30", "monthly 2026-11"],
+                "reason": "age <= 30 days, min_keep 1 of 3, daily 2026-11-30, monthly 2026-11", "good": true,
+                "problem": null}]
     retention_days:
-      description: The retention applied (the host's E(BACKUP_RETENTION_DAYS)).
+      description: The age under which every backup is kept (O(retention_days)).
       returned: always
       type: int
       sample: 30
+    keep_daily:
+      description: The days whose newest good backup is kept (O(keep_daily); V(0), off).
+      returned: always
+      type: int
+      sample: 7
+    keep_weekly:
+      description: The ISO weeks whose newest good backup is kept (O(keep_weekly)).
+      returned: always
+      type: int
+      sample: 4
+    keep_monthly:
+      description: The months whose newest good backup is kept (O(keep_monthly)).
+      returned: always
+      type: int
+      sample: 12
+    keep_yearly:
+      description: The years whose newest good backup is kept (O(keep_yearly)).
+      returned: always
+      type: int
+      sample: 0
     min_keep:
       description: The newest good backups always kept, whatever their age (E(BACKUP_MIN_KEEP)).
       returned: always
@@ -416,7 +497,8 @@ from ansible_collections.quankey.backup.plugins.module_utils.workflows import ba
 def argument_spec():
     """The module's options: the shared groups plus what only a backup needs."""
     return ansible_common.common_argument_spec(
-        ansible_common.setting_options("name", "compression", "storage_class", "retention_days", "globals"),
+        ansible_common.setting_options("name", "compression", "storage_class", "retention_days", "keep_daily",
+                                       "keep_weekly", "keep_monthly", "keep_yearly", "globals"),
         lock_file=dict(type="path"),
         lock_wait=dict(type="float", default=600),
         prune=dict(type="bool", default=False),

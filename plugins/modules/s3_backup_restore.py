@@ -98,6 +98,16 @@ options:
       - Defaults to V(false).
       - If not set, the environment variable E(BACKUP_ALLOW_SEED) is used.
     type: bool
+  jobs:
+    description:
+      - How many C(pg_restore) processes restore the backup at once, each fed by its own ranged reads of the object
+        (table data split across them, then indexes and constraints with C(pg_restore --jobs)), like C(pg_restore -j)
+        from a local file but straight from S3, with nothing on disk.
+      - V(0) means the host's cores, at most 4. A backup without a range index (taken by an older version, with gzip
+        compression or with aes-256-cbc) restores with one stream.
+      - Defaults to V(0).
+      - If not set, the environment variable E(RESTORE_JOBS) is used.
+    type: int
   restore_as_admin:
     description:
       - Run the backup's SQL as O(login_user) instead of O(restore_role), for a backup that needs more than a plain
@@ -268,7 +278,10 @@ restore:
       type: bool
       sample: true
     checksum_ok:
-      description: Whether the SHA-256 of the downloaded object matched the metadata (a mismatch fails the task).
+      description:
+        - Whether the object's bytes are the ones its metadata vouches for (a mismatch fails the task) - by the SHA-256
+          of the whole download, or, for a parallel restore (RV(restore.integrity=segments)), by every AES-256-GCM
+          segment authenticating at its own index, the object's last one as final.
       returned: when not in check mode
       type: bool
       sample: true
@@ -278,10 +291,22 @@ restore:
       type: bool
       sample: true
     checksum_sha256:
-      description: SHA-256 of the downloaded object.
+      description: SHA-256 of the downloaded object; null for a parallel restore, which reads the object by ranges.
       returned: when not in check mode
       type: str
       sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    integrity:
+      description: How the object's bytes were proven, V(sha256) (one stream) or V(segments) (ranged reads).
+      returned: when not in check mode
+      type: str
+      sample: segments
+    jobs:
+      description:
+        - How many C(pg_restore) processes restored the backup at once. V(1) for a backup without a range index (taken
+          by an older version, with gzip or with aes-256-cbc), which restores with one stream whatever O(jobs) says.
+      returned: when not in check mode
+      type: int
+      sample: 2
     size_bytes:
       description: Bytes downloaded.
       returned: when not in check mode
@@ -309,6 +334,9 @@ restore:
           checksum, decryption and C(pg_restore), until it exits), V(checks) (the table count, ownership, the
           database's owner and settings) and V(swap) (the renames). They add up to no more than
           RV(restore.duration_seconds).
+        - A parallel restore adds V(schema) (the archive's table of contents and C(pg_restore --section=pre-data)) before
+          V(download_restore) (then the table data only) and V(indexes) (C(pg_restore --section=post-data --jobs))
+          after it.
         - While it runs, the engine logs its progress every 30 seconds (bytes of the object's size, rate and time
           left) with its other lines to the managed host's journal or syslog.
       returned: when not in check mode
@@ -527,7 +555,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.workflows import re
 def argument_spec():
     """The module's options: the shared groups plus the backup selection and the target."""
     return ansible_common.common_argument_spec(
-        ansible_common.setting_options("allow_seed"),
+        ansible_common.setting_options("allow_seed", "jobs"),
         backup=dict(type="str", default="latest"),
         before=dict(type="str"),
         target_db=dict(type="str"),

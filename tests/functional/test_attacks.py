@@ -85,7 +85,7 @@ def test_a_layout_field_added_to_our_metadata_skips_nothing(testbed, env, s3):
     for args in (("restore", "--target-db", target), ("verify",),
                  ("restore", "--target-db", target, "--allow-unsigned", "--allow-seed", "--as-admin")):
         proc = run_cli(env, *args, check=6)
-        assert "field(s) 'layout', which metadata version 4 does not define" in proc.stderr, proc.stderr
+        assert "field(s) 'layout', which metadata version 5 does not define" in proc.stderr, proc.stderr
     assert _databases_like(testbed.pg, target) == 0
 
     rotated = dict(env, BACKUP_ENCRYPTION_KEY=new_key(), BACKUP_DECRYPTION_KEYS=env["BACKUP_ENCRYPTION_KEY"])

@@ -315,6 +315,8 @@ PREFLIGHT = """
     ({"pg_backup_host_id": "db/1"}, "pg_backup_host_id 'db/1' may hold only letters, digits, '.', '_' and '-'"),
     ({"pg_backup_encryption_key": "not a key"}, "pg_backup_encryption_key is not valid base64"),
     ({"pg_backup_retention_days": 0}, "pg_backup_retention_days must be between 1 and 36500, got 0"),
+    ({"pg_backup_keep_weekly": -1}, "pg_backup_keep_weekly must be between 0 and 100000, got -1: give how many of the "
+                                    "most recent ISO weeks (UTC) keep their newest good backup"),
     ({"pg_backup_databases": ["a/b"]}, "pg_backup_databases 'a/b' is not usable in S3 keys"),
     ({"pg_backup_s3_prefix": "prod", "pg_backup_name": "-x"}, "pg_backup_name '-x' may hold only letters"),
 ])

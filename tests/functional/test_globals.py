@@ -215,7 +215,7 @@ def test_backup_captures_the_globals_as_a_separate_encrypted_object(testbed, app
         assert plain.encode() not in stored, "%s is readable in the stored globals object" % plain
 
     metadata = _metadata(s3, bucket, result["metadata_key"])
-    assert metadata["metadata_version"] == 4
+    assert metadata["metadata_version"] == 5
     assert metadata["globals"] == globals_
     assert "signature" in metadata
 

@@ -179,7 +179,8 @@ def test_a_download_cut_or_stalled_mid_body_resumes_where_it_stopped_and_restore
     armed = faults(proxy, result["size_bytes"] // 2)
     target = new_name("resumed")
     started = time.monotonic()
-    restored = json.loads(run_cli(dict(env, **extra), "restore", "--target-db", target, "--json", check=0).stdout)
+    restored = json.loads(run_cli(dict(env, **extra), "restore", "--target-db", target, "--jobs", "1", "--json",
+                                  check=0).stdout)
     assert time.monotonic() - started < STALL  # a stall is cut short by the read timeout, not waited out
     assert [fault.hits for fault in armed] == [1] + [2] * (len(armed) - 1)
     gets = proxy.requests(**OBJECT_GET)
@@ -198,7 +199,7 @@ def test_a_download_that_cannot_go_on_fails_naming_the_byte_it_reached_and_leave
     half = result["size_bytes"] // 2
     proxy.reset_body(half, then=lambda: proxy.outage(60, now=True), **OBJECT_GET)  # cut, and the store is gone
     target = new_name("stopped")
-    proc = run_cli(dict(env, S3_RETRY_WINDOW_SECONDS="4"), "restore", "--target-db", target, check=5)
+    proc = run_cli(dict(env, S3_RETRY_WINDOW_SECONDS="4"), "restore", "--target-db", target, "--jobs", "1", check=5)
     error = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(error) == 1 and "Traceback" not in proc.stderr
     assert "cannot reach the S3 endpoint %s (GetObject" % env["S3_ENDPOINT_URL"] in error[0]
@@ -224,7 +225,7 @@ def test_an_object_replaced_between_the_cut_and_the_resume_fails_the_restore_cle
     if not store_checks_if_match:
         proxy.strip_header("If-Match", **OBJECT_GET)
     target = new_name("spliced")
-    proc = run_cli(env, "restore", "--target-db", target, check=5 if store_checks_if_match else 6)
+    proc = run_cli(env, "restore", "--target-db", target, "--jobs", "1", check=5 if store_checks_if_match else 6)
     assert s3.head_object(Bucket=bucket, Key=newer["object_key"])["ETag"] != original_etag  # the swap did happen
     error = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(error) == 1 and "Traceback" not in proc.stderr

@@ -6,6 +6,7 @@ progress line every QUANKEY_PROGRESS_LOG_SECONDS (30 s; shortened here), and its
 took."""
 
 import json
+import os
 import re
 import time
 
@@ -62,7 +63,8 @@ def test_a_backup_and_a_restore_off_a_terminal_log_progress_and_time_their_stage
     assert downloaded, proc.stderr
     exact = re.compile(r"^[\d.]+ [KMG]?i?B of [\d.]+ [KMG]?i?B \(\d+ %\)")  # the object's size is known: no ~
     assert all(exact.match(text) for text in downloaded), downloaded
-    _stages_fit(restored, wall, ["prepare", "download_restore", "checks", "swap"])
+    _stages_fit(restored, wall, ["prepare", "schema", "download_restore", "indexes", "checks", "swap"])
+    assert restored["jobs"] == min(os.cpu_count(), 4) and restored["integrity"] == "segments"  # workflows/ranged.py
 
     proc, wall = _timed(env, "verify")
     assert re.search(r"^  stages: prepare [\d.]+s, download\+verify [\d.]+s$", proc.stdout, re.M), proc.stdout

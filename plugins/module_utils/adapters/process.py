@@ -38,10 +38,11 @@ NO_PROGRESS = _NoProgress()
 class Child:
     """A client program with its stderr drained (bounded) on a thread so it can never block on it."""
 
-    def __init__(self, argv, env, stdin=None, stdout=None, name=None):
+    def __init__(self, argv, env, stdin=None, stdout=None, name=None, pass_fds=()):
         self.name = name or os.path.basename(argv[0])
         # Popen, not AnsibleModule.run_command: the engine streams through pipes and also runs without Ansible
-        self.proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)  # pylint: disable=ansible-bad-function
+        self.proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,  # pylint: disable=ansible-bad-function
+                                     pass_fds=pass_fds)
         self._stderr = collections.deque(maxlen=50)
         self._reader = threading.Thread(target=self._drain, name="%s-stderr" % self.name)
         self._reader.daemon = True

@@ -605,12 +605,14 @@ class S3Store:
         with response["Body"] as body:
             return body.read(), response.get("ETag")
 
-    def iter_object(self, key, chunk_size=READ_CHUNK):
+    def iter_object(self, key, chunk_size=READ_CHUNK, start=0, end=None, etag=None):
         """Stream an object in chunks; yields bytes. Size is checked by the caller.
 
-        A connection lost mid-body goes on from the byte reached (see :class:`_ResumableBody`).
+        ``start``/``end`` (exclusive): only those bytes (a ranged GET); ``etag``: only that version of the object
+        (If-Match), so that several streams of one object read the same version. A connection lost mid-body goes
+        on from the byte reached (see :class:`_ResumableBody`).
         """
-        body = _ResumableBody(self, key)
+        body = _ResumableBody(self, key, start, end, etag)
         try:
             while True:
                 chunk = body.read(chunk_size)
@@ -713,12 +715,14 @@ class _ResumableBody:
     whole window, and its error names the byte it stopped at.
     """
 
-    def __init__(self, store, key):
+    def __init__(self, store, key, start=0, end=None, etag=None):
         self.store = store
         self.key = key
-        self.position = 0
+        self.start = start
+        self.end = end
+        self.position = 0  # bytes read from ``start``
         self.size = None  # the object's size, from the first answer
-        self.etag = None
+        self.etag = etag
         self._body = None
 
     def read(self, size):
@@ -738,9 +742,10 @@ class _ResumableBody:
 
     def reached(self):
         """Where the download stopped, for messages: 'byte 1048576 of 4194304 (25%)'."""
+        at = self.start + self.position
         if not self.size:
-            return "byte %d" % self.position
-        return "byte %d of %d (%d%%)" % (self.position, self.size, 100 * self.position // self.size)
+            return "byte %d" % at
+        return "byte %d of %d (%d%%)" % (at, self.size, 100 * at // self.size)
 
     def _read_piece(self, size):
         try:
@@ -761,6 +766,10 @@ class _ResumableBody:
             raise
 
     def _read_once(self, size):
+        if self.end is not None:
+            size = min(size, self.end - self.start - self.position)
+            if size <= 0:
+                return b""
         if self._body is None:
             self._body = self._open()
         try:
@@ -773,8 +782,8 @@ class _ResumableBody:
 
     def _open(self):
         kwargs = dict(Bucket=self.store.bucket, Key=self.key)
-        if self.position:
-            kwargs["Range"] = "bytes=%d-" % self.position
+        if self.start or self.position or self.end is not None:
+            kwargs["Range"] = "bytes=%d-%s" % (self.start + self.position, "" if self.end is None else self.end - 1)
         if self.etag:
             kwargs["IfMatch"] = self.etag
         response = self.store.client.get_object(**kwargs)
@@ -782,7 +791,7 @@ class _ResumableBody:
             self.store._count("download_resumes")
             LOG.warning("the download of %s goes on from %s (a ranged GET of the same version)",
                         self.store.url(self.key), self.reached())
-        elif self.size is None:
+        elif self.size is None and "Range" not in kwargs:
             self.size = response.get("ContentLength")
         self.etag = self.etag or response.get("ETag")
         return response["Body"]

@@ -15,11 +15,11 @@ import json
 import re
 
 from ..errors import IntegrityError
-from ..formats import globaldoc, openssl_enc
+from ..formats import globaldoc, openssl_enc, pgarchive
 from .layout import UTC, METADATA_SUFFIX, basename_timestamp, format_timestamp, parse_timestamp
 
 # 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2); 4: globals
-METADATA_VERSION = 4
+METADATA_VERSION = 5
 
 
 BACKUP_TYPE = "postgresql_full"
@@ -42,12 +42,12 @@ REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_ke
 # Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
 HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
     "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
-    "server_version", "pg_dump_version", "database_settings", "adopted_from", "globals"))
+    "server_version", "pg_dump_version", "database_settings", "adopted_from", "globals", "data_ranges"))
 
 
 def build_metadata(settings_view, *, basename, when, object_key, size_bytes, checksum, envelope, key_id, table_count,
                    dump_bytes, duration, server_version, pg_dump_version, database_settings, encryption_name,
-                   quantum_safe=True, dump_format=DUMP_FORMAT, globals_summary=None):
+                   quantum_safe=True, dump_format=DUMP_FORMAT, globals_summary=None, data_ranges=None):
     """The metadata document of a committed backup: every seed field plus what restore and health need.
 
     ``settings_view`` is Settings.describe() (with ``db_name``); every other field is named. ``globals_summary``
@@ -81,6 +81,8 @@ def build_metadata(settings_view, *, basename, when, object_key, size_bytes, che
     }
     if globals_summary is not None:
         metadata["globals"] = globals_summary
+    if data_ranges is not None:
+        metadata["data_ranges"] = data_ranges
     return metadata
 
 
@@ -180,6 +182,7 @@ _HOST_FIELD_CHECKS = (
     ("signature", lambda value: isinstance(value, dict)),
     ("database_settings", lambda value: value is None or isinstance(value, dict)),
     ("globals", globaldoc.check_summary),
+    ("data_ranges", pgarchive.check_index),
     ("adopted_from", lambda value: isinstance(value, dict) and _is_text(value.get("object_key"))
      and _is_sha256(value.get("checksum_sha256"))),
 )

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What is in the bucket: object names, metadata, selection and retention.
+"""What is in the bucket: object names, metadata and selection (retention: retention.py).
 
 Pure logic: nothing here talks to S3 or PostgreSQL. Names keep the seed's shape,
 per host and database so one bucket serves a fleet and IAM can scope each host::
@@ -265,28 +265,3 @@ def select_backup(records, backup="latest", before=None):
             return record
     raise NotFoundError("backup %r not found%s: run `quankey-backup list` to see the available names"
                         % (wanted, "" if before is None else " before the given time"))
-
-
-def retention_plan(records, now, retention_days, min_keep, is_good):
-    """Split records (newest first) into ``(keep, delete)``.
-
-    A backup is deleted when it is older than ``retention_days``, except that the
-    newest ``min_keep`` good backups (``is_good(record)`` true) of each host and
-    database are always kept:
-    a host whose backups stopped must not lose its last good ones to cleanup.
-    """
-    cutoff = now - datetime.timedelta(days=retention_days)
-    protected = set()
-    good_per_series = {}
-    for record in records:
-        series = (record.host, record.db)
-        if good_per_series.get(series, 0) < min_keep and is_good(record):
-            good_per_series[series] = good_per_series.get(series, 0) + 1
-            protected.add(id(record))
-    keep, delete = [], []
-    for record in records:
-        if record.timestamp >= cutoff or id(record) in protected:
-            keep.append(record)
-        else:
-            delete.append(record)
-    return keep, delete

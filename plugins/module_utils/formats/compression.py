@@ -54,6 +54,7 @@ class Codec:
     magic = b""  # the first bytes of its streams
     what = None  # its streams in a message: 'a gzip stream'
     requires = None  # the optional Python package it needs, if any
+    framed = False  # whether its compressor can end a frame mid-stream (``end_frame``) for a reader to start from
 
     def __repr__(self):
         return "Codec(%s)" % self.name
@@ -87,10 +88,13 @@ class Codec:
 
 
 class _Identity:
-    """Passes bytes through unchanged (compression 'none')."""
+    """Passes bytes through unchanged (compression 'none'); every byte is a place a reader can start from."""
 
     def update(self, data):
         return bytes(data)
+
+    def end_frame(self):
+        return b""
 
     def finalize(self):
         return b""
@@ -107,6 +111,20 @@ class _Compressing:
 
     def finalize(self):
         return self._obj.flush()
+
+
+class _ZstdFrames(_Compressing):
+    """zstd's compressobj, able to end its frame so that the next bytes start a new, independently readable one."""
+
+    def __init__(self, compressor):
+        _Compressing.__init__(self, compressor.compressobj())
+        self._compressor = compressor
+
+    def end_frame(self):
+        """The end of the current frame; what follows is compressed as a new frame."""
+        out = self._obj.flush()
+        self._obj = self._compressor.compressobj()
+        return out
 
 
 class _Decompressing:
@@ -133,6 +151,23 @@ class _Decompressing:
         return self._obj.flush() if self._flush else b""
 
 
+class _ZstdDecompressing(_Decompressing):
+    """zstd frames one after another (RFC 8878 allows any number; ``zstd -d`` reads them all): a new frame starts where
+    one ends, and the stream must end at a frame's end."""
+
+    def __init__(self):
+        _Decompressing.__init__(self, zstandard.ZstdDecompressor().decompressobj(), "zstd", zstandard.ZstdError)
+
+    def update(self, data):
+        out = []
+        while data:
+            if self._obj.eof:
+                self._obj = zstandard.ZstdDecompressor().decompressobj()
+            out.append(_Decompressing.update(self, data))
+            data = self._obj.unused_data if self._obj.eof else b""
+        return b"".join(out)
+
+
 class Zstd(Codec):
     """zstd (RFC 8878), level ZSTD_LEVEL, in the calling thread unless told otherwise."""
 
@@ -144,13 +179,15 @@ class Zstd(Codec):
     def installed(self):
         return HAS_ZSTANDARD
 
+    framed = True
+
     def compressor(self, threads=ZSTD_THREADS):
         self.require()
-        return _Compressing(zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads).compressobj())
+        return _ZstdFrames(zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads))
 
     def decompressor(self):
         self.require()
-        return _Decompressing(zstandard.ZstdDecompressor().decompressobj(), "zstd", zstandard.ZstdError)
+        return _ZstdDecompressing()
 
 
 class Gzip(Codec):
@@ -178,6 +215,7 @@ class NoCompression(Codec):
 
     name = "none"
     what = "an uncompressed dump (pg_dump archive or SQL)"
+    framed = True
 
     def compressor(self, threads=ZSTD_THREADS):
         return _Identity()

@@ -747,6 +747,67 @@ class StreamDecryptor(FailClosedDecryptor):
         raise self._tampered("the object was modified, corrupted or truncated")
 
 
+class RangeDecryptor(StreamDecryptor):
+    """Decrypt and authenticate segments ``first`` to ``last`` of an object, read from where segment ``first`` starts.
+
+    ``header`` is the object's 56-byte header (read separately; the key commitment is checked against it) and
+    ``final`` the index of the object's last segment (from its size): each segment is opened at its own index, as
+    final only if it is that one, so a range read from its place proves its bytes exactly as a whole read would.
+    :meth:`finalize` checks that segment ``last`` was the last one read.
+    """
+
+    def __init__(self, data_key: BytesLike, header: BytesLike, first: int, last: int, final: int) -> None:
+        StreamDecryptor.__init__(self, data_key)
+        if not 0 <= first <= last <= final:
+            raise ValueError("segments %d to %d of an object whose last is %d" % (first, last, final))
+        self._start(bytes(header[:HEADER_SIZE]))
+        self.segments = first
+        self._last = last
+        self._final = final
+
+    def _open_middle(self, chunk: BytesLike) -> bytes:
+        if self.segments >= self._last:
+            raise self._tampered("more bytes follow segment %d, the last of this range" % self._last)
+        return StreamDecryptor._open_middle(self, chunk)
+
+    def _finalize(self) -> bytes:
+        pending, self._pending = self._pending, bytearray()
+        if self.segments != self._last or not pending:
+            raise TruncatedError("the read of segments up to %d ended at segment %d (object offset %d): the object is "
+                                 "shorter than its metadata says" % (self._last, self.segments, self._offset(self.segments)))
+        final = self.segments == self._final
+        if not final and len(pending) != self._sealed_size:
+            raise TruncatedError("segment %d (object offset %d) is cut short: the object is incomplete"
+                                 % (self.segments, self._offset(self.segments)))
+        plain = self._try_open(pending, final)
+        if plain is None:
+            if final and len(pending) == self._sealed_size and self._try_open(pending, False) is not None:
+                raise TruncatedError("encrypted stream is truncated after segment %d: the object is incomplete" % self.segments)
+            raise self._tampered("the object was modified or corrupted")
+        return self._accept(plain)
+
+
+def stream_capacity(segment_size: int, object_size: int) -> int:
+    """How many stream (plaintext) bytes an object of ``object_size`` bytes holds; ValueError if it holds no segment."""
+    sealed = segment_size + TAG_SIZE
+    body = object_size - HEADER_SIZE
+    if body < TAG_SIZE:
+        raise ValueError("an object of %d bytes holds no segment" % object_size)
+    return body - ((body - 1) // sealed + 1) * TAG_SIZE
+
+
+def segment_span(start: int, end: int, segment_size: int, object_size: int) -> Tuple[int, int, int, int, int]:
+    """Where the stream bytes ``start`` to ``end`` (exclusive) of an object lie: ``(first segment, last segment, the
+    object's last segment, first object byte, end object byte)``; ValueError when the object cannot hold them."""
+    sealed = segment_size + TAG_SIZE
+    capacity = stream_capacity(segment_size, object_size)
+    final = (object_size - HEADER_SIZE - 1) // sealed
+    if not 0 <= start < end <= capacity:
+        raise ValueError("stream bytes %d to %d are outside the object's %d" % (start, end, capacity))
+    first, last = start // segment_size, (end - 1) // segment_size
+    return first, last, final, HEADER_SIZE + first * sealed, min(HEADER_SIZE + (last + 1) * sealed, object_size)
+
+
 def check_key_commitment(header: BytesLike, data_key: BytesLike, basename: str = "backup") -> None:
     """Raise WrongKeyError unless ``data_key`` belongs to the object whose first bytes are ``header`` (its key commitment).
 

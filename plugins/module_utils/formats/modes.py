@@ -85,6 +85,20 @@ class Mode:
         return [kid] if kid else []
 
 
+class GcmOpener:
+    """Makes decryptors of one format v1/v2 object: ``opener()`` a whole-object one, ``opener.ranged(...)`` one for a
+    range of its segments (crypto.RangeDecryptor)."""
+
+    def __init__(self, data_key):
+        self._data_key = data_key
+
+    def __call__(self):
+        return crypto.StreamDecryptor(self._data_key)
+
+    def ranged(self, header, first, last, final):
+        return crypto.RangeDecryptor(self._data_key, header, first, last, final)
+
+
 class MasterKey(Mode):
     """``aes-256-gcm``: format v1/v2 data objects, the data key wrapped with the master key (crypto.py)."""
 
@@ -112,8 +126,7 @@ class MasterKey(Mode):
         return self._seal(context, data_key, crypto.backup_binding(*identity))
 
     def opener(self, context, store, record):
-        data_key = in_step("decrypt", context.open, record)
-        return functools.partial(crypto.StreamDecryptor, data_key)
+        return GcmOpener(in_step("decrypt", context.open, record))
 
     def check_header(self, head):
         crypto.read_header(head)

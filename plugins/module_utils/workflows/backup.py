@@ -21,8 +21,10 @@ from ..adapters.process import CHUNK, Child, TocReader
 from ..adapters.s3 import choose_part_size
 from ..catalog import documents, layout
 from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
-from ..formats import globaldoc, magic
+from ..formats import globaldoc, magic, modes
 from ..formats.compression import check_compression, compressor
+from ..formats.compression import get as get_codec
+from ..formats.pgarchive import RangeIndexer, range_bytes
 from ..progress import Progress, Stages
 from . import wiring
 
@@ -112,7 +114,7 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
             for warning in cluster["warnings"]:
                 LOG.warning("%s (%s)", warning, settings.label("globals") + "=false leaves the globals out")
     with stages("dump_upload", total=plan.db_size, estimated=True):  # the dump's size is not known before its end
-        stored = _BackupStream(plan, make_encryptor(), progress).run()
+        stored = _BackupStream(plan, make_encryptor(), progress, indexed=modes.get(encryption).authenticated).run()
     globals_key = layout.globals_key(obj_key)
     with stages("commit"):
         try:
@@ -128,7 +130,8 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
             checksum=stored["sha256"], envelope=envelope, key_id=kid, table_count=stored["table_count"],
             dump_bytes=stored["dump_bytes"], duration=duration,
             server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
-            database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary)
+            database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary,
+            data_ranges=stored["data_ranges"])
         if recipient_ids:
             metadata["recipient_ids"] = recipient_ids
         metadata = context.sign(metadata)
@@ -225,7 +228,8 @@ def _delete_quietly(store, key):
 class _BackupStream:
     """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object (a :class:`BackupPlan`'s)."""
 
-    def __init__(self, plan, encryptor, progress):
+    def __init__(self, plan, encryptor, progress, indexed=False):
+        self.indexed = indexed
         self.pg = plan.pg
         self.settings = plan.settings
         self.store = plan.store
@@ -263,7 +267,10 @@ class _BackupStream:
             raise
 
     def _pump(self, dump, toc, upload):
-        writer = SealedWriter(self.settings.compression, self.encryptor, upload)
+        indexer = None
+        if self.indexed and get_codec(self.settings.compression).framed:
+            indexer = RangeIndexer(range_bytes(self.db_size))
+        writer = SealedWriter(self.settings.compression, self.encryptor, upload, indexer)
         dump_bytes = 0
         head = b""
         read = dump.proc.stdout.read
@@ -287,16 +294,23 @@ class _BackupStream:
 class SealedWriter:
     """The stored side of a backup: plaintext -> compress -> encrypt -> SHA-256 -> a multipart upload.
 
-    A sink (``feed`` returns True); ``finish`` seals the end and returns ``stored_bytes`` and ``sha256``.
-    The caller completes or aborts the upload.
+    A sink (``feed`` returns True); ``finish`` seals the end and returns ``stored_bytes`` and ``sha256`` (and
+    ``data_ranges``, the range index, or None). The caller completes or aborts the upload.
+
+    With ``indexer`` (a formats/pgarchive.RangeIndexer; only for a compression that can end frames) the compressed
+    stream is cut into frames where the indexer says, so that a restore can start reading at each one.
     """
 
-    def __init__(self, compression, encryptor, upload):
+    def __init__(self, compression, encryptor, upload, indexer=None):
         self._pack = compressor(compression)
         self._seal = encryptor
         self._upload = upload
         self._digest = hashlib.sha256()
+        self._indexer = indexer
+        self._held = []
         self.stored = 0
+        self.plain = 0  # plaintext bytes compressed so far
+        self.packed = 0  # compressed bytes so far
 
     def _out(self, data):
         if data:
@@ -304,15 +318,51 @@ class SealedWriter:
             self._upload.write(data)
             self.stored += len(data)
 
+    def _compress(self, data):
+        out = self._pack.update(data)
+        self.plain += len(data)
+        self.packed += len(out)
+        return out
+
     def feed(self, chunk):
         """Add plaintext."""
-        self._out(self._seal.update(self._pack.update(chunk)))
+        if self._indexer is None:
+            self._out(self._seal.update(self._compress(chunk)))
+            return True
+        cuts = self._indexer.split(chunk)
+        if cuts is None:  # the TOC's end is not known yet: hold the bytes back
+            self._held.append(bytes(chunk))
+            return True
+        if self._held:
+            chunk = b"".join(self._held) + bytes(chunk)
+            self._held = []
+        view = memoryview(chunk)
+        out, pos = [], 0
+        for cut in cuts:
+            out.append(self._compress(view[pos:cut]))
+            frame_end = self._pack.end_frame()
+            self.packed += len(frame_end)
+            out.append(frame_end)
+            self._indexer.started(self.plain, self.packed)
+            pos = cut
+        out.append(self._compress(view[pos:]))
+        self._out(self._seal.update(b"".join(out)))
         return True
 
     def finish(self):
-        """Seal and send the rest; ``{"stored_bytes", "sha256"}``."""
-        self._out(self._seal.update(self._pack.finalize()) + self._seal.finalize())
-        return {"stored_bytes": self.stored, "sha256": self._digest.hexdigest()}
+        """Seal and send the rest; ``{"stored_bytes", "sha256", "data_ranges"}``."""
+        if self._held:
+            held, self._held = b"".join(self._held), []
+            self._out(self._seal.update(self._compress(held)))
+        tail = self._pack.finalize()
+        self.packed += len(tail)
+        self._out(self._seal.update(tail) + self._seal.finalize())
+        index = None
+        if self._indexer is not None:
+            index = self._indexer.index(self.plain, self.packed)
+            if index is None:
+                LOG.info("this backup has no range index (%s): it restores with one stream", self._indexer.problem)
+        return {"stored_bytes": self.stored, "sha256": self._digest.hexdigest(), "data_ranges": index}
 
 
 def _explain_dump(pg, child):

@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Retention: backups past BACKUP_RETENTION_DAYS are deleted (never the newest BACKUP_MIN_KEEP good ones), and what
-interrupted runs left behind is swept once stale and unused (leftovers.py).
+"""Retention: a backup is deleted unless a rule keeps it (catalog/retention.py): its age (BACKUP_RETENTION_DAYS), the
+newest BACKUP_MIN_KEEP good ones, and the calendar rules (BACKUP_KEEP_DAILY, _WEEKLY, _MONTHLY, _YEARLY: the newest
+good backup of each of the N most recent days, ISO weeks, months, years); and what interrupted runs left behind is
+swept once stale and unused (leftovers.py).
 
 A good backup has its data object, of the size its metadata records, and metadata whose signature verifies here
 and that names the backup stored at its place (catalog/trust.py): a document planted in the bucket, forged or
-unsigned, never counts towards BACKUP_MIN_KEEP, so it cannot push a real backup out."""
+unsigned, never counts towards BACKUP_MIN_KEEP or a calendar rule, so it cannot push a real backup out."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -15,7 +17,7 @@ __metaclass__ = type
 import logging
 
 from .. import keys
-from ..catalog import layout
+from ..catalog import layout, retention
 from ..errors import ConfigError, IntegrityError
 from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
@@ -23,12 +25,20 @@ from .inventory import list_backups, load_metadata
 LOG = logging.getLogger("quankey_backup")
 
 
-def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
-    """Delete backups past retention (never the newest BACKUP_MIN_KEEP good ones), and what interrupted runs left
-    behind once stale and unused (leftovers.py): orphan objects, open uploads, staging databases, restore logins.
+def policy_of(settings):
+    """The settings' retention (catalog/retention.py's Policy)."""
+    return retention.Policy(settings.retention_days, settings.min_keep, daily=settings.keep_daily,
+                            weekly=settings.keep_weekly, monthly=settings.keep_monthly, yearly=settings.keep_yearly)
 
-    ``store`` and ``pg`` are the adapters (default: the settings', workflows/wiring.py; no PostgreSQL client
-    when none can be made here: its leftovers are then not swept)."""
+
+def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
+    """Delete the backups no retention rule keeps (catalog/retention.py: age, the newest BACKUP_MIN_KEEP good ones, the
+    calendar rules), and what interrupted runs left behind once stale and unused (leftovers.py): orphan objects, open
+    uploads, staging databases, restore logins.
+
+    The result names every backup's fate (``backups``: keep or delete, the rules that keep it, whether it is good)
+    as well as the names ``kept`` and ``deleted``. ``store`` and ``pg`` are the adapters (default: the settings',
+    workflows/wiring.py; no PostgreSQL client when none can be made here: its leftovers are then not swept)."""
     store = wiring.store_or_open(settings, store)
     settings.require("db_name")
     context = keys.KeyContext(settings)
@@ -37,31 +47,41 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
                           "verify it with is set: set %s (or %s), as where the backups are made"
                           % (settings.label("min_keep"), settings.label("signing_key"), settings.label("encryption_key")))
     now = now or layout.utcnow()
+    policy = policy_of(settings)
     records, orphans = list_backups(settings, store, seed=False)  # the seed's layout is not ours to prune
 
-    def is_good(record):
+    def problem(record):
+        """None when the backup is good, else why not, in a few words."""
         if not record.has_object:
-            return False
+            return "no data object"
         try:
             metadata = load_metadata(store, record)
         except IntegrityError:
-            return False
-        return metadata["size_bytes"] == record.object_size and context.verdict(record).trusted
+            return "metadata unreadable"
+        if metadata["size_bytes"] != record.object_size:
+            return "data object is %d bytes, its metadata says %s" % (record.object_size, metadata["size_bytes"])
+        verdict = context.verdict(record)
+        return None if verdict.trusted else "metadata signature: %s" % verdict.describe()
 
-    keep, delete = layout.retention_plan(records, now, settings.retention_days, settings.min_keep, is_good)
+    fates = retention.plan(records, now, policy, problem)
+    delete = [fate for fate in fates if not fate.keep]
     pg = wiring.postgres_or_none(settings, pg)
     found = leftovers.find(settings, store, orphans, now, pg=pg)
     if not dry_run:
-        for record in delete:
+        for fate in delete:
+            record = fate.record
             store.delete(record.metadata_key)  # uncommit first: a backup without metadata does not exist
             if record.has_object:
                 store.delete(record.object_key)
             if not record.seed:
                 store.delete(layout.globals_key(record.object_key))  # its globals, if it has them (none: a no-op)
-            LOG.info("pruned %s (%s)", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            LOG.info("pruned %s (%s): %s", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     fate.reason(policy))
     swept = leftovers.sweep(store, pg, leftovers.stale(found), dry_run)
-    return {"kept": [record.basename for record in keep], "deleted": [record.basename for record in delete],
-            "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
-            "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
-            "leftovers": found, "dry_run": dry_run,
-            "retention_days": settings.retention_days, "min_keep": settings.min_keep}
+    result = {"kept": [fate.record.basename for fate in fates if fate.keep],
+              "deleted": [fate.record.basename for fate in delete], "backups": [fate.summary(policy) for fate in fates],
+              "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
+              "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
+              "leftovers": found, "dry_run": dry_run}
+    result.update(policy.describe())
+    return result

@@ -34,7 +34,7 @@ from ..formats import magic, modes
 from ..formats.compression import decompressor
 from ..formats.plainsql import PlainSqlGuard
 from ..progress import Progress, Stages
-from . import leftovers, wiring
+from . import leftovers, ranged, wiring
 from .globalset import GlobalsRestore, globals_to_restore, load_globals
 from .inventory import select
 
@@ -285,7 +285,7 @@ def _verified_globals(record, document):
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, *, host=None, db=None,
                 no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
-                restore_role=None, pg=None, with_globals=False):
+                restore_role=None, pg=None, with_globals=False, jobs=None):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
@@ -311,6 +311,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     progress = progress if progress is not None else Progress("restore")
     stages = Stages(progress)
     retried = store.retry_counts() if store is not None else None  # a store handed in may have served other runs
+    jobs = jobs if jobs is not None else settings.restore_jobs
+    jobs = jobs or ranged.default_jobs()
     with stages("prepare"):
         store = wiring.store_or_open(settings, store)
         context = keys.KeyContext(settings)
@@ -345,7 +347,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     try:
         counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, runner=runner,
                                                no_owner=no_owner, stages=stages,
-                                               no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")))
+                                               no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")),
+                                               jobs=jobs)
         with stages("checks"):
             owner = runner.settle_ownership(staging, owners, no_owner)
             owner = restored_globals.settle_database(staging, owner)
@@ -373,6 +376,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "table_count": tables, "expected_table_count": record.metadata.get("table_count"),
             "size_bytes": counts["downloaded_bytes"], "dump_bytes": counts["dump_bytes"],
             "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "table_count_ok": True,
+            "jobs": counts["jobs"], "integrity": "sha256" if counts["sha256"] else "segments",
             "database_settings": created, "timestamp": record.metadata["timestamp"],
             "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(), "source_host": record.host,
             "source_db": record.db,
@@ -616,12 +620,66 @@ class _SqlRunner:
         return wanted
 
 
-def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, stages, no_tablespaces=False):
+def _restore_argv(client, staging, runner, no_owner, no_tablespaces):
+    """pg_restore and its options for the staging database, as the runner."""
+    argv = client.restore_argv(staging, no_owner=no_owner)
+    if runner.role is not None and not no_owner:
+        argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
+    if no_tablespaces:
+        argv.insert(1, "--no-tablespaces")
+    return argv
+
+
+def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner, stages, no_tablespaces=False, jobs=1):
     """Restore into ``staging`` as the runner: pg_restore for an archive, psql (restricted) for a plain-SQL dump.
 
-    Returns ``(counts, tables, owners in the archive)``. ``stages`` (progress.Stages) times the download and restore,
-    then the checks.
+    With ``jobs`` > 1 and a backup that has a range index, ``jobs`` pg_restore processes at once (workflows/ranged.py);
+    else one stream. Returns ``(counts, tables, owners in the archive)``. ``stages`` (progress.Stages) times the
+    download and restore, then the checks.
     """
+    single = ranged.why_single(record, jobs, new_decryptor)
+    if single is None and record.metadata.get("format") != documents.PLAIN_DUMP_FORMAT:
+        LOG.info("restoring %s with %d pg_restore processes at once, from ranged reads of its object", record.basename,
+                 jobs)
+        counts, owners = _restore_ranged(pg, store, record, new_decryptor, staging, runner=runner, no_owner=no_owner,
+                                         stages=stages, no_tablespaces=no_tablespaces, jobs=jobs)
+        guard = None
+    else:
+        if jobs > 1:
+            LOG.info("restoring %s with one stream: %s", record.basename, single)
+        counts, owners, guard = _restore_stream(pg, store, record, new_decryptor, staging, runner=runner,
+                                                no_owner=no_owner, stages=stages, no_tablespaces=no_tablespaces)
+    with stages("checks"):
+        tables = pg.table_count(staging)
+    expected = record.metadata.get("table_count")
+    if guard is not None and expected is None:
+        expected = guard.tables
+    if expected is not None and tables != expected:
+        raise IntegrityError("restored database has %d tables, the backup had %d" % (tables, expected), step="verify")
+    return counts, tables, owners
+
+
+def _restore_ranged(pg, store, record, new_decryptor, staging, *, runner, no_owner, stages, no_tablespaces, jobs):
+    """The parallel restore (workflows/ranged.py): schema, table data by ``jobs`` processes, then indexes."""
+    client = runner.login(staging)
+    job = ranged.RangedRestore(store, record, new_decryptor, pg=pg,
+                               argv=_restore_argv(client, staging, runner, no_owner, no_tablespaces),
+                               env=client.environment(), jobs=jobs, progress=stages.progress, explain=_restore_failure)
+    try:
+        with stages("schema"):
+            job.read_prefix()
+            job.pre_data()
+        with stages("download_restore", total=record.metadata["size_bytes"]):
+            job.data()
+        with stages("indexes"):
+            job.post_data()
+    finally:
+        job.close()
+    return job.counts(), toc_owners(job.listing)
+
+
+def _restore_stream(pg, store, record, new_decryptor, staging, *, runner, no_owner, stages, no_tablespaces):
+    """The single-stream restore: one pg_restore (or psql) fed the whole object in order."""
     sink = toc = None
     with stages("download_restore", total=record.metadata["size_bytes"]), \
             RestoreStream(store, record, new_decryptor, stages.progress) as stream:
@@ -634,11 +692,7 @@ def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner
                 argv = client.script_argv(staging)
             else:
                 toc = TocReader(pg)
-                argv = client.restore_argv(staging, no_owner=no_owner)
-                if runner.role is not None and not no_owner:
-                    argv.insert(1, "--no-owner")  # the restore role creates everything; ownership is settled after
-                if no_tablespaces:
-                    argv.insert(1, "--no-tablespaces")
+                argv = _restore_argv(client, staging, runner, no_owner, no_tablespaces)
             name = "psql" if kind == PLAIN_SQL else "pg_restore"
             sink = Child(argv, client.environment(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name=name)
             counts = stream.run(sink, toc, guard)
@@ -652,14 +706,8 @@ def _restore_into(pg, store, record, new_decryptor, staging, *, runner, no_owner
                 if child is not None:
                     child.kill()
             raise
-    with stages("checks"):
-        tables = pg.table_count(staging)
-    expected = record.metadata.get("table_count")
-    if guard is not None and expected is None:
-        expected = guard.tables
-    if expected is not None and tables != expected:
-        raise IntegrityError("restored database has %d tables, the backup had %d" % (tables, expected), step="verify")
-    return counts, tables, owners
+    counts["jobs"] = 1
+    return counts, owners, guard
 
 
 def _restore_failure(stderr):

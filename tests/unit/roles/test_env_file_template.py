@@ -36,6 +36,7 @@ def _render(**overrides):
         "pg_backup_s3_validate_certs": True, "pg_backup_aws_config": {}, "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
+        "pg_backup_keep_daily": 0, "pg_backup_keep_weekly": 0, "pg_backup_keep_monthly": 0, "pg_backup_keep_yearly": 0,
         "pg_backup_s3_retry_window_seconds": 300, "pg_backup_lock_wait_timeout": 300,
         "pg_backup_env_extra": {"AWS_SESSION_TOKEN": "to ken"},
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
@@ -172,3 +173,12 @@ def test_the_globals_setting_is_written_for_the_engine(given, written, kept):
     values = config.parse_env_text(_render(pg_backup_globals=given))
     assert values["BACKUP_GLOBALS"] == written
     assert config.settings_from_env(values).globals is kept
+
+
+def test_the_calendar_retention_rules_are_written_and_read_back_by_the_engine():
+    values = config.parse_env_text(_render(pg_backup_keep_daily=7, pg_backup_keep_weekly=4, pg_backup_keep_monthly=12,
+                                           pg_backup_keep_yearly=3))
+    settings = config.settings_from_env(values)
+    assert (settings.keep_daily, settings.keep_weekly, settings.keep_monthly, settings.keep_yearly) == (7, 4, 12, 3)
+    off = config.settings_from_env(config.parse_env_text(_render()))
+    assert (off.keep_daily, off.keep_weekly, off.keep_monthly, off.keep_yearly) == (0, 0, 0, 0)

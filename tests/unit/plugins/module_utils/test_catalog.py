@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Names, metadata, selection and retention: pure logic of the catalog."""
+"""Names, metadata and selection: pure logic of the catalog (retention: test_retention.py)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -94,41 +94,6 @@ def test_select_failures_are_specific():
         layout.select_backup(records, "quankey_backup_20990101_000000")
     with pytest.raises(NotFoundError, match="before 2025-07-01"):
         layout.select_backup(records, before=datetime.datetime(2025, 7, 1, tzinfo=UTC))
-
-
-def test_retention_deletes_only_old_backups():
-    records = _records(range(1, 21))
-    now = _when(20, 12)
-    keep, delete = layout.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
-    assert len(delete) == 13  # days 1..13 at 03:00 are before the Aug 13 12:00 cutoff
-    assert all(r.timestamp < now - datetime.timedelta(days=7) for r in delete)
-    assert min(r.timestamp for r in keep) >= now - datetime.timedelta(days=7)
-
-
-def test_retention_never_deletes_the_newest_good_backups_of_a_stopped_host():
-    records = _records([1, 2, 3, 4, 5])
-    now = _when(30)  # backups stopped weeks ago: all are past retention
-    keep, delete = layout.retention_plan(records, now, retention_days=7, min_keep=3, is_good=lambda r: True)
-    assert [r.basename[-15:-7] for r in keep] == ["20250805", "20250804", "20250803"]
-    assert len(delete) == 2
-
-
-def test_retention_skips_bad_backups_when_counting_the_ones_to_keep():
-    records = _records([1, 2, 3, 4, 5])
-    bad = {records[0].basename, records[1].basename}
-    keep, delete = layout.retention_plan(records, _when(30), 7, 3, is_good=lambda r: r.basename not in bad)
-    kept = {r.basename for r in keep}
-    assert kept == {records[2].basename, records[3].basename, records[4].basename}
-    assert {r.basename for r in delete} == bad
-
-
-def test_retention_counts_min_keep_per_host_and_database():
-    records = sorted(_records([1, 2, 3], host="a") + _records([1, 2, 3], host="b"),
-                     key=lambda r: r.timestamp, reverse=True)
-    keep, delete = layout.retention_plan(records, _when(30), 7, 2, is_good=lambda r: True)
-    assert sorted((r.host, r.basename[-15:-7]) for r in keep) == [
-        ("a", "20250802"), ("a", "20250803"), ("b", "20250802"), ("b", "20250803")]
-    assert len(delete) == 2
 
 
 def _metadata():
@@ -236,7 +201,7 @@ def test_fields_the_seed_did_not_define_are_dropped_so_they_cannot_steer_anythin
 @pytest.mark.parametrize("extra", [{"layout": "seed"}, {"trusted": True}, {"allow_unsigned": True}])
 def test_host_layout_metadata_with_a_field_the_format_does_not_define_is_refused(extra):
     metadata = dict(_metadata(), **extra)
-    with pytest.raises(IntegrityError, match="which metadata version 4 does not define: it was not written by quankey"):
+    with pytest.raises(IntegrityError, match="which metadata version 5 does not define: it was not written by quankey"):
         documents.decode_metadata(documents.encode_metadata(metadata), "metadata/db1/d/x.meta")
 
 

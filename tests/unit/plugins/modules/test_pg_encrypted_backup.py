@@ -254,3 +254,19 @@ def test_check_mode_checks_the_lock_and_says_what_prune_would_delete(run_module,
     assert not (tmp_path / "backup.lock").exists()  # checked, not created
     result = run_module(module, dict(ARGS, lock_file=str(tmp_path / "no" / "backup.lock")), check_mode=True)
     assert result["failed"] is True and "cannot create the run lock" in result["msg"]
+
+
+def test_the_calendar_retention_options_reach_prune_and_a_wrong_one_names_the_option(run_module, recorder, monkeypatch):
+    prune = recorder(result=dict(PRUNED, backups=[], keep_daily=7, keep_weekly=0, keep_monthly=12, keep_yearly=0))
+    monkeypatch.setattr(module.backup, "run_backup", recorder(result=RESULT))
+    monkeypatch.setattr(module.prune, "run_prune", prune)
+    result = run_module(module, dict(ARGS, prune=True, keep_daily=7, keep_monthly=12))
+    settings = prune.settings
+    assert (settings.keep_daily, settings.keep_weekly, settings.keep_monthly, settings.keep_yearly) == (7, 0, 12, 0)
+    assert result["pruned"]["keep_monthly"] == 12
+    backup = recorder(result=RESULT)
+    monkeypatch.setattr(module.backup, "run_backup", backup)
+    result = run_module(module, dict(ARGS, prune=True, keep_yearly=-1))
+    assert result["failed"] is True and backup.calls == []
+    assert result["msg"].startswith("the keep_yearly option must be between 0 and 100000, got -1: give how many of the "
+                                    "most recent years (UTC) keep their newest good backup")

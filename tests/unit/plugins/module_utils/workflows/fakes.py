@@ -196,13 +196,16 @@ class MemoryStore:
             raise self._missing(key)
         return self.objects[key].data[start:start + length]
 
-    def iter_object(self, key, chunk_size=READ_CHUNK):
+    def iter_object(self, key, chunk_size=READ_CHUNK, start=0, end=None, etag=None):
         after, cut = self._request("iter_object", key)
         if key not in self.objects:
             raise self._missing(key)
+        if etag is not None and etag != self.objects[key].etag:
+            raise ConflictError("%s: If-Match %s failed" % (key, etag))
         data = self.objects[key].data
         if cut is not None:
             data = data[:cut]
+        data = data[start:end]
         for start in range(0, len(data), chunk_size):
             yield data[start:start + chunk_size]
         if after:
