@@ -37,10 +37,11 @@ def run_cli(env, *args, check=None):
     return proc
 
 
-def run_module(tmp_path, program, *args, drop=()):
+def run_module(tmp_path, program, *args, drop=(), whole=False):
     """``program`` (ansible or ansible-playbook of this venv) with ``args`` on localhost (local connection), this
     checkout as the quankey.backup collection, none of this process's setting variables (SETTING_PREFIXES) nor the
-    names in ``drop``; the result of its first task, as the json callback gives it."""
+    names in ``drop``; the result of its first task, as the json callback gives it (``whole``: the callback's whole
+    report, and the exit status: ``(report, rc)``)."""
     collections = tmp_path / "collections" / "ansible_collections" / "quankey"
     if not collections.exists():
         collections.mkdir(parents=True)
@@ -54,6 +55,8 @@ def run_module(tmp_path, program, *args, drop=()):
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=300, check=False)
     try:
+        if whole:
+            return json.loads(proc.stdout), proc.returncode
         return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError):
         raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune, rekey, keygen).
+"""``quankey-backup``: the host command cron runs (backup, list, restore, verify, health, prune, rekey, keygen,
+undelete...).
 
 Settings come from the seed's variables in the environment and an env file
 (``--env-file``, default /etc/quankey/backup.env when it exists); the
@@ -27,7 +28,7 @@ from .catalog import layout
 from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
 from .progress import Progress, stages_text
 from .units import human_size
-from .workflows import adopt, backup, health, inventory, leftovers, prune, rekey, restore
+from .workflows import adopt, backup, health, inventory, leftovers, prune, rekey, restore, undelete
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -52,6 +53,9 @@ def _parser():
     listing_command.add_argument("--since", help="only backups taken at or after this time (ISO 8601 or 20250809_030000)")
     listing_command.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
     listing_command.add_argument("--details", action="store_true", help="read each shown backup's metadata too")
+    listing_command.add_argument("--include-deleted", action="store_true",
+                                 help="also the backups delete markers hide (a versioned bucket), marked DELETED with when "
+                                 "(needs s3:ListBucketVersions)")
     listing_command.add_argument("--json", action="store_true", help="print JSON")
 
     restore_command = commands.add_parser("restore", help="restore a backup into a new database")
@@ -111,6 +115,13 @@ def _parser():
                                        "if missing, and check it may run restored SQL")
     role_command.add_argument("--check", action="store_true", help="only check: create nothing")
     role_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    undelete_command = commands.add_parser("undelete", help="bring back a backup that delete markers hide (a versioned "
+                                           "bucket), then check it as a restore would")
+    undelete_command.add_argument("name", help="the backup's name, as `list --include-deleted` shows it")
+    _add_scope(undelete_command)
+    undelete_command.add_argument("--dry-run", action="store_true", help="say which delete markers would go, remove none")
+    undelete_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     keygen_command = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
                                          "side, the public key for BACKUP_RECIPIENTS")
@@ -203,14 +214,16 @@ def _cmd_list(args, settings, env):
     since = layout.parse_time(args.since, "--since") if args.since else None
     db = args.db or (None if args.all else settings.db_name)
     data = inventory.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
-                                  with_leftovers=host == settings.host and db == settings.db_name)
+                                  with_leftovers=host == settings.host and db == settings.db_name,
+                                  include_deleted=args.include_deleted)
     lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
     for item in data["backups"]:
         size = human_size(item["object_size"]) if item["object_size"] is not None else "MISSING"
         lines.append("%-50s %-20s %-10s %12s%s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
                                                      item["host"] or "(seed)", size,
                                                      "  " + item["signature"] if "signature" in item else "",
-                                                     _globals_word(item) if args.details else ""))
+                                                     _globals_word(item) if args.details else "")
+                     + _deleted_word(item))
     if not data["backups"]:
         lines.append("(no backups)")
     if "leftovers" in data:
@@ -218,6 +231,32 @@ def _cmd_list(args, settings, env):
     elif data["orphans"]:
         lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(data["orphans"]))
     _emit(data, args.json, lines)
+    return EXIT_OK
+
+
+def _deleted_word(item):
+    """list --include-deleted: since when delete markers hide a backup, and which of its objects."""
+    deleted = item.get("deleted")
+    if not deleted:
+        return ""
+    return "  DELETED %s (%s: `quankey-backup undelete %s`)" % (
+        deleted["at"].replace("T", " ").rstrip("Z"), ", ".join(key.rsplit("/", 1)[-1] for key in deleted["objects"]),
+        item["name"])
+
+
+def _cmd_undelete(args, settings, env):
+    result = undelete.run_undelete(settings, args.name, host=args.host, db=args.db, dry_run=args.dry_run)
+    if not result["objects_restored"]:
+        head = "%s is not deleted: nothing to bring back" % result["name"]
+    else:
+        head = "%s %s: %d delete marker(s) %s on %s" % (
+            "would undelete" if args.dry_run else "undeleted", result["name"], result["markers_removed"],
+            "to remove" if args.dry_run else "removed", ", ".join(result["objects_restored"]))
+    lines = [head]
+    if result["signature"] is not None:
+        lines.append("  checked: data object %s, metadata signature %s" % (human_size(result["size_bytes"]),
+                                                                           result["signature"]))
+    _emit(result, args.json, lines)
     return EXIT_OK
 
 
@@ -412,7 +451,7 @@ def _cmd_restore_role(args, settings, env):
 
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
             "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen,
-            "restore-role": _cmd_restore_role, "adopt": _cmd_adopt}
+            "restore-role": _cmd_restore_role, "adopt": _cmd_adopt, "undelete": _cmd_undelete}
 
 
 class _UTCFormatter(logging.Formatter):
@@ -438,6 +477,7 @@ _INTERRUPTED = {
     "adopt": "the backup being copied was not committed (its upload was aborted); run adopt again to go on",
     "rekey": "each backup is either rekeyed or left as it was; run rekey again to finish",
     "prune": "what was already deleted is gone; run prune again to finish",
+    "undelete": "the delete markers already removed stay removed; run undelete again to finish",
 }
 
 

@@ -39,6 +39,8 @@ STORAGE_CLASSES = (
     "REDUCED_REDUNDANCY", "GLACIER", "DEEP_ARCHIVE",
 )
 DEFAULT_STORAGE_CLASS = "STANDARD_IA"
+# S3 Object Lock's modes (BACKUP_OBJECT_LOCK_MODE; unset: objects are not locked).
+LOCK_MODES = ("governance", "compliance")
 # The encryption modes (formats/modes.py: one registry, described in docs/FORMAT.md).
 ENCRYPTIONS = modes.NAMES
 DEFAULT_ENCRYPTION = modes.DEFAULT
@@ -281,6 +283,13 @@ TABLE = (
     Setting("storage_class", "S3_STORAGE_CLASS", "choice", DEFAULT_STORAGE_CLASS, option="storage_class",
             group=MODULE, choices=STORAGE_CLASSES, problem="is not an S3 storage class",
             meaning="S3 storage class of new objects"),
+    Setting("object_lock_mode", "BACKUP_OBJECT_LOCK_MODE", "choice", option="object_lock_mode", group=MODULE,
+            choices=LOCK_MODES, problem="is not an S3 Object Lock mode", shown="off",
+            meaning="lock every object of a new backup (S3 Object Lock) in this mode"),
+    Setting("object_lock_days", "BACKUP_OBJECT_LOCK_DAYS", "int", option="object_lock_days", group=MODULE,
+            bounds=(1, 36500), meaning="days each object of a new backup stays locked",
+            hint="give the days each object of a new backup stays locked, 1 to 36500 (e.g. as many as "
+                 "BACKUP_RETENTION_DAYS)"),
     Setting("compression", "BACKUP_COMPRESSION", "choice", DEFAULT_COMPRESSION, option="compression", group=MODULE,
             choices=COMPRESSIONS, problem="is not supported", meaning="how dumps are compressed"),
     Setting("backup_name", "BACKUP_NAME", option="name", group=MODULE, check=_matching(_NAME_RE, _KEY_PART),
@@ -316,6 +325,10 @@ TABLE = (
             meaning="botocore's attempts of each S3 request"),
     Setting("retry_mode", "AWS_RETRY_MODE", "choice", choices=RETRY_MODES, problem="is not a botocore retry mode",
             shown="the profile's or standard", meaning="botocore's retry mode"),
+    Setting("restore_tier", "S3_RESTORE_TIER", "choice", "Standard", choices=("Standard", "Bulk", "Expedited"),
+            problem="is not an S3 restore tier", meaning="tier of the S3 restore request of an archived backup"),
+    Setting("restore_days", "S3_RESTORE_DAYS", "int", 7, bounds=(1, 365),
+            meaning="days an archived backup's restored copy stays readable"),
     # The host command's own
     Setting("backup_file", "BACKUP_FILE", group=COMMAND, meaning="the backup restore and verify use (--backup)"),
     Setting("output_json", "OUTPUT_JSON", "bool", False, group=COMMAND, meaning="health prints JSON (--json)"),

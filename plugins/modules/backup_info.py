@@ -51,6 +51,13 @@ options:
         small read per backup.
     type: bool
     default: false
+  include_deleted:
+    description:
+      - In a versioned bucket, also list the backups delete markers hide, as C(quankey-backup list --include-deleted)
+        does, each with RV(backups[].deleted) saying when and which objects (C(quankey-backup undelete) brings one
+        back). Reads the bucket's versions (C(s3:ListBucketVersions)).
+    type: bool
+    default: false
   backup:
     description:
       - Return only the backup a restore would select (the engine's selection, the one
@@ -287,6 +294,14 @@ backups:
       sample: {"object_key": "backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.globals",
                "size_bytes": 812, "checksum_sha256": "9f2c0e8d5b7a6c4e3f1d2b0a9e8c7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
                "roles": 3, "memberships": 1, "tablespaces": 0, "passwords": "included"}
+    deleted:
+      description:
+        - With O(include_deleted=true), null for a backup no delete marker hides, else C(at) (UTC, the newest
+          marker's time) and C(objects) (the keys the markers hide).
+      returned: when O(include_deleted=true)
+      type: dict
+      sample: {"at": "2026-12-01T10:00:00Z",
+               "objects": ["metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta"]}
 orphans:
   description: Keys of objects without metadata (uncommitted backups, invisible to restore); empty with O(backup) or O(before).
   returned: always
@@ -331,6 +346,7 @@ def argument_spec():
         since=dict(type="str"),
         limit=dict(type="int", default=0),
         details=dict(type="bool", default=False),
+        include_deleted=dict(type="bool", default=False),
         backup=dict(type="str"),
         before=dict(type="str"),
     )
@@ -355,7 +371,8 @@ def main():
             host = params["host"] or (None if params["all"] else settings.host)
             db = params["db"] if params["all"] else settings.db_name
             found = inventory.find_backups(settings, host=host, db=db, since=since,
-                                           limit=params["limit"], details=params["details"])
+                                           limit=params["limit"], details=params["details"],
+                                           include_deleted=params["include_deleted"])
     module.exit_json(changed=False, **found)
 
 

@@ -53,6 +53,24 @@ options:
       - If not set, the environment variable E(S3_STORAGE_CLASS) is used.
     type: str
     choices: [STANDARD, STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR, REDUCED_REDUNDANCY, GLACIER, DEEP_ARCHIVE]
+  object_lock_mode:
+    description:
+      - Lock every object of the backup (data, globals, metadata) with S3 Object Lock in this mode, for
+        O(object_lock_days) from its write - V(governance) (only an identity with C(s3:BypassGovernanceRetention) may
+        delete a locked version early) or V(compliance) (no one may, not even the account's root, until the lock ends).
+        Not set, the objects are not locked.
+      - The bucket must have Object Lock enabled (a bucket created with it, versioned); a bucket without it fails the
+        backup before anything is uploaded, naming this option. Check mode checks that too.
+      - Prune (O(prune)) keeps a backup whose objects are still locked, whatever the rules say, and says until when.
+      - If not set, the environment variable E(BACKUP_OBJECT_LOCK_MODE) is used.
+    type: str
+    choices: [governance, compliance]
+  object_lock_days:
+    description:
+      - Days each object of the backup stays locked from its write (with O(object_lock_mode); required then), 1 to
+        36500. As long as O(retention_days) is a good choice.
+      - If not set, the environment variable E(BACKUP_OBJECT_LOCK_DAYS) is used.
+    type: int
   retention_days:
     description:
       - Days the backup is meant to be kept, recorded in its metadata for pruning. Defaults to V(30).
@@ -289,6 +307,14 @@ backup:
       returned: always
       type: str
       sample: STANDARD_IA
+    object_lock:
+      description:
+        - The Object Lock of the backup's objects (O(object_lock_mode), O(object_lock_days)) - C(mode) and C(days),
+          and once made C(retain_until_at_least) (UTC; each object is locked from its own write, so the last ones a
+          little longer); null when they are not locked.
+      returned: always
+      type: dict
+      sample: {"mode": "governance", "days": 30, "retain_until_at_least": "2026-12-31T03:00:00Z"}
     size_bytes:
       description: Size of the stored (compressed, encrypted) object.
       returned: when not in check mode
@@ -384,8 +410,9 @@ pruned:
           C(timestamp) (UTC), C(fate) (V(keep) or V(delete)), C(rules) (each rule that keeps it - V(age <= 30 days),
           V(min_keep 1 of 3), V(daily 2026-11-30), V(weekly 2026-W49), V(monthly 2026-11), V(yearly 2026); empty when
           deleted), C(reason) (the same in one line, with what is wrong with a kept backup that is not good, or why
-          no rule keeps it), C(good) (true, false, or null when no rule needed to read its metadata) and C(problem) (why
-          it is not good).
+          no rule keeps it), C(good) (true, false, or null when no rule needed to read its metadata), C(problem) (why
+          it is not good) and C(locked_until) (UTC, when its objects' S3 Object Lock ends; read only for a backup no
+          rule keeps, null otherwise) - a backup still locked is kept, its rule V(locked until 2026-12-31T03:00:00Z).
       returned: always
       type: list
       elements: dict
@@ -393,7 +420,7 @@ pruned:
                 "timestamp": "2026-11-30T03:00:00Z", "fate": "keep",
                 "rules": ["age <= 30 days", "min_keep 1 of 3", "daily 2026-11-30", "monthly 2026-11"],
                 "reason": "age <= 30 days, min_keep 1 of 3, daily 2026-11-30, monthly 2026-11", "good": true,
-                "problem": null}]
+                "problem": null, "locked_until": null}]
     retention_days:
       description: The age under which every backup is kept (O(retention_days)).
       returned: always
@@ -429,6 +456,14 @@ pruned:
       returned: always
       type: bool
       sample: false
+    tagged:
+      description:
+        - Backups whose data object was tagged C(quankey-keep=monthly) or C(yearly) (kept by a monthly or yearly rule)
+          for the bucket's archive rules (playbooks/prepare_bucket.yml); in check mode, those that would be.
+      returned: always
+      type: list
+      elements: str
+      sample: [quankey_prod_backup_20261031_030000]
     orphans_deleted:
       description: Stale objects without metadata removed (left by interrupted backups).
       returned: always
@@ -497,7 +532,8 @@ from ansible_collections.quankey.backup.plugins.module_utils.workflows import ba
 def argument_spec():
     """The module's options: the shared groups plus what only a backup needs."""
     return ansible_common.common_argument_spec(
-        ansible_common.setting_options("name", "compression", "storage_class", "retention_days", "keep_daily",
+        ansible_common.setting_options("name", "compression", "storage_class", "object_lock_mode", "object_lock_days",
+                                       "retention_days", "keep_daily",
                                        "keep_weekly", "keep_monthly", "keep_yearly", "globals"),
         lock_file=dict(type="path"),
         lock_wait=dict(type="float", default=600),

@@ -191,7 +191,9 @@ def test_iam_policy_allows_only_this_hosts_prefixes(host, hostname, host_vars, s
     assert (listing["Action"], listing["Resource"]) == ("s3:ListBucket", bucket_arn)
     assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix + "*" for prefix in own]}}
     objects = statements["ReadWriteOwnObjects"]
-    assert sorted(objects["Action"]) == ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert sorted(objects["Action"]) == ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject",
+                                         "s3:GetObjectTagging", "s3:PutObject", "s3:PutObjectTagging",
+                                         "s3:RestoreObject"]
     assert objects["Resource"] == ["%s/%s*" % (bucket_arn, prefix) for prefix in own]
     # nothing else reaches objects: the other statements are bucket-level only
     assert all(item["Resource"] == bucket_arn for sid, item in statements.items() if sid != "ReadWriteOwnObjects")

@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
 import functools
 import logging
 import os
@@ -91,9 +92,61 @@ _SOCKET_CAUSE_RE = re.compile(r"Connection refused|Connection reset by peer|Remo
                               r"Temporary failure in name resolution|IncompleteRead\(\d+ bytes read, \d+ more expected\)")
 
 
+# Object Lock (BACKUP_OBJECT_LOCK_MODE, _DAYS): what S3 calls each mode.
+LOCK_MODES = {"governance": "GOVERNANCE", "compliance": "COMPLIANCE"}
+# How a bucket is given Object Lock, for the messages that say it has none.
+LOCK_HOWTO = ("create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket, or "
+              "the quankey.backup bucket playbook), or enable it on a versioned bucket (aws s3api "
+              "put-object-lock-configuration --object-lock-configuration ObjectLockEnabled=Enabled)")
+
+
+def lock_of_settings(settings):
+    """``(mode, days)`` of the settings' Object Lock (BACKUP_OBJECT_LOCK_MODE, _DAYS), or None when it is off."""
+    mode = getattr(settings, "object_lock_mode", None)
+    if not mode:
+        return None
+    settings.require("object_lock_days")  # a backup's plan asks first: other commands never get here without them
+    return mode, settings.object_lock_days
+
+
+def no_lock_error(bucket, label=None):
+    """The ConfigError of a bucket without Object Lock asked to lock objects."""
+    label = label or _variable
+    return ConfigError("bucket %r has no Object Lock, and %s asks for every object of a backup to be locked: %s; or "
+                       "unset %s" % (bucket, label("object_lock_mode"), LOCK_HOWTO, label("object_lock_mode")))
+
+
+def _utc(when):
+    """An aware datetime in UTC (botocore gives tzlocal ones)."""
+    return when.astimezone(datetime.timezone.utc)
+
+
 def _unsupported(exc):
     """Whether a StorageError is the store saying it does not implement a request's conditions."""
     return any(code in exc.message for code in _UNSUPPORTED_CODES)
+
+
+# How long an S3 restore of an archived object takes, by storage class and tier (AWS's published times).
+ARCHIVE_HOURS = {
+    "GLACIER": {"Expedited": "1-5 minutes", "Standard": "3-5 hours", "Bulk": "5-12 hours"},
+    "DEEP_ARCHIVE": {"Standard": "12 hours", "Bulk": "48 hours"},
+}
+
+
+def archive_hours(storage_class, tier):
+    """How long the restore of an object of ``storage_class`` at ``tier`` takes, in words ('3-5 hours')."""
+    times = ARCHIVE_HOURS.get(storage_class, ARCHIVE_HOURS["GLACIER"])
+    return times.get(tier) or times["Standard"]
+
+
+class ArchivedError(StorageError):
+    """An object in an archive storage class that cannot be read before an S3 restore request completes."""
+
+    def __init__(self, message, key=None, storage_class=None, started=False):
+        super(ArchivedError, self).__init__(message)
+        self.key = key
+        self.storage_class = storage_class
+        self.started = started
 
 
 def choose_part_size(expected_bytes):
@@ -322,6 +375,8 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
                                 % (code, action, where, label("access_key"), label("secret_key")))
         if code in _ACCESS_CODES:
             return AccessDeniedError("S3 access denied for %s (%s): check the IAM policy for this host's prefix" % (where, action))
+        if code == "InvalidRequest" and "ObjectLock" in str(exc).replace(" ", ""):
+            return no_lock_error(bucket, label)
         if code == "EntityTooSmall":
             return StorageError("S3 rejected a multipart part as too small during %s of %s" % (action, where))
         return StorageError("S3 %s of %s failed%s: %s" % (action, where, via, code or exc))
@@ -415,10 +470,13 @@ class S3Store:
     warning). ``aws_config``, ``max_attempts`` and ``retry_mode``: see :func:`client_config`.
     """
 
+    restore_tier = "Standard"  # an archived object's S3 restore request (S3_RESTORE_TIER, S3_RESTORE_DAYS)
+    restore_days = 7
+
     def __init__(self, bucket, *, region=None, endpoint_url=None, access_key=None, secret_key=None, session_token=None,
                  storage_class="STANDARD_IA", retry_window=DEFAULT_RETRY_WINDOW, label=_variable, retry=None,
                  profile=None, ca_bundle=None, validate_certs=True, aws_config=None, max_attempts=None,
-                 retry_mode=None):
+                 retry_mode=None, object_lock=None):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")
         if not bucket:
@@ -426,6 +484,7 @@ class S3Store:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.storage_class = storage_class
+        self.object_lock = object_lock  # (mode, days): every object written is locked so long (Object Lock)
         self.conditional_writes = True  # until the store answers NotImplemented to one
         self.label = label
         self._counts = dict.fromkeys(RETRY_COUNTS, 0)
@@ -462,12 +521,15 @@ class S3Store:
     def from_settings(cls, settings, retry_window=None):
         """The store a :class:`~.config.Settings` points at (``retry_window`` shortens the settings' one)."""
         window = settings.retry_window if retry_window is None else min(retry_window, settings.retry_window)
-        return cls(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url,
-                   access_key=settings.access_key, secret_key=settings.secret_key,
-                   session_token=settings.session_token, storage_class=settings.storage_class,
-                   retry_window=window, label=settings.label, profile=settings.profile, ca_bundle=settings.ca_bundle,
-                   validate_certs=settings.validate_certs, aws_config=settings.aws_config,
-                   max_attempts=settings.max_attempts, retry_mode=settings.retry_mode)
+        store = cls(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url,
+                    access_key=settings.access_key, secret_key=settings.secret_key,
+                    session_token=settings.session_token, storage_class=settings.storage_class,
+                    retry_window=window, label=settings.label, profile=settings.profile, ca_bundle=settings.ca_bundle,
+                    validate_certs=settings.validate_certs, aws_config=settings.aws_config,
+                    max_attempts=settings.max_attempts, retry_mode=settings.retry_mode,
+                    object_lock=lock_of_settings(settings) if settings.object_lock_days else None)
+        store.restore_tier, store.restore_days = settings.restore_tier, settings.restore_days
+        return store
 
     def url(self, key=""):
         """``s3://bucket/key`` for messages."""
@@ -510,6 +572,8 @@ class S3Store:
                 if not is_transient(exc):
                     if timer.failures and recover is not None and self._recovered(recover, exc, action, key):
                         return None
+                    if action == "GetObject" and _error_code(exc) == "InvalidObjectState":
+                        raise self.archived(key)
                     raise error
                 wait = timer.next_wait()
                 if wait is None:
@@ -633,6 +697,7 @@ class S3Store:
         the object is read back and compared.
         """
         kwargs = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, StorageClass="STANDARD")
+        kwargs.update(self.lock_arguments())
         condition = {}
         if if_none_match:
             condition["IfNoneMatch"] = "*"
@@ -675,6 +740,45 @@ class S3Store:
         """Delete one object."""
         self._call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=key)
 
+    def get_tags(self, key):
+        """An object's tags as a dict."""
+        answer = self._call("GetObjectTagging", key, self.client.get_object_tagging, Bucket=self.bucket, Key=key)
+        return dict((tag["Key"], tag["Value"]) for tag in answer.get("TagSet", []))
+
+    def put_tags(self, key, tags):
+        """Replace an object's tags with ``tags`` (a dict): what the bucket's lifecycle rules select by."""
+        self._call("PutObjectTagging", key, self.client.put_object_tagging, Bucket=self.bucket, Key=key,
+                   Tagging={"TagSet": [{"Key": name, "Value": value} for name, value in sorted(tags.items())]})
+
+    def archived(self, key):
+        """The ArchivedError of an object in an archive storage class (GLACIER, DEEP_ARCHIVE) that is not readable:
+        the S3 restore request is started here (``restore_tier``, kept ``restore_days`` days) unless one is under way,
+        and the error says when the object will be readable (about, by tier) and to run again then."""
+        attrs = self.head(key) or {}
+        storage = attrs.get("StorageClass") or "GLACIER"
+        hours = archive_hours(storage, self.restore_tier)
+
+        def request():
+            """RestoreObject; False when a restore is under way already (another run asked first)."""
+            try:
+                self.client.restore_object(Bucket=self.bucket, Key=key, RestoreRequest={
+                    "Days": self.restore_days, "GlacierJobParameters": {"Tier": self.restore_tier}})
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc) == "RestoreAlreadyInProgress":
+                    return False
+                raise
+        if 'ongoing-request="true"' in (attrs.get("Restore") or "") or not self._retrying("RestoreObject", key, request):
+            return ArchivedError("%s is archived in %s and its restore is under way (requested earlier): it is "
+                                 "readable within about %s after the request; run again then"
+                                 % (self.url(key), storage, hours), key=key, storage_class=storage)
+        LOG.warning("%s is archived in %s: started its S3 restore (tier %s, a readable copy for %d days)",
+                    self.url(key), storage, self.restore_tier, self.restore_days)
+        return ArchivedError("%s is archived in %s: its S3 restore was started now (tier %s, %s; the copy stays "
+                             "readable for %d days): it is readable in about %s; run the same command again then"
+                             % (self.url(key), storage, self.restore_tier, self.label("restore_tier"),
+                                self.restore_days, hours), key=key, storage_class=storage, started=True)
+
     def open_multipart(self, key, base_part_size=MIN_PART_SIZE, concurrency=UPLOAD_CONCURRENCY):
         """Start a multipart upload of ``key``; see :class:`MultipartUpload`."""
         return MultipartUpload(self, key, base_part_size, concurrency)
@@ -702,6 +806,78 @@ class S3Store:
         self._retrying("AbortMultipartUpload", key, functools.partial(
             self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id),
             recover=lambda exc: _error_code(exc) == "NoSuchUpload", budget=budget)
+
+    def lock_arguments(self):
+        """The Object Lock parameters of a new object (mode, and retain-until now + days), or {} when locking is off."""
+        if not self.object_lock:
+            return {}
+        mode, days = self.object_lock
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=int(days))
+        return {"ObjectLockMode": LOCK_MODES[mode], "ObjectLockRetainUntilDate": until.replace(microsecond=0)}
+
+    def check_object_lock(self):
+        """Fail (ConfigError) when objects are to be locked and the bucket has no Object Lock; True when it has,
+        None when these credentials may not read the bucket's configuration (the first write then says)."""
+        if not self.object_lock:
+            return None
+        try:
+            found = self._call("GetObjectLockConfiguration", "", self.client.get_object_lock_configuration,
+                               Bucket=self.bucket)
+        except AccessDeniedError as exc:
+            LOG.debug("the Object Lock configuration of %s is not readable here (%s): the first write will tell",
+                      self.bucket, exc)
+            return None
+        except StorageError as exc:
+            if "ObjectLockConfigurationNotFound" in exc.message:
+                raise no_lock_error(self.bucket, self.label)
+            raise
+        if (found.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") != "Enabled":
+            raise no_lock_error(self.bucket, self.label)
+        return True
+
+    def lock_of(self, key):
+        """``(mode, retain_until)`` of the current version of ``key`` (mode lowercase, an aware UTC datetime), or None
+        when it has no retention (or no such object)."""
+        head = self.head(key)
+        if not head or not head.get("ObjectLockRetainUntilDate"):
+            return None
+        return str(head.get("ObjectLockMode", "")).lower(), _utc(head["ObjectLockRetainUntilDate"])
+
+    def ensure_locked(self, key, head, lock):
+        """After a multipart upload created with ``lock``: the stored version must carry it. A store that took the
+        parameters on CreateMultipartUpload without applying them gets them again on the version (PutObjectRetention).
+        Credentials that may neither see nor set the lock (no s3:GetObjectRetention, no s3:PutObjectRetention) get a
+        warning: the lock asked for on the upload is S3's to apply; any other failure fails the backup."""
+        if head.get("ObjectLockRetainUntilDate"):
+            return
+        extra = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        retention = {"Mode": lock["ObjectLockMode"], "RetainUntilDate": lock["ObjectLockRetainUntilDate"]}
+        LOG.info("%s shows no lock after its upload: locking that version now", self.url(key))
+        try:
+            self._call("PutObjectRetention", key, self.client.put_object_retention, Bucket=self.bucket, Key=key,
+                       Retention=retention, **extra)
+        except AccessDeniedError as exc:  # S3 leaves the lock out of HEAD for credentials without s3:GetObjectRetention
+            LOG.warning("the lock of %s, asked for on its upload, could not be confirmed (%s): give this host "
+                        "s3:GetObjectRetention and s3:PutObjectRetention on its prefix", self.url(key), exc)
+
+    def list_versions(self, prefix):
+        """Every version and delete marker under ``prefix`` (a versioned bucket), as dicts: key, version_id, latest,
+        deleted (a delete marker), size (None for a marker), last_modified; per key, newest first."""
+        for page in self._pages("ListObjectVersions", prefix, self.client.list_object_versions,
+                                {"NextKeyMarker": "KeyMarker", "NextVersionIdMarker": "VersionIdMarker"},
+                                Bucket=self.bucket, Prefix=prefix):
+            items = [(item, False) for item in page.get("Versions", [])]
+            items += [(item, True) for item in page.get("DeleteMarkers", [])]
+            items.sort(key=lambda pair: (pair[0]["Key"], not pair[0].get("IsLatest"),
+                                         -_utc(pair[0]["LastModified"]).timestamp()))
+            for item, marker in items:
+                yield {"key": item["Key"], "version_id": item.get("VersionId"), "latest": bool(item.get("IsLatest")),
+                       "deleted": marker, "size": None if marker else item.get("Size"),
+                       "last_modified": _utc(item["LastModified"])}
+
+    def delete_version(self, key, version_id):
+        """Delete one version (or delete marker) of ``key``: removing a delete marker brings the version below back."""
+        self._call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=key, VersionId=version_id)
 
 
 class _ResumableBody:
@@ -828,9 +1004,10 @@ class MultipartUpload:
         self._next_part = 1
         self._closed = False
         self._stop_retrying = threading.Event()
+        self.lock = store.lock_arguments()
         response = store._call("CreateMultipartUpload", key, store.client.create_multipart_upload,
                                Bucket=store.bucket, Key=key, StorageClass=store.storage_class,
-                               ContentType="application/octet-stream")
+                               ContentType="application/octet-stream", **self.lock)
         self.upload_id = response["UploadId"]
 
     def __enter__(self):
@@ -923,6 +1100,8 @@ class MultipartUpload:
         if stored != self.bytes_written:
             raise StorageError("stored object %s has %s bytes but %d were uploaded"
                                % (self.store.url(self.key), stored, self.bytes_written))
+        if self.lock:
+            self.store.ensure_locked(self.key, head, self.lock)
         return stored
 
     def _complete(self, parts):

@@ -15,7 +15,9 @@ database (a series), newest first, a backup is kept when any of these keeps it:
   back from the newest good backup, not from now: a host whose backups stopped keeps its
   grandfathers.
 
-Every other backup is deleted. Only good backups (``judge(record)`` is None) count for min_keep and
+Every other backup is deleted, unless it is locked: ``locked(record)`` (S3 Object Lock), asked only about the
+backups no rule keeps, gives the time until which its objects may not be deleted, and a backup locked beyond
+``now`` is kept (``locked until 2026-12-31T03:00:00Z``). Only good backups (``judge(record)`` is None) count for min_keep and
 the calendar rules; the judge is asked lazily, once per backup at most, and only when a rule could
 keep that backup (judging costs a read of its metadata). With every calendar rule 0 this is the
 age-and-min_keep retention of before.
@@ -95,6 +97,7 @@ class Fate:
         self.good = None
         self.problem = None
         self.keep = False
+        self.locked_until = None  # asked only when no rule keeps it: the time its objects' lock ends
 
     def __repr__(self):
         return "Fate(%s, %s, %s)" % (self.record.basename, self.fate, self.rules)
@@ -114,19 +117,27 @@ class Fate:
         return "%s and kept by no other rule" % why
 
     def summary(self, policy):
-        """JSON-ready: name, host, database, timestamp, fate, rules, reason, good and problem."""
+        """JSON-ready: name, host, database, timestamp, fate, rules, reason, good, problem and locked_until."""
         record = self.record
         return {"name": record.basename, "host": record.host, "database": record.db,
                 "timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "fate": self.fate,
-                "rules": list(self.rules), "reason": self.reason(policy), "good": self.good, "problem": self.problem}
+                "rules": list(self.rules), "reason": self.reason(policy), "good": self.good, "problem": self.problem,
+                "locked_until": None if self.locked_until is None else utc_text(self.locked_until)}
 
 
-def plan(records, now, policy, judge):
+def utc_text(when):
+    """An aware time as '2026-12-31T03:00:00Z'."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan(records, now, policy, judge, locked=None):
     """The fate of each of ``records`` (newest first, as listed), in their order.
 
     ``judge(record)`` says whether a backup is good: None when it is, else the reason in a few words
     ('no data object', 'signature does not verify'); it is called at most once per backup, and only
-    when min_keep or a calendar rule could keep it.
+    when min_keep or a calendar rule could keep it. ``locked(record)`` (None: nothing is locked) gives the
+    aware time until which a backup's objects are locked (S3 Object Lock), or None; it is asked only about the
+    backups no rule keeps, and one locked beyond ``now`` is kept ('locked until 2026-12-31T03:00:00Z').
     """
     cutoff = now - datetime.timedelta(days=policy.retention_days)
     fates = [Fate(record) for record in records]
@@ -139,6 +150,10 @@ def plan(records, now, policy, judge):
         for fate in members:
             if fate.record.timestamp >= cutoff:
                 fate.rules.insert(0, age)
+            if not fate.rules and locked is not None:
+                fate.locked_until = locked(fate.record)
+                if fate.locked_until is not None and fate.locked_until > now:
+                    fate.rules.append("locked until %s" % utc_text(fate.locked_until))
             fate.keep = bool(fate.rules)
     return fates
 

@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
 import hashlib
 import logging
 import subprocess
@@ -18,9 +19,9 @@ from .. import keys
 from ..adapters import pgglobals
 from ..adapters.postgres import explain_client_error
 from ..adapters.process import CHUNK, Child, TocReader
-from ..adapters.s3 import choose_part_size
+from ..adapters.s3 import choose_part_size, lock_of_settings
 from ..catalog import documents, layout
-from ..errors import ConflictError, IntegrityError, PostgresError, RefusedError
+from ..errors import AccessDeniedError, ConflictError, IntegrityError, PostgresError, RefusedError
 from ..formats import globaldoc, magic, modes
 from ..formats.compression import check_compression, compressor
 from ..formats.compression import get as get_codec
@@ -57,7 +58,7 @@ class BackupPlan:
                 "pg_dump_version": self.dump_version, "compression": self.settings.compression,
                 "encryption": self.settings.encryption, "storage_class": self.settings.storage_class,
                 "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0],
-                "globals": self.settings.globals}
+                "globals": self.settings.globals, "object_lock": _lock_view(self.store.object_lock)}
 
 
 def plan_backup(settings, store=None, now=None, *, pg=None):
@@ -74,6 +75,8 @@ def plan_backup(settings, store=None, now=None, *, pg=None):
     dump_version = pg.check_client_version(server_version, "pg_dump")
     store = wiring.store_or_open(settings, store)
     store.check_bucket(layout.object_prefix(settings.prefix, settings.host, settings.db_name))
+    store.object_lock = lock_of_settings(settings)  # every object of this backup is locked, or none
+    store.check_object_lock()  # a bucket without Object Lock fails here, before anything is uploaded
     size, db_settings = pg.database_size(settings.db_name), pg.database_settings(settings.db_name)
     for attempt in range(NAME_ATTEMPTS):
         plan = BackupPlan(settings, pg, store, server_version=server_version, dump_version=dump_version,
@@ -146,8 +149,19 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         "encryption": encryption, "key_id": metadata["key_id"], "storage_class": settings.storage_class,
         "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
         "signing_key_id": metadata["signature"]["key_id"], "globals": globals_summary,
-        "s3_retries": store.retry_counts(since=retried),
+        "s3_retries": store.retry_counts(since=retried), "object_lock": _lock_view(store.object_lock, when),
     }
+
+
+def _lock_view(lock, when=None):
+    """The Object Lock of a backup's objects for results: None, or mode, days (and, once made, the earliest retain-until:
+    each object is locked from its own write, so a few seconds or minutes later for the last ones)."""
+    if not lock:
+        return None
+    view = {"mode": lock[0], "days": lock[1]}
+    if when is not None:
+        view["retain_until_at_least"] = (when + datetime.timedelta(days=lock[1])).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return view
 
 
 def store_globals(store, key, document, encryptor):
@@ -219,8 +233,15 @@ def _format_server_version(num):
 
 
 def _delete_quietly(store, key):
+    """Remove an uncommitted object of a failed backup, as far as this host may: a host whose IAM policy holds no
+    s3:DeleteObject (a host that cannot delete, docs/ROLES.md) leaves it, without metadata, so it is no backup: list,
+    restore and health never see it, and the prune identity's `prune` sweeps it once stale."""
     try:
         store.delete(key)
+    except AccessDeniedError:
+        LOG.warning("%s is left without metadata after a failed backup (this host's keys may not delete): it is no "
+                    "backup and nothing lists or restores it; the prune identity's `quankey-backup prune` removes it",
+                    store.url(key))
     except Exception:  # best effort: an orphan object without metadata is invisible and swept by prune
         LOG.warning("could not delete %s after a failed backup; `quankey-backup prune` removes it", store.url(key))
 

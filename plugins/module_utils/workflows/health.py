@@ -226,6 +226,31 @@ def _size_drop(records, policy):
     return []
 
 
+def lock_findings(locks, now, policy, label="BACKUP_OBJECT_LOCK_MODE"):
+    """Findings of the object_lock rule (BACKUP_OBJECT_LOCK_MODE set): ``locks`` is ``[(basename, retain-until or
+    None)]`` of the good backups among the newest, newest first. A warning when the newest is not locked, when no good
+    backup is locked any more, or when only one still is and its lock ends within ``max(48 h, 2 intervals)``: after
+    that, nothing stops whoever holds delete rights from erasing the last good backup."""
+    if not locks:
+        return []
+    findings = []
+    name, until = locks[0]
+    if until is None:
+        findings.append(_finding("object_lock", WARNING, "latest good backup %s is not locked, though %s asks for it: "
+                                 "check that the bucket has Object Lock and what the backup logged" % (name, label)))
+    held = [(name, until) for name, until in locks if until is not None and until > now]
+    horizon = max(48.0, 2 * policy.interval_hours)
+    if not held:
+        findings.append(_finding("object_lock", WARNING, "no good backup is locked any more (of the newest %d): nothing "
+                                 "stops their deletion" % len(locks)))
+    elif len(held) == 1 and _hours(held[0][1] - now) <= horizon:
+        findings.append(_finding("object_lock", WARNING, "the only locked good backup, %s, is locked until %s (%.0f h "
+                                 "from now): after that nothing stops its deletion; new backups are not being locked or "
+                                 "made" % (held[0][0], held[0][1].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                           _hours(held[0][1] - now))))
+    return findings
+
+
 def overall_status(findings):
     """ok, warning or critical: the worst finding."""
     worst = max([_RANK[item["severity"]] for item in findings] or [0])
@@ -303,6 +328,15 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
                       keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
                       signature_fix=fix)
+    if settings.object_lock_mode:  # one HEAD per good backup of the newest few: how long each stays locked
+        good = [record for record in records[:METADATA_LOOKBACK] if record.has_object and record.verdict is not None
+                and record.verdict.trusted]
+        try:
+            locks = [(record.basename, (store.lock_of(record.object_key) or (None, None))[1]) for record in good]
+        except StorageError as exc:
+            findings.append(_finding("s3_access", CRITICAL, str(exc)))
+        else:
+            findings.extend(lock_findings(locks, now, policy, settings.label("object_lock_mode")))
     try:
         report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=wiring.postgres_or_none(settings, pg))
     except StorageError as exc:

@@ -46,6 +46,87 @@ def list_backups(settings, store=None, host=None, db=None, everything=False, see
     return records, orphans
 
 
+def versions_by_key(store, prefix):
+    """``{key: [version or delete marker, newest first]}`` under ``prefix`` (store.list_versions' dicts); an
+    AccessDeniedError names the permission it needs."""
+    found = {}
+    try:
+        for item in store.list_versions(prefix):
+            found.setdefault(item["key"], []).append(item)
+    except AccessDeniedError as exc:
+        raise AccessDeniedError("%s; listing deleted backups reads the bucket's versions: let these credentials "
+                                "s3:ListBucketVersions on %s" % (exc.message, prefix), step="list")
+    for entries in found.values():
+        entries.sort(key=lambda item: (item["latest"], item["last_modified"]), reverse=True)
+    return found
+
+
+def deletion_of(record, versions):
+    """How a backup is deleted in a versioned bucket: None when no delete marker hides any of its objects, else
+    ``{"at": the newest marker's time (UTC text), "objects": [keys hidden by a delete marker]}``."""
+    hidden, times = [], []
+    for key in (record.metadata_key, record.object_key, layout.globals_key(record.object_key)):
+        entries = versions.get(key) or []
+        if entries and entries[0]["deleted"]:
+            hidden.append(key)
+            times.append(entries[0]["last_modified"])
+    if not hidden:
+        return None
+    return {"at": max(times).strftime("%Y-%m-%dT%H:%M:%SZ"), "objects": hidden}
+
+
+def with_deleted(settings, store, host=None, db=None):
+    """This layout's backups (not the seed's) newest first, those hidden by delete markers included, each with
+    ``record.deleted`` (:func:`deletion_of`), from the bucket's versions; and the versions by key."""
+    versions = versions_by_key(store, layout.metadata_prefix(settings.prefix, host, db if host else None))
+    versions.update(versions_by_key(store, layout.object_prefix(settings.prefix, host, db if host else None)))
+    listing = {"meta": [], "objs": []}
+    for key, entries in versions.items():
+        real = [item for item in entries if not item["deleted"]]
+        if real:  # the newest version that is no delete marker: what undelete brings back
+            place = "meta" if key.startswith(settings.prefix + "metadata/") else "objs"
+            listing[place].append({"key": key, "size": real[0]["size"], "last_modified": real[0]["last_modified"]})
+    records, _orphans = layout.records_from_listing(settings.prefix, listing["meta"], listing["objs"])
+    records = [record for record in records if not record.seed and (not db or record.db == db)]
+    for record in records:
+        record.deleted = deletion_of(record, versions)
+    return records, versions
+
+
+def backup_stem(backup):
+    """A backup's name from what a user gave: the name, or its data object's or metadata's key."""
+    stem = (backup or "").strip().rsplit("/", 1)[-1]
+    for suffix in (layout.OBJECT_SUFFIX, layout.METADATA_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+    return stem
+
+
+def deleted_refusal(settings, store, backup, host=None, db=None):
+    """When ``backup`` (a name) is a backup that delete markers hide, the RefusedError that says `undelete` brings it
+    back; else None (also when these credentials may not list versions)."""
+    stem = backup_stem(backup)
+    if stem == "latest" or not layout.is_basename(stem):
+        return None
+    host, db = host or settings.host, db or settings.db_name
+    try:
+        versions = versions_by_key(store, layout.metadata_prefix(settings.prefix, host, db) + stem)
+        versions.update(versions_by_key(store, layout.object_prefix(settings.prefix, host, db) + stem))
+    except BackupError as exc:
+        LOG.debug("versions of %s not listed: %s", stem, exc)
+        return None
+    record = layout.BackupRecord(host, db, stem, layout.metadata_key(settings.prefix, host, db, stem),
+                                 layout.object_key(settings.prefix, host, db, stem))
+    deleted = deletion_of(record, versions)
+    if deleted is None:
+        return None
+    return RefusedError("backup %s was deleted (a delete marker hides %s since %s) but this bucket keeps versions: bring "
+                        "it back with `quankey-backup undelete %s%s`, then restore it"
+                        % (stem, ", ".join(deleted["objects"]), deleted["at"], stem,
+                           "" if host == settings.host and db == settings.db_name else " --host %s --db %s" % (host, db)),
+                        step="select")
+
+
 def _seed_records(settings, store, denied_ok=True):
     """Records of the seed's flat layout (directly under metadata/ and backups/postgresql/).
 
@@ -113,6 +194,9 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, *,
         record = _choose(records, backup, before, allow_seed)
     except NotFoundError:
         _refused_seed_meta(settings, store, backup)
+        refusal = deleted_refusal(settings, store, backup, host, settings_db)
+        if refusal is not None:
+            raise refusal
         raise
     load_metadata(store, record)
     context = context or keys.KeyContext(settings)
@@ -120,6 +204,9 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, *,
     if record.verdict.outcome == trust.INVALID:
         trust.require(record.verdict)  # raises
     if not record.has_object:
+        refusal = deleted_refusal(settings, store, record.basename, record.host, record.db)
+        if refusal is not None:
+            raise refusal
         raise IntegrityError("backup %s has metadata but its object %s is missing: pick an older backup with %s"
                              % (record.basename, store.url(record.object_key), settings.flag("backup")), step="select")
     if record.object_size != record.metadata["size_bytes"]:
@@ -130,10 +217,7 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, *,
 
 def _refused_seed_meta(settings, store, backup):
     """When a backup asked for by name is a seed backup whose .meta was refused (so it was not listed), say why."""
-    stem = (backup or "").strip().rsplit("/", 1)[-1]
-    for suffix in (layout.OBJECT_SUFFIX, layout.METADATA_SUFFIX):
-        if stem.endswith(suffix):
-            stem = stem[:-len(suffix)]
+    stem = backup_stem(backup)
     if stem == "latest" or not layout.is_basename(stem):
         return
     key = layout.metadata_prefix(settings.prefix) + stem + layout.METADATA_SUFFIX
@@ -175,7 +259,7 @@ def _choose(records, backup, before, allow_seed):
 
 
 def find_backups(settings, host=None, db=None, since=None, limit=0, details=False, *, store=None, context=None,
-                 with_leftovers=False, pg=None):
+                 with_leftovers=False, pg=None, include_deleted=False):
     """Backups newest first as ``{"backups": [summary, ...], "orphans": [key, ...]}``.
 
     Without ``host`` the whole bucket is listed (narrowed to ``db`` when given);
@@ -184,10 +268,15 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
     host's database. ``since`` (an aware datetime) keeps backups taken at or after it, ``limit``
     (> 0) the newest that many, and ``details`` reads each kept backup's
     metadata. Listings are paginated, so any number of objects works. ``store`` and ``pg`` are the adapters
-    (default: the settings', workflows/wiring.py).
+    (default: the settings', workflows/wiring.py). ``include_deleted`` (a versioned bucket) also lists the backups
+    delete markers hide, each summary then saying ``deleted``: None, or when and which objects (:func:`deletion_of`).
     """
     store = wiring.store_or_open(settings, store)
     records, orphans = list_backups(settings, store=store, host=host, db=db, everything=not host)
+    if include_deleted:
+        ours, _versions = with_deleted(settings, store, host, db)
+        records = [record for record in records if record.seed] + ours
+        records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
     if since is not None:
         records = [record for record in records if record.timestamp >= since]
     if limit and limit > 0:
@@ -195,6 +284,8 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
     if details:
         checker = _verdicts(settings, context)
         for record in records:
+            if getattr(record, "deleted", None) and record.metadata_key in record.deleted["objects"]:
+                continue  # its metadata is hidden: `undelete` first, then it is read and judged
             try:
                 load_metadata(store, record)
             except IntegrityError as exc:  # a refused document is listed as such, not a failed listing
@@ -203,10 +294,18 @@ def find_backups(settings, host=None, db=None, since=None, limit=0, details=Fals
             record.verdict = checker(record)
             if record.seed and record.has_object and keys.holds_any_key(settings):
                 _find_kdf(settings, store, record, context)
-    found = {"backups": [record.summary() for record in records], "orphans": [item["key"] for item in orphans]}
+    found = {"backups": [_summary(record, include_deleted) for record in records],
+             "orphans": [item["key"] for item in orphans]}
     if with_leftovers:  # this host's database: open uploads and, when the server answers, staging databases
         found["leftovers"] = leftovers.find(settings, store, orphans, pg=wiring.postgres_or_none(settings, pg))
     return found
+
+
+def _summary(record, include_deleted):
+    summary = record.summary()
+    if include_deleted:
+        summary["deleted"] = getattr(record, "deleted", None)
+    return summary
 
 
 def _find_kdf(settings, store, record, context=None):

@@ -4,7 +4,8 @@
 """Retention: a backup is deleted unless a rule keeps it (catalog/retention.py): its age (BACKUP_RETENTION_DAYS), the
 newest BACKUP_MIN_KEEP good ones, and the calendar rules (BACKUP_KEEP_DAILY, _WEEKLY, _MONTHLY, _YEARLY: the newest
 good backup of each of the N most recent days, ISO weeks, months, years); and what interrupted runs left behind is
-swept once stale and unused (leftovers.py).
+swept once stale and unused (leftovers.py). A backup whose objects are locked (S3 Object Lock,
+BACKUP_OBJECT_LOCK_MODE) is not deleted until its lock ends: kept, 'locked until <UTC time>'.
 
 A good backup has its data object, of the size its metadata records, and metadata whose signature verifies here
 and that names the backup stored at its place (catalog/trust.py): a document planted in the bucket, forged or
@@ -18,11 +19,12 @@ import logging
 
 from .. import keys
 from ..catalog import layout, retention
-from ..errors import ConfigError, IntegrityError
+from ..errors import AccessDeniedError, ConfigError, IntegrityError
 from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
 
 LOG = logging.getLogger("quankey_backup")
+KEEP_TAG = "quankey-keep"  # tag of a data object a monthly or yearly rule keeps: monthly, yearly
 
 
 def policy_of(settings):
@@ -63,7 +65,7 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
         verdict = context.verdict(record)
         return None if verdict.trusted else "metadata signature: %s" % verdict.describe()
 
-    fates = retention.plan(records, now, policy, problem)
+    fates = retention.plan(records, now, policy, problem, locked=lambda record: locked_until(store, record))
     delete = [fate for fate in fates if not fate.keep]
     pg = wiring.postgres_or_none(settings, pg)
     found = leftovers.find(settings, store, orphans, now, pg=pg)
@@ -77,11 +79,59 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
                 store.delete(layout.globals_key(record.object_key))  # its globals, if it has them (none: a no-op)
             LOG.info("pruned %s (%s): %s", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
                      fate.reason(policy))
+    tagged = tag_keepers(store, fates, dry_run)
     swept = leftovers.sweep(store, pg, leftovers.stale(found), dry_run)
     result = {"kept": [fate.record.basename for fate in fates if fate.keep],
               "deleted": [fate.record.basename for fate in delete], "backups": [fate.summary(policy) for fate in fates],
               "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
               "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
-              "leftovers": found, "dry_run": dry_run}
+              "leftovers": found, "dry_run": dry_run, "tagged": tagged}
     result.update(policy.describe())
     return result
+
+
+def locked_until(store, record):
+    """Until when a backup's objects are locked (S3 Object Lock: the latest retain-until of its metadata and data
+    objects, an aware UTC time), or None. Two HEAD requests: prune asks only about backups no rule keeps. A lock these
+    credentials may not read (no s3:GetObjectRetention: S3 then leaves it out of HEAD) counts as none: the delete that
+    follows then leaves a delete marker on a versioned bucket, which `undelete` removes."""
+    found = []
+    for key in (record.metadata_key, record.object_key if record.has_object else None):
+        lock = store.lock_of(key) if key else None
+        if lock is not None:
+            found.append(lock[1])
+    return max(found) if found else None
+
+
+def keeper_tag(fate):
+    """The KEEP_TAG value of a kept backup (``yearly`` or ``monthly``, the longest calendar rule that keeps it), or
+    None: the bucket's lifecycle rules (playbooks/prepare_bucket.yml) move data objects so tagged to an archive
+    storage class after some days."""
+    for rule in ("yearly", "monthly"):
+        if fate.keep and any(words.startswith(rule + " ") for words in fate.rules):
+            return rule
+    return None
+
+
+def tag_keepers(store, fates, dry_run=False):
+    """Tag the data object of each backup a monthly or yearly rule keeps (KEEP_TAG), where it is not tagged so yet;
+    the names tagged (or to tag, with ``dry_run``). Keys that may not tag (no s3:PutObjectTagging) are told once, in a
+    warning: retention itself does not depend on the tags."""
+    tagged = []
+    for fate in fates:
+        value = keeper_tag(fate)
+        if value is None or not fate.record.has_object:
+            continue
+        key = fate.record.object_key
+        try:
+            tags = store.get_tags(key)
+            if tags.get(KEEP_TAG) == value:
+                continue
+            if not dry_run:
+                store.put_tags(key, dict(tags, **{KEEP_TAG: value}))
+        except AccessDeniedError as exc:
+            LOG.warning("the %s keepers are not tagged %s for the bucket's archive rules (%s): give the prune identity "
+                        "s3:GetObjectTagging and s3:PutObjectTagging (docs/ROLES.md)", value, KEEP_TAG, exc)
+            break
+        tagged.append(fate.record.basename)
+    return tagged

@@ -33,6 +33,7 @@ def _render(**overrides):
         "pg_backup_aws_secret_access_key": "se'cr\"et$", "pg_backup_s3_region": "eu-central-1",
         "pg_backup_s3_bucket": "quankey-backups-prod", "pg_backup_s3_prefix": "prod", "pg_backup_s3_endpoint_url": "",
         "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_aws_profile": "", "pg_backup_aws_ca_bundle": "",
+        "pg_backup_object_lock_mode": "", "pg_backup_object_lock_days": 30,
         "pg_backup_s3_validate_certs": True, "pg_backup_aws_config": {}, "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
@@ -151,7 +152,8 @@ def test_the_role_lists_every_variable_its_template_writes():
                     pg_backup_db_ssl_key="/etc/quankey/pg.key",
                     pg_backup_signing_key="k", pg_backup_seed_passphrase="p", pg_backup_seed_kdf="evp-md5",
                     pg_backup_aws_profile="backup", pg_backup_aws_ca_bundle="/etc/ssl/s3.pem",
-                    pg_backup_aws_config={"read_timeout": 60}, pg_backup_env_extra={})
+                    pg_backup_aws_config={"read_timeout": 60}, pg_backup_env_extra={},
+                    pg_backup_object_lock_mode="governance")
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)
@@ -182,3 +184,11 @@ def test_the_calendar_retention_rules_are_written_and_read_back_by_the_engine():
     assert (settings.keep_daily, settings.keep_weekly, settings.keep_monthly, settings.keep_yearly) == (7, 4, 12, 3)
     off = config.settings_from_env(config.parse_env_text(_render()))
     assert (off.keep_daily, off.keep_weekly, off.keep_monthly, off.keep_yearly) == (0, 0, 0, 0)
+
+
+def test_the_object_lock_settings_are_written_only_with_a_mode_and_read_back_by_the_engine():
+    assert "BACKUP_OBJECT_LOCK" not in _render()
+    text = _render(pg_backup_object_lock_mode="compliance", pg_backup_object_lock_days=45)
+    values = config.parse_env_text(text)
+    settings = config.settings_from_env(values)
+    assert (settings.object_lock_mode, settings.object_lock_days) == ("compliance", 45)

@@ -339,3 +339,20 @@ def test_a_latest_backup_without_globals_is_said_while_backups_are_meant_to_keep
                                list_backups=lambda s, st: (records, []), load_metadata=lambda st, r: r.metadata)
     assert not [finding for finding in kept["findings"] if finding["rule"] == "globals"]
     assert "  globals: 2 role(s), 1 membership(s), 0 tablespace(s), passwords omitted" in health.report_lines(kept)
+
+
+def test_the_lock_rule_warns_when_the_only_locked_good_backup_is_about_to_be_unlocked():
+    policy = health.HealthPolicy()
+    hours = datetime.timedelta(hours=1)
+    fine = [("b3", NOW + 600 * hours), ("b2", NOW + 576 * hours), ("b1", NOW + 30 * hours)]
+    assert health.lock_findings(fine, NOW, policy) == []
+    assert health.lock_findings([], NOW, policy) == []
+    last = health.lock_findings([("b3", NOW + 30 * hours), ("b2", NOW - hours)], NOW, policy)
+    assert [(item["rule"], item["severity"]) for item in last] == [("object_lock", "warning")]
+    assert last[0]["message"].startswith("the only locked good backup, b3, is locked until 2025-08-21T18:00:00Z (30 h")
+    assert health.lock_findings([("b3", NOW + 100 * hours)], NOW, policy) == []  # not soon: 100 h > 48 h
+    unlocked = health.lock_findings([("b3", None), ("b2", NOW - hours)], NOW, policy, "the object_lock_mode option")
+    assert [item["message"].split(",")[0] for item in unlocked] == [
+        "latest good backup b3 is not locked", "no good backup is locked any more (of the newest 2): nothing stops "
+        "their deletion"]
+    assert "the object_lock_mode option asks for it" in unlocked[0]["message"]

@@ -315,7 +315,7 @@ def test_summary_and_words():
                        "timestamp": "2026-11-30T03:00:00Z", "fate": "keep",
                        "rules": ["age <= 30 days", "min_keep 1 of 3", "daily 2026-11-30", "monthly 2026-11"],
                        "reason": "age <= 30 days, min_keep 1 of 3, daily 2026-11-30, monthly 2026-11",
-                       "good": True, "problem": None}
+                       "good": True, "problem": None, "locked_until": None}
     assert policy.words() == "age <= 30 days, min_keep 3, daily 7, monthly 12"
     assert policy.describe() == {"retention_days": 30, "min_keep": 3, "keep_daily": 7, "keep_weekly": 0,
                                  "keep_monthly": 12, "keep_yearly": 0}
@@ -353,3 +353,30 @@ def test_a_wrong_calendar_option_names_the_option():
     vocabulary = config.Vocabulary(options=True)
     with pytest.raises(ConfigError, match=r"^the keep_monthly option must be between 0 and 100000, got -3: give how many"):
         config.Settings(keep_monthly=-3, vocabulary=vocabulary)
+
+
+class _Locks:
+    """``locked(record)`` of retention.plan: a lock end per backup name, and the names asked."""
+
+    def __init__(self, until):
+        self.until = until
+        self.asked = []
+
+    def __call__(self, record):
+        self.asked.append(record.basename)
+        return self.until.get(record.basename)
+
+
+def test_a_locked_backup_no_rule_keeps_is_kept_until_its_lock_ends_and_only_those_are_asked():
+    records = _records(["2026-01-01", "2026-01-02", "2026-01-03", "2026-11-30"])
+    names = [record.basename for record in records]  # newest first
+    policy = retention.Policy(30, 1)
+    locks = _Locks({names[2]: _at("2026-12-05 00:00"), names[3]: _at("2026-11-30 11:00")})
+    fates = retention.plan(records, _at("2026-11-30 12:00"), policy, lambda record: None, locked=locks)
+    assert [fate.fate for fate in fates] == ["keep", "delete", "keep", "delete"]
+    assert fates[2].rules == ["locked until 2026-12-05T00:00:00Z"]
+    assert fates[2].summary(policy)["locked_until"] == "2026-12-05T00:00:00Z"
+    assert fates[2].reason(policy) == "locked until 2026-12-05T00:00:00Z"
+    assert fates[3].summary(policy)["locked_until"] == "2026-11-30T11:00:00Z"  # a lock that ended keeps nothing
+    assert fates[3].reason(policy) == "older than 30 days and kept by no other rule"
+    assert locks.asked == names[1:]  # the newest is kept by age and min_keep: its lock is never read

@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
 import io
 
 import pytest
@@ -111,6 +112,9 @@ class _FakeStore:
 
     def head(self, key):
         return {"ContentLength": sum(len(part) for part in self.client.parts.values())}
+
+    def lock_arguments(self):
+        return {}
 
 
 @pytest.mark.parametrize("sizes", [[3, 5, 7, 1, 20, 2], [16], [8, 8], [1] * 17, [40]])
@@ -622,3 +626,134 @@ def test_causes_are_short():
     assert storage.describe_cause(_client_error("502", 502)) == "HTTP 502"
     assert storage.describe_cause(_refused()) == "cannot connect: Connection refused"
     assert storage.describe_cause(ReadTimeoutError(endpoint_url="http://s3")) == "no answer within the read timeout"
+
+
+# --------------------------------------------------------------------------- Object Lock, versions
+
+def _locked_store(clock=None, lock=("governance", 7), **methods):
+    store = _store(clock or _Clock(), **methods)
+    store.object_lock = lock
+    return store
+
+
+def test_a_locked_store_writes_metadata_with_the_mode_and_a_retain_until_days_ahead():
+    put = _Script({"ETag": '"e"'})
+    store = _locked_store(put_object=put, lock=("compliance", 30))
+    before = datetime.datetime.now(datetime.timezone.utc)
+    store.put_bytes("k", b"{}", if_none_match=True)
+    sent = put.calls[0]
+    assert sent["ObjectLockMode"] == "COMPLIANCE" and sent["IfNoneMatch"] == "*"
+    ahead = sent["ObjectLockRetainUntilDate"] - before
+    assert datetime.timedelta(days=30) - datetime.timedelta(seconds=2) <= ahead <= datetime.timedelta(days=30, seconds=5)
+    plain = _Script({"ETag": '"e"'})
+    _store(_Clock(), put_object=plain).put_bytes("k", b"{}")
+    assert not any(name.startswith("ObjectLock") for name in plain.calls[0])
+
+
+def test_a_bucket_without_object_lock_fails_naming_the_setting_and_how_to_enable_it():
+    missing = _client_error("ObjectLockConfigurationNotFoundError", 404, "GetObjectLockConfiguration")
+    store = _locked_store(get_object_lock_configuration=_Script(missing))
+    with pytest.raises(ConfigError, match=r"bucket 'bkt' has no Object Lock, and BACKUP_OBJECT_LOCK_MODE asks .*"
+                                          r"object-lock-enabled-for-bucket.*or unset BACKUP_OBJECT_LOCK_MODE"):
+        store.check_object_lock()
+    refused = ClientError({"Error": {"Code": "InvalidRequest", "Message": "Bucket is missing ObjectLockConfiguration"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutObject")
+    store = _locked_store(put_object=_Script(refused))
+    with pytest.raises(ConfigError, match="has no Object Lock"):
+        store.put_bytes("k", b"{}")
+    enabled = {"ObjectLockConfiguration": {"ObjectLockEnabled": "Enabled"}}
+    assert _locked_store(get_object_lock_configuration=_Script(enabled)).check_object_lock() is True
+    denied = _client_error("AccessDenied", 403, "GetObjectLockConfiguration")
+    assert _locked_store(get_object_lock_configuration=_Script(denied)).check_object_lock() is None  # the write says
+    assert _store(_Clock()).check_object_lock() is None  # locking off: nothing asked
+
+
+def test_a_multipart_upload_is_created_locked_and_a_version_stored_without_the_lock_gets_it_afterwards():
+    create = _Script({"UploadId": "u1"})
+    store = _locked_store(create_multipart_upload=create, lock=("compliance", 9))
+    assert store.open_multipart("k").upload_id == "u1"
+    assert create.calls[0]["ObjectLockMode"] == "COMPLIANCE" and "ObjectLockRetainUntilDate" in create.calls[0]
+    retention = _Script({})
+    store = _locked_store(put_object_retention=retention)
+    lock = store.lock_arguments()
+    store.ensure_locked("k", {"ContentLength": 3, "VersionId": "v1"}, lock)
+    assert retention.calls == [{"Bucket": "bkt", "Key": "k", "VersionId": "v1", "Retention": {
+        "Mode": "GOVERNANCE", "RetainUntilDate": lock["ObjectLockRetainUntilDate"]}}]
+    store.ensure_locked("k", {"ObjectLockRetainUntilDate": lock["ObjectLockRetainUntilDate"]}, lock)
+    assert len(retention.calls) == 1  # stored locked: nothing more
+    denied = _locked_store(put_object_retention=_Script(_client_error("AccessDenied", 403, "PutObjectRetention")))
+    denied.ensure_locked("k", {"VersionId": "v1"}, lock)  # a warning: these keys may neither see nor set it
+    failing = _locked_store(put_object_retention=_Script(_client_error("InvalidRequest", 400, "PutObjectRetention")))
+    with pytest.raises(StorageError, match="PutObjectRetention"):
+        failing.ensure_locked("k", {"VersionId": "v1"}, lock)
+
+
+def test_versions_and_delete_markers_are_listed_per_key_newest_first_with_utc_times():
+    at = datetime.datetime(2026, 12, 1, 10, 0, tzinfo=datetime.timezone.utc)
+    page = {"Versions": [{"Key": "a", "VersionId": "1", "IsLatest": False, "Size": 5, "LastModified": at}],
+            "DeleteMarkers": [{"Key": "a", "VersionId": "m", "IsLatest": True,
+                               "LastModified": at + datetime.timedelta(hours=1)}]}
+    store = _store(_Clock(), list_object_versions=_Script(page))
+    found = list(store.list_versions("a"))
+    assert [(item["version_id"], item["deleted"], item["latest"], item["size"]) for item in found] == [
+        ("m", True, True, None), ("1", False, False, 5)]
+    assert found[0]["last_modified"] == at + datetime.timedelta(hours=1)
+
+
+# -- an archived object (issue 16 item 4): GetObject's InvalidObjectState starts the S3 restore and says when
+
+def _archived_store(head, restore=None, tier="Standard", days=7):
+    store = _store(_Clock(), get_object=_Script(_client_error("InvalidObjectState", 403, "GetObject")),
+                   head_object=_Script(head), restore_object=restore or _Script({}))
+    store.restore_tier, store.restore_days = tier, days
+    return store
+
+
+@pytest.mark.parametrize("storage_class, tier, hours", [
+    ("GLACIER", "Standard", "3-5 hours"), ("GLACIER", "Expedited", "1-5 minutes"), ("GLACIER", "Bulk", "5-12 hours"),
+    ("DEEP_ARCHIVE", "Standard", "12 hours"), ("DEEP_ARCHIVE", "Bulk", "48 hours"),
+])
+def test_reading_an_archived_object_starts_its_restore_and_says_when_it_is_ready(storage_class, tier, hours):
+    store = _archived_store({"StorageClass": storage_class}, tier=tier, days=3)
+    with pytest.raises(storage.ArchivedError) as caught:
+        store.get_bytes("k")
+    message = str(caught.value)
+    assert "s3://bkt/k is archived in %s: its S3 restore was started now (tier %s" % (storage_class, tier) in message
+    assert "readable in about %s; run the same command again then" % hours in message
+    assert "InvalidObjectState" not in message and caught.value.started
+    assert store.client.restore_object.calls == [{"Bucket": "bkt", "Key": "k", "RestoreRequest": {
+        "Days": 3, "GlacierJobParameters": {"Tier": tier}}}]
+    assert isinstance(caught.value, StorageError) and caught.value.exit_code == StorageError.exit_code
+
+
+def test_a_restore_under_way_is_said_and_not_asked_again():
+    store = _archived_store({"StorageClass": "DEEP_ARCHIVE", "Restore": 'ongoing-request="true"'})
+    with pytest.raises(storage.ArchivedError, match=r"archived in DEEP_ARCHIVE and its restore is under way .* about "
+                                                    r"12 hours after the request; run again then"):
+        list(store.iter_object("k"))
+    assert store.client.restore_object.calls == []
+
+
+def test_a_restore_another_run_asked_for_first_is_under_way_too():
+    store = _archived_store({"StorageClass": "GLACIER"},
+                            restore=_Script(_client_error("RestoreAlreadyInProgress", 409, "RestoreObject")))
+    with pytest.raises(storage.ArchivedError, match="restore is under way") as caught:
+        store.get_range("k", 0, 16)
+    assert not caught.value.started
+
+
+def test_the_restore_tier_and_days_come_from_the_settings():
+    settings = config.settings_from_env({"S3_BUCKET": "b", "S3_RESTORE_TIER": "Bulk", "S3_RESTORE_DAYS": "2"})
+    store = storage.S3Store.from_settings(settings)
+    assert (store.restore_tier, store.restore_days) == ("Bulk", 2)
+    with pytest.raises(ConfigError, match="S3_RESTORE_TIER"):
+        config.settings_from_env({"S3_BUCKET": "b", "S3_RESTORE_TIER": "Fast"})
+
+
+def test_tags_are_read_and_replaced_whole():
+    store = _store(_Clock(), get_object_tagging=_Script({"TagSet": [{"Key": "a", "Value": "1"}]}),
+                   put_object_tagging=_Script({}))
+    assert store.get_tags("k") == {"a": "1"}
+    store.put_tags("k", {"quankey-keep": "monthly", "a": "1"})
+    assert store.client.put_object_tagging.calls[0]["Tagging"] == {
+        "TagSet": [{"Key": "a", "Value": "1"}, {"Key": "quankey-keep", "Value": "monthly"}]}

@@ -22,7 +22,8 @@ def test_lists_this_host_and_database_by_default_like_the_host_command(run_modul
     monkeypatch.setattr(module.inventory, "find_backups", find)
     result = run_module(module, {"bucket": "backups"})
     assert find.settings.bucket == "backups"
-    assert find.kwargs == {"host": config.default_host_id(), "db": None, "since": None, "limit": 0, "details": False}
+    assert find.kwargs == {"host": config.default_host_id(), "db": None, "since": None, "limit": 0, "details": False,
+                           "include_deleted": False}
     assert result["changed"] is False
     assert result["backups"] == FOUND["backups"] and result["orphans"] == []
     run_module(module, {"bucket": "backups", "host_id": "db1", "db": "q"})
@@ -43,9 +44,9 @@ def test_filters_reach_the_engine(run_module, recorder, monkeypatch):
     find = recorder(result=FOUND)
     monkeypatch.setattr(module.inventory, "find_backups", find)
     run_module(module, {"bucket": "backups", "host": "db1", "db": "q", "since": "2025-08-01", "limit": "3",
-                        "details": "yes"})
+                        "details": "yes", "include_deleted": True})
     assert find.kwargs == {"host": "db1", "db": "q", "since": datetime.datetime(2025, 8, 1, tzinfo=datetime.timezone.utc),
-                           "limit": 3, "details": True}
+                           "limit": 3, "details": True, "include_deleted": True}
 
 
 def test_db_comes_from_the_environment_like_the_host_command(run_module, recorder, monkeypatch):

@@ -270,3 +270,13 @@ def test_the_calendar_retention_options_reach_prune_and_a_wrong_one_names_the_op
     assert result["failed"] is True and backup.calls == []
     assert result["msg"].startswith("the keep_yearly option must be between 0 and 100000, got -1: give how many of the "
                                     "most recent years (UTC) keep their newest good backup")
+
+
+def test_the_object_lock_options_reach_the_backup_and_a_wrong_mode_names_the_option(run_module, recorder, monkeypatch):
+    backup = recorder(result=RESULT)
+    monkeypatch.setattr(module.backup, "run_backup", backup)
+    run_module(module, dict(ARGS, object_lock_mode="compliance", object_lock_days=45))
+    assert (backup.settings.object_lock_mode, backup.settings.object_lock_days) == ("compliance", 45)
+    result = run_module(module, dict(ARGS, object_lock_mode="sticky"))
+    assert result["failed"] is True and "object_lock_mode" in result["msg"]
+    assert "governance, compliance" in result["msg"]

@@ -29,9 +29,11 @@ import stat
 import sys
 
 from ansible_collections.quankey.backup.plugins.module_utils.adapters.s3 import (MIN_PART_SIZE, READ_CHUNK,
-                                                                                 RETRY_COUNTS, UPLOAD_CONCURRENCY)
+                                                                                 RETRY_COUNTS, UPLOAD_CONCURRENCY,
+                                                                                 no_lock_error)
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConfigError, ConflictError, NotFoundError,
                                                                             PostgresError)
+from ansible_collections.quankey.backup.plugins.module_utils.adapters.s3 import ArchivedError
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2025, 8, 20, 12, 0, 0, tzinfo=UTC)
@@ -73,10 +75,15 @@ class MemoryStore:
 
     TEST_HELPERS = ("inject", "put_object", "keys", "data")
 
-    def __init__(self, bucket="backups", now=NOW):
+    def __init__(self, bucket="backups", now=NOW, versioned=False, lock_enabled=False):
         self.bucket = bucket
         self.endpoint_url = None
         self.storage_class = "STANDARD_IA"
+        self.object_lock = None  # (mode, days), as S3Store's: every object written is locked so long
+        self.lock_enabled = lock_enabled  # whether the bucket has Object Lock (check_object_lock)
+        self.locks = {}  # key -> (mode, retain until), the current version's retention
+        self.versioned = versioned  # delete() leaves a delete marker: the object goes to ``hidden``
+        self.hidden = {}  # key -> (_Stored under a delete marker, the marker's time)
         self.conditional_writes = True
         self.now = now
         self.objects = {}  # key -> _Stored
@@ -177,6 +184,25 @@ class MemoryStore:
     def exists(self, key):
         return self.head(key) is not None
 
+    def get_tags(self, key):
+        after, _cut = self._request("get_tags", key)
+        if after:
+            raise after
+        if key not in self.objects:
+            raise self._missing(key)
+        return dict(self.__dict__.setdefault("tags", {}).get(key, {}))
+
+    def put_tags(self, key, tags):
+        after, _cut = self._request("put_tags", key)
+        if after:
+            raise after
+        if key not in self.objects:
+            raise self._missing(key)
+        self.__dict__.setdefault("tags", {})[key] = dict(tags)
+
+    def archived(self, key):
+        return ArchivedError("%s is archived in GLACIER" % self.url(key), key=key, storage_class="GLACIER")
+
     def get_bytes(self, key):
         return self.get_bytes_and_etag(key)[0]
 
@@ -221,12 +247,66 @@ class MemoryStore:
             raise ConflictError("PutObject of %s was refused because another writer got there first (the object was "
                                 "created or changed since it was read)" % self.url(key))
         self.objects[key] = _Stored(data, self.now, "STANDARD")
+        self._lock_new(key)
         if after:
             raise after
 
+    def _lock_new(self, key):
+        lock = self.lock_arguments()
+        if lock:
+            self.locks[key] = (lock["ObjectLockMode"].lower(), lock["ObjectLockRetainUntilDate"])
+
     def delete(self, key):
         after, _cut = self._request("delete", key)
-        self.objects.pop(key, None)
+        item = self.objects.pop(key, None)
+        if self.versioned and item is not None:
+            self.hidden[key] = (item, self.now)
+        if after:
+            raise after
+
+    def lock_arguments(self):
+        if not self.object_lock:
+            return {}
+        mode, days = self.object_lock[0], self.object_lock[1]
+        return {"ObjectLockMode": mode.upper(), "ObjectLockRetainUntilDate": self.now + datetime.timedelta(days=days)}
+
+    def check_object_lock(self):
+        self._request("check_object_lock", "")
+        if not self.object_lock:
+            return None
+        if not self.lock_enabled:
+            raise no_lock_error(self.bucket)
+        return True
+
+    def lock_of(self, key):
+        self._request("lock_of", key)
+        return self.locks.get(key) if key in self.objects else None
+
+    def ensure_locked(self, key, head, lock):
+        self.locks[key] = (lock["ObjectLockMode"].lower(), lock["ObjectLockRetainUntilDate"])
+
+    def list_versions(self, prefix):
+        self._request("list_versions", prefix)
+        found = []
+        for key in sorted(set(self.objects) | set(self.hidden)):
+            if not key.startswith(prefix):
+                continue
+            if key in self.objects:
+                item = self.objects[key]
+                found.append({"key": key, "version_id": "v-" + item.etag.strip('"'), "latest": True, "deleted": False,
+                              "size": len(item.data), "last_modified": item.last_modified})
+            elif key in self.hidden:
+                item, when = self.hidden[key]
+                found.append({"key": key, "version_id": "marker", "latest": True, "deleted": True, "size": None,
+                              "last_modified": when})
+                found.append({"key": key, "version_id": "v-" + item.etag.strip('"'), "latest": False,
+                              "deleted": False, "size": len(item.data), "last_modified": item.last_modified})
+        return iter(found)
+
+    def delete_version(self, key, version_id):
+        after, _cut = self._request("delete_version", key)
+        if version_id == "marker" and key in self.hidden and key not in self.objects:
+            self.objects[key] = self.hidden.pop(key)[0]
         if after:
             raise after
 
@@ -297,6 +377,7 @@ class MemoryUpload:
             raise ConflictError("CompleteMultipartUpload of %s was refused because another writer got there first (the "
                                 "object was created or changed since it was read)" % store.url(self.key))
         store.objects[self.key] = _Stored(b"".join(self.parts), store.now, store.storage_class)
+        store._lock_new(self.key)  # pylint: disable=protected-access
         store.uploads.pop(self.upload_id, None)
         self._closed = True
         if after:

@@ -13,8 +13,8 @@ import json
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
-from ansible_collections.quankey.backup.plugins.module_utils.errors import (ConflictError, PostgresError, RefusedError,
-                                                                            StorageError)
+from ansible_collections.quankey.backup.plugins.module_utils.errors import (AccessDeniedError, ConflictError,
+                                                                            PostgresError, RefusedError, StorageError)
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, inventory, restore
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import archive
 
@@ -130,3 +130,17 @@ def test_a_dump_that_is_not_a_custom_archive_is_refused(settings, store, pg):
     with pytest.raises(PostgresError, match="does not start with the custom-format magic"):
         backup.run_backup(settings, store=store, pg=pg, now=WHEN)
     _nothing_like_a_backup(settings, store)
+
+
+def test_a_host_that_cannot_delete_leaves_a_failed_backups_object_without_metadata_and_says_so(settings, store, pg,
+                                                                                               caplog):
+    """Issue 16 item 2: no s3:DeleteObject (docs/ROLES.md, "Who can delete what"): the uncommit's delete is denied."""
+    obj_key, meta_key = _keys(settings)
+    store.inject("put_bytes", key=meta_key, before=StorageError("S3 PutObject failed: connection reset"))
+    store.inject("delete", key=obj_key, before=AccessDeniedError("S3 access denied for s3://b/%s (DeleteObject)" % obj_key))
+    with pytest.raises(StorageError, match="connection reset"):  # the failure that counts, not the denied delete
+        backup.run_backup(settings, store=store, pg=pg, now=WHEN)
+    assert store.keys() == [obj_key] and store.uploads == {}  # the object stays, with no metadata and no open upload
+    assert inventory.list_backups(settings, store)[0] == []  # ... so it is no backup
+    assert "left without metadata after a failed backup (this host's keys may not delete)" in caplog.text
+    assert "prune identity" in caplog.text

@@ -12,6 +12,7 @@ import datetime
 import json
 
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import documents
+from ansible_collections.quankey.backup.plugins.module_utils.errors import AccessDeniedError
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, prune
 
 UTC = datetime.timezone.utc
@@ -74,3 +75,30 @@ def test_prune_without_calendar_rules_deletes_what_it_always_did(make_settings, 
     assert [item["rules"] for item in result["backups"]] == [["age <= 7 days", "min_keep 1 of 2"], ["min_keep 2 of 2"],
                                                              [], [], []]
     assert [item["good"] for item in result["backups"]] == [True, True, None, None, None]  # the old ones: never read
+
+
+def test_prune_tags_the_monthly_and_yearly_keepers_for_the_buckets_archive_rules(make_settings, store, pg):
+    """Issue 16 item 4: the lifecycle rules of playbooks/prepare_bucket.yml archive data objects tagged quankey-keep."""
+    settings = make_settings(BACKUP_RETENTION_DAYS="1", BACKUP_MIN_KEEP="1", BACKUP_KEEP_MONTHLY="3",
+                             BACKUP_KEEP_YEARLY="2")
+    times = ["2025-12-31 03:00", "2026-10-15 03:00", "2026-11-20 03:00", "2026-11-29 03:00"]
+    taken = dict((when, backup.run_backup(settings, store=store, pg=pg, now=_at(when))) for when in times)
+    dry = prune.run_prune(settings, dry_run=True, store=store, pg=pg, now=NOW)
+    wanted = {"2025-12-31 03:00": "yearly", "2026-10-15 03:00": "monthly", "2026-11-29 03:00": "yearly"}
+    assert sorted(dry["tagged"]) == sorted(taken[when]["name"] for when in wanted)
+    assert all(store.get_tags(item["object_key"]) == {} for item in taken.values()), "a dry run tags nothing"
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW)
+    assert sorted(done["tagged"]) == sorted(dry["tagged"]) and done["deleted"] == [taken["2026-11-20 03:00"]["name"]]
+    for when, value in wanted.items():
+        assert store.get_tags(taken[when]["object_key"]) == {prune.KEEP_TAG: value}
+    assert prune.run_prune(settings, store=store, pg=pg, now=NOW)["tagged"] == []  # tagged once
+
+
+def test_a_prune_whose_keys_may_not_tag_still_prunes_and_says_what_to_grant(make_settings, store, pg, caplog):
+    settings = make_settings(BACKUP_RETENTION_DAYS="1", BACKUP_MIN_KEEP="1", BACKUP_KEEP_MONTHLY="2")
+    for when in ("2026-10-15 03:00", "2026-10-20 03:00", "2026-11-20 03:00"):
+        backup.run_backup(settings, store=store, pg=pg, now=_at(when))
+    store.inject("get_tags", times=None, before=AccessDeniedError("S3 access denied (GetObjectTagging)"))
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW)
+    assert len(done["deleted"]) == 1 and done["tagged"] == []
+    assert "s3:GetObjectTagging and s3:PutObjectTagging" in caplog.text

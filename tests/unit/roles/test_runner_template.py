@@ -1,0 +1,59 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_backup's scheduled runner: each database backed up, then pruned - unless the host cannot delete
+(pg_backup_prune: false), whose runs only back up (issue 16 item 2). The script is run for real, with a stand-in
+command that records what it is asked."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import subprocess
+
+import jinja2
+import pytest
+from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
+
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "roles", "pg_backup", "templates")
+
+
+def _runner(tmp_path, prune, fail_backup_of=""):
+    command = tmp_path / "quankey-backup"
+    command.write_text('#!/bin/sh\necho "$DB_NAME $3" >> %s/calls\n[ "$3" = backup ] && [ "$DB_NAME" = %s ] && exit 4\n'
+                       'exit 0\n' % (tmp_path, fail_backup_of or "-"))
+    command.chmod(0o755)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
+                                     keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    environment.filters.update(AnsibleCoreFilters().filters())
+    text = environment.get_template("quankey-backup-run.sh.j2").render(
+        ansible_managed="Ansible managed", inventory_hostname="db1", pg_backup_prune=prune,
+        pg_backup_retention_days=30, pg_backup_min_keep=3, pg_backup_keep_daily=0, pg_backup_keep_weekly=0,
+        pg_backup_keep_monthly=0, pg_backup_keep_yearly=0, _pg_backup_log_file="/var/log/quankey/backup.log",
+        _pg_backup_lock_file=str(tmp_path / "lock"), pg_backup_env_file="/etc/quankey/backup.env",
+        _pg_backup_command=str(command), pg_backup_databases=["one", "two"])
+    script = tmp_path / "run.sh"
+    script.write_text(text)
+    proc = subprocess.run(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, check=False)
+    calls = (tmp_path / "calls").read_text().split("\n")[:-1] if (tmp_path / "calls").exists() else []
+    return text, proc, calls
+
+
+@pytest.mark.parametrize("prune, calls", [
+    (True, ["one backup", "one prune", "two backup", "two prune"]),
+    (False, ["one backup", "two backup"]),
+])
+def test_each_database_is_backed_up_and_pruned_unless_the_host_cannot_delete(tmp_path, prune, calls):
+    text, proc, made = _runner(tmp_path, prune)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert made == calls
+    assert ("playbooks/prune.yml" in text) is not prune
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_a_failed_backup_is_the_runs_status_and_the_next_database_still_runs(tmp_path, prune):
+    _text, proc, made = _runner(tmp_path, prune, fail_backup_of="one")
+    assert proc.returncode == 4
+    assert made == ["one backup", "two backup"] + (["two prune"] if prune else [])
