@@ -205,8 +205,20 @@ def _cmd_backup(args, settings, env):
         "  dump %s, %d tables, %s + %s, key %s, sha256 %s, %.1fs" % (
             human_size(result["dump_bytes"]), result["table_count"], result["compression"], result["encryption"],
             result["key_id"], result["checksum_sha256"], result["duration_seconds"]),
-        "  " + stages_line(result)])
+        "  " + stages_line(result)] + _replica_lines(result.get("replica")))
     return EXIT_OK
+
+
+def _replica_lines(replica):
+    """What `backup` says of its copy to the replica (nothing without one). A failed copy is no failed backup (exit 0:
+    the primary's copy is committed and restorable); the warning is logged, and health reports the replica behind."""
+    if not replica:
+        return []
+    if replica["status"] == "ok":
+        return ["  replica s3://%s: copied (%s) and verified in %.1fs" % (replica["bucket"], replica["method"],
+                                                                          replica["seconds"])]
+    return ["  WARNING replica s3://%s: the copy failed (%s); the backup is committed on the primary"
+            % (replica["bucket"], replica["error"])]
 
 
 def _cmd_list(args, settings, env):
@@ -295,8 +307,16 @@ def _cmd_restore(args, settings, env):
     if result["replaced_db"]:
         lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
-    _emit(result, args.json, lines)
+    _emit(result, args.json, lines + _fallback_lines(result.get("replica_fallback")))
     return EXIT_OK
+
+
+def _fallback_lines(fallback):
+    """What restore and verify say when the backup came from the replica (the primary failed)."""
+    if not fallback:
+        return []
+    return ["WARNING: read from the REPLICA s3://%s: the primary bucket failed (%s); the metadata's signature was "
+            "checked as always" % (fallback["bucket"], fallback["reason"])]
 
 
 def _jobs(text):
@@ -340,7 +360,7 @@ def _cmd_verify(args, settings, env):
     _emit(result, args.json, ["verified %s: %s, checksum ok, decrypts, archive parses, %d tables, metadata signature %s, "
                               "%.1fs" % (result["name"], human_size(result["size_bytes"]), result["table_count"],
                                          result["signature"], result["duration_seconds"]),
-                              "  " + stages_line(result)])
+                              "  " + stages_line(result)] + _fallback_lines(result.get("replica_fallback")))
     return EXIT_OK
 
 

@@ -329,6 +329,16 @@ TABLE = (
             problem="is not an S3 restore tier", meaning="tier of the S3 restore request of an archived backup"),
     Setting("restore_days", "S3_RESTORE_DAYS", "int", 7, bounds=(1, 365),
             meaning="days an archived backup's restored copy stays readable"),
+    # The replica: a second bucket each committed backup is copied to (variables only; unset ones: the primary's)
+    Setting("replica_bucket", "S3_REPLICA_BUCKET", shown="none: no replica",
+            meaning="a second bucket each committed backup is copied to and verified in (restore falls back to it)"),
+    Setting("replica_endpoint_url", "S3_REPLICA_ENDPOINT_URL", shown="S3_ENDPOINT_URL's",
+            meaning="the replica's S3-compatible endpoint"),
+    Setting("replica_region", "S3_REPLICA_REGION", shown="the primary's region", meaning="the replica bucket's region"),
+    Setting("replica_access_key", "S3_REPLICA_ACCESS_KEY_ID", shown="the primary's credentials",
+            meaning="access key id of the replica's credentials (with S3_REPLICA_SECRET_ACCESS_KEY)"),
+    Setting("replica_secret_key", "S3_REPLICA_SECRET_ACCESS_KEY", secret=True, shown="the primary's credentials",
+            meaning="secret access key of the replica's credentials"),
     # The host command's own
     Setting("backup_file", "BACKUP_FILE", group=COMMAND, meaning="the backup restore and verify use (--backup)"),
     Setting("output_json", "OUTPUT_JSON", "bool", False, group=COMMAND, meaning="health prints JSON (--json)"),
@@ -427,7 +437,7 @@ class Settings:
     PGSYSCONFDIR).
 
     Secrets (``db_password``, ``secret_key``, ``session_token``, ``encryption_key``,
-    ``decryption_keys``, ``signing_key``, ``seed_passphrase``) are kept out of ``repr`` and
+    ``decryption_keys``, ``signing_key``, ``seed_passphrase``, ``replica_secret_key``) are kept out of ``repr`` and
     :meth:`describe`. ``encryption_key`` is the active key; ``decryption_keys`` (a string of keys
     or a list) and the file ``keyring_file`` hold older keys still accepted to open backups
     (keys.py). ``recipients`` (public keys) and ``identity_file`` (their private keys) serve
@@ -477,6 +487,11 @@ class Settings:
         if self.profile and keys:  # as amazon.aws's modules: a profile brings its own credentials
             raise ConfigError("%s is set together with %s: a profile brings its own credentials, so set the profile or "
                               "the keys, not both" % (self.label("profile"), " and ".join(self.label(key) for key in keys)))
+        if bool(self.replica_access_key) != bool(self.replica_secret_key):
+            given, missing = (("replica_access_key", "replica_secret_key") if self.replica_access_key
+                              else ("replica_secret_key", "replica_access_key"))
+            raise ConfigError("%s is set but %s is not: the replica's credentials are both keys (or neither, for the "
+                              "primary's)" % (self.label(given), self.label(missing)))
         for name in self.pg_passthrough:
             if not is_pg_passthrough(name):
                 raise ConfigError("%s is not a libpq variable passed to the PostgreSQL client programs: only %s* and %s "

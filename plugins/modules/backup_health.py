@@ -143,7 +143,9 @@ findings:
     rule:
       description:
         - The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups), V(encryption),
-          V(metadata) (a metadata object refused), V(metadata_signature), V(seed_backups).
+          V(metadata) (a metadata object refused), V(metadata_signature), V(seed_backups), V(replica) (with
+          C(S3_REPLICA_BUCKET) in the host's settings - the newest good backup missing on the replica, the replica
+          behind by more than the schedule's interval, or unreadable).
       returned: always
       type: str
       sample: age

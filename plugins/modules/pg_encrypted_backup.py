@@ -346,7 +346,7 @@ backup:
       type: str
       sample: '2025-08-09T03:00:00Z'
     duration_seconds:
-      description: How long the backup took, from its first check to the metadata's commit.
+      description: How long the backup took, from its first check to the metadata's commit (and its copy to the replica, with one).
       returned: when not in check mode
       type: float
       sample: 9.512
@@ -354,7 +354,8 @@ backup:
       description:
         - How long each stage of the backup took, in seconds - V(prepare) (settings, keys, the login, the C(pg_dump)
           version, the bucket, the database's size, its globals), V(dump_upload) (C(pg_dump), compression, encryption
-          and the upload, until it is complete) and V(commit) (the globals object, then the signed metadata). They add
+          and the upload, until it is complete), V(commit) (the globals object, then the signed metadata) and, with a
+          replica (C(S3_REPLICA_BUCKET)), V(replica) (the copy to it and its check). They add
           up to no more than RV(backup.duration_seconds).
         - While it runs, the engine logs its progress every 30 seconds (bytes, of the database's size as an estimate,
           rate and time left) with its other lines to the managed host's journal or syslog.
@@ -371,6 +372,15 @@ backup:
       returned: when not in check mode
       type: dict
       sample: {"requests_retried": 1, "retries": 3, "download_resumes": 0}
+    replica:
+      description:
+        - The copy of the backup to the replica bucket (C(S3_REPLICA_BUCKET) in the host's settings), null without one -
+          C(status) (V(ok), or V(failed) - the backup is still committed and the task does not fail; a warning says
+          why and C(backup_health) reports the replica behind), C(bucket), C(method) (V(server-side) or V(streamed)),
+          C(error) and C(seconds).
+      returned: when not in check mode
+      type: dict
+      sample: {"status": "ok", "bucket": "quankey-backups-replica", "method": "streamed", "error": null, "seconds": 4.2}
     database_size_bytes:
       description: Size of the database on disk.
       returned: in check mode
@@ -560,6 +570,9 @@ def main():
         else:
             with lock if lock else contextlib.nullcontext():
                 result = backup.run_backup(settings)
+                if (result.get("replica") or {}).get("status") == "failed":
+                    module.warn("backup %s is committed, but its copy to the replica s3://%s failed: %s"
+                                % (result["name"], result["replica"]["bucket"], result["replica"]["error"]))
                 if params["prune"]:
                     extra["pruned"] = prune.run_prune(settings)
             if lock:

@@ -352,6 +352,20 @@ restore:
       returned: when not in check mode
       type: dict
       sample: {"requests_retried": 1, "retries": 2, "download_resumes": 1}
+    bucket:
+      description: The bucket the backup was read from - the primary's, or the replica's (see RV(restore.replica_fallback)).
+      returned: when not in check mode
+      type: str
+      sample: quankey-backups-prod
+    replica_fallback:
+      description:
+        - Null when the backup was read from the primary bucket. When the primary failed (out of reach once its retry
+          window was spent, or the backup not found there) and a replica is set (C(S3_REPLICA_BUCKET) in the host's
+          settings), the backup is read from the replica - C(bucket) and C(reason) (the primary's failure); a warning
+          says so too. The metadata's signature is checked as always.
+      returned: when not in check mode
+      type: dict
+      sample: {"bucket": "quankey-backups-replica", "reason": "HeadBucket of s3://quankey-backups-prod/ failed: ..."}
     encryption:
       description: How the backup was encrypted.
       returned: when not in check mode
@@ -503,6 +517,20 @@ verification:
       returned: always
       type: dict
       sample: {"requests_retried": 1, "retries": 2, "download_resumes": 1}
+    bucket:
+      description: The bucket the backup was read from - the primary's, or the replica's (see RV(verification.replica_fallback)).
+      returned: always
+      type: str
+      sample: quankey-backups-prod
+    replica_fallback:
+      description:
+        - Null when the backup was read from the primary bucket. When the primary failed (out of reach once its retry
+          window was spent, or the backup not found there) and a replica is set (C(S3_REPLICA_BUCKET) in the host's
+          settings), the backup is read from the replica - C(bucket) and C(reason) (the primary's failure); a warning
+          says so too. The metadata's signature is checked as always.
+      returned: always
+      type: dict
+      sample: {"bucket": "quankey-backups-replica", "reason": "HeadBucket of s3://quankey-backups-prod/ failed: ..."}
     encryption:
       description: How the backup was encrypted.
       returned: always
@@ -588,6 +616,11 @@ def main():
             result = dict(restore=restore.run_restore(settings, target_db=params["target_db"], force=params["force"],
                                                       no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
                                                       with_globals=params["with_globals"], **selection))
+        for part in result.values():
+            fallback = part.get("replica_fallback") if isinstance(part, dict) else None
+            if fallback:
+                module.warn("the backup was read from the REPLICA s3://%s: the primary bucket failed (%s)"
+                            % (fallback["bucket"], fallback["reason"]))
     module.exit_json(changed=True, **result)
 
 

@@ -58,6 +58,7 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 8 * MIB
 MAX_PART_SIZE = 5 * 1024 * MIB
 MAX_PARTS = 10000
+COPY_LIMIT = 5 * 1024 * MIB  # the largest object one CopyObject copies
 PART_TIER = 2000        # parts per size tier: sizes double every PART_TIER parts
 UPLOAD_CONCURRENCY = 3  # parts in flight besides the one being filled
 READ_CHUNK = MIB
@@ -735,6 +736,13 @@ class S3Store:
         LOG.warning("the S3 store at %s does not implement conditional writes (%s): metadata writes fall back to "
                     "last-writer-wins, so do not run rekey, prune or backups of one database at the same time",
                     self.endpoint_url or "AWS", exc)
+
+    def copy_from(self, source, key):
+        """Server-side copy (CopyObject) of ``key`` in ``source``'s bucket (a store on this endpoint, with these
+        credentials) to the same key here, in this store's storage class; objects up to COPY_LIMIT bytes."""
+        return self._call("CopyObject", key, self.client.copy_object, Bucket=self.bucket, Key=key,
+                          CopySource={"Bucket": source.bucket, "Key": key}, StorageClass=self.storage_class,
+                          MetadataDirective="COPY")
 
     def delete(self, key):
         """Delete one object."""

@@ -27,7 +27,7 @@ from ..formats.compression import check_compression, compressor
 from ..formats.compression import get as get_codec
 from ..formats.pgarchive import RangeIndexer, range_bytes
 from ..progress import Progress, Stages
-from . import wiring
+from . import replica, wiring
 
 NAME_ATTEMPTS = 3  # a backup whose name (one-second resolution) is taken waits for the next second, this many times
 LOG = logging.getLogger("quankey_backup")
@@ -138,7 +138,12 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         if recipient_ids:
             metadata["recipient_ids"] = recipient_ids
         metadata = context.sign(metadata)
-        commit(store, meta_key, obj_key, documents.encode_metadata(metadata), also=[globals_key] if cluster else [])
+        document = documents.encode_metadata(metadata)
+        commit(store, meta_key, obj_key, document, also=[globals_key] if cluster else [])
+    replicated = None  # no replica (S3_REPLICA_BUCKET unset); else what its copy did (a failure is no backup failure)
+    if settings.replica_bucket:
+        with stages("replica"):
+            replicated = replica.replicate_committed(settings, store, meta_key, document, metadata)
     LOG.info("backup %s committed: %d bytes stored (dump %d bytes, %d tables) in %.1fs (%s)", basename,
              stored["size_bytes"], stored["dump_bytes"], stored["table_count"], stages.elapsed(), stages.text())
     return {
@@ -150,6 +155,7 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
         "signing_key_id": metadata["signature"]["key_id"], "globals": globals_summary,
         "s3_retries": store.retry_counts(since=retried), "object_lock": _lock_view(store.object_lock, when),
+        "replica": replicated,
     }
 
 

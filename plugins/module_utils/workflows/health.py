@@ -251,6 +251,29 @@ def lock_findings(locks, now, policy, label="BACKUP_OBJECT_LOCK_MODE"):
     return findings
 
 
+def replica_findings(newest_good, replica_records, policy, bucket):
+    """Findings of the replica rule (S3_REPLICA_BUCKET set): a warning when the primary's newest good backup
+    (``newest_good``, a record, or None when there is none) is not on the replica, or when the replica's newest backup
+    (``replica_records``: its listing, newest first) is older than it by more than the schedule's interval."""
+    if newest_good is None:
+        return []
+    held = [record for record in replica_records if record.has_object]
+    problems = []
+    if newest_good.basename not in set(record.basename for record in held):
+        problems.append("the newest good backup %s is not on the replica s3://%s" % (newest_good.basename, bucket))
+    if not held:
+        problems.append("the replica holds no backup of this database")
+    else:
+        lag = _hours(newest_good.timestamp - held[0].timestamp)
+        if lag > policy.interval_hours:
+            problems.append("the replica's newest backup %s is %.1f h older than the primary's (more than the %g h between "
+                            "backups)" % (held[0].basename, lag, policy.interval_hours))
+    if not problems:
+        return []
+    return [_finding("replica", WARNING, "; ".join(problems) + ": the backup logs say why its copy failed (the next "
+                     "backup copies itself again, older ones are not copied)")]
+
+
 def overall_status(findings):
     """ok, warning or critical: the worst finding."""
     worst = max([_RANK[item["severity"]] for item in findings] or [0])
@@ -337,6 +360,8 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
             findings.append(_finding("s3_access", CRITICAL, str(exc)))
         else:
             findings.extend(lock_findings(locks, now, policy, settings.label("object_lock_mode")))
+    if settings.replica_bucket:
+        findings.extend(_replica(settings, records, metadata_errors, header_errors, policy, list_backups))
     try:
         report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=wiring.postgres_or_none(settings, pg))
     except StorageError as exc:
@@ -361,6 +386,20 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                                      "restored onto a new server, its roles must be made by hand; the next backup keeps "
                                      "them (%s)" % (records[0].basename, settings.label("globals"))))
     return _finish(report, findings)
+
+
+def _replica(settings, records, metadata_errors, header_errors, policy, list_backups):
+    """The replica rule's findings: the replica listed (retried at most HEALTH_RETRY_WINDOW seconds) and compared with
+    the primary's newest good backup (its object there, its metadata and header sound, its signature not refused)."""
+    good = [record for record in records[:METADATA_LOOKBACK] if record.has_object and record.metadata is not None
+            and record.basename not in metadata_errors and record.basename not in header_errors
+            and (record.verdict is None or record.verdict.outcome != trust.INVALID)]
+    try:
+        replica = wiring.open_replica(settings, HEALTH_RETRY_WINDOW)
+        replica_records = list_backups(settings, replica)[0]
+    except BackupError as exc:
+        return [_finding("replica", WARNING, "the replica s3://%s cannot be read: %s" % (settings.replica_bucket, exc))]
+    return replica_findings(good[0] if good else None, replica_records, policy, settings.replica_bucket)
 
 
 def _held_keys(settings):

@@ -12,7 +12,7 @@ import logging
 
 from .. import keys
 from ..catalog import documents, layout, trust
-from ..errors import AccessDeniedError, BackupError, IntegrityError, NotFoundError, RefusedError
+from ..errors import AccessDeniedError, BackupError, IntegrityError, NotFoundError, RefusedError, StorageError
 from ..formats import modes
 from . import leftovers, wiring
 
@@ -213,6 +213,34 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, *,
         raise IntegrityError("backup %s: object is %d bytes but its metadata says %d: the object was replaced or cut short"
                              % (record.basename, record.object_size, record.metadata["size_bytes"]), step="select")
     return record
+
+
+def select_with_replica(settings, store, backup="latest", before=None, host=None, db=None, *, context=None,
+                        allow_seed=None, choose=None):
+    """:func:`select` on ``store``; when the primary is out of reach (StorageError once its retry window is spent) or
+    the backup is not found there (NotFoundError), and a replica is set (S3_REPLICA_BUCKET), the same selection on the
+    replica, with a warning. Returns ``(store, record, fallback)``: the store the backup is read from, the record, and
+    None or ``{"bucket", "reason"}`` when it is the replica's. The replica's metadata is judged as the primary's (its
+    signature, naming and place): trust does not depend on where the bytes come from. ``choose``: the selection
+    (default :func:`select`)."""
+    choose = choose or select
+    try:
+        return store, choose(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed), None
+    except (StorageError, NotFoundError) as exc:
+        if not settings.replica_bucket:
+            raise
+        reason = str(exc)
+    replica = wiring.open_replica(settings)
+    LOG.warning("THE PRIMARY BUCKET s3://%s FAILED (%s): reading the backup from the replica s3://%s instead",
+                store.bucket, reason, replica.bucket)
+    try:
+        record = choose(settings, replica, backup, before, host, db, context=context, allow_seed=allow_seed)
+    except BackupError as exc:
+        exc.message = "%s (the primary failed first: %s)" % (exc.message, reason)
+        raise
+    LOG.warning("backup %s is read from the replica s3://%s (the primary s3://%s failed)", record.basename,
+                replica.bucket, store.bucket)
+    return replica, record, {"bucket": replica.bucket, "reason": reason}
 
 
 def _refused_seed_meta(settings, store, backup):

@@ -36,7 +36,7 @@ from ..formats.plainsql import PlainSqlGuard
 from ..progress import Progress, Stages
 from . import leftovers, ranged, wiring
 from .globalset import GlobalsRestore, globals_to_restore, load_globals
-from .inventory import select
+from .inventory import select, select_with_replica
 
 CUSTOM_ARCHIVE, PLAIN_SQL = "custom", "sql"  # what a backup's plaintext is
 
@@ -235,7 +235,10 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
         store = wiring.store_or_open(settings, store)
         context = keys.KeyContext(settings)
         allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-        record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+        primary = store
+        store, record, fallback = select_with_replica(settings, store, backup, before, host, db, context=context,
+                                                      allow_seed=allow_seed, choose=select)
+        retried = retried if store is primary else None
         new_decryptor = decryptor_factory(context, store, record)
         trust.require(record.verdict, allow_unsigned, allow_seed)
         pg = wiring.postgres(settings, pg)
@@ -273,7 +276,8 @@ def run_verify(settings, backup="latest", before=None, host=None, db=None, *, pr
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "timestamp": record.metadata["timestamp"], "payload": counts["payload"],
             "globals": _verified_globals(record, cluster), "duration_seconds": stages.elapsed(),
-            "stage_seconds": stages.result(), "s3_retries": store.retry_counts(since=retried)}
+            "stage_seconds": stages.result(), "s3_retries": store.retry_counts(since=retried), "bucket": store.bucket,
+            "replica_fallback": fallback}
 
 
 def _verified_globals(record, document):
@@ -317,7 +321,10 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
         store = wiring.store_or_open(settings, store)
         context = keys.KeyContext(settings)
         allow_seed = settings.allow_seed if allow_seed is None else allow_seed
-        record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+        primary = store
+        store, record, fallback = select_with_replica(settings, store, backup, before, host, db, context=context,
+                                                      allow_seed=allow_seed, choose=select)
+        retried = retried if store is primary else None
         new_decryptor = decryptor_factory(context, store, record)
         trust.require(record.verdict, allow_unsigned, allow_seed)
         cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
@@ -384,7 +391,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             "trusted": record.verdict.trusted, "layout": record.layout or "host", "kdf": record.kdf,
             "sql_ran_as": runner.name, "owner": owner, "archive_owners": owners, "source_trusted": runner.trusted,
             "globals": restored_globals.report if cluster is not None else None,
-            "s3_retries": store.retry_counts(since=retried)}
+            "s3_retries": store.retry_counts(since=retried), "bucket": store.bucket, "replica_fallback": fallback}
 
 
 def check_target(settings, pg, target, force=False):
@@ -751,7 +758,8 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     context = keys.KeyContext(settings)
     allow_seed = settings.allow_seed if allow_seed is None else allow_seed
     # run_restore's checks, in its order: selection, the keys open the data key, trust, the target, the server
-    record = select(settings, store, backup, before, host, db, context=context, allow_seed=allow_seed)
+    store, record, fallback = select_with_replica(settings, store, backup, before, host, db, context=context,
+                                                  allow_seed=allow_seed, choose=select)
     new_decryptor = decryptor_factory(context, store, record)
     trust.require(record.verdict, allow_unsigned, allow_seed)
     cluster = globals_to_restore(store, record, new_decryptor) if with_globals else None
@@ -764,6 +772,8 @@ def preview_restore(settings, backup="latest", before=None, target_db=None, host
     verification = run_verify(settings, backup=record.basename, host=record.host, db=record.db,
                               store=store, progress=progress, allow_unsigned=allow_unsigned, allow_seed=allow_seed,
                               pg=pg)
+    if fallback:  # run_verify read the store chosen here: the replica, as the primary failed
+        verification["replica_fallback"] = fallback
     plan = {"name": record.basename, "object_key": record.object_key, "metadata_key": record.metadata_key,
             "source_host": record.host, "source_db": record.db, "timestamp": record.metadata["timestamp"],
             "target_db": target, "expected_table_count": record.metadata.get("table_count"),

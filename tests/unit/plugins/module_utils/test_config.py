@@ -174,7 +174,7 @@ def test_the_tables_lists_come_from_its_rows():
                                                                   "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"}
     assert set(config.SECRET_VARIABLES) == {"PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_SESSION_TOKEN",
                                             "AWS_SECURITY_TOKEN", "BACKUP_ENCRYPTION_KEY", "BACKUP_DECRYPTION_KEYS",
-                                            "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE"}
+                                            "BACKUP_SIGNING_KEY", "BACKUP_SEED_PASSPHRASE", "S3_REPLICA_SECRET_ACCESS_KEY"}
     assert len(set(setting.field for setting in config.TABLE)) == len(config.TABLE)
     options = [name for setting in config.TABLE if setting.option for name in (setting.option,) + setting.aliases]
     assert len(options) == len(set(options))

@@ -251,6 +251,14 @@ class MemoryStore:
         if after:
             raise after
 
+    def copy_from(self, source, key):
+        after, _cut = self._request("copy_from", key)
+        if key not in source.objects:
+            raise source._missing(key)  # pylint: disable=protected-access
+        self.objects[key] = _Stored(source.objects[key].data, self.now, self.storage_class)
+        if after:
+            raise after
+
     def _lock_new(self, key):
         lock = self.lock_arguments()
         if lock:
