@@ -1,6 +1,6 @@
 # Developer and CI entry points. `make test` is what CI runs (through .ci/run).
 #   make setup          bootstrap this machine: .venv, PostgreSQL, zstd, openssl (scripts/bootstrap.sh)
-#   make test           every step in TEST_STEPS, in order
+#   make test           every step in TEST_STEPS: two lanes side by side, then Molecule (SIDE_BY_SIDE=0: one by one)
 #   make test-unit      unit tests only
 #   make test-functional  functional tests (real PostgreSQL and S3 from tests/testbed.py)
 #   make test-ansible   ansible-test sanity and units on Python 3.12 (scripts/ansible-test.sh)
@@ -15,17 +15,34 @@
 # absolute, as some steps run it from other directories
 PYTHON := $(CURDIR)/.venv/bin/python
 
-# The steps of `make test`, run in this order; add a step by adding its target here.
-TEST_STEPS := test-unit test-functional demo test-ansible test-integration lint test-molecule
+# The steps of `make test`. The main lane needs the test bed (PostgreSQL, S3) and waits on it much of the time; the
+# side lane needs none and runs beside it (scripts/side-by-side.sh: its output is printed when both are done);
+# Molecule runs last, on its own. Add a step by adding its target to a lane.
+MAIN_STEPS := test-unit test-functional demo test-integration
+SIDE_STEPS := molecule-cache test-ansible lint test-molecule-side
+TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS) test-molecule-main
+# Molecule scenarios the side lane runs (each has its own hosts, PostgreSQL and S3 endpoint); the others run last.
+MOLECULE_SIDE_SCENARIOS := drill
+SIDE_BY_SIDE ?= 1
 
-.PHONY: setup test test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
+.PHONY: setup test molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
 .NOTPARALLEL:
 
+# The lanes' own makes skip it (SKIP_SETUP=1): `make test` bootstraps once, before both.
 setup:
+ifneq ($(SKIP_SETUP),1)
 	@echo "+ scripts/bootstrap.sh"
 	@scripts/bootstrap.sh
+endif
 
+ifeq ($(SIDE_BY_SIDE),0)
 test: setup $(TEST_STEPS)
+else
+test: setup
+	@scripts/side-by-side.sh build/logs/side-lane.log "$(MAKE) --no-print-directory SKIP_SETUP=1 $(SIDE_STEPS)" \
+		"$(MAKE) --no-print-directory SKIP_SETUP=1 $(MAIN_STEPS)"
+	@$(MAKE) --no-print-directory SKIP_SETUP=1 test-molecule-main
+endif
 
 # Functional tests run in two workers (each starts its own PostgreSQL and S3 endpoint): about half the
 # wall time on a 2-core machine. FUNCTIONAL_WORKERS=0 runs them in this process.
@@ -46,7 +63,7 @@ test-unit: setup
 	$(call run_pytest,tests/unit)
 
 test-functional: setup
-	$(call run_pytest,tests/functional,-n $(FUNCTIONAL_WORKERS))
+	$(call run_pytest,tests/functional,-n $(FUNCTIONAL_WORKERS) --durations=15)
 
 test-ansible: setup
 	@echo "+ scripts/ansible-test.sh"
@@ -64,9 +81,26 @@ lint: setup
 	@echo "+ ansible-lint --offline --profile production roles playbooks"
 	@$(MOLECULE_ENV) .venv/bin/ansible-lint --offline --profile production roles playbooks
 
+# Molecule's base images and wheelhouse (molecule/shared/build-cache.sh), built ahead so that the side lane, not
+# Molecule's create step, waits on the Debian mirror. Exit 4: the mirror does not serve trixie (the upgrade
+# scenario skips itself then, saying why).
+molecule-cache: setup
+	@echo "+ molecule/shared/build-cache.sh all bookworm; molecule/shared/build-cache.sh base trixie"
+	@molecule/shared/build-cache.sh all bookworm >/dev/null
+	@molecule/shared/build-cache.sh base trixie >/dev/null; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 4 ] || exit $$status
+
 test-molecule: setup
 	@echo "+ molecule -c molecule/shared/base.yml test --all"
 	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test --all
+
+# `make test` splits them: MOLECULE_SIDE_SCENARIOS in the side lane, the rest after both lanes.
+test-molecule-side: setup
+	@echo "+ molecule -c molecule/shared/base.yml test $(addprefix -s ,$(MOLECULE_SIDE_SCENARIOS))"
+	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test $(addprefix -s ,$(MOLECULE_SIDE_SCENARIOS))
+
+test-molecule-main: setup
+	@echo "+ molecule -c molecule/shared/base.yml test --all $(addprefix --exclude ,$(MOLECULE_SIDE_SCENARIOS))"
+	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test --all $(addprefix --exclude ,$(MOLECULE_SIDE_SCENARIOS))
 
 demo: setup
 	@echo "+ $(PYTHON) scripts/demo.py"

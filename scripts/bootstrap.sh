@@ -2,7 +2,8 @@
 # Set up this checkout on a fresh machine; safe to run again (it only does what is missing).
 #   - .venv with a Python >= 3.12 (ansible-core's controller minimum), requirements-dev.txt
 #     pinned by constraints.txt, and this project installed editable (`quankey-backup`);
-#   - PostgreSQL server binaries, zstd, openssl and systemd (for systemd-analyze) from the system's packages;
+#   - PostgreSQL server binaries, zstd, openssl, systemd (for systemd-analyze), and Prometheus's promtool,
+#     prometheus and node_exporter (the monitoring kit's tests: extras/monitoring/) from the system's packages;
 #   - build/collections/ansible_collections/quankey/backup -> this checkout, on the venv's path,
 #     so Python and Ansible import the checkout as the quankey.backup collection.
 # Set PYTHON=/path/to/python3.12+ to choose the interpreter.
@@ -77,12 +78,14 @@ else
     summary+=("Python $py_version venv installed")
 fi
 
-# ---- system packages: PostgreSQL server, zstd, openssl, systemd-analyze (tests check the units) ----------------------------------------
+# ---- system packages: PostgreSQL server, zstd, openssl, systemd-analyze, Prometheus (tests use them) ----------------------------------------
 missing=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing system packages, install them as root: apt-get install ${missing[*]}"
     echo "bootstrap: installing ${missing[*]} (apt-get)"

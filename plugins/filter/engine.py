@@ -4,6 +4,7 @@
 """Filters that ask the engine (plugins/module_utils) on the controller, so that the roles hold no copy of its rules.
 
 - ``backup_prefixes``: a host's two key prefixes (its data objects and its metadata), catalog/layout.py's.
+- ``drill_reports_prefix``: the key prefix of a host's restore drill reports, catalog/layout.py's.
 - ``settings_error``: the engine's verdict on settings a role is about to write, before anything is installed:
   config.Settings' validation (the settings table) and whether new backups can be sealed and signed with those
   keys (keys.KeyContext), in the role's words (``labels``). Messages never hold a secret (errors.py).
@@ -32,6 +33,13 @@ def backup_prefixes(host_id, prefix=""):
         raise AnsibleFilterError("backup_prefixes needs a host id")
     normalized = config.normalize_prefix(prefix)
     return [layout.object_prefix(normalized, host_id), layout.metadata_prefix(normalized, host_id)]
+
+
+def drill_reports_prefix(host_id, prefix=""):
+    """``<prefix>drills/<host>/``: the restore drill reports of a host's databases (the drill host writes them)."""
+    if not host_id:
+        raise AnsibleFilterError("drill_reports_prefix needs a host id")
+    return layout.drill_prefix(config.normalize_prefix(prefix), host_id)
 
 
 def controller_checks_keys():
@@ -140,4 +148,4 @@ class FilterModule(object):
     """quankey.backup's filters."""
 
     def filters(self):
-        return {"backup_prefixes": backup_prefixes, "settings_error": settings_error, "env_extra_error": env_extra_error}
+        return {"backup_prefixes": backup_prefixes, "drill_reports_prefix": drill_reports_prefix, "settings_error": settings_error, "env_extra_error": env_extra_error}

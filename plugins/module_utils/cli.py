@@ -25,10 +25,11 @@ import traceback
 from . import config
 from . import keys
 from .catalog import layout
-from .errors import BackupError, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED
+from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_INTERNAL, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from .progress import Progress, stages_text
 from .units import human_size
-from .workflows import adopt, backup, health, inventory, leftovers, prune, rekey, restore, undelete
+from .workflows import (adopt, backup, drill, health, inventory, leftovers, prune, rekey, replica, restore, runrecord,
+                        undelete, wal)
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -95,7 +96,20 @@ def _parser():
                                         "BACKUP_MIN_KEEP, BACKUP_KEEP_DAILY/_WEEKLY/_MONTHLY/_YEARLY)")
     prune_command.add_argument("--dry-run", action="store_true", help="say each backup's fate and the rules behind it, "
                                "delete nothing")
+    prune_command.add_argument("--replica", action="store_true", help="prune only the replica (S3_REPLICA_BUCKET), by "
+                               "the same rules on its own listing (S3_REPLICA_PRUNE=true prunes it after the primary)")
     prune_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    replicate_command = commands.add_parser("replicate", help="copy to the replica (S3_REPLICA_BUCKET) each good backup of "
+                                            "this host's database it lacks or holds wrong, checked; exit 0 when the "
+                                            "replica holds them all")
+    replicate_command.add_argument("--all-databases", action="store_true", help="every database of this host, not only "
+                                   "DB_NAME")
+    replicate_command.add_argument("--verify", action="store_true", help="also download each object the replica holds "
+                                   "and check its SHA-256 against the signed metadata")
+    replicate_command.add_argument("--dry-run", action="store_true", help="say what is missing or wrong there, copy "
+                                   "nothing (exit 1 when a run would copy something)")
+    replicate_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     rekey_command = commands.add_parser("rekey", help="re-wrap backups' data keys with BACKUP_ENCRYPTION_KEY, or seal them to "
                                         "BACKUP_RECIPIENTS with BACKUP_ENCRYPTION=hybrid-pq (rewrites metadata only)")
@@ -116,12 +130,35 @@ def _parser():
     role_command.add_argument("--check", action="store_true", help="only check: create nothing")
     role_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    drill_command = commands.add_parser("drill", help="restore drill: restore the newest backup into a scratch database, "
+                                        "check it, drop it, store a signed report (exit 0 passed, 2 failed)")
+    drill_command.add_argument("--host", help="drill this host's backups (default this host's)")
+    drill_command.add_argument("--db", help="drill this database's backups (default DB_NAME)")
+    drill_command.add_argument("--all-hosts", action="store_true", help="drill every host and database in the bucket")
+    drill_command.add_argument("--assert", dest="assertions", action="append", default=[], metavar="SQL",
+                               help="SQL returning one row whose first column is true (after DRILL_ASSERTIONS; repeat)")
+    drill_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
     undelete_command = commands.add_parser("undelete", help="bring back a backup that delete markers hide (a versioned "
                                            "bucket), then check it as a restore would")
     undelete_command.add_argument("name", help="the backup's name, as `list --include-deleted` shows it")
     _add_scope(undelete_command)
     undelete_command.add_argument("--dry-run", action="store_true", help="say which delete markers would go, remove none")
     undelete_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    push_command = commands.add_parser("wal-push", help="archive one WAL file, for archive_command: "
+                                       "`quankey-backup --env-file FILE wal-push %%p` (exit 0 only once it is stored)")
+    push_command.add_argument("path", help="the WAL file (%%p): a segment, .partial, .backup or .history file")
+    push_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    fetch_command = commands.add_parser("wal-fetch", help="restore one archived WAL file, for restore_command: "
+                                        "`quankey-backup --env-file FILE wal-fetch %%f %%p` (exit 1: not in the archive)")
+    fetch_command.add_argument("name", help="the archived file's name (%%f)")
+    fetch_command.add_argument("target", help="where to write it (%%p)")
+    fetch_command.add_argument("--host", help="the host whose archive to read (default this host, BACKUP_HOST_ID)")
+    fetch_command.add_argument("--prefetch", type=_prefetch, metavar="N",
+                               help="segments to fetch ahead at the same time (WAL_PREFETCH, default 4; 0: none)")
+    fetch_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     keygen_command = commands.add_parser("keygen", help="make a hybrid-pq key pair: the private key file (0600) for the restore "
                                          "side, the public key for BACKUP_RECIPIENTS")
@@ -199,6 +236,7 @@ def _cmd_backup(args, settings, env):
         result = backup.run_backup(settings, progress=progress)
     finally:
         progress.close()
+    args.outcome = result  # for the run's record (main)
     _emit(result, args.json, [
         "backup %s: %s stored at s3://%s/%s" % (result["name"], human_size(result["size_bytes"]), result["bucket"],
                                                 result["object_key"]),
@@ -238,12 +276,24 @@ def _cmd_list(args, settings, env):
                      + _deleted_word(item))
     if not data["backups"]:
         lines.append("(no backups)")
+    if args.details and host and db:  # the newest restore drill (a believed report) of this host's database
+        data["drill"] = drill.last_drill(settings, host, db)
+        lines.append("last restore drill: %s" % _drill_words(data["drill"]))
     if "leftovers" in data:
         lines += ["left behind: %s" % line for line in leftovers.describe(data["leftovers"])]
     elif data["orphans"]:
         lines.append("%d object(s) without metadata (uncommitted): run `quankey-backup prune`" % len(data["orphans"]))
     _emit(data, args.json, lines)
     return EXIT_OK
+
+
+def _drill_words(last):
+    """list --details: the newest believed restore drill of the database, in a few words."""
+    if last is None:
+        return "none (or none whose report verifies here)"
+    return "%s %s, backup %s, RTO %s, RPO %.1f h" % (
+        last["result"], last["timestamp"], last["backup"],
+        "%.1fs" % last["rto_seconds"] if last["rto_seconds"] is not None else "-", (last["rpo_seconds"] or 0) / 3600.0)
 
 
 def _deleted_word(item):
@@ -389,7 +439,23 @@ def _cmd_health(args, settings, env):
 
 
 def _cmd_prune(args, settings, env):
-    result = prune.run_prune(settings, dry_run=args.dry_run)
+    result = prune.run_prune(settings, dry_run=args.dry_run, replica_only=args.replica)
+    args.outcome = result  # for the run's record (main)
+    lines = _prune_lines(args, settings, result)
+    status = EXIT_OK
+    other = result.get("replica")
+    if other is not None:
+        if "error" in other:
+            lines.append("ERROR: the replica s3://%s was not pruned: %s" % (other["bucket"], other["error"]))
+            status = other["exit_code"]
+        else:
+            lines += ["replica s3://%s:" % other["bucket"]] + ["  " + line for line in _prune_lines(args, settings, other)]
+    _emit(result, args.json, lines)
+    return status
+
+
+def _prune_lines(args, settings, result):
+    """What one bucket's prune did (or would do), for people."""
     verb = "would delete" if args.dry_run else "deleted"
     lines = ["%s %d backup(s), %s %d (kept by: %s)"
              % (verb, len(result["deleted"]), "would keep" if args.dry_run else "kept", len(result["kept"]),
@@ -403,8 +469,38 @@ def _cmd_prune(args, settings, env):
     for names, kind in swept:
         lines += ["  %s %s %s (older than %d h)" % ("would remove" if args.dry_run else "removed", kind, name,
                                                     leftovers.STALE_HOURS) for name in names]
+    return lines
+
+
+def _cmd_replicate(args, settings, env):
+    result = replica.run_replicate(settings, all_databases=args.all_databases, verify=args.verify,
+                                   dry_run=args.dry_run)
+    args.outcome = result
+    lines = ["replica s3://%s of s3://%s (%s): %d backup(s) there%s, %d %s, %d failed, %d skipped (not good on the "
+             "primary)" % (result["replica_bucket"], result["bucket"],
+                           result["database"] or "every database of %s" % result["host"], result["present"],
+                           " and verified" if args.verify else "",
+                           result["would_copy"] if args.dry_run else result["copied"],
+                           "to copy" if args.dry_run else "copied", result["failed"], result["skipped"])]
+    for item in result["backups"]:
+        if item["status"] == replica.PRESENT:
+            continue
+        what = "; ".join(["metadata %s" % item["metadata"]] * (item["metadata"] not in (None, replica.IDENTICAL))
+                         + ["%s %s" % (problem["key"].rsplit("/", 1)[-1], problem["problem"])
+                            for problem in item["problems"]])
+        lines.append("  %-10s %s%s%s" % (item["status"], item["name"], " (%s)" % what if what else "",
+                                         ": %s" % item["error"] if item["error"] else ""))
+    if result["complete"]:
+        lines.append("the replica holds every good backup%s" % (" (checked by SHA-256)" if args.verify else ""))
+    else:
+        lines.append("the replica is INCOMPLETE: %s" % ("run replicate without --dry-run to copy what it lacks"
+                                                        if args.dry_run and not result["failed"] else
+                                                        "see the failures above, fix them and run replicate again"))
+        log = LOG.warning if args.dry_run and not result["failed"] else LOG.error
+        log("replicate: the replica s3://%s does not hold every good backup (%d failed%s)", result["replica_bucket"],
+            result["failed"], ", %d to copy" % result["would_copy"] if result["would_copy"] else "")
     _emit(result, args.json, lines)
-    return EXIT_OK
+    return result["exit_code"]
 
 
 def _cmd_rekey(args, settings, env):
@@ -460,6 +556,39 @@ def _cmd_adopt(args, settings, env):
     return result["exit_code"]
 
 
+def _cmd_drill(args, settings, env):
+    if args.all_hosts and (args.host or args.db):
+        raise ConfigError("--all-hosts drills every host and database in the bucket: drop --host/--db, or --all-hosts")
+    progress = Progress("drill", sys.stderr)
+    try:
+        result = drill.run_drill(settings, host=args.host, db=args.db, all_hosts=args.all_hosts,
+                                 assertions=args.assertions, progress=progress)
+    finally:
+        progress.close()
+    args.outcome = result  # for the run's record (main)
+    _emit(result, args.json, drill_lines(result))
+    if result["status"] == drill.NONE:
+        return EXIT_NOT_FOUND
+    return EXIT_OK if result["status"] == drill.PASSED else EXIT_HEALTH_CRITICAL
+
+
+def drill_lines(result):
+    """One line per drill (and one per failed check of a failed one)."""
+    if not result["drills"]:
+        return ["(no backups to drill)"]
+    lines = []
+    for item in result["drills"]:
+        rto = "%.1fs" % item["rto_seconds"] if item["rto_seconds"] is not None else "-"
+        rows = ", %d rows checked" % item["rows_checked"] if item["rows_checked"] is not None else ""
+        lines.append("%s %s/%s %s: RTO %s, RPO %.1f h, %s tables%s, %d checks; report %s%s"
+                     % (item["result"].upper(), item["host"], item["database"], item["backup"], rto,
+                        item["rpo_seconds"] / 3600.0, item["tables"] if item["tables"] is not None else "-", rows,
+                        len(item["checks"]), item["report_key"] or "not stored",
+                        "" if item.get("signed", True) else " (unsigned)"))
+        lines += ["  FAILED %s: %s" % (check["name"], check["detail"]) for check in item["checks"] if not check["ok"]]
+    return lines
+
+
 def _cmd_restore_role(args, settings, env):
     result = restore.prepare_restore_role(settings, check=args.check)
     state = "created" if result["created"] else ("missing" if not result["exists"] else "present")
@@ -469,9 +598,57 @@ def _cmd_restore_role(args, settings, env):
     return EXIT_OK if result["exists"] and not result["risks"] else EXIT_REFUSED
 
 
+def _prefetch(text):
+    """--prefetch: a number of segments, 0 to 64."""
+    value = int(text) if text.strip().isdigit() else -1
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError("%r is not a number of segments to fetch ahead: give 0 to 64" % text)
+    return value
+
+
+def _cmd_wal_push(args, settings, env):
+    result = wal.push(settings, args.path)
+    if args.json:
+        _emit(result, True, [])
+    return EXIT_OK
+
+
+def _cmd_wal_fetch(args, settings, env):
+    """restore_command: 0 restored, 1 not in the archive (PostgreSQL's "not found"). Any other failure (a hole in the
+    archive, an object that cannot be trusted, the store out of reach) exits EXIT_STOP_RECOVERY, above 125, so that
+    PostgreSQL stops recovery instead of taking it for the archive's end and promoting early; on a standby
+    (standby.signal) it exits with the error's own code, which PostgreSQL retries."""
+    try:
+        result = wal.fetch(settings, args.name, args.target, host=args.host, prefetch=args.prefetch)
+    except wal.NotArchivedError as exc:
+        LOG.info("wal-fetch: %s", exc)
+        return EXIT_NOT_ARCHIVED
+    except Exception as exc:  # pylint: disable=broad-except  # every failure must stop recovery, not end it
+        if isinstance(exc, BackupError):
+            LOG.error("wal-fetch %s: %s", args.name, exc)
+            own = exc.exit_code
+        else:
+            LOG.error("wal-fetch %s failed unexpectedly:\n%s", args.name, traceback.format_exc())
+            own = EXIT_INTERNAL
+        if wal.is_standby(args.target):
+            return own
+        LOG.error("wal-fetch %s: exit %d stops PostgreSQL's recovery here, so that it does not end early and promote "
+                  "without the rest of the WAL: fix the cause and start the server again", args.name,
+                  EXIT_STOP_RECOVERY)
+        return EXIT_STOP_RECOVERY
+    if args.json:
+        _emit(result, True, [])
+    return EXIT_OK
+
+
+EXIT_NOT_ARCHIVED = 1  # wal-fetch: the archive holds no such file (what restore_command answers at the archive's end)
+EXIT_STOP_RECOVERY = 128  # wal-fetch: any other failure; above 125, which PostgreSQL takes as fatal to recovery
+
+
 COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
             "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen,
-            "restore-role": _cmd_restore_role, "adopt": _cmd_adopt, "undelete": _cmd_undelete}
+            "restore-role": _cmd_restore_role, "adopt": _cmd_adopt, "undelete": _cmd_undelete, "replicate": _cmd_replicate,
+            "drill": _cmd_drill, "wal-push": _cmd_wal_push, "wal-fetch": _cmd_wal_fetch}
 
 
 class _UTCFormatter(logging.Formatter):
@@ -497,8 +674,22 @@ _INTERRUPTED = {
     "adopt": "the backup being copied was not committed (its upload was aborted); run adopt again to go on",
     "rekey": "each backup is either rekeyed or left as it was; run rekey again to finish",
     "prune": "what was already deleted is gone; run prune again to finish",
+    "replicate": "each backup is on the replica with its metadata, or without it (no backup there); run replicate again",
     "undelete": "the delete markers already removed stay removed; run undelete again to finish",
+    "drill": "the scratch database was dropped; the drill being run stored no report",
+    "wal-push": "the WAL file was not archived (PostgreSQL tries again)",
 }
+
+
+def _start_record(args, env):
+    """The run's record (workflows/runrecord.py), its start written, when BACKUP_METRICS_DIR is set and the command is
+    one a schedule runs; from the variables, before the settings are checked, so a run they fail is recorded too.
+    A command puts its result in ``args.outcome`` for the record's stages, bytes and counts; one over every database
+    (``drill --all-hosts``, ``replicate --all-databases``) is recorded as database ``all``."""
+    everything = getattr(args, "all_hosts", False) or getattr(args, "all_databases", False)
+    return runrecord.start(env.get("BACKUP_METRICS_DIR"), args.command,
+                           env.get("BACKUP_HOST_ID") or config.default_host_id(),
+                           None if everything else getattr(args, "db", None) or env.get("DB_NAME"))
 
 
 def _on_sigterm(signum, frame):
@@ -511,19 +702,24 @@ def main(argv=None, environ=None):
     _setup_logging(args.quiet)
     signal.signal(signal.SIGTERM, _on_sigterm)
     environ = os.environ if environ is None else environ
+    record, status, error = None, EXIT_INTERNAL, None
     try:
         env = load_environment(args.env_file, environ)
+        record = _start_record(args, env)
         settings, env = _settings(env, args.env_file, environ)
         status = COMMANDS[args.command](args, settings, env)
     except BackupError as exc:
         LOG.error("%s: %s", args.command, exc)
-        status = exc.exit_code
+        status, error = exc.exit_code, str(exc)
     except KeyboardInterrupt:
         LOG.error("%s interrupted: %s", args.command, _INTERRUPTED.get(args.command, "nothing was changed"))
-        status = 130
-    except Exception:  # unexpected: keep the full detail for the bug report
+        status, error = 130, "interrupted"
+    except Exception as exc:  # unexpected: keep the full detail for the bug report
         LOG.error("%s failed unexpectedly:\n%s", args.command, traceback.format_exc())
-        status = EXIT_INTERNAL
+        status, error = EXIT_INTERNAL, "unexpected %s (see the log)" % type(exc).__name__
+    finally:
+        if record is not None:  # the run's end, whatever happened (docs/MONITORING.md)
+            record.ended(status, getattr(args, "outcome", None), error)
     if argv is None:
         raise SystemExit(status)
     return status

@@ -182,6 +182,20 @@ def _prefix(label, value):
     return normalize_prefix(value)
 
 
+def _sql_assertions(label, value):
+    """DRILL_ASSERTIONS: a list of SQL texts (a module's option), or the text of a JSON list of strings (a variable)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError("%s is not valid JSON (%s): write a JSON list of SQL texts, e.g. %s"
+                              % (label, exc, '["SELECT count(*) > 0 FROM users"]'))
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ConfigError("%s must be a list of SQL texts (each one statement returning one row whose first column is "
+                          "true), e.g. %s" % (label, '["SELECT count(*) > 0 FROM users"]'))
+    return [item.strip() for item in value]
+
+
 def _seed_kdf(label, value):
     return openssl_enc.parse_kdf(value, label).spec()
 
@@ -314,6 +328,9 @@ TABLE = (
             meaning="each backup also keeps the roles, memberships and settings its database needs"),
     Setting("schedule", "BACKUP_SCHEDULE", default="daily", option="schedule", group=MODULE,
             meaning="how often backups are meant to run (checked by health)"),
+    Setting("count_rows", "BACKUP_COUNT_ROWS", "bool", False, option="count_rows", group=MODULE,
+            meaning="each backup records the exact row count of every table, counted in the snapshot pg_dump dumps (a "
+                    "full scan of every table); restore drills check them"),
     # Variables only (the env file or the environment)
     Setting("min_keep", "BACKUP_MIN_KEEP", "int", 3, bounds=(1, 100000), meaning="backups prune always keeps"),
     Setting("lock_wait_timeout", "BACKUP_LOCK_WAIT_TIMEOUT", "int", DEFAULT_LOCK_WAIT_TIMEOUT, bounds=(1, 86400),
@@ -329,6 +346,22 @@ TABLE = (
             problem="is not an S3 restore tier", meaning="tier of the S3 restore request of an archived backup"),
     Setting("restore_days", "S3_RESTORE_DAYS", "int", 7, bounds=(1, 365),
             meaning="days an archived backup's restored copy stays readable"),
+    # Restore drills (workflows/drill.py)
+    Setting("drill_assertions", "DRILL_ASSERTIONS", "list", check=_sql_assertions,
+            meaning="SQL a restore drill runs in the restored database as the restore role, a JSON list of strings; "
+                    "each must return one row whose first column is true"),
+    Setting("drill_max_age_days", "DRILL_MAX_AGE_DAYS", "int", bounds=(1, 3650), shown="35",
+            meaning="health warns when the last passed restore drill is older (checked once a drill report exists, or "
+                    "when this is set)"),
+    # WAL archiving (wal-push, wal-fetch: variables only)
+    Setting("wal_prefetch", "WAL_PREFETCH", "int", 4, bounds=(0, 64),
+            meaning="segments wal-fetch fetches ahead, at the same time as the one asked for (0: none)",
+            hint="give how many WAL segments wal-fetch fetches ahead, 0 to 64"),
+    Setting("wal_push_ahead", "WAL_PUSH_AHEAD", "int", 4, bounds=(0, 64),
+            meaning="segments PostgreSQL marked ready that wal-push pushes ahead, at the same time (0: none)",
+            hint="give how many ready WAL segments wal-push pushes ahead, 0 to 64"),
+    Setting("wal_spool_dir", "WAL_SPOOL_DIR", "path", shown="pg_wal/.quankey-prefetch",
+            meaning="where wal-fetch keeps the segments it fetched ahead (verified plaintext, a 0700 directory)"),
     # The replica: a second bucket each committed backup is copied to (variables only; unset ones: the primary's)
     Setting("replica_bucket", "S3_REPLICA_BUCKET", shown="none: no replica",
             meaning="a second bucket each committed backup is copied to and verified in (restore falls back to it)"),
@@ -339,9 +372,14 @@ TABLE = (
             meaning="access key id of the replica's credentials (with S3_REPLICA_SECRET_ACCESS_KEY)"),
     Setting("replica_secret_key", "S3_REPLICA_SECRET_ACCESS_KEY", secret=True, shown="the primary's credentials",
             meaning="secret access key of the replica's credentials"),
+    Setting("replica_prune", "S3_REPLICA_PRUNE", "bool", False,
+            meaning="prune also prunes the replica, by the same rules on the replica's own listing"),
     # The host command's own
     Setting("backup_file", "BACKUP_FILE", group=COMMAND, meaning="the backup restore and verify use (--backup)"),
     Setting("output_json", "OUTPUT_JSON", "bool", False, group=COMMAND, meaning="health prints JSON (--json)"),
+    Setting("metrics_dir", "BACKUP_METRICS_DIR", "path", group=COMMAND, shown="none: not recorded",
+            meaning="where backup, prune, drill and replicate record their last run (node_exporter textfile and JSON; "
+                    "docs/MONITORING.md)"),
 )
 
 SETTINGS = dict((setting.field, setting) for setting in TABLE)

@@ -145,7 +145,10 @@ findings:
         - The rule, for example V(age), V(min_size), V(frequency), V(s3_access), V(no_backups), V(encryption),
           V(metadata) (a metadata object refused), V(metadata_signature), V(seed_backups), V(replica) (with
           C(S3_REPLICA_BUCKET) in the host's settings - the newest good backup missing on the replica, the replica
-          behind by more than the schedule's interval, or unreadable).
+          behind by more than the schedule's interval, or unreadable), V(drill) (the last restore drill failed is
+          critical; no passed drill within C(DRILL_MAX_AGE_DAYS), default 35 days, once the database has drill reports
+          or that variable is set, is a warning; a drill report that is forged or unsigned is a warning or info, and
+          not counted).
       returned: always
       type: str
       sample: age
@@ -200,6 +203,15 @@ latest:
       returned: when the metadata was read
       type: bool
       sample: true
+drill:
+  description:
+    - The newest restore drill of this host's database (C(quankey-backup drill)) whose report verifies here (its
+      signature, with the signing keys given; with none, not checked), or null - C(timestamp) (when it started),
+      C(result) (V(passed) or V(failed)), C(backup), C(rto_seconds), C(rpo_seconds), C(report_key).
+  returned: always
+  type: dict
+  sample: {"timestamp": "2025-08-10T04:00:00Z", "result": "passed", "backup": "quankey_prod_backup_20250809_030000",
+           "rto_seconds": 184.2, "rpo_seconds": 90000.0, "report_key": "drills/db1/quankey_prod/20250810_040000.json"}
 report_lines:
   description:
     - The report as the lines a person reads, the engine's (those C(quankey-backup health) prints) - the status with the

@@ -302,6 +302,17 @@ backups:
       type: dict
       sample: {"at": "2026-12-01T10:00:00Z",
                "objects": ["metadata/db1/quankey_prod/quankey_prod_backup_20250809_030000.meta"]}
+drill:
+  description:
+    - The newest restore drill of the host's database (C(quankey-backup drill)) whose report verifies here (its
+      signature, with the signing keys held; with none held, not checked) - C(timestamp) (when it started),
+      C(result) (V(passed) or V(failed)), C(backup), C(rto_seconds) (the restore's wall time), C(rpo_seconds) (the
+      backup's age when the drill started) and C(report_key); null when there is none.
+  returned: when O(details=true) for one host and database
+  type: dict
+  sample: {"timestamp": "2025-08-10T04:00:00Z", "result": "passed", "backup": "quankey_prod_backup_20250809_030000",
+           "rto_seconds": 184.2, "rpo_seconds": 90000.0,
+           "report_key": "drills/db1/quankey_prod/20250810_040000.json"}
 orphans:
   description: Keys of objects without metadata (uncommitted backups, invisible to restore); empty with O(backup) or O(before).
   returned: always
@@ -334,7 +345,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import inventory, wiring
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import drill, inventory, wiring
 
 
 def argument_spec():
@@ -373,6 +384,8 @@ def main():
             found = inventory.find_backups(settings, host=host, db=db, since=since,
                                            limit=params["limit"], details=params["details"],
                                            include_deleted=params["include_deleted"])
+            if params["details"] and host and db:
+                found["drill"] = drill.last_drill(settings, host, db)
     module.exit_json(changed=False, **found)
 
 

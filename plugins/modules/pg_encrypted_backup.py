@@ -47,6 +47,16 @@ options:
       - Defaults to V(true).
       - If not set, the environment variable E(BACKUP_GLOBALS) is used.
     type: bool
+  count_rows:
+    description:
+      - Also record the exact row count of every table in the backup's signed metadata, counted in the snapshot
+        C(pg_dump) dumps (a REPEATABLE READ transaction exports it and C(pg_dump --snapshot) takes it). Restore drills
+        (C(quankey-backup drill)) check the restored tables against them.
+      - This costs a full scan of every table before the dump starts, and the counting transaction holds its locks
+        until the dump ends.
+      - Defaults to V(false).
+      - If not set, the environment variable E(BACKUP_COUNT_ROWS) is used.
+    type: bool
   storage_class:
     description:
       - S3 storage class of the backup object. Defaults to V(STANDARD_IA).
@@ -297,6 +307,13 @@ backup:
       sample: {"object_key": "backups/postgresql/db1/quankey_prod/quankey_prod_backup_20250809_030000.globals",
                "size_bytes": 812, "checksum_sha256": "9f2c0e8d5b7a6c4e3f1d2b0a9e8c7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
                "roles": 3, "memberships": 1, "tablespaces": 0, "passwords": "included"}
+    row_counts:
+      description:
+        - With O(count_rows), how many C(tables) were counted and their C(rows) in all (the counts per table are in
+          the metadata); null without it. In check mode, whether they would be counted (a bool).
+      returned: always
+      type: raw
+      sample: {"tables": 12, "rows": 184467}
     signing_key_id:
       description: Id of the key that signs the backup's metadata (C(qks-...), or the master key's id).
       returned: always
@@ -466,6 +483,20 @@ pruned:
       returned: always
       type: bool
       sample: false
+    bucket:
+      description: The bucket pruned.
+      returned: always
+      type: str
+      sample: quankey-backups-prod
+    replica:
+      description:
+        - With E(S3_REPLICA_BUCKET) and E(S3_REPLICA_PRUNE=true) in the host's settings, the replica's prune, after the
+          primary's, by the same rules on the replica's own listing - the same fields as this one - or C(bucket),
+          C(error) and C(exit_code) when it failed (the primary's prune stands). Null otherwise. See docs/CLI.md,
+          "Replica".
+      returned: always
+      type: dict
+      sample: null
     tagged:
       description:
         - Backups whose data object was tagged C(quankey-keep=monthly) or C(yearly) (kept by a monthly or yearly rule)
@@ -544,7 +575,7 @@ def argument_spec():
     return ansible_common.common_argument_spec(
         ansible_common.setting_options("name", "compression", "storage_class", "object_lock_mode", "object_lock_days",
                                        "retention_days", "keep_daily",
-                                       "keep_weekly", "keep_monthly", "keep_yearly", "globals"),
+                                       "keep_weekly", "keep_monthly", "keep_yearly", "globals", "count_rows"),
         lock_file=dict(type="path"),
         lock_wait=dict(type="float", default=600),
         prune=dict(type="bool", default=False),
@@ -575,6 +606,9 @@ def main():
                                 % (result["name"], result["replica"]["bucket"], result["replica"]["error"]))
                 if params["prune"]:
                     extra["pruned"] = prune.run_prune(settings)
+                    if "error" in (extra["pruned"].get("replica") or {}):
+                        module.warn("the replica s3://%s was not pruned (S3_REPLICA_PRUNE): %s"
+                                    % (extra["pruned"]["replica"]["bucket"], extra["pruned"]["replica"]["error"]))
             if lock:
                 extra["lock_waited_seconds"] = round(lock.waited, 3)
     module.exit_json(changed=True, backup=result, **extra)

@@ -109,7 +109,7 @@ def test_systemd_accepts_the_units_of_every_schedule(tmp_path, schedule, splay, 
     service = _settings(units / "quankey-backup.service")
     assert service["ExecStart"] == [str(tmp_path / "sbin" / "quankey-backup-run")]
     assert service["OnFailure"] == ["quankey-backup-failure@%n.service"] and service["User"] == ["quankey-backup"]
-    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey"]
+    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey -/var/lib/prometheus/node-exporter"]
     assert (service["ProtectSystem"], service["ProtectHome"], service["NoNewPrivileges"]) == (["strict"], ["yes"], ["yes"])
     assert _settings(units / "quankey-backup-failure@.service")["ExecStart"] == [
         str(tmp_path / "sbin" / "quankey-backup-failed") + " %i"]
@@ -126,7 +126,7 @@ def test_the_verification_fails_on_a_calendar_systemd_refuses(tmp_path):
 
 
 def test_a_home_under_home_makes_the_sandbox_read_only_there_not_hidden(tmp_path):
-    units = _render(tmp_path, pg_backup_home="/home/quankey-backup")
+    units = _render(tmp_path, pg_backup_home="/home/quankey-backup", pg_backup_metrics_dir="")
     service = _settings(units / "quankey-backup.service")
     assert service["ProtectHome"] == ["read-only"] and service["ReadWritePaths"] == ["/home/quankey-backup /var/log/quankey"]
     assert _verify(units, "quankey-backup.service").returncode == 0

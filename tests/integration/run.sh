@@ -13,7 +13,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 TARGETS_DIR="$ROOT/tests/integration/targets"
-ALL_TARGETS=(pg_encrypted_backup backup_info backup_health s3_backup_restore backup_rekey backup_adopt keys_and_trust env_file)
+ALL_TARGETS=(pg_encrypted_backup backup_info backup_health s3_backup_restore backup_rekey backup_adopt backup_drill keys_and_trust env_file)
 
 die() { echo "integration: $*" >&2; exit 1; }
 

@@ -133,7 +133,7 @@ def test_systemd_timer_runs_the_runner_and_no_cron_line_does(host, hostname, hos
     assert service["Type"] == ["oneshot"] and service["User"] == [USER] and service["ExecStart"] == [RUNNER]
     assert service["OnFailure"] == ["quankey-backup-failure@%n.service"] and service["SuccessExitStatus"] == ["75"]
     assert service["StandardOutput"] == ["append:/var/log/quankey/backup.log"]
-    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey"]
+    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey -/var/lib/prometheus/node-exporter"]
     for key, value in (("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes")):
         assert service[key] == [value], key
     assert timer["OnCalendar"] == [ON_CALENDAR[host_vars["pg_backup_schedule"]]] and timer["Persistent"] == ["true"]
@@ -189,14 +189,19 @@ def test_iam_policy_allows_only_this_hosts_prefixes(host, hostname, host_vars, s
     assert policy["Version"] == "2012-10-17"
     listing = statements["ListOwnPrefixes"]
     assert (listing["Action"], listing["Resource"]) == ("s3:ListBucket", bucket_arn)
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix + "*" for prefix in own]}}
+    drills = _key_prefix(host_vars) + "drills/%s/" % hostname
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [prefix + "*" for prefix in own + [drills]]}}
     objects = statements["ReadWriteOwnObjects"]
     assert sorted(objects["Action"]) == ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject",
                                          "s3:GetObjectTagging", "s3:PutObject", "s3:PutObjectTagging",
                                          "s3:RestoreObject"]
     assert objects["Resource"] == ["%s/%s*" % (bucket_arn, prefix) for prefix in own]
+    # the drill reports of this host's databases: read only
+    reports = statements["ReadOwnDrillReports"]
+    assert (reports["Action"], reports["Resource"]) == ("s3:GetObject", "%s/%s*" % (bucket_arn, drills))
     # nothing else reaches objects: the other statements are bucket-level only
-    assert all(item["Resource"] == bucket_arn for sid, item in statements.items() if sid != "ReadWriteOwnObjects")
+    assert all(item["Resource"] == bucket_arn for sid, item in statements.items()
+               if sid not in ("ReadWriteOwnObjects", "ReadOwnDrillReports"))
     assert all(item["Effect"] == "Allow" for item in policy["Statement"])
 
 

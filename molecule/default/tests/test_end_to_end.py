@@ -38,6 +38,11 @@ def test_a_scheduled_run_backs_up_every_database(host, hostname, host_vars, serv
         assert latest["object_key"] == "%sbackups/postgresql/%s/%s/%s.encrypted" % (prefix, hostname, db, latest["name"])
         assert latest["table_count"] == sampledb.TABLE_COUNT
         assert "database %s: prune" % db in log
+        for command in ("backup", "prune"):  # each run recorded itself for node_exporter (BACKUP_METRICS_DIR)
+            record = host.file("/var/lib/prometheus/node-exporter/quankey_backup_%s_%s.prom" % (command, db))
+            assert record.user == "quankey-backup" and record.mode == 0o644
+            assert 'quankey_backup_run_last_exit_code{command="%s",host="%s",database="%s"} 0' % (
+                command, hostname, db) in record.content_string.splitlines()
     # the log says what happened and holds no secret
     env = read_env_file(host)
     secrets = [name for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "BACKUP_ENCRYPTION_KEY", "BACKUP_SIGNING_KEY")

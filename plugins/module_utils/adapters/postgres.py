@@ -628,12 +628,13 @@ class PgClient:
         self.query("DROP ROLE IF EXISTS %s" % quote_ident(name), step="restore role")
 
     def side_databases(self):
-        """Databases named like a restore's staging or replaced database: ``[(name, size bytes, sessions)]``."""
+        """Databases named like a restore's staging or replaced database, or a drill's scratch database (catalog/dbnames.py):
+        ``[(name, size bytes, sessions)]``."""
         rows = self.query(
             "SELECT d.datname, pg_catalog.pg_database_size(d.oid), (SELECT pg_catalog.count(*) FROM "
             "pg_catalog.pg_stat_activity a WHERE a.datname = d.datname AND a.pid <> pg_catalog.pg_backend_pid()) "
             "FROM pg_catalog.pg_database d WHERE d.datname LIKE '%\\_\\_restoring\\_%' "
-            "OR d.datname LIKE '%\\_\\_replaced\\_%' ORDER BY 1", step="leftovers")
+            "OR d.datname LIKE '%\\_\\_replaced\\_%' OR d.datname LIKE '%\\_\\_drill\\_%' ORDER BY 1", step="leftovers")
         return [(row[0], int(row[1]), int(row[2])) for row in rows if len(row) == 3]
 
     def restore_logins(self, role):

@@ -9,14 +9,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import json
 import logging
 import os
 import queue
 import subprocess
 import threading
 
-from ..errors import IntegrityError
-from .postgres import count_toc_tables
+from ..errors import IntegrityError, PostgresError
+from .postgres import QUERY_PGOPTIONS, count_toc_tables, explain_client_error, quote_ident
 
 LOG = logging.getLogger("quankey_backup")
 
@@ -146,6 +147,107 @@ class TocReader:
     def kill(self):
         """Cleanup after a failure."""
         self.child.kill()
+
+
+# The tables whose rows a backup counts (BACKUP_COUNT_ROWS): those holding data (relkind r: a partitioned table's rows
+# are its partitions'), outside the system schemas, not an extension's; each as one JSON line [schema, name].
+ROW_COUNT_TABLES_SQL = (
+    "SELECT pg_catalog.jsonb_build_array(n.nspname, c.relname)::text FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+    "AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
+    "WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e') "
+    "ORDER BY 1")
+
+
+class SnapshotSession:
+    """A psql session holding a REPEATABLE READ transaction open whose snapshot pg_dump takes (``--snapshot``).
+
+    ``open()`` starts it and returns the exported snapshot's id; ``count_rows()`` counts the rows of every user table
+    in that snapshot, so the counts are exactly what the dump holds (a full scan per table); ``close()`` ends the
+    transaction (read only: nothing to commit). The session's locks (ACCESS SHARE on each table counted) last until
+    then, and its own lock waits end after ``lock_wait_timeout`` seconds, as pg_dump's do. SQL goes to psql's stdin;
+    names reach SQL only quoted (quote_ident), and come back as JSON, one line each.
+    """
+
+    def __init__(self, pg, database, lock_wait_timeout):
+        self.pg = pg
+        self.database = database
+        self.lock_wait_timeout = int(lock_wait_timeout)
+        self.child = None
+
+    def open(self):
+        """Start the session; the snapshot id (``pg_export_snapshot()``)."""
+        argv = [self.pg.tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        argv += self.pg.connection_args(self.database) + ["-f", "-"]
+        env = self.pg.environment()
+        env["PGOPTIONS"] = QUERY_PGOPTIONS
+        self.child = Child(argv, env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, name="psql (snapshot)")
+        return self._ask("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSET LOCAL lock_timeout = '%ds';\n"
+                         "SET LOCAL row_security = off;\nSELECT pg_catalog.pg_export_snapshot();\n"
+                         % self.lock_wait_timeout, 1)[0]
+
+    def count_rows(self):
+        """``[[schema, table, rows], ...]`` of every user table (see ROW_COUNT_TABLES_SQL), in the snapshot."""
+        self._send(ROW_COUNT_TABLES_SQL + ";\nSELECT 'end-of-tables';\n")
+        tables = []
+        while True:
+            line = self._line()
+            if line == "end-of-tables":
+                break
+            tables.append(json_pair(line))
+        counts = []
+        for schema, table in tables:
+            rows = self._ask("SELECT pg_catalog.count(*) FROM %s.%s;\n" % (quote_ident(schema), quote_ident(table)), 1)
+            counts.append([schema, table, int(rows[0])])
+        return counts
+
+    def close(self):
+        """End the transaction and the session (also after a failure; never raises)."""
+        if self.child is None:
+            return
+        child, self.child = self.child, None
+        try:
+            child.feed(b"ROLLBACK;\n")
+            child.wait()
+        except OSError:
+            child.kill()
+
+    def _send(self, sql):
+        if not self.child.feed(sql.encode("utf-8")):
+            self._fail()
+        try:
+            self.child.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self._fail()
+
+    def _line(self):
+        line = self.child.proc.stdout.readline()
+        if not line:
+            self._fail()
+        return line.decode("utf-8", "replace").rstrip("\n")
+
+    def _ask(self, sql, lines):
+        self._send(sql)
+        return [self._line() for _number in range(lines)]
+
+    def _fail(self):
+        child, self.child = self.child, None
+        child.kill()
+        raise PostgresError("counting rows in the dump's snapshot failed: %s"
+                            % explain_client_error(child.stderr_text(), self.pg.where, self.pg.user, self.database,
+                                                   self.pg.settings.label), step="count rows")
+
+
+def json_pair(line):
+    """``[schema, table]`` from a line of ROW_COUNT_TABLES_SQL's answer."""
+    try:
+        pair = json.loads(line)
+    except ValueError:
+        pair = None
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(item, str) for item in pair)):
+        raise PostgresError("unexpected answer listing the tables to count: %r" % line[:200], step="count rows")
+    return pair
 
 
 def prefetch(iterable, depth=4):

@@ -20,7 +20,7 @@ from ..errors import RefusedError
 from . import layout
 
 PG_NAME_LIMIT = 63
-_SIDE_NAME_RE = re.compile(r"\A(?P<target>.*)__(?P<tag>restoring|replaced)_(?P<stamp>\d{12})_[0-9a-f]{4}\Z", re.DOTALL)
+_SIDE_NAME_RE = re.compile(r"\A(?P<target>.*)__(?P<tag>restoring|replaced|drill)_(?P<stamp>\d{12})_[0-9a-f]{4}\Z", re.DOTALL)
 
 
 def fit_name(text, limit=PG_NAME_LIMIT):
@@ -51,6 +51,7 @@ def check_target_name(target, option="--target-db"):
 
 
 STAGING_TAG, REPLACED_TAG = "restoring", "replaced"
+DRILL_TAG = "drill"  # a restore drill's scratch database (workflows/drill.py)
 
 
 def side_name(target, tag, when=None):

@@ -18,8 +18,16 @@ from ..errors import IntegrityError
 from ..formats import globaldoc, openssl_enc, pgarchive
 from .layout import UTC, METADATA_SUFFIX, basename_timestamp, format_timestamp, parse_timestamp
 
-# 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2); 4: globals
-METADATA_VERSION = 5
+# 2: signed (signing.py); 3: data key wrapped with the backup's identity (FORMAT.md, version 2); 4: globals;
+# 5: range indexes; 6: row counts (BACKUP_COUNT_ROWS). A backup without row counts is still written as version 5, so
+# that readers of version 5 read it: only a document that holds row_counts says 6.
+METADATA_VERSION = 6
+ROW_COUNTS_VERSION = 6
+
+
+def version_for(row_counts):
+    """The metadata_version a document written now says: 6 only when it holds row counts (see above)."""
+    return ROW_COUNTS_VERSION if row_counts is not None else ROW_COUNTS_VERSION - 1
 
 
 BACKUP_TYPE = "postgresql_full"
@@ -42,16 +50,17 @@ REQUIRED_FIELDS = SEED_FIELDS + ("compression", "key_id", "envelope", "object_ke
 # Every field a metadata object of the host layout may have (docs/FORMAT.md, "Metadata object"); any other is refused.
 HOST_FIELDS = frozenset(REQUIRED_FIELDS + (
     "metadata_version", "signature", "recipient_ids", "created_at", "storage_class", "dump_bytes", "duration_seconds",
-    "server_version", "pg_dump_version", "database_settings", "adopted_from", "globals", "data_ranges"))
+    "server_version", "pg_dump_version", "database_settings", "adopted_from", "globals", "data_ranges", "row_counts"))
 
 
 def build_metadata(settings_view, *, basename, when, object_key, size_bytes, checksum, envelope, key_id, table_count,
                    dump_bytes, duration, server_version, pg_dump_version, database_settings, encryption_name,
-                   quantum_safe=True, dump_format=DUMP_FORMAT, globals_summary=None, data_ranges=None):
+                   quantum_safe=True, dump_format=DUMP_FORMAT, globals_summary=None, data_ranges=None, row_counts=None):
     """The metadata document of a committed backup: every seed field plus what restore and health need.
 
     ``settings_view`` is Settings.describe() (with ``db_name``); every other field is named. ``globals_summary``
-    (formats/globaldoc.summary) describes the backup's globals object, when it has one.
+    (formats/globaldoc.summary) describes the backup's globals object, when it has one. ``row_counts``
+    (``[[schema, table, rows], ...]``, BACKUP_COUNT_ROWS) are the exact row counts of the dump's snapshot.
     """
     metadata = {
         "backup_type": BACKUP_TYPE,
@@ -63,7 +72,7 @@ def build_metadata(settings_view, *, basename, when, object_key, size_bytes, che
         "format": dump_format,
         "retention_days": settings_view["retention_days"],
         "quantum_safe": quantum_safe,
-        "metadata_version": METADATA_VERSION,
+        "metadata_version": version_for(row_counts),
         "name": basename,
         "created_at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host": settings_view["host"],
@@ -83,7 +92,30 @@ def build_metadata(settings_view, *, basename, when, object_key, size_bytes, che
         metadata["globals"] = globals_summary
     if data_ranges is not None:
         metadata["data_ranges"] = data_ranges
+    if row_counts is not None:
+        metadata["row_counts"] = sorted([schema, table, rows] for schema, table, rows in row_counts)
     return metadata
+
+
+def row_counts_of(metadata):
+    """``{(schema, table): rows}`` a backup's metadata recorded (BACKUP_COUNT_ROWS), or None when it recorded none."""
+    counts = metadata.get("row_counts")
+    if counts is None:
+        return None
+    return dict(((schema, table), rows) for schema, table, rows in counts)
+
+
+def _check_row_counts(value):
+    """row_counts: a list of ``[schema, table, rows]``, each table once."""
+    if not isinstance(value, list):
+        return False
+    seen = set()
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3 and _is_text(item[0]) and _is_text(item[1])
+                and _is_count(item[2])) or (item[0], item[1]) in seen:
+            return False
+        seen.add((item[0], item[1]))
+    return True
 
 
 def encode_metadata(metadata):
@@ -183,6 +215,7 @@ _HOST_FIELD_CHECKS = (
     ("database_settings", lambda value: value is None or isinstance(value, dict)),
     ("globals", globaldoc.check_summary),
     ("data_ranges", pgarchive.check_index),
+    ("row_counts", _check_row_counts),
     ("adopted_from", lambda value: isinstance(value, dict) and _is_text(value.get("object_key"))
      and _is_sha256(value.get("checksum_sha256"))),
 )

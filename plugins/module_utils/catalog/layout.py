@@ -130,6 +130,48 @@ def metadata_key(prefix, host, db, basename):
     return metadata_prefix(prefix, host, db) + basename + METADATA_SUFFIX
 
 
+def wal_prefix(prefix, host=None, timeline=None):
+    """The key prefix of the archived WAL (``<prefix>wal/<host>/<timeline>/``), narrowed to a host and timeline when
+    given (docs/FORMAT.md, "WAL objects")."""
+    base = prefix + "wal/"
+    if host:
+        base += host + "/"
+        if timeline:
+            base += timeline + "/"
+    return base
+
+
+def wal_key(prefix, host, timeline, name):
+    """The key of an archived WAL file: ``<prefix>wal/<host>/<timeline 8 hex>/<name>`` (catalog/walnames.py)."""
+    return wal_prefix(prefix, host, timeline) + name
+
+
+DRILL_SUFFIX = ".json"
+_DRILL_NAME_RE = re.compile(r"^(?P<ts>\d{8}_\d{6})\.json$")
+
+
+def drill_prefix(prefix, host=None, db=None):
+    """The key prefix of restore drill reports (``<prefix>drills/<host>/<db>/``), narrowed when given."""
+    return _scoped(prefix + "drills/", host, db)
+
+
+def drill_key(prefix, host, db, when):
+    """The key of the report of a drill of ``host``/``db`` that started at ``when``: ``<YYYYmmdd_HHMMSS>.json``."""
+    return drill_prefix(prefix, host, db) + format_timestamp(when) + DRILL_SUFFIX
+
+
+def drill_key_parts(prefix, key):
+    """``(host, db, started)`` of a drill report's key, or None when ``key`` is not one."""
+    base = drill_prefix(prefix)
+    if not key.startswith(base):
+        return None
+    parts = key[len(base):].split("/")
+    match = _DRILL_NAME_RE.match(parts[-1]) if len(parts) == 3 and parts[0] and parts[1] else None
+    if not match:
+        return None
+    return parts[0], parts[1], parse_timestamp(match.group("ts"))
+
+
 class BackupRecord:
     """One backup as the bucket lists it: its keys, its time, and its metadata once loaded."""
 

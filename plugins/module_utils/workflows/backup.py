@@ -18,7 +18,7 @@ import time
 from .. import keys
 from ..adapters import pgglobals
 from ..adapters.postgres import explain_client_error
-from ..adapters.process import CHUNK, Child, TocReader
+from ..adapters.process import CHUNK, Child, SnapshotSession, TocReader
 from ..adapters.s3 import choose_part_size, lock_of_settings
 from ..catalog import documents, layout
 from ..errors import AccessDeniedError, ConflictError, IntegrityError, PostgresError, RefusedError
@@ -58,7 +58,8 @@ class BackupPlan:
                 "pg_dump_version": self.dump_version, "compression": self.settings.compression,
                 "encryption": self.settings.encryption, "storage_class": self.settings.storage_class,
                 "key_id": self.context.active_key_id(), "signing_key_id": self.context.signer()[0],
-                "globals": self.settings.globals, "object_lock": _lock_view(self.store.object_lock)}
+                "globals": self.settings.globals, "object_lock": _lock_view(self.store.object_lock),
+                "row_counts": self.settings.count_rows}
 
 
 def plan_backup(settings, store=None, now=None, *, pg=None):
@@ -116,8 +117,21 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
             cluster = pgglobals.capture(pg, settings.db_name, settings.host, basename)
             for warning in cluster["warnings"]:
                 LOG.warning("%s (%s)", warning, settings.label("globals") + "=false leaves the globals out")
-    with stages("dump_upload", total=plan.db_size, estimated=True):  # the dump's size is not known before its end
-        stored = _BackupStream(plan, make_encryptor(), progress, indexed=modes.get(encryption).authenticated).run()
+    session = row_counts = snapshot = None
+    try:
+        if settings.count_rows:  # BACKUP_COUNT_ROWS: exact row counts, taken in the snapshot pg_dump then dumps
+            with stages("count_rows"):
+                session = SnapshotSession(pg, settings.db_name, settings.lock_wait_timeout)
+                snapshot = session.open()
+                row_counts = session.count_rows()
+            LOG.info("counted the rows of %d tables (%d rows) in snapshot %s", len(row_counts),
+                     sum(item[2] for item in row_counts), snapshot)
+        with stages("dump_upload", total=plan.db_size, estimated=True):  # the dump's size is not known before its end
+            stored = _BackupStream(plan, make_encryptor(), progress, indexed=modes.get(encryption).authenticated,
+                                   snapshot=snapshot).run()
+    finally:
+        if session is not None:
+            session.close()
     globals_key = layout.globals_key(obj_key)
     with stages("commit"):
         try:
@@ -134,7 +148,7 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
             dump_bytes=stored["dump_bytes"], duration=duration,
             server_version=_format_server_version(plan.server_version), pg_dump_version=plan.dump_version,
             database_settings=plan.db_settings, encryption_name=encryption, globals_summary=globals_summary,
-            data_ranges=stored["data_ranges"])
+            data_ranges=stored["data_ranges"], row_counts=row_counts)
         if recipient_ids:
             metadata["recipient_ids"] = recipient_ids
         metadata = context.sign(metadata)
@@ -155,8 +169,15 @@ def run_backup(settings, progress=None, store=None, now=None, *, pg=None):
         "host": settings.host, "database": settings.db_name, "recipient_ids": recipient_ids,
         "signing_key_id": metadata["signature"]["key_id"], "globals": globals_summary,
         "s3_retries": store.retry_counts(since=retried), "object_lock": _lock_view(store.object_lock, when),
-        "replica": replicated,
+        "replica": replicated, "row_counts": _row_counts_view(row_counts),
     }
+
+
+def _row_counts_view(row_counts):
+    """What a result says of the row counts (BACKUP_COUNT_ROWS): None when not counted, else tables and rows."""
+    if row_counts is None:
+        return None
+    return {"tables": len(row_counts), "rows": sum(item[2] for item in row_counts)}
 
 
 def _lock_view(lock, when=None):
@@ -255,8 +276,9 @@ def _delete_quietly(store, key):
 class _BackupStream:
     """pg_dump -> compress -> encrypt -> hash -> multipart upload, for one object (a :class:`BackupPlan`'s)."""
 
-    def __init__(self, plan, encryptor, progress, indexed=False):
+    def __init__(self, plan, encryptor, progress, indexed=False, snapshot=None):
         self.indexed = indexed
+        self.snapshot = snapshot
         self.pg = plan.pg
         self.settings = plan.settings
         self.store = plan.store
@@ -269,7 +291,10 @@ class _BackupStream:
         """Stream the dump into the store; returns sizes, checksum and table count, or raises (upload aborted)."""
         dump = toc = upload = None
         try:
-            dump = Child(self.pg.dump_argv(self.settings.db_name), self.pg.environment(), stdin=subprocess.DEVNULL,
+            argv = self.pg.dump_argv(self.settings.db_name)
+            if self.snapshot:  # the snapshot whose rows were counted (the exporting transaction stays open meanwhile)
+                argv.insert(1, "--snapshot=%s" % self.snapshot)
+            dump = Child(argv, self.pg.environment(), stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, name="pg_dump")
             toc = TocReader(self.pg)
             upload = self.store.open_multipart(self.key, choose_part_size(self.db_size * 2))

@@ -22,10 +22,10 @@ import datetime
 from .. import keys
 from ..catalog import layout, trust
 from ..formats import crypto, modes
-from . import leftovers, wiring
+from . import drill, leftovers, wiring
 from .inventory import list_backups as _list_backups, load_metadata as _load_metadata
-from ..errors import (BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK, IntegrityError,
-                      StorageError, WrongKeyError)
+from ..errors import (AccessDeniedError, BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_HEALTH_WARNING, EXIT_OK,
+                      IntegrityError, StorageError, WrongKeyError)
 from ..units import human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
@@ -270,8 +270,8 @@ def replica_findings(newest_good, replica_records, policy, bucket):
                             "backups)" % (held[0].basename, lag, policy.interval_hours))
     if not problems:
         return []
-    return [_finding("replica", WARNING, "; ".join(problems) + ": the backup logs say why its copy failed (the next "
-                     "backup copies itself again, older ones are not copied)")]
+    return [_finding("replica", WARNING, "; ".join(problems) + ": the backup logs say why its copy failed; "
+                     "`quankey-backup replicate` copies what the replica lacks")]
 
 
 def overall_status(findings):
@@ -296,6 +296,12 @@ def report_lines(report):
         if kept:
             lines.append("  globals: %d role(s), %d membership(s), %d tablespace(s), passwords %s"
                          % (kept["roles"], kept["memberships"], kept["tablespaces"], kept["passwords"]))
+    last_drill = report.get("drill")
+    if last_drill:
+        lines.append("  drill: %s %s, backup %s, RTO %s, RPO %.1f h" % (
+            last_drill["result"], last_drill["timestamp"], last_drill["backup"],
+            "%.1fs" % last_drill["rto_seconds"] if last_drill["rto_seconds"] is not None else "-",
+            (last_drill["rpo_seconds"] or 0) / 3600.0))
     for finding in report["findings"]:
         lines.append("  %-8s %-18s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
     return lines
@@ -312,7 +318,8 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     list_backups = list_backups or _list_backups
     load_metadata = load_metadata or _load_metadata
     report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
-              "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": []}
+              "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": [],
+              "drill": None}
     try:
         settings.require("db_name", "bucket")
         store = wiring.store_or_open(settings, store, HEALTH_RETRY_WINDOW)
@@ -368,6 +375,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
         findings.append(_finding("s3_access", CRITICAL, str(exc)))
     else:
         findings.extend(leftover_findings(report["leftovers"], policy))
+    findings.extend(_drills(settings, store, signing_keys, now, report))
     if seed_records and not settings.allow_seed:
         findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
                                  "their metadata is unsigned; adopt them (quankey-backup adopt), or set %s to true to count them"
@@ -386,6 +394,22 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                                      "restored onto a new server, its roles must be made by hand; the next backup keeps "
                                      "them (%s)" % (records[0].basename, settings.label("globals"))))
     return _finish(report, findings)
+
+
+def _drills(settings, store, signing_keys, now, report):
+    """The drill rule (workflows/drill.py): ``report["drill"]``, the newest believed drill report (or None), and the
+    findings. A report is believed only when its signature verifies with a key held here (or no key is held here)."""
+    report["drill"] = None
+    explicit = settings.drill_max_age_days is not None
+    try:
+        found = drill.latest_drills(settings, store, settings.host, settings.db_name, signing_keys)
+    except AccessDeniedError as exc:  # a host whose IAM policy reaches only its own backups: drills not asked for here
+        return [_finding("drill", WARNING, "restore drill reports not read: %s" % exc)] if explicit else []
+    except StorageError as exc:
+        return [_finding("drill", WARNING if explicit else INFO, "restore drill reports not read: %s" % exc)]
+    report["drill"] = drill.summary(found["last"])
+    return [_finding("drill", severity, message) for severity, message in
+            drill.drill_findings(found, now, settings.drill_max_age_days or drill.DEFAULT_MAX_AGE_DAYS, explicit)]
 
 
 def _replica(settings, records, metadata_errors, header_errors, policy, list_backups):

@@ -19,7 +19,7 @@ import logging
 
 from .. import keys
 from ..catalog import layout, retention
-from ..errors import AccessDeniedError, ConfigError, IntegrityError
+from ..errors import AccessDeniedError, BackupError, ConfigError, IntegrityError
 from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
 
@@ -33,41 +33,83 @@ def policy_of(settings):
                             weekly=settings.keep_weekly, monthly=settings.keep_monthly, yearly=settings.keep_yearly)
 
 
-def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
+def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica=None, replica_only=False):
     """Delete the backups no retention rule keeps (catalog/retention.py: age, the newest BACKUP_MIN_KEEP good ones, the
     calendar rules), and what interrupted runs left behind once stale and unused (leftovers.py): orphan objects, open
     uploads, staging databases, restore logins.
 
     The result names every backup's fate (``backups``: keep or delete, the rules that keep it, whether it is good)
     as well as the names ``kept`` and ``deleted``. ``store`` and ``pg`` are the adapters (default: the settings',
-    workflows/wiring.py; no PostgreSQL client when none can be made here: its leftovers are then not swept)."""
+    workflows/wiring.py; no PostgreSQL client when none can be made here: its leftovers are then not swept).
+
+    The replica (S3_REPLICA_BUCKET; ``replica``: its store, default the settings'): with ``replica_only`` only the
+    replica is pruned (`prune --replica`); else, with S3_REPLICA_PRUNE, the replica too, after the primary, its result
+    under ``replica`` (``{"error", "exit_code"}`` when that failed: the primary's prune stands). The replica is pruned
+    by the same rules computed on its own listing and its own objects, never by what the primary deleted: a primary
+    emptied by whoever took it over empties nothing on the replica."""
+    context = _prune_context(settings)
+    now = now or layout.utcnow()
+    if replica_only:
+        return prune_store(settings, _replica_store(settings, replica), context, now, dry_run)
     store = wiring.store_or_open(settings, store)
+    result = prune_store(settings, store, context, now, dry_run, pg=wiring.postgres_or_none(settings, pg))
+    result["replica"] = None
+    if settings.replica_bucket and settings.replica_prune:
+        try:
+            result["replica"] = prune_store(settings, _replica_store(settings, replica), context, now, dry_run)
+        except BackupError as exc:
+            LOG.error("prune of the replica s3://%s failed (the primary's prune is done): %s", settings.replica_bucket,
+                      exc)
+            result["replica"] = {"bucket": settings.replica_bucket, "error": str(exc), "exit_code": exc.exit_code}
+    return result
+
+
+def _prune_context(settings):
+    """The keys prune judges backups with; ConfigError without a key that verifies metadata signatures."""
     settings.require("db_name")
     context = keys.KeyContext(settings)
     if not context.signing_keys()[2]:
         raise ConfigError("prune keeps the newest %s backups whose metadata signature verifies here, and no key to "
                           "verify it with is set: set %s (or %s), as where the backups are made"
                           % (settings.label("min_keep"), settings.label("signing_key"), settings.label("encryption_key")))
-    now = now or layout.utcnow()
+    return context
+
+
+def _replica_store(settings, replica=None):
+    """The replica's store (``replica`` when given); ConfigError without S3_REPLICA_BUCKET."""
+    if replica is not None:
+        return replica
+    if not settings.replica_bucket:
+        raise ConfigError("prune --replica prunes the replica bucket and none is set: set %s (docs/CLI.md, Replica)"
+                          % settings.label("replica_bucket"))
+    return wiring.open_replica(settings)
+
+
+def backup_problem(store, context, record):
+    """None when the backup at ``record`` in ``store`` is good (its data object there, of the size its metadata
+    records, and metadata whose signature verifies here and that names the backup at its place), else why not, in a
+    few words. Loads the record's metadata (unless loaded) and judges it."""
+    if not record.has_object:
+        return "no data object"
+    try:
+        metadata = load_metadata(store, record)
+    except IntegrityError:
+        return "metadata unreadable"
+    if metadata["size_bytes"] != record.object_size:
+        return "data object is %d bytes, its metadata says %s" % (record.object_size, metadata["size_bytes"])
+    record.verdict = context.verdict(record)
+    return None if record.verdict.trusted else "metadata signature: %s" % record.verdict.describe()
+
+
+def prune_store(settings, store, context, now, dry_run=False, pg=None):
+    """:func:`run_prune` on one bucket (the primary or the replica): the retention rules on ``store``'s own listing
+    of this host and database, the backups to delete deleted (metadata first), keepers tagged, leftovers swept
+    (PostgreSQL's only with ``pg``). The result says which bucket (``bucket``)."""
     policy = policy_of(settings)
     records, orphans = list_backups(settings, store, seed=False)  # the seed's layout is not ours to prune
-
-    def problem(record):
-        """None when the backup is good, else why not, in a few words."""
-        if not record.has_object:
-            return "no data object"
-        try:
-            metadata = load_metadata(store, record)
-        except IntegrityError:
-            return "metadata unreadable"
-        if metadata["size_bytes"] != record.object_size:
-            return "data object is %d bytes, its metadata says %s" % (record.object_size, metadata["size_bytes"])
-        verdict = context.verdict(record)
-        return None if verdict.trusted else "metadata signature: %s" % verdict.describe()
-
-    fates = retention.plan(records, now, policy, problem, locked=lambda record: locked_until(store, record))
+    fates = retention.plan(records, now, policy, lambda record: backup_problem(store, context, record),
+                           locked=lambda record: locked_until(store, record))
     delete = [fate for fate in fates if not fate.keep]
-    pg = wiring.postgres_or_none(settings, pg)
     found = leftovers.find(settings, store, orphans, now, pg=pg)
     if not dry_run:
         for fate in delete:
@@ -77,15 +119,15 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None):
                 store.delete(record.object_key)
             if not record.seed:
                 store.delete(layout.globals_key(record.object_key))  # its globals, if it has them (none: a no-op)
-            LOG.info("pruned %s (%s): %s", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     fate.reason(policy))
+            LOG.info("pruned %s (%s) in s3://%s: %s", record.basename, record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     store.bucket, fate.reason(policy))
     tagged = tag_keepers(store, fates, dry_run)
     swept = leftovers.sweep(store, pg, leftovers.stale(found), dry_run)
     result = {"kept": [fate.record.basename for fate in fates if fate.keep],
               "deleted": [fate.record.basename for fate in delete], "backups": [fate.summary(policy) for fate in fates],
               "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
               "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
-              "leftovers": found, "dry_run": dry_run, "tagged": tagged}
+              "leftovers": found, "dry_run": dry_run, "tagged": tagged, "bucket": store.bucket}
     result.update(policy.describe())
     return result
 

@@ -186,6 +186,7 @@ class RangedRestore:
         self.object = _Object(store, record, new_decryptor)
         self.prefix = None
         self.listing = None
+        self._prefix_file = None  # (fd, path) of the in-memory archive start, made once for every section
         self._children = []
         self._fds = []
         self._stop = threading.Event()
@@ -247,8 +248,10 @@ class RangedRestore:
         return self.listing
 
     def _section(self, section, extra=(), name=None):
-        """pg_restore of one section from the in-memory archive start."""
-        fd, path = self._file("quankey-archive-start", self.prefix)
+        """pg_restore of one section from the in-memory archive start (each pg_restore opens it anew by path)."""
+        if self._prefix_file is None:
+            self._prefix_file = self._file("quankey-archive-start", self.prefix)
+        fd, path = self._prefix_file
         child = self._child(self.argv + ["--section=%s" % section] + list(extra) + [path],
                             name or "pg_restore (%s)" % section, pass_fds=(fd,))
         status = child.wait()
@@ -320,3 +323,4 @@ class RangedRestore:
             except OSError:
                 pass
         self._fds = []
+        self._prefix_file = None

@@ -44,7 +44,8 @@ def rekey_metadata(record, context):
     target = context.mode()
     envelope, kid, ids = target.reseal(context, data_key, (record.host, record.db, basename))
     updated = dict(metadata)
-    updated.update(encryption=target.name, envelope=envelope, key_id=kid, metadata_version=documents.METADATA_VERSION)
+    updated.update(encryption=target.name, envelope=envelope, key_id=kid,
+                   metadata_version=documents.version_for(metadata.get("row_counts")))
     updated.pop("recipient_ids", None)
     if ids is not None:
         updated["recipient_ids"] = ids

@@ -289,7 +289,7 @@ def _verified_globals(record, document):
 
 def run_restore(settings, backup="latest", before=None, target_db=None, force=False, *, host=None, db=None,
                 no_owner=False, progress=None, store=None, allow_unsigned=False, allow_seed=None, as_admin=False,
-                restore_role=None, pg=None, with_globals=False, jobs=None):
+                restore_role=None, pg=None, with_globals=False, jobs=None, keep_role_owner=False):
     """Restore a backup into a new database (or, with ``force``, in place of an existing one).
 
     The data goes into a staging database first; only when pg_restore succeeded and
@@ -301,7 +301,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
     quankey_restore): a plain role, created when missing, through a login made for this restore
     only, so ``COPY ... TO PROGRAM``, untrusted languages and the like are refused. It runs as
     DB_USER only with ``as_admin`` (see :func:`_sql_runner`). Ownership is handed back to the
-    archive's owner where that is safe (:meth:`_SqlRunner.settle_ownership`).
+    archive's owner where that is safe (:meth:`SqlRunner.settle_ownership`); with ``keep_role_owner`` (a restore
+    drill, workflows/drill.py) the restore role keeps them, so that SQL run as that role can read what was restored.
 
     ``with_globals``: first create the roles the backup's globals hold that this server lacks (a
     signed backup only; an existing role changes only with ``force``), and afterwards give the
@@ -357,7 +358,7 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
                                                no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")),
                                                jobs=jobs)
         with stages("checks"):
-            owner = runner.settle_ownership(staging, owners, no_owner)
+            owner = runner.settle_ownership(staging, owners, no_owner, keep=keep_role_owner)
             owner = restored_globals.settle_database(staging, owner)
         with stages("swap"):
             replaced = None
@@ -496,7 +497,7 @@ def untrusted_source(settings, record):
 
 
 def _sql_runner(settings, pg, record, as_admin, restore_role):
-    """Who runs the archive's SQL (a :class:`_SqlRunner`), after every check that can refuse it.
+    """Who runs the archive's SQL (a :class:`SqlRunner`), after every check that can refuse it.
 
     The restore role (``restore_role``, default BACKUP_RESTORE_ROLE, quankey_restore), created when
     missing and refused when it could leave the database (superuser, server files, ...); DB_USER
@@ -509,10 +510,10 @@ def _sql_runner(settings, pg, record, as_admin, restore_role):
                         record.basename, doubt, pg.user)
         else:
             LOG.info("the SQL of backup %s runs as %s (--as-admin)", record.basename, pg.user)
-        return _SqlRunner(pg, None, trusted=True)
+        return SqlRunner(pg, None, trusted=True)
     role = restore_role or settings.restore_role
     check_restore_role(settings, pg, role, create=True)
-    return _SqlRunner(pg, role, trusted=doubt is None)
+    return SqlRunner(pg, role, trusted=doubt is None)
 
 
 def _short_risks(risks):
@@ -520,7 +521,7 @@ def _short_risks(risks):
     return ["it is a superuser"] if "it is a superuser" in risks else risks
 
 
-class _SqlRunner:
+class SqlRunner:
     """The login that runs a restored archive's SQL: the admin (``role`` None), or a temporary member of the restore role.
 
     For each restore a login role of its own (``<restore role>_<hex>``) is made, a member of the
@@ -596,19 +597,21 @@ class _SqlRunner:
             LOG.error("could not drop the restore login role %s (its password has expired; drop it by hand: "
                       "DROP OWNED BY %s; DROP ROLE %s): %s", self.login_role, self.login_role, self.login_role, exc)
 
-    def settle_ownership(self, staging, owners, no_owner):
+    def settle_ownership(self, staging, owners, no_owner, keep=False):
         """Hand what this restore created to its owner-to-be; returns that owner.
 
         The archive's main owner (most TOC entries) gets everything when it exists here and the backup
         is trusted, or when it is a plain role (a SECURITY DEFINER function of an untrusted archive
         must not end up owned by a superuser). With ``no_owner``, a trusted backup's objects go to the
-        admin login instead. Otherwise the restore role keeps them (and that is said).
+        admin login instead. Otherwise, or with ``keep``, the restore role keeps them (and that is said).
         """
         if self.role is None:
             return None if not no_owner else self.admin.user
         main = max(sorted(owners), key=lambda name: owners[name]) if owners else None
         wanted = self.role
-        if no_owner:
+        if keep:
+            pass
+        elif no_owner:
             wanted = self.admin.user if self.trusted else self.role
         elif main and self.admin.role_exists(main) and (self.trusted or not self.admin.role_risks(main)):
             wanted = main

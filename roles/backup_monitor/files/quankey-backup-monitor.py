@@ -9,7 +9,12 @@ Runs ``quankey-backup health --json`` for each configured database and writes
 - a Prometheus textfile-collector file (node_exporter's --collector.textfile.directory):
   quankey_backup_status (0 ok, 1 warning, 2 critical), quankey_backup_last_success_timestamp_seconds,
   quankey_backup_last_size_bytes, quankey_backup_age_seconds, quankey_backup_count,
-  quankey_backup_check_timestamp_seconds, quankey_backup_check_up,
+  quankey_backup_check_timestamp_seconds, quankey_backup_check_up, quankey_backup_finding (one per finding that is
+  not ok, labelled rule and severity), and the newest restore drill's quankey_backup_drill_last_timestamp_seconds,
+  quankey_backup_drill_last_passed, quankey_backup_drill_last_rto_seconds, quankey_backup_drill_last_rpo_seconds
+  (docs/MONITORING.md; each run's own record is the engine's, BACKUP_METRICS_DIR), and
+  quankey_backup_run_lost (1 when a run recorded its start in runs_dir and its process is gone without an end: killed
+  by the OOM killer or SIGKILL),
 and runs the alert command (``sh -c``) when the worst status reaches the configured level, with
 QUANKEY_BACKUP_STATUS, QUANKEY_BACKUP_SUMMARY and QUANKEY_BACKUP_STATUS_FILE in its environment
 and the status JSON on its standard input. Exits 0 (ok), 1 (warning) or 2 (critical).
@@ -23,6 +28,7 @@ __metaclass__ = type
 
 import argparse
 import calendar
+import glob
 import json
 import os
 import subprocess
@@ -44,7 +50,15 @@ METRICS = (
     ("quankey_backup_count", "Backups of this host and database in the bucket."),
     ("quankey_backup_check_timestamp_seconds", "Unix time of the last health check."),
     ("quankey_backup_check_up", "1 when the last health check produced a report, 0 when it could not run."),
+    ("quankey_backup_finding", "1 for each health finding that is not ok (labels rule and severity: warning, critical)."),
+    ("quankey_backup_drill_last_timestamp_seconds", "Unix time the newest restore drill of this database started."),
+    ("quankey_backup_drill_last_passed", "1 when the newest restore drill passed, 0 when it failed."),
+    ("quankey_backup_drill_last_rto_seconds", "Seconds the newest restore drill took to restore (its RTO)."),
+    ("quankey_backup_drill_last_rpo_seconds", "Age in seconds of the backup the newest drill restored, when it started "
+                                              "(its RPO)."),
 )
+RUN_LOST = ("quankey_backup_run_lost", "1 when the last run of this command recorded its start and its process is gone "
+                                       "without recording its end (killed), else 0.")
 
 
 def now_text():
@@ -118,11 +132,55 @@ def problems(report):
     return [item for item in report.get("findings", []) if item.get("severity") not in NOT_A_PROBLEM]
 
 
-def summarize(reports, checked_at):
-    """The status file's content: every report and the worst status."""
+def summarize(reports, checked_at, runs=()):
+    """The status file's content: every report, the worst status and the runs' records (with ``lost``)."""
     worst = max([rank(report) for report in reports] or [2])
     return {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(checked_at)), "status": STATUS_NAMES[worst],
-            "exit_code": worst, "databases": reports}
+            "exit_code": worst, "databases": reports, "runs": list(runs)}
+
+
+def process_alive(pid):
+    """Whether ``pid`` is a live quankey-backup process (a reused PID running something else is not)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as handle:
+            return b"quankey" in handle.read()
+    except OSError:
+        return True  # no /proc to ask: it exists
+
+
+def read_runs(directory, alive=process_alive):
+    """The run records (workflows/runrecord.py's JSON) of ``directory``, each with ``lost``: it started, did not end,
+    and its process is gone."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(directory, "quankey_backup_*.json"))) if directory else []:
+        try:
+            with open(path) as handle:
+                run = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(run, dict) or not run.get("command") or run.get("state") not in ("running", "ended"):
+            continue
+        run["lost"] = run["state"] == "running" and not alive(run.get("pid"))
+        runs.append(run)
+    return runs
+
+
+def render_runs(runs):
+    """quankey_backup_run_lost of each run record."""
+    if not runs:
+        return ""
+    name, text = RUN_LOST
+    lines = ["# HELP %s %s" % (name, text), "# TYPE %s gauge" % name]
+    lines += ['%s{command="%s",host="%s",database="%s"} %d' % (
+        name, _label(run["command"]), _label(run.get("host") or ""), _label(run.get("database") or "all"),
+        1 if run["lost"] else 0) for run in runs]
+    return "\n".join(lines) + "\n"
 
 
 def _label(value):
@@ -137,6 +195,16 @@ def render_metrics(reports, checked_at, host):
         samples["quankey_backup_status"].append((labels, rank(report)))
         samples["quankey_backup_check_timestamp_seconds"].append((labels, int(checked_at)))
         samples["quankey_backup_check_up"].append((labels, 1 if report.get("check_up") else 0))
+        for finding in problems(report):
+            samples["quankey_backup_finding"].append((labels[:-1] + ',rule="%s",severity="%s"}' % (
+                _label(finding.get("rule") or ""), _label(finding.get("severity") or "")), 1))
+        drill = report.get("drill")
+        if isinstance(drill, dict) and drill.get("timestamp"):
+            samples["quankey_backup_drill_last_timestamp_seconds"].append((labels, parse_utc(drill["timestamp"])))
+            samples["quankey_backup_drill_last_passed"].append((labels, 1 if drill.get("result") == "passed" else 0))
+            for key in ("rto_seconds", "rpo_seconds"):
+                if drill.get(key) is not None:
+                    samples["quankey_backup_drill_last_" + key].append((labels, round(float(drill[key]), 3)))
         if report.get("check_up"):
             samples["quankey_backup_count"].append((labels, int(report.get("backups") or 0)))
         latest = report.get("latest")
@@ -217,10 +285,15 @@ def main(argv=None):
         findings = [item["rule"] for item in problems(report)]
         log("INFO" if report["status"] == "ok" else "WARNING", "%s/%s: %s%s" % (
             report.get("host"), report.get("database"), report["status"], " (%s)" % ", ".join(findings) if findings else ""))
-    status = summarize(reports, checked_at)
+    runs = read_runs(config.get("runs_dir") or (os.path.dirname(config["textfile"]) if config.get("textfile") else ""))
+    for run in runs:
+        if run["lost"]:
+            log("WARNING", "%s of %s/%s started at %s and its process is gone without an end: killed (OOM, SIGKILL?)"
+                % (run["command"], run.get("host"), run.get("database"), run.get("started_at")))
+    status = summarize(reports, checked_at, runs)
     write_atomically(config["status_file"], json.dumps(status, indent=2, sort_keys=True) + "\n")
     if config.get("textfile"):
-        write_atomically(config["textfile"], render_metrics(reports, checked_at, config.get("host")))
+        write_atomically(config["textfile"], render_metrics(reports, checked_at, config.get("host")) + render_runs(runs))
     run_alert(config, status, config["status_file"])
     return status["exit_code"]
 

@@ -38,8 +38,8 @@ def _tasks(role):
                 yield name, inner
 
 
-def test_the_collection_has_the_three_roles():
-    assert ROLES == ["backup_monitor", "pg_backup", "restore_runbook"]
+def test_the_collection_has_the_four_roles():
+    assert ROLES == ["backup_monitor", "pg_backup", "restore_drill", "restore_runbook"]
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -10,6 +10,8 @@ __metaclass__ = type
 import json
 import os
 import stat
+import subprocess
+import sys
 import types
 
 import pytest
@@ -52,6 +54,31 @@ def test_metrics_carry_status_timestamp_size_and_age_per_database():
     # no backup: no timestamp, size or age sample for that series (absent, not zero)
     assert not any('database="other"' in line for line in lines if line.startswith("quankey_backup_last_"))
     assert "# TYPE quankey_backup_status gauge" in lines
+
+
+def test_the_newest_drill_and_every_finding_that_is_not_ok_are_metrics():
+    drilled = _report("app", "critical")
+    drilled["findings"].append({"rule": "drill", "severity": "critical", "message": "the last drill failed"})
+    drilled["findings"].append({"rule": "seed", "severity": "info", "message": "seed backups seen"})
+    drilled["drill"] = {"timestamp": "2025-08-08T04:00:00Z", "result": "failed", "backup": "app_backup_20250808_030000",
+                        "rto_seconds": 12.25, "rpo_seconds": 3600.0, "report_key": "drills/db1/app/x.json"}
+    passed = _report("other", "ok")
+    passed["drill"] = {"timestamp": "2025-08-09T01:00:00Z", "result": "passed", "backup": "b", "rto_seconds": 1.5,
+                       "rpo_seconds": None, "report_key": None}
+    never = _report("third", "ok")
+    never["drill"] = None
+    lines = monitor.render_metrics([drilled, passed, never], CHECKED_AT, "db1").splitlines()
+    assert 'quankey_backup_drill_last_timestamp_seconds{host="db1",database="app"} 1754625600' in lines
+    assert 'quankey_backup_drill_last_passed{host="db1",database="app"} 0' in lines
+    assert 'quankey_backup_drill_last_rto_seconds{host="db1",database="app"} 12.25' in lines
+    assert 'quankey_backup_drill_last_rpo_seconds{host="db1",database="app"} 3600.0' in lines
+    assert 'quankey_backup_drill_last_passed{host="db1",database="other"} 1' in lines
+    assert not any('database="other"' in line for line in lines if line.startswith("quankey_backup_drill_last_rpo"))
+    assert not any('database="third"' in line for line in lines if line.startswith("quankey_backup_drill_"))
+    assert 'quankey_backup_finding{host="db1",database="app",rule="drill",severity="critical"} 1' in lines
+    assert 'quankey_backup_finding{host="db1",database="app",rule="age",severity="critical"} 1' in lines
+    assert not any("seed" in line for line in lines)  # info is no problem
+    assert "# TYPE quankey_backup_finding gauge" in lines
 
 
 def test_label_values_are_escaped():
@@ -135,3 +162,33 @@ def test_a_failed_run_makes_every_report_critical_and_alerts(tmp_path):
     assert 'quankey_backup_status{host="db1",database="app"} 2' in (tmp_path / "quankey_backup.prom").read_text()
     assert alert.read_text() == ("critical|db1/app critical: the scheduled run quankey-backup.service failed: see "
                                  "journalctl -u quankey-backup.service and the backup log\n")
+
+
+def test_a_run_that_started_and_whose_process_is_gone_is_lost(tmp_path):
+    def state(command, database, run_state, pid):
+        return {"command": command, "host": "db1", "database": database, "state": run_state, "pid": pid,
+                "started_at": "2025-08-09T03:00:00Z"}
+    (tmp_path / "quankey_backup_backup_app.json").write_text(json.dumps(state("backup", "app", "running", 11)))
+    (tmp_path / "quankey_backup_prune_app.json").write_text(json.dumps(state("prune", "app", "running", 22)))
+    (tmp_path / "quankey_backup_drill_app.json").write_text(json.dumps(state("drill", "app", "ended", 33)))
+    (tmp_path / "quankey_backup_x.json").write_text("{broken")
+    runs = monitor.read_runs(str(tmp_path), alive=lambda pid: pid == 22)
+    assert [(run["command"], run["lost"]) for run in runs] == [("backup", True), ("drill", False), ("prune", False)]
+    lines = monitor.render_runs(runs).splitlines()
+    assert 'quankey_backup_run_lost{command="backup",host="db1",database="app"} 1' in lines
+    assert 'quankey_backup_run_lost{command="prune",host="db1",database="app"} 0' in lines
+    assert "# TYPE quankey_backup_run_lost gauge" in lines
+    assert monitor.render_runs([]) == "" and monitor.read_runs("") == []
+
+
+def test_process_alive_asks_the_process_table():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "quankey-backup"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert monitor.process_alive(child.pid)
+        assert not monitor.process_alive(other.pid)  # alive, but no quankey-backup process: a reused PID
+    finally:
+        for process in (child, other):
+            process.kill()
+            process.wait()
+    assert not monitor.process_alive(child.pid) and not monitor.process_alive(None)

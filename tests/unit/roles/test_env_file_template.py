@@ -34,6 +34,9 @@ def _render(**overrides):
         "pg_backup_s3_bucket": "quankey-backups-prod", "pg_backup_s3_prefix": "prod", "pg_backup_s3_endpoint_url": "",
         "pg_backup_s3_storage_class": "STANDARD_IA", "pg_backup_aws_profile": "", "pg_backup_aws_ca_bundle": "",
         "pg_backup_object_lock_mode": "", "pg_backup_object_lock_days": 30,
+        "pg_backup_replica_bucket": "", "pg_backup_replica_endpoint_url": "", "pg_backup_replica_region": "",
+        "pg_backup_replica_access_key_id": "", "pg_backup_replica_secret_access_key": "", "pg_backup_replica_prune": False,
+        "pg_backup_replica_iam_policy_path": "/etc/quankey/iam-policy-replica.json",
         "pg_backup_s3_validate_certs": True, "pg_backup_aws_config": {}, "pg_backup_encryption_key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=",
         "pg_backup_compression": "zstd", "pg_backup_host_id": "db1", "pg_backup_name": "quankey",
         "pg_backup_retention_days": 30, "pg_backup_min_keep": 3, "_pg_backup_health_schedule": "daily",
@@ -43,6 +46,8 @@ def _render(**overrides):
         "pg_backup_encryption": "aes-256-gcm", "pg_backup_recipients": [], "pg_backup_signing_key": "",
         "pg_backup_restore_role": "quankey_restore", "pg_backup_seed_passphrase": "", "pg_backup_seed_kdf": "",
         "_pg_backup_seed_kept": {}, "_pg_backup_seed_copy": "", "pg_backup_globals": True,
+        "pg_backup_count_rows": False,
+        "pg_backup_metrics_dir": "/var/lib/prometheus/node-exporter",
     }
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True,
@@ -153,7 +158,9 @@ def test_the_role_lists_every_variable_its_template_writes():
                     pg_backup_signing_key="k", pg_backup_seed_passphrase="p", pg_backup_seed_kdf="evp-md5",
                     pg_backup_aws_profile="backup", pg_backup_aws_ca_bundle="/etc/ssl/s3.pem",
                     pg_backup_aws_config={"read_timeout": 60}, pg_backup_env_extra={},
-                    pg_backup_object_lock_mode="governance")
+                    pg_backup_object_lock_mode="governance", pg_backup_replica_bucket="copy",
+                    pg_backup_replica_endpoint_url="http://s3-2", pg_backup_replica_region="eu-west-1",
+                    pg_backup_replica_access_key_id="a", pg_backup_replica_secret_access_key="s")
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)
@@ -177,6 +184,14 @@ def test_the_globals_setting_is_written_for_the_engine(given, written, kept):
     assert config.settings_from_env(values).globals is kept
 
 
+@pytest.mark.parametrize("given, kept", [(True, True), (False, False), ("yes", True), ("no", False)])
+def test_the_count_rows_setting_is_written_and_read_back_by_the_engine(given, kept):
+    """pg_backup_count_rows (a bool, or yes/no) -> BACKUP_COUNT_ROWS, which the engine reads back."""
+    values = config.parse_env_text(_render(pg_backup_count_rows=given))
+    assert values["BACKUP_COUNT_ROWS"] == ("true" if kept else "false")
+    assert config.settings_from_env(values).count_rows is kept
+
+
 def test_the_calendar_retention_rules_are_written_and_read_back_by_the_engine():
     values = config.parse_env_text(_render(pg_backup_keep_daily=7, pg_backup_keep_weekly=4, pg_backup_keep_monthly=12,
                                            pg_backup_keep_yearly=3))
@@ -192,3 +207,22 @@ def test_the_object_lock_settings_are_written_only_with_a_mode_and_read_back_by_
     values = config.parse_env_text(text)
     settings = config.settings_from_env(values)
     assert (settings.object_lock_mode, settings.object_lock_days) == ("compliance", 45)
+
+
+def test_the_metrics_dir_is_written_only_when_set_and_read_back_by_the_engine():
+    assert config.parse_env_text(_render())["BACKUP_METRICS_DIR"] == "/var/lib/prometheus/node-exporter"
+    assert "BACKUP_METRICS_DIR" not in config.parse_env_text(_render(pg_backup_metrics_dir=""))
+
+
+def test_the_replica_is_written_only_when_set_and_read_back_by_the_engine():
+    assert not [name for name in config.parse_env_text(_render()) if name.startswith("S3_REPLICA_")]
+    text = _render(pg_backup_replica_bucket="copy", pg_backup_replica_endpoint_url="https://s3.other.example",
+                   pg_backup_replica_access_key_id="AKIAREPLICA", pg_backup_replica_secret_access_key=NASTY,
+                   pg_backup_replica_prune=True)
+    values = config.parse_env_text(text)
+    assert values["S3_REPLICA_SECRET_ACCESS_KEY"] == NASTY and "S3_REPLICA_REGION" not in values
+    settings = config.settings_from_env(values)
+    assert (settings.replica_bucket, settings.replica_endpoint_url, settings.replica_access_key) == (
+        "copy", "https://s3.other.example", "AKIAREPLICA")
+    assert settings.replica_prune is True and settings.replica_secret_key == NASTY
+    assert "\n\n# Backups\n" in text  # the replica's lines end where the S3 section does

@@ -29,7 +29,8 @@ LABELS = {"host_id": "pg_backup_host_id", "encryption_key": "pg_backup_encryptio
 
 
 def test_the_filters_are_registered():
-    assert set(engine.FilterModule().filters()) == {"backup_prefixes", "settings_error", "env_extra_error"}
+    assert set(engine.FilterModule().filters()) == {"backup_prefixes", "drill_reports_prefix", "settings_error",
+                                                        "env_extra_error"}
 
 
 @pytest.mark.parametrize("prefix", ["", "prod", "/prod/", "a/b/"])
@@ -40,6 +41,13 @@ def test_backup_prefixes_are_the_catalogs(prefix):
     assert all(key.startswith(found) for key, found in zip(
         (layout.object_key(normalized, "db1", "q", "q_backup_20250809_030000"),
          layout.metadata_key(normalized, "db1", "q", "q_backup_20250809_030000")), expected))
+
+
+def test_drill_reports_prefix_is_the_catalogs():
+    assert engine.drill_reports_prefix("db2", "/prod/") == "prod/drills/db2/"
+    assert engine.drill_reports_prefix("db2") == "drills/db2/"
+    with pytest.raises(AnsibleFilterError, match="needs a host id"):
+        engine.drill_reports_prefix("")
 
 
 def test_backup_prefixes_spell_out_the_layout():

@@ -17,12 +17,13 @@ import pytest
 import yaml
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, config
-from ansible_collections.quankey.backup.plugins.modules import backup_adopt, backup_health, backup_info, backup_rekey
+from ansible_collections.quankey.backup.plugins.modules import backup_adopt, backup_drill, backup_health, backup_info
+from ansible_collections.quankey.backup.plugins.modules import backup_rekey, backup_replicate
 from ansible_collections.quankey.backup.plugins.modules import pg_encrypted_backup, s3_backup_restore
 
 MODULES = {"pg_encrypted_backup": pg_encrypted_backup, "s3_backup_restore": s3_backup_restore,
            "backup_health": backup_health, "backup_info": backup_info, "backup_rekey": backup_rekey,
-           "backup_adopt": backup_adopt}
+           "backup_adopt": backup_adopt, "backup_drill": backup_drill, "backup_replicate": backup_replicate}
 
 
 def _accepted(module):

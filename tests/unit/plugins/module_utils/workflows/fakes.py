@@ -702,7 +702,7 @@ class FakePg:
         self._faulty("side_databases")
         return [(name, len(self.content(name) or b""), info["sessions"])
                 for name, info in sorted(self.server.databases.items())
-                if "__restoring_" in name or "__replaced_" in name]
+                if "__restoring_" in name or "__replaced_" in name or "__drill_" in name]
 
     def restore_logins(self, role):
         return [(name, info["valid_until"]) for name, info in sorted(self.server.roles.items())
