@@ -93,6 +93,10 @@ def test_a_scheduled_drill_restores_the_newest_backup_and_stores_its_report(host
     env = read_env_file(drill, ENV_FILE)
     for name in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "BACKUP_ENCRYPTION_KEY"):
         assert env[name] not in log
+    # the run is recorded for node_exporter (restore_drill_metrics_dir): a failed or killed drill run alerts
+    prom = drill.file(env["BACKUP_METRICS_DIR"] + "/quankey_backup_drill_all.prom")
+    assert prom.is_file and prom.user == "quankey-backup", env["BACKUP_METRICS_DIR"]
+    assert 'quankey_backup_run_last_exit_code{command="drill",host="drill1",database="all"} 0\n' in prom.content_string
 
 
 def test_the_splay_sleeps_a_random_time_within_its_bound_first(hosts):

@@ -36,6 +36,7 @@ def _render(template, **overrides):
         "_restore_drill_lock_file": "/var/lib/quankey-backup/drill.lock",
         "_restore_drill_command": "/opt/quankey-backup/venv/bin/quankey-backup",
         "_restore_drill_log_file": "/var/log/quankey/drill.log",
+        "restore_drill_metrics_dir": "/var/lib/prometheus/node-exporter",
     })
     values.update(overrides)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROLE_DIR, "templates")),
@@ -55,6 +56,8 @@ def test_the_engine_reads_back_every_value_of_the_env_file():
         "quankey-backups-prod", "prod/", "drill1", "quankey_restore")
     assert settings.drill_assertions == ["SELECT count(*) > 0 FROM \"users\" WHERE name <> 'x'"]
     assert settings.encryption_key == KEY
+    assert values["BACKUP_METRICS_DIR"] == "/var/lib/prometheus/node-exporter"  # the drill runs are recorded
+    assert "BACKUP_METRICS_DIR" not in config.parse_env_text(_render("drill.env.j2", restore_drill_metrics_dir=""))
 
 
 def test_optional_values_are_written_only_when_set():
