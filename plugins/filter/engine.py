@@ -148,4 +148,5 @@ class FilterModule(object):
     """quankey.backup's filters."""
 
     def filters(self):
-        return {"backup_prefixes": backup_prefixes, "drill_reports_prefix": drill_reports_prefix, "settings_error": settings_error, "env_extra_error": env_extra_error}
+        return {"backup_prefixes": backup_prefixes, "drill_reports_prefix": drill_reports_prefix,
+                "settings_error": settings_error, "env_extra_error": env_extra_error}

@@ -30,7 +30,7 @@ LABELS = {"host_id": "pg_backup_host_id", "encryption_key": "pg_backup_encryptio
 
 def test_the_filters_are_registered():
     assert set(engine.FilterModule().filters()) == {"backup_prefixes", "drill_reports_prefix", "settings_error",
-                                                        "env_extra_error"}
+                                                    "env_extra_error"}
 
 
 @pytest.mark.parametrize("prefix", ["", "prod", "/prod/", "a/b/"])
