@@ -43,6 +43,10 @@ def test_a_table_locked_by_a_migration_fails_the_backup_in_bounded_time_naming_t
     finally:
         holder.kill()
         holder.wait()
+        # its backend sleeps on in the transaction, holding the lock, after psql is gone: end it, so the next tests on
+        # this server do not wait up to a minute for the table
+        testbed.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s' "
+                        "AND pid <> pg_backend_pid()" % source)
 
 
 def test_a_missing_owner_role_is_named_with_its_fix(testbed):

@@ -131,6 +131,11 @@ def test_a_killed_backup_shows_a_start_after_its_end_and_the_health_check_calls_
             backup.wait()
         locker.kill()
         locker.wait()
+        # The server side outlives both clients: the locker's backend sleeps on in its transaction, holding the lock,
+        # and the killed backup's pg_dump waits for it (it was not killed with its parent). End them, so the next
+        # tests on this server do not wait up to a minute for the lock.
+        testbed.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s' "
+                        "AND pid <> pg_backend_pid()" % source)
     labels = 'command="backup",host="db1",database="%s"' % source
     found = _samples(textfile / ("quankey_backup_backup_%s.prom" % source))
     assert (found[("quankey_backup_run_last_start_timestamp_seconds", labels)]
