@@ -38,8 +38,11 @@ def _json(proc):
 
 def _seed_history(testbed, env, tmp_path):
     """Three seed backups of different kinds, as a seed host left them: (name, options) oldest first."""
-    days = [datetime.datetime.now(UTC) - datetime.timedelta(days=ago) for ago in (3, 2, 1)]
-    made = [("quankey_backup_" + day.strftime("%Y%m%d_030000"), options) for day, options in zip(days, [
+    # a nightly run's, the newest 20 hours old whenever the test runs (yesterday's 03:00 is past the 36-hour age limit
+    # from 15:00 UTC on)
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    days = [now - datetime.timedelta(hours=20 + 24 * ago) for ago in (2, 1, 0)]
+    made = [("quankey_backup_" + day.strftime("%Y%m%d_%H%M%S"), options) for day, options in zip(days, [
         dict(enc_options="-md md5"), dict(dump_options="", compress="gzip"), dict()])]
     for name, options in made:
         seed_backup(testbed, env, tmp_path, name, passphrase=env["BACKUP_SEED_PASSPHRASE"], **options)
