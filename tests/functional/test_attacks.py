@@ -167,7 +167,9 @@ def test_a_seed_meta_without_a_timestamp_is_refused_before_any_database_exists(t
 EVIL_SQL = """
 CREATE FUNCTION public.run(n int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {marks}/ran-in-' || current_database());
+    -- the program reads what COPY writes: one that exits first (touch alone) can make the server's pclose fail with
+    -- a broken pipe, now and then, and the restore with it
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat >/dev/null; touch {marks}/ran-in-' || current_database());
     RETURN n;
 END $$;
 CREATE FUNCTION public.evil(n int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN public.run(n); END $$;
