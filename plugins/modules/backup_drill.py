@@ -207,7 +207,7 @@ drills:
       description: S3 key of the stored drill report, or null when it could not be stored.
       returned: always
       type: str
-      sample: drills/db1/quankey_prod/20250810T051302Z.json
+      sample: drills/db1/quankey_prod/20250810_051302.json
     error:
       description: Why the drill failed, or null.
       returned: always
@@ -273,10 +273,8 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.quankey.backup.plugins.module_utils import ansible_common, units
+from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import drill
-
-TABLE_COLUMNS = ("HOST", "DATABASE", "BACKUP", "AGE", "RTO", "RESULT")
 
 
 def argument_spec():
@@ -286,28 +284,6 @@ def argument_spec():
         all_hosts=dict(type="bool", default=False),
         assertions=dict(type="list", elements="str", default=[]),
     )
-
-
-def _row(entry):
-    age = units.human_duration(entry["rpo_seconds"]) if entry.get("rpo_seconds") is not None else "-"
-    rto = units.human_duration(entry["rto_seconds"]) if entry.get("rto_seconds") is not None else "-"
-    result = entry.get("result") or "-"
-    if result == drill.FAILED:
-        result = "%s: %s" % (result, _why(entry))
-    return (entry.get("host") or "-", entry.get("database") or "-", entry.get("backup") or "-", age, rto, result)
-
-
-def _why(entry):
-    """Why a drill failed: its error, else its failed checks."""
-    return entry.get("error") or "; ".join("%s: %s" % (check.get("name"), check.get("detail"))
-                                           for check in entry.get("checks") or [] if not check.get("ok")) or "failed"
-
-
-def table(entries):
-    """The drills (or the plan) as aligned lines: a header, then one line per host and database."""
-    rows = [TABLE_COLUMNS] + [_row(entry) for entry in entries]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS) - 1)]
-    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
 
 
 def main():
@@ -323,16 +299,17 @@ def main():
         selection = dict(host=params["host"], all_hosts=params["all_hosts"])
         if module.check_mode:
             plan = drill.plan_drill(settings, **selection)
-            result = dict(status=drill.NONE, drills=[], plan=plan, table=table(plan))
+            result = dict(status=drill.NONE, drills=[], plan=plan, table=drill.table(plan))
         else:
             outcome = drill.run_drill(settings, assertions=tuple(params["assertions"]), **selection)
-            result = dict(status=outcome["status"], drills=outcome["drills"], table=table(outcome["drills"]))
+            result = dict(status=outcome["status"], drills=outcome["drills"], table=drill.table(outcome["drills"]))
     changed = any(entry.get("report_key") for entry in result["drills"])
     if result["status"] == drill.FAILED:
         failed = [entry for entry in result["drills"] if entry.get("result") != drill.PASSED]
         module.fail_json(msg="%d of %d restore drill(s) failed: %s" % (
             len(failed), len(result["drills"]), "; ".join("%s/%s %s: %s" % (
-                entry.get("host"), entry.get("database"), entry.get("backup"), _why(entry)) for entry in failed)),
+                entry.get("host"), entry.get("database"), entry.get("backup"), drill.failure_reason(entry))
+                for entry in failed)),
             changed=changed, **result)
     module.exit_json(changed=changed, **result)
 

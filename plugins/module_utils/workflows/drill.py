@@ -32,6 +32,7 @@ from ..catalog import dbnames, documents, layout, trust
 from ..errors import BackupError, ConfigError, ConflictError, IntegrityError, NotFoundError, StorageError
 from ..formats import signing
 from ..progress import Progress
+from ..units import human_duration
 from . import restore, wiring
 from .inventory import list_backups, load_metadata
 
@@ -413,6 +414,32 @@ def summary(report):
     return {"timestamp": report["started"], "result": report["result"], "backup": report["backup"],
             "rto_seconds": report["rto_seconds"], "rpo_seconds": report["rpo_seconds"],
             "report_key": report["report_key"]}
+
+
+TABLE_COLUMNS = ("HOST", "DATABASE", "BACKUP", "AGE", "RTO", "RESULT")
+
+
+def failure_reason(entry):
+    """Why a drill failed: its error, else its failed checks."""
+    return entry.get("error") or "; ".join("%s: %s" % (check.get("name"), check.get("detail"))
+                                           for check in entry.get("checks") or [] if not check.get("ok")) or "failed"
+
+
+def _table_row(entry):
+    age = human_duration(entry["rpo_seconds"]) if entry.get("rpo_seconds") is not None else "-"
+    rto = human_duration(entry["rto_seconds"]) if entry.get("rto_seconds") is not None else "-"
+    result = entry.get("result") or "-"
+    if result == FAILED:
+        result = "%s: %s" % (result, failure_reason(entry))
+    return (entry.get("host") or "-", entry.get("database") or "-", entry.get("backup") or "-", age, rto, result)
+
+
+def table(entries):
+    """Drills (reports, or :func:`plan_drill`'s entries) as aligned lines, the fleet view: a header, then one line per
+    host and database (host, database, backup, its age, the restore's time, the result and why it failed)."""
+    rows = [TABLE_COLUMNS] + [_table_row(entry) for entry in entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS) - 1)]
+    return ["  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
 
 
 def drill_findings(found, now, max_age_days, explicit):

@@ -321,3 +321,16 @@ def test_a_push_ahead_that_fails_is_a_warning_and_the_segment_is_pushed_when_ask
     first = wal.push(settings, str(pg_wal / NAMES[0]), store=store, ahead=2)
     assert first["pushed_ahead"] == NAMES[2:3] and "pushing %s ahead failed" % NAMES[1] in caplog.text
     assert wal.push(settings, str(pg_wal / NAMES[1]), store=store, ahead=0)["status"] == "archived"
+
+
+def test_a_push_whose_answer_was_lost_fails_and_archivings_retry_finds_it_archived(settings, store, pg_wal):
+    """The PUT was stored but its answer never came back (past the adapter's own retries): the push must fail (not
+    report an archive it cannot vouch for), and PostgreSQL's next archive_command for the file must succeed, by the
+    stored object's signed document, without writing again."""
+    store.inject("put_bytes", key=_key(NAMES[0]), after=StorageError("connection reset: the answer was lost"))
+    with pytest.raises(StorageError):
+        wal.push(settings, str(pg_wal / NAMES[0]), store=store, ahead=0)
+    stored = store.data(_key(NAMES[0]))
+    assert stored is not None
+    again = wal.push(settings, str(pg_wal / NAMES[0]), store=store, ahead=0)
+    assert again["status"] == "already archived" and store.data(_key(NAMES[0])) == stored
