@@ -28,8 +28,8 @@ from .catalog import layout
 from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_INTERNAL, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from .progress import Progress, stages_text
 from .units import human_size
-from .workflows import (adopt, backup, drill, health, inventory, leftovers, prune, rekey, replica, restore, runrecord,
-                        undelete, wal)
+from .workflows import (adopt, backup, basebackup, drill, health, inventory, leftovers, prune, rekey, replica, restore,
+                        runrecord, undelete, wal)
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -47,6 +47,13 @@ def _parser():
 
     backup_command = commands.add_parser("backup", help="take one backup now")
     backup_command.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    base_command = commands.add_parser("basebackup", help="take one physical base backup of the cluster now (pg_basebackup, "
+                                       "tar, no WAL: wal-push archives it), streamed encrypted to the bucket and checked "
+                                       "against its manifest")
+    base_command.add_argument("--fast", action="store_true", help="ask for an immediate checkpoint (default: spread, "
+                              "gentle on a busy server)")
+    base_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     listing_command = commands.add_parser("list", help="list backups, newest first")
     _add_scope(listing_command)
@@ -81,6 +88,8 @@ def _parser():
 
     verify_command = commands.add_parser("verify", help="download, check and decrypt a backup without restoring it")
     _add_selection(verify_command)
+    verify_command.add_argument("--base", action="store_true", help="verify a physical base backup (latest, or --backup "
+                                "NAME; a base backup's name also selects this): every file against its manifest")
     _add_allow_unsigned(verify_command)
     verify_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -266,15 +275,22 @@ def _cmd_list(args, settings, env):
     data = inventory.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
                                   with_leftovers=host == settings.host and db == settings.db_name,
                                   include_deleted=args.include_deleted)
-    lines = ["%-50s %-20s %-10s %12s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "  METADATA" if args.details else "")]
-    for item in data["backups"]:
+    bases = basebackup.find_base_backups(settings, host=host, details=args.details)  # the cluster's: every database
+    data["base_backups"] = [item for item in bases if since is None or layout.parse_time(item["timestamp"]) >= since]
+    if args.limit and args.limit > 0:
+        data["base_backups"] = data["base_backups"][:args.limit]
+    lines = ["%-50s %-20s %-10s %12s %-4s%s" % ("NAME", "TIME (UTC)", "HOST", "SIZE", "KIND",
+                                                "  METADATA" if args.details else "")]
+    shown = sorted(data["backups"] + data["base_backups"], key=lambda item: (item["timestamp"], item["name"]),
+                   reverse=True)
+    for item in shown:
         size = human_size(item["object_size"]) if item["object_size"] is not None else "MISSING"
-        lines.append("%-50s %-20s %-10s %12s%s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
-                                                     item["host"] or "(seed)", size,
-                                                     "  " + item["signature"] if "signature" in item else "",
-                                                     _globals_word(item) if args.details else "")
+        lines.append("%-50s %-20s %-10s %12s %-4s%s%s" % (item["name"], item["timestamp"].replace("T", " ").rstrip("Z"),
+                                                          item["host"] or "(seed)", size, item.get("kind", "dump"),
+                                                          "  " + item["signature"] if "signature" in item else "",
+                                                          _globals_word(item) if args.details else "")
                      + _deleted_word(item))
-    if not data["backups"]:
+    if not shown:
         lines.append("(no backups)")
     if args.details and host and db:  # the newest restore drill (a believed report) of this host's database
         data["drill"] = drill.last_drill(settings, host, db)
@@ -325,6 +341,8 @@ def _cmd_undelete(args, settings, env):
 def _globals_word(item):
     """list --details: whether a backup kept its globals (roles for a restore onto a new server)."""
     kept = item.get("globals")
+    if item.get("kind") == "base":
+        return ""  # a base backup is the whole cluster's, roles included
     if not kept:
         return ", no globals" if "signature" in item else ""
     return ", globals: %d role(s)%s" % (kept["roles"], "" if kept["passwords"] == "included" else " without passwords")
@@ -401,6 +419,9 @@ def globals_lines(report):
 
 
 def _cmd_verify(args, settings, env):
+    selection = _selection(args, env)
+    if args.base or layout.is_base_basename(selection["backup"]):
+        return _verify_base(args, settings, selection)
     progress = Progress("verify", sys.stderr)
     try:
         result = restore.run_verify(settings, progress=progress, allow_unsigned=args.allow_unsigned,
@@ -411,6 +432,42 @@ def _cmd_verify(args, settings, env):
                               "%.1fs" % (result["name"], human_size(result["size_bytes"]), result["table_count"],
                                          result["signature"], result["duration_seconds"]),
                               "  " + stages_line(result)] + _fallback_lines(result.get("replica_fallback")))
+    return EXIT_OK
+
+
+def _verify_base(args, settings, selection):
+    if selection["before"] is not None or args.db or args.allow_seed:
+        raise ConfigError("a base backup is the cluster's, chosen by name or latest: drop --before, --db and --allow-seed")
+    progress = Progress("verify", sys.stderr)
+    try:
+        result = basebackup.run_verify_base(settings, selection["backup"], selection["host"], progress=progress,
+                                            allow_unsigned=args.allow_unsigned)
+    finally:
+        progress.close()
+    _emit(result, args.json, ["verified base backup %s: %s, checksum ok, decrypts, %d files match the manifest, WAL %s to "
+                              "%s on timeline %d, metadata signature %s, %.1fs"
+                              % (result["name"], human_size(result["size_bytes"]), result["files"], result["start_lsn"],
+                                 result["stop_lsn"], result["timeline"], result["signature"],
+                                 result["duration_seconds"]),
+                              "  " + stages_line(result)])
+    return EXIT_OK
+
+
+def _cmd_basebackup(args, settings, env):
+    progress = Progress("basebackup", sys.stderr)
+    try:
+        result = basebackup.run_basebackup(settings, progress=progress, fast_checkpoint=args.fast)
+    finally:
+        progress.close()
+    args.outcome = result  # for the run's record (main)
+    _emit(result, args.json, [
+        "base backup %s: %s stored at s3://%s/%s" % (result["name"], human_size(result["size_bytes"]), result["bucket"],
+                                                     result["object_key"]),
+        "  tar %s, %d files checked against the manifest, WAL %s to %s on timeline %d (from %s), %s + %s, key %s, %.1fs"
+        % (human_size(result["tar_bytes"]), result["files"], result["start_lsn"], result["stop_lsn"], result["timeline"],
+           result["start_wal_file"], result["compression"], result["encryption"], result["key_id"],
+           result["duration_seconds"]),
+        "  " + stages_line(result)])
     return EXIT_OK
 
 
@@ -645,7 +702,7 @@ EXIT_NOT_ARCHIVED = 1  # wal-fetch: the archive holds no such file (what restore
 EXIT_STOP_RECOVERY = 128  # wal-fetch: any other failure; above 125, which PostgreSQL takes as fatal to recovery
 
 
-COMMANDS = {"backup": _cmd_backup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
+COMMANDS = {"backup": _cmd_backup, "basebackup": _cmd_basebackup, "list": _cmd_list, "restore": _cmd_restore, "verify": _cmd_verify,
             "health": _cmd_health, "prune": _cmd_prune, "rekey": _cmd_rekey, "keygen": _cmd_keygen,
             "restore-role": _cmd_restore_role, "adopt": _cmd_adopt, "undelete": _cmd_undelete, "replicate": _cmd_replicate,
             "drill": _cmd_drill, "wal-push": _cmd_wal_push, "wal-fetch": _cmd_wal_fetch}
@@ -669,6 +726,7 @@ def _setup_logging(quiet):
 # What an interrupted command leaves behind (each cleans up before this is said).
 _INTERRUPTED = {
     "backup": "nothing was committed: the upload was aborted (or is swept by prune if the store was out of reach)",
+    "basebackup": "nothing was committed: the upload was aborted (or is left without metadata, which no command reads)",
     "restore": "nothing was restored: the staging database was dropped and the target is as it was",
     "verify": "nothing was changed",
     "adopt": "the backup being copied was not committed (its upload was aborted); run adopt again to go on",

@@ -362,6 +362,13 @@ TABLE = (
             hint="give how many ready WAL segments wal-push pushes ahead, 0 to 64"),
     Setting("wal_spool_dir", "WAL_SPOOL_DIR", "path", shown="pg_wal/.quankey-prefetch",
             meaning="where wal-fetch keeps the segments it fetched ahead (verified plaintext, a 0700 directory)"),
+    Setting("wal_archiving", "WAL_ARCHIVING", "bool", False,
+            meaning="this host archives its WAL with wal-push (archive_command): health checks it (the wal rule: "
+                    "pg_stat_archiver's failures and the newest archived segment's age)"),
+    Setting("wal_max_lag_minutes", "WAL_MAX_LAG_MINUTES", "int", 60, bounds=(1, 10080),
+            meaning="health warns when the newest archived WAL segment is older (the RPO achieved; set "
+                    "archive_timeout below it so that a quiet server still archives)",
+            hint="give the minutes the newest archived WAL segment may be old, 1 to 10080"),
     # The replica: a second bucket each committed backup is copied to (variables only; unset ones: the primary's)
     Setting("replica_bucket", "S3_REPLICA_BUCKET", shown="none: no replica",
             meaning="a second bucket each committed backup is copied to and verified in (restore falls back to it)"),

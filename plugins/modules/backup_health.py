@@ -148,7 +148,9 @@ findings:
           behind by more than the schedule's interval, or unreadable), V(drill) (the last restore drill failed is
           critical; no passed drill within C(DRILL_MAX_AGE_DAYS), default 35 days, once the database has drill reports
           or that variable is set, is a warning; a drill report that is forged or unsigned is a warning or info, and
-          not counted).
+          not counted), V(wal) (with C(WAL_ARCHIVING=true) in the host's settings - PostgreSQL's last archiving attempt
+          failed, C(archive_mode) off or no segment archived is critical; the newest archived segment older than
+          C(WAL_MAX_LAG_MINUTES), default 60, or C(pg_stat_archiver) unreadable is a warning).
       returned: always
       type: str
       sample: age
@@ -212,6 +214,16 @@ drill:
   type: dict
   sample: {"timestamp": "2025-08-10T04:00:00Z", "result": "passed", "backup": "quankey_prod_backup_20250809_030000",
            "rto_seconds": 184.2, "rpo_seconds": 90000.0, "report_key": "drills/db1/quankey_prod/20250810_040000.json"}
+wal:
+  description:
+    - With C(WAL_ARCHIVING=true) in the host's settings, the server's archiving (C(pg_stat_archiver) and
+      C(archive_mode)) and the newest WAL segment archived in the bucket (C(newest_segment), C(newest_age_seconds) - the
+      RPO achieved); null otherwise. docs/CLI.md, "The wal rule of health".
+  returned: always
+  type: dict
+  sample: {"archive_mode": "on", "archived_count": 412, "last_archived_wal": "00000001000000020000003A",
+           "last_archived_time": "2025-08-10T04:00:00Z", "failed_count": 0, "last_failed_wal": null,
+           "last_failed_time": null, "newest_segment": "00000001000000020000003A", "newest_age_seconds": 95.2}
 report_lines:
   description:
     - The report as the lines a person reads, the engine's (those C(quankey-backup health) prints) - the status with the

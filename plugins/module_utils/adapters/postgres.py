@@ -678,3 +678,25 @@ class PgClient:
     def list_argv(self):
         """pg_restore -l: reads just an archive's table of contents from stdin."""
         return [self.tool("pg_restore"), "--list"]
+
+    def basebackup_argv(self, fast_checkpoint=False):
+        """pg_basebackup of the main tablespace as one tar on stdout: no WAL in it (wal-push archives the WAL), its
+        manifest (SHA-256 of every file) inside, nothing written to local disk."""
+        argv = [self.tool("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=none", "--no-password",
+                "--manifest-checksums=SHA256", "--label=quankey-backup base backup", "--no-sync",
+                "--checkpoint=%s" % ("fast" if fast_checkpoint else "spread")]
+        return argv + ["-h", self.settings.db_host, "-p", str(self.settings.db_port), "-U", self.user]
+
+    def extra_tablespaces(self):
+        """``[[name, location], ...]`` of the cluster's tablespaces beyond pg_default and pg_global."""
+        return self.query("SELECT spcname, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace "
+                          "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname")
+
+    def cluster_facts(self):
+        """``(system identifier, bytes of every database, whether this login may replicate)`` of the cluster."""
+        rows = self.query("SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()), "
+                          "(SELECT pg_catalog.sum(pg_catalog.pg_database_size(oid)) FROM pg_catalog.pg_database), "
+                          "(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+                          step="connect")
+        identifier, size, replication = rows[0]
+        return identifier, int(size or 0), replication == "t"

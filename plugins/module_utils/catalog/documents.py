@@ -143,6 +143,10 @@ def decode_metadata(data, key, seed=False, object_key_=None):
         raise IntegrityError("metadata object %s is not a JSON object" % key)
     if seed:
         return _complete_seed_metadata(metadata, key, object_key_)
+    if metadata.get("backup_type") == BASE_BACKUP_TYPE:
+        raise IntegrityError("metadata object %s describes a physical base backup (backup_type %s), not a dump: it was "
+                             "moved among the dumps' metadata; it is refused (base backups live under base/)"
+                             % (key, BASE_BACKUP_TYPE))
     version = metadata.get("metadata_version", 1)
     if not _is_int(version) or version < 1:
         raise IntegrityError("metadata object %s has metadata_version %r: not a version of this format" % (key, version))
@@ -263,3 +267,134 @@ def _complete_seed_metadata(metadata, key, object_key_):
     completed.update(compression="auto", key_id=None, object_key=object_key_, host=None, table_count=None,
                      envelope=openssl_enc.passphrase_envelope(None))  # the seed used openssl's defaults
     return completed
+
+
+# --------------------------------------------------------------------------- physical base backups (docs/FORMAT.md)
+
+BASE_BACKUP_TYPE = "postgresql_base"  # a physical base backup (`quankey-backup basebackup`), never a dump
+BASE_FORMAT = "pg_basebackup_tar"  # pg_basebackup -Ft -X none, the main tablespace, its manifest inside
+BASE_METADATA_VERSION = 1
+
+BASE_REQUIRED_FIELDS = (
+    "backup_type", "metadata_version", "format", "name", "host", "timestamp", "created_at", "object_key", "size_bytes",
+    "checksum_sha256", "tar_bytes", "compression", "encryption", "key_id", "envelope", "retention_days",
+    "quantum_safe", "storage_class", "duration_seconds", "server_version", "pg_basebackup_version",
+    "system_identifier", "timeline", "start_lsn", "stop_lsn", "start_wal_file", "checkpoint_lsn", "backup_label",
+    "manifest")
+BASE_FIELDS = frozenset(BASE_REQUIRED_FIELDS + ("recipient_ids", "signature"))
+
+
+def _is_lsn(value):
+    return isinstance(value, str) and re.match(r"\A[0-9A-F]{1,8}/[0-9A-F]{1,8}\Z", value) is not None
+
+
+def _check_manifest_summary(value):
+    return (isinstance(value, dict) and set(value) == {"sha256", "size_bytes", "files", "data_bytes"}
+            and _is_sha256(value["sha256"]) and _is_count(value["size_bytes"]) and _is_count(value["files"])
+            and _is_count(value["data_bytes"]))
+
+
+_BASE_FIELD_CHECKS = (
+    ("backup_type", lambda value: value == BASE_BACKUP_TYPE),
+    ("metadata_version", lambda value: value == BASE_METADATA_VERSION),
+    ("format", lambda value: value == BASE_FORMAT),
+    ("name", _is_text),
+    ("host", _is_text),
+    ("timestamp", _is_timestamp),
+    ("created_at", _is_text),
+    ("object_key", _is_text),
+    ("size_bytes", _is_count),
+    ("checksum_sha256", _is_sha256),
+    ("tar_bytes", _is_count),
+    ("compression", _is_text),
+    ("encryption", _is_text),
+    ("key_id", lambda value: value is None or _is_text(value)),
+    ("envelope", lambda value: isinstance(value, dict)),
+    ("retention_days", _is_int),
+    ("quantum_safe", lambda value: isinstance(value, bool)),
+    ("storage_class", lambda value: value is None or _is_text(value)),
+    ("duration_seconds", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)),
+    ("server_version", _is_text),
+    ("pg_basebackup_version", _is_text),
+    ("system_identifier", lambda value: isinstance(value, str) and value.isdigit()),
+    ("timeline", lambda value: _is_int(value) and value >= 1),
+    ("start_lsn", _is_lsn),
+    ("stop_lsn", _is_lsn),
+    ("start_wal_file", lambda value: isinstance(value, str) and re.match(r"\A[0-9A-F]{24}\Z", value) is not None),
+    ("checkpoint_lsn", _is_lsn),
+    ("backup_label", _is_text),
+    ("manifest", _check_manifest_summary),
+    ("recipient_ids", lambda value: isinstance(value, list) and all(_is_text(item) for item in value)),
+    ("signature", lambda value: isinstance(value, dict)),
+)
+
+
+def build_base_metadata(settings_view, *, basename, when, object_key, size_bytes, checksum, tar_bytes, envelope,
+                        key_id, encryption_name, duration, server_version, pg_basebackup_version, system_identifier,
+                        checked):
+    """The (unsigned) metadata document of a committed base backup. ``checked`` is what formats/basetar.py found in
+    its tar (``TarChecker.finish()``: WAL range, timeline, backup_label, the manifest's SHA-256, size and counts)."""
+    return {
+        "backup_type": BASE_BACKUP_TYPE,
+        "metadata_version": BASE_METADATA_VERSION,
+        "format": BASE_FORMAT,
+        "name": basename,
+        "host": settings_view["host"],
+        "timestamp": format_timestamp(when),
+        "created_at": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "object_key": object_key,
+        "size_bytes": size_bytes,
+        "checksum_sha256": checksum,
+        "tar_bytes": tar_bytes,
+        "compression": settings_view["compression"],
+        "encryption": encryption_name,
+        "key_id": key_id,
+        "envelope": envelope,
+        "retention_days": settings_view["retention_days"],
+        "quantum_safe": True,
+        "storage_class": settings_view["storage_class"],
+        "duration_seconds": round(duration, 3),
+        "server_version": server_version,
+        "pg_basebackup_version": pg_basebackup_version,
+        "system_identifier": system_identifier,
+        "timeline": checked["timeline"],
+        "start_lsn": checked["start_lsn"],
+        "stop_lsn": checked["stop_lsn"],
+        "start_wal_file": checked["start_wal_file"],
+        "checkpoint_lsn": checked["checkpoint_lsn"],
+        "backup_label": checked["backup_label"],
+        "manifest": dict(checked["manifest"]),
+    }
+
+
+def decode_base_metadata(data, key):
+    """Parse and check a base backup's metadata completely (exactly BASE_FIELDS, each of the right type);
+    IntegrityError names the key and the problem. A dump's metadata is refused here, as a base backup's is by
+    :func:`decode_metadata`."""
+    try:
+        metadata = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError("metadata object %s is not valid JSON (%s): the base backup cannot be trusted" % (key, exc))
+    if not isinstance(metadata, dict):
+        raise IntegrityError("metadata object %s is not a JSON object" % key)
+    if metadata.get("backup_type") != BASE_BACKUP_TYPE:
+        raise IntegrityError("metadata object %s is of backup_type %r, not a physical base backup's (%s): it was moved "
+                             "here or modified; it is refused" % (key, metadata.get("backup_type"), BASE_BACKUP_TYPE))
+    version = metadata.get("metadata_version")
+    if _is_int(version) and version > BASE_METADATA_VERSION:
+        raise IntegrityError("base backup metadata %s has metadata_version %d, newer than this version of quankey-backup "
+                             "reads (%d): upgrade quankey-backup" % (key, version, BASE_METADATA_VERSION))
+    unknown = sorted(field for field in metadata if field not in BASE_FIELDS)
+    if unknown:
+        raise IntegrityError("base backup metadata %s has field(s) %s, which its version does not define: it was not "
+                             "written by quankey-backup, or was modified; it is refused"
+                             % (key, ", ".join(repr(field) for field in unknown)))
+    missing = [field for field in BASE_REQUIRED_FIELDS if field not in metadata]
+    if missing:
+        raise IntegrityError("base backup metadata %s lacks %s: it was not written by quankey-backup or is damaged"
+                             % (key, ", ".join(missing)))
+    for field, check in _BASE_FIELD_CHECKS:
+        if field in metadata and not check(metadata[field]):
+            raise IntegrityError("base backup metadata %s has an invalid %s: it was not written by quankey-backup or is "
+                                 "damaged" % (key, field))
+    return metadata

@@ -146,6 +146,116 @@ def wal_key(prefix, host, timeline, name):
     return wal_prefix(prefix, host, timeline) + name
 
 
+BASE_OBJECT_SUFFIX = ".tar.enc"  # a physical base backup's data object: its tar, compressed and encrypted
+BASE_BINDING_DATABASE = "/base"  # the "database" of a base backup's key-wrap binding: no database name holds "/"
+_BASE_NAME_RE = re.compile(r"^(?P<name>.+)_base_(?P<ts>\d{8}_\d{6})$")
+
+
+def base_basename(name, when):
+    """A physical base backup's name: ``<name>_base_<YYYYmmdd_HHMMSS>`` (never a dump's ``_backup_`` name)."""
+    return "%s_base_%s" % (name, format_timestamp(when))
+
+
+def base_stem(text):
+    """The name in what a user gave for a base backup: its name, or its data object's or metadata's key."""
+    stem = (text or "").strip().rsplit("/", 1)[-1]
+    for suffix in (BASE_OBJECT_SUFFIX, METADATA_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+    return stem
+
+
+def is_base_basename(text):
+    """Whether ``text`` (a name, or a key ending in one) names a physical base backup."""
+    return bool(_BASE_NAME_RE.match(base_stem(text)))
+
+
+def base_prefix(prefix, host=None):
+    """The key prefix of physical base backups (``<prefix>base/<host>/``), narrowed to a host when given: apart from
+    the dumps' ``backups/`` and ``metadata/``, so nothing that lists dumps ever sees one."""
+    return _scoped(prefix + "base/", host, None)
+
+
+def base_object_key(prefix, host, basename):
+    """A base backup's data object: ``<prefix>base/<host>/<name>_base_<ts>.tar.enc``."""
+    return base_prefix(prefix, host) + basename + BASE_OBJECT_SUFFIX
+
+
+def base_metadata_key(prefix, host, basename):
+    """A base backup's metadata (its commit marker, written last): ``<prefix>base/<host>/<name>_base_<ts>.meta``."""
+    return base_prefix(prefix, host) + basename + METADATA_SUFFIX
+
+
+class BaseRecord:
+    """One physical base backup as the bucket lists it (a cluster's, so per host: no database)."""
+
+    kind = "base"
+    seed = False
+    layout = None
+
+    def __init__(self, host, basename, metadata_key, object_key, object_size=None):
+        match = _BASE_NAME_RE.match(basename)
+        self.host = host
+        self.db = BASE_BINDING_DATABASE  # the key-wrap binding's database part (keys.identity_binding)
+        self.basename = basename
+        self.name = match.group("name")
+        self.timestamp = parse_timestamp(match.group("ts"))
+        self.metadata_key = metadata_key
+        self.object_key = object_key
+        self.object_size = object_size
+        self.metadata = None
+        self.verdict = None
+        self.kdf = None
+
+    def __repr__(self):
+        return "BaseRecord(%s/%s)" % (self.host, self.basename)
+
+    @property
+    def has_object(self):
+        """Whether the listing showed the data object."""
+        return self.object_size is not None
+
+    def summary(self):
+        """A JSON-ready description (metadata fields when loaded)."""
+        data = {"kind": self.kind, "name": self.basename, "host": self.host, "database": None,
+                "timestamp": self.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "object_key": self.object_key,
+                "metadata_key": self.metadata_key, "object_size": self.object_size}
+        if self.verdict is not None:
+            data["signature"] = self.verdict.describe()
+            data["trusted"] = self.verdict.trusted
+        if self.metadata:
+            for field in ("size_bytes", "checksum_sha256", "encryption", "compression", "key_id", "tar_bytes",
+                          "duration_seconds", "server_version", "timeline", "start_lsn", "stop_lsn", "storage_class",
+                          "recipient_ids"):
+                if field in self.metadata:
+                    data[field] = self.metadata[field]
+        return data
+
+
+def base_records_from_listing(prefix, listing):
+    """Base backups newest first, and orphans (data objects without metadata), from a listing of ``base_prefix``."""
+    base = base_prefix(prefix)
+    objects, metas = {}, []
+    for item in listing:
+        rest = item["key"][len(base):] if item["key"].startswith(base) else ""
+        parts = rest.split("/")
+        if len(parts) != 2 or not parts[0]:
+            continue
+        for suffix, found in ((BASE_OBJECT_SUFFIX, "object"), (METADATA_SUFFIX, "metadata")):
+            if parts[1].endswith(suffix) and _BASE_NAME_RE.match(parts[1][:-len(suffix)]):
+                if found == "object":
+                    objects[(parts[0], parts[1][:-len(suffix)])] = item
+                else:
+                    metas.append((parts[0], parts[1][:-len(suffix)], item))
+    records = []
+    for host, basename, item in metas:
+        obj = objects.pop((host, basename), None)
+        records.append(BaseRecord(host, basename, item["key"], base_object_key(prefix, host, basename),
+                                  object_size=obj["size"] if obj else None))
+    records.sort(key=lambda record: (record.timestamp, record.basename), reverse=True)
+    return records, sorted(objects.values(), key=lambda item: item["key"])
+
+
 DRILL_SUFFIX = ".json"
 _DRILL_NAME_RE = re.compile(r"^(?P<ts>\d{8}_\d{6})\.json$")
 

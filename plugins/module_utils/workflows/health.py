@@ -20,7 +20,7 @@ __metaclass__ = type
 import datetime
 
 from .. import keys
-from ..catalog import layout, trust
+from ..catalog import layout, trust, walnames
 from ..formats import crypto, modes
 from . import drill, leftovers, wiring
 from .inventory import list_backups as _list_backups, load_metadata as _load_metadata
@@ -274,6 +274,121 @@ def replica_findings(newest_good, replica_records, policy, bucket):
                      "`quankey-backup replicate` copies what the replica lacks")]
 
 
+# pg_stat_archiver's row and the archiving settings, one line (psql -A, fields split by the unit separator); times as
+# epoch seconds, so that no time zone or locale reads them.
+ARCHIVER_SQL = ("SELECT current_setting('archive_mode'), current_setting('archive_command'), archived_count, "
+                "coalesce(last_archived_wal, ''), coalesce(extract(epoch FROM last_archived_time)::text, ''), failed_count, "
+                "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time)::text, '') "
+                "FROM pg_stat_archiver")
+
+
+def parse_archiver(row):
+    """:data:`ARCHIVER_SQL`'s row as a dict (times as aware datetimes or None)."""
+    def when(text):
+        return datetime.datetime.fromtimestamp(float(text), datetime.timezone.utc) if text else None
+    return {"archive_mode": row[0], "archive_command": row[1], "archived_count": int(row[2]),
+            "last_archived_wal": row[3] or None, "last_archived_time": when(row[4]), "failed_count": int(row[5]),
+            "last_failed_wal": row[6] or None, "last_failed_time": when(row[7])}
+
+
+def _stamp(when):
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else "never"
+
+
+def wal_findings(archiver, newest, now, max_lag_minutes, *, where="the bucket", archiver_error=None, listed=True):
+    """The wal rule (WAL_ARCHIVING: this host archives its WAL with wal-push).
+
+    ``archiver``: the server's pg_stat_archiver row and archiving settings (:func:`parse_archiver`), None when it was
+    not read (``archiver_error`` says why: a warning). ``newest``: ``(name, last_modified)`` of the newest archived WAL
+    segment in the bucket (``where``), None when there is none; ``listed`` false: the bucket could not be listed (the
+    s3_access rule says so), only the server's side is judged.
+
+    Critical: no segment archived at all; archive_mode off; PostgreSQL's last archiving attempt failed (its
+    last_failed_time after its last_archived_time): WAL piles up in pg_wal and the RPO grows. Warning: the newest
+    archived segment older than ``max_lag_minutes`` (the RPO achieved). Info: failures since the statistics' reset
+    that a later success followed.
+    """
+    findings = []
+    if archiver is None:
+        findings.append(_finding("wal", WARNING, "pg_stat_archiver not read, so archiving failures are not checked: %s"
+                                 % (archiver_error or "no PostgreSQL client here")))
+    else:
+        if archiver["archive_mode"] not in ("on", "always"):
+            findings.append(_finding("wal", CRITICAL, "archive_mode is %s: the server archives no WAL (set with ALTER "
+                                     "SYSTEM, it takes effect only after a restart of PostgreSQL)"
+                                     % archiver["archive_mode"]))
+        failed_at, archived_at = archiver["last_failed_time"], archiver["last_archived_time"]
+        if archiver["failed_count"] and failed_at is not None and (archived_at is None or failed_at > archived_at):
+            findings.append(_finding("wal", CRITICAL, "WAL archiving is failing: PostgreSQL's last attempt, %s at %s, "
+                                     "failed (%d failure(s) since the statistics' reset; last success: %s at %s); the "
+                                     "segments wait in pg_wal until a push succeeds, filling its disk: the server log "
+                                     "has wal-push's ERROR lines"
+                                     % (archiver["last_failed_wal"], _stamp(failed_at), archiver["failed_count"],
+                                        archiver["last_archived_wal"] or "none", _stamp(archived_at))))
+        elif archiver["failed_count"]:
+            findings.append(_finding("wal", INFO, "%d WAL archiving failure(s) since the statistics' reset, the last (%s "
+                                     "at %s) followed by a success (%s at %s)"
+                                     % (archiver["failed_count"], archiver["last_failed_wal"], _stamp(failed_at),
+                                        archiver["last_archived_wal"], _stamp(archived_at))))
+    if not listed:
+        return findings
+    if newest is None:
+        findings.append(_finding("wal", CRITICAL, "no WAL segment is archived in %s: archive_command does not run "
+                                 "wal-push, or every push fails (the server log says why)" % where))
+        return findings
+    lag = (now - newest[1]).total_seconds() / 60.0
+    if lag > max_lag_minutes:
+        findings.append(_finding("wal", WARNING, "the newest archived WAL segment, %s, is %.0f min old (limit %d min): "
+                                 "transactions since then are in no archive (the RPO achieved); on a quiet server set "
+                                 "archive_timeout below the limit so that it still archives a segment"
+                                 % (newest[0], lag, max_lag_minutes)))
+    return findings
+
+
+def newest_wal_segment(settings, store):
+    """``(name, last_modified)`` of the newest WAL segment archived under this host's WAL prefix, or None."""
+    newest = None
+    for item in store.list_objects(layout.wal_prefix(settings.prefix, settings.host)):
+        name = item["key"].rsplit("/", 1)[-1]
+        try:
+            if not walnames.parse(name).is_segment:
+                continue
+        except ConfigError:
+            continue  # not an archived file's name: not the wal rule's business
+        if newest is None or item["last_modified"] > newest[1]:
+            newest = (name, item["last_modified"])
+    return newest
+
+
+def _wal(settings, store, pg, now, report):
+    """The wal rule's findings, and ``report["wal"]``: the archiver's state and the newest archived segment."""
+    archiver, error = None, None
+    if pg is None:
+        error = "no PostgreSQL client can be made here (DB_HOST, PG_BIN_DIR)"
+    else:
+        try:
+            rows = pg.query(ARCHIVER_SQL, step="health")
+            archiver = parse_archiver(rows[0])
+        except BackupError as exc:
+            error = str(exc)
+        except (IndexError, ValueError) as exc:
+            error = "pg_stat_archiver's answer was not understood (%s)" % exc
+    newest, listed = None, store is not None
+    if listed:
+        try:
+            newest = newest_wal_segment(settings, store)
+        except StorageError as exc:
+            return [_finding("s3_access", CRITICAL, str(exc))] + wal_findings(
+                archiver, None, now, settings.wal_max_lag_minutes, archiver_error=error, listed=False)
+    summary = dict((key, _stamp(value) if isinstance(value, datetime.datetime) else value)
+                   for key, value in (archiver or {}).items() if key != "archive_command")
+    summary.update(newest_segment=newest[0] if newest else None,
+                   newest_age_seconds=round((now - newest[1]).total_seconds(), 1) if newest else None)
+    report["wal"] = summary
+    return wal_findings(archiver, newest, now, settings.wal_max_lag_minutes, archiver_error=error, listed=listed,
+                        where="s3://%s/%s" % (settings.bucket, layout.wal_prefix(settings.prefix, settings.host)))
+
+
 def overall_status(findings):
     """ok, warning or critical: the worst finding."""
     worst = max([_RANK[item["severity"]] for item in findings] or [0])
@@ -302,6 +417,12 @@ def report_lines(report):
             last_drill["result"], last_drill["timestamp"], last_drill["backup"],
             "%.1fs" % last_drill["rto_seconds"] if last_drill["rto_seconds"] is not None else "-",
             (last_drill["rpo_seconds"] or 0) / 3600.0))
+    wal = report.get("wal")
+    if wal:
+        lines.append("  wal: newest archived %s, %s; %s archived, %s failed since the statistics' reset" % (
+            wal["newest_segment"] or "none",
+            "%.1f min old" % (wal["newest_age_seconds"] / 60.0) if wal["newest_age_seconds"] is not None else "-",
+            wal.get("archived_count", "?"), wal.get("failed_count", "?")))
     for finding in report["findings"]:
         lines.append("  %-8s %-18s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
     return lines
@@ -319,7 +440,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     load_metadata = load_metadata or _load_metadata
     report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
               "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": [],
-              "drill": None}
+              "drill": None, "wal": None}
     try:
         settings.require("db_name", "bucket")
         store = wiring.store_or_open(settings, store, HEALTH_RETRY_WINDOW)
@@ -330,6 +451,8 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     except BackupError as exc:
         rule = "s3_access" if isinstance(exc, StorageError) else "config"
         findings = [_finding(rule, CRITICAL, str(exc))]
+        if rule == "s3_access" and settings.wal_archiving:  # the server still says whether its archiving fails
+            findings.extend(_wal(settings, None, wiring.postgres_or_none(settings, pg), now, report))
         return _finish(report, findings)
     metadata_errors = {}
     header_errors = {}
@@ -376,6 +499,8 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     else:
         findings.extend(leftover_findings(report["leftovers"], policy))
     findings.extend(_drills(settings, store, signing_keys, now, report))
+    if settings.wal_archiving:
+        findings.extend(_wal(settings, store, wiring.postgres_or_none(settings, pg), now, report))
     if seed_records and not settings.allow_seed:
         findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
                                  "their metadata is unsigned; adopt them (quankey-backup adopt), or set %s to true to count them"

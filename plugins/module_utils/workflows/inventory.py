@@ -193,6 +193,11 @@ def select(settings, store, backup="latest", before=None, host=None, db=None, *,
     try:
         record = _choose(records, backup, before, allow_seed)
     except NotFoundError:
+        if layout.is_base_basename(backup):
+            raise RefusedError("%s is a physical base backup (quankey-backup basebackup), not a dump: it is not restored "
+                               "into a database, drilled or pruned as one. Check it with `quankey-backup verify "
+                               "--backup %s`; restore a dump by its name (`quankey-backup list`, kind dump)"
+                               % (layout.base_stem(backup), layout.base_stem(backup)), step="select")
         _refused_seed_meta(settings, store, backup)
         refusal = deleted_refusal(settings, store, backup, host, settings_db)
         if refusal is not None:

@@ -47,6 +47,7 @@ def _render(**overrides):
         "pg_backup_restore_role": "quankey_restore", "pg_backup_seed_passphrase": "", "pg_backup_seed_kdf": "",
         "_pg_backup_seed_kept": {}, "_pg_backup_seed_copy": "", "pg_backup_globals": True,
         "pg_backup_count_rows": False,
+        "pg_backup_kind": "logical",
         "pg_backup_metrics_dir": "/var/lib/prometheus/node-exporter",
     }
     values.update(overrides)
@@ -160,7 +161,8 @@ def test_the_role_lists_every_variable_its_template_writes():
                     pg_backup_aws_config={"read_timeout": 60}, pg_backup_env_extra={},
                     pg_backup_object_lock_mode="governance", pg_backup_replica_bucket="copy",
                     pg_backup_replica_endpoint_url="http://s3-2", pg_backup_replica_region="eu-west-1",
-                    pg_backup_replica_access_key_id="a", pg_backup_replica_secret_access_key="s")
+                    pg_backup_replica_access_key_id="a", pg_backup_replica_secret_access_key="s",
+                    pg_backup_kind="both", pg_backup_wal_env_file="/etc/quankey/wal.env", pg_backup_wal_max_lag_minutes=60)
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)

@@ -30,7 +30,7 @@ LABELS = {"host_id": "pg_backup_host_id", "encryption_key": "pg_backup_encryptio
 
 def test_the_filters_are_registered():
     assert set(engine.FilterModule().filters()) == {"backup_prefixes", "drill_reports_prefix", "settings_error",
-                                                    "env_extra_error"}
+                                                    "env_extra_error", "wal_prefix"}
 
 
 @pytest.mark.parametrize("prefix", ["", "prod", "/prod/", "a/b/"])
@@ -48,6 +48,17 @@ def test_drill_reports_prefix_is_the_catalogs():
     assert engine.drill_reports_prefix("db2") == "drills/db2/"
     with pytest.raises(AnsibleFilterError, match="needs a host id"):
         engine.drill_reports_prefix("")
+
+
+def test_wal_prefix_is_the_catalogs_and_holds_every_archived_file():
+    assert engine.wal_prefix("db2", "/prod/") == "prod/wal/db2/"
+    assert engine.wal_prefix("db2") == "wal/db2/"
+    assert layout.wal_key("prod/", "db2", "00000001", "000000010000000000000003").startswith(
+        engine.wal_prefix("db2", "prod"))
+    assert not layout.wal_key("prod/", "db20", "00000001", "000000010000000000000003").startswith(
+        engine.wal_prefix("db2", "prod"))
+    with pytest.raises(AnsibleFilterError, match="needs a host id"):
+        engine.wal_prefix("")
 
 
 def test_backup_prefixes_spell_out_the_layout():

@@ -23,10 +23,12 @@ __metaclass__ = type
 
 import datetime
 import hashlib
+import io
 import json
 import os
 import stat
 import sys
+import tarfile
 
 from ansible_collections.quankey.backup.plugins.module_utils.adapters.s3 import (MIN_PART_SIZE, READ_CHUNK,
                                                                                  RETRY_COUNTS, UPLOAD_CONCURRENCY,
@@ -525,7 +527,7 @@ class FakePg:
     """A PostgreSQL server in memory behind adapters/postgres.PgClient's methods; its client programs are real
     processes (see the module)."""
 
-    TEST_HELPERS = ("add_database", "content", "fail", "fail_child")
+    TEST_HELPERS = ("add_database", "content", "fail", "fail_child", "set_cluster")
 
     def __init__(self, settings, state_dir, server_version=150008, client_version=(15, 8), user=None, password=None,
                  server=None):
@@ -560,6 +562,15 @@ class FakePg:
     def fail(self, method, error):
         """Make the next call of ``method`` raise ``error``."""
         self.server.faults[method] = error
+
+    def set_cluster(self, base_tar=None, tablespaces=(), replication=True, status=0, stderr=""):
+        """What the fake pg_basebackup writes (``base_tar``'s bytes, then exits ``status`` saying ``stderr``), the
+        extra tablespaces the cluster has, whether the login may replicate."""
+        if base_tar is not None:
+            with open(os.path.join(self.server.state_dir, "base.tar"), "wb") as handle:
+                handle.write(base_tar)
+        self.server.base = {"tablespaces": [list(item) for item in tablespaces], "replication": replication,
+                            "status": status, "stderr": stderr}
 
     def fail_child(self, program, after_bytes=0, status=1, stderr=None):
         """Make ``program`` (pg_dump, pg_restore, psql) fail: pg_dump after writing ``after_bytes``."""
@@ -725,3 +736,53 @@ class FakePg:
 
     def list_argv(self):
         return [self.tool("pg_restore"), "--list"]
+
+    def basebackup_argv(self, fast_checkpoint=False):
+        base = getattr(self.server, "base", {"status": 0, "stderr": ""})
+        script = ("import sys\nsys.stdout.buffer.write(open(sys.argv[1], 'rb').read())\nsys.stdout.flush()\n"
+                  "sys.stderr.write(sys.argv[3])\nsys.exit(int(sys.argv[2]))\n")
+        return [sys.executable, "-c", script, os.path.join(self.server.state_dir, "base.tar"), str(base["status"]),
+                base["stderr"]]
+
+    def extra_tablespaces(self):
+        return getattr(self.server, "base", {}).get("tablespaces", [])
+
+    def cluster_facts(self):
+        return "7300000000000000001", 1024 * 1024, getattr(self.server, "base", {}).get("replication", True)
+
+
+def base_tar(files=None, *, start="0/2000028", stop="0/2000100", timeline=1, algorithm="SHA256", manifest=True,
+             in_manifest=None, in_tar=None, label_start=None):
+    """A physical base backup's tar as pg_basebackup -D - -Ft writes it: backup_label first, the data files, the
+    backup manifest (SHA-256 of each file, the WAL range, its own checksum) last. ``in_manifest``/``in_tar``
+    ({path: bytes}) make the two disagree: what the manifest says of a file, or what the tar holds instead."""
+    files = dict(files if files is not None else {
+        "PG_VERSION": b"15\n", "base/1/1259": bytes(range(256)) * 64, "base/1/1259_fsm": b"\x00" * 24576,
+        "global/pg_control": b"c" * 8192, "postgresql.auto.conf": b"# auto\n"})
+    label = ("START WAL LOCATION: %s (file %08X0000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: "
+             "streamed\nBACKUP FROM: primary\nSTART TIME: 2026-12-01 14:18:50 UTC\nLABEL: quankey-backup base backup\n"
+             "START TIMELINE: %d\n" % (label_start or start, timeline, timeline)).encode("ascii")
+    members = dict([("backup_label", label)] + list(files.items()))
+    listed = dict(members, **(in_manifest or {}))
+    entries = ['{ "Path": "%s", "Size": %d, "Last-Modified": "2026-12-01 14:18:50 GMT", "Checksum-Algorithm": "%s", '
+               '"Checksum": "%s" }' % (path, len(data), algorithm, hashlib.sha256(data).hexdigest())
+               for path, data in listed.items() if data is not None]
+    body = ('{ "PostgreSQL-Backup-Manifest-Version": 1,\n"Files": [\n%s\n],\n"WAL-Ranges": [\n{ "Timeline": %d, '
+            '"Start-LSN": "%s", "End-LSN": "%s" }\n],\n' % (",\n".join(entries), timeline, start, stop)).encode("ascii")
+    document = body + ('"Manifest-Checksum": "%s"}\n' % hashlib.sha256(body).hexdigest()).encode("ascii")
+    members.update(in_tar or {})
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for directory in ("global", "base", "base/1", "pg_wal"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(info)
+        if manifest:
+            members["backup_manifest"] = document
+        for path, data in members.items():
+            if data is None:
+                continue
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
