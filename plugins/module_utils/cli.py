@@ -168,6 +168,12 @@ def _parser():
     drill_command.add_argument("--all-hosts", action="store_true", help="drill every host and database in the bucket")
     drill_command.add_argument("--assert", dest="assertions", action="append", default=[], metavar="SQL",
                                help="SQL returning one row whose first column is true (after DRILL_ASSERTIONS; repeat)")
+    drill_command.add_argument("--pitr", action="store_true", help="a point-in-time drill of the host's cluster: its newest "
+                               "base backup and the archived WAL restored into a scratch data directory (the cluster's size, "
+                               "under --scratch-dir), promoted, proved and removed")
+    drill_command.add_argument("--target-time", help="with --pitr: recover to this time (default: the end of the archive)")
+    drill_command.add_argument("--scratch-dir", help="with --pitr: where the scratch data directory goes (default %s)"
+                               % drill.PITR_SCRATCH_PARENT)
     drill_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     undelete_command = commands.add_parser("undelete", help="bring back a backup that delete markers hide (a versioned "
@@ -686,10 +692,18 @@ def _cmd_adopt(args, settings, env):
 def _cmd_drill(args, settings, env):
     if args.all_hosts and (args.host or args.db):
         raise ConfigError("--all-hosts drills every host and database in the bucket: drop --host/--db, or --all-hosts")
+    if not args.pitr and (args.target_time or args.scratch_dir):
+        raise ConfigError("--target-time and --scratch-dir belong to a point-in-time drill: add --pitr")
+    if args.pitr and (args.all_hosts or args.db or args.assertions):
+        raise ConfigError("drill --pitr drills one host's cluster: drop --all-hosts, --db and --assert")
     progress = Progress("drill", sys.stderr)
     try:
-        result = drill.run_drill(settings, host=args.host, db=args.db, all_hosts=args.all_hosts,
-                                 assertions=args.assertions, progress=progress)
+        if args.pitr:
+            result = drill.run_pitr_drill(settings, host=args.host, target=pitr.parse_target(args.target_time),
+                                          scratch_parent=args.scratch_dir, progress=progress)
+        else:
+            result = drill.run_drill(settings, host=args.host, db=args.db, all_hosts=args.all_hosts,
+                                     assertions=args.assertions, progress=progress)
     finally:
         progress.close()
     args.outcome = result  # for the run's record (main)
@@ -707,9 +721,10 @@ def drill_lines(result):
     for item in result["drills"]:
         rto = "%.1fs" % item["rto_seconds"] if item["rto_seconds"] is not None else "-"
         rows = ", %d rows checked" % item["rows_checked"] if item["rows_checked"] is not None else ""
-        lines.append("%s %s/%s %s: RTO %s, RPO %.1f h, %s tables%s, %d checks; report %s%s"
+        rpo = "%.1f h" % (item["rpo_seconds"] / 3600.0) if item["rpo_seconds"] is not None else "-"
+        lines.append("%s %s/%s %s: RTO %s, RPO %s, %s tables%s, %d checks; report %s%s"
                      % (item["result"].upper(), item["host"], item["database"], item["backup"], rto,
-                        item["rpo_seconds"] / 3600.0, item["tables"] if item["tables"] is not None else "-", rows,
+                        rpo, item["tables"] if item["tables"] is not None else "-", rows,
                         len(item["checks"]), item["report_key"] or "not stored",
                         "" if item.get("signed", True) else " (unsigned)"))
         lines += ["  FAILED %s: %s" % (check["name"], check["detail"]) for check in item["checks"] if not check["ok"]]

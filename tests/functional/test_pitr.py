@@ -261,3 +261,36 @@ def test_a_data_directory_that_is_not_empty_is_refused_before_anything_is_writte
                            check=3)
     assert "give one recovery target" in two_targets.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_point_in_time_drill_recovers_a_scratch_copy_proves_it_and_stores_its_report(archive, testbed):
+    tmp_path = _new_dir("quankey-pitr-scratch-")  # the postgres OS user reaches the scratch data directory under it
+    done = run_cli(archive.env, "drill", "--pitr", "--target-time", archive.between, "--scratch-dir", str(tmp_path),
+                   "--json", check=0)
+    drilled = json.loads(done.stdout)
+    assert drilled["status"] == "passed"
+    report = drilled["drills"][0]
+    assert report["database"] == "@cluster" and report["backup"] == archive.base and report["result"] == "passed"
+    assert {check["name"] for check in report["checks"]} >= {"base_backup", "signature", "recovery", "consistency"}
+    assert all(check["ok"] for check in report["checks"]) and report["rto_seconds"] > 0 and report["rpo_seconds"] > 0
+    assert os.listdir(tmp_path) == []  # the scratch data directory is gone
+    stored = testbed.moto.client().get_object(Bucket=archive.env["S3_BUCKET"], Key=report["report_key"])
+    document = json.loads(stored["Body"].read())
+    assert report["report_key"].startswith("%sdrills/%s/@cluster/" % (archive.env["S3_PREFIX"], HOST))
+    assert document["result"] == "passed" and document["signature"]["key_id"]
+
+    # a target before every base backup: a failed drill, reported as such (exit 2), nothing left behind
+    failed = run_cli(archive.env, "drill", "--pitr", "--target-time", "2001-01-01T00:00:00Z", "--scratch-dir",
+                     str(tmp_path), "--json", check=2)
+    report = json.loads(failed.stdout)["drills"][0]
+    assert report["result"] == "failed" and "no base backup ended before" in report["error"]
+    assert os.listdir(tmp_path) == []
+    shutil.rmtree(tmp_path)
+
+
+def test_a_data_directory_the_servers_user_cannot_reach_is_refused_before_the_download(archive, tmp_path):
+    if not _owner():
+        pytest.skip("only root restores for another OS user")
+    refused = _restore(archive.env, tmp_path / "data", check=3)  # pytest's tmp_path is under a 0700 directory
+    assert "the OS user postgres cannot reach --data-dir" in refused.stderr
+    assert not (tmp_path / "data").exists()

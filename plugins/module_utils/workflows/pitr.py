@@ -630,6 +630,11 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
     if owner is not None:
         os.chown(data_dir, *owner)
     os.chmod(data_dir, 0o700)
+    if owner is not None and not _reachable(data_dir, user):
+        _wipe(data_dir, created)
+        raise ConfigError("the OS user %s cannot reach --data-dir %s: every parent directory must let it enter (chmod "
+                          "o+x, or pick a directory under one it may enter, such as /var/lib/postgresql)"
+                          % (user, data_dir))
     try:
         with stages("download_extract", total=record.metadata["size_bytes"]):
             writer = DataDirWriter(data_dir, owner)
@@ -685,6 +690,7 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                     shutil.rmtree(path, ignore_errors=True)
     result = {
         "kind": "pitr", "data_dir": data_dir, "host": host, "base_backup": record.basename,
+        "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
         "base_timeline": record.metadata["timeline"], "system_identifier": record.metadata["system_identifier"],
         "server_version": record.metadata["server_version"], "files": checked["manifest"]["files"],
@@ -839,6 +845,14 @@ def _prove(server, record, target, action):
     return {"replay_lsn": replay_lsn, "last_replayed_commit": last_commit or None,
             "timeline": int(timeline) if timeline.isdigit() else None, "databases": databases,
             "relations": relations, "recovery_log": stopping[-4:]}
+
+
+def _reachable(path, user):
+    """Whether OS user ``user`` may write in ``path`` (runuser's test -w: every parent must let it enter)."""
+    done = subprocess.run(["runuser", "-u", user, "--", "test", "-w", path], stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=60,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return done.returncode == 0
 
 
 def _touch(path, owner):
