@@ -25,7 +25,7 @@ TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS) test-molecule-main
 MOLECULE_SIDE_SCENARIOS := drill seed_takeover upgrade
 SIDE_BY_SIDE ?= 1
 
-.PHONY: setup test molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
+.PHONY: setup test wheelhouse molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
 .NOTPARALLEL:
 
 # The lanes' own makes skip it (SKIP_SETUP=1): `make test` bootstraps once, before both.
@@ -36,9 +36,9 @@ ifneq ($(SKIP_SETUP),1)
 endif
 
 ifeq ($(SIDE_BY_SIDE),0)
-test: setup $(TEST_STEPS)
+test: setup wheelhouse $(TEST_STEPS)
 else
-test: setup
+test: setup wheelhouse
 	@scripts/side-by-side.sh build/logs/side-lane.log "$(MAKE) --no-print-directory SKIP_SETUP=1 $(SIDE_STEPS)" \
 		"$(MAKE) --no-print-directory SKIP_SETUP=1 $(MAIN_STEPS)"
 	@$(MAKE) --no-print-directory SKIP_SETUP=1 test-molecule-main
@@ -80,6 +80,12 @@ MOLECULE_ENV := PATH="$(CURDIR)/.venv/bin:$$PATH" ANSIBLE_HOME="$(CURDIR)/build/
 lint: setup
 	@echo "+ ansible-lint --offline --profile production roles playbooks"
 	@$(MOLECULE_ENV) .venv/bin/ansible-lint --offline --profile production roles playbooks
+
+# The engine's wheelhouse alone (seconds, no Debian mirror), before the lanes split: functional tests that install the
+# engine as the postgres OS user runs it (test_wal_archiving.py: archive_command) find it, whichever lane is first.
+wheelhouse: setup
+	@echo "+ molecule/shared/build-cache.sh wheelhouse"
+	@molecule/shared/build-cache.sh wheelhouse >/dev/null
 
 # Molecule's base images and wheelhouse (molecule/shared/build-cache.sh), built ahead so that the side lane, not
 # Molecule's create step, waits on the Debian mirror. Exit 4: the mirror does not serve trixie (the upgrade
