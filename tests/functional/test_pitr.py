@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from faultproxy import FaultProxy
 from hostcommand import new_name, run_cli
 from testbed import PostgresCluster, free_port
 
@@ -294,3 +295,22 @@ def test_a_data_directory_the_servers_user_cannot_reach_is_refused_before_the_do
     refused = _restore(archive.env, tmp_path / "data", check=3)  # pytest's tmp_path is under a 0700 directory
     assert "the OS user postgres cannot reach --data-dir" in refused.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_pitr_rides_out_a_cut_download_and_throttled_wal_reads(archive, testbed):
+    data_dir = _new_dir("quankey-pitr-data-")
+    try:
+        with FaultProxy(testbed.moto.endpoint_url) as proxy:
+            env = dict(archive.env, S3_ENDPOINT_URL=proxy.endpoint_url, S3_RETRY_WINDOW_SECONDS="60")
+            cut = proxy.reset_body(256 * 1024, method="GET", path="/base/%s/" % HOST)  # the base backup, cut once
+            slow = proxy.fail(503, "SlowDown", count=3, method="GET", path="/wal/%s/" % HOST)  # WAL reads throttled
+            result = json.loads(_restore(env, data_dir, "--target-time", archive.between, "--no-archive").stdout)
+            assert cut.hits == 1 and slow.hits == 3
+        assert result["reached"]["state"] == "promoted"
+        restored = Restored(data_dir, archive.cluster.password).start()
+        try:
+            assert _batches(restored.psql) == [("before-base", "50"), ("one", "50")]
+        finally:
+            restored.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
