@@ -1,0 +1,100 @@
+# -*- coding: utf-8 -*-
+# Copyright: quankey.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""WAL archiving set up by the pg_backup role (pg_backup_kind: both) on a host with its own PostgreSQL 17 server, and
+point-in-time recovery there: PostgreSQL runs wal-push as the postgres OS user with the host's least-privilege keys,
+and restore --pitr brings back exactly the rows committed before a moment."""
+
+import json
+import time
+
+import boto3
+import pytest
+
+from conftest import read_env_file
+
+DB = "app_pg17"
+RESTORED = "/var/lib/postgresql/restored"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _policies(policies_attached):
+    return policies_attached
+
+
+def _bucket(services):
+    s3 = services["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint_url"], region_name=s3["region"],
+                        aws_access_key_id=s3["admin_access_key"], aws_secret_access_key=s3["admin_secret_key"]), s3["bucket"]
+
+
+def _wait_archived(pg17, name):
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        row = pg17.psql("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') "
+                        "FROM pg_stat_archiver").strip().split("|")
+        if row[0] >= name:
+            return row
+        time.sleep(0.5)
+    raise AssertionError("PostgreSQL did not archive %s: pg_stat_archiver says %s" % (name, row))
+
+
+def _now(pg17):
+    return pg17.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')").strip()
+
+
+def test_the_role_set_archiving_with_alter_system_and_reported_the_restart_it_needs(hosts, pg17):
+    host = hosts["pg17"]
+    assert pg17.psql("SHOW archive_mode").strip() == "off"  # the running server: no restart was allowed
+    # what the files hold (postgresql.auto.conf last): on at the next start
+    assert pg17.psql("SELECT setting FROM pg_file_settings WHERE name = 'archive_mode' ORDER BY seqno DESC "
+                     "LIMIT 1").strip() == "on"
+    command = pg17.psql("SELECT setting FROM pg_file_settings WHERE name = 'archive_command' ORDER BY seqno DESC "
+                        "LIMIT 1").strip()  # SHOW says (disabled) while archive_mode is off
+    assert "/opt/quankey-backup/venv/bin/quankey-backup" in command and "wal-push" in command and "%p" in command
+    env_file = host.file("/etc/quankey/wal.env")
+    assert env_file.user == "postgres" and env_file.mode == 0o600
+    wal_env = read_env_file(host, "/etc/quankey/wal.env")
+    assert "PGPASSWORD" not in wal_env and wal_env["BACKUP_HOST_ID"] == "pg17"
+    assert read_env_file(host)["WAL_ARCHIVING"] == "true"
+
+
+def test_postgres_archives_with_wal_push_and_pitr_restores_the_rows_before_a_moment(hosts, pg17, services):
+    host = hosts["pg17"]
+    restarted = host.run("pg_ctlcluster 17 main restart")  # what the role's RESTART PENDING asks the operator to do
+    assert restarted.rc == 0, restarted.stderr
+    assert pg17.psql("SHOW archive_mode").strip() == "on"
+    pg17.psql("CREATE TABLE ledger (id int PRIMARY KEY, batch text NOT NULL)", db=DB)
+    pg17.psql("INSERT INTO ledger SELECT g, 'before-base' FROM generate_series(1, 20) g", db=DB)
+    first = pg17.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+    archived, failed, _last_failed = _wait_archived(pg17, first)
+    assert failed == "0", "archive_command failed: %s" % host.run("tail -n 20 /var/log/postgresql/*.log").stdout
+    s3, bucket = _bucket(services)
+    stored = s3.get_object(Bucket=bucket, Key="wal/pg17/%s/%s" % (archived[:8], archived))["Body"].read()
+    assert stored[:4] == b"QKWL"  # an encrypted, signed WAL object, pushed by PostgreSQL as the postgres OS user
+
+    base = host.run("quankey-backup basebackup --fast --json")
+    assert base.rc == 0, base.stderr
+    time.sleep(1.2)
+    pg17.psql("INSERT INTO ledger SELECT g, 'one' FROM generate_series(21, 40) g", db=DB)
+    time.sleep(0.5)
+    between = _now(pg17)
+    time.sleep(0.5)
+    pg17.psql("INSERT INTO ledger SELECT g, 'two' FROM generate_series(41, 60) g", db=DB)
+    _wait_archived(pg17, pg17.psql("SELECT pg_walfile_name(pg_switch_wal())").strip())
+
+    done = host.run("quankey-backup restore --pitr --data-dir %s --target-time %s --target-action pause --no-archive "
+                    "--json", RESTORED, between)
+    assert done.rc == 0, done.stderr
+    result = json.loads(done.stdout)
+    try:
+        assert result["base_backup"] == json.loads(base.stdout)["name"] and result["reached"]["state"] == "paused"
+        assert host.file(RESTORED).user == "postgres" and host.file(RESTORED).mode == 0o700
+        assert not host.file(RESTORED + "/postgresql.conf").exists  # Debian's configuration lives in /etc
+        rows = host.check_output("psql -X -At -h %s -p %s -U postgres -d %s -c %s", result["socket_dir"],
+                                 str(result["port"]), DB, "SELECT batch, count(*) FROM ledger GROUP BY 1 ORDER BY 1")
+        assert rows.split() == ["before-base|20", "one|20"]
+    finally:
+        host.run("runuser -u postgres -- /usr/lib/postgresql/17/bin/pg_ctl stop -D %s -m fast -w", RESTORED)
+        host.run("rm -rf %s %s %s", RESTORED, result.get("spool_dir", "/nonexistent"),
+                 result.get("socket_dir", "/nonexistent"))
