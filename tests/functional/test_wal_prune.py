@@ -5,7 +5,9 @@
 cluster (the older one taken as of ten days ago), WAL files pushed with `quankey-backup wal-push` around their
 starts, then `quankey-backup prune` with retention keeping one base backup: the older base backup goes, and exactly
 the WAL files before the kept one's start (on its timeline) go with it; its own start, what follows, a later
-timeline and the timeline history file stay. A dry run deletes nothing and says the same numbers."""
+timeline and the timeline history file stay. A dry run deletes nothing and says the same numbers. Health's base rule
+(WAL_ARCHIVING) warns while the newest base backup is ten days old, is quiet once a fresh one is there, and is
+critical without any."""
 
 import datetime
 import json
@@ -39,6 +41,10 @@ def test_prune_keeps_the_newest_base_backup_and_exactly_the_wal_it_needs(env, te
     settings = config.settings_from_env(env)
     old = basebackup.run_basebackup(settings, now=datetime.datetime.now(UTC) - datetime.timedelta(days=10),
                                     fast_checkpoint=True)
+    stale = json.loads(run_cli(dict(env, WAL_ARCHIVING="true"), "health", "--json").stdout)  # BASE_MAX_AGE_DAYS 8
+    (finding,) = [item for item in stale["findings"] if item["rule"] == "base"]
+    assert finding["severity"] == "warning" and "the newest base backup, %s, is 10.0 days old (limit 8 days" % (
+        old["name"]) in finding["message"]
     testbed.pg.psql("CREATE TABLE IF NOT EXISTS walprune_probe (id int); INSERT INTO walprune_probe VALUES (1); "
                     "SELECT pg_switch_wal()")
     new = json.loads(run_cli(env, "basebackup", "--fast", "--json", check=0).stdout)
@@ -76,6 +82,12 @@ def test_prune_keeps_the_newest_base_backup_and_exactly_the_wal_it_needs(env, te
     assert (again["base_deleted"], again["wal_deleted"], again["wal_kept"]) == ([], 0, len(kept))
     assert json.loads(run_cli(env, "verify", "--base", "--json", check=0).stdout)["name"] == new["name"]
 
+    # health's base rule (WAL_ARCHIVING): the kept base backup is the newest, fresh, so no base finding
+    report = json.loads(run_cli(dict(env, WAL_ARCHIVING="true"), "health", "--json").stdout)
+    assert [item for item in report["findings"] if item["rule"] == "base"] == []
+    assert (report["base"]["newest"], report["base"]["count"]) == (new["name"], 1)
+    assert report["base"]["start_wal_file"] == new["start_wal_file"] and report["base"]["age_days"] < 1
+
 
 def test_without_a_base_backup_prune_keeps_every_wal_file_and_says_so(env, s3, tmp_path):
     names = ["000000010000000000000001", "000000010000000000000002"]
@@ -86,3 +98,9 @@ def test_without_a_base_backup_prune_keeps_every_wal_file_and_says_so(env, s3, t
     assert "WARNING: no trusted base backup of host db1 is kept" in done.stdout
     assert "prune keeps all 2 archived WAL file(s)" in done.stdout
     assert _keys(s3, env) == [_wal_key(name) for name in names]
+    report = json.loads(run_cli(dict(env, WAL_ARCHIVING="true"), "health", "--json").stdout)
+    base = [item for item in report["findings"] if item["rule"] == "base"]
+    assert [item["severity"] for item in base] == ["critical"] and report["status"] == "critical"
+    assert "no base backup of this host in s3://%s/%sbase/db1/" % (env["S3_BUCKET"], env["S3_PREFIX"]) in base[0]["message"]
+    assert report["base"] == {"count": 0, "newest": None, "timestamp": None, "age_days": None, "start_wal_file": None,
+                              "signature": None}
