@@ -179,7 +179,7 @@ def prune_physical(settings, store, context, now, policy, dry_run=False):
     try:
         records, _orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
             layout.base_prefix(settings.prefix, host)))
-        listing = [item for item in store.list_objects(layout.wal_prefix(settings.prefix, host))]
+        listing = list(store.list_objects(layout.wal_prefix(settings.prefix, host)))
     except AccessDeniedError as exc:  # a host whose IAM policy does not reach base/ or wal/ (it has no physical kind)
         LOG.debug("base backups and WAL not pruned in s3://%s: %s", store.bucket, exc)
         result["wal_note"] = "base backups and WAL not listed here: %s" % exc
