@@ -534,9 +534,9 @@ def _prune_physical_lines(args, result):
     lines = []
     bases = result.get("base_backups") or []
     if bases:
-        lines.append("%s %d base backup(s), %s %d" % ("would delete" if args.dry_run else "deleted",
-                                                       len(result["base_deleted"]),
-                                                       "would keep" if args.dry_run else "kept", len(result["base_kept"])))
+        lines.append("%s %d base backup(s), %s %d" % (
+            "would delete" if args.dry_run else "deleted", len(result["base_deleted"]),
+            "would keep" if args.dry_run else "kept", len(result["base_kept"])))
         shown = bases if args.dry_run else [item for item in bases if item["fate"] == "delete"]
         width = max([len(item["name"]) for item in shown] or [0])
         lines += ["  %-6s  %-*s  %s" % (item["fate"], width, item["name"], item["reason"]) for item in shown]

@@ -405,8 +405,8 @@ def base_findings(newest, now, max_age_days, *, where="the bucket", listed=0, pr
                                     " (%d listed; the newest: %s)" % (listed, problem) if listed else "", max_age_days)))
         return findings
     if problem:
-        findings.append(_finding("base", WARNING, "a base backup newer than %s is not usable: %s" % (newest.basename,
-                                                                                                   problem)))
+        findings.append(_finding("base", WARNING, "a base backup newer than %s is not usable: %s"
+                                 % (newest.basename, problem)))
     age_days = (now - newest.timestamp).total_seconds() / 86400.0
     if age_days > max_age_days:
         findings.append(_finding("base", WARNING, "the newest base backup, %s, is %.1f days old (limit %d days, "
@@ -426,8 +426,8 @@ def _base_usable(store, record, signing_keys):
     except IntegrityError as exc:
         return exc.message
     if record.metadata["size_bytes"] != record.object_size:
-        return "%s: its data object is %d bytes, its metadata says %d" % (record.basename, record.object_size,
-                                                                        record.metadata["size_bytes"])
+        return "%s: its data object is %d bytes, its metadata says %d" % (
+            record.basename, record.object_size, record.metadata["size_bytes"])
     record.verdict = trust.judge_base(record, signing_keys)
     if record.verdict.outcome in (trust.INVALID, trust.UNSIGNED):
         return record.verdict.problem or "%s: metadata %s" % (record.basename, record.verdict.describe())
