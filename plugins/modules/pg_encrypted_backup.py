@@ -506,13 +506,13 @@ pruned:
       elements: str
       sample: [quankey_prod_backup_20261031_030000]
     orphans_deleted:
-      description: Stale objects without metadata removed (left by interrupted backups).
+      description: Stale objects without metadata removed (left by interrupted backups, and base backups).
       returned: always
       type: list
       elements: str
       sample: []
     uploads_aborted:
-      description: Stale open multipart uploads aborted.
+      description: Stale open multipart uploads aborted (of backups, and of the host's base backups).
       returned: always
       type: list
       elements: str

@@ -136,7 +136,10 @@ def prune_store(settings, store, context, now, dry_run=False, pg=None):
               "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
               "leftovers": found, "dry_run": dry_run, "tagged": tagged, "bucket": store.bucket}
     result.update(policy.describe())
-    result.update(prune_physical(settings, store, context, now, policy, dry_run))
+    physical = prune_physical(settings, store, context, now, policy, dry_run)
+    result["orphans_deleted"] += physical.pop("base_orphans_deleted")  # a killed basebackup's, as a dump's are
+    result["uploads_aborted"] += physical.pop("base_uploads_aborted")
+    result.update(physical)
     return result
 
 
@@ -165,25 +168,52 @@ def _base_summary(fate, policy):
     return summary
 
 
+def base_leftovers(settings, store, orphans, now):
+    """What interrupted base backups of this host left, as leftovers.find's dict (orphans: base data objects without
+    metadata; uploads: open multipart uploads under ``base/<host>/``). An upload is as young as the time in its
+    base backup's name, when that is younger than what the store says (a store may misreport an upload's start)."""
+    def hours(when):
+        return round((now - when).total_seconds() / 3600.0, 2)
+
+    found_orphans = [{"key": item["key"], "size_bytes": item["size"], "age_hours": hours(item["last_modified"])}
+                     for item in orphans]
+    uploads = []
+    for upload in store.list_multipart_uploads(layout.base_prefix(settings.prefix, settings.host)):
+        parts = list(store.list_parts(upload["key"], upload["upload_id"]))
+        age = leftovers.upload_age(upload, parts, now)
+        stem = layout.base_stem(upload["key"])
+        if layout.is_base_basename(stem):
+            age = min(age, hours(layout.parse_timestamp(stem.rsplit("_base_", 1)[1])))
+        uploads.append({"key": upload["key"], "upload_id": upload["upload_id"],
+                        "size_bytes": sum(part["size"] for part in parts), "parts": len(parts), "age_hours": age})
+    return {"orphans": found_orphans, "uploads": uploads, "staging_databases": [], "restore_logins": []}
+
+
 def prune_physical(settings, store, context, now, policy, dry_run=False):
     """The host's physical base backups under the retention ``policy`` (one series), then its archived WAL that no
     kept base backup needs (catalog/retention.py's ``wal_plan``); the part of prune's result about them:
     ``base_kept``, ``base_deleted`` (names), ``base_backups`` (each one's fate), ``wal_deleted`` (how many WAL files
     were deleted, or would be with ``dry_run``), ``wal_kept``, ``wal_locked`` (kept because still locked),
     ``wal_kept_from`` (no WAL file at or after it is deleted: the earliest start of a kept base backup) and
-    ``wal_note`` (why no WAL is deleted, or None). A host whose credentials may not list ``base/`` or ``wal/`` is
-    left alone (``wal_note`` says so)."""
+    ``wal_note`` (why no WAL is deleted, or None); and what interrupted base backups left, once stale
+    (leftovers.py's STALE_HOURS): ``base_orphans_deleted`` (data objects without metadata) and ``base_uploads_aborted``
+    (open multipart uploads). A host whose credentials may not list ``base/`` or ``wal/`` is left alone (``wal_note``
+    says so)."""
     result = {"base_kept": [], "base_deleted": [], "base_backups": [], "wal_deleted": 0, "wal_kept": 0,
-              "wal_locked": 0, "wal_kept_from": None, "wal_note": None}
+              "wal_locked": 0, "wal_kept_from": None, "wal_note": None, "base_orphans_deleted": [],
+              "base_uploads_aborted": []}
     host = settings.host
     try:
-        records, _orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
+        records, orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
             layout.base_prefix(settings.prefix, host)))
         listing = list(store.list_objects(layout.wal_prefix(settings.prefix, host)))
+        found = base_leftovers(settings, store, orphans, now)
     except AccessDeniedError as exc:  # a host whose IAM policy does not reach base/ or wal/ (it has no physical kind)
         LOG.debug("base backups and WAL not pruned in s3://%s: %s", store.bucket, exc)
         result["wal_note"] = "base backups and WAL not listed here: %s" % exc
         return result
+    swept = leftovers.sweep(store, None, leftovers.stale(found), dry_run)
+    result.update(base_orphans_deleted=swept["orphans"], base_uploads_aborted=swept["uploads"])
     fates = retention.plan(records, now, policy, lambda record: base_problem(store, context, record),
                            locked=lambda record: locked_until(store, record))
     for fate in fates:

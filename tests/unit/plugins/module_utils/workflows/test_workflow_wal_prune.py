@@ -176,3 +176,26 @@ def test_the_cli_says_what_prune_did_to_base_backups_and_wal(make_settings, stor
     assert ("would delete 5 archived WAL file(s) before %s (the oldest kept base backup's start), kept 5" % NEW_START
             in lines)
     assert json.loads(json.dumps(prune.run_prune(settings, dry_run=True)))["wal_deleted"] == 5
+
+
+def test_what_interrupted_base_backups_left_is_swept_once_stale(make_settings, store, pg):
+    settings = make_settings(**RULES)
+    _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=UTC), NEW_START)
+    stale_orphan = layout.base_object_key("", "db1", "cluster_base_20261128_030000")
+    young_orphan = layout.base_object_key("", "db1", "cluster_base_20261130_113000")
+    store.put_object(stale_orphan, b"QKBK half", last_modified=NOW - datetime.timedelta(hours=30))
+    store.put_object(young_orphan, b"QKBK running", last_modified=NOW - datetime.timedelta(minutes=20))
+    store.now = NOW - datetime.timedelta(days=2)  # the uploads' start (the test bed's store misreports it so)
+    killed = store.open_multipart(layout.base_object_key("", "db1", "cluster_base_20261127_030000"))
+    running = store.open_multipart(layout.base_object_key("", "db1", "cluster_base_20261130_115500"))
+    store.now = NOW
+    assert killed.upload_id != running.upload_id
+
+    dry = prune.run_prune(settings, dry_run=True, store=store, pg=pg, now=NOW)
+    assert dry["orphans_deleted"] == [stale_orphan] and dry["uploads_aborted"] == [killed.key]
+    assert store.data(stale_orphan) and len(store.uploads) == 2, "a dry run removes nothing"
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW)
+    assert done["orphans_deleted"] == [stale_orphan] and done["uploads_aborted"] == [killed.key]
+    assert stale_orphan not in store.keys() and young_orphan in store.keys()
+    assert list(store.uploads) == [running.upload_id] and store.aborted == [killed.key]
+    assert done["base_kept"] and done["base_deleted"] == []  # the committed base backup is no leftover
