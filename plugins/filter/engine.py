@@ -6,6 +6,7 @@
 - ``backup_prefixes``: a host's two key prefixes (its data objects and its metadata), catalog/layout.py's.
 - ``drill_reports_prefix``: the key prefix of a host's restore drill reports, catalog/layout.py's.
 - ``wal_prefix``: the key prefix of a host's archived WAL (every timeline), catalog/layout.py's.
+- ``base_prefix``: the key prefix of a host's physical base backups (data objects and metadata), catalog/layout.py's.
 - ``settings_error``: the engine's verdict on settings a role is about to write, before anything is installed:
   config.Settings' validation (the settings table) and whether new backups can be sealed and signed with those
   keys (keys.KeyContext), in the role's words (``labels``). Messages never hold a secret (errors.py).
@@ -48,6 +49,14 @@ def wal_prefix(host_id, prefix=""):
     if not host_id:
         raise AnsibleFilterError("wal_prefix needs a host id")
     return layout.wal_prefix(config.normalize_prefix(prefix), host_id)
+
+
+def base_prefix(host_id, prefix=""):
+    """``<prefix>base/<host>/``: the host's physical base backups, data objects and metadata (basebackup writes
+    there, prune deletes there)."""
+    if not host_id:
+        raise AnsibleFilterError("base_prefix needs a host id")
+    return layout.base_prefix(config.normalize_prefix(prefix), host_id)
 
 
 def controller_checks_keys():
@@ -157,4 +166,5 @@ class FilterModule(object):
 
     def filters(self):
         return {"backup_prefixes": backup_prefixes, "drill_reports_prefix": drill_reports_prefix,
-                "wal_prefix": wal_prefix, "settings_error": settings_error, "env_extra_error": env_extra_error}
+                "wal_prefix": wal_prefix, "base_prefix": base_prefix, "settings_error": settings_error,
+                "env_extra_error": env_extra_error}

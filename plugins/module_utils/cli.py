@@ -602,6 +602,26 @@ def _prune_lines(args, settings, result):
     for names, kind in swept:
         lines += ["  %s %s %s (older than %d h)" % ("would remove" if args.dry_run else "removed", kind, name,
                                                     leftovers.STALE_HOURS) for name in names]
+    return lines + _prune_physical_lines(args, result)
+
+
+def _prune_physical_lines(args, result):
+    """The base backups and archived WAL part of a prune's lines (nothing when the host has neither)."""
+    lines = []
+    bases = result.get("base_backups") or []
+    if bases:
+        lines.append("%s %d base backup(s), %s %d" % (
+            "would delete" if args.dry_run else "deleted", len(result["base_deleted"]),
+            "would keep" if args.dry_run else "kept", len(result["base_kept"])))
+        shown = bases if args.dry_run else [item for item in bases if item["fate"] == "delete"]
+        width = max([len(item["name"]) for item in shown] or [0])
+        lines += ["  %-6s  %-*s  %s" % (item["fate"], width, item["name"], item["reason"]) for item in shown]
+    if result.get("wal_kept_from"):
+        lines.append("%s %d archived WAL file(s) before %s (the oldest kept base backup's start), kept %d%s"
+                     % ("would delete" if args.dry_run else "deleted", result["wal_deleted"], result["wal_kept_from"],
+                        result["wal_kept"], " (%d still locked)" % result["wal_locked"] if result["wal_locked"] else ""))
+    elif result.get("wal_note") and result.get("wal_kept"):
+        lines.append("WARNING: " + result["wal_note"])
     return lines
 
 

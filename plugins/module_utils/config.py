@@ -369,6 +369,10 @@ TABLE = (
             meaning="health warns when the newest archived WAL segment is older (the RPO achieved; set "
                     "archive_timeout below it so that a quiet server still archives)",
             hint="give the minutes the newest archived WAL segment may be old, 1 to 10080"),
+    Setting("base_max_age_days", "BASE_MAX_AGE_DAYS", "int", 8, bounds=(1, 3650),
+            meaning="with WAL_ARCHIVING, health warns when the newest base backup is older (a point-in-time recovery "
+                    "replays all WAL since it, and prune keeps all that WAL)",
+            hint="give the days the newest base backup may be old, 1 to 3650"),
     # The replica: a second bucket each committed backup is copied to (variables only; unset ones: the primary's)
     Setting("replica_bucket", "S3_REPLICA_BUCKET", shown="none: no replica",
             meaning="a second bucket each committed backup is copied to and verified in (restore falls back to it)"),

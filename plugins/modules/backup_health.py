@@ -150,7 +150,9 @@ findings:
           or that variable is set, is a warning; a drill report that is forged or unsigned is a warning or info, and
           not counted), V(wal) (with C(WAL_ARCHIVING=true) in the host's settings - PostgreSQL's last archiving attempt
           failed, C(archive_mode) off or no segment archived is critical; the newest archived segment older than
-          C(WAL_MAX_LAG_MINUTES), default 60, or C(pg_stat_archiver) unreadable is a warning).
+          C(WAL_MAX_LAG_MINUTES), default 60, or C(pg_stat_archiver) unreadable is a warning), V(base) (with
+          C(WAL_ARCHIVING=true) - no usable base backup of the host is critical; the newest older than
+          C(BASE_MAX_AGE_DAYS), default 8, a newer one unusable, or C(base/) not listable is a warning).
       returned: always
       type: str
       sample: age
@@ -224,6 +226,16 @@ wal:
   sample: {"archive_mode": "on", "archived_count": 412, "last_archived_wal": "00000001000000020000003A",
            "last_archived_time": "2025-08-10T04:00:00Z", "failed_count": 0, "last_failed_wal": null,
            "last_failed_time": null, "newest_segment": "00000001000000020000003A", "newest_age_seconds": 95.2}
+base:
+  description:
+    - With C(WAL_ARCHIVING=true) in the host's settings, the host's base backups (C(quankey-backup basebackup)) -
+      C(count) (how many the bucket holds), C(newest) (the newest usable one - its object there, its metadata neither
+      forged nor unsigned), C(timestamp) (UTC), C(age_days), C(start_wal_file) and C(signature) (null fields when
+      there is none); null otherwise. docs/CLI.md, "The base rule of health".
+  returned: always
+  type: dict
+  sample: {"count": 3, "newest": "cluster_base_20250809_030000", "timestamp": "2025-08-09T03:00:00Z", "age_days": 1.04,
+           "start_wal_file": "00000001000000020000002C", "signature": "valid (key qks-1a2b3c4d)"}
 report_lines:
   description:
     - The report as the lines a person reads, the engine's (those C(quankey-backup health) prints) - the status with the

@@ -506,13 +506,13 @@ pruned:
       elements: str
       sample: [quankey_prod_backup_20261031_030000]
     orphans_deleted:
-      description: Stale objects without metadata removed (left by interrupted backups).
+      description: Stale objects without metadata removed (left by interrupted backups, and base backups).
       returned: always
       type: list
       elements: str
       sample: []
     uploads_aborted:
-      description: Stale open multipart uploads aborted.
+      description: Stale open multipart uploads aborted (of backups, and of the host's base backups).
       returned: always
       type: list
       elements: str
@@ -534,6 +534,59 @@ pruned:
       returned: always
       type: dict
       sample: {}
+    base_backups:
+      description:
+        - The host's physical base backups (C(quankey-backup basebackup)), newest first, each with its fate under the
+          same retention rules as the dumps - the fields of RV(pruned.backups), C(kind) V(base), C(database) null,
+          C(start_wal_file) and C(timeline) (null when its metadata was not read). Empty when the host has none.
+      returned: always
+      type: list
+      elements: dict
+      sample: []
+    base_kept:
+      description: Names of the base backups kept.
+      returned: always
+      type: list
+      elements: str
+      sample: [cluster_base_20261129_030000]
+    base_deleted:
+      description: Names of the base backups deleted (would be deleted in check mode).
+      returned: always
+      type: list
+      elements: str
+      sample: [cluster_base_20261120_030000]
+    wal_deleted:
+      description:
+        - How many archived WAL files of the host were deleted (would be in check mode) - those before the start of
+          every kept base backup, on its timeline or an earlier one; never a timeline history file, and none when no
+          trusted base backup is kept (see RV(pruned.wal_note)).
+      returned: always
+      type: int
+      sample: 212
+    wal_kept:
+      description: How many archived WAL files of the host stay.
+      returned: always
+      type: int
+      sample: 9
+    wal_locked:
+      description: Of the WAL files kept, how many only because their S3 Object Lock has not ended.
+      returned: always
+      type: int
+      sample: 0
+    wal_kept_from:
+      description:
+        - The earliest start WAL file of a kept base backup - no archived WAL file at or after it is deleted; null when
+          no WAL is deleted because no trusted base backup is kept.
+      returned: always
+      type: str
+      sample: "000000010000000000000020"
+    wal_note:
+      description:
+        - Why no archived WAL was deleted (no trusted base backup kept, so all WAL is kept; or C(base/) and C(wal/) not
+          listable with these credentials), or null.
+      returned: always
+      type: str
+      sample: null
 lock_waited_seconds:
   description: How long the backup waited for O(lock_file) (a scheduled run in progress).
   returned: when O(lock_file) is set and not in check mode

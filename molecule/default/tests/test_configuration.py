@@ -185,6 +185,8 @@ def test_iam_policy_allows_only_this_hosts_prefixes(host, hostname, host_vars, s
     policy = json.loads(host.file("/etc/quankey/iam-policy.json").content_string)
     bucket_arn = "arn:aws:s3:::" + services["s3"]["bucket"]
     own = [_key_prefix(host_vars) + "backups/postgresql/%s/" % hostname, _key_prefix(host_vars) + "metadata/%s/" % hostname]
+    if host_vars.get("pg_backup_kind", "logical") in ("physical", "both"):  # its archived WAL and base backups too
+        own += [_key_prefix(host_vars) + "wal/%s/" % hostname, _key_prefix(host_vars) + "base/%s/" % hostname]
     statements = dict((item["Sid"], item) for item in policy["Statement"])
     assert policy["Version"] == "2012-10-17"
     listing = statements["ListOwnPrefixes"]

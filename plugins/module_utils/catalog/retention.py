@@ -21,6 +21,10 @@ backups no rule keeps, gives the time until which its objects may not be deleted
 the calendar rules; the judge is asked lazily, once per backup at most, and only when a rule could
 keep that backup (judging costs a read of its metadata). With every calendar rule 0 this is the
 age-and-min_keep retention of before.
+
+The same rules decide a host's physical base backups (one series per host). Its archived WAL follows them
+(:func:`wal_plan`): a WAL file is deleted only when it comes before the start of every kept base backup, on the
+same or an earlier timeline; timeline history files are never deleted.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -28,6 +32,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+
+from ..errors import ConfigError
+from . import walnames
 
 UTC = datetime.timezone.utc
 
@@ -178,3 +185,39 @@ def _plan_series(fates, policy, judge):
         for rule, name in wanted:
             seen[rule].add(name)
             fate.rules.append("%s %s" % (rule, name))
+
+
+# --------------------------------------------------------------------------- archived WAL (physical backups)
+
+def wal_deletable(name, starts):
+    """Whether prune may delete the archived WAL file ``name`` when the kept base backups start at the WAL files
+    ``starts`` (their ``start_wal_file``, 24 hex digits each).
+
+    A file is deleted only when no kept base backup can need it: for every start ``S`` on timeline ``T``, it is on
+    ``T`` or an earlier timeline and comes before ``S`` in WAL order (its segment, ``.partial`` or ``.backup`` file
+    named by a segment before ``S``'s). Timeline history files are never deleted (tiny, and every later timeline
+    needs them); nothing is deleted without a start. ConfigError (catalog/walnames.py) for a name PostgreSQL does
+    not archive: the caller leaves such an object alone."""
+    wal = walnames.parse(name)
+    if wal.kind == walnames.HISTORY or not starts:
+        return False
+    timeline, position = name[:8], name[8:24]  # fixed-width upper-case hex: text order is number order
+    return all(timeline <= start[:8] and position < start[8:24] for start in starts)
+
+
+def wal_plan(names, starts):
+    """Prune's plan for a host's archived WAL: ``{"delete": [names, in WAL order], "keep": [names],
+    "kept_from": the earliest of ``starts`` in WAL order (no file at or after it is deleted) or None}``.
+
+    ``starts``: the ``start_wal_file`` of each kept base backup (:func:`wal_deletable`); none keeps everything. Names
+    that are not WAL files PostgreSQL archives are kept (listed under ``keep``)."""
+    starts = sorted(set(starts), key=lambda start: (start[8:24], start[:8]))
+    delete, keep = [], []
+    for name in names:
+        try:
+            deletable = wal_deletable(name, starts)
+        except ConfigError:
+            deletable = False
+        (delete if deletable else keep).append(name)
+    delete.sort(key=lambda name: (name[8:24], name[:8], name))
+    return {"delete": delete, "keep": keep, "kept_from": starts[0] if starts else None}

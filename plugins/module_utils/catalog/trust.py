@@ -111,6 +111,28 @@ def judge(record, signing_keys, how_to_fix="set the signing key of the hosts tha
     return Verdict(outcome, kid, signing.describe_failure(outcome, kid, record.basename, how_to_fix))
 
 
+def judge_base(record, signing_keys):
+    """The :class:`Verdict` on a physical base backup whose metadata is loaded (catalog/layout.py's BaseRecord): it
+    must name its own place (host, name, object key, time) and be signed with a key held here (``signing_keys``:
+    {id: key}, or None when none is configured). workflows/basebackup.py and prune's retention ask it."""
+    metadata = record.metadata
+    expected = (("host", record.host), ("name", record.basename), ("object_key", record.object_key),
+                ("timestamp", layout.format_timestamp(record.timestamp)))
+    kid = signing.signature_key_id(metadata)
+    for field, value in expected:
+        if metadata.get(field) != value:
+            return Verdict(INVALID, kid, "metadata of base backup %s (at %s) is not this backup's: its %s is %r where %r "
+                           "is stored, so it was copied from another backup or modified: do not trust it"
+                           % (record.basename, record.metadata_key, field, metadata.get(field), value))
+    if signing_keys is None:
+        return Verdict(NOT_CHECKED, kid, None)
+    outcome, kid = signing.verify_metadata(metadata, signing_keys)
+    if outcome == VALID:
+        return Verdict(VALID, kid, None)
+    return Verdict(outcome, kid, signing.describe_failure(outcome, kid, record.basename,
+                                                          "set the signing key of the host that made it"))
+
+
 def require(verdict, allow_unsigned=False, allow_seed=False):
     """Raise unless the verdict lets a backup be used: invalid never; unsigned/unverified with
     ``allow_unsigned``; the seed's with ``allow_seed``. Logs a warning when an opt-in is what let it through."""

@@ -32,7 +32,7 @@ from ..adapters.process import CHUNK, Child
 from ..adapters.s3 import choose_part_size, lock_of_settings
 from ..catalog import documents, layout, trust
 from ..errors import AccessDeniedError, ConfigError, IntegrityError, NotFoundError, PostgresError, RefusedError, in_step
-from ..formats import basetar, signing
+from ..formats import basetar
 from ..formats.compression import check_compression
 from ..progress import Progress, Stages
 from . import backup, wiring
@@ -220,22 +220,7 @@ def load_metadata(store, record):
 def judge(record, signing_keys):
     """The trust.Verdict on a base backup whose metadata is loaded: it must name its own place (host, name, object key,
     time) and be signed with a key held here (``signing_keys``: {id: key}, or None when none is configured)."""
-    metadata = record.metadata
-    expected = (("host", record.host), ("name", record.basename), ("object_key", record.object_key),
-                ("timestamp", layout.format_timestamp(record.timestamp)))
-    kid = signing.signature_key_id(metadata)
-    for field, value in expected:
-        if metadata.get(field) != value:
-            return trust.Verdict(trust.INVALID, kid, "metadata of base backup %s (at %s) is not this backup's: its %s is "
-                                 "%r where %r is stored, so it was copied from another backup or modified: do not "
-                                 "trust it" % (record.basename, record.metadata_key, field, metadata.get(field), value))
-    if signing_keys is None:
-        return trust.Verdict(trust.NOT_CHECKED, kid, None)
-    outcome, kid = signing.verify_metadata(metadata, signing_keys)
-    if outcome == trust.VALID:
-        return trust.Verdict(trust.VALID, kid, None)
-    return trust.Verdict(outcome, kid, signing.describe_failure(outcome, kid, record.basename,
-                                                                "set the signing key of the host that made it"))
+    return trust.judge_base(record, signing_keys)
 
 
 def find_base_backups(settings, host=None, details=False, *, store=None, context=None):

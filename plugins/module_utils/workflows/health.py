@@ -20,7 +20,7 @@ __metaclass__ = type
 import datetime
 
 from .. import keys
-from ..catalog import layout, trust, walnames
+from ..catalog import documents, layout, trust, walnames
 from ..formats import crypto, modes
 from . import drill, leftovers, wiring
 from .inventory import list_backups as _list_backups, load_metadata as _load_metadata
@@ -389,6 +389,77 @@ def _wal(settings, store, pg, now, report):
                         where="s3://%s/%s" % (settings.bucket, layout.wal_prefix(settings.prefix, settings.host)))
 
 
+def base_findings(newest, now, max_age_days, *, where="the bucket", listed=0, problem=None):
+    """The base rule (WAL_ARCHIVING: this host's point-in-time recovery starts from a base backup).
+
+    ``newest``: the newest usable base backup (catalog/layout.py's BaseRecord: its data object there, its metadata
+    readable and not refused), None when there is none; ``listed``: how many base backups ``where`` holds;
+    ``problem``: why the newest one listed is not usable, when it is not. Critical: no usable base backup (nothing to
+    recover from). Warning: the newest older than ``max_age_days`` (BASE_MAX_AGE_DAYS), or a newer one unusable."""
+    findings = []
+    if newest is None:
+        findings.append(_finding("base", CRITICAL, "no %sbase backup of this host in %s%s: point-in-time recovery has "
+                                 "nothing to start from, and prune deletes no WAL; take one with `quankey-backup "
+                                 "basebackup` and schedule it at least every BASE_MAX_AGE_DAYS (%d) days"
+                                 % ("usable " if listed else "", where,
+                                    " (%d listed; the newest: %s)" % (listed, problem) if listed else "", max_age_days)))
+        return findings
+    if problem:
+        findings.append(_finding("base", WARNING, "a base backup newer than %s is not usable: %s"
+                                 % (newest.basename, problem)))
+    age_days = (now - newest.timestamp).total_seconds() / 86400.0
+    if age_days > max_age_days:
+        findings.append(_finding("base", WARNING, "the newest base backup, %s, is %.1f days old (limit %d days, "
+                                 "BASE_MAX_AGE_DAYS): a point-in-time recovery replays all WAL archived since it, and "
+                                 "prune keeps all that WAL; take one with `quankey-backup basebackup`"
+                                 % (newest.basename, age_days, max_age_days)))
+    return findings
+
+
+def _base_usable(store, record, signing_keys):
+    """Why a base backup cannot be recovered from (a few words), or None: its data object there, of the size its
+    metadata records, the metadata readable and not refused by its signature or place."""
+    if not record.has_object:
+        return "%s has no data object" % record.basename
+    try:
+        record.metadata = documents.decode_base_metadata(store.get_bytes(record.metadata_key), record.metadata_key)
+    except IntegrityError as exc:
+        return exc.message
+    if record.metadata["size_bytes"] != record.object_size:
+        return "%s: its data object is %d bytes, its metadata says %d" % (
+            record.basename, record.object_size, record.metadata["size_bytes"])
+    record.verdict = trust.judge_base(record, signing_keys)
+    if record.verdict.outcome in (trust.INVALID, trust.UNSIGNED):
+        return record.verdict.problem or "%s: metadata %s" % (record.basename, record.verdict.describe())
+    return None
+
+
+def _base(settings, store, signing_keys, now, report):
+    """The base rule's findings, and ``report["base"]``: the newest usable base backup (name, time, age) and how many
+    the bucket holds. Reads the metadata of the newest few (METADATA_LOOKBACK) only."""
+    where = "s3://%s/%s" % (settings.bucket, layout.base_prefix(settings.prefix, settings.host))
+    try:
+        records, _orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
+            layout.base_prefix(settings.prefix, settings.host)))
+        newest, problem = None, None
+        for record in records[:METADATA_LOOKBACK]:
+            why = _base_usable(store, record, signing_keys)
+            if why is None:
+                newest = record
+                break
+            problem = problem or why
+    except AccessDeniedError as exc:
+        return [_finding("base", WARNING, "base backups not listed, so their age is not checked: %s" % exc)]
+    except StorageError as exc:
+        return [_finding("s3_access", CRITICAL, str(exc))]
+    report["base"] = {"count": len(records), "newest": newest.basename if newest else None,
+                      "timestamp": _stamp(newest.timestamp) if newest else None,
+                      "age_days": round((now - newest.timestamp).total_seconds() / 86400.0, 2) if newest else None,
+                      "start_wal_file": newest.metadata["start_wal_file"] if newest else None,
+                      "signature": newest.verdict.describe() if newest else None}
+    return base_findings(newest, now, settings.base_max_age_days, where=where, listed=len(records), problem=problem)
+
+
 def overall_status(findings):
     """ok, warning or critical: the worst finding."""
     worst = max([_RANK[item["severity"]] for item in findings] or [0])
@@ -423,6 +494,11 @@ def report_lines(report):
             wal["newest_segment"] or "none",
             "%.1f min old" % (wal["newest_age_seconds"] / 60.0) if wal["newest_age_seconds"] is not None else "-",
             wal.get("archived_count", "?"), wal.get("failed_count", "?")))
+    base = report.get("base")
+    if base:
+        lines.append("  base: newest %s, %s; %d base backup(s)" % (
+            base["newest"] or "none", "%.1f days old" % base["age_days"] if base["age_days"] is not None else "-",
+            base["count"]))
     for finding in report["findings"]:
         lines.append("  %-8s %-18s %s" % (finding["severity"].upper(), finding["rule"], finding["message"]))
     return lines
@@ -440,7 +516,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     load_metadata = load_metadata or _load_metadata
     report = {"host": settings.host, "database": settings.db_name, "bucket": settings.bucket,
               "checked_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "latest": None, "backups": 0, "keyring_key_ids": [],
-              "drill": None, "wal": None}
+              "drill": None, "wal": None, "base": None}
     try:
         settings.require("db_name", "bucket")
         store = wiring.store_or_open(settings, store, HEALTH_RETRY_WINDOW)
@@ -501,6 +577,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     findings.extend(_drills(settings, store, signing_keys, now, report))
     if settings.wal_archiving:
         findings.extend(_wal(settings, store, wiring.postgres_or_none(settings, pg), now, report))
+        findings.extend(_base(settings, store, signing_keys, now, report))
     if seed_records and not settings.allow_seed:
         findings.append(_finding("seed_backups", INFO, "%d backup(s) made by the seed's scripts (newest %s) are not counted: "
                                  "their metadata is unsigned; adopt them (quankey-backup adopt), or set %s to true to count them"

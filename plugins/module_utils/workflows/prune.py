@@ -9,7 +9,14 @@ BACKUP_OBJECT_LOCK_MODE) is not deleted until its lock ends: kept, 'locked until
 
 A good backup has its data object, of the size its metadata records, and metadata whose signature verifies here
 and that names the backup stored at its place (catalog/trust.py): a document planted in the bucket, forged or
-unsigned, never counts towards BACKUP_MIN_KEEP or a calendar rule, so it cannot push a real backup out."""
+unsigned, never counts towards BACKUP_MIN_KEEP or a calendar rule, so it cannot push a real backup out.
+
+Physical backups (issue 18): the host's base backups (``<prefix>base/<host>/``) are one more series under the same
+rules, judged the same way (their object there, of the recorded size, their metadata signed here and naming their
+place). Then its archived WAL (``<prefix>wal/<host>/``): a WAL file is deleted when no kept base backup can need it,
+before the start (``start_wal_file``) of every kept base backup, on its timeline or an earlier one
+(catalog/retention.py's ``wal_plan``); timeline history files never. Without a trusted kept base backup no WAL is
+deleted at all (``wal_note`` says so). A locked WAL object is kept, as a locked backup is."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -18,7 +25,7 @@ __metaclass__ = type
 import logging
 
 from .. import keys
-from ..catalog import layout, retention
+from ..catalog import documents, layout, retention, trust, walnames
 from ..errors import AccessDeniedError, BackupError, ConfigError, IntegrityError
 from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
@@ -129,6 +136,140 @@ def prune_store(settings, store, context, now, dry_run=False, pg=None):
               "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
               "leftovers": found, "dry_run": dry_run, "tagged": tagged, "bucket": store.bucket}
     result.update(policy.describe())
+    physical = prune_physical(settings, store, context, now, policy, dry_run)
+    result["orphans_deleted"] += physical.pop("base_orphans_deleted")  # a killed basebackup's, as a dump's are
+    result["uploads_aborted"] += physical.pop("base_uploads_aborted")
+    result.update(physical)
+    return result
+
+
+def base_problem(store, context, record):
+    """:func:`backup_problem` for a physical base backup (its metadata as documents.py decodes it, trust.judge_base's
+    verdict)."""
+    if not record.has_object:
+        return "no data object"
+    try:
+        if record.metadata is None:
+            record.metadata = documents.decode_base_metadata(store.get_bytes(record.metadata_key), record.metadata_key)
+    except IntegrityError:
+        return "metadata unreadable"
+    metadata = record.metadata
+    if metadata["size_bytes"] != record.object_size:
+        return "data object is %d bytes, its metadata says %s" % (record.object_size, metadata["size_bytes"])
+    record.verdict = trust.judge_base(record, context.signing_keys()[2])
+    return None if record.verdict.trusted else "metadata signature: %s" % record.verdict.describe()
+
+
+def _base_summary(fate, policy):
+    summary = fate.summary(policy)
+    summary.update(kind="base", database=None,
+                   start_wal_file=(fate.record.metadata or {}).get("start_wal_file"),
+                   timeline=(fate.record.metadata or {}).get("timeline"))
+    return summary
+
+
+def base_leftovers(settings, store, orphans, now):
+    """What interrupted base backups of this host left, as leftovers.find's dict (orphans: base data objects without
+    metadata; uploads: open multipart uploads under ``base/<host>/``). An upload is as young as the time in its
+    base backup's name, when that is younger than what the store says (a store may misreport an upload's start)."""
+    def hours(when):
+        return round((now - when).total_seconds() / 3600.0, 2)
+
+    found_orphans = [{"key": item["key"], "size_bytes": item["size"], "age_hours": hours(item["last_modified"])}
+                     for item in orphans]
+    uploads = []
+    for upload in store.list_multipart_uploads(layout.base_prefix(settings.prefix, settings.host)):
+        parts = list(store.list_parts(upload["key"], upload["upload_id"]))
+        age = leftovers.upload_age(upload, parts, now)
+        stem = layout.base_stem(upload["key"])
+        if layout.is_base_basename(stem):
+            age = min(age, hours(layout.parse_timestamp(stem.rsplit("_base_", 1)[1])))
+        uploads.append({"key": upload["key"], "upload_id": upload["upload_id"],
+                        "size_bytes": sum(part["size"] for part in parts), "parts": len(parts), "age_hours": age})
+    return {"orphans": found_orphans, "uploads": uploads, "staging_databases": [], "restore_logins": []}
+
+
+def prune_physical(settings, store, context, now, policy, dry_run=False):
+    """The host's physical base backups under the retention ``policy`` (one series), then its archived WAL that no
+    kept base backup needs (catalog/retention.py's ``wal_plan``); the part of prune's result about them:
+    ``base_kept``, ``base_deleted`` (names), ``base_backups`` (each one's fate), ``wal_deleted`` (how many WAL files
+    were deleted, or would be with ``dry_run``), ``wal_kept``, ``wal_locked`` (kept because still locked),
+    ``wal_kept_from`` (no WAL file at or after it is deleted: the earliest start of a kept base backup) and
+    ``wal_note`` (why no WAL is deleted, or None); and what interrupted base backups left, once stale
+    (leftovers.py's STALE_HOURS): ``base_orphans_deleted`` (data objects without metadata) and ``base_uploads_aborted``
+    (open multipart uploads). A host whose credentials may not list ``base/`` or ``wal/`` is left alone (``wal_note``
+    says so)."""
+    result = {"base_kept": [], "base_deleted": [], "base_backups": [], "wal_deleted": 0, "wal_kept": 0,
+              "wal_locked": 0, "wal_kept_from": None, "wal_note": None, "base_orphans_deleted": [],
+              "base_uploads_aborted": []}
+    host = settings.host
+    try:
+        records, orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
+            layout.base_prefix(settings.prefix, host)))
+        listing = list(store.list_objects(layout.wal_prefix(settings.prefix, host)))
+        found = base_leftovers(settings, store, orphans, now)
+    except AccessDeniedError as exc:  # a host whose IAM policy does not reach base/ or wal/ (it has no physical kind)
+        LOG.debug("base backups and WAL not pruned in s3://%s: %s", store.bucket, exc)
+        result["wal_note"] = "base backups and WAL not listed here: %s" % exc
+        return result
+    swept = leftovers.sweep(store, None, leftovers.stale(found), dry_run)
+    result.update(base_orphans_deleted=swept["orphans"], base_uploads_aborted=swept["uploads"])
+    fates = retention.plan(records, now, policy, lambda record: base_problem(store, context, record),
+                           locked=lambda record: locked_until(store, record))
+    for fate in fates:
+        if fate.keep and fate.good is None:  # kept by age alone: WAL retention needs its start and its verdict
+            fate.problem = base_problem(store, context, fate.record)
+            fate.good = fate.problem is None
+    if not dry_run:
+        for fate in fates:
+            if fate.keep:
+                continue
+            record = fate.record
+            store.delete(record.metadata_key)  # uncommit first
+            if record.has_object:
+                store.delete(record.object_key)
+            LOG.info("pruned base backup %s (%s) in s3://%s: %s", record.basename, retention.utc_text(record.timestamp),
+                     store.bucket, fate.reason(policy))
+    result.update(base_kept=[fate.record.basename for fate in fates if fate.keep],
+                  base_deleted=[fate.record.basename for fate in fates if not fate.keep],
+                  base_backups=[_base_summary(fate, policy) for fate in fates])
+    files = {}
+    for item in listing:
+        name = item["key"].rsplit("/", 1)[-1]
+        try:
+            wal = walnames.parse(name)
+        except ConfigError:
+            continue  # not a file PostgreSQL archives: not prune's to touch
+        if item["key"] == layout.wal_key(settings.prefix, host, wal.timeline, name):
+            files[name] = item["key"]
+    kept = [fate for fate in fates if fate.keep]
+    if not any(fate.good for fate in kept):
+        result["wal_kept"] = len(files)
+        if files:
+            result["wal_note"] = ("no trusted base backup of host %s is kept (signed, its signature valid here), so prune "
+                                  "keeps all %d archived WAL file(s): take one with `quankey-backup basebackup`"
+                                  % (host, len(files)))
+            LOG.warning("%s", result["wal_note"])
+        return result
+    # every kept base backup whose metadata reads bounds what is deleted (one not trusted only keeps more)
+    starts = [fate.record.metadata["start_wal_file"] for fate in kept if fate.record.metadata is not None]
+    plan = retention.wal_plan(sorted(files), starts)
+    result["wal_kept_from"] = plan["kept_from"]
+    deleted = locked = 0
+    for name in plan["delete"]:
+        key = files[name]
+        lock = store.lock_of(key)
+        if lock is not None and lock[1] > now:
+            locked += 1
+            continue
+        if not dry_run:
+            store.delete(key)
+        deleted += 1
+    result.update(wal_deleted=deleted, wal_locked=locked, wal_kept=len(files) - deleted)
+    if deleted or locked:
+        LOG.info("%s %d archived WAL file(s) of host %s in s3://%s before %s, the start of the oldest kept base backup"
+                 "%s", "would delete" if dry_run else "pruned", deleted, host, store.bucket, plan["kept_from"],
+                 "; %d kept while locked" % locked if locked else "")
     return result
 
 

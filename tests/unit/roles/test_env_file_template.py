@@ -162,7 +162,8 @@ def test_the_role_lists_every_variable_its_template_writes():
                     pg_backup_object_lock_mode="governance", pg_backup_replica_bucket="copy",
                     pg_backup_replica_endpoint_url="http://s3-2", pg_backup_replica_region="eu-west-1",
                     pg_backup_replica_access_key_id="a", pg_backup_replica_secret_access_key="s",
-                    pg_backup_kind="both", pg_backup_wal_env_file="/etc/quankey/wal.env", pg_backup_wal_max_lag_minutes=60)
+                    pg_backup_kind="both", pg_backup_wal_env_file="/etc/quankey/wal.env", pg_backup_wal_max_lag_minutes=60,
+                    pg_backup_base_max_age_days=8)
     with open(os.path.join(TEMPLATE_DIR, "..", "vars", "main.yml")) as handle:
         names = yaml.safe_load(handle)["_pg_backup_env_names"]
     assert sorted(config.parse_env_text(every)) == sorted(names)

@@ -27,7 +27,8 @@ def _yaml(*parts):
 
 def _wal_vars(**more):
     values = {"pg_backup_kind": "physical", "pg_backup_wal_env_file": "/etc/quankey/wal.env",
-              "pg_backup_wal_max_lag_minutes": 45, "pg_backup_postgres_os_user": "postgres"}
+              "pg_backup_wal_max_lag_minutes": 45, "pg_backup_postgres_os_user": "postgres",
+              "pg_backup_base_max_age_days": 5}
     values.update(more)
     return values
 
@@ -36,6 +37,7 @@ def test_a_host_that_archives_wal_says_so_to_health_and_logical_hosts_do_not():
     values = config.parse_env_text(_render(**_wal_vars()))
     settings = config.settings_from_env(values)
     assert settings.wal_archiving is True and settings.wal_max_lag_minutes == 45
+    assert settings.base_max_age_days == 5  # health's base rule (pg_backup_base_max_age_days)
     assert values["PGPASSWORD"] == NASTY  # the backup user's file keeps the password
     plain = config.settings_from_env(config.parse_env_text(_render(pg_backup_kind="logical")))
     assert plain.wal_archiving is False

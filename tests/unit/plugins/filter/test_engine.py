@@ -30,7 +30,7 @@ LABELS = {"host_id": "pg_backup_host_id", "encryption_key": "pg_backup_encryptio
 
 def test_the_filters_are_registered():
     assert set(engine.FilterModule().filters()) == {"backup_prefixes", "drill_reports_prefix", "settings_error",
-                                                    "env_extra_error", "wal_prefix"}
+                                                    "env_extra_error", "wal_prefix", "base_prefix"}
 
 
 @pytest.mark.parametrize("prefix", ["", "prod", "/prod/", "a/b/"])
@@ -59,6 +59,19 @@ def test_wal_prefix_is_the_catalogs_and_holds_every_archived_file():
         engine.wal_prefix("db2", "prod"))
     with pytest.raises(AnsibleFilterError, match="needs a host id"):
         engine.wal_prefix("")
+
+
+def test_base_prefix_is_the_catalogs_and_holds_the_hosts_base_backups_only():
+    assert engine.base_prefix("db2", "/prod/") == "prod/base/db2/"
+    assert engine.base_prefix("db2") == "base/db2/"
+    name = layout.base_basename("cluster", layout.parse_timestamp("20261201_030000"))
+    for key in (layout.base_object_key("prod/", "db2", name), layout.base_metadata_key("prod/", "db2", name)):
+        assert key.startswith(engine.base_prefix("db2", "prod"))
+        assert not key.startswith(engine.base_prefix("db", "prod"))  # no other host's: the prefix ends with /
+    assert not layout.base_object_key("prod/", "db20", name).startswith(engine.base_prefix("db2", "prod"))
+    assert not engine.base_prefix("db2", "prod").startswith(engine.wal_prefix("db2", "prod"))
+    with pytest.raises(AnsibleFilterError, match="base_prefix needs a host id"):
+        engine.base_prefix("")
 
 
 def test_backup_prefixes_spell_out_the_layout():
