@@ -22,7 +22,7 @@ MAIN_STEPS := test-unit test-functional demo test-integration
 SIDE_STEPS := molecule-cache test-ansible lint test-molecule-side
 TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS) test-molecule-main
 # Molecule scenarios the side lane runs (each has its own hosts, PostgreSQL and S3 endpoint); the others run last.
-MOLECULE_SIDE_SCENARIOS := drill seed_takeover upgrade
+MOLECULE_SIDE_SCENARIOS := drill seed_takeover upgrade archiving
 SIDE_BY_SIDE ?= 1
 
 .PHONY: setup test wheelhouse molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean

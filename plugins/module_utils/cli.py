@@ -101,6 +101,8 @@ def _parser():
                               "service) or pause (it keeps running, paused, on a private socket, for you to look)")
     pitr_options.add_argument("--os-user", help="the OS user the server runs as and owns the data directory (default "
                               "postgres as root, else you)")
+    pitr_options.add_argument("--config-file", help="the postgresql.conf to recover with when the data directory has none "
+                              "of its own (default: the one cluster's in /etc/postgresql/<major>/, else PostgreSQL's defaults)")
     pitr_options.add_argument("--no-archive", action="store_true", help="the restored server archives no WAL (archive_mode "
                               "off while it recovers): for a scratch copy that must not write to the archive")
     pitr_options.add_argument("--timeout", type=int, default=pitr.DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -382,7 +384,7 @@ def _selection(args, env):
 
 
 _PITR_ONLY = ("data_dir", "target_time", "target_lsn", "target_name", "target_exclusive", "target_timeline", "os_user",
-              "no_archive")
+              "no_archive", "config_file")
 _DUMP_ONLY = ("target_db", "force", "no_owner", "with_globals", "restore_role", "jobs", "as_admin", "db", "before")
 
 
@@ -431,7 +433,8 @@ def _cmd_restore_pitr(args, settings, env):
                                        backup=None if backup_name in (None, "", "latest") else backup_name,
                                        host=args.host, action=args.target_action, os_user=args.os_user,
                                        archive=not args.no_archive, progress=progress,
-                                       allow_unsigned=args.allow_unsigned, timeout=args.timeout)
+                                       allow_unsigned=args.allow_unsigned, timeout=args.timeout,
+                                       config_file=args.config_file)
     finally:
         progress.close()
     lines = ["restored base backup %s of host %s into %s (%d files, each checked against its manifest; metadata "

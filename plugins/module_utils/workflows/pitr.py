@@ -36,6 +36,7 @@ __metaclass__ = type
 
 import concurrent.futures
 import datetime
+import glob
 import logging
 import os
 import pwd
@@ -599,7 +600,8 @@ class WalFeeder:
 # --------------------------------------------------------------------------- the restore
 
 def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None, action="promote", os_user=None,
-                     archive=True, store=None, progress=None, allow_unsigned=False, timeout=DEFAULT_TIMEOUT, ahead=None):
+                     archive=True, store=None, progress=None, allow_unsigned=False, timeout=DEFAULT_TIMEOUT, ahead=None,
+                     config_file=None):
     """Restore host ``host``'s cluster (default this host's) into ``data_dir`` and recover it to ``target`` (a
     :class:`Target`; None: the archive's end); returns a summary dict, or raises having removed what it wrote (a
     recovery that failed after the server started leaves the data directory and its log, and says so)."""
@@ -664,7 +666,8 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
             server.db_user = settings.db_user or user
             count = settings.wal_prefetch if ahead is None else ahead
             feeder = WalFeeder(settings, store, context, host, spool, owner, count if count else DEFAULT_AHEAD)
-            options = _recovery_options(server, spool, owner, feeder, target, action, archive)
+            options = _recovery_options(server, spool, owner, feeder, target, action, archive,
+                                        _configuration(data_dir, config_file, major))
             _touch(os.path.join(data_dir, "recovery.signal"), owner)
             feeder.start()
             server.start(options)
@@ -721,10 +724,33 @@ def _select(settings, store, context, backup, host, target):
     return basebackup.select_base(settings, store, chosen.basename, host, context=context)
 
 
-def _recovery_options(server, spool, owner, feeder, target, action, archive):
+def _configuration(data_dir, config_file, major):
+    """The postgresql.conf the recovery runs with: None for the data directory's own; else ``config_file``, else the
+    one cluster's of this major version in Debian's /etc/postgresql/<major>/ (its settings: shared memory, memory,
+    extensions), else "" (none: an empty one)."""
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError("--config-file %s does not exist: give the restored cluster's postgresql.conf" % config_file)
+        return os.path.abspath(config_file)
+    if os.path.exists(os.path.join(data_dir, "postgresql.conf")):
+        return None
+    found = sorted(glob.glob("/etc/postgresql/%s/*/postgresql.conf" % major))
+    if len(found) == 1:
+        LOG.info("restore --pitr: the base backup's data directory has no postgresql.conf: recovering with %s (its "
+                 "data_directory, port, sockets, pid file and pg_hba replaced for the recovery)", found[0])
+        return found[0]
+    if found:
+        LOG.warning("restore --pitr: the data directory has no postgresql.conf and %s hold several clusters' (%s): "
+                    "recovering with PostgreSQL's defaults; give --config-file to use one", os.path.dirname(
+                        os.path.dirname(found[0])), ", ".join(found))
+    return ""
+
+
+def _recovery_options(server, spool, owner, feeder, target, action, archive, config=None):
     """The server's command-line settings for recovery: the target, restore_command, a private socket with a trust
-    pg_hba for it alone, and, when the data directory has no configuration of its own (Debian keeps it in /etc), an
-    empty one with pg_control's settings a hot standby must match."""
+    pg_hba for it alone, and, when the data directory has no configuration of its own (Debian keeps it in /etc),
+    ``config`` (another cluster's postgresql.conf, its data directory and pid file replaced) or an empty one with
+    pg_control's settings a hot standby must match."""
     hba = os.path.join(spool, "pg_hba.conf")
     with open(hba, "w", encoding="utf-8") as handle:
         handle.write("# restore --pitr: the recovering server takes connections on its private socket only\n"
@@ -733,7 +759,14 @@ def _recovery_options(server, spool, owner, feeder, target, action, archive):
         os.chown(hba, *owner)
     options = [("listen_addresses", ""), ("unix_socket_directories", server.socket_dir), ("hba_file", hba),
                ("hot_standby", "on"), ("restore_command", feeder.restore_command())]
-    if not os.path.exists(os.path.join(server.data_dir, "postgresql.conf")):
+    if config:
+        options += [("config_file", config), ("data_directory", server.data_dir), ("external_pid_file", ""),
+                    ("ident_file", os.path.join(spool, "pg_ident.conf")), ("cluster_name", "quankey-restore-pitr")]
+        with open(os.path.join(spool, "pg_ident.conf"), "w", encoding="utf-8") as handle:
+            handle.write("# restore --pitr: no user name maps while recovering\n")
+        if owner is not None:
+            os.chown(os.path.join(spool, "pg_ident.conf"), *owner)
+    elif config is not None or not os.path.exists(os.path.join(server.data_dir, "postgresql.conf")):
         config = os.path.join(spool, "postgresql.conf")
         with open(config, "w", encoding="utf-8") as handle:
             handle.write("# restore --pitr: the base backup's cluster keeps its configuration outside its data "

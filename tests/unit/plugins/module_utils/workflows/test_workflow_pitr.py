@@ -185,3 +185,16 @@ def test_the_restore_command_script_answers_what_the_feeder_left_in_the_spool(tm
     (spool / "alive").unlink()  # the restore process is gone: what it never served is not archived, for recovery
     gone = _ask(script, "000000010000000000000009", tmp_path / "RECOVERYXLOG")
     assert gone.returncode == 1 and "no longer running" in gone.stderr
+
+
+def test_the_configuration_is_the_data_directorys_own_else_the_one_given_else_none(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    given = tmp_path / "postgresql.conf"
+    given.write_text("shared_buffers = 1GB\n")
+    assert pitr._configuration(str(data), str(given), "99") == str(given)  # pylint: disable=protected-access
+    with pytest.raises(ConfigError, match="--config-file .* does not exist"):
+        pitr._configuration(str(data), str(tmp_path / "nowhere.conf"), "99")  # pylint: disable=protected-access
+    assert pitr._configuration(str(data), None, "99") == ""  # no /etc/postgresql/99: PostgreSQL's defaults
+    (data / "postgresql.conf").write_text("")
+    assert pitr._configuration(str(data), None, "99") is None  # its own
