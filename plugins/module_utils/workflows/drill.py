@@ -205,9 +205,8 @@ def _pitr_checks(report, restored, target, signing_held, started):
                          "recovered to %s: %s at %s on timeline %s, %d WAL files in %.1fs"
                          % (target.describe(), restored["reached"]["state"], restored["replay_lsn"],
                             restored["timeline"], restored["wal_files_restored"], report["rto_seconds"])))
-    checks.append(_check("consistency", bool(restored["databases"]),
-                         "every database answered: %s" % ", ".join("%s (%d relations)" % (name, count) for name, count
-                                                                    in sorted(restored["relations"].items()))))
+    answered = ", ".join("%s (%d relations)" % item for item in sorted(restored["relations"].items()))
+    checks.append(_check("consistency", bool(restored["databases"]), "every database answered: %s" % answered))
     last = restored["last_replayed_commit"]
     if last:
         report["rpo_seconds"] = round((started - layout.parse_time(last)).total_seconds(), 3)
