@@ -299,7 +299,8 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         if not backup_bytes:
             raise RuntimeError("no objects under %sbase/%s/%s.*" % (QK_PREFIX, HOST_ID, taken["name"]))
         result.update(stored_bytes=backup_bytes + wal_bytes, wal_bytes=wal_bytes, read_bytes=taken["tar_bytes"],
-                      label=taken["name"], compression=taken["compression"], encryption=taken["encryption"])
+                      label=taken["name"], compression=taken["compression"], encryption=taken["encryption"],
+                      stage_seconds=taken.get("stage_seconds"))
         return result
 
     def backup_pgbackrest(self, name):
