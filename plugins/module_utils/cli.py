@@ -28,7 +28,7 @@ from .catalog import layout
 from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_INTERNAL, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from .progress import Progress, stages_text
 from .units import human_size
-from .workflows import (adopt, backup, basebackup, drill, health, inventory, leftovers, prune, rekey, replica, restore,
+from .workflows import (adopt, backup, basebackup, drill, health, inventory, leftovers, pitr, prune, rekey, replica, restore,
                         runrecord, undelete, wal)
 
 LOG = logging.getLogger("quankey_backup")
@@ -83,6 +83,28 @@ def _parser():
     restore_command.add_argument("--as-admin", action="store_true",
                                  help="run the backup's SQL as DB_USER even when its source is not trusted (another host's, the "
                                  "seed's, unsigned): only for a backup you trust as much as that login")
+    pitr_options = restore_command.add_argument_group(
+        "point-in-time recovery", "--pitr restores a physical base backup (basebackup) into --data-dir and replays the "
+        "archived WAL (wal-push) up to the target, then promotes: docs/CLI.md, \"Point-in-time recovery\"")
+    pitr_options.add_argument("--pitr", action="store_true", help="restore the cluster to a point in time (base backup and "
+                              "WAL), not a database from a dump")
+    pitr_options.add_argument("--data-dir", help="the new or empty directory the cluster is restored into")
+    pitr_options.add_argument("--target-time", help="recover up to this time: ISO 8601, a time zone (naive is UTC), e.g. "
+                              "2025-08-10T05:13:02Z; default: the end of the archive")
+    pitr_options.add_argument("--target-lsn", help="recover up to this WAL location (e.g. 0/16B3748)")
+    pitr_options.add_argument("--target-name", help="recover up to this restore point (pg_create_restore_point)")
+    pitr_options.add_argument("--target-exclusive", action="store_true", help="stop just before the target, not just "
+                              "after it")
+    pitr_options.add_argument("--target-timeline", help="latest (default), current or a timeline number")
+    pitr_options.add_argument("--target-action", choices=pitr.TARGET_ACTIONS, default="promote",
+                              help="at the target: promote (default; the server is then stopped, to be started by its "
+                              "service) or pause (it keeps running, paused, on a private socket, for you to look)")
+    pitr_options.add_argument("--os-user", help="the OS user the server runs as and owns the data directory (default "
+                              "postgres as root, else you)")
+    pitr_options.add_argument("--no-archive", action="store_true", help="the restored server archives no WAL (archive_mode "
+                              "off while it recovers): for a scratch copy that must not write to the archive")
+    pitr_options.add_argument("--timeout", type=int, default=pitr.DEFAULT_TIMEOUT, metavar="SECONDS",
+                              help="give up when recovery takes longer (default %d)" % pitr.DEFAULT_TIMEOUT)
     _add_allow_unsigned(restore_command)
     restore_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -353,7 +375,17 @@ def _selection(args, env):
     return {"backup": args.backup or env.get("BACKUP_FILE") or "latest", "before": before, "host": args.host, "db": args.db}
 
 
+_PITR_ONLY = ("data_dir", "target_time", "target_lsn", "target_name", "target_exclusive", "target_timeline", "os_user",
+              "no_archive")
+_DUMP_ONLY = ("target_db", "force", "no_owner", "with_globals", "restore_role", "jobs", "as_admin", "db", "before")
+
+
 def _cmd_restore(args, settings, env):
+    if args.pitr:
+        return _cmd_restore_pitr(args, settings, env)
+    given = ["--" + name.replace("_", "-") for name in _PITR_ONLY if getattr(args, name)]
+    if given:
+        raise ConfigError("%s belong to point-in-time recovery: add --pitr (and --data-dir)" % ", ".join(given))
     progress = Progress("restore", sys.stderr)
     try:
         result = restore.run_restore(settings, target_db=args.target_db, force=args.force, no_owner=args.no_owner,
@@ -376,6 +408,44 @@ def _cmd_restore(args, settings, env):
         lines.append("the previous %s is kept as %s: DROP DATABASE \"%s\" once you are sure"
                      % (result["target_db"], result["replaced_db"], result["replaced_db"]))
     _emit(result, args.json, lines + _fallback_lines(result.get("replica_fallback")))
+    return EXIT_OK
+
+
+def _cmd_restore_pitr(args, settings, env):
+    given = ["--" + name.replace("_", "-") for name in _DUMP_ONLY if getattr(args, name, None)]
+    if given:
+        raise ConfigError("%s restore a database from a dump, not a cluster to a point in time: leave %s out of "
+                          "restore --pitr" % (", ".join(given), "it" if len(given) == 1 else "them"))
+    target = pitr.parse_target(args.target_time, args.target_lsn, args.target_name, not args.target_exclusive,
+                               args.target_timeline)
+    backup_name = args.backup or env.get("BACKUP_FILE")
+    progress = Progress("restore", sys.stderr)
+    try:
+        result = pitr.run_restore_pitr(settings, args.data_dir, target=target,
+                                       backup=None if backup_name in (None, "", "latest") else backup_name,
+                                       host=args.host, action=args.target_action, os_user=args.os_user,
+                                       archive=not args.no_archive, progress=progress,
+                                       allow_unsigned=args.allow_unsigned, timeout=args.timeout)
+    finally:
+        progress.close()
+    lines = ["restored base backup %s of host %s into %s (%d files, each checked against its manifest; metadata "
+             "signature %s) and recovered to %s: %s at %s on timeline %s, %d WAL files, %.1fs" % (
+                 result["base_backup"], result["host"], result["data_dir"], result["files"], result["signature"],
+                 target.describe(),
+                 result["reached"]["state"], result["replay_lsn"], result["timeline"], result["wal_files_restored"],
+                 result["duration_seconds"]),
+             "  " + stages_line(result),
+             "  last replayed commit: %s; databases: %s" % (result["last_replayed_commit"] or "none",
+                                                            ", ".join(result["databases"]))]
+    if result["running"]:
+        lines.append("the server is RUNNING, PAUSED at the target, on a private socket: %s. Look, then SELECT "
+                     "pg_wal_replay_resume() to promote it, or pg_ctl stop -D %s; once it is stopped or promoted, delete %s and %s "
+                     "(its restore_command and socket)" % (result["connect"], result["data_dir"], result["spool_dir"],
+                                                           result["socket_dir"]))
+    else:
+        lines.append("the server is stopped: start it with its service (its configuration as the base backup had it; "
+                     "the recovery's log: %s)" % result["log"])
+    _emit(result, args.json, lines)
     return EXIT_OK
 
 

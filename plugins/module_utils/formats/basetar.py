@@ -10,6 +10,10 @@ it streams against the backup manifest it carries (docs/FORMAT.md, "Base backups
 writes to stdout), and :meth:`TarChecker.finish` checks the manifest's own checksum, then every file: each one the
 manifest lists is in the tar with its size and SHA-256, and the tar holds no regular file the manifest does not list.
 It gives the backup's WAL range (start and stop LSN, timeline) from the manifest, checked against backup_label.
+
+A ``sink`` given to :class:`TarChecker` receives each member as it passes (``begin(path, kind)``, the regular
+members' ``data``, ``end()``): ``restore --pitr`` writes them into the data directory (workflows/pitr.py), and
+trusts them only once :meth:`TarChecker.finish` has checked them all against the manifest.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -88,7 +92,8 @@ class TarChecker:
     holds, data after the end), or at :meth:`finish` when it is cut short or disagrees with its manifest.
     """
 
-    def __init__(self):
+    def __init__(self, sink=None):
+        self.sink = sink  # begin(path, kind), data(bytes), end(): where restore --pitr writes the members; None: none
         self.files = {}
         self.kinds = {}
         self.tar_bytes = 0
@@ -128,6 +133,8 @@ class TarChecker:
             part = view[:member.left]
             if member.digest is not None:
                 member.digest.update(part)
+                if self.sink is not None:
+                    self.sink.data(part)
             if member.kept is not None:
                 member.kept.append(bytes(part))
             member.left -= len(part)
@@ -184,6 +191,8 @@ class TarChecker:
             raise IntegrityError("the base backup's %s is %d bytes, more than this version reads (%d)"
                                  % (path, size, MAX_KEPT))
         self._member = member
+        if self.sink is not None:
+            self.sink.begin(path, kind)
         if not size:
             self._member_done(member)
 
@@ -197,6 +206,8 @@ class TarChecker:
             return
         if member.kind == PAX_GLOBAL:
             return
+        if self.sink is not None:
+            self.sink.end()
         if member.digest is not None:
             self.files[member.path] = (member.size, member.digest.hexdigest())
         if member.path == LABEL_NAME:

@@ -296,6 +296,20 @@ def select_base(settings, store, backup="latest", host=None, *, context=None):
 
 # --------------------------------------------------------------------------- verify
 
+def check_against_metadata(record, counts, checked, step="verify"):
+    """Check a base backup's streamed tar (``counts`` of RestoreStream.run, ``checked`` of TarChecker.finish) against
+    its signed metadata: its size, WAL range, timeline, label and manifest; IntegrityError names the first mismatch."""
+    metadata = record.metadata
+    if counts["dump_bytes"] != metadata["tar_bytes"]:
+        raise IntegrityError("the base backup's tar is %d bytes but was %d when taken"
+                             % (counts["dump_bytes"], metadata["tar_bytes"]), step=step)
+    for field in CHECKED_FIELDS:
+        if checked[field] != metadata[field]:
+            raise IntegrityError("base backup %s: its tar gives %s %r but its signed metadata says %r: the object is not "
+                                 "the one that was backed up" % (record.basename, field, checked[field], metadata[field]),
+                                 step=step)
+
+
 def run_verify_base(settings, backup="latest", host=None, *, store=None, progress=None, allow_unsigned=False):
     """Download a base backup, check its SHA-256 against the signed metadata, authenticate and decrypt it, decompress
     it and check every file of its tar against its manifest (formats/basetar.py), and the tar's WAL range, label
@@ -314,14 +328,7 @@ def run_verify_base(settings, backup="latest", host=None, *, store=None, progres
         checker = basetar.TarChecker()
         counts = stream.run(checker)
         checked = in_step("verify", checker.finish)
-    if counts["dump_bytes"] != metadata["tar_bytes"]:
-        raise IntegrityError("the base backup's tar is %d bytes but was %d when taken"
-                             % (counts["dump_bytes"], metadata["tar_bytes"]), step="verify")
-    for field in CHECKED_FIELDS:
-        if checked[field] != metadata[field]:
-            raise IntegrityError("base backup %s: its tar gives %s %r but its signed metadata says %r: the object is not "
-                                 "the one that was backed up" % (record.basename, field, checked[field], metadata[field]),
-                                 step="verify")
+    check_against_metadata(record, counts, checked)
     return {"kind": "base", "name": record.basename, "host": record.host, "object_key": record.object_key,
             "bucket": store.bucket, "size_bytes": counts["downloaded_bytes"], "tar_bytes": counts["dump_bytes"],
             "checksum_sha256": counts["sha256"], "checksum_ok": True, "decryption_ok": True, "manifest_ok": True,

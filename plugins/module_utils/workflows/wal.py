@@ -309,16 +309,14 @@ def fetch(settings, name, target, *, host=None, store=None, context=None, prefet
     context.known_ids()  # the keyring and the identities, read now too
     store = wiring.store_or_open(settings, store)
     ahead = walnames.following(wal.name, count)
-    key = layout.wal_key(settings.prefix, host, wal.timeline, wal.name)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1 + len(ahead)) as pool:
         later = [(next_name, pool.submit(_prefetch_one, settings, context, store, host, next_name)) for next_name in ahead]
         try:
-            blob = in_step("download", store.get_bytes, key)
+            key, plain = read_archived(settings, store, context, host, wal)
         except NotFoundError:
             for _name, future in later:
                 future.cancel()
-            raise _not_archived(settings, store, host, wal, key)
-        plain = open_object(context, store, key, blob, host, wal)
+            raise
         write_atomically(target, plain)
         fresh = [(next_name, future.result()) for next_name, future in later]
     if ahead and len(plain) == walnames.DEFAULT_SEGMENT_SIZE:  # the names guessed for 16 MiB segments are the next ones
@@ -333,6 +331,24 @@ def fetch(settings, name, target, *, host=None, store=None, context=None, prefet
     LOG.info("wal-fetch %s: restored from %s (%d bytes)%s in %.2fs", wal.name, store.url(key), len(plain),
              ", %d prefetched" % len(result["prefetched"]) if result["prefetched"] else "", result["seconds"])
     return result
+
+
+def read_archived(settings, store, context, host, wal):
+    """``(object key, verified plaintext)`` of archived file ``wal`` (a walnames name) of ``host``; NotArchivedError
+    when the archive does not hold it, WalGapError when it is a hole (a later segment of its timeline is there), or
+    another BackupError when its object cannot be trusted or read. wal-fetch and restore --pitr's feeder read so."""
+    key = layout.wal_key(settings.prefix, host, wal.timeline, wal.name)
+    try:
+        blob = in_step("download", store.get_bytes, key)
+    except NotFoundError:
+        raise _not_archived(settings, store, host, wal, key)
+    return key, open_object(context, store, key, blob, host, wal)
+
+
+def prefetch_one(settings, context, store, host, name):
+    """:func:`read_archived`'s plaintext of ``name``, or None when it is not archived or cannot be read (a warning):
+    a guess at what recovery asks for next, read again in its own call (which fails loudly) when it is asked for."""
+    return _prefetch_one(settings, context, store, host, name)
 
 
 def _prefetch_one(settings, context, store, host, name):
