@@ -157,7 +157,11 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
             "backup": "quankey-backup basebackup --fast: one pg_basebackup -Ft -X none stream into one process, zstd "
                       "level 2 (BACKUP_COMPRESSION default), AES-256-GCM under a fresh data key (BACKUP_ENCRYPTION_KEY), "
                       "multipart upload with 3 parts in flight",
-            "restore": "quankey-backup restore --pitr --data-dir DIR --target-time T (when built)"}
+            "restore": "quankey-backup restore --pitr --data-dir DIR --target-time T --target-action promote "
+                       "--no-archive --json: download, decryption, extraction and the manifest check in one stream, "
+                       "then the server under pg_ctl with its restore_command answered by the restore process "
+                       "(WAL_PREFETCH default), promotion, its proof queries, a clean stop"
+                       if self.restore_help else NOT_BUILT}
         return "%s -q --env-file %s wal-push %%p" % (self.engine, env_file)
 
     PGBACKREST_VARIANTS = {"pgbackrest": [], "pgbackrest-bundle": ["bundle=y"]}
