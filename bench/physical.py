@@ -133,7 +133,6 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         self.engine = engine
         self.source_running = True
         self.results.update(config={}, targets={}, verified={}, tools={}, failed={})
-        self.targets = {}
         self.barman_variants = {}
         self.pgbackrest_confs = {}
         help_text = subprocess.run([CLI, "restore", "--help"], env=self.env, capture_output=True, text=True,
