@@ -10,6 +10,7 @@
 #   make demo           the end-to-end demo (scripts/demo.py)
 #   make bench          benchmarks on a ~1 GB database (~50 min): docs/benchmarks.md, docs/images/, bench/results/
 #   make bench-smoke    the same on a tiny database, < 1 minute, output in build/bench/smoke (CI)
+#   make bench-physical base backups and PITR restores vs pgBackRest and barman-cloud, < 5 minutes (bench/physical.py)
 #   make clean          remove build/ (make distclean also removes .venv)
 
 # absolute, as some steps run it from other directories
@@ -25,7 +26,7 @@ TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS) test-molecule-main
 MOLECULE_SIDE_SCENARIOS := drill seed_takeover upgrade archiving
 SIDE_BY_SIDE ?= 1
 
-.PHONY: setup test wheelhouse molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-deps clean distclean
+.PHONY: setup test wheelhouse molecule-cache test-molecule-side test-molecule-main test-unit test-functional test-ansible test-integration lint test-molecule demo bench bench-smoke bench-physical bench-deps clean distclean
 .NOTPARALLEL:
 
 # The lanes' own makes skip it (SKIP_SETUP=1): `make test` bootstraps once, before both.
@@ -128,6 +129,12 @@ bench: bench-deps
 bench-smoke: bench-deps
 	@echo "+ $(PYTHON) bench/run.py --smoke"
 	@$(PYTHON) bench/run.py --smoke
+
+# Issue 18 item 8, not part of `make test`: a table on stdout, raw numbers in build/bench/physical.json. Bigger runs:
+# $(PYTHON) bench/physical.py --scale 1G --rounds 3. Needs no bench-deps (no chart).
+bench-physical: setup
+	@echo "+ $(PYTHON) bench/physical.py"
+	@$(PYTHON) bench/physical.py
 
 clean:
 	@echo "+ rm -rf build"

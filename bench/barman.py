@@ -156,13 +156,23 @@ class Barman:  # pylint: disable=too-many-instance-attributes
         """(e) barman-cloud-backup of the whole cluster; archive_command = barman-cloud-wal-archive meanwhile."""
         bench = self.bench
         bench.delete_prefix(self.prefix + "/")  # one backup at a time, like the others (the last one is restored)
-        bench.set_archive_command("%s %%p" % self.archive_script)
+        bench.set_archive_command(self.archive_command())
         try:
-            result = bench.measure(self.as_postgres(
-                ["barman-cloud-backup"] + self.common_args() + self.compression_args()
-                + ["--immediate-checkpoint", "--jobs", str(self.jobs), self.url, SERVER]))
+            result = self.measured_backup()
         finally:
             bench.set_archive_command("/bin/true")
+        return result
+
+    def archive_command(self):
+        return "%s %%p" % self.archive_script
+
+    def measured_backup(self):
+        """barman-cloud-backup measured, with what it stored (the archive_command must be archive_command() meanwhile,
+        and the prefix hold no other backup)."""
+        bench = self.bench
+        result = bench.measure(self.as_postgres(
+            ["barman-cloud-backup"] + self.common_args() + self.compression_args()
+            + ["--immediate-checkpoint", "--jobs", str(self.jobs), self.url, SERVER]))
         base = "%s/%s/base/" % (self.prefix, SERVER)
         infos = [key for key in bench.list_keys(base) if key.endswith("/backup.info")]
         if len(infos) != 1:
