@@ -13,6 +13,7 @@ promoted; a data directory that is not empty is refused before anything is writt
 
 import json
 import os
+import re
 import pwd
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy
-from hostcommand import new_name, run_cli
+from hostcommand import CLI, new_name, run_cli
 from testbed import PostgresCluster, free_port
 
 HOST = "pitrhost"
@@ -314,3 +315,45 @@ def test_pitr_rides_out_a_cut_download_and_throttled_wal_reads(archive, testbed)
             restored.stop()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_restore_killed_during_recovery_never_leaves_a_promoted_cluster(archive, testbed):
+    data_dir = _new_dir("quankey-pitr-data-")
+    try:
+        with FaultProxy(testbed.moto.endpoint_url) as proxy:
+            env = dict(archive.env, S3_ENDPOINT_URL=proxy.endpoint_url, S3_RETRY_WINDOW_SECONDS="60",
+                       WAL_PREFETCH="0")
+            proxy.stall(30, method="GET", path="/wal/%s/0" % HOST)  # every WAL segment read hangs: recovery waits
+            full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
+            full_env.update(env)
+            # the archive's end: a restore that "ran out of WAL" early would promote where it stopped
+            restore = subprocess.Popen([CLI, "restore", "--pitr", "--data-dir", str(data_dir), "--no-archive"],
+                                       env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 120
+            while not (data_dir / "postmaster.pid").exists() and time.monotonic() < deadline:
+                assert restore.poll() is None, restore.stderr.read().decode()
+                time.sleep(0.2)
+            assert (data_dir / "postmaster.pid").exists()
+            time.sleep(2)  # the server asked for its first segment and waits on the feeder
+            restore.kill()  # as when the on-call engineer's SSH session drops
+            restore.wait()
+            deadline = time.monotonic() + 60
+            while (data_dir / "postmaster.pid").exists() and time.monotonic() < deadline:
+                time.sleep(0.3)
+        assert not (data_dir / "postmaster.pid").exists(), "the server kept running without its feeder"
+        log = (data_dir / "log" / "quankey-restore-pitr.log").read_text()
+        assert "no longer running" in log and "selected new timeline ID" not in log  # stopped, never promoted
+        assert (data_dir / "recovery.signal").exists()
+        bindir = PostgresCluster().bindir
+        control = subprocess.run([str(bindir / "pg_controldata"), str(data_dir)], capture_output=True, text=True,
+                                 check=False).stdout
+        # still timeline 1 (a promotion picks 2); its state is the base backup's own until a restartpoint
+        assert re.search(r"Latest checkpoint's TimeLineID:\s+1$", control, re.M), control
+    finally:
+        bindir = PostgresCluster().bindir
+        subprocess.run((["runuser", "-u", "postgres", "--"] if _owner() else []) + [
+            str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate", "-w"], capture_output=True,
+            check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        for leftover in Path(os.path.dirname(str(data_dir))).glob(".quankey-pitr-*"):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -88,9 +88,12 @@ while :; do
     cat "$spool/failed/$name" >&2
     exit %(stop)d
   fi
-  if [ ! -f "$spool/alive" ]; then
-    echo "quankey-backup restore --pitr is no longer running: $name is not served" >&2
-    exit 1
+  if [ ! -f "$spool/alive" ] || [ ! -d /proc/%(pid)d ]; then
+    # gone (killed, or it left a paused server): a timeline's history is "not archived", but a segment must
+    # stop recovery, never end it early and promote a cluster short of its target
+    case $name in *.history) exit 1;; esac
+    echo "quankey-backup restore --pitr is no longer running: $name is not served; recovery stops here" >&2
+    exit %(stop)d
   fi
   sleep 0.02
 done

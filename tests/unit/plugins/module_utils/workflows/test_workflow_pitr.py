@@ -157,7 +157,7 @@ def _script(spool):
     for name in ("ask", "ready", "missing", "failed"):
         (spool / name).mkdir(parents=True)
     path = spool / "restore_command.sh"
-    path.write_text(pitr.FETCH_SCRIPT % {"pid": 1, "spool": str(spool), "stop": pitr.STOP_RECOVERY})
+    path.write_text(pitr.FETCH_SCRIPT % {"pid": os.getpid(), "spool": str(spool), "stop": pitr.STOP_RECOVERY})
     return path
 
 
@@ -182,9 +182,10 @@ def test_the_restore_command_script_answers_what_the_feeder_left_in_the_spool(tm
     assert failed.returncode == pitr.STOP_RECOVERY and "is MISSING" in failed.stderr  # recovery stops, not ends
     for bad in ("../../etc/passwd", ".hidden", ""):
         assert _ask(script, bad, tmp_path / "x").returncode == pitr.STOP_RECOVERY
-    (spool / "alive").unlink()  # the restore process is gone: what it never served is not archived, for recovery
+    (spool / "alive").unlink()  # the restore process is gone (killed, or it left a paused server)
     gone = _ask(script, "000000010000000000000009", tmp_path / "RECOVERYXLOG")
-    assert gone.returncode == 1 and "no longer running" in gone.stderr
+    assert gone.returncode == pitr.STOP_RECOVERY and "no longer running" in gone.stderr  # no early promotion
+    assert _ask(script, "00000003.history", tmp_path / "RECOVERYHISTORY").returncode == 1  # a timeline not taken
 
 
 def test_the_configuration_is_the_data_directorys_own_else_the_one_given_else_none(tmp_path):
