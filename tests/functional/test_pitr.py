@@ -104,6 +104,7 @@ def archive(testbed):
             bed.base = taken["name"]
             time.sleep(1.2)  # the base backup's recorded end (start + duration, whole seconds) is before what follows
             cluster.psql("INSERT INTO ledger SELECT g, 'one' FROM generate_series(51, 100) g")
+            cluster.psql("SELECT pg_create_restore_point('after-one')")
             time.sleep(0.5)
             bed.between = bed.now()  # after batch one's commit, before batch two's
             time.sleep(0.5)
@@ -228,6 +229,21 @@ def test_pause_at_a_wal_location_leaves_the_server_running_paused(archive):
                            check=False)
             shutil.rmtree(result["socket_dir"], ignore_errors=True)
             shutil.rmtree(result["spool_dir"], ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_pitr_to_a_restore_point(archive):
+    data_dir = _new_dir("quankey-pitr-data-")
+    try:
+        result = json.loads(_restore(archive.env, data_dir, "--target-name", "after-one", "--no-archive").stdout)
+        assert result["target"] == {"kind": "name", "value": "after-one", "inclusive": True, "timeline": "latest"}
+        assert any("recovery stopping at restore point \"after-one\"" in line for line in result["recovery_log"])
+        restored = Restored(data_dir, archive.cluster.password).start()
+        try:
+            assert _batches(restored.psql) == [("before-base", "50"), ("one", "50")]
+        finally:
+            restored.stop()
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
