@@ -199,3 +199,14 @@ def test_the_configuration_is_the_data_directorys_own_else_the_one_given_else_no
     assert pitr._configuration(str(data), None, "99") == ""  # no /etc/postgresql/99: PostgreSQL's defaults
     (data / "postgresql.conf").write_text("")
     assert pitr._configuration(str(data), None, "99") is None  # its own
+
+
+def test_the_restored_tree_is_flushed_with_or_without_syncfs(tmp_path, monkeypatch):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "1").write_bytes(b"x")
+    pitr._fsync_tree(str(tmp_path))  # pylint: disable=protected-access  # syncfs(2) here
+    flushed = []
+    monkeypatch.setattr(pitr.ctypes, "CDLL", lambda *args, **kwargs: object())  # a C library without syncfs
+    monkeypatch.setattr(pitr.os, "fsync", flushed.append)
+    pitr._fsync_tree(str(tmp_path))  # pylint: disable=protected-access
+    assert len(flushed) == 3  # the file, then each directory
