@@ -306,7 +306,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
                       stage_seconds=taken.get("stage_seconds"))
         return result
 
-    def backup_pgbackrest(self, name):
+    def backup_pgbackrest(self, name):  # pylint: disable=arguments-renamed  # a variant's name, not run.py's method
         result = self.measure(self.pgbr_argv(name, ["--type=full", "backup"]))
         last = json.loads(self.pgbr_run(name, ["info", "--output=json"]))[0]["backup"][-1]
         start, stop = last["archive"]["start"], last["archive"]["stop"]
@@ -411,7 +411,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
             return result
         return self.timed_pitr(variant.prefix, lay_down)
 
-    def restore_quankey(self, when):
+    def restore_quankey(self, when):  # pylint: disable=arguments-renamed  # a target time, not run.py's extra args
         """`quankey-backup restore --pitr` does it all: files, recovery, promotion, clean stop."""
         target = self.empty_dir("quankey")
         argv = [CLI, "-q", "restore", "--pitr", "--data-dir", str(target), "--target-time", when.isoformat()]
@@ -587,14 +587,14 @@ def table(results, summary):
     lines = ["Physical backups and PITR: %.0f MB database, %d round(s), medians, %s segments of WAL replayed after each "
              "backup (bench/physical.py)" % (results["dataset"]["database_bytes"] / 1e6, config["rounds"],
                                              config["wal_segments"]), ""]
-    lines.append("%-26s %9s %10s %12s %12s %9s" % ("base backup", "wall s", "stored MB", "client cpu s",
-                                                    "server cpu s", "s3 cpu s"))
+    header = ("base backup", "wall s", "stored MB", "client cpu s", "server cpu s", "s3 cpu s")
+    lines.append("%-26s %9s %10s %12s %12s %9s" % header)
     for name, row in ordered(summary["backup"]):
         lines.append("%-26s %9s %10s %12s %12s %9s%s" % (
             name, fmt(row["wall_s"]), fmt(row["stored_bytes"], 1e6, 1), fmt(row["client_cpu_s"]),
             fmt(row["server_cpu_s"]), fmt(row["s3_cpu_s"]), "  *disturbed" if row["disturbed"] else ""))
-    lines += ["", "%-26s %9s %9s %9s %9s %9s  %s" % ("PITR restore", "files s", "replay s", "promoted", "stop s",
-                                                      "total s", "right point?")]
+    header = ("PITR restore", "files s", "replay s", "promoted", "stop s", "total s", "right point?")
+    lines += ["", "%-26s %9s %9s %9s %9s %9s  %s" % header]
     for name, row in ordered(summary["restore"]):
         lines.append("%-26s %9s %9s %9s %9s %9s  %s%s" % (
             name, fmt(row["files_s"]), fmt(row["replay_s"]), fmt(row["promoted_s"]), fmt(row["stop_s"]),

@@ -29,7 +29,7 @@ from .errors import BackupError, ConfigError, EXIT_HEALTH_CRITICAL, EXIT_INTERNA
 from .progress import Progress, stages_text
 from .units import human_size
 from .workflows import (adopt, backup, basebackup, drill, health, inventory, leftovers, pitr, prune, rekey, replica, restore,
-                        runrecord, undelete, wal)
+                        runrecord, undelete, wal, wiring)
 
 LOG = logging.getLogger("quankey_backup")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -302,10 +302,11 @@ def _cmd_list(args, settings, env):
     host = args.host or (None if args.all else settings.host)
     since = layout.parse_time(args.since, "--since") if args.since else None
     db = args.db or (None if args.all else settings.db_name)
+    store = wiring.store_or_open(settings)  # one client (and one S3_VALIDATE_CERTS warning) for both listings
     data = inventory.find_backups(settings, host=host, db=db, since=since, limit=args.limit, details=args.details,
                                   with_leftovers=host == settings.host and db == settings.db_name,
-                                  include_deleted=args.include_deleted)
-    bases = basebackup.find_base_backups(settings, host=host, details=args.details)  # the cluster's: every database
+                                  include_deleted=args.include_deleted, store=store)
+    bases = basebackup.find_base_backups(settings, host=host, details=args.details, store=store)  # every database's
     data["base_backups"] = [item for item in bases if since is None or layout.parse_time(item["timestamp"]) >= since]
     if args.limit and args.limit > 0:
         data["base_backups"] = data["base_backups"][:args.limit]

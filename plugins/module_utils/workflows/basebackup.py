@@ -232,7 +232,7 @@ def find_base_backups(settings, host=None, details=False, *, store=None, context
     except AccessDeniedError as exc:  # a host whose IAM policy does not reach base/ lists its dumps all the same
         LOG.debug("base backups not listed: %s", exc)
         return []
-    if details:
+    if details and records:  # no base backups: no keys to read (a seed's passphrase in BACKUP_ENCRYPTION_KEY lists)
         held = None
         if keys.holds_any_key(settings):
             held = (context or keys.KeyContext(settings)).signing_keys()[2]
