@@ -301,6 +301,22 @@ class PostgresCluster:  # pylint: disable=too-many-instance-attributes  # its at
             pass
 
 
+class ArchivingCluster(PostgresCluster):
+    """A throwaway cluster with WAL archiving on: its archive_command copies each completed WAL file into ``staging``
+    (a directory the server's OS user may write), under a temporary name, then renamed, so that a listing of
+    ``staging`` shows only whole files. Tests then push them with ``quankey-backup wal-push``."""
+
+    def __init__(self, staging, **kwargs):
+        super().__init__(**kwargs)
+        self.staging = staging
+
+    def _configure(self):
+        super()._configure()
+        command = "test ! -f {0}/%f && cp %p {0}/%f.tmp && mv {0}/%f.tmp {0}/%f".format(self.staging)
+        with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("archive_mode = on\narchive_command = '%s'\nwal_level = replica\n" % command)
+
+
 def _postgres_os_user():
     """Return (uid, gid) of the postgres OS user, creating a system user if it is missing."""
     try:

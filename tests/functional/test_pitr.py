@@ -25,23 +25,9 @@ import pytest
 
 from faultproxy import FaultProxy
 from hostcommand import CLI, new_name, run_cli
-from testbed import PostgresCluster, free_port
+from testbed import ArchivingCluster, PostgresCluster, free_port
 
 HOST = "pitrhost"
-
-
-class ArchivingCluster(PostgresCluster):
-    """A throwaway cluster whose archive_command copies each completed WAL file into ``staging``."""
-
-    def __init__(self, staging):
-        super().__init__()
-        self.staging = staging
-
-    def _configure(self):
-        super()._configure()
-        command = "test ! -f {0}/%f && cp %p {0}/%f.tmp && mv {0}/%f.tmp {0}/%f".format(self.staging)
-        with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write("archive_mode = on\narchive_command = '%s'\nwal_level = replica\n" % command)
 
 
 def _owner():
@@ -334,7 +320,8 @@ def test_pitr_rides_out_a_cut_download_and_throttled_wal_reads(archive, testbed)
 
 
 def test_a_restore_killed_during_recovery_never_leaves_a_promoted_cluster(archive, testbed):
-    data_dir = _new_dir("quankey-pitr-data-")
+    parent = _new_dir("quankey-pitr-killed-")  # its own: the spool the killed restore leaves goes beside data_dir
+    data_dir = parent / "data"
     try:
         with FaultProxy(testbed.moto.endpoint_url) as proxy:
             env = dict(archive.env, S3_ENDPOINT_URL=proxy.endpoint_url, S3_RETRY_WINDOW_SECONDS="60",
@@ -370,6 +357,4 @@ def test_a_restore_killed_during_recovery_never_leaves_a_promoted_cluster(archiv
         subprocess.run((["runuser", "-u", "postgres", "--"] if _owner() else []) + [
             str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate", "-w"], capture_output=True,
             check=False)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        for leftover in Path(os.path.dirname(str(data_dir))).glob(".quankey-pitr-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)  # the data directory and the spool, not another test's

@@ -24,24 +24,9 @@ from pathlib import Path
 import pytest
 
 from hostcommand import CLI, new_name, run_cli
-from testbed import PostgresCluster
+from testbed import ArchivingCluster
 
 SEGMENT = 16 * 1024 * 1024
-
-
-class ArchivingCluster(PostgresCluster):
-    """A throwaway cluster whose archive_command copies each completed WAL file into ``staging``."""
-
-    def __init__(self, staging):
-        super().__init__()
-        self.staging = staging
-
-    def _configure(self):
-        super()._configure()
-        # copied under a temporary name, then renamed: the fixture lists only whole segments
-        command = "test ! -f {0}/%f && cp %p {0}/%f.tmp && mv {0}/%f.tmp {0}/%f".format(self.staging)
-        with open(self.datadir / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write("archive_mode = on\narchive_command = '%s'\nwal_level = replica\n" % command)
 
 
 @pytest.fixture(scope="module")
