@@ -37,6 +37,7 @@ __metaclass__ = type
 import concurrent.futures
 import ctypes
 import datetime
+import fcntl
 import glob
 import logging
 import os
@@ -287,6 +288,20 @@ def os_user_of(name):
     if entry.pw_uid == 0:
         raise ConfigError("--os-user root: PostgreSQL refuses to run as root; give the user it runs as (postgres)")
     return entry.pw_name, entry.pw_uid, entry.pw_gid
+
+
+def _claim(data_dir):
+    """An exclusive flock(2) on the data directory, held until the restore is over (the kernel drops it when the
+    process dies); RefusedError when another restore holds it, or wrote into the directory before this one got it."""
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        check_data_dir(data_dir)  # still empty now that it is ours
+    except (BlockingIOError, RefusedError) as exc:
+        os.close(fd)
+        raise RefusedError("--data-dir %s is being restored into by another run (or was since this one checked it): "
+                           "wait for it, or give another directory (%s)" % (data_dir, exc))
+    return fd
 
 
 def _wipe(path, created):
@@ -577,13 +592,7 @@ class WalFeeder:
         for other in list(self._futures):
             if len(other) == 24 and other[:8] == parsed.timeline and other < parsed.name:
                 self._futures.pop(other).cancel()
-        ready = os.path.join(self.spool, "ready")
-        for other in os.listdir(ready):
-            if len(other) == 24 and other[:8] == parsed.timeline and other < parsed.name:
-                try:
-                    os.unlink(os.path.join(ready, other))
-                except OSError:
-                    pass
+        wal.forget_older(os.path.join(self.spool, "ready"), parsed)
 
     def keep_history_files(self):
         """Before this process leaves a paused server: put every archived ``.history`` file of the host in ready/,
@@ -633,86 +642,90 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
     created = not os.path.exists(data_dir)
     if created:
         os.mkdir(data_dir, 0o700)
-    if owner is not None:
-        os.chown(data_dir, *owner)
-    os.chmod(data_dir, 0o700)
-    if owner is not None and not _reachable(data_dir, user):
-        _wipe(data_dir, created)
-        raise ConfigError("the OS user %s cannot reach --data-dir %s: every parent directory must let it enter (chmod "
-                          "o+x, or pick a directory under one it may enter, such as /var/lib/postgresql)"
-                          % (user, data_dir))
+    claim = _claim(data_dir)  # two restores racing into one empty directory: the second is refused
     try:
-        with stages("download_extract", total=record.metadata["size_bytes"]):
-            writer = DataDirWriter(data_dir, owner)
-            try:
-                with RestoreStream(store, record, new_decryptor, progress) as stream:
-                    checker = basetar.TarChecker(sink=writer)
-                    counts = stream.run(checker)
-                    checked = in_step("extract", checker.finish)
-            finally:
-                writer.close()
-            basebackup.check_against_metadata(record, counts, checked, step="extract")
-            _fsync_tree(data_dir)
-    except BaseException:
-        _wipe(data_dir, created)
-        raise
-    spool = socket_dir = server = feeder = None
-    leave_running = False
-    try:
-        with stages("recover"):
-            spool = tempfile.mkdtemp(prefix=".quankey-pitr-", dir=os.path.dirname(data_dir))
-            socket_dir = tempfile.mkdtemp(prefix="quankey-pitr-sock-")  # short: a socket's path has ~100 bytes
-            for path in (spool, socket_dir):
-                os.chmod(path, 0o700)
-                if owner is not None:
-                    os.chown(path, *owner)
-            server = Server(bin_dir, data_dir, user, owner, socket_dir, _free_port())
-            server.db_user = settings.db_user or user
-            count = settings.wal_prefetch if ahead is None else ahead
-            feeder = WalFeeder(settings, store, context, host, spool, owner, count if count else DEFAULT_AHEAD)
-            options = _recovery_options(server, spool, owner, feeder, target, action, archive,
-                                        _configuration(data_dir, config_file, major))
-            _touch(os.path.join(data_dir, "recovery.signal"), owner)
-            feeder.start()
-            server.start(options)
-            reached = _wait_for_recovery(server, feeder, target, action, timeout)
-        with stages("check"):
-            proof = _prove(server, record, target, action)
-            if action == "pause":
-                feeder.keep_history_files()
-                leave_running = True
-            elif not server.stop():
-                raise PostgresError("the restored cluster did not stop cleanly after recovery %s" % server.log_tail(),
-                                    step="check")
-    except BaseException:
-        if server is not None and server.running():
-            server.stop("immediate")
-        raise
+        if owner is not None:
+            os.chown(data_dir, *owner)
+        os.chmod(data_dir, 0o700)
+        if owner is not None and not _reachable(data_dir, user):
+            _wipe(data_dir, created)
+            raise ConfigError("the OS user %s cannot reach --data-dir %s: every parent directory must let it enter (chmod "
+                              "o+x, or pick a directory under one it may enter, such as /var/lib/postgresql)"
+                              % (user, data_dir))
+        try:
+            with stages("download_extract", total=record.metadata["size_bytes"]):
+                writer = DataDirWriter(data_dir, owner)
+                try:
+                    with RestoreStream(store, record, new_decryptor, progress) as stream:
+                        checker = basetar.TarChecker(sink=writer)
+                        counts = stream.run(checker)
+                        checked = in_step("extract", checker.finish)
+                finally:
+                    writer.close()
+                basebackup.check_against_metadata(record, counts, checked, step="extract")
+                _fsync_tree(data_dir)
+        except BaseException:
+            _wipe(data_dir, created)
+            raise
+        spool = socket_dir = server = feeder = None
+        leave_running = False
+        try:
+            with stages("recover"):
+                spool = tempfile.mkdtemp(prefix=".quankey-pitr-", dir=os.path.dirname(data_dir))
+                socket_dir = tempfile.mkdtemp(prefix="quankey-pitr-sock-")  # short: a socket's path has ~100 bytes
+                for path in (spool, socket_dir):
+                    os.chmod(path, 0o700)
+                    if owner is not None:
+                        os.chown(path, *owner)
+                server = Server(bin_dir, data_dir, user, owner, socket_dir, _free_port())
+                server.db_user = settings.db_user or user
+                count = settings.wal_prefetch if ahead is None else ahead
+                feeder = WalFeeder(settings, store, context, host, spool, owner, count if count else DEFAULT_AHEAD)
+                options = _recovery_options(server, spool, owner, feeder, target, action, archive,
+                                            _configuration(data_dir, config_file, major))
+                _touch(os.path.join(data_dir, "recovery.signal"), owner)
+                feeder.start()
+                server.start(options)
+                reached = _wait_for_recovery(server, feeder, target, action, timeout)
+            with stages("check"):
+                proof = _prove(server, record, target, action)
+                if action == "pause":
+                    feeder.keep_history_files()
+                    leave_running = True
+                elif not server.stop():
+                    raise PostgresError("the restored cluster did not stop cleanly after recovery %s" % server.log_tail(),
+                                        step="check")
+        except BaseException:
+            if server is not None and server.running():
+                server.stop("immediate")
+            raise
+        finally:
+            if feeder is not None:
+                feeder.stop()
+            if not leave_running:
+                for path in (spool, socket_dir):
+                    if path:
+                        shutil.rmtree(path, ignore_errors=True)
+        result = {
+            "kind": "pitr", "data_dir": data_dir, "host": host, "base_backup": record.basename,
+            "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
+            "base_timeline": record.metadata["timeline"], "system_identifier": record.metadata["system_identifier"],
+            "server_version": record.metadata["server_version"], "files": checked["manifest"]["files"],
+            "manifest_ok": True, "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
+            "target": target.summary(), "target_action": action, "reached": reached, "os_user": user,
+            "wal_files_restored": len(feeder.served), "wal_not_archived": feeder.missing[-3:],
+            "archiving": "on" if archive else "off", "running": leave_running, "log": server.log_path,
+            "started": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(),
+        }
+        result.update(proof)
+        if leave_running:
+            result["connect"] = "psql -h %s -p %d -U %s" % (socket_dir, server.port, server.db_user)
+            result["socket_dir"], result["port"], result["spool_dir"] = socket_dir, server.port, spool
+        return result
     finally:
-        if feeder is not None:
-            feeder.stop()
-        if not leave_running:
-            for path in (spool, socket_dir):
-                if path:
-                    shutil.rmtree(path, ignore_errors=True)
-    result = {
-        "kind": "pitr", "data_dir": data_dir, "host": host, "base_backup": record.basename,
-        "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
-        "base_timeline": record.metadata["timeline"], "system_identifier": record.metadata["system_identifier"],
-        "server_version": record.metadata["server_version"], "files": checked["manifest"]["files"],
-        "manifest_ok": True, "signature": record.verdict.describe(), "trusted": record.verdict.trusted,
-        "target": target.summary(), "target_action": action, "reached": reached, "os_user": user,
-        "wal_files_restored": len(feeder.served), "wal_not_archived": feeder.missing[-3:],
-        "archiving": "on" if archive else "off", "running": leave_running, "log": server.log_path,
-        "started": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(),
-    }
-    result.update(proof)
-    if leave_running:
-        result["connect"] = "psql -h %s -p %d -U %s" % (socket_dir, server.port, server.db_user)
-        result["socket_dir"], result["port"], result["spool_dir"] = socket_dir, server.port, spool
-    return result
+        os.close(claim)
 
 
 def _select(settings, store, context, backup, host, target):
@@ -755,33 +768,31 @@ def _recovery_options(server, spool, owner, feeder, target, action, archive, con
     pg_hba for it alone, and, when the data directory has no configuration of its own (Debian keeps it in /etc),
     ``config`` (another cluster's postgresql.conf, its data directory and pid file replaced) or an empty one with
     pg_control's settings a hot standby must match."""
-    hba = os.path.join(spool, "pg_hba.conf")
-    with open(hba, "w", encoding="utf-8") as handle:
-        handle.write("# restore --pitr: the recovering server takes connections on its private socket only\n"
-                     "local all all trust\n")
-    if owner is not None:
-        os.chown(hba, *owner)
+    hba = _spool_file(spool, "pg_hba.conf", owner, "# restore --pitr: the recovering server takes connections on its "
+                      "private socket only\nlocal all all trust\n")
     options = [("listen_addresses", ""), ("unix_socket_directories", server.socket_dir), ("hba_file", hba),
                ("hot_standby", "on"), ("restore_command", feeder.restore_command())]
     if config:
+        ident = _spool_file(spool, "pg_ident.conf", owner, "# restore --pitr: no user name maps while recovering\n")
         options += [("config_file", config), ("data_directory", server.data_dir), ("external_pid_file", ""),
-                    ("ident_file", os.path.join(spool, "pg_ident.conf")), ("cluster_name", "quankey-restore-pitr")]
-        with open(os.path.join(spool, "pg_ident.conf"), "w", encoding="utf-8") as handle:
-            handle.write("# restore --pitr: no user name maps while recovering\n")
-        if owner is not None:
-            os.chown(os.path.join(spool, "pg_ident.conf"), *owner)
-    elif config is not None or not os.path.exists(os.path.join(server.data_dir, "postgresql.conf")):
-        config = os.path.join(spool, "postgresql.conf")
-        with open(config, "w", encoding="utf-8") as handle:
-            handle.write("# restore --pitr: the base backup's cluster keeps its configuration outside its data "
-                         "directory\n")
-        if owner is not None:
-            os.chown(config, *owner)
-        options.append(("config_file", config))
+                    ("ident_file", ident), ("cluster_name", "quankey-restore-pitr")]
+    elif config is not None:  # "": none of its own, and none found in /etc
+        options.append(("config_file", _spool_file(spool, "postgresql.conf", owner, "# restore --pitr: the base "
+                                                   "backup's cluster keeps its configuration outside its data directory\n")))
         options += _control_settings(server)
     if not archive:
         options.append(("archive_mode", "off"))
     return options + target.settings(action)
+
+
+def _spool_file(spool, name, owner, text):
+    """Write a small file of the recovery into the spool, owned by the server's OS user; its path."""
+    path = os.path.join(spool, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    if owner is not None:
+        os.chown(path, *owner)
+    return path
 
 
 def _control_settings(server):

@@ -300,7 +300,7 @@ def fetch(settings, name, target, *, host=None, store=None, context=None, prefet
     spooled = os.path.join(spool, wal.name)
     if os.path.isfile(spooled):
         _place(spooled, target)
-        _forget_older(spool, wal)
+        forget_older(spool, wal)
         result.update(status="restored from prefetch", seconds=round(time.time() - started, 3))
         LOG.info("wal-fetch %s: restored from the prefetch spool %s", wal.name, spool)
         return result
@@ -449,8 +449,9 @@ def _ensure_private(path):
                           "chmod 700 it (or set WAL_SPOOL_DIR elsewhere)" % (path, mode))
 
 
-def _forget_older(spool, wal):
-    """Remove prefetched segments of ``wal``'s timeline that come before it (recovery has gone past them)."""
+def forget_older(spool, wal):
+    """Remove the segments in ``spool`` of ``wal``'s timeline that come before it (recovery has gone past them):
+    wal-fetch's prefetch spool, restore --pitr's ready/."""
     if not wal.is_segment:
         return
     try:

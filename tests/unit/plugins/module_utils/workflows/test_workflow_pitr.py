@@ -210,3 +210,16 @@ def test_the_restored_tree_is_flushed_with_or_without_syncfs(tmp_path, monkeypat
     monkeypatch.setattr(pitr.os, "fsync", flushed.append)
     pitr._fsync_tree(str(tmp_path))  # pylint: disable=protected-access
     assert len(flushed) == 3  # the file, then each directory
+
+
+def test_a_second_restore_into_the_same_directory_is_refused_while_the_first_holds_it(tmp_path):
+    first = pitr._claim(str(tmp_path))  # pylint: disable=protected-access
+    try:
+        with pytest.raises(RefusedError, match="is being restored into by another run"):
+            pitr._claim(str(tmp_path))  # pylint: disable=protected-access
+        (tmp_path / "PG_VERSION").write_text("15\n")  # what the first one writes
+    finally:
+        os.close(first)
+    with pytest.raises(RefusedError, match="is not empty"):  # the lock is free, but the directory is not empty
+        pitr._claim(str(tmp_path))  # pylint: disable=protected-access
+    assert sorted(os.listdir(tmp_path)) == ["PG_VERSION"]
