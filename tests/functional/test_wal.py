@@ -207,12 +207,16 @@ def test_segments_marked_ready_are_pushed_ahead_in_one_call(env, archived, s3, t
     for name in names:
         shutil.copyfile(staging / name, pg_wal / name)
         (pg_wal / "archive_status" / (name + ".ready")).write_text("")
+    label = names[0] + ".00000028.backup"  # a base backup's history file, as pg_backup_stop writes it
+    (pg_wal / label).write_text("START WAL LOCATION: 0/%s (file %s)\nLABEL: pg_basebackup base backup\n"
+                                % (names[0][-8:], names[0]))
+    (pg_wal / "archive_status" / (label + ".ready")).write_text("")
     first = _in_datadir(env, tmp_path, "wal-push", "pg_wal/" + names[0], "--json")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["pushed_ahead"] == names[1:]
+    assert json.loads(first.stdout)["pushed_ahead"] == [label] + names[1:]  # the history file first, whatever the limit
     listed = s3.list_objects_v2(Bucket=env["S3_BUCKET"], Prefix=_prefix(env) + "wal/")["Contents"]
-    assert sorted(item["Key"] for item in listed) == [_key(env, name) for name in names]
-    for name in names[1:]:
+    assert sorted(item["Key"] for item in listed) == sorted(_key(env, name) for name in names + [label])
+    for name in [label] + names[1:]:
         again = _in_datadir(env, tmp_path, "wal-push", "pg_wal/" + name, "--json")
         assert again.returncode == 0 and json.loads(again.stdout)["status"] == "archived ahead", again.stderr
     assert os.listdir(pg_wal / ".quankey-pushed") == []

@@ -178,8 +178,13 @@ def _push_ahead_one(settings, context, mode, store, path, when):
 
 
 def _ready_after(path, wal, count):
-    """Up to ``count`` other segments PostgreSQL marked ready to archive (``archive_status/*.ready`` beside ``path``),
-    oldest first, none with a marker already."""
+    """What PostgreSQL marked ready to archive (``archive_status/*.ready`` beside ``path``) besides ``path``, none
+    with a marker already: every backup history file (``*.backup``, a few hundred bytes each) and up to ``count``
+    segments, oldest first.
+
+    The backup history files go along because a base backup's end waits for two archive_command calls, the stop
+    segment's and then its ``.backup`` file's, and PostgreSQL looks again only once a second: with the second
+    one only a marker check, the base backup ends a round sooner."""
     if count <= 0 or not wal.is_segment:
         return []
     directory = os.path.dirname(path)
@@ -188,10 +193,13 @@ def _ready_after(path, wal, count):
     except OSError:
         return []
     names = sorted(entry[:-len(".ready")] for entry in ready if entry.endswith(".ready"))
-    names = [name for name in names if name != wal.name and _is_segment_name(name)
-             and not os.path.exists(os.path.join(directory, PUSHED_DIR, name))
-             and os.path.isfile(os.path.join(directory, name))]
-    return names[:count]
+    kinds = {name: _kind_of(name) for name in names if name != wal.name}
+    waiting = [name for name, kind in kinds.items() if kind in (walnames.SEGMENT, walnames.BACKUP_LABEL)
+               and not os.path.exists(os.path.join(directory, PUSHED_DIR, name))
+               and os.path.isfile(os.path.join(directory, name))]
+    labels = [name for name in sorted(waiting) if kinds[name] == walnames.BACKUP_LABEL]
+    segments = [name for name in sorted(waiting) if kinds[name] == walnames.SEGMENT]
+    return labels + segments[:count]
 
 
 def _consume_marker(path, bucket, key, checksum, size):
@@ -381,11 +389,16 @@ def _not_archived(settings, store, host, wal, key):
     return NotArchivedError("%s is not in the archive (%s)" % (wal.name, store.url(key)))
 
 
-def _is_segment_name(text):
+def _kind_of(text):
+    """walnames' kind of a WAL file's name, None for another name."""
     try:
-        return walnames.parse(text).is_segment
+        return walnames.parse(text).kind
     except ConfigError:
-        return False
+        return None
+
+
+def _is_segment_name(text):
+    return _kind_of(text) == walnames.SEGMENT
 
 
 # --------------------------------------------------------------------------- files
