@@ -27,6 +27,7 @@ import os
 import random
 import re
 import sys
+import importlib.util
 import threading
 import time
 import traceback
@@ -35,25 +36,50 @@ from ..config import DEFAULT_RETRY_WINDOW, FIELD_VARIABLES
 from ..errors import AccessDeniedError, BackupError, ConfigError, ConflictError, NotFoundError, StorageError
 
 # botocore, boto3's core, makes the client: boto3 itself (its resources and s3transfer, a fifth of a second to import)
-# is never used, and every run of the host command (archive_command's wal-push once per WAL segment) starts faster.
-try:
-    import botocore.config
-    import botocore.exceptions
-    import botocore.parsers
-    import botocore.session
-    import urllib3
-    HAS_BOTO3 = True
-    BOTO3_IMPORT_ERROR = None
-    # What a request through botocore raises for the store's answer (or its absence): translated, maybe retried.
-    _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                    botocore.parsers.ResponseParserError)
-except ImportError:
-    botocore = None
-    HAS_BOTO3 = False
-    BOTO3_IMPORT_ERROR = traceback.format_exc()
-    _BOTO_ERRORS = ()
+# is never used. botocore itself (~0.1 s) is imported when the first client is made (_load_botocore), not with this
+# module: archive_command's wal-push runs once per WAL segment, and most calls, for segments pushed ahead, only check
+# a marker and never talk to S3.
+HAS_BOTO3 = importlib.util.find_spec("botocore") is not None and importlib.util.find_spec("urllib3") is not None
+BOTO3_IMPORT_ERROR = None if HAS_BOTO3 else "ImportError: No module named 'botocore' (boto3's core)"
+botocore = None  # the package, once _load_botocore imported it
+urllib3 = None
+# What a request through botocore raises for the store's answer (or its absence): translated, maybe retried. Empty
+# until botocore is imported: nothing can raise those before a client exists.
+_BOTO_ERRORS = ()
 
 LOG = logging.getLogger("quankey_backup")
+
+
+def _load_botocore():
+    """Import botocore (and urllib3) on first use; ConfigError naming the package when that fails."""
+    global botocore, urllib3, _BOTO_ERRORS, HAS_BOTO3, BOTO3_IMPORT_ERROR  # pylint: disable=global-statement
+    if botocore is not None:
+        return
+    try:
+        import botocore.config  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        import botocore.exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        import botocore.parsers  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        import botocore.session  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        import urllib3  # pylint: disable=redefined-outer-name,import-outside-toplevel
+    except ImportError:
+        HAS_BOTO3 = False
+        BOTO3_IMPORT_ERROR = traceback.format_exc()
+        raise ConfigError("the Python package 'boto3' (its core, botocore) cannot be imported: pip install boto3 (%s)"
+                          % BOTO3_IMPORT_ERROR.strip().splitlines()[-1])
+    _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                    botocore.parsers.ResponseParserError)
+
+
+def _have_botocore():
+    """Whether botocore is imported, importing it now when it can be (a broken install: False)."""
+    if botocore is None and HAS_BOTO3:
+        try:
+            _load_botocore()
+        except ConfigError:
+            return False
+    return botocore is not None
+
+
 MIB = 1024 * 1024
 MIN_PART_SIZE = 8 * MIB
 MAX_PART_SIZE = 5 * 1024 * MIB
@@ -198,7 +224,7 @@ def is_transient(exc):
     throttling and timeout codes. No: every other answer (access denied, no such bucket, bad
     credentials, a failed condition...), a TLS certificate problem, missing credentials.
     """
-    if botocore is None:
+    if not _have_botocore():
         return False
     errors = botocore.exceptions
     if isinstance(exc, errors.SSLError):
@@ -217,7 +243,7 @@ def _not_s3_answer(exc, action):
     have no body, so a bare 404 to HeadObject is S3's own "no such key" and proves nothing.
     """
     status = _http_status(exc)
-    return (isinstance(exc, botocore.exceptions.ClientError) and action not in _BODILESS_ACTIONS
+    return (_have_botocore() and isinstance(exc, botocore.exceptions.ClientError) and action not in _BODILESS_ACTIONS
             and status is not None and 300 <= status < 500 and not _s3_error_code(exc))
 
 
@@ -232,7 +258,7 @@ def _network_failures():
 
 def describe_cause(exc):
     """A failure in a few words, for the retry warnings: 'HTTP 503 SlowDown', 'cannot connect (Connection refused)'."""
-    if botocore is None:
+    if not _have_botocore():
         return str(exc)
     if isinstance(exc, botocore.exceptions.ClientError):
         return ("HTTP %s %s" % (_http_status(exc), _s3_error_code(exc))).strip()
@@ -346,6 +372,8 @@ def translate_error(exc, action, bucket, key=None, endpoint=None, label=_variabl
     """
     where = "s3://%s/%s" % (bucket, key or "")
     via = " via %s" % endpoint if endpoint else ""
+    if not _have_botocore():
+        return StorageError("S3 %s of %s failed%s: %s" % (action, where, via, exc))
     if isinstance(exc, botocore.exceptions.SSLError):
         return tls_failure(exc, action, where, endpoint, ca_bundle, label)
     if _not_s3_answer(exc, action):
@@ -422,6 +450,7 @@ def client_config(window, aws_config=None, max_attempts=None, retry_mode=None, p
     ``aws_config`` sets them. Any other botocore Config parameter of ``aws_config`` is passed on; an unknown one is a
     ConfigError naming ``label("aws_config")``.
     """
+    _load_botocore()
     aws_config = dict(aws_config or {})
     where = label("aws_config")
     retries = dict(profile_retries or {})
@@ -480,6 +509,7 @@ class S3Store:
                  retry_mode=None, object_lock=None):
         if not HAS_BOTO3:
             raise ConfigError("the Python package 'boto3' is required: pip install boto3")
+        _load_botocore()
         if not bucket:
             raise ConfigError("S3_BUCKET is not set: set it to the backup bucket (e.g. S3_BUCKET=quankey-backups-prod)")
         self.bucket = bucket
