@@ -267,6 +267,20 @@ def test_a_data_directory_that_is_not_empty_is_refused_before_anything_is_writte
     assert not (tmp_path / "new").exists()
 
 
+def test_a_db_user_the_restored_cluster_lacks_fails_at_once_instead_of_waiting_for_the_timeout(archive):
+    """The server answers, but as a role it does not have: waiting would last --timeout (6 h by default)."""
+    data_dir = _new_dir("quankey-pitr-data-")
+    try:
+        failed = _restore(dict(archive.env, DB_USER="no_such_role"), data_dir, "--target-name", "after-one",
+                          "--no-archive", check=None)
+        assert failed.returncode != 0
+        assert "not as role 'no_such_role', which does not exist in the restored cluster" in failed.stderr, failed.stderr
+        assert "set DB_USER" in failed.stderr and "Nothing was promoted" in failed.stderr
+        assert "did not reach" not in failed.stderr  # not the timeout's message
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def test_a_point_in_time_drill_recovers_a_scratch_copy_proves_it_and_stores_its_report(archive, testbed):
     tmp_path = _new_dir("quankey-pitr-scratch-")  # the postgres OS user reaches the scratch data directory under it
     done = run_cli(archive.env, "drill", "--pitr", "--target-time", archive.between, "--scratch-dir", str(tmp_path),

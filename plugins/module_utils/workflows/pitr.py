@@ -824,7 +824,13 @@ def _wait_for_recovery(server, feeder, target, action, timeout):
         try:
             rows = server.query("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN "
                                 "pg_get_wal_replay_pause_state() ELSE '' END, coalesce(pg_last_wal_replay_lsn()::text, '')")
-        except PostgresError:
+        except PostgresError as exc:
+            if "role" in str(exc) and "does not exist" in str(exc):  # it answers: waiting would never end
+                raise PostgresError("the restored server takes connections, but not as role %r, which does not exist "
+                                    "in the restored cluster: set DB_USER to one of its superuser roles (its bootstrap "
+                                    "superuser, often postgres) and restore again into an empty directory. Nothing was "
+                                    "promoted; the data directory %s is left for inspection (delete it before "
+                                    "restoring there again)" % (server.db_user, server.data_dir), step="recover")
             continue  # not consistent yet: the server takes no connections until then
         in_recovery, paused, lsn = rows[0]
         if in_recovery == "f":
