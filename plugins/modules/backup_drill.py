@@ -345,9 +345,11 @@ def main():
     if params["pitr"] and (params["all_hosts"] or params["assertions"]):
         module.fail_json(msg="pitr: true drills one host's cluster (host, default this host's): drop %s"
                              % " and ".join(name for name in ("all_hosts", "assertions") if params[name]))
-    if not params["pitr"] and (params["target_time"] or params["scratch_dir"]):
-        module.fail_json(msg="%s belong to a point-in-time drill: add pitr: true, or leave them out"
-                             % " and ".join(name for name in ("target_time", "scratch_dir") if params[name]))
+    given = [name for name in ("target_time", "scratch_dir") if params[name]]
+    if given and not params["pitr"]:
+        module.fail_json(msg="%s %s to a point-in-time drill: add pitr: true, or leave %s out"
+                             % (" and ".join(given), "belongs" if len(given) == 1 else "belong",
+                                "it" if len(given) == 1 else "them"))
 
     with ansible_common.engine_errors(module, "drill"):
         settings = ansible_common.module_settings(module)
