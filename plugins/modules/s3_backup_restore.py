@@ -215,9 +215,9 @@ attributes:
         or with sessions, and O(restore_role) not being O(login_user) or a privileged role; a missing one would be
         created), and fails where the real run would. It creates and changes nothing.
       - With O(pitr=true), makes the checks a real run makes before it writes (O(data_dir) new or empty, O(os_user),
-        the base backup chosen for the target, its metadata's trust and size, the PostgreSQL server programs of its
-        version) and reports them in RV(pitr) - the base backup, the target, the data directory's state - without
-        downloading or writing anything.
+        the base backup chosen for the target, its metadata's trust and size, its data key opened with the keys given,
+        the PostgreSQL server programs of its version) and reports them in RV(pitr) - the base backup, the target, the
+        data directory's state - without downloading the base backup or writing anything.
   diff_mode:
     support: none
   platform:

@@ -732,7 +732,8 @@ def plan_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None
                       store=None, allow_unsigned=False):
     """What :func:`run_restore_pitr` would do, writing nothing (the module's check mode): the same checks of its
     prepare stage, in the same order (the data directory new or empty, the OS user, the base backup chosen for
-    ``target`` and its metadata's trust, the server's programs of its major version); raises where it would."""
+    ``target`` and its metadata's trust, its data key opened with the keys held, the server's programs of its major
+    version); raises where it would."""
     target = target or Target("latest")
     if action not in TARGET_ACTIONS:
         raise ConfigError("--target-action %r: give promote or pause" % action)
@@ -743,6 +744,7 @@ def plan_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None
     host = host or settings.host
     record = _select(settings, store, context, backup, host, target)
     trust.require(record.verdict, allow_unsigned)
+    decryptor_factory(context, store, record)  # the keys held open its data key (WrongKeyError when not)
     major = record.metadata["server_version"].split(".")[0]
     bin_dir = server_bin_dir(settings, major)
     return {"kind": "pitr", "data_dir": data_dir, "data_dir_state": "empty" if os.path.isdir(data_dir) else "missing",
