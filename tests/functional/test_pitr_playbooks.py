@@ -99,8 +99,8 @@ def test_the_restore_playbook_plans_then_recovers_the_cluster_to_a_time_into_a_n
     (("-e", "target_time=2026-01-01", "-e", "target_lsn=0/1"), "give one recovery target, not 2"),
     ((), None),  # the directory holds a file: the module refuses it before anything is read
 ])
-def test_a_directory_that_is_not_empty_and_options_that_do_not_fit_are_refused_with_nothing_changed(host, options,
-                                                                                                        words):  # pylint: disable=redefined-outer-name
+def test_a_non_empty_directory_and_options_that_do_not_fit_are_refused_with_nothing_changed(
+        host, options, words):  # pylint: disable=redefined-outer-name
     data_dir = test_pitr._new_dir("quankey-pitr-play-")  # pylint: disable=protected-access
     try:
         (data_dir / "keep.txt").write_text("mine\n")
