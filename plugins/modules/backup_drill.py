@@ -22,6 +22,11 @@ description:
     (C(<prefix>drills/<host>/<db>/...)), signed when O(signing_key) (or the key it derives from) is there.
     C(quankey.backup.backup_health) and C(quankey-backup health) read the newest report.
   - The task fails when a drill failed, with every drill's report and the table in the result.
+  - With O(pitr=true), a point-in-time drill of one host's cluster instead (C(quankey-backup drill --pitr)) - its
+    newest base backup that reaches O(target_time) (default the end of the archive) restored and recovered from the
+    archived WAL into a scratch data directory under O(scratch_dir), promoted, proved consistent and removed again. Its
+    report is stored as database V(@cluster) (C(<prefix>drills/<host>/@cluster/...)), which C(quankey.backup.backup_health)
+    counts as a drill of a host that archives its WAL.
   - This is the same engine as the C(quankey-backup drill) command.
 options:
   host:
@@ -44,6 +49,24 @@ options:
     type: list
     elements: str
     default: []
+  pitr:
+    description:
+      - A point-in-time drill of the cluster of O(host) (see above) instead of a database's dump drill. Not with
+        O(all_hosts=true) or O(assertions).
+      - Needs the PostgreSQL server programs of the cluster's major version on the drill host, and room for the
+        cluster under O(scratch_dir). Run as root, the server runs as V(postgres).
+    type: bool
+    default: false
+  target_time:
+    description:
+      - With O(pitr=true), recover to this time (ISO 8601, for example V(2025-08-09T14:30:00Z); without a zone, UTC)
+        instead of the end of the archive.
+    type: str
+  scratch_dir:
+    description:
+      - With O(pitr=true), the directory the scratch data directory is made in (removed again afterwards). Default
+        C(/var/tmp).
+    type: path
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
@@ -56,6 +79,8 @@ attributes:
     details:
       - Selects the backups that would be drilled and reports them (RV(plan)) without restoring, checking or storing
         anything; RV(status) is then V(none) and RV(drills) empty.
+      - With O(pitr=true), also checks what a real run checks before it writes (the base backup chosen for the target,
+        its metadata's trust, the PostgreSQL server programs of its version).
   diff_mode:
     support: none
   platform:
@@ -95,6 +120,16 @@ EXAMPLES = r"""
 - name: Show the fleet table
   ansible.builtin.debug:
     msg: "{{ fleet_drill.table }}"
+
+- name: Point-in-time drill of db1's cluster to a time (health counts it as db1's drill)
+  quankey.backup.backup_drill:
+    pitr: true
+    host: db1
+    target_time: "2025-08-09T14:00:00Z"
+    scratch_dir: /var/tmp
+    env_file: /etc/quankey/drill.env
+  become: true
+  register: pitr_drill
 
 - name: Show what a drill would restore, without restoring
   quankey.backup.backup_drill:
@@ -239,6 +274,16 @@ plan:
       returned: always
       type: str
       sample: '2025-08-09T03:00:00Z'
+    target:
+      description: With O(pitr=true), the recovery target - C(kind) (V(time) or V(latest)), C(value), C(inclusive), C(timeline).
+      returned: with O(pitr=true)
+      type: dict
+      sample: {"kind": "latest", "value": null, "inclusive": true, "timeline": "latest"}
+    scratch_parent:
+      description: With O(pitr=true), where the scratch data directory would be made.
+      returned: with O(pitr=true)
+      type: str
+      sample: /var/tmp
 table:
   description:
     - The drills as a table people read - a header, then one line per drill (host, database, backup, its age, the time
@@ -274,7 +319,7 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import drill
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import drill, pitr
 
 
 def argument_spec():
@@ -283,6 +328,9 @@ def argument_spec():
         host=dict(type="str"),
         all_hosts=dict(type="bool", default=False),
         assertions=dict(type="list", elements="str", default=[]),
+        pitr=dict(type="bool", default=False),
+        target_time=dict(type="str"),
+        scratch_dir=dict(type="path"),
     )
 
 
@@ -294,10 +342,28 @@ def main():
         module.fail_json(msg="host=%s and all_hosts: true contradict each other: all_hosts drills every host in the "
                              "bucket; drop one of them" % params["host"])
 
+    if params["pitr"] and (params["all_hosts"] or params["assertions"]):
+        module.fail_json(msg="pitr: true drills one host's cluster (host, default this host's): drop %s"
+                             % " and ".join(name for name in ("all_hosts", "assertions") if params[name]))
+    given = [name for name in ("target_time", "scratch_dir") if params[name]]
+    if given and not params["pitr"]:
+        module.fail_json(msg="%s %s to a point-in-time drill: add pitr: true, or leave %s out"
+                             % (" and ".join(given), "belongs" if len(given) == 1 else "belong",
+                                "it" if len(given) == 1 else "them"))
+
     with ansible_common.engine_errors(module, "drill"):
         settings = ansible_common.module_settings(module)
         selection = dict(host=params["host"], all_hosts=params["all_hosts"])
-        if module.check_mode:
+        if params["pitr"]:
+            pitr_selection = dict(host=params["host"], scratch_parent=params["scratch_dir"],
+                                  target=pitr.parse_target(params["target_time"]))
+            if module.check_mode:
+                plan = drill.plan_pitr_drill(settings, **pitr_selection)
+                result = dict(status=drill.NONE, drills=[], plan=plan, table=drill.table(plan))
+            else:
+                outcome = drill.run_pitr_drill(settings, **pitr_selection)
+                result = dict(status=outcome["status"], drills=outcome["drills"], table=drill.table(outcome["drills"]))
+        elif module.check_mode:
             plan = drill.plan_drill(settings, **selection)
             result = dict(status=drill.NONE, drills=[], plan=plan, table=drill.table(plan))
         else:

@@ -210,7 +210,9 @@ latest:
 drill:
   description:
     - The newest restore drill of this host's database (C(quankey-backup drill)) whose report verifies here (its
-      signature, with the signing keys given; with none, not checked), or null - C(timestamp) (when it started),
+      signature, with the signing keys given; with none, not checked), or null. On a host that archives its WAL
+      (C(WAL_ARCHIVING)), its point-in-time drills (C(drill --pitr), database V(@cluster)) count too -
+      C(timestamp) (when it started),
       C(result) (V(passed) or V(failed)), C(backup), C(rto_seconds), C(rpo_seconds), C(report_key).
   returned: always
   type: dict

@@ -29,6 +29,15 @@ description:
   - The archive's SQL runs as the plain role O(restore_role) (default V(quankey_restore), created on first use), through
     a temporary login role made for this restore, never as O(login_user) unless O(restore_as_admin=true). The restored
     objects then go to the archive's owner where that is safe (see RV(restore.owner)).
+  - With O(pitr=true), point-in-time recovery instead - the whole cluster, not a database - as
+    C(quankey-backup restore --pitr) does. The newest physical base backup (C(quankey-backup basebackup)) of
+    O(source_host) that ended before the target (or O(backup)) is downloaded, its checksum, signature, decryption and
+    every file against its manifest checked, into O(data_dir), which must be new or empty (anything else is refused
+    before anything is read). Then PostgreSQL, run as O(os_user) on a private socket, replays the archived WAL
+    (C(wal-push)) up to O(target_time), O(target_lsn) or O(target_name) (none - the end of the archive), promotes (or
+    pauses, O(target_action=pause)) and is proved consistent (replay past the base backup's end, no commit after a
+    target time, every database answering). Promoted, the server is stopped again for its own service to start.
+    A failure before recovery removes what was written.
   - This is the same engine as the C(quankey-backup restore) command.
 options:
   backup:
@@ -120,6 +129,75 @@ options:
         verified, never for one whose source you doubt.
     type: bool
     default: false
+  pitr:
+    description:
+      - Point-in-time recovery of the cluster into O(data_dir) (see above) instead of restoring a database from a dump.
+      - O(backup) then names a base backup (default the newest that reaches the target) and O(source_host) the host
+        whose cluster to recover. O(target_db), O(before), O(force), O(no_owner), O(with_globals),
+        O(restore_as_admin) and O(jobs) belong to a dump's restore and are refused with it.
+      - Runs as root (it hands the data directory to O(os_user)) or as O(os_user) itself.
+    type: bool
+    default: false
+  data_dir:
+    description:
+      - With O(pitr=true), required - the new or empty directory the cluster is restored into; its parent must exist.
+        A directory that holds anything is refused before anything is read.
+    type: path
+  target_time:
+    description:
+      - With O(pitr=true), recover up to this time (ISO 8601, for example V(2025-08-09T14:30:00Z); without a zone,
+        UTC). The base backup is then the newest that ended before it.
+      - Only one of O(target_time), O(target_lsn) and O(target_name); none recovers to the end of the archive.
+    type: str
+  target_lsn:
+    description:
+      - With O(pitr=true), recover up to this WAL location, as PostgreSQL prints one (for example V(0/16B3748)).
+    type: str
+  target_name:
+    description:
+      - With O(pitr=true), recover up to this restore point (made with C(pg_create_restore_point)).
+    type: str
+  target_exclusive:
+    description:
+      - With O(pitr=true), stop just before the target instead of just after it.
+    type: bool
+    default: false
+  target_timeline:
+    description:
+      - With O(pitr=true), the timeline to follow - V(latest) (the default - the newest the archive holds),
+        V(current) (the base backup's) or a timeline number.
+    type: str
+  target_action:
+    description:
+      - With O(pitr=true), what the server does at the target. V(promote) - it becomes a primary and is stopped cleanly
+        for its own service to start. V(pause) - it stays running, paused, in recovery, on a private socket (RV(pitr.connect))
+        to look at before you promote it (C(SELECT pg_wal_replay_resume())) or stop it.
+    type: str
+    choices: [promote, pause]
+    default: promote
+  os_user:
+    description:
+      - With O(pitr=true), the OS user the server runs as and that owns O(data_dir). Defaults to V(postgres) when the
+        module runs as root, else the user it runs as.
+    type: str
+  config_file:
+    description:
+      - With O(pitr=true), the C(postgresql.conf) to recover with when the base backup's data directory has none (a
+        Debian cluster keeps it in C(/etc/postgresql)). Default the one cluster's of that major version in
+        C(/etc/postgresql/<major>/), else PostgreSQL's defaults.
+    type: path
+  archive:
+    description:
+      - With O(pitr=true), whether the restored server archives its WAL as its configuration says. V(false) turns
+        C(archive_mode) off for the recovery (a copy that must not write into the archive).
+    type: bool
+    default: true
+  timeout:
+    description:
+      - With O(pitr=true), seconds recovery may take before the module gives up (the server is then stopped and the
+        data directory kept as it is).
+    type: int
+    default: 21600
 extends_documentation_fragment:
   - quankey.backup.postgres
   - quankey.backup.s3
@@ -136,6 +214,10 @@ attributes:
         does first (login, C(pg_restore) against the server's version, an existing O(target_db) without O(force=true)
         or with sessions, and O(restore_role) not being O(login_user) or a privileged role; a missing one would be
         created), and fails where the real run would. It creates and changes nothing.
+      - With O(pitr=true), makes the checks a real run makes before it writes (O(data_dir) new or empty, O(os_user),
+        the base backup chosen for the target, its metadata's trust and size, its data key opened with the keys given,
+        the PostgreSQL server programs of its version) and reports them in RV(pitr) - the base backup, the target, the
+        data directory's state - without downloading the base backup or writing anything.
   diff_mode:
     support: none
   platform:
@@ -204,6 +286,26 @@ EXAMPLES = r"""
     encryption_key: "{{ vault_backup_encryption_key }}"
   register: restored
 
+- name: Point-in-time recovery - the cluster as it was just before a bad migration, into an empty directory
+  quankey.backup.s3_backup_restore:
+    pitr: true
+    data_dir: /var/lib/postgresql/17/restored
+    target_time: "2025-08-09T14:29:00Z"
+    env_file: /etc/quankey/backup.env
+  become: true
+  register: recovered
+
+- name: Which base backup would recover to a restore point, and is the directory usable (nothing written)
+  quankey.backup.s3_backup_restore:
+    pitr: true
+    data_dir: /var/lib/postgresql/17/restored
+    target_name: before-upgrade
+    target_action: pause
+    env_file: /etc/quankey/backup.env
+  check_mode: true
+  become: true
+  register: pitr_plan
+
 - name: Incident - replace the damaged database with a named backup (the old one is kept, renamed)
   quankey.backup.s3_backup_restore:
     db: quankey_prod
@@ -219,7 +321,7 @@ RETURN = r"""
 restore:
   description:
     - The restore done, or in check mode the restore that would be done.
-  returned: success
+  returned: success, without O(pitr=true)
   type: dict
   contains:
     name:
@@ -451,7 +553,7 @@ restore:
 verification:
   description:
     - The full verification of the backup that check mode did instead of restoring.
-  returned: in check mode
+  returned: in check mode, without O(pitr=true)
   type: dict
   contains:
     name:
@@ -551,6 +653,168 @@ verification:
       returned: always
       type: str
       sample: seed
+pitr:
+  description:
+    - With O(pitr=true), the point-in-time recovery done, or in check mode the one that would be done.
+  returned: success, with O(pitr=true)
+  type: dict
+  contains:
+    data_dir:
+      description: The data directory restored into (absolute).
+      returned: always
+      type: str
+      sample: /var/lib/postgresql/17/restored
+    data_dir_state:
+      description: V(missing) (it would be created) or V(empty), the only states a restore writes into.
+      returned: in check mode
+      type: str
+      sample: empty
+    host:
+      description: Host id whose cluster was recovered.
+      returned: always
+      type: str
+      sample: db1
+    base_backup:
+      description: The base backup restored (chosen as the newest that ended before the target, or O(backup)).
+      returned: always
+      type: str
+      sample: quankey_base_20250809_020000
+    base_timestamp:
+      description: When the base backup was taken (UTC).
+      returned: always
+      type: str
+      sample: '2025-08-09T02:00:00Z'
+    base_start_lsn:
+      description: Where the base backup's WAL begins.
+      returned: always
+      type: str
+      sample: 0/2000028
+    base_stop_lsn:
+      description: Where the base backup ends; recovery must replay past it.
+      returned: always
+      type: str
+      sample: 0/2000100
+    base_timeline:
+      description: The base backup's timeline.
+      returned: always
+      type: int
+      sample: 1
+    server_version:
+      description: The PostgreSQL version of the base backup's cluster.
+      returned: always
+      type: str
+      sample: '17.2'
+    size_bytes:
+      description: Bytes of the base backup's object that a real run downloads.
+      returned: in check mode
+      type: int
+      sample: 4718592
+    bin_dir:
+      description: The PostgreSQL server programs a real run uses.
+      returned: in check mode
+      type: str
+      sample: /usr/lib/postgresql/17/bin
+    target:
+      description: The recovery target - C(kind) (V(time), V(lsn), V(name) or V(latest)), C(value), C(inclusive), C(timeline).
+      returned: always
+      type: dict
+      sample: {"kind": "time", "value": "2025-08-09T14:29:00.000000Z", "inclusive": true, "timeline": "latest"}
+    target_description:
+      description: The target in words.
+      returned: in check mode
+      type: str
+      sample: time 2025-08-09T14:29:00.000000Z
+    target_action:
+      description: V(promote) or V(pause).
+      returned: always
+      type: str
+      sample: promote
+    os_user:
+      description: The OS user the server runs as and that owns the data directory.
+      returned: always
+      type: str
+      sample: postgres
+    signature:
+      description: The outcome of the base backup's metadata signature check.
+      returned: always
+      type: str
+      sample: valid (key qk1-3f2a9c0d1e4b5a69)
+    trusted:
+      description: Whether the base backup's metadata is signed with a key held here and names its own place.
+      returned: always
+      type: bool
+      sample: true
+    reached:
+      description: What recovery reached - C(state) (V(promoted) or V(paused)) and C(replay_lsn).
+      returned: when not in check mode
+      type: dict
+      sample: {"state": "promoted", "replay_lsn": "0/3000060"}
+    replay_lsn:
+      description: The last WAL location replayed.
+      returned: when not in check mode
+      type: str
+      sample: 0/3000060
+    last_replayed_commit:
+      description: When the last replayed transaction committed (UTC), or null; never after a target time.
+      returned: when not in check mode
+      type: str
+      sample: '2025-08-09T14:28:57.125000Z'
+    timeline:
+      description: The restored cluster's timeline (a promotion starts a new one).
+      returned: when not in check mode
+      type: int
+      sample: 2
+    databases:
+      description: The databases of the restored cluster, each of which answered a catalog query.
+      returned: when not in check mode
+      type: list
+      elements: str
+      sample: [postgres, quankey_prod]
+    relations:
+      description: Relations (C(pg_class) rows) in each database.
+      returned: when not in check mode
+      type: dict
+      sample: {"postgres": 415, "quankey_prod": 480}
+    files:
+      description: Files restored, each checked against the base backup's manifest.
+      returned: when not in check mode
+      type: int
+      sample: 1250
+    manifest_ok:
+      description: Whether every file matched the manifest (a mismatch fails the task).
+      returned: when not in check mode
+      type: bool
+      sample: true
+    wal_files_restored:
+      description: WAL files (and timeline histories) the recovery read from the archive.
+      returned: when not in check mode
+      type: int
+      sample: 12
+    running:
+      description: Whether the server was left running (O(target_action=pause)); promoted, it is stopped.
+      returned: when not in check mode
+      type: bool
+      sample: false
+    connect:
+      description: With O(target_action=pause), how to reach the paused server (C(psql) on its private socket).
+      returned: when O(target_action=pause)
+      type: str
+      sample: psql -h /tmp/quankey-pitr-sock-x1y2 -p 41234 -U postgres
+    log:
+      description: The server's log of the recovery, in the data directory.
+      returned: when not in check mode
+      type: str
+      sample: /var/lib/postgresql/17/restored/log/quankey-restore-pitr.log
+    duration_seconds:
+      description: How long the restore and recovery took.
+      returned: when not in check mode
+      type: float
+      sample: 48.3
+    stage_seconds:
+      description: How long each stage took - V(prepare), V(download_extract), V(recover), V(check).
+      returned: when not in check mode
+      type: dict
+      sample: {"prepare": 0.4, "download_extract": 20.1, "recover": 27.2, "check": 0.6}
 error:
   description: What kind of failure stopped the module, for playbooks that branch on it.
   returned: failure
@@ -577,7 +841,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quankey.backup.plugins.module_utils import ansible_common
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import restore
+from ansible_collections.quankey.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import pitr, restore
+
+PITR_ONLY = ("data_dir", "target_time", "target_lsn", "target_name", "target_timeline", "os_user", "config_file")
+PITR_FLAGS = dict(("--" + name.replace("_", "-"), name) for name in PITR_ONLY + ("target_action",))
 
 
 def argument_spec():
@@ -594,34 +862,99 @@ def argument_spec():
         with_globals=dict(type="bool", default=False),
         allow_unsigned=dict(type="bool", default=False),
         restore_as_admin=dict(type="bool", default=False),
+        pitr=dict(type="bool", default=False),
+        data_dir=dict(type="path"),
+        target_time=dict(type="str"),
+        target_lsn=dict(type="str"),
+        target_name=dict(type="str"),
+        target_exclusive=dict(type="bool", default=False),
+        target_timeline=dict(type="str"),
+        target_action=dict(type="str", choices=list(pitr.TARGET_ACTIONS), default="promote"),
+        os_user=dict(type="str"),
+        config_file=dict(type="path"),
+        archive=dict(type="bool", default=True),
+        timeout=dict(type="int", default=pitr.DEFAULT_TIMEOUT),
     )
 
 
+def mode_conflicts(params):
+    """The options given that belong to the other kind of restore (a dump's, or point-in-time recovery's)."""
+    if params["pitr"]:
+        return [name for name in ("target_db", "before", "source_db", "jobs") if params.get(name) not in (None, "")] + [
+            name for name in ("force", "no_owner", "with_globals", "restore_as_admin") if params.get(name)]
+    return [name for name in PITR_ONLY if params.get(name) not in (None, "")] + [
+        name for name, default in (("target_exclusive", False), ("target_action", "promote"), ("archive", True),
+                                   ("timeout", pitr.DEFAULT_TIMEOUT)) if params.get(name) != default]
+
+
+def option_names(message):
+    """The engine's message with the command's flags (--data-dir) named as this module's options (data_dir)."""
+    for flag in sorted(PITR_FLAGS, key=len, reverse=True):
+        message = message.replace(flag, PITR_FLAGS[flag])
+    return message
+
+
+def run_pitr(module, settings):
+    """Point-in-time recovery (workflows/pitr.py), or in check mode its plan; the result's ``pitr``."""
+    params = module.params
+    try:
+        target = pitr.parse_target(params["target_time"], params["target_lsn"], params["target_name"],
+                                   not params["target_exclusive"], params["target_timeline"])
+        backup = None if params["backup"] in (None, "", "latest") else params["backup"]
+        selection = dict(target=target, backup=backup, host=params["source_host"], action=params["target_action"],
+                         os_user=params["os_user"], allow_unsigned=params["allow_unsigned"])
+        if module.check_mode:
+            return pitr.plan_restore_pitr(settings, params["data_dir"], **selection)
+        return pitr.run_restore_pitr(settings, params["data_dir"], archive=params["archive"], timeout=params["timeout"],
+                                     config_file=params["config_file"], **selection)
+    except BackupError as exc:
+        exc.message = option_names(exc.message)
+        exc.args = (exc.message,)
+        raise
+
+
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[("target_time", "target_lsn", "target_name")],
+                           required_if=[("pitr", True, ("data_dir",))])
     ansible_common.require_libraries(module, "boto3", "cryptography")
     params = module.params
+    conflicts = mode_conflicts(params)
+    if conflicts:
+        module.fail_json(msg="%s %s to %s: %s" % (
+            ", ".join(conflicts), "belongs" if len(conflicts) == 1 else "belong",
+            "a database's restore from a dump, not point-in-time recovery" if params["pitr"]
+            else "point-in-time recovery", "leave it out with pitr=true" if params["pitr"]
+            else "add pitr=true (and data_dir), or leave it out"))
 
     with ansible_common.engine_errors(module, "restore"):
         settings = ansible_common.module_settings(module)
-        before = layout.parse_time(params["before"], "before") if params["before"] else None
-        selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
-                         allow_unsigned=params["allow_unsigned"], allow_seed=settings.allow_seed)
-        if module.check_mode:
-            plan, verification = restore.preview_restore(settings, target_db=params["target_db"], force=params["force"],
-                                                         as_admin=params["restore_as_admin"],
-                                                         with_globals=params["with_globals"], **selection)
-            result = dict(restore=plan, verification=verification)
+        if params["pitr"]:
+            result = dict(pitr=run_pitr(module, settings))
         else:
-            result = dict(restore=restore.run_restore(settings, target_db=params["target_db"], force=params["force"],
-                                                      no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
-                                                      with_globals=params["with_globals"], **selection))
+            result = restore_dump(module, settings)
         for part in result.values():
             fallback = part.get("replica_fallback") if isinstance(part, dict) else None
             if fallback:
                 module.warn("the backup was read from the REPLICA s3://%s: the primary bucket failed (%s)"
                             % (fallback["bucket"], fallback["reason"]))
     module.exit_json(changed=True, **result)
+
+
+def restore_dump(module, settings):
+    """A database's restore from a dump (workflows/restore.py), or in check mode its full verification."""
+    params = module.params
+    before = layout.parse_time(params["before"], "before") if params["before"] else None
+    selection = dict(backup=params["backup"], before=before, host=params["source_host"], db=params["source_db"],
+                     allow_unsigned=params["allow_unsigned"], allow_seed=settings.allow_seed)
+    if module.check_mode:
+        plan, verification = restore.preview_restore(settings, target_db=params["target_db"], force=params["force"],
+                                                     as_admin=params["restore_as_admin"],
+                                                     with_globals=params["with_globals"], **selection)
+        return dict(restore=plan, verification=verification)
+    return dict(restore=restore.run_restore(settings, target_db=params["target_db"], force=params["force"],
+                                            no_owner=params["no_owner"], as_admin=params["restore_as_admin"],
+                                            with_globals=params["with_globals"], **selection))
 
 
 if __name__ == "__main__":

@@ -195,6 +195,21 @@ def run_pitr_drill(settings, *, host=None, target=None, scratch_parent=None, sto
     return {"status": stored["result"], "drills": [stored]}
 
 
+def plan_pitr_drill(settings, *, host=None, target=None, scratch_parent=None, store=None, now=None):
+    """What :func:`run_pitr_drill` would drill (check mode), writing nothing: pitr.py's plan of the restore into a
+    scratch data directory under ``scratch_parent``, as :func:`plan_drill`'s one entry (database ``@cluster``)."""
+    host = host or settings.host
+    now = now or layout.utcnow()
+    parent = scratch_parent or PITR_SCRATCH_PARENT
+    planned = pitr.plan_restore_pitr(settings, os.path.join(parent, "quankey-drill-pitr-plan"), target=target,
+                                     host=host, store=store, allow_unsigned=not bool(keys.KeyContext(settings)
+                                                                                     .signing_keys()[2]))
+    when = layout.parse_time(planned["base_timestamp"])
+    return [{"host": host, "database": PITR_DATABASE, "backup": planned["base_backup"],
+             "backup_timestamp": planned["base_timestamp"], "rpo_seconds": round((now - when).total_seconds(), 3),
+             "target": planned["target"], "scratch_parent": parent}]
+
+
 def _pitr_checks(report, restored, target, signing_held, started):
     checks = report["checks"]
     checks.append(_check("base_backup", restored["manifest_ok"], "%s: %d files checked against its manifest"

@@ -598,20 +598,51 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     return _finish(report, findings)
 
 
+def combine_drills(series):
+    """Pure: one :func:`drill.latest_drills` answer from several (a host that archives its WAL: its database's dump
+    drills, then its cluster's point-in-time drills, database ``@cluster``): the newest believed report of any, the
+    newest believed passed one of any (either kind of drill counts), every untrusted one, and how many were listed."""
+    def newest(reports):
+        reports = [report for report in reports if report is not None]
+        return max(reports, key=lambda report: layout.parse_time(report["started"])) if reports else None
+    return {"last": newest([found["last"] for found in series]),
+            "last_passed": newest([found["last_passed"] for found in series]),
+            "untrusted": [item for found in series for item in found["untrusted"]],
+            "reports": sum(found["reports"] for found in series)}
+
+
+def drill_rule(series, now, max_age_days, explicit):
+    """The drill rule (pure) over one or more series of drill reports (:func:`combine_drills`): ``(the newest believed
+    report or None, [(severity, message)])``. A passed drill of any series is the drill the age is judged by (a point-
+    in-time drill proves the cluster restores as a dump drill proves the database does); a series whose newest drill
+    failed is critical even when another series passed since: what it restores is still not proven."""
+    combined = combine_drills(series)
+    findings = drill.drill_findings(combined, now, max_age_days, explicit)
+    for found in series:
+        last = found["last"]
+        if last is not None and last is not combined["last"] and last["result"] == drill.FAILED:
+            findings[0:0] = drill.drill_findings({"last": last, "last_passed": None, "untrusted": [], "reports": 0},
+                                                 now, max_age_days, False)
+    return combined["last"], findings
+
+
 def _drills(settings, store, signing_keys, now, report):
     """The drill rule (workflows/drill.py): ``report["drill"]``, the newest believed drill report (or None), and the
-    findings. A report is believed only when its signature verifies with a key held here (or no key is held here)."""
+    findings. A report is believed only when its signature verifies with a key held here (or no key is held here).
+    A host that archives its WAL (WAL_ARCHIVING: pg_backup_kind physical or both) is also drilled point-in-time
+    (``drill --pitr``, database ``@cluster``): those reports count too (:func:`drill_rule`)."""
     report["drill"] = None
     explicit = settings.drill_max_age_days is not None
+    databases = [settings.db_name] + ([drill.PITR_DATABASE] if settings.wal_archiving else [])
     try:
-        found = drill.latest_drills(settings, store, settings.host, settings.db_name, signing_keys)
+        series = [drill.latest_drills(settings, store, settings.host, database, signing_keys) for database in databases]
     except AccessDeniedError as exc:  # a host whose IAM policy reaches only its own backups: drills not asked for here
         return [_finding("drill", WARNING, "restore drill reports not read: %s" % exc)] if explicit else []
     except StorageError as exc:
         return [_finding("drill", WARNING if explicit else INFO, "restore drill reports not read: %s" % exc)]
-    report["drill"] = drill.summary(found["last"])
-    return [_finding("drill", severity, message) for severity, message in
-            drill.drill_findings(found, now, settings.drill_max_age_days or drill.DEFAULT_MAX_AGE_DAYS, explicit)]
+    last, findings = drill_rule(series, now, settings.drill_max_age_days or drill.DEFAULT_MAX_AGE_DAYS, explicit)
+    report["drill"] = drill.summary(last)
+    return [_finding("drill", severity, message) for severity, message in findings]
 
 
 def _replica(settings, records, metadata_errors, header_errors, policy, list_backups):

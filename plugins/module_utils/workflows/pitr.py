@@ -728,6 +728,35 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
         os.close(claim)
 
 
+def plan_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None, action="promote", os_user=None,
+                      store=None, allow_unsigned=False):
+    """What :func:`run_restore_pitr` would do, writing nothing (the module's check mode): the same checks of its
+    prepare stage, in the same order (the data directory new or empty, the OS user, the base backup chosen for
+    ``target`` and its metadata's trust, its data key opened with the keys held, the server's programs of its major
+    version); raises where it would."""
+    target = target or Target("latest")
+    if action not in TARGET_ACTIONS:
+        raise ConfigError("--target-action %r: give promote or pause" % action)
+    data_dir = check_data_dir(data_dir)
+    user, _uid, _gid = os_user_of(os_user)
+    store = wiring.store_or_open(settings, store)
+    context = keys.KeyContext(settings)
+    host = host or settings.host
+    record = _select(settings, store, context, backup, host, target)
+    trust.require(record.verdict, allow_unsigned)
+    decryptor_factory(context, store, record)  # the keys held open its data key (WrongKeyError when not)
+    major = record.metadata["server_version"].split(".")[0]
+    bin_dir = server_bin_dir(settings, major)
+    return {"kind": "pitr", "data_dir": data_dir, "data_dir_state": "empty" if os.path.isdir(data_dir) else "missing",
+            "host": host, "base_backup": record.basename,
+            "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
+            "base_timeline": record.metadata["timeline"], "server_version": record.metadata["server_version"],
+            "size_bytes": record.metadata["size_bytes"], "signature": record.verdict.describe(),
+            "trusted": record.verdict.trusted, "target": target.summary(), "target_description": target.describe(),
+            "target_action": action, "os_user": user, "bin_dir": bin_dir}
+
+
 def _select(settings, store, context, backup, host, target):
     if backup:
         return basebackup.select_base(settings, store, backup, host, context=context)

@@ -121,3 +121,23 @@ def test_the_systemd_timer_spreads_the_start_and_the_unit_runs_the_runner_as_the
     assert "User=quankey-backup\n" in unit and "ExecStart=/usr/local/sbin/quankey-drill-run\n" in unit
     assert "SuccessExitStatus=75\n" in unit and "StandardOutput=append:/var/log/quankey/drill.log\n" in unit
     assert "ProtectHome=yes\n" in unit
+
+
+def test_the_runner_then_drills_each_pitr_host_point_in_time_and_a_failure_is_its_exit(tmp_path):
+    runner = _runner(tmp_path, restore_drill_pitr_hosts=["db1", "db 2"], restore_drill_pitr_scratch_dir="/srv/scratch")
+    assert "# Then the cluster of db1, db 2 point-in-time (drill --pitr)" in runner.read_text()
+    done = subprocess.run([str(runner)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _calls(tmp_path) == ["DB_NAME= --env-file /etc/quankey/drill.env drill --all-hosts",
+                                "DB_NAME= --env-file /etc/quankey/drill.env drill --pitr --host db1 --scratch-dir /srv/scratch",
+                                "DB_NAME= --env-file /etc/quankey/drill.env drill --pitr --host db 2 --scratch-dir /srv/scratch"]
+    (tmp_path / "quankey-backup").write_text("#!/bin/sh\ncase \"$*\" in *--pitr*) exit 2;; esac\n")
+    assert subprocess.run([str(runner)], capture_output=True, text=True, check=False).returncode == 2
+
+
+def test_a_pitr_scratch_directory_outside_the_private_tmp_is_writable_for_the_unit():
+    def paths(**overrides):
+        unit = _render("quankey-drill.service.j2", **overrides)
+        return unit.split("ReadWritePaths=")[1].split("\n")[0]
+    assert paths() == paths(restore_drill_pitr_hosts=["db1"]) == paths(restore_drill_pitr_scratch_dir="/srv/scratch")
+    assert paths(restore_drill_pitr_hosts=["db1"], restore_drill_pitr_scratch_dir="/srv/scratch").endswith(" /srv/scratch")
