@@ -621,21 +621,12 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
     progress = progress if progress is not None else Progress("restore")
     stages = Stages(progress)
     target = target or Target("latest")
-    if action not in TARGET_ACTIONS:
-        raise ConfigError("--target-action %r: give promote or pause" % action)
     started_at = layout.utcnow()
     with stages("prepare"):
-        data_dir = check_data_dir(data_dir)
-        user, uid, gid = os_user_of(os_user)
-        owner = (uid, gid) if uid is not None else None
-        store = wiring.store_or_open(settings, store)
-        context = keys.KeyContext(settings)
-        host = host or settings.host
-        record = _select(settings, store, context, backup, host, target)
-        trust.require(record.verdict, allow_unsigned)
-        new_decryptor = decryptor_factory(context, store, record)
-        major = record.metadata["server_version"].split(".")[0]
-        bin_dir = server_bin_dir(settings, major)
+        ready = _prepare(settings, data_dir, target, backup, host, action, os_user, store, allow_unsigned)
+        data_dir, user, owner, store, context, host = (ready["data_dir"], ready["user"], ready["owner"], ready["store"],
+                                                       ready["context"], ready["host"])
+        record, new_decryptor, major, bin_dir = ready["record"], ready["new_decryptor"], ready["major"], ready["bin_dir"]
         LOG.info("restore --pitr: base backup %s of host %s (WAL %s to %s, timeline %d) into %s, then recovery to %s",
                  record.basename, host, record.metadata["start_lsn"], record.metadata["stop_lsn"],
                  record.metadata["timeline"], data_dir, target.describe())
@@ -707,7 +698,7 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                     if path:
                         shutil.rmtree(path, ignore_errors=True)
         result = {
-            "kind": "pitr", "data_dir": data_dir, "host": host, "base_backup": record.basename,
+            "kind": "pitr", "data_dir": data_dir, "host": ready["host"], "base_backup": record.basename,
             "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
             "base_timeline": record.metadata["timeline"], "system_identifier": record.metadata["system_identifier"],
@@ -735,26 +726,36 @@ def plan_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None
     ``target`` and its metadata's trust, its data key opened with the keys held, the server's programs of its major
     version); raises where it would."""
     target = target or Target("latest")
-    if action not in TARGET_ACTIONS:
-        raise ConfigError("--target-action %r: give promote or pause" % action)
-    data_dir = check_data_dir(data_dir)
-    user, _uid, _gid = os_user_of(os_user)
-    store = wiring.store_or_open(settings, store)
-    context = keys.KeyContext(settings)
-    host = host or settings.host
-    record = _select(settings, store, context, backup, host, target)
-    trust.require(record.verdict, allow_unsigned)
-    decryptor_factory(context, store, record)  # the keys held open its data key (WrongKeyError when not)
-    major = record.metadata["server_version"].split(".")[0]
-    bin_dir = server_bin_dir(settings, major)
+    ready = _prepare(settings, data_dir, target, backup, host, action, os_user, store, allow_unsigned)
+    data_dir, record = ready["data_dir"], ready["record"]
     return {"kind": "pitr", "data_dir": data_dir, "data_dir_state": "empty" if os.path.isdir(data_dir) else "missing",
-            "host": host, "base_backup": record.basename,
+            "host": ready["host"], "base_backup": record.basename,
             "base_timestamp": record.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "base_start_lsn": record.metadata["start_lsn"], "base_stop_lsn": record.metadata["stop_lsn"],
             "base_timeline": record.metadata["timeline"], "server_version": record.metadata["server_version"],
             "size_bytes": record.metadata["size_bytes"], "signature": record.verdict.describe(),
             "trusted": record.verdict.trusted, "target": target.summary(), "target_description": target.describe(),
-            "target_action": action, "os_user": user, "bin_dir": bin_dir}
+            "target_action": action, "os_user": ready["user"], "bin_dir": ready["bin_dir"]}
+
+
+def _prepare(settings, data_dir, target, backup, host, action, os_user, store, allow_unsigned):
+    """The checks before anything is written, for the restore and its plan alike: the target action, the data
+    directory new or empty, the OS user, the base backup chosen for ``target`` and its metadata's trust, its data key
+    opened with the keys held (WrongKeyError when not), the server's programs of its major version."""
+    if action not in TARGET_ACTIONS:
+        raise ConfigError("--target-action %r: give promote or pause" % action)
+    data_dir = check_data_dir(data_dir)
+    user, uid, gid = os_user_of(os_user)
+    store = wiring.store_or_open(settings, store)
+    context = keys.KeyContext(settings)
+    host = host or settings.host
+    record = _select(settings, store, context, backup, host, target)
+    trust.require(record.verdict, allow_unsigned)
+    new_decryptor = decryptor_factory(context, store, record)
+    major = record.metadata["server_version"].split(".")[0]
+    return {"data_dir": data_dir, "user": user, "owner": (uid, gid) if uid is not None else None, "store": store,
+            "context": context, "host": host, "record": record, "new_decryptor": new_decryptor, "major": major,
+            "bin_dir": server_bin_dir(settings, major)}
 
 
 def _select(settings, store, context, backup, host, target):
