@@ -31,6 +31,7 @@ import datetime
 import glob
 import hashlib
 import hmac
+import json
 import os
 import re
 import shutil
@@ -687,16 +688,17 @@ class PgClient:
                 "--checkpoint=%s" % ("fast" if fast_checkpoint else "spread")]
         return argv + ["-h", self.settings.db_host, "-p", str(self.settings.db_port), "-U", self.user]
 
-    def extra_tablespaces(self):
-        """``[[name, location], ...]`` of the cluster's tablespaces beyond pg_default and pg_global."""
-        return self.query("SELECT spcname, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace "
-                          "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname")
-
     def cluster_facts(self):
-        """``(system identifier, bytes of every database, whether this login may replicate)`` of the cluster."""
-        rows = self.query("SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()), "
+        """What a base backup checks first, in one query (each psql is a process): ``{"version": server_version_num,
+        "identifier": system identifier, "size": bytes of every database, "replication": whether this login may
+        replicate, "extra_tablespaces": [[name, location], ...] beyond pg_default and pg_global}``."""
+        rows = self.query("SELECT pg_catalog.current_setting('server_version_num'), "
+                          "(SELECT system_identifier FROM pg_catalog.pg_control_system()), "
                           "(SELECT pg_catalog.sum(pg_catalog.pg_database_size(oid)) FROM pg_catalog.pg_database), "
-                          "(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-                          step="connect")
-        identifier, size, replication = rows[0]
-        return identifier, int(size or 0), replication == "t"
+                          "(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), "
+                          "(SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(spcname, "
+                          "pg_catalog.pg_tablespace_location(oid)) ORDER BY spcname) FROM pg_catalog.pg_tablespace "
+                          "WHERE spcname NOT IN ('pg_default', 'pg_global'))", step="connect")
+        version, identifier, size, replication, extra = rows[0]
+        return {"version": int(version), "identifier": identifier, "size": int(size or 0), "replication": replication == "t",
+                "extra_tablespaces": json.loads(extra) if extra else []}

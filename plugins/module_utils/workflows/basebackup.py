@@ -59,21 +59,22 @@ def _client_version(pg, server_version):
 def _check_cluster(settings, pg):
     """``(server version number, pg_basebackup version, system identifier, cluster bytes)``, once the cluster is
     known to be one this command backs up: PostgreSQL 13 or later, no extra tablespace, a login that may replicate."""
-    server_version = pg.server_version_num()
+    facts = pg.cluster_facts()  # one query: also proves we can connect and log in
+    server_version = facts["version"]
     if server_version < MIN_SERVER_VERSION:
         raise ConfigError("PostgreSQL %d.%d has no backup manifests, which a base backup is checked against: base "
                           "backups need PostgreSQL 13 or later (use `quankey-backup backup`, the logical dumps)"
                           % (server_version // 10000, server_version % 10000))
     tool_version = _client_version(pg, server_version)
-    extra = pg.extra_tablespaces()
+    extra = facts["extra_tablespaces"]
     if extra:
         raise RefusedError("the cluster at %s has tablespace(s) beyond pg_default and pg_global (%s): a base backup "
                            "streams only the main tablespace (pg_basebackup writes one tablespace to stdout, and "
                            "nothing may be written to local disk), so it would be incomplete. Back this cluster up with "
                            "`quankey-backup backup` (logical dumps), or move the tables into pg_default"
                            % (pg.where, ", ".join("%s at %s" % (row[0], row[1]) for row in extra)), step="prepare")
-    identifier, size, replication = pg.cluster_facts()
-    if not replication:
+    identifier, size = facts["identifier"], facts["size"]
+    if not facts["replication"]:
         raise ConfigError("login %r may not take a base backup: it needs the REPLICATION attribute (`ALTER ROLE %s "
                           "REPLICATION`) and a `host replication %s ...` line in pg_hba.conf" % (pg.user, pg.user, pg.user))
     return server_version, tool_version, identifier, size

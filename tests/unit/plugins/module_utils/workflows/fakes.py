@@ -744,11 +744,10 @@ class FakePg:
         return [sys.executable, "-c", script, os.path.join(self.server.state_dir, "base.tar"), str(base["status"]),
                 base["stderr"]]
 
-    def extra_tablespaces(self):
-        return getattr(self.server, "base", {}).get("tablespaces", [])
-
     def cluster_facts(self):
-        return "7300000000000000001", 1024 * 1024, getattr(self.server, "base", {}).get("replication", True)
+        base = getattr(self.server, "base", {})
+        return {"version": self.server_version_num(), "identifier": "7300000000000000001", "size": 1024 * 1024,
+                "replication": base.get("replication", True), "extra_tablespaces": base.get("tablespaces", [])}
 
 
 def base_tar(files=None, *, start="0/2000028", stop="0/2000100", timeline=1, algorithm="SHA256", manifest=True,
