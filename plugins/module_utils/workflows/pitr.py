@@ -42,6 +42,7 @@ import glob
 import logging
 import os
 import pwd
+import queue
 import re
 import shutil
 import socket
@@ -248,6 +249,61 @@ class DataDirWriter:
 
     def close(self):
         self.end()
+
+
+class QueuedSink:
+    """A TarChecker sink (``begin``, ``data``, ``end``, ``close``) whose calls run in order on a thread of their own,
+    so that the data directory's file writes overlap the download, decryption, decompression and the manifest's
+    hashing on the caller's thread (file writes, zstd and SHA-256 all release the GIL). At most ``depth`` calls
+    wait; the bytes given to ``data`` must not change afterwards (the restore's are immutable). The first failure of
+    the sink is raised by the caller's next call, or by :meth:`close`."""
+
+    def __init__(self, sink, depth=32):
+        self.sink = sink
+        self._calls = queue.Queue(depth)
+        self._failure = None
+        self._thread = threading.Thread(target=self._work, name="data-dir-writer")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _work(self):
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            if self._failure is None or call[0] == self._close_sink:  # after a failure the rest is only drained (no
+                try:  # caller blocks), but the sink is still closed
+                    call[0](*call[1:])
+                except BaseException as exc:  # pylint: disable=broad-except  # raised on the caller's thread
+                    self._failure = self._failure or exc  # the first one
+
+    def _put(self, *call):
+        if self._failure is not None:
+            raise self._failure
+        self._calls.put(call)
+
+    def begin(self, path, kind):
+        self._put(self.sink.begin, path, kind)
+
+    def data(self, chunk):
+        self._put(self.sink.data, chunk)
+
+    def end(self):
+        self._put(self.sink.end)
+
+    def _close_sink(self):
+        self.sink.close()
+
+    def close(self, quiet=False):
+        """Wait until every call made has run (the sink's own ``close`` last); then raise the first failure, unless
+        ``quiet`` (cleaning up after another error, which must not be hidden by this one). Idempotent."""
+        if self._thread is not None:
+            self._calls.put((self._close_sink,))
+            self._calls.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._failure is not None and not quiet:
+            raise self._failure
 
 
 def check_data_dir(path):
@@ -645,14 +701,15 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                               % (user, data_dir))
         try:
             with stages("download_extract", total=record.metadata["size_bytes"]):
-                writer = DataDirWriter(data_dir, owner)
+                writer = QueuedSink(DataDirWriter(data_dir, owner))
                 try:
                     with RestoreStream(store, record, new_decryptor, progress) as stream:
                         checker = basetar.TarChecker(sink=writer)
                         counts = stream.run(checker)
                         checked = in_step("extract", checker.finish)
+                    writer.close()  # every file written, or its failure raised
                 finally:
-                    writer.close()
+                    writer.close(quiet=True)
                 basebackup.check_against_metadata(record, counts, checked, step="extract")
                 _fsync_tree(data_dir)
         except BaseException:

@@ -101,19 +101,25 @@ def test_only_a_new_or_empty_data_directory_is_accepted(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["PG_VERSION"]
 
 
-def _extract(data, root, chunk=4096):
+def _extract(data, root, chunk=4096, queued=False):
     writer = pitr.DataDirWriter(str(root))
-    checker = basetar.TarChecker(sink=writer)
-    for pos in range(0, len(data), chunk):
-        checker.feed(data[pos:pos + chunk])
-    writer.close()
+    sink = pitr.QueuedSink(writer, depth=4) if queued else writer
+    checker = basetar.TarChecker(sink=sink)
+    try:
+        for pos in range(0, len(data), chunk):
+            checker.feed(data[pos:pos + chunk])
+        sink.close()
+    finally:
+        if queued:
+            sink.close(quiet=True)
     return checker.finish(), writer
 
 
+@pytest.mark.parametrize("queued", [False, True])
 @pytest.mark.parametrize("chunk", [1000, 512, 10 ** 6])
-def test_a_checked_tar_is_written_member_by_member_private_to_its_owner(tmp_path, chunk):
+def test_a_checked_tar_is_written_member_by_member_private_to_its_owner(tmp_path, chunk, queued):
     files = {"PG_VERSION": b"15\n", "base/1/1259": bytes(range(256)) * 64, "global/pg_control": b"c" * 8192}
-    summary, writer = _extract(base_tar(files), tmp_path, chunk)
+    summary, writer = _extract(base_tar(files), tmp_path, chunk, queued)
     assert summary["manifest"]["files"] == 4  # and backup_label
     for path, data in files.items():
         assert (tmp_path / path).read_bytes() == data
@@ -146,11 +152,45 @@ def test_a_link_member_is_refused_but_a_linked_pg_wal_becomes_a_directory(tmp_pa
     assert not os.path.lexists(tmp_path / "pg_tblspc" / "16384")
 
 
-def test_a_file_already_there_is_never_written_through(tmp_path):
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_file_already_there_is_never_written_through(tmp_path, queued):
     (tmp_path / "PG_VERSION").symlink_to(tmp_path / "outside")
     with pytest.raises(OSError):
-        _extract(base_tar({"PG_VERSION": b"15\n"}), tmp_path)
+        _extract(base_tar({"PG_VERSION": b"15\n"}), tmp_path, queued=queued)
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_queued_sinks_failure_reaches_the_caller_and_stops_the_writes_after_it(tmp_path):
+    calls = []
+
+    class Failing:
+        def begin(self, path, _kind):
+            calls.append(path)
+            if path == "second":
+                raise OSError(28, "No space left on device")
+
+        def data(self, chunk):
+            calls.append(bytes(chunk))
+
+        def end(self):
+            calls.append("end")
+
+        def close(self):
+            calls.append("close")
+
+    sink = pitr.QueuedSink(Failing(), depth=2)
+    sink.begin("first", basetar.REGULAR)
+    sink.data(b"one")
+    sink.end()
+    sink.begin("second", basetar.REGULAR)
+    with pytest.raises(OSError, match="No space left"):  # by a later call, or at the latest by close
+        for _ in range(1000):
+            sink.data(b"lost")
+        sink.close()
+    sink.close(quiet=True)  # cleaning up after it: no second raise
+    assert calls[:5] == ["first", b"one", "end", "second", "close"] and len(calls) == 5  # in order; nothing after
+    with pytest.raises(OSError):
+        sink.close()  # asked again without quiet: still the failure
 
 
 def _script(spool):
