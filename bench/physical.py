@@ -135,7 +135,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         self.results.update(config={}, targets={}, verified={}, tools={}, failed={})
         self.barman_variants = {}
         self.pgbackrest_confs = {}
-        help_text = subprocess.run([CLI, "restore", "--help"], env=self.env, capture_output=True, text=True,
+        help_text = subprocess.run([engine, "restore", "--help"], env=self.env, capture_output=True, text=True,
                                    check=False).stdout
         self.restore_help = help_text if "--pitr" in help_text else None
 
@@ -153,6 +153,10 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         self.results["tools"]["quankey"] = {
             "archive_command": "quankey-backup -q --env-file wal.env wal-push %p (engine of this checkout in a venv of "
                                "/usr/bin/python3, run by PostgreSQL as the postgres OS user; WAL_PUSH_AHEAD=4, default)",
+            "engine": "every quankey-backup command (archive_command's, the base backup's, the restore's) is the engine "
+                      "of this checkout installed in a venv of /usr/bin/python3, as the pg_backup role installs it on a "
+                      "host (not the editable install of .venv, whose namespace packages cost ~0.15 s more at each start)"
+                      if self.engine != CLI else "the editable install of .venv (not run as root: no venv built)",
             "backup": "quankey-backup basebackup --fast: one pg_basebackup -Ft -X none stream into one process, zstd "
                       "level 2 (BACKUP_COMPRESSION default), AES-256-GCM under a fresh data key (BACKUP_ENCRYPTION_KEY), "
                       "multipart upload with 3 parts in flight",
@@ -293,7 +297,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
 
     def backup_quankey(self):
         out = self.work / "basebackup.json"
-        result = self.measure([CLI, "-q", "basebackup", "--fast", "--json"], stdout_path=str(out))
+        result = self.measure([self.engine, "-q", "basebackup", "--fast", "--json"], stdout_path=str(out))
         taken = json.loads(out.read_text(encoding="utf-8"))
         first, last = taken["start_wal_file"], segment_of(taken["timeline"], taken["stop_lsn"])
         backup_bytes = self.prefix_bytes("%sbase/%s/%s." % (QK_PREFIX, HOST_ID, taken["name"]))
@@ -414,7 +418,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
     def restore_quankey(self, when):  # pylint: disable=arguments-renamed  # a target time, not run.py's extra args
         """`quankey-backup restore --pitr` does it all: files, recovery, promotion, clean stop."""
         target = self.empty_dir("quankey")
-        argv = [CLI, "-q", "restore", "--pitr", "--data-dir", str(target), "--target-time", when.isoformat()]
+        argv = [self.engine, "-q", "restore", "--pitr", "--data-dir", str(target), "--target-time", when.isoformat()]
         for option, value in (("--target-action", "promote"), ("--no-archive", None)):
             if option in self.restore_help:
                 argv += [option] + ([value] if value else [])

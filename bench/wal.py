@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import physical  # noqa: E402  pylint: disable=wrong-import-position
 import run as benchrun  # noqa: E402  pylint: disable=wrong-import-position
 from testbed import MotoServer, PostgresCluster  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -72,7 +73,7 @@ def make_segments(cluster, staging, count):
     raise RuntimeError("the cluster archived only %d segments in 10 minutes" % len(os.listdir(staging)))
 
 
-def archiver_rate(env, segments, directory):
+def archiver_rate(program, env, segments, directory):
     """Push ``segments`` as PostgreSQL's archiver does after a burst of WAL: each is in ``directory`` (a pg_wal of
     hard links) with ``archive_status/<name>.ready``; one call per segment, oldest first, whose success turns
     ``.ready`` into ``.done``. Segments per second."""
@@ -83,7 +84,7 @@ def archiver_rate(env, segments, directory):
         (status / (path.name + ".ready")).write_text("")
     started = time.monotonic()
     for path in segments:
-        timed([[CLI, "-q", "wal-push", "pg_wal/" + path.name]], env, cwd=directory.parent)
+        timed([[program, "-q", "wal-push", "pg_wal/" + path.name]], env, cwd=directory.parent)
         os.rename(status / (path.name + ".ready"), status / (path.name + ".done"))
     return len(segments) / (time.monotonic() - started)
 
@@ -174,6 +175,10 @@ def main():
                    "pgbackrest: one synchronous `archive-push <segment>` per segment (archive-async off, its default), "
                    "zstd, aes-256-cbc, to the same moto_server through a socat TLS terminator"]}
     pgbackrest = None
+    engine = physical.engine_for_postgres(Path(args.output).parent)  # installed as a host has it, when root
+    results["notes"].append("quankey-backup: %s" % ("the engine of this checkout installed in a venv of %s, as the "
+                                                    "pg_backup role installs it" % physical.SYSTEM_PYTHON
+                                                    if engine != CLI else "the editable install of .venv"))
     try:
         if os.geteuid() == 0:  # the server runs as the postgres OS user, and writes the staging directory
             entry = pwd.getpwnam("postgres")
@@ -199,7 +204,7 @@ def main():
             for round_ in range(args.rounds):
                 prefix = "round%d/" % round_
                 ours = dict(env, S3_PREFIX=prefix)
-                results["quankey"].append(archiver_rate(ours, segments, work / ("round%d" % round_) / "pg_wal"))
+                results["quankey"].append(archiver_rate(engine, ours, segments, work / ("round%d" % round_) / "pg_wal"))
                 log("round %d: quankey-backup wal-push %.2f segments/s" % (round_ + 1, results["quankey"][-1]))
                 if round_ == 0:
                     s3 = moto.client()
