@@ -12,7 +12,7 @@ import time
 import boto3
 import pytest
 
-from conftest import read_env_file
+from conftest import playbook, read_env_file
 
 DB = "app_pg17"
 RESTORED = "/var/lib/postgresql/restored"
@@ -130,3 +130,15 @@ def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_
     # recorded as the dumps' runs are (the monitoring kit's QuankeyBackupJobFailed watches its exit code)
     record = json.loads(host.file("/var/lib/prometheus/node-exporter/quankey_backup_basebackup_all.json").content_string)
     assert (record["command"], record["host"], record["exit_code"], record["state"]) == ("basebackup", "pg17", 0, "ended")
+
+
+def test_switching_to_the_logical_kind_removes_the_base_backups_schedule(hosts):
+    # last: the host keeps only its dumps' schedule (the scenario ends here)
+    host = hosts["pg17"]
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_kind=logical")
+    assert status == 0, out
+    assert not host.file("/etc/cron.d/quankey-backup-base").exists
+    assert not host.file("/usr/local/sbin/quankey-backup-base-run").exists
+    assert "quankey-backup" not in host.check_output("id -nG postgres").split()
+    assert host.file("/var/log/quankey/backup.log").mode == 0o640  # no other user appends to it now
+    assert "quankey-backup-run" in host.file("/etc/cron.d/quankey-backup").content_string  # the dumps stay scheduled
