@@ -113,6 +113,10 @@ def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_
     assert host.file("/etc/quankey/wal.env").user == "postgres"
     assert read_env_file(host, "/etc/quankey/wal.env")["DB_HOST"] == "/var/run/postgresql"  # the socket, peer
     assert "quankey-backup" in host.check_output("id -nG postgres").split()  # the log, the lock, the metrics
+    lock, log_file = host.file("/var/lib/quankey-backup/base.lock"), host.file("/var/log/quankey/backup.log")
+    assert (lock.user, lock.mode) == ("postgres", 0o600)
+    assert (log_file.user, log_file.group, log_file.mode) == ("quankey-backup", "quankey-backup", 0o660)
+    assert "create 0660 quankey-backup quankey-backup" in host.file("/etc/logrotate.d/quankey-backup").content_string
     before = set(base["name"] for base in json.loads(host.check_output("quankey-backup list --json"))["base_backups"])
 
     # as cron runs the line: as postgres (its groups), /bin/sh from its home, cron's bare environment
