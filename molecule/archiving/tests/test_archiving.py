@@ -136,13 +136,25 @@ def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_
     assert (record["command"], record["host"], record["exit_code"], record["state"]) == ("basebackup", "pg17", 0, "ended")
 
 
-def test_switching_to_the_logical_kind_removes_the_base_backups_schedule(hosts):
+def test_the_systemd_scheduler_has_a_base_timer_and_the_logical_kind_removes_the_base_backups_schedule(hosts):
     # last: the host keeps only its dumps' schedule (the scenario ends here)
-    host = hosts["pg17"]
-    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_kind=logical")
+    host, units = hosts["pg17"], "/etc/systemd/system/"
+    base_units = [units + "quankey-backup-base.service", units + "quankey-backup-base.timer"]
+    enabled = units + "timers.target.wants/quankey-backup-base.timer"
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd")
     assert status == 0, out
-    assert not host.file("/etc/cron.d/quankey-backup-base").exists
-    assert not host.file("/usr/local/sbin/quankey-backup-base-run").exists
+    assert not host.file("/etc/cron.d/quankey-backup-base").exists  # one schedule: the timer, enabled offline here
+    assert all(host.file(path).exists for path in base_units) and host.file(enabled).is_symlink
+    service = host.file(units + "quankey-backup-base.service").content_string
+    assert "User=postgres" in service and "ExecStart=/usr/local/sbin/quankey-backup-base-run" in service
+    assert "OnFailure=quankey-backup-failure@%n.service" in service  # a failed one reaches the owner as a dump's does
+    assert "OnCalendar=Sun *-*-* 01:30:00" in host.file(units + "quankey-backup-base.timer").content_string
+
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd",
+                           "-e", "pg_backup_kind=logical")
+    assert status == 0, out
+    assert not [path for path in base_units + [enabled, "/etc/cron.d/quankey-backup-base",
+                                               "/usr/local/sbin/quankey-backup-base-run"] if host.file(path).exists]
     assert "quankey-backup" not in host.check_output("id -nG postgres").split()
     assert host.file("/var/log/quankey/backup.log").mode == 0o640  # no other user appends to it now
-    assert "quankey-backup-run" in host.file("/etc/cron.d/quankey-backup").content_string  # the dumps stay scheduled
+    assert host.file(units + "timers.target.wants/quankey-backup.timer").is_symlink  # the dumps stay scheduled
