@@ -852,8 +852,10 @@ def _start_record(args, env):
     """The run's record (workflows/runrecord.py), its start written, when BACKUP_METRICS_DIR is set and the command is
     one a schedule runs; from the variables, before the settings are checked, so a run they fail is recorded too.
     A command puts its result in ``args.outcome`` for the record's stages, bytes and counts; one over every database
-    (``drill --all-hosts``, ``replicate --all-databases``) is recorded as database ``all``."""
-    everything = getattr(args, "all_hosts", False) or getattr(args, "all_databases", False)
+    (``drill --all-hosts``, ``replicate --all-databases``), and ``basebackup`` (the whole cluster's), is recorded as
+    database ``all``."""
+    everything = (getattr(args, "all_hosts", False) or getattr(args, "all_databases", False)
+                  or args.command == "basebackup")
     return runrecord.start(env.get("BACKUP_METRICS_DIR"), args.command,
                            env.get("BACKUP_HOST_ID") or config.default_host_id(),
                            None if everything else getattr(args, "db", None) or env.get("DB_NAME"))

@@ -59,7 +59,7 @@ def _render(tmp, **role_vars):
     units, sbin = tmp / "units", tmp / "sbin"
     units.mkdir(exist_ok=True)
     sbin.mkdir(exist_ok=True)
-    for name in ("quankey-backup-run", "quankey-backup-monitor"):
+    for name in ("quankey-backup-run", "quankey-backup-base-run", "quankey-backup-monitor"):
         (sbin / name).write_text("#!/bin/sh\nexit 0\n")
         (sbin / name).chmod(0o755)
     extra = dict({"_pg_backup_systemd_dir": str(units), "_backup_monitor_systemd_dir": str(units),
@@ -115,6 +115,34 @@ def test_systemd_accepts_the_units_of_every_schedule(tmp_path, schedule, splay, 
         str(tmp_path / "sbin" / "quankey-backup-failed") + " %i"]
     assert os.access(str(tmp_path / "sbin" / "quankey-backup-failed"), os.X_OK)
     assert _settings(units / "quankey-backup-monitor.timer")["OnCalendar"] == ["*:00/30:00"]
+
+
+@pytest.mark.parametrize("kind, schedule, on_calendar, expected", [
+    ("physical", "weekly", "", "Sun *-*-* 01:30:00"),
+    ("both", "custom", "Sat *-*-* 02:30:00", "Sat *-*-* 02:30:00"),
+    ("logical", "weekly", "", None),
+])
+def test_the_base_backups_units_are_written_for_the_physical_kinds_and_systemd_accepts_them(
+        tmp_path, kind, schedule, on_calendar, expected):
+    units = _render(tmp_path, pg_backup_kind=kind, pg_backup_base_schedule=schedule,
+                    pg_backup_base_systemd_on_calendar=on_calendar, pg_backup_splay_minutes=10)
+    if expected is None:
+        assert not (units / "quankey-backup-base.service").exists() and not (units / "quankey-backup-base.timer").exists()
+        return
+    verify = _verify(units, "quankey-backup-base.service", "quankey-backup-base.timer",
+                     "quankey-backup-failure@quankey-backup-base.service")
+    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
+    timer = _settings(units / "quankey-backup-base.timer")
+    assert timer["OnCalendar"] == [expected] and timer["Unit"] == ["quankey-backup-base.service"]
+    assert (timer["RandomizedDelaySec"], timer["Persistent"]) == (["10min"], ["true"])
+    service = _settings(units / "quankey-backup-base.service")
+    # as the server's OS user (peer authentication over the socket), a member of the backup group for the log, its lock
+    # and the runs' metrics; a failure goes to the same hook as a failed dump's
+    assert (service["User"], service["SupplementaryGroups"]) == (["postgres"], ["quankey-backup"])
+    assert service["ExecStart"] == [str(tmp_path / "sbin" / "quankey-backup-base-run")]
+    assert service["OnFailure"] == ["quankey-backup-failure@%n.service"] and service["SuccessExitStatus"] == ["75"]
+    assert service["StandardOutput"] == ["append:/var/log/quankey/backup.log"]
+    assert service["ReadWritePaths"] == ["/var/lib/quankey-backup /var/log/quankey -/var/lib/prometheus/node-exporter"]
 
 
 def test_the_verification_fails_on_a_calendar_systemd_refuses(tmp_path):

@@ -77,12 +77,27 @@ def install_dir():
 
 class PeerCluster(PostgresCluster):
     """A throwaway cluster (archive_mode off) that also lets the postgres OS user in over its socket by peer
-    authentication, as Debian's clusters do: the role's psql connects that way."""
+    authentication, as Debian's clusters do: the role's psql connects that way, and so does the scheduled base
+    backup's replication connection (`local replication`, which `all` does not match)."""
+
+    REPLICATION = "local replication postgres peer\n"
 
     def _configure(self):
         super()._configure()
         hba = self.datadir / "pg_hba.conf"
-        hba.write_text("local all postgres peer\n" + hba.read_text(encoding="utf-8"), encoding="utf-8")
+        hba.write_text("local all postgres peer\n" + self.REPLICATION + hba.read_text(encoding="utf-8"), encoding="utf-8")
+
+    def without_replication_line(self):
+        """pg_hba.conf without the `local replication` line, reloaded; returns what puts it back."""
+        hba = self.datadir / "pg_hba.conf"
+        text = hba.read_text(encoding="utf-8")
+        hba.write_text(text.replace(self.REPLICATION, ""), encoding="utf-8")
+        self.psql("SELECT pg_reload_conf()")
+
+        def restore():
+            hba.write_text(text, encoding="utf-8")
+            self.psql("SELECT pg_reload_conf()")
+        return restore
 
     def restart(self):
         done = self._pg_ctl("restart", "-w", "-t", "60", "-m", "fast", "-l", str(self.logfile))
@@ -249,3 +264,23 @@ def test_an_engine_the_postgres_user_cannot_run_fails_the_play_before_anything_i
     assert failed.get("failed") and "postgres cannot run %s" % (install_dir / "venv" / "bin" / "quankey-backup") in failed["msg"]
     assert "Permission denied" in failed["msg"] and "check the modes of %s" % install_dir in failed["msg"]
     assert cluster.psql("SELECT count(*) FROM pg_file_settings").strip() == before
+
+
+def test_a_base_backup_that_could_not_connect_fails_the_play_naming_the_pg_hba_line(role_vars, services, tmp_path):
+    cluster = services[0]
+    restore = cluster.without_replication_line()
+    try:
+        tasks, rc, report = _play(tmp_path, role_vars)  # pg_backup_base_schedule: weekly, the default
+        assert rc != 0, json.dumps(report)[-2000:]
+        failed = tasks["Fail unless the scheduled base backup can connect"]
+        message = " ".join(failed["msg"].split())
+        assert failed.get("failed") and "postgres cannot open a replication connection to PostgreSQL" in message
+        assert "pg_hba.conf" in message and "`local replication postgres peer`" in message, message
+        # no base backup scheduled: nothing needs that connection
+        tasks, rc, report = _play(tmp_path, dict(role_vars, pg_backup_base_schedule="none"))
+        assert rc == 0, json.dumps(report)[-2000:]
+        assert tasks["Fail unless the scheduled base backup can connect"]["msg"] == "All assertions passed"
+    finally:
+        restore()
+    tasks, rc, report = _play(tmp_path, role_vars)
+    assert rc == 0 and tasks["Fail unless the scheduled base backup can connect"]["msg"] == "All assertions passed"

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """WAL archiving set up by the pg_backup role (pg_backup_kind: both) on a host with its own PostgreSQL 17 server, and
 point-in-time recovery there: PostgreSQL runs wal-push as the postgres OS user with the host's least-privilege keys,
-and restore --pitr brings back exactly the rows committed before a moment."""
+and restore --pitr brings back exactly the rows committed before a moment; the base backups the role schedules run as
+cron runs them."""
 
 import json
 import time
@@ -11,7 +12,7 @@ import time
 import boto3
 import pytest
 
-from conftest import read_env_file
+from conftest import playbook, read_env_file
 
 DB = "app_pg17"
 RESTORED = "/var/lib/postgresql/restored"
@@ -98,3 +99,62 @@ def test_postgres_archives_with_wal_push_and_pitr_restores_the_rows_before_a_mom
         host.run("runuser -u postgres -- /usr/lib/postgresql/17/bin/pg_ctl stop -D %s -m fast -w", RESTORED)
         host.run("rm -rf %s %s %s", RESTORED, result.get("spool_dir", "/nonexistent"),
                  result.get("socket_dir", "/nonexistent"))
+
+
+def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_it(hosts, pg17):
+    host = hosts["pg17"]
+    entry = [line for line in host.file("/etc/cron.d/quankey-backup-base").content_string.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert len(entry) == 1, entry
+    minute, hour, day, month, weekday, user, job = entry[0].split(None, 6)
+    assert (minute, hour, day, month, weekday, user) == ("30", "1", "*", "*", "0", "postgres")  # weekly: Sunday 01:30
+    assert job == "/usr/local/sbin/quankey-backup-base-run >> /var/log/quankey/backup.log 2>&1"
+    assert "basebackup --fast" in host.file("/usr/local/sbin/quankey-backup-base-run").content_string
+    assert host.file("/etc/quankey/wal.env").user == "postgres"
+    assert read_env_file(host, "/etc/quankey/wal.env")["DB_HOST"] == "/var/run/postgresql"  # the socket, peer
+    assert "quankey-backup" in host.check_output("id -nG postgres").split()  # the log, the lock, the metrics
+    lock, log_file = host.file("/var/lib/quankey-backup/base.lock"), host.file("/var/log/quankey/backup.log")
+    assert (lock.user, lock.mode) == ("postgres", 0o600)
+    assert (log_file.user, log_file.group, log_file.mode) == ("quankey-backup", "quankey-backup", 0o660)
+    assert "create 0660 quankey-backup quankey-backup" in host.file("/etc/logrotate.d/quankey-backup").content_string
+    before = set(base["name"] for base in json.loads(host.check_output("quankey-backup list --json"))["base_backups"])
+
+    # as cron runs the line: as postgres (its groups), /bin/sh from its home, cron's bare environment
+    ran = host.run("cd ~postgres && runuser -u postgres -- env -i HOME=/var/lib/postgresql LOGNAME=postgres "
+                   "SHELL=/bin/sh PATH=/usr/bin:/bin /bin/sh -c %s", job)
+    log = host.file("/var/log/quankey/backup.log").content_string
+    assert ran.rc == 0, ran.stderr + log[-3000:]
+    assert "INFO run: base backup of the cluster" in log and "INFO run: base backup done (exit 0)" in log
+
+    listed = json.loads(host.check_output("quankey-backup list --json"))["base_backups"]
+    new = [base["name"] for base in listed if base["name"] not in before]
+    assert len(new) == 1, listed
+    verified = host.run("quankey-backup verify --backup %s", new[0])
+    assert verified.rc == 0, verified.stdout + verified.stderr
+    # recorded as the dumps' runs are (the monitoring kit's QuankeyBackupJobFailed watches its exit code)
+    record = json.loads(host.file("/var/lib/prometheus/node-exporter/quankey_backup_basebackup_all.json").content_string)
+    assert (record["command"], record["host"], record["exit_code"], record["state"]) == ("basebackup", "pg17", 0, "ended")
+
+
+def test_the_systemd_scheduler_has_a_base_timer_and_the_logical_kind_removes_the_base_backups_schedule(hosts):
+    # last: the host keeps only its dumps' schedule (the scenario ends here)
+    host, units = hosts["pg17"], "/etc/systemd/system/"
+    base_units = [units + "quankey-backup-base.service", units + "quankey-backup-base.timer"]
+    enabled = units + "timers.target.wants/quankey-backup-base.timer"
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd")
+    assert status == 0, out
+    assert not host.file("/etc/cron.d/quankey-backup-base").exists  # one schedule: the timer, enabled offline here
+    assert all(host.file(path).exists for path in base_units) and host.file(enabled).is_symlink
+    service = host.file(units + "quankey-backup-base.service").content_string
+    assert "User=postgres" in service and "ExecStart=/usr/local/sbin/quankey-backup-base-run" in service
+    assert "OnFailure=quankey-backup-failure@%n.service" in service  # a failed one reaches the owner as a dump's does
+    assert "OnCalendar=Sun *-*-* 01:30:00" in host.file(units + "quankey-backup-base.timer").content_string
+
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd",
+                           "-e", "pg_backup_kind=logical")
+    assert status == 0, out
+    assert not [path for path in base_units + [enabled, "/etc/cron.d/quankey-backup-base",
+                                               "/usr/local/sbin/quankey-backup-base-run"] if host.file(path).exists]
+    assert "quankey-backup" not in host.check_output("id -nG postgres").split()
+    assert host.file("/var/log/quankey/backup.log").mode == 0o640  # no other user appends to it now
+    assert host.file(units + "timers.target.wants/quankey-backup.timer").is_symlink  # the dumps stay scheduled

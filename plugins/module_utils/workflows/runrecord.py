@@ -29,9 +29,9 @@ import time
 LOG = logging.getLogger("quankey_backup")
 
 # The commands whose runs are recorded (what a schedule runs).
-RECORDED = ("backup", "prune", "drill", "replicate")
+RECORDED = ("backup", "prune", "drill", "replicate", "basebackup")
 PREFIX = "quankey_backup_"
-ALL = "all"  # the database of a run over every one (drill --all-hosts, replicate --all-databases)
+ALL = "all"  # the database of a run over every one (drill --all-hosts, replicate --all-databases, basebackup: the cluster)
 # The exported metrics: (name, type, help). Every one is labelled command, host and database; the stage and kind
 # labels say which stage or which bytes/items. docs/MONITORING.md and the monitoring kit's tests read this table.
 METRICS = (

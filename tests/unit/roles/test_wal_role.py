@@ -28,7 +28,7 @@ def _yaml(*parts):
 def _wal_vars(**more):
     values = {"pg_backup_kind": "physical", "pg_backup_wal_env_file": "/etc/quankey/wal.env",
               "pg_backup_wal_max_lag_minutes": 45, "pg_backup_postgres_os_user": "postgres",
-              "pg_backup_base_max_age_days": 5}
+              "pg_backup_base_max_age_days": 5, "pg_backup_postgres_socket_dir": "/var/run/postgresql"}
     values.update(more)
     return values
 
@@ -55,6 +55,17 @@ def test_the_file_wal_push_reads_holds_no_database_password_nor_replica_or_seed_
     settings = config.settings_from_env(values)  # what wal-push needs: the bucket, the host id, the keys
     assert (settings.bucket, settings.host, settings.prefix) == ("quankey-backups-prod", "db1", "prod/")
     assert settings.encryption_key and settings.secret_key == "se'cr\"et$"
+    # the scheduled basebackup's connection: the local socket as the server's OS user (peer), not the backup user's
+    assert (settings.db_host, settings.db_port, settings.db_user) == ("/var/run/postgresql", 5432, "postgres")
+
+
+def test_the_file_wal_push_reads_names_no_tls_file_only_the_backup_user_may_read():
+    text = _render(_pg_backup_env_for_wal=True, pg_backup_db_sslmode="verify-full", pg_backup_db_ca_cert="/etc/quankey/ca.crt",
+                   pg_backup_db_ssl_key="/etc/quankey/pg.key", pg_backup_db_ssl_cert="/etc/quankey/pg.crt", **_wal_vars())
+    values = config.parse_env_text(text)
+    assert not [name for name in values if name.startswith("DB_SSL")]  # a socket has no TLS; those files are 0600 another's
+    assert [name for name in config.parse_env_text(_render(pg_backup_db_sslmode="verify-full", **_wal_vars()))
+            if name.startswith("DB_SSL")] == ["DB_SSLMODE"]  # the backup user's file keeps them
 
 
 def test_the_archive_command_quotes_its_paths_for_the_shell_postgresql_runs_it_with():

@@ -185,7 +185,11 @@ def test_a_run_over_every_database_is_recorded_as_all(tmp_path):
     os.chmod(str(tmp_path / "backup.env"), 0o600)
     cli.main(["-q", "drill", "--all-hosts"], environ=environ)
     cli.main(["-q", "drill", "--db", "crm"], environ=environ)
+    # a base backup is the whole cluster's (the role's scheduled one runs with DB_NAME set: it is not its database)
+    assert cli.main(["-q", "basebackup"], environ=environ) != 0
     assert sorted(name for name in os.listdir(str(tmp_path)) if name.endswith(".prom")) == [
-        "quankey_backup_drill_all.prom", "quankey_backup_drill_crm.prom"]
+        "quankey_backup_basebackup_all.prom", "quankey_backup_drill_all.prom", "quankey_backup_drill_crm.prom"]
     text = (tmp_path / "quankey_backup_drill_all.prom").read_text()
     assert 'quankey_backup_run_last_exit_code{command="drill",host="drillhost",database="all"} ' in text
+    state = json.loads((tmp_path / "quankey_backup_basebackup_all.json").read_text())
+    assert (state["command"], state["database"], state["state"]) == ("basebackup", None, "ended") and state["exit_code"]
