@@ -85,6 +85,10 @@ def _explain(pg, child):
     text = child.stderr_text()
     lowered = text.lower()
     if "no pg_hba.conf entry for replication connection" in lowered:
+        if str(pg.settings.db_host or "").startswith("/"):  # the local socket, as the role's scheduled base backup
+            return ("PostgreSQL at %s refuses a replication connection of login %r over its local socket (no "
+                    "pg_hba.conf entry): add `local replication %s peer` to pg_hba.conf (Debian's default has `local "
+                    "replication all peer`) and reload" % (pg.where, pg.user, pg.user))
         return ("PostgreSQL at %s refuses a replication connection of login %r (no pg_hba.conf entry): add `host "
                 "replication %s <this host's address> scram-sha-256` to pg_hba.conf and reload" % (pg.where, pg.user, pg.user))
     if "max_wal_senders" in lowered or ("too many clients" in lowered and "replication" in lowered):

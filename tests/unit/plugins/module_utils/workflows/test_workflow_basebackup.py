@@ -20,7 +20,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.errors import (Chec
                                                                             IntegrityError, NotFoundError,
                                                                             PostgresError, RefusedError, TamperedError)
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import basebackup, inventory
-from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import base_tar
+from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import FakePg, base_tar
 
 WHEN = datetime.datetime(2026, 12, 1, 14, 0, 0, tzinfo=datetime.timezone.utc)
 NAME = "cluster_base_20261201_140000"
@@ -67,6 +67,16 @@ def test_pg_basebackup_failures_say_how_to_fix_the_replication_connection(settin
     assert store.keys() == [] and list(store.list_multipart_uploads("")) == []
     with pytest.raises(PostgresError, match="pg_basebackup exited with status 1"):
         _take(settings, store, pg, base_tar=base_tar()[:5000], status=1, stderr="error: connection lost")
+    assert store.keys() == []
+
+
+def test_over_the_local_socket_the_fix_named_is_a_local_replication_line(make_settings, store, tmp_path):
+    settings = make_settings(DB_HOST="/var/run/postgresql", DB_USER="postgres")  # the role's scheduled base backup
+    pg = FakePg(settings, str(tmp_path / "pg"))
+    stderr = ('pg_basebackup: error: connection to server on socket "/var/run/postgresql/.s.PGSQL.5432" failed: '
+              'FATAL:  no pg_hba.conf entry for replication connection from host "[local]", user "postgres"')
+    with pytest.raises(PostgresError, match="add `local replication postgres peer` to pg_hba.conf"):
+        _take(settings, store, pg, base_tar=b"", status=1, stderr=stderr)
     assert store.keys() == []
 
 
