@@ -38,6 +38,7 @@ import concurrent.futures
 import ctypes
 import datetime
 import fcntl
+import functools
 import glob
 import logging
 import os
@@ -252,17 +253,20 @@ class DataDirWriter:
 
 
 class QueuedSink:
-    """A TarChecker sink (``begin``, ``data``, ``end``, ``close``) whose calls run in order on a thread of their own,
-    so that the data directory's file writes overlap the download, decryption, decompression and the manifest's
-    hashing on the caller's thread (file writes, zstd and SHA-256 all release the GIL). At most ``depth`` calls
-    wait; the bytes given to ``data`` must not change afterwards (the restore's are immutable). The first failure of
-    the sink is raised by the caller's next call, or by :meth:`close`."""
+    """A sink whose ``methods`` (TarChecker's sink: ``begin``, ``data``, ``end``; a stream's: ``feed``) run in order
+    on a thread of their own, and ``close`` (when it has one) last: the restore's stages overlap, the download and
+    decryption and decompression on the caller's thread, the manifest's hashing on one, the file writes on another
+    (zstd, SHA-256 and file writes all release the GIL). At most ``depth`` calls wait; the bytes given must not change
+    afterwards (the restore's are immutable). Each call returns True (a stream's sink stays open); the sink's first
+    failure is raised by the caller's next call, or by :meth:`close`."""
 
-    def __init__(self, sink, depth=32):
+    def __init__(self, sink, depth=32, methods=("begin", "data", "end"), name="data-dir-writer"):
         self.sink = sink
         self._calls = queue.Queue(depth)
         self._failure = None
-        self._thread = threading.Thread(target=self._work, name="data-dir-writer")
+        for method in methods:
+            setattr(self, method, functools.partial(self._put, getattr(sink, method)))
+        self._thread = threading.Thread(target=self._work, name=name)
         self._thread.daemon = True
         self._thread.start()
 
@@ -281,18 +285,12 @@ class QueuedSink:
         if self._failure is not None:
             raise self._failure
         self._calls.put(call)
-
-    def begin(self, path, kind):
-        self._put(self.sink.begin, path, kind)
-
-    def data(self, chunk):
-        self._put(self.sink.data, chunk)
-
-    def end(self):
-        self._put(self.sink.end)
+        return True
 
     def _close_sink(self):
-        self.sink.close()
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            close()
 
     def close(self, quiet=False):
         """Wait until every call made has run (the sink's own ``close`` last); then raise the first failure, unless
@@ -705,13 +703,16 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
         try:
             with stages("download_extract", total=record.metadata["size_bytes"]):
                 writer = QueuedSink(DataDirWriter(data_dir, owner))
+                checker = basetar.TarChecker(sink=writer)
+                checking = QueuedSink(checker, depth=8, methods=("feed",), name="manifest-check")
                 try:
                     with RestoreStream(store, record, new_decryptor, progress) as stream:
-                        checker = basetar.TarChecker(sink=writer)
-                        counts = stream.run(checker)
-                        checked = in_step("extract", checker.finish)
+                        counts = stream.run(checking)
+                    checking.close()  # every byte checked, or the check's failure raised
+                    checked = in_step("extract", checker.finish)
                     writer.close()  # every file written, or its failure raised
                 finally:
+                    checking.close(quiet=True)
                     writer.close(quiet=True)
                 basebackup.check_against_metadata(record, counts, checked, step="extract")
                 _fsync_tree(data_dir)

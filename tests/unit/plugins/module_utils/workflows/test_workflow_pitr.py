@@ -102,17 +102,23 @@ def test_only_a_new_or_empty_data_directory_is_accepted(tmp_path):
 
 
 def _extract(data, root, chunk=4096, queued=False):
+    """As run_restore_pitr extracts (``queued``: the check and the writes each on a thread of its own, as there)."""
     writer = pitr.DataDirWriter(str(root))
     sink = pitr.QueuedSink(writer, depth=4) if queued else writer
     checker = basetar.TarChecker(sink=sink)
+    feeding = pitr.QueuedSink(checker, depth=2, methods=("feed",)) if queued else checker
     try:
         for pos in range(0, len(data), chunk):
-            checker.feed(data[pos:pos + chunk])
+            assert feeding.feed(data[pos:pos + chunk]) is True
+        if queued:
+            feeding.close()
+        summary = checker.finish()
         sink.close()
     finally:
         if queued:
+            feeding.close(quiet=True)
             sink.close(quiet=True)
-    return checker.finish(), writer
+    return summary, writer
 
 
 @pytest.mark.parametrize("queued", [False, True])
@@ -131,10 +137,11 @@ def test_a_checked_tar_is_written_member_by_member_private_to_its_owner(tmp_path
         (tmp_path / "backup_label").read_bytes()) + len((tmp_path / "backup_manifest").read_bytes())
 
 
-def test_a_tar_whose_file_differs_from_its_manifest_is_caught_once_written(tmp_path):
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_tar_whose_file_differs_from_its_manifest_is_caught_once_written(tmp_path, queued):
     changed = base_tar(in_tar={"base/1/1259": b"forged" * 100})
     with pytest.raises(IntegrityError, match="base/1/1259 is 600 bytes in the tar"):
-        _extract(changed, tmp_path)  # the caller (run_restore_pitr) then removes what was written
+        _extract(changed, tmp_path, queued=queued)  # the caller (run_restore_pitr) then removes what was written
 
 
 def test_a_link_member_is_refused_but_a_linked_pg_wal_becomes_a_directory(tmp_path):
