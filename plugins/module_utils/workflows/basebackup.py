@@ -170,12 +170,15 @@ def run_basebackup(settings, progress=None, store=None, now=None, *, pg=None, fa
 def _stream(pg, store, key, compression, encryptor, size, fast, progress):
     """pg_basebackup's tar -> (TarChecker, and compress -> encrypt -> SHA-256 -> multipart upload); ``(stored, checked)``
     once the upload completed and the tar matched its manifest, else raises with the upload aborted."""
-    child = upload = None
+    child = upload = sealing = None
     try:
         child = Child(pg.basebackup_argv(fast), pg.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                       name="pg_basebackup")
         upload = store.open_multipart(key, choose_part_size(size * 2))
         writer = backup.SealedWriter(compression, encryptor, upload)
+        # two stages: reading and the manifest check here, compression, encryption and the upload's writes on a thread
+        # of their own (zstd and SHA-256 release the GIL)
+        sealing = backup.QueuedSink(writer, depth=8, methods=("feed",), name="seal-upload")
         checker = basetar.TarChecker()
         read = child.proc.stdout.read
         produced = 0
@@ -185,8 +188,9 @@ def _stream(pg, store, key, compression, encryptor, size, fast, progress):
                 break
             produced += len(chunk)
             in_step("pg_basebackup", checker.feed, chunk)
-            writer.feed(chunk)
+            sealing.feed(chunk)
             progress(produced)
+        sealing.close()  # every byte sealed and handed to the upload, or its failure raised
         stored = writer.finish()
         status = child.wait()
         if status != 0:
@@ -200,6 +204,8 @@ def _stream(pg, store, key, compression, encryptor, size, fast, progress):
     except BaseException:
         if child is not None:
             child.kill()
+        if sealing is not None:
+            sealing.close(quiet=True)  # the upload is no longer written to
         if upload is not None:
             upload.abort()
         raise

@@ -38,12 +38,10 @@ import concurrent.futures
 import ctypes
 import datetime
 import fcntl
-import functools
 import glob
 import logging
 import os
 import pwd
-import queue
 import re
 import shutil
 import socket
@@ -59,6 +57,7 @@ from ..errors import BackupError, ConfigError, IntegrityError, NotFoundError, Po
 from ..formats import basetar
 from ..progress import Progress, Stages
 from . import basebackup, wal, wiring
+from .backup import QueuedSink
 from .restore import RestoreStream, decryptor_factory
 
 LOG = logging.getLogger("quankey_backup")
@@ -250,58 +249,6 @@ class DataDirWriter:
 
     def close(self):
         self.end()
-
-
-class QueuedSink:
-    """A sink whose ``methods`` (TarChecker's sink: ``begin``, ``data``, ``end``; a stream's: ``feed``) run in order
-    on a thread of their own, and ``close`` (when it has one) last: the restore's stages overlap, the download and
-    decryption and decompression on the caller's thread, the manifest's hashing on one, the file writes on another
-    (zstd, SHA-256 and file writes all release the GIL). At most ``depth`` calls wait; the bytes given must not change
-    afterwards (the restore's are immutable). Each call returns True (a stream's sink stays open); the sink's first
-    failure is raised by the caller's next call, or by :meth:`close`."""
-
-    def __init__(self, sink, depth=32, methods=("begin", "data", "end"), name="data-dir-writer"):
-        self.sink = sink
-        self._calls = queue.Queue(depth)
-        self._failure = None
-        for method in methods:
-            setattr(self, method, functools.partial(self._put, getattr(sink, method)))
-        self._thread = threading.Thread(target=self._work, name=name)
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _work(self):
-        while True:
-            call = self._calls.get()
-            if call is None:
-                return
-            if self._failure is None or call[0] == self._close_sink:  # after a failure the rest is only drained (no
-                try:  # caller blocks), but the sink is still closed
-                    call[0](*call[1:])
-                except BaseException as exc:  # pylint: disable=broad-except  # raised on the caller's thread
-                    self._failure = self._failure or exc  # the first one
-
-    def _put(self, *call):
-        if self._failure is not None:
-            raise self._failure
-        self._calls.put(call)
-        return True
-
-    def _close_sink(self):
-        close = getattr(self.sink, "close", None)
-        if close is not None:
-            close()
-
-    def close(self, quiet=False):
-        """Wait until every call made has run (the sink's own ``close`` last); then raise the first failure, unless
-        ``quiet`` (cleaning up after another error, which must not be hidden by this one). Idempotent."""
-        if self._thread is not None:
-            self._calls.put((self._close_sink,))
-            self._calls.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._failure is not None and not quiet:
-            raise self._failure
 
 
 def check_data_dir(path):

@@ -11,6 +11,7 @@ __metaclass__ = type
 
 import datetime
 import json
+import os
 
 import pytest
 
@@ -18,7 +19,8 @@ from ansible_collections.quankey.backup.plugins.module_utils import cli
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import documents
 from ansible_collections.quankey.backup.plugins.module_utils.errors import (ChecksumMismatchError, ConfigError,
                                                                             IntegrityError, NotFoundError,
-                                                                            PostgresError, RefusedError, TamperedError)
+                                                                            PostgresError, RefusedError, StorageError,
+                                                                            TamperedError)
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import basebackup, inventory
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import FakePg, base_tar
 
@@ -68,6 +70,16 @@ def test_pg_basebackup_failures_say_how_to_fix_the_replication_connection(settin
     with pytest.raises(PostgresError, match="pg_basebackup exited with status 1"):
         _take(settings, store, pg, base_tar=base_tar()[:5000], status=1, stderr="error: connection lost")
     assert store.keys() == []
+
+
+def test_an_upload_failing_mid_stream_fails_the_base_backup_and_leaves_no_upload(settings, store, pg):
+    """The parts go out while pg_basebackup still streams (sealed and uploaded on their own thread): a part refused
+    for good reaches the command, which aborts the upload."""
+    big = base_tar({"PG_VERSION": b"15\n", "base/1/16384": os.urandom(20 * 1024 * 1024)})  # parts before the end
+    store.inject("upload_part", before=StorageError("S3 UploadPart failed: connection reset"), times=None)
+    with pytest.raises(StorageError, match="connection reset"):
+        _take(settings, store, pg, base_tar=big)
+    assert store.keys() == [] and list(store.list_multipart_uploads("")) == []
 
 
 def test_over_the_local_socket_the_fix_named_is_a_local_replication_line(make_settings, store, tmp_path):
