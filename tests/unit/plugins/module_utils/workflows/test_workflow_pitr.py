@@ -191,8 +191,8 @@ def test_a_queued_sinks_failure_reaches_the_caller_and_stops_the_writes_after_it
     sink.end()
     sink.begin("second", basetar.REGULAR)
     with pytest.raises(OSError, match="No space left"):  # by a later call, or at the latest by close
-        for _ in range(1000):
-            sink.data(b"lost")
+        for number in range(1000):
+            sink.data(b"lost %d" % number)
         sink.close()
     sink.close(quiet=True)  # cleaning up after it: no second raise
     assert calls[:5] == ["first", b"one", "end", "second", "close"] and len(calls) == 5  # in order; nothing after
