@@ -171,13 +171,16 @@ def ended_at(record):
     return record.timestamp + datetime.timedelta(seconds=float(record.metadata.get("duration_seconds") or 0))
 
 
-def choose_base(records, target):
-    """The newest of ``records`` (metadata loaded, newest first) recovery can reach ``target`` from; NotFoundError
-    says which one is the oldest when the target lies before them all."""
+def choose_base(records, target, load=None):
+    """The newest of ``records`` (newest first) recovery can reach ``target`` from; NotFoundError says which one is
+    the oldest when the target lies before them all. ``load(record)`` loads a record's metadata when it is first
+    needed (None: loaded already): newest first, a host with many base backups reads only those it looks at."""
+    load = load or (lambda record: record)
     if not records:
         raise NotFoundError("no base backups: take one with `quankey-backup basebackup`", step="select")
     if target.kind == "time":
         for record in records:
+            load(record)
             if ended_at(record) <= target.value:
                 return record
         oldest = records[-1]
@@ -187,6 +190,7 @@ def choose_base(records, target):
     if target.kind == "lsn":
         wanted = basetar.lsn_value(target.value)
         for record in records:
+            load(record)
             if basetar.lsn_value(record.metadata["stop_lsn"]) <= wanted:
                 return record
         raise NotFoundError("no base backup ended before %s: the oldest, %s, ends at %s"
@@ -773,9 +777,7 @@ def _select(settings, store, context, backup, host, target):
     if not records:
         raise NotFoundError("no base backups of host %s in %s: take one with `quankey-backup basebackup`"
                             % (host, store.url(layout.base_prefix(settings.prefix, host))), step="select")
-    for record in records:
-        basebackup.load_metadata(store, record)
-    chosen = choose_base(records, target)
+    chosen = choose_base(records, target, load=lambda record: basebackup.load_metadata(store, record))
     return basebackup.select_base(settings, store, chosen.basename, host, context=context)
 
 

@@ -76,6 +76,16 @@ def test_the_base_backup_is_the_newest_that_ended_before_the_target():
     assert pitr.choose_base(RECORDS, pitr.Target("latest")).basename == "cluster_base_20261201_120000"
 
 
+def test_only_the_base_backups_looked_at_have_their_metadata_read():
+    read = []
+    at = datetime.datetime(2026, 12, 1, 12, 0, 20, tzinfo=UTC)
+    assert pitr.choose_base(RECORDS, pitr.Target("time", at), load=read.append).basename == "cluster_base_20261201_060000"
+    assert [record.basename for record in read] == [record.basename for record in RECORDS[:2]]  # newest first, to it
+    read.clear()
+    pitr.choose_base(RECORDS, pitr.Target("latest"), load=read.append)
+    assert read == []  # the newest: its metadata is read once it is chosen (select_base judges it)
+
+
 def test_a_target_before_every_base_backup_names_the_oldest():
     early = datetime.datetime(2026, 12, 1, 0, 0, 10, tzinfo=UTC)
     with pytest.raises(NotFoundError, match="the oldest, cluster_base_20261201_000000, ended at 2026-12-01T00:00:30Z"):
