@@ -60,3 +60,21 @@ def run_module(tmp_path, program, *args, drop=(), whole=False):
         return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError):
         raise AssertionError("no module result: %s\n%s" % (proc.stdout, proc.stderr)) from None
+
+
+def run_playbook(tmp, env, playbook, *options, drop_prefixes=(), timeout=300):
+    """``ansible-playbook <playbook>`` (quankey.backup.<name>, or a path) with the inventory ``tmp``/inventory.json, the
+    collection in ``tmp``/collections; the modules get their settings from the hosts' env files only (none of this
+    process's setting variables, SETTING_PREFIXES and ``drop_prefixes``). Asserts that no secret of ``env`` (the
+    test bed's) shows in the output; the CompletedProcess (stdout and stderr together, text)."""
+    environment = dict((name, value) for name, value in os.environ.items()
+                       if not name.startswith(SETTING_PREFIXES + tuple(drop_prefixes)))
+    environment.update(ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_HOME=str(tmp / "ansible-home"),
+                       ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="false",
+                       ANSIBLE_NOCOLOR="1", ANSIBLE_NOCOWS="1", ANSIBLE_DEPRECATION_WARNINGS="false")
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp / "inventory.json"), playbook] + list(options),
+                          env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=timeout, check=False)
+    for secret in (env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"], env["BACKUP_ENCRYPTION_KEY"]):
+        assert secret not in proc.stdout
+    return proc

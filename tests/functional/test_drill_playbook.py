@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hostcommand import run_playbook
 from testbed import write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,18 +73,7 @@ def fleet(testbed, tmp_path_factory):
 
 def _play(fleet, *options, playbook="quankey.backup.drill"):
     """ansible-playbook <playbook> on drill1; the module gets its settings from the drill host's env file only."""
-    tmp = fleet["tmp"]
-    env = dict((name, value) for name, value in os.environ.items()
-               if not name.startswith(("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_", "DRILL_")))
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_NOCOWS="1", ANSIBLE_DEPRECATION_WARNINGS="false")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp / "inventory.json"), playbook] + list(options),
-                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, timeout=600, check=False)
-    for secret in (fleet["env"]["PGPASSWORD"], fleet["env"]["AWS_SECRET_ACCESS_KEY"], fleet["env"]["BACKUP_ENCRYPTION_KEY"]):
-        assert secret not in proc.stdout
-    return proc
+    return run_playbook(fleet["tmp"], fleet["env"], playbook, *options, drop_prefixes=("DRILL_",), timeout=600)
 
 
 def _reports(s3, testbed, fleet):

@@ -12,18 +12,16 @@ drill's report (database @cluster) is what health's drill rule judges on a host 
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import test_pitr
-from hostcommand import run_cli
+from hostcommand import run_cli, run_playbook
 from testbed import write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 archive = test_pitr.archive  # the archiving cluster, its base backup and the rows committed after it (its own copy)
 
@@ -54,18 +52,7 @@ def host(archive, tmp_path_factory):  # pylint: disable=redefined-outer-name
 
 def _play(host, playbook, *options):  # pylint: disable=redefined-outer-name
     """ansible-playbook <playbook>; the modules get their settings from the host's env file only."""
-    tmp = host["tmp"]
-    env = dict((name, value) for name, value in os.environ.items()
-               if not name.startswith(("BACKUP_", "AWS_", "S3_", "DB_", "PG", "QUANKEY_", "WAL_")))
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_NOCOWS="1", ANSIBLE_DEPRECATION_WARNINGS="false")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp / "inventory.json"), playbook] + list(options),
-                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, timeout=300, check=False)
-    for secret in (host["env"]["PGPASSWORD"], host["env"]["AWS_SECRET_ACCESS_KEY"], host["env"]["BACKUP_ENCRYPTION_KEY"]):
-        assert secret not in proc.stdout
-    return proc
+    return run_playbook(host["tmp"], host["env"], playbook, *options, drop_prefixes=("WAL_",))
 
 
 def test_the_restore_playbook_plans_then_recovers_the_cluster_to_a_time_into_a_new_directory(archive, host):  # pylint: disable=redefined-outer-name
