@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (through .ci/run).
 #   make setup          bootstrap this machine: .venv, PostgreSQL, zstd, openssl (scripts/bootstrap.sh)
-#   make test           every step in TEST_STEPS: two lanes side by side, then Molecule (SIDE_BY_SIDE=0: one by one)
-#   make test-unit      unit tests only
+#   make test           every step in TEST_STEPS, in two lanes side by side (SIDE_BY_SIDE=0: one by one)
+#   make test-unit      unit tests only (make test runs them once, through ansible-test units)
 #   make test-functional  functional tests (real PostgreSQL and S3 from tests/testbed.py)
 #   make test-ansible   ansible-test sanity and units on Python 3.12 (scripts/ansible-test.sh)
 #   make test-integration  the modules' integration targets on the real test bed (tests/integration/run.sh)
@@ -17,12 +17,16 @@
 PYTHON := $(CURDIR)/.venv/bin/python
 
 # The steps of `make test`. The main lane needs the test bed (PostgreSQL, S3) and waits on it much of the time; the
-# side lane needs none and runs beside it (scripts/side-by-side.sh: its output is printed when both are done);
-# Molecule runs last, on its own. Add a step by adding its target to a lane.
-MAIN_STEPS := test-unit test-functional demo test-integration
+# side lane needs none and runs beside it (scripts/side-by-side.sh: its output is printed when both are done).
+# Add a step by adding its target to a lane; keep the lanes about as long as each other (each took ~26 minutes on
+# CI's 2 cores). The unit tests run once, in the side lane: `ansible-test units` runs tests/unit (the same tests
+# `make test-unit` runs). The main lane's last step, Molecule's other scenarios, uses the images the side lane's
+# first step builds (build-cache.sh holds a lock while it builds).
+MAIN_STEPS := test-functional demo test-integration test-molecule-main
 SIDE_STEPS := molecule-cache test-ansible lint test-molecule-side
-TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS) test-molecule-main
-# Molecule scenarios the side lane runs (each has its own hosts, PostgreSQL and S3 endpoint); the others run last.
+TEST_STEPS := $(MAIN_STEPS) $(SIDE_STEPS)
+# Molecule scenarios the side lane runs (each has its own hosts, PostgreSQL and S3 endpoint); the main lane runs
+# the others.
 MOLECULE_SIDE_SCENARIOS := drill seed_takeover upgrade archiving
 SIDE_BY_SIDE ?= 1
 
@@ -42,7 +46,6 @@ else
 test: setup wheelhouse
 	@scripts/side-by-side.sh build/logs/side-lane.log "$(MAKE) --no-print-directory SKIP_SETUP=1 $(SIDE_STEPS)" \
 		"$(MAKE) --no-print-directory SKIP_SETUP=1 $(MAIN_STEPS)"
-	@$(MAKE) --no-print-directory SKIP_SETUP=1 test-molecule-main
 endif
 
 # Functional tests run in two workers (each starts its own PostgreSQL and S3 endpoint): about half the
@@ -100,7 +103,7 @@ test-molecule: setup
 	@echo "+ molecule -c molecule/shared/base.yml test --all"
 	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test --all
 
-# `make test` splits them: MOLECULE_SIDE_SCENARIOS in the side lane, the rest after both lanes.
+# `make test` splits them: MOLECULE_SIDE_SCENARIOS in the side lane, the rest at the end of the main lane.
 test-molecule-side: setup
 	@echo "+ molecule -c molecule/shared/base.yml test $(addprefix -s ,$(MOLECULE_SIDE_SCENARIOS))"
 	@$(MOLECULE_ENV) .venv/bin/molecule -c molecule/shared/base.yml test $(addprefix -s ,$(MOLECULE_SIDE_SCENARIOS))
