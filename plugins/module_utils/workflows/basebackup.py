@@ -257,11 +257,13 @@ def find_base_backups(settings, host=None, details=False, *, store=None, context
     return [record.summary() for record in records]
 
 
-def select_base(settings, store, backup="latest", host=None, *, context=None):
+def select_base(settings, store, backup="latest", host=None, *, context=None, records=None):
     """The base backup ``backup`` (``latest`` or a name, or its key) of ``host`` (default this host), its metadata
-    loaded and judged; NotFoundError names what the bucket holds."""
+    loaded and judged; NotFoundError names what the bucket holds. ``records``: the host's listing, when the caller
+    has just made it (:func:`list_base_backups`' first item)."""
     host = host or settings.host
-    records, _orphans = list_base_backups(settings, store, host)
+    if records is None:
+        records, _orphans = list_base_backups(settings, store, host)
     wanted = (backup or "latest").strip()
     if not records:
         raise NotFoundError("no base backups of host %s in %s: take one with `quankey-backup basebackup`"

@@ -248,6 +248,8 @@ class DataDirWriter:
 
     def end(self):
         if self._handle is not None:
+            self._handle.flush()
+            _start_writeback(self._handle.fileno())
             self._handle.close()
             self._handle = None
 
@@ -462,7 +464,7 @@ class WalFeeder:
     the server's log; the script exits 128 and recovery stops). ``alive`` exists while the feeder runs.
     """
 
-    def __init__(self, settings, store, context, host, spool, owner, ahead):
+    def __init__(self, settings, store, context, host, spool, owner, ahead, warm=None):
         self.settings = settings
         self.store = store
         self.context = context
@@ -473,7 +475,7 @@ class WalFeeder:
         self.served = []
         self.missing = []
         self.failure = None
-        self._futures = {}
+        self._futures = dict(warm or {})  # {name: future of wal.prefetch_one} read before the feeder began
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, ahead))
         self._thread = threading.Thread(target=self._loop, name="wal-feeder")
@@ -618,6 +620,21 @@ class WalFeeder:
             self._answer_file(os.path.join("ready", name), data)
 
 
+def warm_start(settings, store, context, host, record, ahead):
+    """Begin reading the WAL recovery asks for first, while the base backup downloads: ``{name: future}`` of the
+    ``ahead`` segments from the base backup's first (its start_wal_file) on, for :class:`WalFeeder`. A guess, as the
+    feeder's read-ahead is: what recovery never asks for is dropped, what could not be read is read again (loudly)."""
+    first = record.metadata.get("start_wal_file")
+    if not first or ahead <= 0:
+        return {}
+    names = [first] + walnames.following(first, ahead - 1)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(names)), thread_name_prefix="wal-warm")
+    try:
+        return {name: pool.submit(wal.prefetch_one, settings, context, store, host, name) for name in names}
+    finally:
+        pool.shutdown(wait=False)  # the reads go on; their threads end with them
+
+
 # --------------------------------------------------------------------------- the restore
 
 def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None, action="promote", os_user=None,
@@ -641,7 +658,10 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
     created = not os.path.exists(data_dir)
     if created:
         os.mkdir(data_dir, 0o700)
-    claim = _claim(data_dir)  # two restores racing into one empty directory: the second is refused
+    claim = _claim(data_dir)
+    count = settings.wal_prefetch if ahead is None else ahead
+    count = count if count else DEFAULT_AHEAD
+    warm = {}  # two restores racing into one empty directory: the second is refused
     try:
         if owner is not None:
             os.chown(data_dir, *owner)
@@ -653,6 +673,7 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                               % (user, data_dir))
         try:
             with stages("download_extract", total=record.metadata["size_bytes"]):
+                warm = warm_start(settings, store, context, host, record, count)
                 writer = QueuedSink(DataDirWriter(data_dir, owner))
                 checker = basetar.TarChecker(sink=writer)
                 checking = QueuedSink(checker, depth=8, methods=("feed",), name="manifest-check")
@@ -668,6 +689,8 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                 basebackup.check_against_metadata(record, counts, checked, step="extract")
                 _fsync_tree(data_dir)
         except BaseException:
+            for future in warm.values():
+                future.cancel()
             _wipe(data_dir, created)
             raise
         spool = socket_dir = server = feeder = None
@@ -682,10 +705,9 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
                         os.chown(path, *owner)
                 server = Server(bin_dir, data_dir, user, owner, socket_dir, _free_port())
                 server.db_user = settings.db_user or user
-                count = settings.wal_prefetch if ahead is None else ahead
-                feeder = WalFeeder(settings, store, context, host, spool, owner, count if count else DEFAULT_AHEAD)
+                feeder = WalFeeder(settings, store, context, host, spool, owner, count, warm)
                 options = _recovery_options(server, spool, owner, feeder, target, action, archive,
-                                            _configuration(data_dir, config_file, major))
+                                            _configuration(data_dir, config_file, major), major)
                 _touch(os.path.join(data_dir, "recovery.signal"), owner)
                 feeder.start()
                 server.start(options)
@@ -721,6 +743,7 @@ def run_restore_pitr(settings, data_dir, *, target=None, backup=None, host=None,
             "archiving": "on" if archive else "off", "running": leave_running, "log": server.log_path,
             "started": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "duration_seconds": stages.elapsed(), "stage_seconds": stages.result(),
+            "prepare_seconds": ready["seconds"],
         }
         result.update(proof)
         if leave_running:
@@ -756,18 +779,32 @@ def _prepare(settings, data_dir, target, backup, host, action, os_user, store, a
     opened with the keys held (WrongKeyError when not), the server's programs of its major version."""
     if action not in TARGET_ACTIONS:
         raise ConfigError("--target-action %r: give promote or pause" % action)
+    parts, began = {}, time.monotonic()
+
+    def lap(name):
+        nonlocal began
+        now = time.monotonic()
+        parts[name] = round(now - began, 3)
+        began = now
+
     data_dir = check_data_dir(data_dir)
     user, uid, gid = os_user_of(os_user)
+    lap("data_dir")
     store = wiring.store_or_open(settings, store)
     context = keys.KeyContext(settings)
     host = host or settings.host
+    lap("store")
     record = _select(settings, store, context, backup, host, target)
     trust.require(record.verdict, allow_unsigned)
+    lap("select")
     new_decryptor = decryptor_factory(context, store, record)
+    lap("data_key")
     major = record.metadata["server_version"].split(".")[0]
+    bin_dir = server_bin_dir(settings, major)
+    lap("server_programs")
     return {"data_dir": data_dir, "user": user, "owner": (uid, gid) if uid is not None else None, "store": store,
             "context": context, "host": host, "record": record, "new_decryptor": new_decryptor, "major": major,
-            "bin_dir": server_bin_dir(settings, major)}
+            "bin_dir": bin_dir, "seconds": parts}
 
 
 def _select(settings, store, context, backup, host, target):
@@ -778,7 +815,7 @@ def _select(settings, store, context, backup, host, target):
         raise NotFoundError("no base backups of host %s in %s: take one with `quankey-backup basebackup`"
                             % (host, store.url(layout.base_prefix(settings.prefix, host))), step="select")
     chosen = choose_base(records, target, load=lambda record: basebackup.load_metadata(store, record))
-    return basebackup.select_base(settings, store, chosen.basename, host, context=context)
+    return basebackup.select_base(settings, store, chosen.basename, host, context=context, records=records)
 
 
 def _configuration(data_dir, config_file, major):
@@ -803,11 +840,13 @@ def _configuration(data_dir, config_file, major):
     return ""
 
 
-def _recovery_options(server, spool, owner, feeder, target, action, archive, config=None):
+def _recovery_options(server, spool, owner, feeder, target, action, archive, config=None, major=None):
     """The server's command-line settings for recovery: the target, restore_command, a private socket with a trust
     pg_hba for it alone, and, when the data directory has no configuration of its own (Debian keeps it in /etc),
     ``config`` (another cluster's postgresql.conf, its data directory and pid file replaced) or an empty one with
-    pg_control's settings a hot standby must match."""
+    pg_control's settings a hot standby must match. PostgreSQL 14 and later, where :func:`_fsync_tree` could use
+    syncfs(2): the server's own flush of the data directory at its start is one syncfs too (its default, a fsync of
+    each file, costs about a second for a few thousand files here, after we flushed them all)."""
     hba = _spool_file(spool, "pg_hba.conf", owner, "# restore --pitr: the recovering server takes connections on its "
                       "private socket only\nlocal all all trust\n")
     options = [("listen_addresses", ""), ("unix_socket_directories", server.socket_dir), ("hba_file", hba),
@@ -822,6 +861,8 @@ def _recovery_options(server, spool, owner, feeder, target, action, archive, con
         options += _control_settings(server)
     if not archive:
         options.append(("archive_mode", "off"))
+    if major and str(major).isdigit() and int(major) >= 14 and _libc_function("syncfs") is not None:
+        options.append(("recovery_init_sync_method", "syncfs"))
     return options + target.settings(action)
 
 
@@ -955,14 +996,38 @@ def _touch(path, owner):
     os.close(fd)
 
 
+_LIBC = {}  # name: the C library's function, or None
+
+
+def _libc_function(name):
+    """The C library's function ``name`` (ctypes, errno kept), or None where it has none (not Linux)."""
+    if name not in _LIBC:
+        try:
+            _LIBC[name] = getattr(ctypes.CDLL(None, use_errno=True), name)
+        except (AttributeError, OSError):
+            _LIBC[name] = None
+        if name == "sync_file_range" and _LIBC[name] is not None:
+            _LIBC[name].argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return _LIBC[name]
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writing the range's dirty pages, do not wait for them
+
+
+def _start_writeback(fd):
+    """Ask the kernel to begin writing a restored file's pages now (sync_file_range, Linux; nothing elsewhere), so
+    that the syncfs after the last file has little left to wait for: otherwise a machine with memory to spare holds
+    the whole data directory dirty until then, and the flush of a gigabyte begins only after the download ended."""
+    writeback = _libc_function("sync_file_range")
+    if writeback is not None:
+        writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its failure changes nothing (syncfs still flushes)
+
+
 def _fsync_tree(root):
     """Flush every restored file and directory to disk before the server starts on them: one syncfs(2) of the data
     directory's file system where the C library has it (Linux; a fsync of each of thousands of files took 40 times
     as long here), else a fsync of each file and directory."""
-    try:
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-    except (AttributeError, OSError):
-        syncfs = None
+    syncfs = _libc_function("syncfs")
     if syncfs is not None:
         fd = os.open(root, os.O_RDONLY)
         try:

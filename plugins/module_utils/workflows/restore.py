@@ -94,12 +94,15 @@ class RestoreStream:
         """Stream the object into ``sink`` (``feed(bytes)``), ``toc`` and through ``guard`` if given; counts, or raises."""
         if self.kind is None:
             self.prepare()
+        digest, opener = hashlib.sha256(), self.new_decryptor()
         if self._copy is not None:
             self._copy.seek(0)
-            chunks = iter(functools.partial(self._copy.read, READ_CHUNK), b"")
+            opened = _opened(iter(functools.partial(self._copy.read, READ_CHUNK), b""), digest, opener)
         else:
-            chunks = prefetch(self.store.iter_object(self.record.object_key, READ_CHUNK))
-        counts = self._stream(chunks, sink, toc, guard)
+            # the download's thread also hashes and decrypts (hashlib and the cipher let go of the GIL): this thread
+            # decompresses and feeds the sink, side by side with it
+            opened = prefetch(_opened(self.store.iter_object(self.record.object_key, READ_CHUNK), digest, opener))
+        counts = self._stream(opened, digest, opener, sink, toc, guard)
         counts["payload"] = self.kind
         return counts
 
@@ -142,17 +145,15 @@ class RestoreStream:
             raise
         return copy
 
-    def _stream(self, chunks, sink, toc, guard):
+    def _stream(self, opened, digest, opener, sink, toc, guard):
+        """``opened``: :func:`_opened` of the object's chunks, hashed into ``digest`` and decrypted by ``opener``."""
         metadata = self.record.metadata
-        digest = hashlib.sha256()
-        opener = self.new_decryptor()
         unpack = decompressor(metadata["compression"])
         downloaded = produced = 0
         sink_open = True
-        for chunk in chunks:
-            downloaded += len(chunk)
-            digest.update(chunk)
-            plain = unpack.update(in_step("decrypt", opener.update, chunk))
+        for size, compressed in opened:
+            downloaded += size
+            plain = unpack.update(compressed)
             if plain:
                 produced += len(plain)
                 if toc is not None:
@@ -187,6 +188,14 @@ class RestoreStream:
             raise ChecksumMismatchError("SHA-256 of %s is %s but its metadata says %s: the object was modified"
                                         % (self.record.object_key, digest.hexdigest(), metadata["checksum_sha256"]),
                                         step="verify checksum")
+
+
+def _opened(chunks, digest, opener):
+    """``(len(chunk), its decrypted bytes)`` for each of ``chunks`` (an object's bytes, in order), each first hashed
+    into ``digest``; a segment that does not authenticate raises (step decrypt) before anything of it is yielded."""
+    for chunk in chunks:
+        digest.update(chunk)
+        yield len(chunk), in_step("decrypt", opener.update, chunk)
 
 
 def _require_space(directory, size, basename):

@@ -263,10 +263,46 @@ def test_the_restored_tree_is_flushed_with_or_without_syncfs(tmp_path, monkeypat
     (tmp_path / "base" / "1").write_bytes(b"x")
     pitr._fsync_tree(str(tmp_path))  # pylint: disable=protected-access  # syncfs(2) here
     flushed = []
+    monkeypatch.setattr(pitr, "_LIBC", {})  # looked up again, in:
     monkeypatch.setattr(pitr.ctypes, "CDLL", lambda *args, **kwargs: object())  # a C library without syncfs
     monkeypatch.setattr(pitr.os, "fsync", flushed.append)
     pitr._fsync_tree(str(tmp_path))  # pylint: disable=protected-access
     assert len(flushed) == 3  # the file, then each directory
+
+
+class _Feeder:
+    def restore_command(self):
+        return "/bin/sh /spool/restore_command.sh %f %p"
+
+
+def _options(tmp_path, major):
+    server = pitr.Server("/usr/lib/postgresql/%s/bin" % major, str(tmp_path / "data"), "postgres", None,
+                         str(tmp_path), 5999)
+    return dict(pitr._recovery_options(server, str(tmp_path), None, _Feeder(), pitr.Target("latest"),  # pylint: disable=protected-access
+                                       "promote", True, None, major))
+
+
+def test_the_server_flushes_the_restored_directory_with_one_syncfs_where_it_can(tmp_path, monkeypatch):
+    # PostgreSQL 14 and later, on a C library with syncfs(2) (Linux): its start flushes with one syncfs, not a fsync
+    # of each of the files restore --pitr has just flushed itself
+    assert _options(tmp_path, "15")["recovery_init_sync_method"] == "syncfs"
+    assert "recovery_init_sync_method" not in _options(tmp_path, "13")  # no such setting before 14: it would not start
+    monkeypatch.setattr(pitr, "_LIBC", {})
+    monkeypatch.setattr(pitr.ctypes, "CDLL", lambda *args, **kwargs: object())  # no syncfs here: PostgreSQL's default
+    assert "recovery_init_sync_method" not in _options(tmp_path, "15")
+
+
+def test_each_restored_file_is_written_whole_and_its_writeback_begun(tmp_path, monkeypatch):
+    begun = []
+    monkeypatch.setattr(pitr, "_start_writeback", begun.append)
+    writer = pitr.DataDirWriter(str(tmp_path))
+    writer.begin("base", basetar.DIRECTORY)
+    writer.begin("base/1", basetar.REGULAR[0])
+    writer.data(b"a" * 10)
+    writer.data(b"b" * 5)
+    writer.end()
+    assert (tmp_path / "base" / "1").read_bytes() == b"a" * 10 + b"b" * 5
+    assert len(begun) == 1  # one file: its writeback asked for once, at its end
 
 
 def test_a_second_restore_into_the_same_directory_is_refused_while_the_first_holds_it(tmp_path):

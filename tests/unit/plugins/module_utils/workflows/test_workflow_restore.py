@@ -74,12 +74,12 @@ def test_decryption_failing_midway_drops_the_staging_database_and_leaves_the_tar
     fed = []
     real_stream = restore.RestoreStream._stream
 
-    def counting(stream, chunks, sink, toc, guard):
+    def counting(stream, opened, digest, opener, sink, toc, guard):
         class Counting:
             def feed(self, data):
                 fed.append(len(data))
                 return sink.feed(data)
-        return real_stream(stream, chunks, Counting(), toc, guard)
+        return real_stream(stream, opened, digest, opener, Counting(), toc, guard)
 
     monkeypatch.setattr(restore.RestoreStream, "_stream", counting)
     with pytest.raises(TamperedError, match="(?s)decrypt failed: .*staging database was dropped; 'app' is untouched"):
