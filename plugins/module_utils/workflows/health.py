@@ -611,7 +611,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                                  "key is set here (BACKUP_SIGNING_KEY or BACKUP_ENCRYPTION_KEY)"))
     report["backups"] = len(records)
     report["keyring_key_ids"] = keyring_ids or []
-    if records:
+    if records and settings.makes_dumps:  # a physical-only host's old dumps are no "latest backup" (the monitor's age)
         latest = records[0].summary()
         latest["age_hours"] = round(_hours(now - records[0].timestamp), 2)
         report["latest"] = latest

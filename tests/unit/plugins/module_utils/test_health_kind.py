@@ -82,6 +82,9 @@ def test_dumps_left_from_an_earlier_kind_are_information_not_an_age_alarm(store,
     (dumps,) = [item for item in report["findings"] if item["rule"] == "dumps"]
     assert dumps["severity"] == "info" and old["name"] in dumps["message"] and "BACKUP_KIND is physical" in dumps["message"]
     assert ("age", "critical") not in _rules(report) and report["status"] != "critical"
+    # no "latest backup" either: the monitor's quankey_backup_last_success_timestamp_seconds (QuankeyBackupTooOld)
+    # would otherwise age with the old dump
+    assert report["latest"] is None and report["backups"] == 1
     logical = health.check_health(_settings(BACKUP_KIND="logical"), store=store, now=NOW)
     assert ("age", "critical") in _rules(logical)  # the same bucket judged as a logical host's: its dumps stopped
 
