@@ -366,9 +366,9 @@ TABLE = (
     Setting("wal_spool_dir", "WAL_SPOOL_DIR", "path", shown="pg_wal/.quankey-prefetch",
             meaning="where wal-fetch keeps the segments it fetched ahead (verified plaintext, a 0700 directory)"),
     Setting("backup_kind", "BACKUP_KIND", "choice", "logical", choices=BACKUP_KINDS, problem="is not a backup kind",
-            meaning="what this host's schedule makes (the pg_backup role's pg_backup_kind): logical (dumps), physical "
-                    "(base backups and archived WAL, no dumps: health's dump rules do not apply, its wal and base rules "
-                    "do) or both"),
+            meaning="what this host's schedule makes (the pg_backup role's pg_backup_kind): logical (dumps), "
+                    "physical (base backups and archived WAL, no dumps: health's dump rules do not apply, its wal "
+                    "and base rules do) or both"),
     Setting("wal_archiving", "WAL_ARCHIVING", "bool", False,
             meaning="this host archives its WAL with wal-push (archive_command): health checks it (the wal rule: "
                     "pg_stat_archiver's failures and the newest archived segment's age)"),

@@ -139,9 +139,9 @@ def physical_only_findings(records, orphans, now, policy, label="BACKUP_KIND"):
     upload is one whatever made it). ``records`` newest first."""
     findings = []
     if records:
-        findings.append(_finding("dumps", INFO, "%s is physical: this host's schedule makes no dumps, so the dump rules "
-                                 "(age, size, frequency) do not apply; %d dump(s) of an earlier kind are still in the "
-                                 "bucket, newest %s (%.1f h old), kept or deleted by prune's retention rules"
+        findings.append(_finding("dumps", INFO, "%s is physical: this host's schedule makes no dumps, so the dump "
+                                 "rules (age, size, frequency) do not apply; %d dump(s) of an earlier kind are still "
+                                 "in the bucket, newest %s (%.1f h old), kept or deleted by prune's retention rules"
                                  % (label, len(records), records[0].basename, _hours(now - records[0].timestamp))))
     findings.extend(_orphan_findings(orphans, now, policy))
     return findings

@@ -166,7 +166,8 @@ def test_the_dumps_cron_entry_and_runner_go_with_the_physical_kind():
 
 
 def test_a_physical_host_without_a_base_schedule_is_refused_with_the_fix():
-    (check,) = [task for task in _yaml("tasks", "preflight.yml") if task["name"] == "Check that a physical-only host schedules its base backups (pg_backup_kind physical)"]
+    name = "Check that a physical-only host schedules its base backups (pg_backup_kind physical)"
+    (check,) = [task for task in _yaml("tasks", "preflight.yml") if task["name"] == name]
     assert check["ansible.builtin.assert"]["that"] == "pg_backup_kind != 'physical' or pg_backup_base_schedule != 'none'"
     message = check["ansible.builtin.assert"]["fail_msg"]
     assert "no scheduled backup at all" in message and "Set pg_backup_base_schedule to weekly, daily or custom" in message

@@ -100,8 +100,10 @@ def test_a_logical_drill_of_a_physical_only_host_says_to_drill_it_point_in_time(
     with pytest.raises(NotFoundError) as plain:
         drill.plan_drill(settings, store=store)
     assert "drill --pitr" not in str(plain.value)  # nothing at all in the bucket: the plain message
-    _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=datetime.timezone.utc), "000000010000000000000020")
-    for attempt in (lambda: drill.run_drill(settings, store=store, pg=pg), lambda: drill.plan_drill(settings, store=store)):
+    _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=datetime.timezone.utc),
+          "000000010000000000000020")
+    for attempt in (lambda: drill.run_drill(settings, store=store, pg=pg),
+                    lambda: drill.plan_drill(settings, store=store)):
         with pytest.raises(NotFoundError) as caught:
             attempt()
         message = str(caught.value)
