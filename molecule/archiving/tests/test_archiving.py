@@ -170,7 +170,7 @@ def test_the_systemd_scheduler_has_a_base_timer_physical_removes_the_dumps_and_l
     assert not [item for item in report["findings"] if item["rule"] in ("no_backups", "age", "frequency")], report
     assert report["base"]["count"] >= 1 and report["status"] != "critical", report["findings"]
     before = len(json.loads(host.check_output("quankey-backup list --json"))["base_backups"])
-    status, out = playbook("quankey.backup.backup_now", "-l", "pg17", "-e", "prune=true")
+    status, out = playbook("quankey.backup.backup_now", "-l", "pg17", "-e", "prune=true", "-e", "pg_backup_kind=physical")
     assert status == 0 and "base backup cluster_base_" in out, out
     assert len(json.loads(host.check_output("quankey-backup list --json"))["base_backups"]) == before + 1
 
