@@ -166,6 +166,8 @@ def test_the_systemd_scheduler_has_a_base_timer_physical_removes_the_dumps_and_l
     assert all(host.file(path).exists for path in base_units) and host.file(enabled).is_symlink
     assert host.file(units + "quankey-backup-failure@.service").exists  # the base service's failure hook
     assert read_env_file(host)["BACKUP_KIND"] == "physical"
+    runbook = host.file("/etc/quankey/RESTORE.md").content_string  # no dump restore to point the reader at
+    assert "**This host makes no dumps**" in runbook and "restore --db app_pg17" not in runbook
     report = json.loads(host.run("quankey-backup health --json").stdout)
     assert not [item for item in report["findings"] if item["rule"] in ("no_backups", "age", "frequency")], report
     assert report["base"]["count"] >= 1 and report["status"] != "critical", report["findings"]
