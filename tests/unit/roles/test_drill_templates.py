@@ -160,9 +160,9 @@ def test_a_dump_drill_target_whose_inventory_kind_is_physical_is_found_and_refus
     variables = _drill_vars()
     physical = environment.from_string(variables["_restore_drill_physical_hosts"]).render(
         groups={"all": list(hostvars)}, hostvars=hostvars).strip()
+    physical_hosts = [{"key": name, "value": hostvars[name]} for name in ("db1.example.com", "db3.example.com")]
     ids = environment.from_string(variables["_restore_drill_physical_host_ids"]).render(
-        _restore_drill_physical_hosts=[{"key": name, "value": hostvars[name]} for name in ("db1.example.com",
-                                                                                       "db3.example.com")]).strip()
+        _restore_drill_physical_hosts=physical_hosts).strip()
     assert "db1.example.com" in physical and "db3.example.com" in physical and "db2" not in physical
     assert ids == "['ledger', 'db1']"
     (check,) = [task for task in yaml.safe_load(open(os.path.join(ROLE_DIR, "tasks", "preflight.yml")))

@@ -225,8 +225,8 @@ def test_prune_kind_physical_prunes_base_backups_and_wal_and_never_a_dump(make_s
     class Args:
         dry_run, replica, json = False, False, False
     lines = cli._prune_lines(Args, settings, done)
-    assert lines[0] == "deleted 1 base backup(s), kept 1" and not any(" backup(s), kept 0 (kept by" in line
-                                                                          for line in lines)
+    assert lines[0] == "deleted 1 base backup(s), kept 1"
+    assert not any(" backup(s), kept 0 (kept by" in line for line in lines)  # no dump line: none was judged
 
 
 def test_prune_kind_physical_needs_no_database(make_settings, store, pg):
