@@ -131,6 +131,9 @@ def _parser():
                                "delete nothing")
     prune_command.add_argument("--replica", action="store_true", help="prune only the replica (S3_REPLICA_BUCKET), by "
                                "the same rules on its own listing (S3_REPLICA_PRUNE=true prunes it after the primary)")
+    prune_command.add_argument("--kind", choices=prune.KINDS, default="both",
+                               help="what to prune: logical (the database's dumps), physical (the host's base backups "
+                               "and the archived WAL none of the kept ones needs; no DB_NAME needed) or both (default)")
     prune_command.add_argument("--json", action="store_true", help="print the result as JSON")
 
     replicate_command = commands.add_parser("replicate", help="copy to the replica (S3_REPLICA_BUCKET) each good backup of "
@@ -576,7 +579,7 @@ def _cmd_health(args, settings, env):
 
 
 def _cmd_prune(args, settings, env):
-    result = prune.run_prune(settings, dry_run=args.dry_run, replica_only=args.replica)
+    result = prune.run_prune(settings, dry_run=args.dry_run, replica_only=args.replica, kind=args.kind)
     args.outcome = result  # for the run's record (main)
     lines = _prune_lines(args, settings, result)
     status = EXIT_OK
@@ -593,6 +596,8 @@ def _cmd_prune(args, settings, env):
 
 def _prune_lines(args, settings, result):
     """What one bucket's prune did (or would do), for people."""
+    if result.get("kind") == "physical":  # prune --kind physical: no dump was judged
+        return _prune_physical_lines(args, result) or ["no base backup of this host (nothing pruned)"]
     verb = "would delete" if args.dry_run else "deleted"
     lines = ["%s %d backup(s), %s %d (kept by: %s)"
              % (verb, len(result["deleted"]), "would keep" if args.dry_run else "kept", len(result["kept"]),
@@ -852,10 +857,10 @@ def _start_record(args, env):
     """The run's record (workflows/runrecord.py), its start written, when BACKUP_METRICS_DIR is set and the command is
     one a schedule runs; from the variables, before the settings are checked, so a run they fail is recorded too.
     A command puts its result in ``args.outcome`` for the record's stages, bytes and counts; one over every database
-    (``drill --all-hosts``, ``replicate --all-databases``), and ``basebackup`` (the whole cluster's), is recorded as
-    database ``all``."""
+    (``drill --all-hosts``, ``replicate --all-databases``), and ``basebackup`` and ``prune --kind physical`` (the whole
+    cluster's), is recorded as database ``all``."""
     everything = (getattr(args, "all_hosts", False) or getattr(args, "all_databases", False)
-                  or args.command == "basebackup")
+                  or args.command == "basebackup" or getattr(args, "kind", None) == "physical")
     return runrecord.start(env.get("BACKUP_METRICS_DIR"), args.command,
                            env.get("BACKUP_HOST_ID") or config.default_host_id(),
                            None if everything else getattr(args, "db", None) or env.get("DB_NAME"))

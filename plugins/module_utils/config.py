@@ -53,6 +53,9 @@ DEFAULT_LOCK_WAIT_TIMEOUT = 300
 # botocore's retry modes (AWS_RETRY_MODE); its own retries are off unless one of these settings asks for them.
 RETRY_MODES = ("legacy", "standard", "adaptive")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# What a host's schedule makes (BACKUP_KIND, the pg_backup role's pg_backup_kind): dumps, base backups and archived
+# WAL, or both.
+BACKUP_KINDS = ("logical", "physical", "both")
 
 _HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -362,6 +365,10 @@ TABLE = (
             hint="give how many ready WAL segments wal-push pushes ahead, 0 to 64"),
     Setting("wal_spool_dir", "WAL_SPOOL_DIR", "path", shown="pg_wal/.quankey-prefetch",
             meaning="where wal-fetch keeps the segments it fetched ahead (verified plaintext, a 0700 directory)"),
+    Setting("backup_kind", "BACKUP_KIND", "choice", "logical", choices=BACKUP_KINDS, problem="is not a backup kind",
+            meaning="what this host's schedule makes (the pg_backup role's pg_backup_kind): logical (dumps), "
+                    "physical (base backups and archived WAL, no dumps: health's dump rules do not apply, its wal "
+                    "and base rules do) or both"),
     Setting("wal_archiving", "WAL_ARCHIVING", "bool", False,
             meaning="this host archives its WAL with wal-push (archive_command): health checks it (the wal rule: "
                     "pg_stat_archiver's failures and the newest archived segment's age)"),
@@ -519,6 +526,16 @@ class Settings:
     def host(self):
         """This host's id in object keys: BACKUP_HOST_ID, else the short host name."""
         return self.host_id or default_host_id()
+
+    @property
+    def archives_wal(self):
+        """Whether this host archives its WAL and takes base backups: WAL_ARCHIVING, or BACKUP_KIND physical or both."""
+        return bool(self.wal_archiving) or self.backup_kind in ("physical", "both")
+
+    @property
+    def makes_dumps(self):
+        """Whether this host's schedule makes dumps (BACKUP_KIND logical or both; physical: none)."""
+        return self.backup_kind != "physical"
 
     def describe(self):
         """The settings without secrets, for logs and module results."""

@@ -153,6 +153,10 @@ findings:
           C(WAL_MAX_LAG_MINUTES), default 60, or C(pg_stat_archiver) unreadable is a warning), V(base) (with
           C(WAL_ARCHIVING=true) - no usable base backup of the host is critical; the newest older than
           C(BASE_MAX_AGE_DAYS), default 8, a newer one unusable, or C(base/) not listable is a warning).
+        - With C(BACKUP_KIND=physical) in the host's settings (the pg_backup role's C(pg_backup_kind) V(physical),
+          no dumps) the dump rules (V(no_backups), V(age), V(min_size), V(frequency), ...) and V(replica) are not
+          applied, V(wal) and V(base) are (as with C(WAL_ARCHIVING=true)), and dumps left from an earlier kind are an
+          info finding V(dumps).
       returned: always
       type: str
       sample: age

@@ -126,6 +126,10 @@ def test_the_base_backups_units_are_written_for_the_physical_kinds_and_systemd_a
         tmp_path, kind, schedule, on_calendar, expected):
     units = _render(tmp_path, pg_backup_kind=kind, pg_backup_base_schedule=schedule,
                     pg_backup_base_systemd_on_calendar=on_calendar, pg_backup_splay_minutes=10)
+    # physical makes no dumps: their service and timer are not written; the failure hook is (the base service's)
+    dumps = kind != "physical"
+    assert (units / "quankey-backup.timer").exists() is dumps and (units / "quankey-backup.service").exists() is dumps
+    assert (units / "quankey-backup-failure@.service").exists()
     if expected is None:
         assert not (units / "quankey-backup-base.service").exists() and not (units / "quankey-backup-base.timer").exists()
         return
@@ -173,3 +177,14 @@ def test_the_preflight_refuses_a_timer_without_its_calendar(tmp_path, role_vars,
     status, out = _playbook(tmp_path, role_vars, roles=("pg_backup",), tasks="preflight.yml")
     assert status != 0
     assert "Check the systemd timer's calendar" in out and message in " ".join(out.split()), out
+
+
+def test_the_preflight_refuses_a_physical_only_host_without_scheduled_base_backups(tmp_path):
+    role_vars = {"pg_backup_kind": "physical", "pg_backup_base_schedule": "none", "pg_backup_databases": ["app"],
+                 "pg_backup_s3_bucket": "bucket", "pg_backup_seed_takeover": False,
+                 "pg_backup_encryption_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}
+    status, out = _playbook(tmp_path, role_vars, roles=("pg_backup",), tasks="preflight.yml")
+    words = " ".join(out.split())
+    assert status != 0 and "Check that a physical-only host schedules its base backups" in out, out
+    assert "would have no scheduled backup at all" in words
+    assert "Set pg_backup_base_schedule to weekly, daily or custom" in words

@@ -276,8 +276,9 @@ def test_a_base_backup_that_could_not_connect_fails_the_play_naming_the_pg_hba_l
         message = " ".join(failed["msg"].split())
         assert failed.get("failed") and "postgres cannot open a replication connection to PostgreSQL" in message
         assert "pg_hba.conf" in message and "`local replication postgres peer`" in message, message
-        # no base backup scheduled: nothing needs that connection
-        tasks, rc, report = _play(tmp_path, dict(role_vars, pg_backup_base_schedule="none"))
+        # no base backup scheduled (kind both: physical refuses pg_backup_base_schedule none in preflight.yml):
+        # nothing needs that connection
+        tasks, rc, report = _play(tmp_path, dict(role_vars, pg_backup_kind="both", pg_backup_base_schedule="none"))
         assert rc == 0, json.dumps(report)[-2000:]
         assert tasks["Fail unless the scheduled base backup can connect"]["msg"] == "All assertions passed"
     finally:

@@ -125,6 +125,9 @@ def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_
     log = host.file("/var/log/quankey/backup.log").content_string
     assert ran.rc == 0, ran.stderr + log[-3000:]
     assert "INFO run: base backup of the cluster" in log and "INFO run: base backup done (exit 0)" in log
+    # then the physical kind's prune (pg_backup_prune), from this runner: the dumps' runs prune only the dumps
+    assert "INFO run: prune of the base backups and the archived WAL" in log
+    assert "prune --kind logical" in host.file("/usr/local/sbin/quankey-backup-run").content_string
 
     listed = json.loads(host.check_output("quankey-backup list --json"))["base_backups"]
     new = [base["name"] for base in listed if base["name"] not in before]
@@ -134,9 +137,11 @@ def test_the_scheduled_base_backup_runs_as_cron_runs_it_and_list_and_verify_see_
     # recorded as the dumps' runs are (the monitoring kit's QuankeyBackupJobFailed watches its exit code)
     record = json.loads(host.file("/var/lib/prometheus/node-exporter/quankey_backup_basebackup_all.json").content_string)
     assert (record["command"], record["host"], record["exit_code"], record["state"]) == ("basebackup", "pg17", 0, "ended")
+    pruned = json.loads(host.file("/var/lib/prometheus/node-exporter/quankey_backup_prune_all.json").content_string)
+    assert (pruned["command"], pruned["exit_code"], pruned["state"]) == ("prune", 0, "ended")
 
 
-def test_the_systemd_scheduler_has_a_base_timer_and_the_logical_kind_removes_the_base_backups_schedule(hosts):
+def test_the_systemd_scheduler_has_a_base_timer_physical_removes_the_dumps_and_logical_the_base_backups_schedule(hosts):
     # last: the host keeps only its dumps' schedule (the scenario ends here)
     host, units = hosts["pg17"], "/etc/systemd/system/"
     base_units = [units + "quankey-backup-base.service", units + "quankey-backup-base.timer"]
@@ -150,6 +155,27 @@ def test_the_systemd_scheduler_has_a_base_timer_and_the_logical_kind_removes_the
     assert "OnFailure=quankey-backup-failure@%n.service" in service  # a failed one reaches the owner as a dump's does
     assert "OnCalendar=Sun *-*-* 01:30:00" in host.file(units + "quankey-backup-base.timer").content_string
 
+    # physical: base backups and archived WAL only - the dumps' timer, service and runner go, the base timer stays;
+    # health judges the host by its base and wal rules, and backup_now takes a base backup instead of dumps
+    dump_units = [units + "quankey-backup.service", units + "quankey-backup.timer",
+                  units + "timers.target.wants/quankey-backup.timer", "/usr/local/sbin/quankey-backup-run"]
+    status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd",
+                           "-e", "pg_backup_kind=physical")
+    assert status == 0, out
+    assert not [path for path in dump_units + ["/etc/cron.d/quankey-backup"] if host.file(path).exists]
+    assert all(host.file(path).exists for path in base_units) and host.file(enabled).is_symlink
+    assert host.file(units + "quankey-backup-failure@.service").exists  # the base service's failure hook
+    assert read_env_file(host)["BACKUP_KIND"] == "physical"
+    runbook = host.file("/etc/quankey/RESTORE.md").content_string  # no dump restore to point the reader at
+    assert "**This host makes no dumps**" in runbook and "restore --db app_pg17" not in runbook
+    report = json.loads(host.run("quankey-backup health --json").stdout)
+    assert not [item for item in report["findings"] if item["rule"] in ("no_backups", "age", "frequency")], report
+    assert report["base"]["count"] >= 1 and report["status"] != "critical", report["findings"]
+    before = len(json.loads(host.check_output("quankey-backup list --json"))["base_backups"])
+    status, out = playbook("quankey.backup.backup_now", "-l", "pg17", "-e", "prune=true", "-e", "pg_backup_kind=physical")
+    assert status == 0 and "base backup cluster_base_" in out, out
+    assert len(json.loads(host.check_output("quankey-backup list --json"))["base_backups"]) == before + 1
+
     status, out = playbook("setup_backups.yml", "-l", "pg17", "-e", "pg_backup_scheduler=systemd",
                            "-e", "pg_backup_kind=logical")
     assert status == 0, out
@@ -157,4 +183,4 @@ def test_the_systemd_scheduler_has_a_base_timer_and_the_logical_kind_removes_the
                                                "/usr/local/sbin/quankey-backup-base-run"] if host.file(path).exists]
     assert "quankey-backup" not in host.check_output("id -nG postgres").split()
     assert host.file("/var/log/quankey/backup.log").mode == 0o640  # no other user appends to it now
-    assert host.file(units + "timers.target.wants/quankey-backup.timer").is_symlink  # the dumps stay scheduled
+    assert host.file(units + "timers.target.wants/quankey-backup.timer").is_symlink  # the dumps are scheduled again

@@ -105,7 +105,21 @@ def plan_drill(settings, *, host=None, db=None, all_hosts=False, store=None, now
 
 
 def _nothing_to_drill(settings, store, host, db):
-    return "no backup of %s on host %s to drill in %s" % (db or settings.db_name, host or settings.host, store.url())
+    """Why there is nothing to drill, and, for a host that has base backups but no dumps (pg_backup_kind physical),
+    that it is drilled point-in-time instead."""
+    host = host or settings.host
+    message = "no backup of %s on host %s to drill in %s" % (db or settings.db_name, host, store.url())
+    try:
+        bases, _orphans = layout.base_records_from_listing(settings.prefix, store.list_objects(
+            layout.base_prefix(settings.prefix, host)))
+    except StorageError:  # base/ out of reach with these keys: the plain message
+        return message
+    if not bases:
+        return message
+    return ("%s: host %s makes no dumps but has %d base backup(s) (pg_backup_kind physical): drill its cluster "
+            "point-in-time instead, `quankey-backup drill --pitr --host %s` (the restore_drill role's "
+            "restore_drill_pitr_hosts, or playbooks/drill.yml -e pitr=true -e backup_host=%s)"
+            % (message, host, len(bases), host, host))
 
 
 def _targets(settings, store, host, db, all_hosts):

@@ -128,14 +128,35 @@ def assess(records, orphans, now, policy, *, header_error=None, metadata_errors=
     findings.extend(_signatures(records, signing_keys, signature_fix))
     findings.extend(_frequency(records, now, policy))
     findings.extend(_size_drop(records, policy))
+    findings.extend(_orphan_findings(orphans, now, policy))
+    return findings
+
+
+def physical_only_findings(records, orphans, now, policy, label="BACKUP_KIND"):
+    """The dump rules' place on a host whose schedule makes no dumps (BACKUP_KIND physical): no finding about their
+    age, size or count - its base and wal rules judge it - but an info finding when dumps of an earlier kind are still
+    in the bucket (prune keeps or deletes them by the retention rules), and the orphans rule as usual (an interrupted
+    upload is one whatever made it). ``records`` newest first."""
+    findings = []
+    if records:
+        findings.append(_finding("dumps", INFO, "%s is physical: this host's schedule makes no dumps, so the dump "
+                                 "rules (age, size, frequency) do not apply; %d dump(s) of an earlier kind are still "
+                                 "in the bucket, newest %s (%.1f h old), kept or deleted by prune's retention rules"
+                                 % (label, len(records), records[0].basename, _hours(now - records[0].timestamp))))
+    findings.extend(_orphan_findings(orphans, now, policy))
+    return findings
+
+
+def _orphan_findings(orphans, now, policy):
+    """The orphans rule: data objects without metadata older than the policy's grace (an interrupted upload)."""
     grace = now - datetime.timedelta(hours=policy.orphan_grace_hours)
     stale = sorted((item for item in orphans if item["last_modified"] < grace), key=lambda item: item["last_modified"])
-    if stale:
-        findings.append(_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups, %s), oldest %s "
-                                 "(%.0f h): run `quankey-backup prune`"
-                                 % (len(stale), human_size(sum(item["size"] for item in stale)), stale[0]["key"],
-                                    (now - stale[0]["last_modified"]).total_seconds() / 3600)))
-    return findings
+    if not stale:
+        return []
+    return [_finding("orphans", WARNING, "%d object(s) without metadata (uncommitted backups, %s), oldest %s (%.0f h): "
+                     "run `quankey-backup prune`"
+                     % (len(stale), human_size(sum(item["size"] for item in stale)), stale[0]["key"],
+                        (now - stale[0]["last_modified"]).total_seconds() / 3600))]
 
 
 def leftover_findings(found, policy):
@@ -527,7 +548,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     except BackupError as exc:
         rule = "s3_access" if isinstance(exc, StorageError) else "config"
         findings = [_finding(rule, CRITICAL, str(exc))]
-        if rule == "s3_access" and settings.wal_archiving:  # the server still says whether its archiving fails
+        if rule == "s3_access" and settings.archives_wal:  # the server still says whether its archiving fails
             findings.extend(_wal(settings, None, wiring.postgres_or_none(settings, pg), now, report))
         return _finish(report, findings)
     metadata_errors = {}
@@ -554,9 +575,12 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     for record in records[:METADATA_LOOKBACK]:
         if record.metadata is not None:
             record.verdict = trust.judge(record, signing_keys, fix)
-    findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
-                      keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
-                      signature_fix=fix)
+    if settings.makes_dumps:
+        findings = assess(records, orphans, now, policy, metadata_errors=metadata_errors, header_errors=header_errors,
+                          keyring_ids=keyring_ids, keyring_error=keyring_error, signing_keys=signing_keys,
+                          signature_fix=fix)
+    else:
+        findings = physical_only_findings(records, orphans, now, policy, settings.label("backup_kind"))
     if settings.object_lock_mode:  # one HEAD per good backup of the newest few: how long each stays locked
         good = [record for record in records[:METADATA_LOOKBACK] if record.has_object and record.verdict is not None
                 and record.verdict.trusted]
@@ -566,7 +590,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
             findings.append(_finding("s3_access", CRITICAL, str(exc)))
         else:
             findings.extend(lock_findings(locks, now, policy, settings.label("object_lock_mode")))
-    if settings.replica_bucket:
+    if settings.replica_bucket and settings.makes_dumps:  # the replica holds dumps only
         findings.extend(_replica(settings, records, metadata_errors, header_errors, policy, list_backups))
     try:
         report["leftovers"] = leftovers.find(settings, store, orphans, now, pg=wiring.postgres_or_none(settings, pg))
@@ -575,7 +599,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
     else:
         findings.extend(leftover_findings(report["leftovers"], policy))
     findings.extend(_drills(settings, store, signing_keys, now, report))
-    if settings.wal_archiving:
+    if settings.archives_wal:
         findings.extend(_wal(settings, store, wiring.postgres_or_none(settings, pg), now, report))
         findings.extend(_base(settings, store, signing_keys, now, report))
     if seed_records and not settings.allow_seed:
@@ -587,7 +611,7 @@ def check_health(settings, policy=None, store=None, now=None, list_backups=None,
                                  "key is set here (BACKUP_SIGNING_KEY or BACKUP_ENCRYPTION_KEY)"))
     report["backups"] = len(records)
     report["keyring_key_ids"] = keyring_ids or []
-    if records:
+    if records and settings.makes_dumps:  # a physical-only host's old dumps are no "latest backup" (the monitor's age)
         latest = records[0].summary()
         latest["age_hours"] = round(_hours(now - records[0].timestamp), 2)
         report["latest"] = latest
@@ -633,7 +657,8 @@ def _drills(settings, store, signing_keys, now, report):
     (``drill --pitr``, database ``@cluster``): those reports count too (:func:`drill_rule`)."""
     report["drill"] = None
     explicit = settings.drill_max_age_days is not None
-    databases = [settings.db_name] + ([drill.PITR_DATABASE] if settings.wal_archiving else [])
+    databases = (([settings.db_name] if settings.makes_dumps else [])
+                 + ([drill.PITR_DATABASE] if settings.archives_wal else []))
     try:
         series = [drill.latest_drills(settings, store, settings.host, database, signing_keys) for database in databases]
     except AccessDeniedError as exc:  # a host whose IAM policy reaches only its own backups: drills not asked for here

@@ -31,6 +31,9 @@ from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
 
 LOG = logging.getLogger("quankey_backup")
+# What one prune prunes (``kind``): the dumps (logical: the host's database's backups and leftovers), the base backups
+# and archived WAL (physical), or everything (both, the default).
+KINDS = ("logical", "physical", "both")
 KEEP_TAG = "quankey-keep"  # tag of a data object a monthly or yearly rule keeps: monthly, yearly
 
 
@@ -40,7 +43,7 @@ def policy_of(settings):
                             weekly=settings.keep_weekly, monthly=settings.keep_monthly, yearly=settings.keep_yearly)
 
 
-def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica=None, replica_only=False):
+def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica=None, replica_only=False, kind="both"):
     """Delete the backups no retention rule keeps (catalog/retention.py: age, the newest BACKUP_MIN_KEEP good ones, the
     calendar rules), and what interrupted runs left behind once stale and unused (leftovers.py): orphan objects, open
     uploads, staging databases, restore logins.
@@ -53,17 +56,31 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica
     replica is pruned (`prune --replica`); else, with S3_REPLICA_PRUNE, the replica too, after the primary, its result
     under ``replica`` (``{"error", "exit_code"}`` when that failed: the primary's prune stands). The replica is pruned
     by the same rules computed on its own listing and its own objects, never by what the primary deleted: a primary
-    emptied by whoever took it over empties nothing on the replica."""
-    context = _prune_context(settings)
+    emptied by whoever took it over empties nothing on the replica.
+
+    ``kind`` (:data:`KINDS`): ``logical`` prunes only the dumps (and their leftovers), ``physical`` only the host's base
+    backups and archived WAL (:func:`prune_physical`; no database, no replica: it holds dumps only; ``kept`` and
+    ``deleted`` then name base backups), ``both`` everything. The pg_backup role's base backup runner prunes
+    ``physical`` after each base backup; its dumps' runner ``logical`` when base backups are scheduled, else
+    ``both``."""
+    if kind not in KINDS:
+        raise ConfigError("prune --kind %r is not a kind: choose one of %s" % (kind, ", ".join(KINDS)))
+    if replica_only and kind == "physical":
+        raise ConfigError("prune --replica --kind physical: the replica holds dumps only; prune the replica with "
+                          "--kind logical or without --kind")
+    context = _prune_context(settings, database=kind != "physical")
     now = now or layout.utcnow()
     if replica_only:
-        return prune_store(settings, _replica_store(settings, replica), context, now, dry_run)
+        return prune_store(settings, _replica_store(settings, replica), context, now, dry_run, kind="logical")
     store = wiring.store_or_open(settings, store)
-    result = prune_store(settings, store, context, now, dry_run, pg=wiring.postgres_or_none(settings, pg))
+    if kind == "physical":
+        return prune_physical_only(settings, store, context, now, dry_run)
+    result = prune_store(settings, store, context, now, dry_run, pg=wiring.postgres_or_none(settings, pg), kind=kind)
     result["replica"] = None
     if settings.replica_bucket and settings.replica_prune:
         try:
-            result["replica"] = prune_store(settings, _replica_store(settings, replica), context, now, dry_run)
+            result["replica"] = prune_store(settings, _replica_store(settings, replica), context, now, dry_run,
+                                            kind="logical")
         except BackupError as exc:
             LOG.error("prune of the replica s3://%s failed (the primary's prune is done): %s", settings.replica_bucket,
                       exc)
@@ -71,9 +88,11 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica
     return result
 
 
-def _prune_context(settings):
-    """The keys prune judges backups with; ConfigError without a key that verifies metadata signatures."""
-    settings.require("db_name")
+def _prune_context(settings, database=True):
+    """The keys prune judges backups with; ConfigError without a key that verifies metadata signatures (or, with
+    ``database``, without DB_NAME)."""
+    if database:
+        settings.require("db_name")
     context = keys.KeyContext(settings)
     if not context.signing_keys()[2]:
         raise ConfigError("prune keeps the newest %s backups whose metadata signature verifies here, and no key to "
@@ -108,10 +127,11 @@ def backup_problem(store, context, record):
     return None if record.verdict.trusted else "metadata signature: %s" % record.verdict.describe()
 
 
-def prune_store(settings, store, context, now, dry_run=False, pg=None):
+def prune_store(settings, store, context, now, dry_run=False, pg=None, kind="both"):
     """:func:`run_prune` on one bucket (the primary or the replica): the retention rules on ``store``'s own listing
     of this host and database, the backups to delete deleted (metadata first), keepers tagged, leftovers swept
-    (PostgreSQL's only with ``pg``). The result says which bucket (``bucket``)."""
+    (PostgreSQL's only with ``pg``); then, unless ``kind`` is ``logical``, the host's base backups and archived WAL
+    (:func:`prune_physical`). The result says which bucket (``bucket``)."""
     policy = policy_of(settings)
     records, orphans = list_backups(settings, store, seed=False)  # the seed's layout is not ours to prune
     fates = retention.plan(records, now, policy, lambda record: backup_problem(store, context, record),
@@ -135,10 +155,27 @@ def prune_store(settings, store, context, now, dry_run=False, pg=None):
               "orphans_deleted": swept["orphans"], "uploads_aborted": swept["uploads"],
               "staging_databases_dropped": swept["staging_databases"], "restore_logins_dropped": swept["restore_logins"],
               "leftovers": found, "dry_run": dry_run, "tagged": tagged, "bucket": store.bucket}
-    result.update(policy.describe())
+    result.update(policy.describe(), kind=kind)
+    if kind == "logical":
+        return result
     physical = prune_physical(settings, store, context, now, policy, dry_run)
     result["orphans_deleted"] += physical.pop("base_orphans_deleted")  # a killed basebackup's, as a dump's are
     result["uploads_aborted"] += physical.pop("base_uploads_aborted")
+    result.update(physical)
+    return result
+
+
+def prune_physical_only(settings, store, context, now, dry_run=False):
+    """`prune --kind physical`: the host's base backups and archived WAL alone (:func:`prune_physical`), with prune's
+    result keys; ``kept`` and ``deleted`` name the base backups, ``backups`` is empty (no dump is judged)."""
+    policy = policy_of(settings)
+    physical = prune_physical(settings, store, context, now, policy, dry_run)
+    result = {"kept": list(physical["base_kept"]), "deleted": list(physical["base_deleted"]), "backups": [],
+              "orphans_deleted": physical.pop("base_orphans_deleted"),
+              "uploads_aborted": physical.pop("base_uploads_aborted"), "staging_databases_dropped": [],
+              "restore_logins_dropped": [], "leftovers": None, "dry_run": dry_run, "tagged": [], "bucket": store.bucket,
+              "replica": None, "kind": "physical"}
+    result.update(policy.describe())
     result.update(physical)
     return result
 

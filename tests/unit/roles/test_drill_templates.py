@@ -14,6 +14,7 @@ import subprocess
 import jinja2
 import yaml
 from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
+from ansible.plugins.filter.mathstuff import FilterModule as AnsibleMathFilters
 from ansible.plugins.test.core import TestModule as AnsibleCoreTests
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
@@ -141,3 +142,33 @@ def test_a_pitr_scratch_directory_outside_the_private_tmp_is_writable_for_the_un
         return unit.split("ReadWritePaths=")[1].split("\n")[0]
     assert paths() == paths(restore_drill_pitr_hosts=["db1"]) == paths(restore_drill_pitr_scratch_dir="/srv/scratch")
     assert paths(restore_drill_pitr_hosts=["db1"], restore_drill_pitr_scratch_dir="/srv/scratch").endswith(" /srv/scratch")
+
+
+def _drill_vars():
+    with open(os.path.join(ROLE_DIR, "vars", "main.yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def test_a_dump_drill_target_whose_inventory_kind_is_physical_is_found_and_refused():
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    environment.filters.update(AnsibleCoreFilters().filters())
+    environment.filters.update(AnsibleMathFilters().filters())  # zip
+    environment.tests.update(AnsibleCoreTests().tests())
+    hostvars = {"db1.example.com": {"pg_backup_kind": "physical"}, "db2.example.com": {"pg_backup_kind": "both"},
+                "db3.example.com": {"pg_backup_kind": "physical", "pg_backup_host_id": "ledger"},
+                "drill1.example.com": {}}
+    variables = _drill_vars()
+    physical = environment.from_string(variables["_restore_drill_physical_hosts"]).render(
+        groups={"all": list(hostvars)}, hostvars=hostvars).strip()
+    physical_hosts = [{"key": name, "value": hostvars[name]} for name in ("db1.example.com", "db3.example.com")]
+    ids = environment.from_string(variables["_restore_drill_physical_host_ids"]).render(
+        _restore_drill_physical_hosts=physical_hosts).strip()
+    assert "db1.example.com" in physical and "db3.example.com" in physical and "db2" not in physical
+    assert ids == "['ledger', 'db1']"
+    (check,) = [task for task in yaml.safe_load(open(os.path.join(ROLE_DIR, "tasks", "preflight.yml")))
+                if task["name"] == "Check that no dump drill targets a physical-only host (drill it point-in-time instead)"]
+    targets = [{"host": "db1", "database": "app"}, {"host": "db2", "database": "app"}, {"host": "db1", "database": "x"}]
+    found = environment.from_string(check["vars"]["__restore_drill_physical_targets"]).render(
+        restore_drill_targets=targets, _restore_drill_physical_host_ids=["db1", "ledger"]).strip()
+    assert found == "['db1']"
+    assert "move it from restore_drill_targets to restore_drill_pitr_hosts" in check["ansible.builtin.assert"]["fail_msg"]

@@ -20,7 +20,7 @@ from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "roles", "pg_backup", "templates")
 
 
-def _runner(tmp_path, prune, fail_backup_of="", replica_bucket="", replica_prune=False):
+def _runner(tmp_path, prune, fail_backup_of="", replica_bucket="", replica_prune=False, base_scheduled=False):
     command = tmp_path / "quankey-backup"
     command.write_text('#!/bin/sh\necho "$DB_NAME $3" >> %s/calls\n[ "$3" = backup ] && [ "$DB_NAME" = %s ] && exit 4\n'
                        'exit 0\n' % (tmp_path, fail_backup_of or "-"))
@@ -34,7 +34,7 @@ def _runner(tmp_path, prune, fail_backup_of="", replica_bucket="", replica_prune
         pg_backup_keep_monthly=0, pg_backup_keep_yearly=0, _pg_backup_log_file="/var/log/quankey/backup.log",
         _pg_backup_lock_file=str(tmp_path / "lock"), pg_backup_env_file="/etc/quankey/backup.env",
         _pg_backup_command=str(command), pg_backup_databases=["one", "two"], pg_backup_replica_bucket=replica_bucket,
-        pg_backup_replica_prune=replica_prune)
+        pg_backup_replica_prune=replica_prune, _pg_backup_base_scheduled=base_scheduled)
     script = tmp_path / "run.sh"
     script.write_text(text)
     proc = subprocess.run(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -52,6 +52,17 @@ def test_each_database_is_backed_up_and_pruned_unless_the_host_cannot_delete(tmp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert made == calls
     assert ("playbooks/prune.yml" in text) is not prune
+
+
+def test_with_scheduled_base_backups_the_dumps_runs_prune_only_the_dumps(tmp_path):
+    text, proc, made = _runner(tmp_path, True, base_scheduled=True)  # pg_backup_kind both
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert made == ["one backup", "one prune", "two backup", "two prune"]
+    assert '"$COMMAND" --env-file "$ENV_FILE" prune --kind logical || status=$?' in text
+    assert "the base backup runner prunes the base backups" in text
+    (tmp_path / "logical").mkdir()
+    plain, _proc, _made = _runner(tmp_path / "logical", True)  # pg_backup_kind logical: prune as before
+    assert '"$COMMAND" --env-file "$ENV_FILE" prune || status=$?' in plain
 
 
 @pytest.mark.parametrize("prune", [True, False])

@@ -19,6 +19,7 @@ from ansible_collections.quankey.backup.plugins.module_utils.errors import NotFo
 from ansible_collections.quankey.backup.plugins.module_utils.formats import signing
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, drill
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import archive
+from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.test_workflow_wal_prune import _base
 
 UTC = datetime.timezone.utc
 WHEN = datetime.datetime(2025, 8, 20, 3, 0, 0, tzinfo=UTC)
@@ -93,6 +94,22 @@ def test_nothing_to_drill(settings, store, pg):
     with pytest.raises(NotFoundError, match="no backup of app on host db1 to drill"):
         drill.run_drill(settings, store=store, pg=pg)
     assert drill.run_drill(settings, store=store, pg=pg, all_hosts=True) == {"status": drill.NONE, "drills": []}
+
+
+def test_a_logical_drill_of_a_physical_only_host_says_to_drill_it_point_in_time(settings, store, pg):
+    with pytest.raises(NotFoundError) as plain:
+        drill.plan_drill(settings, store=store)
+    assert "drill --pitr" not in str(plain.value)  # nothing at all in the bucket: the plain message
+    _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=datetime.timezone.utc),
+          "000000010000000000000020")
+    for attempt in (lambda: drill.run_drill(settings, store=store, pg=pg),
+                    lambda: drill.plan_drill(settings, store=store)):
+        with pytest.raises(NotFoundError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert message.startswith("no backup of app on host db1 to drill in ")
+        assert "host db1 makes no dumps but has 1 base backup(s) (pg_backup_kind physical)" in message
+        assert "`quankey-backup drill --pitr --host db1`" in message and "restore_drill_pitr_hosts" in message
 
 
 def test_a_drill_host_without_a_signing_key_stores_the_report_unsigned_and_says_so(

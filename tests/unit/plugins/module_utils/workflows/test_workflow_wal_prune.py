@@ -15,8 +15,10 @@ import json
 
 from ansible_collections.quankey.backup.plugins.module_utils import cli, keys
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import documents, layout
-from ansible_collections.quankey.backup.plugins.module_utils.errors import AccessDeniedError
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import prune
+import pytest
+
+from ansible_collections.quankey.backup.plugins.module_utils.errors import AccessDeniedError, ConfigError
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, prune
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import MemoryStore
 
 UTC = datetime.timezone.utc
@@ -199,3 +201,58 @@ def test_what_interrupted_base_backups_left_is_swept_once_stale(make_settings, s
     assert stale_orphan not in store.keys() and young_orphan in store.keys()
     assert list(store.uploads) == [running.upload_id] and store.aborted == [killed.key]
     assert done["base_kept"] and done["base_deleted"] == []  # the committed base backup is no leftover
+
+
+def _kinds_bucket(settings, store, pg):
+    """Two dumps (an old one retention deletes), two base backups (the old one goes) and the WAL of both."""
+    dumps = [backup.run_backup(settings, store=store, pg=pg, now=datetime.datetime(2026, 11, day, 3, 0, tzinfo=UTC))
+             for day in (20, 29)]
+    old = _base(settings, store, datetime.datetime(2026, 11, 20, 3, 0, tzinfo=UTC), OLD_START)
+    new = _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=UTC), NEW_START)
+    _wal(settings, store, *WAL)
+    return dumps, old, new
+
+
+def test_prune_kind_physical_prunes_base_backups_and_wal_and_never_a_dump(make_settings, store, pg):
+    settings = make_settings(**RULES)
+    dumps, old, new = _kinds_bucket(settings, store, pg)
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW, kind="physical")
+    assert (done["kind"], done["deleted"], done["kept"], done["backups"]) == ("physical", [old], [new], [])
+    assert (done["base_deleted"], done["wal_deleted"], done["wal_kept_from"]) == ([old], 5, NEW_START)
+    assert _wal_left(settings, store) == sorted(set(WAL) - set(GONE))
+    assert all(store.data(dump["metadata_key"]) for dump in dumps), "no dump is pruned"
+
+    class Args:
+        dry_run, replica, json = False, False, False
+    lines = cli._prune_lines(Args, settings, done)
+    assert lines[0] == "deleted 1 base backup(s), kept 1"
+    assert not any(" backup(s), kept 0 (kept by" in line for line in lines)  # no dump line: none was judged
+
+
+def test_prune_kind_physical_needs_no_database(make_settings, store, pg):
+    settings = make_settings(DB_NAME=None, **RULES)
+    _base(settings, store, datetime.datetime(2026, 11, 29, 3, 0, tzinfo=UTC), NEW_START)
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW, kind="physical")
+    assert done["base_kept"] and done["wal_note"] is None
+    with pytest.raises(ConfigError, match="DB_NAME"):
+        prune.run_prune(settings, store=store, pg=pg, now=NOW)
+
+
+def test_prune_kind_logical_leaves_base_backups_and_wal_alone(make_settings, store, pg):
+    settings = make_settings(**RULES)
+    dumps, old, new = _kinds_bucket(settings, store, pg)
+    done = prune.run_prune(settings, store=store, pg=pg, now=NOW, kind="logical")
+    assert done["kind"] == "logical" and done["deleted"] == [dumps[0]["name"]] and "base_deleted" not in done
+    assert store.keys("base/db1/") == sorted(["base/db1/%s.meta" % old, "base/db1/%s.tar.enc" % old,
+                                              "base/db1/%s.meta" % new, "base/db1/%s.tar.enc" % new])
+    assert _wal_left(settings, store) == sorted(WAL)
+    both = prune.run_prune(settings, store=store, pg=pg, now=NOW)  # the default: everything
+    assert (both["kind"], both["deleted"], both["base_deleted"], both["wal_deleted"]) == ("both", [], [old], 5)
+
+
+def test_prune_refuses_an_unknown_kind_and_a_physical_replica_prune(make_settings, store, pg):
+    settings = make_settings(**RULES)
+    with pytest.raises(ConfigError, match="--kind 'dumps' is not a kind: choose one of logical, physical, both"):
+        prune.run_prune(settings, store=store, pg=pg, now=NOW, kind="dumps")
+    with pytest.raises(ConfigError, match="the replica holds dumps only"):
+        prune.run_prune(settings, store=store, pg=pg, now=NOW, kind="physical", replica_only=True)
