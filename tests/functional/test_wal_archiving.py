@@ -216,9 +216,11 @@ def test_the_role_turns_archiving_on_postgres_runs_wal_push_and_health_watches_i
     assert tasks["Report that a restart of PostgreSQL is pending"].get("skipped")
 
     # 4. PostgreSQL runs archive_command as the postgres OS user: the segment pg_switch_wal completes is archived
+    # (the segment is the insert position's: the test bed runs with synchronous_commit off, so the write position,
+    # pg_current_wal_lsn, may still stand at the previous segment's end after a commit)
     cluster.psql("CREATE TABLE ledger (id serial PRIMARY KEY, note text)")
     cluster.psql("INSERT INTO ledger (note) SELECT 'row ' || g FROM generate_series(1, 5000) g")
-    segment = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
+    segment = cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").strip()
     cluster.psql("SELECT pg_switch_wal()")
     key = "fleet/wal/%s/%s/%s" % (HOST_ID, segment[:8], segment)
     _wait("%s in the bucket" % key, lambda: key in _objects(moto, bucket, "fleet/wal/"))
@@ -236,7 +238,7 @@ def test_the_role_turns_archiving_on_postgres_runs_wal_push_and_health_watches_i
     moto.stop()
     try:
         cluster.psql("INSERT INTO ledger (note) SELECT 'more ' || g FROM generate_series(1, 5000) g")
-        failing = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
+        failing = cluster.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").strip()
         cluster.psql("SELECT pg_switch_wal()")
         _wait("a failed push", lambda: cluster.archiver()[1] >= 1, seconds=90)
         assert cluster.archiver()[2] == failing
