@@ -131,7 +131,7 @@ def _parser():
                                "delete nothing")
     prune_command.add_argument("--replica", action="store_true", help="prune only the replica (S3_REPLICA_BUCKET), by "
                                "the same rules on its own listing (S3_REPLICA_PRUNE=true prunes it after the primary)")
-    prune_command.add_argument("--kind", choices=prune.KINDS, default="both",
+    prune_command.add_argument("--kind", choices=config.BACKUP_KINDS, default="both",
                                help="what to prune: logical (the database's dumps), physical (the host's base backups "
                                "and the archived WAL none of the kept ones needs; no DB_NAME needed) or both (default)")
     prune_command.add_argument("--json", action="store_true", help="print the result as JSON")

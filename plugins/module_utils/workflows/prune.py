@@ -25,15 +25,13 @@ __metaclass__ = type
 import logging
 
 from .. import keys
+from ..config import BACKUP_KINDS
 from ..catalog import documents, layout, retention, trust, walnames
 from ..errors import AccessDeniedError, BackupError, ConfigError, IntegrityError
 from . import leftovers, wiring
 from .inventory import list_backups, load_metadata
 
 LOG = logging.getLogger("quankey_backup")
-# What one prune prunes (``kind``): the dumps (logical: the host's database's backups and leftovers), the base backups
-# and archived WAL (physical), or everything (both, the default).
-KINDS = ("logical", "physical", "both")
 KEEP_TAG = "quankey-keep"  # tag of a data object a monthly or yearly rule keeps: monthly, yearly
 
 
@@ -58,13 +56,13 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica
     by the same rules computed on its own listing and its own objects, never by what the primary deleted: a primary
     emptied by whoever took it over empties nothing on the replica.
 
-    ``kind`` (:data:`KINDS`): ``logical`` prunes only the dumps (and their leftovers), ``physical`` only the host's base
-    backups and archived WAL (:func:`prune_physical`; no database, no replica: it holds dumps only; ``kept`` and
+    ``kind`` (one of :data:`config.BACKUP_KINDS`, the kinds a host backs up): ``logical`` prunes only the dumps (and
+    their leftovers), ``physical`` only the host's base backups and archived WAL (:func:`prune_physical`; no database, no replica: it holds dumps only; ``kept`` and
     ``deleted`` then name base backups), ``both`` everything. The pg_backup role's base backup runner prunes
     ``physical`` after each base backup; its dumps' runner ``logical`` when base backups are scheduled, else
     ``both``."""
-    if kind not in KINDS:
-        raise ConfigError("prune --kind %r is not a kind: choose one of %s" % (kind, ", ".join(KINDS)))
+    if kind not in BACKUP_KINDS:
+        raise ConfigError("prune --kind %r is not a kind: choose one of %s" % (kind, ", ".join(BACKUP_KINDS)))
     if replica_only and kind == "physical":
         raise ConfigError("prune --replica --kind physical: the replica holds dumps only; prune the replica with "
                           "--kind logical or without --kind")

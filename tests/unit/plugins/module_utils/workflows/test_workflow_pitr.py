@@ -316,3 +316,24 @@ def test_a_second_restore_into_the_same_directory_is_refused_while_the_first_hol
     with pytest.raises(RefusedError, match="is not empty"):  # the lock is free, but the directory is not empty
         pitr._claim(str(tmp_path))  # pylint: disable=protected-access
     assert sorted(os.listdir(tmp_path)) == ["PG_VERSION"]
+
+
+@pytest.mark.parametrize("metadata, ahead, names", [
+    # one segment: start and stop in it
+    ({"start_wal_file": "000000010000000000000005", "stop_lsn": "0/5000138"}, 8, ["000000010000000000000005"]),
+    # a stop exactly at a segment's start holds no byte of that segment
+    ({"start_wal_file": "000000010000000000000005", "stop_lsn": "0/7000000"}, 8,
+     ["000000010000000000000005", "000000010000000000000006"]),
+    # across an XXXXXXXX boundary, on timeline 3
+    ({"start_wal_file": "0000000300000000000000FE", "stop_lsn": "1/01000028"}, 8,
+     ["0000000300000000000000FE", "0000000300000000000000FF", "000000030000000100000000", "000000030000000100000001"]),
+    # a base backup over many segments: at most ``ahead``
+    ({"start_wal_file": "000000010000000000000005", "stop_lsn": "0/40000000"}, 3,
+     ["000000010000000000000005", "000000010000000000000006", "000000010000000000000007"]),
+    # metadata without a stop: the first only; without a start, or no read-ahead: nothing
+    ({"start_wal_file": "000000010000000000000005"}, 8, ["000000010000000000000005"]),
+    ({"stop_lsn": "0/5000138"}, 8, []),
+    ({"start_wal_file": "000000010000000000000005", "stop_lsn": "0/5000138"}, 0, []),
+])
+def test_the_wal_read_during_the_download_is_the_base_backups_own(metadata, ahead, names):
+    assert pitr.warm_names(metadata, ahead) == names
