@@ -681,7 +681,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.nice = 0  # bench/run.py's measure() reads it; no autogroup tricks here
     started = time.time()
-    output = Path(args.output)
+    output = Path(args.output).resolve()  # the engine is installed beside it, and pip runs elsewhere
     output.parent.mkdir(parents=True, exist_ok=True)
     engine = engine_for_postgres(output.parent)
     work = Path(tempfile.mkdtemp(prefix="quankey-physbench-", dir="/tmp"))
