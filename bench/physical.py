@@ -3,7 +3,9 @@
 barman-cloud, same cluster, same S3 endpoint, same run.
 
 One PostgreSQL cluster (tests/testbed.py, archive_mode on) holding a bench/datagen.py database, one moto_server
-bucket. Each round, for each tool in turn (quankey, pgBackRest, barman-cloud per --barman-compression):
+bucket. Each round, for each tool in turn (quankey, pgBackRest, barman-cloud per --barman-compression; each round
+another tool goes first, and every measurement starts after a sync(2), so none pays for the writeback of the one
+before it):
 
 1. archive_command becomes the tool's own WAL push (PostgreSQL runs it as the postgres OS user): `quankey-backup
    wal-push %p` from an engine installed for that user as the pg_backup role installs it (a venv of /usr/bin/python3
@@ -482,8 +484,9 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         self.results["dataset"]["seconds"] = round(time.time() - started, 1)
         self.sql("CREATE TABLE pitr_load (id bigint, a text, b text); CREATE TABLE pitr_marks (tag text, mark text)")
         self.sql("CHECKPOINT")
-        tools = self.tools(archive_quankey)
+        every = self.tools(archive_quankey)
         for rep in range(args.rounds):
+            tools = every[rep % len(every):] + every[:rep % len(every)]  # each round another tool goes first
             targets = {}
             for name, archive, backup, _restore in tools:
                 if name.startswith("barman-"):

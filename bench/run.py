@@ -177,6 +177,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
     def measured(self, kind, method, func):
         """Run one measurement; again (up to --retries times) when foreign load disturbed it."""
         for attempt in range(1 + self.args.retries):
+            os.sync()  # what the last step left dirty is written now, not during this measurement
             self.wait_for_quiet()
             result = func()
             result["foreign_load"] = result["other_cpu_s"] / max(result["wall_s"] * os.cpu_count(), 1e-9)
