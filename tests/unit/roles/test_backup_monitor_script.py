@@ -192,3 +192,22 @@ def test_process_alive_asks_the_process_table():
             process.kill()
             process.wait()
     assert not monitor.process_alive(child.pid) and not monitor.process_alive(None)
+
+
+@pytest.mark.parametrize("role_vars, databases", [
+    ({"pg_backup_databases": ["app", "audit"], "pg_backup_kind": "both"}, ["app", "audit"]),
+    ({"pg_backup_databases": ["app", "audit"]}, ["app", "audit"]),  # pg_backup_kind unset: logical
+    ({"pg_backup_databases": ["app", "audit"], "pg_backup_kind": "physical"}, []),  # once: the host's base and WAL
+    ({}, []),  # no pg_backup on the host: the env file's DB_NAME
+])
+def test_the_monitor_checks_each_database_except_on_a_physical_only_host(role_vars, databases):
+    """The role's default backup_monitor_databases, rendered as Ansible renders it (the monitor script runs one
+    health check per entry, and one with the env file's DB_NAME for none)."""
+    import jinja2  # pylint: disable=import-outside-toplevel
+    import yaml  # pylint: disable=import-outside-toplevel
+    defaults = os.path.join(os.path.dirname(SCRIPT), "..", "defaults", "main.yml")
+    with open(defaults) as handle:
+        expression = yaml.safe_load(handle)["backup_monitor_databases"]
+    inner = expression.strip()[2:-2]  # "{{ ... }}"
+    rendered = jinja2.Environment().from_string("{{ (%s) | tojson }}" % inner).render(**role_vars)
+    assert json.loads(rendered) == databases
