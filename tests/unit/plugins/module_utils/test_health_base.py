@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import layout
 from ansible_collections.quankey.backup.plugins.module_utils.errors import AccessDeniedError, ConfigError
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import health, wiring
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import health
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import ENV, MemoryStore
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.test_workflow_wal_prune import _base
 
@@ -33,12 +33,6 @@ def _settings(**more):
     values = dict(ENV, WAL_ARCHIVING="true")
     values.update(more)
     return config.settings_from_env(values)
-
-
-@pytest.fixture
-def store(monkeypatch):
-    monkeypatch.setattr(wiring, "postgres_or_none", lambda settings, pg=None: None)  # the wal rule's server: none here
-    return MemoryStore(ENV["S3_BUCKET"], now=NOW)
 
 
 def _check(settings, store):

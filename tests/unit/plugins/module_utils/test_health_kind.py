@@ -16,8 +16,8 @@ import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.errors import ConfigError
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, drill, health, wiring
-from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import ENV, FakePg, MemoryStore
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import backup, drill, health
+from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.fakes import ENV, FakePg
 from ansible_collections.quankey.backup.tests.unit.plugins.module_utils.workflows.test_workflow_wal_prune import _base
 
 UTC = datetime.timezone.utc
@@ -29,12 +29,6 @@ def _settings(**more):
     values = dict(ENV)
     values.update(more)
     return config.settings_from_env(values)
-
-
-@pytest.fixture
-def store(monkeypatch):
-    monkeypatch.setattr(wiring, "postgres_or_none", lambda settings, pg=None: None)  # the wal rule's server: none here
-    return MemoryStore(ENV["S3_BUCKET"], now=NOW)
 
 
 def _rules(report):
