@@ -2,7 +2,7 @@
 # Copyright: quankey.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Issue 18 item 5, retention of the physical kind, on the real test bed: two real base backups of the test bed's
-cluster (the older one taken as of ten days ago), WAL files pushed with `quankey-backup wal-push` around their
+cluster (the older one taken as of ten days ago), WAL files pushed with wal-push's own function around their
 starts, then `quankey-backup prune` with retention keeping one base backup: the older base backup goes, and exactly
 the WAL files before the kept one's start (on its timeline) go with it; its own start, what follows, a later
 timeline and the timeline history file stay. A dry run deletes nothing and says the same numbers. Health's base rule
@@ -16,7 +16,7 @@ import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.catalog import walnames
-from ansible_collections.quankey.backup.plugins.module_utils.workflows import basebackup
+from ansible_collections.quankey.backup.plugins.module_utils.workflows import basebackup, wal
 from hostcommand import new_name, run_cli
 
 UTC = datetime.timezone.utc
@@ -35,6 +35,12 @@ def _keys(s3, env):
 
 def _wal_key(name):
     return "wal/db1/%s/%s" % (name[:8], name)
+
+
+def _wal_push(settings, path):
+    """What `quankey-backup wal-push PATH` runs (cli._cmd_wal_push), in this process: a second of interpreter start and
+    imports less per file. The command itself, as PostgreSQL's archive_command runs it, is test_wal_archiving.py's."""
+    wal.push(settings, str(path))
 
 
 def test_prune_keeps_the_newest_base_backup_and_exactly_the_wal_it_needs(env, testbed, s3, tmp_path):
@@ -62,7 +68,7 @@ def test_prune_keeps_the_newest_base_backup_and_exactly_the_wal_it_needs(env, te
     for name in gone + kept:  # synthetic contents: wal-push archives any file by its name
         path = tmp_path / name
         path.write_bytes(b"synthetic WAL " + name.encode() * 100)
-        run_cli(env, "wal-push", str(path), check=0)
+        _wal_push(settings, path)
     bases = ["base/db1/%s.meta" % new["name"], "base/db1/%s.tar.enc" % new["name"]]
     everything = sorted(bases + ["base/db1/%s.meta" % old["name"], "base/db1/%s.tar.enc" % old["name"]]
                         + [_wal_key(name) for name in gone + kept])
@@ -91,9 +97,10 @@ def test_prune_keeps_the_newest_base_backup_and_exactly_the_wal_it_needs(env, te
 
 def test_without_a_base_backup_prune_keeps_every_wal_file_and_says_so(env, s3, tmp_path):
     names = ["000000010000000000000001", "000000010000000000000002"]
+    settings = config.settings_from_env(env)
     for name in names:
         (tmp_path / name).write_bytes(b"synthetic WAL " + name.encode())
-        run_cli(env, "wal-push", str(tmp_path / name), check=0)
+        _wal_push(settings, tmp_path / name)
     done = run_cli(env, "prune", check=0)
     assert "WARNING: no trusted base backup of host db1 is kept" in done.stdout
     assert "prune keeps all 2 archived WAL file(s)" in done.stdout

@@ -120,7 +120,7 @@ def _restore_role_task(out, host):
     return match.group(1) if match else None
 
 
-def test_setup_makes_the_restore_role_checks_it_in_check_mode_and_refuses_an_unsafe_one(postgres):
+def test_setup_makes_the_restore_role_checks_it_in_check_mode_refuses_an_unsafe_one_and_switches_schedulers(hosts, postgres):
     role_exists = "SELECT count(*) FROM pg_roles WHERE rolname = 'quankey_restore'"
     postgres.psql("DROP ROLE IF EXISTS quankey_restore")
     # check mode: a missing role is a change to come, not a failure, and nothing is created
@@ -134,27 +134,27 @@ def test_setup_makes_the_restore_role_checks_it_in_check_mode_and_refuses_an_uns
     assert status != 0
     assert "restore role quankey_restore on " in out and "may not run a backup's SQL" in out, out
     assert "ALTER ROLE quankey_restore NOSUPERUSER NOCREATEROLE" in out
-    # made plain again, it is accepted as it is
     postgres.psql("ALTER ROLE quankey_restore NOCREATEROLE")
-    status, out = playbook("setup_backups.yml", "-l", "db1")
-    assert status == 0, out
-    assert _restore_role_task(out, "db1") == "ok", out
 
-
-def test_switching_the_scheduler_leaves_only_the_chosen_ones_entries(hosts):
-    # db2 schedules with systemd timers (molecule.yml): with cron instead, the timers and units go and cron lines come
-    db2, units = hosts["db2"], "/etc/systemd/system/"
+    # One run switches both ways (the extra variable is templated per host): db1, on cron (the default), to systemd
+    # timers, and db2, on systemd timers (molecule.yml), to cron; only the chosen scheduler's entries are left. In the
+    # same run db1's restore role, made plain again, is accepted as it is.
+    db1, db2, units = hosts["db1"], hosts["db2"], "/etc/systemd/system/"
     timers = [units + "timers.target.wants/quankey-backup.timer", units + "timers.target.wants/quankey-backup-monitor.timer"]
     unit_files = [units + name for name in ("quankey-backup.service", "quankey-backup.timer", "quankey-backup-failure@.service",
                                             "quankey-backup-monitor.service", "quankey-backup-monitor.timer")]
-    status, out = playbook("setup_backups.yml", "-l", "db2", "-e", "pg_backup_scheduler=cron")
+    cron_files = ["/etc/cron.d/quankey-backup", "/etc/cron.d/quankey-backup-monitor"]
+    assert all(db1.file(path).exists for path in cron_files) and not [path for path in timers if db1.file(path).exists]
+    assert all(db2.file(path).is_symlink for path in timers) and not [path for path in cron_files if db2.file(path).exists]
+    status, out = playbook("setup_backups.yml", "-l", "db1,db2", "-e",
+                           '{"pg_backup_scheduler": "{{ \'systemd\' if inventory_hostname == \'db1\' else \'cron\' }}"}')
     assert status == 0, out
+    assert _restore_role_task(out, "db1") == "ok", out
+    # db1, from cron to systemd: the cron lines go, the timers are enabled
+    assert not [path for path in cron_files if db1.file(path).exists]
+    assert all(db1.file(path).is_symlink for path in timers) and all(db1.file(path).exists for path in unit_files)
+    # db2, from systemd to cron: the timers, units and failure hook go, the cron lines come
     assert not [path for path in timers + unit_files + ["/usr/local/sbin/quankey-backup-failed"] if db2.file(path).exists]
     assert "quankey-backup /usr/local/sbin/quankey-backup-run >> /var/log/quankey/backup.log 2>&1" in db2.file(
         "/etc/cron.d/quankey-backup").content_string
     assert "/usr/local/sbin/quankey-backup-monitor" in db2.file("/etc/cron.d/quankey-backup-monitor").content_string
-    # and back: the cron lines go, the timers are enabled again
-    status, out = playbook("setup_backups.yml", "-l", "db2")
-    assert status == 0, out
-    assert not db2.file("/etc/cron.d/quankey-backup").exists and not db2.file("/etc/cron.d/quankey-backup-monitor").exists
-    assert all(db2.file(path).is_symlink for path in timers) and all(db2.file(path).exists for path in unit_files)
