@@ -63,6 +63,13 @@ def _progress_lines(logged, label):
     return [message for message in logged if message.startswith(label + " progress, ")]
 
 
+
+def _stages_fit(result):
+    """The stages took no longer than the whole: each is rounded to the millisecond, so their sum may pass the
+    rounded total by half a millisecond per stage."""
+    stages = result["stage_seconds"]
+    return sum(stages.values()) <= result["duration_seconds"] + 0.0005 * len(stages) + 1e-9
+
 def test_a_backup_logs_its_dump_towards_the_database_size_and_times_its_stages(settings, store, pg, logged):
     pg.add_database("app", archive(tables=3, size=3 * 1024 * 1024))
     taken = backup.run_backup(settings, store=store, pg=pg, now=WHEN, progress=_progress("backup"))
@@ -72,7 +79,7 @@ def test_a_backup_logs_its_dump_towards_the_database_size_and_times_its_stages(s
     assert all(" of ~%s (" % estimate in line and ", ETA " in line for line in dumped), dumped
     assert list(taken["stage_seconds"]) == ["prepare", "dump_upload", "commit"]
     assert all(seconds > 0 for seconds in taken["stage_seconds"].values())
-    assert sum(taken["stage_seconds"].values()) <= taken["duration_seconds"]
+    assert _stages_fit(taken)
     committed = [message for message in logged if " committed: " in message]
     assert committed and "(prepare " in committed[0] and ", dump+upload " in committed[0]
 
@@ -88,15 +95,15 @@ def test_a_restore_logs_its_download_towards_the_exact_size_and_times_its_stages
     assert downloaded[-1].startswith("restore progress, download+restore: %s%s100 %%)" % (
         human_size(taken["size_bytes"]), total))
     assert list(restored["stage_seconds"]) == ["prepare", "download_restore", "checks", "swap"]
-    assert sum(restored["stage_seconds"].values()) <= restored["duration_seconds"]
+    assert _stages_fit(restored)
 
     verified = restore.run_verify(settings, store=store, pg=pg, progress=_progress("verify"))
     assert list(verified["stage_seconds"]) == ["prepare", "download_verify"]
-    assert sum(verified["stage_seconds"].values()) <= verified["duration_seconds"]
+    assert _stages_fit(verified)
     assert any(line.startswith("verify progress, download+verify: ") for line in _progress_lines(logged, "verify"))
 
 
 def test_without_a_progress_the_workflows_still_time_their_stages(settings, store, pg):
     taken = backup.run_backup(settings, store=store, pg=pg, now=WHEN)
     assert set(taken["stage_seconds"]) == {"prepare", "dump_upload", "commit"}
-    assert sum(taken["stage_seconds"].values()) <= taken["duration_seconds"]
+    assert _stages_fit(taken)
