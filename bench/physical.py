@@ -21,6 +21,10 @@ stop (`quankey-backup restore --pitr` stops the server itself after promoting, s
 for like). Every restored cluster is started once more, untimed, and must hold the "before" row and not the
 "after" one: a restore that recovered the wrong point is reported as such, never as a time.
 
+The restores write onto a file system of their own (RestoreDisk: a loop-mounted, journaled ext4 image, as a database
+host's data disk; bench/analysis.md says why), and restored clusters are deleted at the end, not between
+measurements.
+
     .venv/bin/python bench/physical.py                       # 64 MB database, 1 round -> build/bench/physical.json
     .venv/bin/python bench/physical.py --scale 1G --rounds 3
 """
@@ -126,6 +130,47 @@ def engine_for_postgres(work_root):
     return str(program)
 
 
+class RestoreDisk:
+    """A file system of the restores' own, as a database host's data disk is one: a sparse file under the work
+    directory, formatted ext4 with its journal (mkfs's defaults, inode tables written at once rather than by a
+    background thread during the measurements) and loop-mounted. Not on this machine's root file system, where moto
+    keeps every object and multipart part as a temporary file, the other tools' files come and go, and ext4 runs
+    without a journal (each file created soon after a deletion there costs a scan of the deleted inodes). The
+    mount's path, or the work directory with ``why`` set when it cannot be made (not root, no mkfs.ext4 or loop)."""
+
+    def __init__(self, work, size_bytes):
+        self.work, self.size_bytes = work, size_bytes
+        self.image, self.path, self.mounted, self.why = work / "restore-disk.img", work / "restores", False, None
+
+    def __enter__(self):
+        if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+            self.why = "not root, or no mkfs.ext4: restores on the work directory's file system"
+            return self.work
+        self.path.mkdir()
+        with open(self.image, "wb") as handle:
+            handle.truncate(self.size_bytes)
+        for command in (["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)],
+                        ["mount", "-o", "loop", str(self.image), str(self.path)]):
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+            if done.returncode != 0:
+                self.why = "%s failed (%s): restores on the work directory's file system" % (
+                    command[0], (done.stderr or done.stdout).strip()[-200:])
+                self.image.unlink()
+                return self.work
+        self.mounted = True
+        os.chmod(self.path, 0o755)
+        return self.path
+
+    def __exit__(self, *exc):
+        if self.mounted:
+            subprocess.run(["umount", str(self.path)], capture_output=True, check=False, timeout=600)
+            if os.path.ismount(str(self.path)):
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False, timeout=60)
+        if self.image.exists():
+            self.image.unlink()
+        return False
+
+
 class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
     """bench/run.py's services and measurements (measure, measured, record, the TLS terminator), physical kind."""
 
@@ -133,6 +178,7 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         super().__init__(bed, work, args)
         self.env.update(S3_PREFIX=QK_PREFIX, BACKUP_HOST_ID=HOST_ID)
         self.engine = engine
+        self.restore_root = work  # RestoreDisk's mount, when it could make one
         self.source_running = True
         self.results.update(config={}, targets={}, verified={}, tools={}, failed={})
         self.barman_variants = {}
@@ -331,12 +377,12 @@ class Physical(benchrun.Bench):  # pylint: disable=too-many-instance-attributes
         recently_deleted(), a third of a 67 MB restore's CPU in perf), so whoever restored after a deletion paid for
         it, and more each round."""
         if os.path.lexists(path):
-            trash = self.work / "trash"
+            trash = self.restore_root / "trash"
             trash.mkdir(exist_ok=True)
             os.rename(path, trash / ("%s-%d" % (Path(path).name, len(os.listdir(trash)))))
 
     def empty_dir(self, tag):
-        target = self.work / ("%s-restore" % tag)
+        target = self.restore_root / ("%s-restore" % tag)
         self.discard(target)
         target.mkdir(mode=0o700)
         os.chown(target, *self.postgres_ids())
@@ -700,8 +746,14 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="quankey-physbench-", dir="/tmp"))
     os.chmod(work, 0o755)
     try:
-        with ArchivingCluster() as cluster, Testbed(bucket=benchrun.BUCKET, pg=cluster) as bed:
+        measured_tools = 1 + len(args.pgbackrest_variants) + len(args.barman_compression)
+        disk = RestoreDisk(work, int(max(8e9, args.scale * 1.5 * measured_tools * args.rounds + 4e9)))
+        with ArchivingCluster() as cluster, Testbed(bucket=benchrun.BUCKET, pg=cluster) as bed, disk as restore_root:
             bench = Physical(bed, work, args, engine)
+            bench.restore_root = restore_root
+            bench.results["config"]["restore_disk"] = disk.why or (
+                "a %.0f GB sparse file, ext4 with its journal, loop-mounted: the restored clusters are written there"
+                % (disk.size_bytes / 1e9))
             try:
                 bench.run()
             finally:

@@ -58,9 +58,9 @@ def run_prune(settings, dry_run=False, store=None, now=None, *, pg=None, replica
 
     ``kind`` (one of :data:`config.BACKUP_KINDS`, the kinds a host backs up): ``logical`` prunes only the dumps (and
     their leftovers), ``physical`` only the host's base backups and archived WAL (:func:`prune_physical`; no
-    database, no replica: it holds dumps only; ``kept`` and ``deleted`` then name base backups), ``both`` everything. The pg_backup role's base backup runner prunes
-    ``physical`` after each base backup; its dumps' runner ``logical`` when base backups are scheduled, else
-    ``both``."""
+    database, no replica: it holds dumps only; ``kept`` and ``deleted`` then name base backups), ``both`` everything.
+    The pg_backup role's base backup runner prunes ``physical`` after each base backup; its dumps' runner ``logical``
+    when base backups are scheduled, else ``both``."""
     if kind not in BACKUP_KINDS:
         raise ConfigError("prune --kind %r is not a kind: choose one of %s" % (kind, ", ".join(BACKUP_KINDS)))
     if replica_only and kind == "physical":

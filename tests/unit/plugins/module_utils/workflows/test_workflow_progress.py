@@ -63,12 +63,12 @@ def _progress_lines(logged, label):
     return [message for message in logged if message.startswith(label + " progress, ")]
 
 
-
 def _stages_fit(result):
     """The stages took no longer than the whole: each is rounded to the millisecond, so their sum may pass the
     rounded total by half a millisecond per stage."""
     stages = result["stage_seconds"]
     return sum(stages.values()) <= result["duration_seconds"] + 0.0005 * len(stages) + 1e-9
+
 
 def test_a_backup_logs_its_dump_towards_the_database_size_and_times_its_stages(settings, store, pg, logged):
     pg.add_database("app", archive(tables=3, size=3 * 1024 * 1024))
