@@ -885,8 +885,9 @@ def main(argv=None, environ=None):
     except BackupError as exc:
         LOG.error("%s: %s", args.command, exc)
         status, error = exc.exit_code, str(exc)
-    except KeyboardInterrupt:
-        LOG.error("%s interrupted: %s", args.command, _INTERRUPTED.get(args.command, "nothing was changed"))
+    except KeyboardInterrupt as exc:  # a workflow that finished as it came says so in the exception's outcome
+        LOG.error("%s interrupted: %s", args.command,
+                  getattr(exc, "outcome", None) or _INTERRUPTED.get(args.command, "nothing was changed"))
         status, error = 130, "interrupted"
     except Exception as exc:  # unexpected: keep the full detail for the bug report
         LOG.error("%s failed unexpectedly:\n%s", args.command, traceback.format_exc())

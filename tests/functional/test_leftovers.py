@@ -16,6 +16,8 @@ import time
 import pytest
 
 from ansible_collections.quankey.backup.plugins.module_utils import config
+from ansible_collections.quankey.backup.plugins.module_utils.adapters.postgres import PgClient
+from ansible_collections.quankey.backup.plugins.module_utils.errors import PostgresError
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import leftovers, prune
 from hostcommand import CLI, new_name, run_cli
 
@@ -41,6 +43,25 @@ def _slow_bin(tmp_path, real_bindir, program, seconds):
             script.chmod(0o755)
         else:
             (bindir / name).symlink_to(real_bindir / name)
+    return str(bindir)
+
+
+def _lingering_psql(tmp_path, real_bindir, statement, seconds):
+    """A PG_BIN_DIR whose psql, after running SQL (on its stdin) that holds ``statement``, waits ``seconds`` before it
+    exits: the statement has committed, and the command that ran it has not heard so yet."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "psql"
+    script.write_text("#!/bin/sh\n"
+                      "case \" $* \" in *' -f - '*) ;; *) exec %(real)s \"$@\" ;; esac\n"
+                      "sql=$(cat)\n"
+                      "printf '%%s\\n' \"$sql\" | %(real)s \"$@\"\n"
+                      "status=$?\n"
+                      "case \"$sql\" in *'%(statement)s'*) sleep %(seconds)d ;; esac\n"
+                      "exit $status\n" % {"real": real_bindir / "psql", "statement": statement, "seconds": seconds})
+    script.chmod(0o755)
+    for name in ("pg_dump", "pg_restore"):
+        (bindir / name).symlink_to(real_bindir / name)
     return str(bindir)
 
 
@@ -140,3 +161,66 @@ def test_sigterm_cleans_up_and_says_what_it_cleaned(testbed, source, env, s3, tm
     assert proc.returncode == 130 and said in err.decode(), err.decode()
     assert testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target).strip() == "0"
     assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
+
+
+def _count(testbed, sql):
+    return int(testbed.pg.psql(sql).strip())
+
+
+LOGINS = "SELECT count(*) FROM pg_roles WHERE rolname ~ '^quankey_restore_[0-9a-f]{8}$'"
+
+
+def test_sigterm_as_the_staging_database_is_created_drops_it_too(testbed, source, env, tmp_path):
+    """SIGTERM after the staging database's CREATE committed and before its psql returned: the restore lets psql end,
+    then drops the database it made (killing psql would not undo a CREATE the server runs; the database was left)."""
+    run_cli(env, "backup", check=0)
+    logins = _count(testbed, LOGINS)
+    target = new_name("created")
+    proc = _start(dict(env, PG_BIN_DIR=_lingering_psql(tmp_path, testbed.pg.bindir, "CREATE DATABASE", 5)),
+                  "restore", "--target-db", target)
+    staging = "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'" % target
+    deadline = time.monotonic() + 60
+    while _count(testbed, staging) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "nothing was restored: the staging database was dropped" in err.decode()
+    assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target) == 0
+    assert _count(testbed, LOGINS) == logins  # its login role went too
+
+
+def test_sigterm_as_the_swap_commits_says_the_restore_is_done_and_leaves_both_databases(testbed, source, env, tmp_path):
+    """--force over an existing database, SIGTERM after the swap committed: the restored database is the target and
+    the old one is kept, renamed, and the command says so instead of "nothing was restored"."""
+    run_cli(env, "backup", check=0)
+    target = new_name("swapped")
+    testbed.pg.create_database(target)  # empty: the restored one has the sample's tables
+    proc = _start(dict(env, PG_BIN_DIR=_lingering_psql(tmp_path, testbed.pg.bindir, "RENAME TO", 5)),
+                  "restore", "--target-db", target, "--force")
+    replaced = "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_replaced\\_%%'" % target
+    deadline = time.monotonic() + 60
+    while _count(testbed, replaced) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "restore interrupted: it had just finished: %s holds the restored backup (the database it replaced is %s__replaced_" \
+        % (target, target) in err.decode(), err.decode()
+    assert _count(testbed, replaced) == 1
+    assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'" % target) == 0
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+    assert int(testbed.pg.psql(tables, db=target).strip()) > 0
+
+
+def test_the_swap_is_one_transaction(testbed, env):
+    """When the second rename of a swap fails, the first is undone: the target keeps its name."""
+    pg = PgClient(config.settings_from_env(env))
+    target = new_name("kept")
+    testbed.pg.create_database(target)
+    with pytest.raises(PostgresError, match="does not exist"):
+        pg.swap_databases(new_name("no_such_staging"), target, target + "__replaced_x")
+    assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname = '%s'" % target) == 1
+    assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname = '%s__replaced_x'" % target) == 0

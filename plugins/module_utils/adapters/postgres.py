@@ -235,6 +235,20 @@ def find_bin_dir(preferred=None):
                       "or set PG_BIN_DIR")
 
 
+STATEMENT_FINISH_SECONDS = 60  # how long an interrupted psql may take to end its statement (then it is killed)
+
+
+def _finish_statement(proc, seconds=STATEMENT_FINISH_SECONDS):
+    """After an interruption (SIGTERM, Ctrl-C) during ``proc`` (psql): let it end its statement before the interruption
+    goes on, so the caller's clean-up finds what it did. Killing psql would not stop a CREATE DATABASE the server is
+    running: it would commit after the clean-up had looked for it, and the database would be left behind."""
+    try:
+        proc.communicate(timeout=seconds)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+
+
 def explain_client_error(stderr, where, user, database, label=None):
     """One line for a libpq/psql failure, naming the likely fix (``label(field)`` names where a setting is set)."""
     label = label or (lambda field: FIELD_VARIABLES[field])
@@ -464,12 +478,17 @@ class PgClient:
         env = self.environment()
         env["PGOPTIONS"] = QUERY_PGOPTIONS
         # subprocess, not AnsibleModule.run_command: the engine also runs without Ansible (the host command)
-        proc = subprocess.run(argv, env=env, input=sql.encode("utf-8"),  # pylint: disable=ansible-bad-function
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,  # pylint: disable=ansible-bad-function
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(sql.encode("utf-8"))
+        except BaseException:
+            _finish_statement(proc)
+            raise
         if proc.returncode != 0:
-            raise PostgresError(explain_client_error(proc.stderr.decode("utf-8", "replace"), self.where,
+            raise PostgresError(explain_client_error(err.decode("utf-8", "replace"), self.where,
                                                      self.user, database, self._label), step=step)
-        lines = proc.stdout.decode("utf-8", "replace").splitlines()
+        lines = out.decode("utf-8", "replace").splitlines()
         return [line.split("\x1f") for line in lines if line != ""]
 
     def scalar(self, sql, database=None, step="query"):
@@ -553,9 +572,14 @@ class PgClient:
         """DROP DATABASE, ending any sessions in it."""
         self.query("DROP DATABASE IF EXISTS %s WITH (FORCE)" % quote_ident(name), step="drop database")
 
-    def rename_database(self, old, new):
-        """ALTER DATABASE ... RENAME TO ..."""
-        self.query("ALTER DATABASE %s RENAME TO %s" % (quote_ident(old), quote_ident(new)), step="rename database")
+    def swap_databases(self, staging, target, replaced=None):
+        """``staging`` becomes ``target``, and the existing ``target`` (when ``replaced`` is given) becomes ``replaced``,
+        in one transaction: an interruption or a failure between the two renames cannot leave ``target`` missing."""
+        renames = [(target, replaced)] if replaced is not None else []
+        renames.append((staging, target))
+        statements = "".join("ALTER DATABASE %s RENAME TO %s;\n" % (quote_ident(old), quote_ident(new))
+                             for old, new in renames)
+        self.query("BEGIN;\n%sCOMMIT;\n" % statements, step="rename database")
 
     # -- roles (run as the admin login) ------------------------------------------------------------
 

@@ -348,20 +348,17 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
         LOG.info("restore %s (%s) into %s on %s via staging database %s; its SQL runs as %s", record.basename,
                  store.url(record.object_key), target, pg.where, staging, runner.name)
         restored_globals.create_roles()
-        try:
+    # From here on, whatever stops the restore (a failure, SIGTERM, Ctrl-C) drops what it made: the login role, the
+    # roles of the globals and the staging database. An interrupted psql ends its statement first (PgClient.query), so
+    # a CREATE that committed as the interruption came is dropped too; a CREATE DATABASE that failed made nothing.
+    created = runner_made = swapping = None
+    try:
+        with stages("prepare"):
             runner.create(record.metadata["size_bytes"],
                           also=restored_globals.acting_roles(own=untrusted_source(settings, record) is None)
                           if runner.role is not None and not no_owner else ())
-        except BaseException:
-            restored_globals.undo()
-            raise
-        try:
+            runner_made = True
             created = pg.create_database(staging, record.metadata.get("database_settings"), owner=runner.owner)
-        except BaseException:
-            runner.drop()
-            restored_globals.undo()
-            raise
-    try:
         counts, tables, owners = _restore_into(pg, store, record, new_decryptor, staging, runner=runner,
                                                no_owner=no_owner, stages=stages,
                                                no_tablespaces=bool(restored_globals.report.get("missing_tablespaces")),
@@ -376,13 +373,22 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
                     raise RefusedError("database %r gained active connections during the restore: stop the application "
                                        "and run again" % target, step="swap")
                 replaced = side_name(target, REPLACED_TAG)
-                pg.rename_database(target, replaced)
-            pg.rename_database(staging, target)
+            swapping = True
+            pg.swap_databases(staging, target, replaced)
     except BaseException as exc:
-        _drop_quietly(pg, staging)
-        runner.drop()
+        interrupted = not isinstance(exc, BackupError)  # or a bug: either may have come between a CREATE and its return
+        if interrupted and swapping and not _exists_quietly(pg, staging):
+            # interrupted as the swap committed: the restore is done, and must not be said undone
+            runner.drop()
+            exc.outcome = "it had just finished: %s holds the restored backup%s" % (
+                target, " (the database it replaced is %s)" % replaced if replaced else "")
+            raise
+        if created is not None or interrupted:
+            _drop_quietly(pg, staging)
+        if runner_made or interrupted:  # a runner.create that failed dropped what it made
+            runner.drop()
         undone = restored_globals.undo()
-        if isinstance(exc, BackupError):
+        if isinstance(exc, BackupError) and created is not None:
             exc.message += " (nothing was restored: the staging database was dropped%s%s)" % (
                 "; %r is untouched" % target if exists else "",
                 "; the roles it had created were dropped again" if undone else "")
@@ -745,6 +751,14 @@ def _restore_failure(stderr):
     elif re.search(r"permission denied|must be (superuser|owner|a member)|must have privileges|privileges of the", detail):
         detail += "; the backup's SQL needs a privilege that the role it runs as does not have"
     return detail
+
+
+def _exists_quietly(pg, name):
+    """Whether database ``name`` exists; True when that cannot be told (so nothing is taken for done)."""
+    try:
+        return pg.database_exists(name)
+    except BackupError:
+        return True
 
 
 def _drop_quietly(pg, name):

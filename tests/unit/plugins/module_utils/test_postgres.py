@@ -222,25 +222,67 @@ def test_literals_with_backslashes_use_the_escape_form():
 def test_queries_go_to_psql_on_stdin_with_a_pinned_search_path(tmp_path, monkeypatch):
     seen = {}
 
-    class Done:
+    class Psql:
         returncode = 0
-        stdout = b"1\x1fa\n\n2\x1fb\n"
-        stderr = b""
 
-    def fake_run(argv, **kwargs):
-        seen["argv"], seen["kwargs"] = argv, kwargs
-        return Done()
+        def __init__(self, argv, **kwargs):
+            seen["argv"], seen["kwargs"] = argv, kwargs
+
+        def communicate(self, data=None, timeout=None):
+            seen["input"] = data
+            return b"1\x1fa\n\n2\x1fb\n", b""
 
     monkeypatch.setattr(postgres.os, "environ", dict(ENVIRON))
-    monkeypatch.setattr(postgres.subprocess, "run", fake_run)
+    monkeypatch.setattr(postgres.subprocess, "Popen", Psql)
     pg = postgres.PgClient(_settings(pg_bin_dir=_bin_dir(tmp_path)))
     sql = "SELECT 1, 'secret-looking literal'"
     assert pg.query(sql, database="odd=name") == [["1", "a"], ["2", "b"]]
     assert not any("secret-looking" in arg for arg in seen["argv"])
     assert seen["argv"][-2:] == ["-f", "-"] and "-c" not in seen["argv"]
-    assert seen["kwargs"]["input"] == sql.encode("utf-8")
+    assert seen["input"] == sql.encode("utf-8")
     assert seen["kwargs"]["env"]["PGOPTIONS"] == "-c search_path=pg_catalog"
     assert "dbname='odd=name'" in seen["argv"]
+
+
+def test_an_interrupted_query_lets_psql_end_its_statement_then_goes_on(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during a query: psql gets the time to end its statement (a CREATE DATABASE the server runs
+    would commit anyway), and the interruption goes on; psql is killed only when it takes too long."""
+    calls = []
+
+    class Psql:
+        returncode = None
+
+        def __init__(self, argv, **kwargs):
+            self.slow = slow
+
+        def communicate(self, data=None, timeout=None):
+            calls.append(("communicate", timeout))
+            if len(calls) == 1:
+                raise KeyboardInterrupt("terminated by signal 15")
+            if self.slow:
+                raise postgres.subprocess.TimeoutExpired("psql", timeout)
+            self.returncode = 0
+            return b"", b""
+
+        def kill(self):
+            calls.append(("kill", None))
+
+        def wait(self, timeout=None):
+            calls.append(("wait", None))
+
+    monkeypatch.setattr(postgres.os, "environ", dict(ENVIRON))
+    monkeypatch.setattr(postgres.subprocess, "Popen", Psql)
+    pg = postgres.PgClient(_settings(pg_bin_dir=_bin_dir(tmp_path)))
+    slow = False
+    with pytest.raises(KeyboardInterrupt):
+        pg.query("CREATE DATABASE x")
+    assert calls == [("communicate", None), ("communicate", postgres.STATEMENT_FINISH_SECONDS)]
+    del calls[:]
+    slow = True
+    with pytest.raises(KeyboardInterrupt):
+        pg.query("CREATE DATABASE x")
+    assert calls == [("communicate", None), ("communicate", postgres.STATEMENT_FINISH_SECONDS), ("kill", None),
+                     ("wait", None)]
 
 
 def test_psql_errors_from_stdin_read_as_before():

@@ -672,15 +672,23 @@ class FakePg:
         if os.path.exists(self._path(name)):
             os.unlink(self._path(name))
 
-    def rename_database(self, old, new):
-        self._faulty("rename_database")
-        self._database(old, "rename database")
-        if new in self.server.databases:
-            raise PostgresError('database "%s" already exists' % new, step="rename database")
-        self.server.databases[new] = self.server.databases.pop(old)
-        if os.path.exists(self._path(old)):
-            os.rename(self._path(old), self._path(new))
-        self.server.log.append(("rename database", "%s -> %s" % (old, new)))
+    def swap_databases(self, staging, target, replaced=None):
+        """As the real one: both renames, or neither (one transaction)."""
+        self._faulty("swap_databases")
+        renames = ([(target, replaced)] if replaced is not None else []) + [(staging, target)]
+        names = set(self.server.databases)
+        for old, new in renames:
+            if old not in names:
+                raise PostgresError('database "%s" does not exist' % old, step="rename database")
+            if new in names:
+                raise PostgresError('database "%s" already exists' % new, step="rename database")
+            names.remove(old)
+            names.add(new)
+        for old, new in renames:
+            self.server.databases[new] = self.server.databases.pop(old)
+            if os.path.exists(self._path(old)):
+                os.rename(self._path(old), self._path(new))
+            self.server.log.append(("rename database", "%s -> %s" % (old, new)))
 
     def role_exists(self, name):
         return name in self.server.roles
