@@ -14,6 +14,7 @@ for UploadPart, ``method="POST", path="uploadId="`` for CompleteMultipartUpload:
         proxy.fail(503, "SlowDown", count=3)               # answer an S3 error instead of forwarding
         proxy.reset_body(100000, method="GET")             # forward; reset the connection after 100000 body bytes
         proxy.drop_answer(method="POST", path="uploadId=") # forward; reset the connection instead of answering
+        proxy.hold_answer(30, method="POST", path="uploads") # forward; hold the answer for 30 s, then pass it on
         proxy.stall(30)                                    # hold requests unanswered for 30 s
         proxy.stall_body(20, 100000, method="GET")         # forward; after 100000 body bytes send nothing for 20 s
         proxy.strip_header("If-Match", method="GET")       # forward without a header (a store that ignores it)
@@ -162,6 +163,11 @@ class FaultProxy:
     def drop_answer(self, method=None, path=None, count=1):
         """Forward matching requests and read the answer, then reset the connection instead of passing it on."""
         return self._arm(Fault("drop_answer", method, path, count=count))
+
+    def hold_answer(self, seconds, method=None, path=None, count=1):
+        """Forward matching requests and read the answer (the store has done the work), then hold it for ``seconds``
+        before passing it on: the client does not know yet what the store did."""
+        return self._arm(Fault("hold_answer", method, path, count=count, hold=seconds))
 
     def stall(self, seconds, method=None, path=None, count=None):
         """Accept matching requests and send nothing for ``seconds`` from the first; then reset their connections.
@@ -371,6 +377,16 @@ class _Discard:
         return None
 
 
+class _Collect:
+    """A sink that keeps what it is sent."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def sendall(self, data):
+        self.data += data
+
+
 class _Connection:
     """One client connection and its upstream connection: requests served one after the other."""
 
@@ -451,6 +467,17 @@ class _Connection:
         response = self._response(request)
         _relay(self.upstream_in, _Discard(), response.framing(request.method))
         return self.reset()
+
+    def _hold_answer(self, request, fault):
+        self._forward(request)
+        response = self._response(request)
+        body = _Collect()
+        framing = response.framing(request.method)
+        _relay(self.upstream_in, body, framing)
+        if self.proxy._stopping.wait(fault.params["hold"]):
+            return self.reset()
+        self.client.sendall(response.head + bytes(body.data))
+        return request.keep_alive() and response.keep_alive() and framing[0] != "eof"
 
     def _fail(self, request, fault):
         status, code = fault.params["status"], fault.params["code"]

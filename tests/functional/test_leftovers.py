@@ -19,6 +19,7 @@ from ansible_collections.quankey.backup.plugins.module_utils import config
 from ansible_collections.quankey.backup.plugins.module_utils.adapters.postgres import PgClient
 from ansible_collections.quankey.backup.plugins.module_utils.errors import PostgresError
 from ansible_collections.quankey.backup.plugins.module_utils.workflows import leftovers, prune
+from faultproxy import FaultProxy
 from hostcommand import CLI, new_name, run_cli
 
 UTC = datetime.timezone.utc
@@ -224,3 +225,23 @@ def test_the_swap_is_one_transaction(testbed, env):
         pg.swap_databases(new_name("no_such_staging"), target, target + "__replaced_x")
     assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname = '%s'" % target) == 1
     assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname = '%s__replaced_x'" % target) == 0
+
+
+def test_sigterm_as_the_store_opens_the_upload_leaves_no_open_upload(testbed, source, env, s3):
+    """SIGTERM after the store opened the backup's multipart upload and before its answer (the upload id) came back:
+    the backup finds the upload by its key and aborts it."""
+    prefix = config.normalize_prefix(env["S3_PREFIX"])
+    with FaultProxy(testbed.moto.endpoint_url) as proxy:
+        held = proxy.hold_answer(30, method="POST", path="?uploads")
+        proc = _start(dict(env, S3_ENDPOINT_URL=proxy.endpoint_url), "backup")
+        deadline = time.monotonic() + 60
+        while not (held.fired.is_set()
+                   and s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err.decode()
+    assert "nothing was committed" in err.decode()
+    assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=env["S3_BUCKET"], Prefix=prefix).get("KeyCount", 0) == 0

@@ -1021,6 +1021,19 @@ class _ResumableBody:
             body.close()
 
 
+def _abort_unknown_uploads(store, key):
+    """After an interruption (SIGTERM, Ctrl-C) during CreateMultipartUpload: the store may have opened the upload
+    without this process hearing its id. Abort the open uploads of ``key`` (a new backup's own name), so an
+    interrupted backup leaves none; when they cannot be listed or aborted, prune aborts them once stale. Never raises."""
+    try:
+        for upload in list(store.list_multipart_uploads(key)):
+            if upload["key"] == key:
+                store.abort_multipart(key, upload["upload_id"], budget=ABORT_BUDGET)
+    except Exception as exc:  # pylint: disable=broad-except  # the interruption is what the caller reports
+        LOG.warning("an upload of %s may have been opened as the run was interrupted, and could not be aborted (%s): "
+                    "the next `quankey-backup prune` aborts it once it is 24 h old", store.url(key), exc)
+
+
 class MultipartUpload:
     """A multipart upload fed by ``write()``: parts go out on background threads.
 
@@ -1047,9 +1060,13 @@ class MultipartUpload:
         self._closed = False
         self._stop_retrying = threading.Event()
         self.lock = store.lock_arguments()
-        response = store._call("CreateMultipartUpload", key, store.client.create_multipart_upload,
-                               Bucket=store.bucket, Key=key, StorageClass=store.storage_class,
-                               ContentType="application/octet-stream", **self.lock)
+        try:
+            response = store._call("CreateMultipartUpload", key, store.client.create_multipart_upload,
+                                   Bucket=store.bucket, Key=key, StorageClass=store.storage_class,
+                                   ContentType="application/octet-stream", **self.lock)
+        except KeyboardInterrupt:
+            _abort_unknown_uploads(store, key)
+            raise
         self.upload_id = response["UploadId"]
 
     def __enter__(self):
