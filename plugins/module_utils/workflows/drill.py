@@ -155,6 +155,9 @@ def drill_one(settings, store, pg, record, assertions, *, context=None, progress
     except BackupError as exc:
         report["error"] = str(exc)
         checks.append(_check(_STEP_CHECKS.get(exc.step, "restore"), False, exc.message))
+    except KeyboardInterrupt as exc:
+        exc.outcome = None  # a restore that had just finished: its scratch database is dropped below all the same
+        raise
     finally:
         _drop_scratch(pg, scratch)
     report["result"] = PASSED if checks and all(item["ok"] for item in checks) and not report["error"] else FAILED
