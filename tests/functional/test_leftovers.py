@@ -66,15 +66,20 @@ def _lingering_psql(tmp_path, real_bindir, statement, seconds):
     return str(bindir)
 
 
-def _kill_when(proc, ready, timeout=60):
-    """SIGKILL ``proc`` as soon as ``ready()`` is true."""
+def _signal_when(proc, ready, signum, timeout=60, poll=0.2):
+    """Send ``signum`` to ``proc`` as soon as ``ready()`` is true; its stderr once it ended."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "never got ready"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+        time.sleep(poll)
+    proc.send_signal(signum)
+    return proc.communicate(timeout=90)[1].decode()
+
+
+def _kill_when(proc, ready, timeout=60):
+    """SIGKILL ``proc`` as soon as ``ready()`` is true."""
+    _signal_when(proc, ready, signal.SIGKILL, timeout)
 
 
 def _start(env, *args):
@@ -153,13 +158,8 @@ def test_sigterm_cleans_up_and_says_what_it_cleaned(testbed, source, env, s3, tm
                                    % target).strip() == "1"
         return len(s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", [])) == 1
 
-    deadline = time.monotonic() + 60
-    while not started():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and said in err.decode(), err.decode()
+    err = _signal_when(proc, started, signal.SIGTERM)
+    assert proc.returncode == 130 and said in err, err
     assert testbed.pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target).strip() == "0"
     assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
 
@@ -180,14 +180,9 @@ def test_sigterm_as_the_staging_database_is_created_drops_it_too(testbed, source
     proc = _start(dict(env, PG_BIN_DIR=_lingering_psql(tmp_path, testbed.pg.bindir, "CREATE DATABASE", 5)),
                   "restore", "--target-db", target)
     staging = "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'" % target
-    deadline = time.monotonic() + 60
-    while _count(testbed, staging) == 0:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
-    assert "nothing was restored: the staging database was dropped" in err.decode()
+    err = _signal_when(proc, lambda: _count(testbed, staging) > 0, signal.SIGTERM, poll=0.05)
+    assert proc.returncode == 130, err
+    assert "nothing was restored: the staging database was dropped" in err
     assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target) == 0
     assert _count(testbed, LOGINS) == logins  # its login role went too
 
@@ -201,15 +196,10 @@ def test_sigterm_as_the_swap_commits_says_the_restore_is_done_and_leaves_both_da
     proc = _start(dict(env, PG_BIN_DIR=_lingering_psql(tmp_path, testbed.pg.bindir, "RENAME TO", 5)),
                   "restore", "--target-db", target, "--force")
     replaced = "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_replaced\\_%%'" % target
-    deadline = time.monotonic() + 60
-    while _count(testbed, replaced) == 0:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
+    err = _signal_when(proc, lambda: _count(testbed, replaced) > 0, signal.SIGTERM, poll=0.05)
+    assert proc.returncode == 130, err
     assert "restore interrupted: it had just finished: %s holds the restored backup (the database it replaced is %s__replaced_" \
-        % (target, target) in err.decode(), err.decode()
+        % (target, target) in err, err
     assert _count(testbed, replaced) == 1
     assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_\\_restoring\\_%%'" % target) == 0
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
@@ -234,14 +224,9 @@ def test_sigterm_as_the_store_opens_the_upload_leaves_no_open_upload(testbed, so
     with FaultProxy(testbed.moto.endpoint_url) as proxy:
         held = proxy.hold_answer(30, method="POST", path="?uploads")
         proc = _start(dict(env, S3_ENDPOINT_URL=proxy.endpoint_url), "backup")
-        deadline = time.monotonic() + 60
-        while not (held.fired.is_set()
-                   and s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err.decode()
-    assert "nothing was committed" in err.decode()
+        err = _signal_when(proc, lambda: held.fired.is_set() and bool(
+            s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads")), signal.SIGTERM, poll=0.05)
+    assert proc.returncode == 130, err
+    assert "nothing was committed" in err
     assert s3.list_multipart_uploads(Bucket=env["S3_BUCKET"], Prefix=prefix).get("Uploads", []) == []
     assert s3.list_objects_v2(Bucket=env["S3_BUCKET"], Prefix=prefix).get("KeyCount", 0) == 0
