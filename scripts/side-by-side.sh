@@ -26,10 +26,11 @@ trap - INT TERM
 echo "+ side lane output ($side, exit $side_status, both lanes done in $(( $(date +%s) - started ))s):"
 cat "$log"
 
-# why NAME LOG: the lines of LOG that say what failed, at most 20, each cut to 400 characters.
+# why NAME LOG: the lines of LOG that say what failed, at most 20, each cut to 400 characters (colours and the
+# frame Molecule draws around a command's output taken off first).
 why() {
     echo "side-by-side: why the $1 lane failed (whole output: $2):" >&2
-    sed 's/\x1b\[[0-9;]*m//g' "$2" \
+    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ \{0,1\}//' "$2" \
         | grep -E '^(FAILED|ERROR) |^fatal: |Executed: Failed|^make(\[[0-9]+\])?: \*\*\*|^[=]* ?[0-9]+ (failed|errors?)\b.* in [0-9.]+s' \
         | tail -n 20 | cut -c1-400 | sed 's/^/  /' >&2
 }
