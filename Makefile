@@ -18,7 +18,7 @@
 PYTHON := $(CURDIR)/.venv/bin/python
 
 # The steps of `make test`, in two lanes side by side (scripts/side-by-side.sh: the side lane's output is printed
-# when both are done). Each step that needs PostgreSQL and S3 starts its own (tests/testbed.py, Molecule's services).
+# when both are done, and last, when a lane failed, which step and why). Each step that needs PostgreSQL and S3 starts its own (tests/testbed.py, Molecule's services).
 # Add a step by adding its target to a lane; keep the lanes about as long as each other: a lane that ends first leaves
 # a core idle (CI of 2026-12-02: the main lane 24 min without the integration targets, the side lane 30.5 with them,
 # its last 6.5 minutes alone on a half-idle machine). CI's 2 cores are busy
