@@ -218,7 +218,7 @@ def _set_log_statement(pg, value):
     pg.psql("ALTER SYSTEM SET log_statement = '%s'" % value if value else "ALTER SYSTEM RESET log_statement")
     pg.psql("SELECT pg_reload_conf()")
     wanted = value or "none"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while pg.psql("SHOW log_statement").strip() != wanted:
         assert time.monotonic() < deadline, "log_statement did not become %s" % wanted
         time.sleep(0.05)
