@@ -47,23 +47,39 @@ def _slow_bin(tmp_path, real_bindir, program, seconds):
     return str(bindir)
 
 
-def _lingering_psql(tmp_path, real_bindir, statement, seconds):
-    """A PG_BIN_DIR whose psql, after running SQL (on its stdin) that holds ``statement``, waits ``seconds`` before it
-    exits: the statement has committed, and the command that ran it has not heard so yet."""
+def _psql_wrapper(tmp_path, real_bindir, statement, then):
+    """A PG_BIN_DIR whose psql reads SQL on its stdin (``-f -``) and hands SQL without ``statement`` to the real psql;
+    SQL with it goes to the shell lines ``then`` ($sql holds it; %(real)s names the real psql)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     script = bindir / "psql"
+    real = real_bindir / "psql"
     script.write_text("#!/bin/sh\n"
                       "case \" $* \" in *' -f - '*) ;; *) exec %(real)s \"$@\" ;; esac\n"
                       "sql=$(cat)\n"
-                      "printf '%%s\\n' \"$sql\" | %(real)s \"$@\"\n"
-                      "status=$?\n"
-                      "case \"$sql\" in *'%(statement)s'*) sleep %(seconds)d ;; esac\n"
-                      "exit $status\n" % {"real": real_bindir / "psql", "statement": statement, "seconds": seconds})
+                      "case \"$sql\" in *'%(statement)s'*) ;; *) printf '%%s\\n' \"$sql\" | %(real)s \"$@\"; exit $? ;; esac\n"
+                      % {"real": real, "statement": statement} + then % {"real": real})
     script.chmod(0o755)
     for name in ("pg_dump", "pg_restore"):
         (bindir / name).symlink_to(real_bindir / name)
     return str(bindir)
+
+
+def _lingering_psql(tmp_path, real_bindir, statement, seconds):
+    """A PG_BIN_DIR whose psql, after running SQL that holds ``statement``, waits ``seconds`` before it exits: the
+    statement has committed, and the command that ran it has not heard so yet."""
+    return _psql_wrapper(tmp_path, real_bindir, statement,
+                         "printf '%%%%s\\n' \"$sql\" | %%(real)s \"$@\"\nstatus=$?\nsleep %d\nexit $status\n" % seconds)
+
+
+def _detached_psql(tmp_path, real_bindir, statement, seconds):
+    """A PG_BIN_DIR whose psql, for SQL that holds ``statement``, runs it after ``SELECT pg_sleep(seconds)`` in a psql
+    of its own session (and output: it holds none of the command's pipes), which a signal to this process group does
+    not reach, and waits for it: the server goes on with a statement whose psql was killed, as after systemctl stop."""
+    sql = tmp_path / "detached.sql"
+    return _psql_wrapper(tmp_path, real_bindir, statement,
+                         "printf 'SELECT pg_sleep(%d);\\n%%%%s\\n' \"$sql\" > %s\n"
+                         "setsid %%(real)s \"$@\" < %s > %s.out 2>&1 &\nwait $!\n" % (seconds, sql, sql, sql))
 
 
 def _signal_when(proc, ready, signum, timeout=60, poll=0.2):
@@ -82,10 +98,11 @@ def _kill_when(proc, ready, timeout=60):
     _signal_when(proc, ready, signal.SIGKILL, timeout)
 
 
-def _start(env, *args):
+def _start(env, *args, new_session=False):
     full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
     full.update(env)
-    return subprocess.Popen([CLI] + list(args), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([CLI] + list(args), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=new_session)
 
 
 def test_a_killed_restore_leaves_a_staging_database_that_is_reported_and_swept(testbed, source, env, tmp_path):
@@ -185,6 +202,32 @@ def test_sigterm_as_the_staging_database_is_created_drops_it_too(testbed, source
     assert "nothing was restored: the staging database was dropped" in err
     assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target) == 0
     assert _count(testbed, LOGINS) == logins  # its login role went too
+
+
+def test_sigterm_to_the_process_group_waits_for_the_create_its_psql_left_running_then_drops_it(
+        testbed, source, env, tmp_path):
+    """SIGTERM to the whole process group (systemctl stop) as the staging database's CREATE runs: psql dies with the
+    command, the server goes on with the CREATE; the clean-up waits for this process's statements, then drops it."""
+    run_cli(env, "backup", check=0)
+    target = new_name("group")
+    proc = _start(dict(env, PG_BIN_DIR=_detached_psql(tmp_path, testbed.pg.bindir, "CREATE DATABASE", 3)),
+                  # as the admin login: the CREATE names no login role, which the clean-up drops (and a CREATE
+                  # owned by it would then fail on its own)
+                  "restore", "--target-db", target, "--as-admin", new_session=True)
+    sleeping = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'quankey-backup%' "
+                "AND query LIKE '%pg_sleep%' AND state = 'active'")
+    deadline = time.monotonic() + 60
+    while _count(testbed, sleeping) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=90)[1].decode()
+    assert proc.returncode == 130, err
+    deadline = time.monotonic() + 30  # the detached CREATE has ended (with the old code, it committed after this)
+    while _count(testbed, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'quankey-backup%'") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert _count(testbed, "SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target) == 0, err
 
 
 def test_sigterm_as_the_swap_commits_says_the_restore_is_done_and_leaves_both_databases(testbed, source, env, tmp_path):

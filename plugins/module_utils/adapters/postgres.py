@@ -37,6 +37,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 from ..config import FIELD_VARIABLES, is_pg_passthrough
 from ..errors import ConfigError, PostgresError
@@ -233,6 +234,11 @@ def find_bin_dir(preferred=None):
         return os.path.dirname(found)
     raise ConfigError("pg_dump not found: install the PostgreSQL client (apt-get install postgresql-client) "
                       "or set PG_BIN_DIR")
+
+
+def own_application_name():
+    """The application_name of this process's psql runs: ``quankey-backup/<pid>``."""
+    return "quankey-backup/%d" % os.getpid()
 
 
 STATEMENT_FINISH_SECONDS = 60  # how long an interrupted psql may take to end its statement (then it is killed)
@@ -477,6 +483,7 @@ class PgClient:
         argv += self.connection_args(database) + ["-f", "-"]
         env = self.environment()
         env["PGOPTIONS"] = QUERY_PGOPTIONS
+        env["PGAPPNAME"] = own_application_name()  # this process's statements, for wait_for_own_statements
         # subprocess, not AnsibleModule.run_command: the engine also runs without Ansible (the host command)
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,  # pylint: disable=ansible-bad-function
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -567,6 +574,20 @@ class PgClient:
                     raise
         self.query(base, step="create database")
         return "server default"
+
+    def wait_for_own_statements(self, seconds=STATEMENT_FINISH_SECONDS):
+        """Wait until no statement of this process's earlier psql runs is still active on the server (at most
+        ``seconds``); whether none is. A psql killed with this process (SIGTERM to the process group, as systemctl stop
+        sends it) leaves its statement running there: a CREATE DATABASE that commits after a clean-up looked for it
+        would be left behind."""
+        sql = ("SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = %s "
+               "AND state <> 'idle' AND pid <> pg_catalog.pg_backend_pid()" % quote_literal(own_application_name()))
+        deadline = time.monotonic() + seconds
+        while self.scalar(sql, step="clean-up") != "0":
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def drop_database(self, name):
         """DROP DATABASE, ending any sessions in it."""

@@ -377,6 +377,8 @@ def run_restore(settings, backup="latest", before=None, target_db=None, force=Fa
             pg.swap_databases(staging, target, replaced)
     except BaseException as exc:
         interrupted = not isinstance(exc, BackupError)  # or a bug: either may have come between a CREATE and its return
+        if interrupted:  # a psql killed with this process may have left its statement running: let it end first
+            _wait_quietly(pg)
         if interrupted and swapping and not _exists_quietly(pg, staging):
             # interrupted as the swap committed: the restore is done, and must not be said undone
             runner.drop()
@@ -751,6 +753,16 @@ def _restore_failure(stderr):
     elif re.search(r"permission denied|must be (superuser|owner|a member)|must have privileges|privileges of the", detail):
         detail += "; the backup's SQL needs a privilege that the role it runs as does not have"
     return detail
+
+
+def _wait_quietly(pg):
+    """Wait for this process's statements still active on the server (PgClient.wait_for_own_statements); said when
+    they did not end, never raises."""
+    try:
+        if not pg.wait_for_own_statements():
+            LOG.error("a statement of this restore was still running on %s when its clean-up began", pg.where)
+    except BackupError as exc:
+        LOG.error("could not look for this restore's statements still running on %s: %s", pg.where, exc)
 
 
 def _exists_quietly(pg, name):

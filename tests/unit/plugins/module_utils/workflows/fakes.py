@@ -672,6 +672,9 @@ class FakePg:
         if os.path.exists(self._path(name)):
             os.unlink(self._path(name))
 
+    def wait_for_own_statements(self, seconds=60):
+        return True
+
     def swap_databases(self, staging, target, replaced=None):
         """As the real one: both renames, or neither (one transaction)."""
         self._faulty("swap_databases")
